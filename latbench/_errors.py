@@ -1,0 +1,48 @@
+"""Errors, in one tree.
+
+    LatbenchError                 anything latbench raises on purpose
+    ├── SpecError                 the run spec (file, flags or API body) is invalid
+    ├── TargetError               the target cannot be benchmarked at all (unreachable, no model)
+    └── RecordsError              a records file cannot be read
+
+Per-request failures are not exceptions that escape a run: they become an `ErrorKind` in the
+request's record, next to whatever that request had measured.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class LatbenchError(Exception):
+    """Base of every error latbench raises on purpose."""
+
+
+class SpecError(LatbenchError):
+    """The run spec is invalid; the message names the field and what is allowed."""
+
+
+class TargetError(LatbenchError):
+    """The target cannot be benchmarked (unreachable, wrong URL, unknown model)."""
+
+
+class RecordsError(LatbenchError):
+    """A records file is unreadable or of an unknown schema."""
+
+
+class ErrorKind(StrEnum):
+    """Why a request failed (METRICS.md, Errors). Stored in the record as its string value."""
+
+    HTTP_STATUS = "http_status"  # non-2xx; the record's status holds the code
+    CONNECT_REFUSED = "connect_refused"
+    CONNECT_ERROR = "connect_error"  # DNS, TLS, unreachable host
+    CONNECTION_RESET = "connection_reset"  # reset or closed by the peer after connecting
+    TIMEOUT_CONNECT = "timeout_connect"
+    TIMEOUT_FIRST_TOKEN = "timeout_first_token"
+    TIMEOUT_IDLE = "timeout_idle"  # too long between two events after the first token
+    TIMEOUT_TOTAL = "timeout_total"
+    MALFORMED_STREAM = "malformed_stream"  # not SSE, or an event that is not the API's JSON
+    STREAM_TRUNCATED = "stream_truncated"  # the stream ended before its end marker
+    SERVER_ERROR_EVENT = "server_error_event"  # the server sent an error inside the stream
+    CANCELLED = "cancelled"  # the run was stopped while the request was in flight
+    CLIENT_ERROR = "client_error"  # a failure inside latbench itself; the detail says which

@@ -1,0 +1,178 @@
+"""The per-request record: raw observed facts only, and its JSON Lines codec.
+
+A record holds what was observed about one request (METRICS.md, "Raw record"): monotonic
+nanosecond instants, one entry per token-bearing SSE event, usage as the server reported it, and
+the outcome. Nothing derived (TTFT, ITL, ...) is stored: those are functions in `_summary`, so a
+summary of a replayed records file equals the live one.
+
+A records file is JSON Lines: one `header` line (run id, spec, clock anchor), one `request` line per
+finished request, appended and flushed as each finishes, and a `footer` line (measurement window,
+validity samples) when the run ends cleanly. A file without a footer is a run that was killed; every
+request line in it is still valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from latbench._errors import ErrorKind, RecordsError
+
+SCHEMA_VERSION = 1
+
+Phase = Literal["warmup", "measure", "cooldown"]
+REASONING = "r"
+CONTENT = "c"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    run_id: str
+    seq: int
+    phase: Phase
+    api: str
+    t_intended: int
+    t_sent: int
+    t_headers: int | None = None
+    t_end: int | None = None
+    # One entry per token-bearing event: arrival instant, kind ('r' reasoning, 'c' content), and
+    # the event's token count when the server reported it (vLLM continuous usage stats), else None.
+    ev_t: tuple[int, ...] = ()
+    ev_kind: str = ""
+    ev_n: tuple[int, ...] | None = None
+    status: int | None = None
+    finish_reason: str | None = None
+    usage_prompt_tokens: int | None = None
+    usage_completion_tokens: int | None = None
+    max_tokens: int | None = None
+    error: ErrorKind | None = None
+    error_detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class RunHeader:
+    run_id: str
+    latbench_version: str
+    # One instant read from both clocks, so monotonic instants can be shown as wall time.
+    clock_monotonic_ns: int
+    clock_wall_ns: int
+    spec: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunFooter:
+    # [start, end) of the measurement window, monotonic ns; warm-up and cool-down lie outside.
+    window_start: int
+    window_end: int
+    ended: str  # "completed" | "stopped" | "aborted"
+    validity: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_record(rec: Record) -> bytes:
+    d = asdict(rec)
+    d["type"] = "request"
+    d["schema"] = SCHEMA_VERSION
+    return orjson.dumps(d) + b"\n"
+
+
+def encode_header(h: RunHeader) -> bytes:
+    d = asdict(h)
+    d["type"] = "header"
+    d["schema"] = SCHEMA_VERSION
+    return orjson.dumps(d) + b"\n"
+
+
+def encode_footer(f: RunFooter) -> bytes:
+    d = asdict(f)
+    d["type"] = "footer"
+    d["schema"] = SCHEMA_VERSION
+    return orjson.dumps(d) + b"\n"
+
+
+def _decode_record(d: dict[str, Any]) -> Record:
+    ev_n = d.get("ev_n")
+    err = d.get("error")
+    return Record(
+        run_id=d["run_id"],
+        seq=d["seq"],
+        phase=d["phase"],
+        api=d["api"],
+        t_intended=d["t_intended"],
+        t_sent=d["t_sent"],
+        t_headers=d.get("t_headers"),
+        t_end=d.get("t_end"),
+        ev_t=tuple(d.get("ev_t", ())),
+        ev_kind=d.get("ev_kind", ""),
+        ev_n=None if ev_n is None else tuple(ev_n),
+        status=d.get("status"),
+        finish_reason=d.get("finish_reason"),
+        usage_prompt_tokens=d.get("usage_prompt_tokens"),
+        usage_completion_tokens=d.get("usage_completion_tokens"),
+        max_tokens=d.get("max_tokens"),
+        error=None if err is None else ErrorKind(err),
+        error_detail=d.get("error_detail"),
+    )
+
+
+@dataclass(slots=True)
+class RecordsFile:
+    """Everything a records file holds. `footer` is None when the run did not end cleanly."""
+
+    header: RunHeader | None
+    records: list[Record]
+    footer: RunFooter | None
+
+
+def iter_lines(lines: Iterable[bytes], source: str = "<records>") -> Iterator[RunHeader | Record | RunFooter]:
+    for lineno, raw in enumerate(lines, 1):
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            d = orjson.loads(raw)
+            if d.get("schema") != SCHEMA_VERSION:
+                raise RecordsError(
+                    f"{source}:{lineno}: schema {d.get('schema')!r}, this latbench reads {SCHEMA_VERSION}"
+                )
+            kind = d.pop("type")
+            d.pop("schema")
+            if kind == "request":
+                yield _decode_record(d)
+            elif kind == "header":
+                yield RunHeader(**d)
+            elif kind == "footer":
+                yield RunFooter(**d)
+            else:
+                raise RecordsError(f"{source}:{lineno}: unknown line type {kind!r}")
+        except RecordsError:
+            raise
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            # A killed run can leave a half-written last line; everything before it is kept.
+            raise RecordsError(f"{source}:{lineno}: not a latbench records line ({e})") from e
+
+
+def read_records(path: str | Path) -> RecordsFile:
+    """Read a records file. A torn final line (a run killed mid-write) is skipped, not fatal."""
+    p = Path(path)
+    data = p.read_bytes()
+    lines = data.splitlines()
+    if lines and not data.endswith(b"\n"):
+        lines = lines[:-1]  # the last line was never completed
+    out = RecordsFile(header=None, records=[], footer=None)
+    for item in iter_lines(lines, str(p)):
+        if isinstance(item, Record):
+            out.records.append(item)
+        elif isinstance(item, RunHeader):
+            out.header = item
+        else:
+            out.footer = item
+    return out

@@ -1,0 +1,91 @@
+"""The SSE parser against the event-stream format's edge cases, and split at every byte."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from latbench._sse import SSEParser
+
+
+def feed_all(pieces: list[bytes]) -> list[bytes]:
+    p = SSEParser()
+    out: list[bytes] = []
+    for piece in pieces:
+        out.extend(p.feed(piece))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("stream", "events"),
+    [
+        (b"data: a\n\n", [b"a"]),
+        (b"data: a\n\ndata: b\n\n", [b"a", b"b"]),
+        (b"data: a\r\n\r\n", [b"a"]),
+        (b"data: a\r\rdata: b\r\r", [b"a", b"b"]),
+        (b"data:a\n\n", [b"a"]),  # the space after the colon is optional
+        (b"data:  a\n\n", [b" a"]),  # only one space is removed
+        (b"data: a\ndata: b\n\n", [b"a\nb"]),  # multi-line data joins with LF
+        (b": keep-alive\n\n", []),  # a comment alone is no event
+        (b": c\ndata: a\n: c2\n\n", [b"a"]),
+        (b"event: x\nid: 1\nretry: 5\ndata: a\n\n", [b"a"]),
+        (b"event: ping\n\n", []),  # no data: not dispatched
+        (b"data:\n\n", []),  # empty data: not dispatched
+        (b"data\ndata\n\n", [b"\n"]),  # two empty data lines give one LF
+        (b"data: a\n", []),  # unterminated: not yet an event
+        (b"\n\ndata: a\n\n", [b"a"]),  # stray blank lines
+        (b"data: [DONE]\n\n", [b"[DONE]"]),
+    ],
+)
+def test_cases(stream: bytes, events: list[bytes]) -> None:
+    assert feed_all([stream]) == events
+
+
+def test_crlf_split_across_reads_is_one_line_end() -> None:
+    # A CR at the end of one read and LF at the start of the next must not count as two line
+    # ends (which would dispatch an event early).
+    assert feed_all([b"data: a\r", b"\ndata: b\r\n\r\n"]) == [b"a\nb"]
+
+
+def test_unterminated_event_is_held_until_completed() -> None:
+    p = SSEParser()
+    assert p.feed(b'data: {"x"') == []
+    assert p.feed(b": 1}\n") == []
+    assert p.feed(b"\n") == [b'{"x": 1}']
+
+
+def test_flush_returns_unterminated_final_event() -> None:
+    p = SSEParser()
+    p.feed(b"data: a\n\ndata: partial")
+    assert p.flush() == [b"partial"]
+
+
+payload = st.binary(min_size=1, max_size=40).filter(
+    lambda b: b"\n" not in b and b"\r" not in b and not b.startswith(b" ")
+)
+line_end = st.sampled_from([b"\n", b"\r\n", b"\r"])
+
+
+@given(
+    events=st.lists(st.tuples(st.lists(payload, min_size=1, max_size=3), line_end), max_size=8),
+    comments=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=12),
+)
+def test_any_split_gives_the_same_events(
+    events: list[tuple[list[bytes], bytes]], comments: bool, cuts: list[int]
+) -> None:
+    stream = b""
+    expected: list[bytes] = []
+    for lines, nl in events:
+        if comments:
+            stream += b": keep-alive" + nl
+        for line in lines:
+            stream += b"data: " + line + nl
+        stream += nl
+        expected.append(b"\n".join(lines))
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert feed_all(pieces) == expected
+    # Byte-at-a-time is the harshest split of all.
+    assert feed_all([stream[i : i + 1] for i in range(len(stream))]) == expected

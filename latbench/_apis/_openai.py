@@ -1,0 +1,120 @@
+"""OpenAI-compatible streaming: `/v1/completions` and `/v1/chat/completions`.
+
+Both end with `data: [DONE]`. Usage comes in a final chunk with empty `choices` when the request
+asks for `stream_options.include_usage`; vLLM's `continuous_usage_stats` adds cumulative usage to
+every chunk, which is how per-event token counts are known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from latbench._apis._base import NOTHING, Event, MalformedEvent, RequestOptions
+from latbench._record import CONTENT, REASONING
+from latbench._workload import WorkItem
+
+DONE = b"[DONE]"
+
+
+def _common(item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": opts.model,
+        "max_tokens": item.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if opts.vllm_extensions:
+        body["stream_options"]["continuous_usage_stats"] = True
+        if opts.ignore_eos:
+            body["ignore_eos"] = True
+            body["min_tokens"] = item.max_tokens
+    body.update(opts.extra_body)
+    return body
+
+
+def _load(data: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise MalformedEvent(f"event is not JSON ({e}): {data[:120]!r}") from None
+    if not isinstance(obj, dict):
+        raise MalformedEvent(f"event is not a JSON object: {data[:120]!r}")
+    return obj
+
+
+def _usage(obj: dict[str, Any]) -> tuple[int | None, int | None]:
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        return None, None
+    return usage.get("completion_tokens"), usage.get("prompt_tokens")
+
+
+def _error(obj: dict[str, Any]) -> Event | None:
+    err = obj.get("error")
+    if err is None:
+        return None
+    msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+    return Event(error=msg)
+
+
+def _first_choice(obj: dict[str, Any]) -> dict[str, Any] | None:
+    choices = obj.get("choices")
+    if not choices:
+        return None
+    c = choices[0]
+    if not isinstance(c, dict):
+        raise MalformedEvent(f"choices[0] is not an object: {c!r:.120}")
+    return c
+
+
+class Completions:
+    name = "completions"
+    path = "/v1/completions"
+
+    def body(self, item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
+        return {"prompt": item.prompt, **_common(item, opts)}
+
+    def parse(self, data: bytes) -> Event:
+        if data == DONE:
+            return Event(done=True)
+        obj = _load(data)
+        if (err := _error(obj)) is not None:
+            return err
+        completion, prompt = _usage(obj)
+        c = _first_choice(obj)
+        if c is None:
+            return NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
+        text = c.get("text")
+        return Event(CONTENT if text else None, completion, prompt, c.get("finish_reason"))
+
+
+class Chat:
+    name = "chat"
+    path = "/v1/chat/completions"
+
+    def body(self, item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
+        return {"messages": list(item.messages), **_common(item, opts)}
+
+    def parse(self, data: bytes) -> Event:
+        if data == DONE:
+            return Event(done=True)
+        obj = _load(data)
+        if (err := _error(obj)) is not None:
+            return err
+        completion, prompt = _usage(obj)
+        c = _first_choice(obj)
+        if c is None:
+            return NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
+        delta = c.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise MalformedEvent(f"choices[0].delta is not an object: {delta!r:.120}")
+        if delta.get("content"):
+            kind: str | None = CONTENT
+        # vLLM has used both names for the reasoning parser's output.
+        elif delta.get("reasoning_content") or delta.get("reasoning"):
+            kind = REASONING
+        else:
+            kind = None
+        return Event(kind, completion, prompt, c.get("finish_reason"))

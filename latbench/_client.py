@@ -1,0 +1,220 @@
+"""One streaming request in, one record out.
+
+The loop only timestamps and splits: each piece of bytes is stamped with `monotonic_ns()` as it is
+read, the SSE parser cuts it into event payloads, and the API kind decodes each payload once. Every
+failure becomes an `ErrorKind` on the record, which keeps whatever had been measured before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from dataclasses import dataclass
+from time import monotonic_ns
+from typing import Any
+
+import aiohttp
+import orjson
+
+from latbench._apis import ApiKind, MalformedEvent, RequestOptions
+from latbench._errors import ErrorKind
+from latbench._record import Phase, Record
+from latbench._sse import SSEParser
+from latbench._workload import WorkItem
+
+ERROR_BODY_LIMIT = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. `idle` is the longest gap allowed between two events after the first token."""
+
+    connect: float = 10.0
+    first_token: float = 60.0
+    idle: float = 30.0
+    total: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Everything fixed for one run's requests: where, how, and with which options."""
+
+    base_url: str
+    api: ApiKind
+    options: RequestOptions
+    headers: dict[str, str]
+    timeouts: Timeouts
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + self.api.path
+
+
+class _Deadline:
+    """Which timeout is armed, so that a TimeoutError can be named."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self) -> None:
+        self.kind = ErrorKind.TIMEOUT_FIRST_TOKEN
+
+
+async def stream_request(
+    session: aiohttp.ClientSession,
+    ep: Endpoint,
+    item: WorkItem,
+    *,
+    run_id: str,
+    seq: int,
+    phase: Phase,
+    t_intended: int,
+) -> Record:
+    api = ep.api
+    to = ep.timeouts
+    body = orjson.dumps(api.body(item, ep.options))
+    parser = SSEParser()
+    ev_t: list[int] = []
+    ev_kind: list[str] = []
+    ev_n: list[int] = []
+    n_known = True  # every token event so far had a usage delta
+    last_completion = 0
+    usage_completion: int | None = None
+    usage_prompt: int | None = None
+    finish_reason: str | None = None
+    t_headers: int | None = None
+    status: int | None = None
+    error: ErrorKind | None = None
+    detail: str | None = None
+    done = False
+
+    loop = asyncio.get_running_loop()
+    armed = _Deadline()
+    t_sent = monotonic_ns()
+    start = loop.time()
+    total_at = start + to.total
+    try:
+        async with asyncio.timeout_at(min(start + to.first_token, total_at)) as cm:
+            async with session.post(ep.url, data=body, headers=ep.headers) as resp:
+                t_headers = monotonic_ns()
+                status = resp.status
+                if status >= 300:
+                    error = ErrorKind.HTTP_STATUS
+                    detail = await _error_body(resp)
+                else:
+                    async for piece in resp.content.iter_any():
+                        now = monotonic_ns()
+                        for data in parser.feed(piece):
+                            ev = api.parse(data)
+                            if ev.completion_tokens is not None:
+                                usage_completion = ev.completion_tokens
+                                if ev.prompt_tokens is not None:
+                                    usage_prompt = ev.prompt_tokens
+                            delta = 0
+                            if ev.completion_tokens is not None:
+                                delta = ev.completion_tokens - last_completion
+                                last_completion = ev.completion_tokens
+                            # A token-bearing event has text, or a usage delta (vLLM can emit a
+                            # token whose text is empty, yet count it).
+                            if ev.kind is not None or (delta > 0 and not ev.usage_only):
+                                ev_t.append(now)
+                                ev_kind.append(ev.kind or "c")
+                                if ev.completion_tokens is None:
+                                    n_known = False
+                                ev_n.append(delta)
+                            if ev.finish_reason is not None:
+                                finish_reason = ev.finish_reason
+                            if ev.error is not None:
+                                error, detail = ErrorKind.SERVER_ERROR_EVENT, ev.error
+                                break
+                            if ev.done:
+                                done = True
+                                break
+                        if done or error is not None:
+                            break
+                        if ev_t:
+                            if armed.kind is ErrorKind.TIMEOUT_FIRST_TOKEN:
+                                armed.kind = ErrorKind.TIMEOUT_IDLE
+                            idle_at = loop.time() + to.idle
+                            if idle_at < total_at:
+                                cm.reschedule(idle_at)
+                            else:
+                                armed.kind = ErrorKind.TIMEOUT_TOTAL
+                                cm.reschedule(total_at)
+                    if not done and error is None:
+                        # Connection closed without the end marker. A finish_reason means the
+                        # generation itself ended; only the final [DONE] was lost.
+                        if finish_reason is None:
+                            error = ErrorKind.STREAM_TRUNCATED
+                            detail = "the stream closed before its end marker"
+    except aiohttp.ConnectionTimeoutError:
+        error, detail = ErrorKind.TIMEOUT_CONNECT, f"no connection within {to.connect:g} s"
+    except TimeoutError:
+        error = armed.kind if loop.time() < total_at - 1e-3 else ErrorKind.TIMEOUT_TOTAL
+        detail = _timeout_detail(error, to)
+    except MalformedEvent as e:
+        error, detail = ErrorKind.MALFORMED_STREAM, str(e)
+    except aiohttp.ClientConnectorError as e:
+        refused = e.os_error.errno == errno.ECONNREFUSED if e.os_error else False
+        error = ErrorKind.CONNECT_REFUSED if refused else ErrorKind.CONNECT_ERROR
+        detail = str(e)
+    except aiohttp.ClientPayloadError as e:
+        error, detail = ErrorKind.STREAM_TRUNCATED, str(e) or type(e).__name__
+    except aiohttp.ServerDisconnectedError as e:
+        error = ErrorKind.STREAM_TRUNCATED if t_headers else ErrorKind.CONNECTION_RESET
+        detail = str(e) or "server disconnected"
+    except (aiohttp.ClientOSError, ConnectionResetError) as e:
+        error, detail = ErrorKind.CONNECTION_RESET, str(e) or type(e).__name__
+    except aiohttp.ClientResponseError as e:
+        error, detail = ErrorKind.MALFORMED_STREAM, f"bad HTTP response: {e.message}"
+    except asyncio.CancelledError:
+        # The runner cancels in-flight requests only when the run is aborted; it wants the partial
+        # record back rather than the exception.
+        error, detail = ErrorKind.CANCELLED, "the run was stopped while this request was in flight"
+    except Exception as e:  # noqa: BLE001 - a bug in one request must not lose the run's records
+        error, detail = ErrorKind.CLIENT_ERROR, f"{type(e).__name__}: {e}"
+    t_end = monotonic_ns()
+
+    return Record(
+        run_id=run_id,
+        seq=seq,
+        phase=phase,
+        api=api.name,
+        t_intended=t_intended,
+        t_sent=t_sent,
+        t_headers=t_headers,
+        t_end=t_end,
+        ev_t=tuple(ev_t),
+        ev_kind="".join(ev_kind),
+        ev_n=tuple(ev_n) if n_known and ev_t else None,
+        status=status,
+        finish_reason=finish_reason,
+        usage_prompt_tokens=usage_prompt,
+        usage_completion_tokens=usage_completion,
+        max_tokens=item.max_tokens,
+        error=error,
+        error_detail=detail,
+    )
+
+
+def _timeout_detail(kind: ErrorKind, to: Timeouts) -> str:
+    return {
+        ErrorKind.TIMEOUT_FIRST_TOKEN: f"no token within {to.first_token:g} s",
+        ErrorKind.TIMEOUT_IDLE: f"no event for {to.idle:g} s after a token",
+        ErrorKind.TIMEOUT_TOTAL: f"not finished within {to.total:g} s",
+    }.get(kind, str(kind))
+
+
+async def _error_body(resp: aiohttp.ClientResponse) -> str:
+    try:
+        raw = await resp.content.read(ERROR_BODY_LIMIT)
+    except (aiohttp.ClientError, TimeoutError):
+        raw = b""
+    msg = raw.decode("utf-8", "replace").strip()
+    try:
+        obj: Any = orjson.loads(raw)
+        if isinstance(obj, dict):
+            err = obj.get("error", obj)
+            msg = err.get("message", msg) if isinstance(err, dict) else str(err)
+    except orjson.JSONDecodeError:
+        pass
+    return f"HTTP {resp.status}: {msg}" if msg else f"HTTP {resp.status}"

@@ -1,0 +1,22 @@
+"""A simulated OpenAI-compatible LLM server with configurable latency, load and faults.
+
+It streams like vLLM, paces tokens on a seeded latency model (see `latbench.sim._engine` for the
+load formula), injects faults on request, and reports what it actually did at `/sim/truth`, so
+latbench can be tested against a server whose behaviour is known.
+"""
+
+from latbench.sim._config import FaultSpec, SimConfig
+from latbench.sim._engine import capacity_rps, events_for, service_time_s
+from latbench.sim._process import SimError, SimProcess
+from latbench.sim._server import create_app
+
+__all__ = [
+    "FaultSpec",
+    "SimConfig",
+    "SimError",
+    "SimProcess",
+    "capacity_rps",
+    "create_app",
+    "events_for",
+    "service_time_s",
+]

@@ -1,0 +1,227 @@
+"""`python -m latbench.sim` (and `latbench sim`): run the simulated server until SIGTERM/SIGINT.
+
+Settings are layered: `--config FILE`, then `--config-json`, then individual flags, each
+overriding the one before; `--fault` flags add to the faults from the files. Once the socket is
+bound, exactly one line, `latbench-sim listening on http://HOST:PORT`, goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from pydantic import ValidationError
+
+from latbench._dist import Dist
+from latbench._errors import SpecError
+from latbench.sim._config import FAULT_KINDS, FaultSpec, SimConfig
+from latbench.sim._server import create_app
+
+# SimConfig field -> the flag that sets it (fields whose flag is the field name, dashed).
+_FLAG_FIELDS = (
+    "host",
+    "port",
+    "model",
+    "max_model_len",
+    "default_max_tokens",
+    "ttft",
+    "itl",
+    "tokens_per_event",
+    "reasoning_tokens",
+    "eos_probability",
+    "seed",
+    "max_batch",
+    "ttft_per_stream",
+    "itl_per_stream",
+    "truth_capacity",
+)
+
+
+def _dist(text: str) -> Dist:
+    try:
+        return Dist.model_validate(text)
+    except ValidationError as e:
+        raise argparse.ArgumentTypeError(_first_message(e)) from None
+
+
+def _fault(text: str) -> FaultSpec:
+    try:
+        return FaultSpec.parse(text)
+    except ValidationError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {_explain(e, {})}") from None
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _first_message(e: ValidationError) -> str:
+    msg = e.errors()[0]["msg"]
+    return msg.removeprefix("Value error, ")
+
+
+def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's flags to `parser` (so the main CLI can mount it as `latbench sim`)."""
+    a = parser.add_argument
+    a("--config", metavar="FILE", help="settings from a YAML or JSON file")
+    a("--config-json", metavar="JSON", help="settings as one JSON object")
+    a("--host", help="address to bind (default 127.0.0.1)")
+    a("--port", type=int, help="port to bind; 0 picks a free one (default 0)")
+    a("--model", help="the one model served (default sim-model)")
+    a("--max-model-len", type=int, metavar="N", help="context length (default 4096)")
+    a("--default-max-tokens", type=int, metavar="N", help="when a request sets none (default 128)")
+    a("--ttft", type=_dist, metavar="DIST", help="time to first token, s: 0.05, normal:0.05,0.005")
+    a("--itl", type=_dist, metavar="DIST", help="time between events, s (default 0.01)")
+    a("--tokens-per-event", type=int, metavar="K", help="tokens per SSE event (default 1)")
+    a("--reasoning-tokens", type=int, metavar="N", help="chat: reasoning tokens before content")
+    a("--eos-probability", type=float, metavar="P", help="chance each token is the last")
+    a("--seed", type=int, help="RNG seed for latency and length draws")
+    a("--max-batch", type=int, metavar="B", help="streams decoding at once; more wait FIFO")
+    a("--ttft-per-stream", type=float, metavar="S", help="TTFT added per active stream, s")
+    a("--itl-per-stream", type=float, metavar="S", help="step time added per other stream, s")
+    a("--truth-capacity", type=int, metavar="N", help="requests kept for /sim/truth")
+    a(
+        "--fault",
+        type=_fault,
+        action="append",
+        metavar="KIND[,every=N][,after=K][,status=C][,stall_s=S]",
+        help=f"inject a fault (repeatable); KIND is one of {', '.join(FAULT_KINDS)}",
+    )
+
+
+def config_from_args(ns: argparse.Namespace) -> SimConfig:
+    """The SimConfig that parsed flags describe; raises SpecError naming the bad flag or field."""
+    data: dict[str, Any] = {}
+    if ns.config:
+        data.update(_load(ns.config, "--config", _read_file))
+    if ns.config_json:
+        data.update(_load(ns.config_json, "--config-json", json.loads))
+    flags = {"faults": "--fault"}
+    for name in _FLAG_FIELDS:
+        flags[name] = "--" + name.replace("_", "-")
+        value = getattr(ns, name, None)
+        if value is not None:
+            data[name] = value
+    if ns.fault:
+        data["faults"] = [*data.get("faults", []), *ns.fault]
+    try:
+        return SimConfig.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_explain(e, flags)) from None
+
+
+def _read_file(path: str) -> Any:
+    text = Path(path).read_text()
+    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+
+
+def _load(source: str, flag: str, parse: Callable[[str], Any]) -> dict[str, Any]:
+    try:
+        data = parse(source)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise SpecError(f"{flag}: cannot read settings: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{flag}: settings must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _explain(e: ValidationError, flags: dict[str, str]) -> str:
+    parts = []
+    for err in e.errors():
+        loc = err["loc"]
+        name = str(loc[0]) if loc else ""
+        where = flags.get(name) or ".".join(str(p) for p in loc) or "settings"
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+async def serve(config: SimConfig, ready: Callable[[str], None] | None = None) -> None:
+    """Serve `config` until SIGTERM or SIGINT; `ready(url)` is called once the socket is bound."""
+    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        # A deep backlog: a benchmark may open thousands of connections at once.
+        site = web.TCPSite(runner, config.host, config.port, backlog=4096)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            if ready is not None:
+                ready(url)
+            await stop.wait()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+    finally:
+        await runner.cleanup()
+
+
+def _announce(url: str) -> None:
+    print(f"latbench-sim listening on {url}", flush=True)
+
+
+def _die_with_parent() -> None:
+    """Linux: ask for SIGTERM when the launching process dies (set by `SimProcess`)."""
+    parent = os.environ.get("LATBENCH_SIM_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run(config: SimConfig) -> None:
+    """Serve in this thread on a fresh event loop (uvloop when installed)."""
+    _die_with_parent()
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(config, _announce))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="latbench sim", description="Run the simulated OpenAI-compatible server."
+    )
+    add_sim_arguments(parser)
+    ns = parser.parse_args(argv)
+    try:
+        config = config_from_args(ns)
+    except SpecError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        run(config)
+    except OSError as e:  # the address is in use, or cannot be bound
+        print(
+            f"{parser.prog}: error: cannot listen on {config.host}:{config.port}: {e}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The simulator's latency and load model, and its record of what it actually did.
+
+Latency model
+-------------
+Each request draws a TTFT from `ttft` and one step per later event from `itl` (seconds, seeded
+RNG). It is planned as `E` events of at most `k = tokens_per_event` tokens each (reasoning tokens
+first, then content), so `E = ceil(R / k) + ceil((N - R) / k)` for `N` output tokens of which
+`R = min(reasoning_tokens, N)` are reasoning (chat only; `R = 0` for completions).
+
+Load model
+----------
+At most `max_batch` (`B`) requests hold a decoding slot at once; the rest wait for one in FIFO
+order (no limit when `max_batch` is None). A request is *admitted* at `t_admit` when it gets a
+slot. Let `a` be the number of other requests holding a slot at that moment and `n_i` the number
+holding one (itself included) when its event `i` is written. Its events are due at
+
+    t_1     = t_admit + TTFT_draw + ttft_per_stream * a
+    t_(i+1) = t_i + ITL_draw_i + itl_per_stream * (n_i - 1)
+
+Each `t_i` is an absolute deadline on the event loop's clock: it is computed from the previous
+deadline, never from when the previous event was actually written, so scheduling jitter never
+accumulates. An event that falls behind its deadline (an overloaded loop) is sent at once.
+
+With `n` requests steadily holding slots, a request therefore holds its slot for about
+
+    S(n) = ttft + ttft_per_stream * (n - 1) + (E - 1) * (itl + itl_per_stream * (n - 1))
+
+(`ttft`, `itl` the means), and the server completes `n / S(n)` requests/s (Little's law). Under
+an open-loop rate `lambda`, `n` settles where `n = lambda * S(n)`. The knee of a rate sweep is the
+capacity
+
+    lambda_max = B / S(B)                       with max_batch B: above it the queue, and with it
+                                                 TTFT, grows without bound;
+    lambda_max -> 1 / (ttft_per_stream + (E - 1) * itl_per_stream)
+                                                 without max_batch (approached as n grows),
+
+so below the knee TTFT is `ttft + ttft_per_stream * (n - 1)` and ITL is
+`itl + itl_per_stream * (n - 1)`, both rising with load.
+
+Truth
+-----
+`Truth` keeps, per generation request, the arrival instant (`time.monotonic_ns()` at handler
+entry) and the instant each token event was written, for `/sim/truth`. On Linux that clock is
+shared by all processes, so a client on the same host can compare its own instants with these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from array import array
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from latbench.sim._config import SimConfig
+
+EventKind = Literal["reasoning", "content"]
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one request will generate: its events as (kind, tokens), and why it ends."""
+
+    events: tuple[tuple[EventKind, int], ...]
+    completion_tokens: int
+    finish_reason: FinishReason
+
+
+class Pacer:
+    """Sleeps until each of one request's event deadlines (see the module docstring)."""
+
+    __slots__ = ("_deadline", "_engine", "_loop", "_sent", "_steps")
+
+    def __init__(self, engine: Engine, ttft: float, steps: list[float]) -> None:
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + ttft
+        self._steps = steps
+        self._sent = 0
+
+    async def next_event(self) -> None:
+        """Return when the next event is due."""
+        if self._sent:
+            load = self._engine.config.itl_per_stream * (self._engine.active - 1)
+            self._deadline += self._steps[self._sent - 1] + load
+        self._sent += 1
+        delay = self._deadline - self._loop.time()
+        # A late event still yields, so one stream that fell behind cannot starve the others.
+        await asyncio.sleep(delay if delay > 0 else 0)
+
+
+class Engine:
+    """Plans requests and hands out decoding slots; one per simulated server."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.active = 0  # requests holding a slot
+        self._rng = np.random.default_rng(config.seed)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def plan(
+        self, *, max_tokens: int, min_tokens: int = 0, ignore_eos: bool = False, reasoning: bool
+    ) -> Plan:
+        n, finish = max_tokens, "length"
+        p = self.config.eos_probability
+        if p > 0 and not ignore_eos:
+            # Each token from `first` on is the last with probability p: a geometric draw.
+            first = max(min_tokens, 1)
+            last = first - 1 + int(self._rng.geometric(p))
+            if last <= max_tokens:
+                n, finish = last, "stop"
+        r = min(self.config.reasoning_tokens, n) if reasoning else 0
+        k = self.config.tokens_per_event
+        events = [*_chunks("reasoning", r, k), *_chunks("content", n - r, k)]
+        return Plan(events=tuple(events), completion_tokens=n, finish_reason=finish)
+
+    @asynccontextmanager
+    async def admit(self, plan: Plan) -> AsyncIterator[Pacer]:
+        """Hold a decoding slot (waiting FIFO for one) while generating `plan`."""
+        await self._acquire()
+        try:
+            others = self.active - 1
+            ttft = self.config.ttft.sample_one(self._rng) + self.config.ttft_per_stream * others
+            # All steps drawn at once: one numpy call per request, not one per event.
+            steps = self.config.itl.sample(self._rng, max(len(plan.events) - 1, 0)).tolist()
+            yield Pacer(self, ttft, steps)
+        finally:
+            self._release()
+
+    async def _acquire(self) -> None:
+        limit = self.config.max_batch
+        if (limit is None or self.active < limit) and not self._waiters:
+            self.active += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()  # the slot was handed over just as this waiter was cancelled
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def _release(self) -> None:
+        # The slot passes straight to the oldest waiter, so a newcomer can never jump the queue.
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.active -= 1
+
+
+def _chunks(kind: EventKind, tokens: int, k: int) -> list[tuple[EventKind, int]]:
+    full, rest = divmod(tokens, k)
+    return [(kind, k)] * full + ([(kind, rest)] if rest else [])
+
+
+class TruthEntry:
+    """One request as the server saw it. Recording an event appends one int."""
+
+    __slots__ = ("arrival_ns", "events_ns", "fault", "tokens")
+
+    def __init__(self, arrival_ns: int, fault: str | None) -> None:
+        self.arrival_ns = arrival_ns
+        self.events_ns = array("q")
+        self.fault = fault
+        self.tokens = 0
+
+    def event(self, tokens: int) -> None:
+        self.events_ns.append(time.monotonic_ns())
+        self.tokens += tokens
+
+
+class Truth:
+    """The last `capacity` generation requests, summarised for `/sim/truth`."""
+
+    def __init__(self, capacity: int) -> None:
+        self._entries: deque[TruthEntry] = deque(maxlen=capacity)
+
+    def start(self, arrival_ns: int, fault: str | None = None) -> TruthEntry:
+        entry = TruthEntry(arrival_ns, fault)
+        self._entries.append(entry)
+        return entry
+
+    def reset(self) -> None:
+        self._entries.clear()
+
+    def summary(self, *, raw: bool = False) -> dict[str, Any]:
+        entries = list(self._entries)
+        with_events = [e for e in entries if e.events_ns]
+        ttft = np.array([e.events_ns[0] - e.arrival_ns for e in with_events], dtype=np.int64)
+        gaps = [np.diff(np.frombuffer(e.events_ns, dtype=np.int64)) for e in with_events]
+        itl = np.concatenate(gaps) if gaps else np.empty(0, dtype=np.int64)
+        out: dict[str, Any] = {
+            "count": len(entries),
+            "tokens": sum(e.tokens for e in entries),
+            "ttft": _stats(ttft),
+            "itl": _stats(itl),
+        }
+        if raw:
+            out["requests"] = [
+                {
+                    "arrival_ns": e.arrival_ns,
+                    "events_ns": e.events_ns.tolist(),
+                    "tokens": e.tokens,
+                    "fault": e.fault,
+                }
+                for e in entries
+            ]
+        return out
+
+
+def _stats(ns: np.ndarray) -> dict[str, float | int | None]:
+    if ns.size == 0:
+        return {"n": 0, "mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    s = ns / 1e9
+    p50, p90, p99 = np.percentile(s, [50, 90, 99]).tolist()
+    return {
+        "n": int(s.size),
+        "mean": float(s.mean()),
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
+        "max": float(s.max()),
+    }
+
+
+def events_for(tokens: int, reasoning: int, k: int) -> int:
+    """`E` in the module docstring: events carrying `tokens` tokens, `reasoning` of them first."""
+    r = min(reasoning, tokens)
+    return math.ceil(r / k) + math.ceil((tokens - r) / k)
+
+
+def service_time_s(config: SimConfig, n: int, events: int) -> float:
+    """`S(n)` in the module docstring, from the means of `ttft` and `itl`."""
+    others = n - 1
+    ttft = config.ttft.mean + config.ttft_per_stream * others
+    return ttft + (events - 1) * (config.itl.mean + config.itl_per_stream * others)
+
+
+def capacity_rps(config: SimConfig, events: int) -> float:
+    """`lambda_max` in the module docstring: the request rate at the knee (inf if there is none)."""
+    if config.max_batch is not None:
+        return config.max_batch / service_time_s(config, config.max_batch, events)
+    per_stream = config.ttft_per_stream + (events - 1) * config.itl_per_stream
+    return 1 / per_stream if per_stream > 0 else math.inf

@@ -1,0 +1,144 @@
+"""One streaming request against the simulator over loopback: timing, token accounting, and the
+classification of every fault, each keeping what it had measured."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from time import monotonic_ns
+
+import aiohttp
+import pytest
+
+from latbench._apis import API_KINDS, RequestOptions
+from latbench._client import Endpoint, Timeouts, stream_request
+from latbench._errors import ErrorKind
+from latbench._record import Record
+from latbench._workload import WorkItem
+from latbench.sim import SimConfig, SimProcess
+
+
+@pytest.fixture
+def start_sim() -> Iterator[object]:
+    procs: list[SimProcess] = []
+
+    def start(**cfg: object) -> SimProcess:
+        p = SimProcess(SimConfig.model_validate(cfg))
+        p.start()
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as s:
+        yield s
+
+
+def endpoint(url: str, api: str = "chat", *, extensions: bool = True, **timeouts: float) -> Endpoint:
+    return Endpoint(
+        base_url=url,
+        api=API_KINDS[api],
+        options=RequestOptions(model="sim-model", vllm_extensions=extensions, ignore_eos=True, extra_body={}),
+        headers={},
+        timeouts=Timeouts(**timeouts),
+    )
+
+
+ITEM = WorkItem(prompt="one two three", messages=({"role": "user", "content": "one two three"},),
+                prompt_tokens=3, max_tokens=8)
+
+
+async def one(session: aiohttp.ClientSession, ep: Endpoint, item: WorkItem = ITEM) -> Record:
+    t = monotonic_ns()
+    return await stream_request(session, ep, item, run_id="t", seq=0, phase="measure", t_intended=t)
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+async def test_timing_and_tokens_match_the_simulator(start_sim, session, api: str) -> None:
+    sim = start_sim(ttft=0.05, itl=0.01)
+    rec = await one(session, endpoint(sim.url, api))
+    assert rec.ok, rec.error_detail
+    assert rec.status == 200 and rec.finish_reason == "length"
+    assert len(rec.ev_t) == 8 and rec.ev_kind == "c" * 8
+    assert rec.ev_n == (1,) * 8  # continuous usage gives a delta per event
+    assert rec.usage_completion_tokens == 8 and rec.usage_prompt_tokens == 3
+    ttft = (rec.ev_t[0] - rec.t_sent) / 1e6
+    gaps = [(b - a) / 1e6 for a, b in zip(rec.ev_t, rec.ev_t[1:], strict=False)]
+    # The simulator sends on absolute deadlines over loopback: a few ms covers the connection
+    # set-up of a first request and scheduler jitter on a shared 2-core machine.
+    assert 50 <= ttft < 70
+    assert all(5 < g < 20 for g in gaps)
+    assert rec.t_sent <= rec.t_headers <= rec.ev_t[0] <= rec.ev_t[-1] <= rec.t_end
+
+
+async def test_multi_token_events_and_reasoning(start_sim, session) -> None:
+    sim = start_sim(ttft=0.01, itl=0.005, tokens_per_event=3, reasoning_tokens=3)
+    rec = await one(session, endpoint(sim.url, "chat"))
+    assert rec.ok, rec.error_detail
+    assert rec.usage_completion_tokens == 8
+    assert sum(rec.ev_n or ()) == 8
+    assert rec.ev_kind[0] == "r" and "c" in rec.ev_kind
+
+
+async def test_without_extensions_token_counts_come_from_final_usage(start_sim, session) -> None:
+    sim = start_sim(ttft=0.01, itl=0.002)
+    rec = await one(session, endpoint(sim.url, "completions", extensions=False))
+    assert rec.ok
+    assert rec.ev_n is None  # no per-event usage was sent
+    assert rec.usage_completion_tokens == 8 and len(rec.ev_t) == 8
+
+
+FAULTS = [
+    ({"kind": "http_status", "status": 500}, ErrorKind.HTTP_STATUS, 0),
+    ({"kind": "http_status", "status": 429}, ErrorKind.HTTP_STATUS, 0),
+    ({"kind": "malformed", "after": 3}, ErrorKind.MALFORMED_STREAM, 3),
+    ({"kind": "truncate", "after": 4}, ErrorKind.STREAM_TRUNCATED, 4),
+    ({"kind": "error_event", "after": 2}, ErrorKind.SERVER_ERROR_EVENT, 2),
+    ({"kind": "stall_first"}, ErrorKind.TIMEOUT_FIRST_TOKEN, 0),
+    ({"kind": "stall_mid", "after": 3}, ErrorKind.TIMEOUT_IDLE, 3),
+]
+
+
+@pytest.mark.parametrize(("fault", "kind", "events_kept"), FAULTS, ids=[f[0]["kind"] + str(f[0].get("status", "")) for f in FAULTS])
+async def test_each_fault_is_classified_and_keeps_what_was_measured(
+    start_sim, session, fault: dict[str, object], kind: ErrorKind, events_kept: int
+) -> None:
+    sim = start_sim(ttft=0.01, itl=0.002, faults=[fault])
+    rec = await one(session, endpoint(sim.url, "chat", first_token=0.5, idle=0.3))
+    assert rec.error is kind, rec.error_detail
+    assert rec.error_detail
+    assert len(rec.ev_t) == events_kept
+    if kind is ErrorKind.HTTP_STATUS:
+        assert rec.status == fault["status"]
+        assert str(fault["status"]) in rec.error_detail
+
+
+async def test_total_timeout(start_sim, session) -> None:
+    sim = start_sim(ttft=0.01, itl=0.05)
+    rec = await one(session, endpoint(sim.url, total=0.2))
+    assert rec.error is ErrorKind.TIMEOUT_TOTAL
+    assert 0 < len(rec.ev_t) < 8
+
+
+async def test_connection_refused(session) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: bind, note it, close
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rec = await one(session, endpoint(f"http://127.0.0.1:{port}"))
+    assert rec.error is ErrorKind.CONNECT_REFUSED
+    assert rec.t_headers is None and rec.ev_t == ()
+
+
+async def test_wrong_model_is_an_http_error_with_the_servers_message(start_sim, session) -> None:
+    sim = start_sim()
+    ep = endpoint(sim.url)
+    ep = Endpoint(ep.base_url, ep.api, ep.options._replace(model="nope"), {}, ep.timeouts)
+    rec = await one(session, ep)
+    assert rec.error is ErrorKind.HTTP_STATUS and rec.status == 404
+    assert "nope" in (rec.error_detail or "")

@@ -140,12 +140,11 @@ async def stream_request(
                             else:
                                 armed.kind = ErrorKind.TIMEOUT_TOTAL
                                 cm.reschedule(total_at)
-                    if not done and error is None:
-                        # Connection closed without the end marker. A finish_reason means the
-                        # generation itself ended; only the final [DONE] was lost.
-                        if finish_reason is None:
-                            error = ErrorKind.STREAM_TRUNCATED
-                            detail = "the stream closed before its end marker"
+                    # Closed without the end marker. A finish_reason means the generation itself
+                    # ended and only the final [DONE] was lost: not an error.
+                    if not done and error is None and finish_reason is None:
+                        error = ErrorKind.STREAM_TRUNCATED
+                        detail = "the stream closed before its end marker"
     except aiohttp.ConnectionTimeoutError:
         error, detail = ErrorKind.TIMEOUT_CONNECT, f"no connection within {to.connect:g} s"
     except TimeoutError:
@@ -170,7 +169,7 @@ async def stream_request(
         # The runner cancels in-flight requests only when the run is aborted; it wants the partial
         # record back rather than the exception.
         error, detail = ErrorKind.CANCELLED, "the run was stopped while this request was in flight"
-    except Exception as e:  # noqa: BLE001 - a bug in one request must not lose the run's records
+    except Exception as e:
         error, detail = ErrorKind.CLIENT_ERROR, f"{type(e).__name__}: {e}"
     t_end = monotonic_ns()
 

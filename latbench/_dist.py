@@ -1,4 +1,4 @@
-"""Distributions of a number (a latency in seconds, a token count), shared by specs and the simulator.
+"""Distributions of a number (a latency in seconds, a token count), for specs and the simulator.
 
 Written in specs as a bare number (fixed), or as `{kind, mean, std, min, max}`, or on the command
 line as `KIND:MEAN[,STD]` (for example `normal:128,32`, `lognormal:0.05,0.01`).
@@ -23,7 +23,9 @@ class Dist(BaseModel):
     kind: DistKind = "fixed"
     mean: float = Field(ge=0)
     std: float = Field(default=0.0, ge=0)
-    min: float | None = Field(default=None, ge=0, description="samples are clamped to at least this")
+    min: float | None = Field(
+        default=None, ge=0, description="samples are clamped to at least this"
+    )
     max: float | None = Field(default=None, ge=0, description="samples are clamped to at most this")
 
     @model_validator(mode="before")

@@ -132,7 +132,9 @@ class RecordsFile:
     footer: RunFooter | None
 
 
-def iter_lines(lines: Iterable[bytes], source: str = "<records>") -> Iterator[RunHeader | Record | RunFooter]:
+def iter_lines(
+    lines: Iterable[bytes], source: str = "<records>"
+) -> Iterator[RunHeader | Record | RunFooter]:
     for lineno, raw in enumerate(lines, 1):
         raw = raw.strip()
         if not raw:
@@ -141,7 +143,8 @@ def iter_lines(lines: Iterable[bytes], source: str = "<records>") -> Iterator[Ru
             d = orjson.loads(raw)
             if d.get("schema") != SCHEMA_VERSION:
                 raise RecordsError(
-                    f"{source}:{lineno}: schema {d.get('schema')!r}, this latbench reads {SCHEMA_VERSION}"
+                    f"{source}:{lineno}: schema {d.get('schema')!r}, "
+                    f"this latbench reads {SCHEMA_VERSION}"
                 )
             kind = d.pop("type")
             d.pop("schema")

@@ -38,18 +38,26 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def endpoint(url: str, api: str = "chat", *, extensions: bool = True, **timeouts: float) -> Endpoint:
+def endpoint(
+    url: str, api: str = "chat", *, extensions: bool = True, **timeouts: float
+) -> Endpoint:
     return Endpoint(
         base_url=url,
         api=API_KINDS[api],
-        options=RequestOptions(model="sim-model", vllm_extensions=extensions, ignore_eos=True, extra_body={}),
+        options=RequestOptions(
+            model="sim-model", vllm_extensions=extensions, ignore_eos=True, extra_body={}
+        ),
         headers={},
         timeouts=Timeouts(**timeouts),
     )
 
 
-ITEM = WorkItem(prompt="one two three", messages=({"role": "user", "content": "one two three"},),
-                prompt_tokens=3, max_tokens=8)
+ITEM = WorkItem(
+    prompt="one two three",
+    messages=({"role": "user", "content": "one two three"},),
+    prompt_tokens=3,
+    max_tokens=8,
+)
 
 
 async def one(session: aiohttp.ClientSession, ep: Endpoint, item: WorkItem = ITEM) -> Record:
@@ -69,9 +77,11 @@ async def test_timing_and_tokens_match_the_simulator(start_sim, session, api: st
     ttft = (rec.ev_t[0] - rec.t_sent) / 1e6
     gaps = [(b - a) / 1e6 for a, b in zip(rec.ev_t, rec.ev_t[1:], strict=False)]
     # The simulator sends on absolute deadlines over loopback: a few ms covers the connection
-    # set-up of a first request and scheduler jitter on a shared 2-core machine.
-    assert 50 <= ttft < 70
-    assert all(5 < g < 20 for g in gaps)
+    # set-up of a first request and scheduler jitter on a shared 2-core machine; a single gap
+    # can absorb a late wake-up of either process, the mean cannot drift.
+    assert 50 <= ttft < 75, ttft
+    assert all(2 < g < 30 for g in gaps), gaps
+    assert 9 < sum(gaps) / len(gaps) < 11.5, gaps
     assert rec.t_sent <= rec.t_headers <= rec.ev_t[0] <= rec.ev_t[-1] <= rec.t_end
 
 
@@ -103,7 +113,11 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize(("fault", "kind", "events_kept"), FAULTS, ids=[f[0]["kind"] + str(f[0].get("status", "")) for f in FAULTS])
+@pytest.mark.parametrize(
+    ("fault", "kind", "events_kept"),
+    FAULTS,
+    ids=[f[0]["kind"] + str(f[0].get("status", "")) for f in FAULTS],
+)
 async def test_each_fault_is_classified_and_keeps_what_was_measured(
     start_sim, session, fault: dict[str, object], kind: ErrorKind, events_kept: int
 ) -> None:

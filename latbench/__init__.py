@@ -1,0 +1,3 @@
+"""latbench: streaming-latency benchmarking for LLM serving."""
+
+__version__ = "0.1.0"

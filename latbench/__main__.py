@@ -1,0 +1,5 @@
+import sys
+
+from latbench._cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""One benchmark, start to finish: spec in, records file + results file + summary out.
+
+Wires the pipeline: (embedded simulator) -> preflight -> runner -> sinks -> summary. The CLI and,
+later, the service call `run_benchmark`; neither the runner nor the summary knows about them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from time import monotonic_ns
+from typing import Any
+
+import aiohttp
+import orjson
+from rich.console import Console
+
+from latbench import __version__
+from latbench._dist import Dist
+from latbench._metrics import LatbenchMetrics
+from latbench._record import RunHeader
+from latbench._runner import Runner, make_connector, raise_fd_limit
+from latbench._sinks.jsonl import JsonlSink
+from latbench._sinks.progress import ProgressSink
+from latbench._sinks.prometheus import PrometheusSink, run_labels
+from latbench._spec import RunSpec, WorkloadSpec
+from latbench._summary import Summary, summarize
+from latbench._target import redact_headers, resolve_endpoint
+from latbench._workload import FileWorkload, SyntheticWorkload, Workload
+from latbench.sim import SimProcess
+
+DEFAULT_OUTPUT_TOKENS = 128
+
+
+@dataclass
+class BenchResult:
+    run_id: str
+    summary: Summary
+    records_path: Path
+    results_path: Path
+    ended: str
+
+
+def make_workload(w: WorkloadSpec) -> Workload:
+    if w.source == "synthetic":
+        out = w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS)
+        return SyntheticWorkload(w.input_tokens, out, seed=w.seed)
+    assert w.path is not None
+    if w.source == "jsonl":
+        return FileWorkload.from_jsonl(w.path, w.output_tokens, seed=w.seed)
+    return FileWorkload.from_sharegpt(w.path, w.output_tokens, seed=w.seed)
+
+
+def public_spec(spec: RunSpec) -> dict[str, Any]:
+    """The spec as stored in results: secrets never leave the process."""
+    d = spec.model_dump(mode="json")
+    d["target"]["headers"] = redact_headers(spec.target.headers)
+    return d
+
+
+def environment(spec: RunSpec, base_url: str, model: str) -> dict[str, Any]:
+    return {
+        "latbench_version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "target": base_url,
+        "embedded_simulator": spec.target.base_url is None,
+        "api": spec.target.api,
+        "model": model,
+    }
+
+
+@contextlib.contextmanager
+def target_url(spec: RunSpec) -> Iterator[str]:
+    """The target's base URL; with no target, a built-in simulator in a child process, so its
+    work never shares the client's event loop or core time slice accounting."""
+    if spec.target.base_url is not None:
+        yield spec.target.base_url
+        return
+    with SimProcess(spec.sim) as sim:
+        yield sim.url
+
+
+async def run_benchmark(
+    spec: RunSpec,
+    base_url: str,
+    console: Console,
+    *,
+    on_runner: Callable[[Runner], None] | None = None,
+    metrics: LatbenchMetrics | None = None,
+) -> BenchResult:
+    raise_fd_limit()
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    out_dir = spec.output_dir / run_id
+    workload = make_workload(spec.workload)
+    connector = make_connector(spec.load, spec.target.verify_tls)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.target.timeouts.connect)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        endpoint = await resolve_endpoint(session, spec.target, base_url, spec.workload)
+        env = environment(spec, base_url, endpoint.options.model)
+        header = RunHeader(
+            run_id=run_id,
+            latbench_version=__version__,
+            clock_monotonic_ns=monotonic_ns(),
+            clock_wall_ns=time.time_ns(),
+            spec=public_spec(spec),
+            environment=env,
+        )
+        jsonl = JsonlSink(out_dir / "records.jsonl", header)
+        runner = Runner(
+            run_id=run_id,
+            endpoint=endpoint,
+            workload=workload,
+            load=spec.load,
+            sinks=[jsonl],
+            seed=spec.workload.seed,
+        )
+        progress = ProgressSink(
+            console, lambda: runner.inflight, spec.load.requests, spec.load.duration
+        )
+        runner.sinks = [jsonl, progress]
+        prom: PrometheusSink | None = None
+        if metrics is not None:
+            # Live Prometheus series; labels stay bounded (no run id), see latbench/_metrics.py.
+            labels = run_labels(
+                spec.target.base_url, endpoint.options.model, spec.target.api, spec.name
+            )
+            prom = PrometheusSink(metrics, labels, spec.slos, inflight=lambda: runner.inflight)
+            runner.sinks = [*runner.sinks, prom]
+        if on_runner is not None:
+            on_runner(runner)
+        footer = None
+        try:
+            outcome = await runner.run(session)
+            footer = outcome.footer
+        finally:
+            progress.close(footer)
+            jsonl.close(footer)
+            if prom is not None:
+                prom.close(footer)
+    summary = summarize(
+        outcome.records,
+        window=(footer.window_start, footer.window_end),
+        slos=spec.slos,
+        percentiles=spec.percentiles,
+        client=outcome.client,
+        limits=spec.validity.limits(),
+    )
+    results_path = out_dir / "results.json"
+    results = {
+        "run_id": run_id,
+        "ended": outcome.ended,
+        "spec": header.spec,
+        "environment": env,
+        "workload": workload.describe(),
+        "clock": {"monotonic_ns": header.clock_monotonic_ns, "wall_ns": header.clock_wall_ns},
+        "window_ns": [footer.window_start, footer.window_end],
+        "summary": summary.to_dict(),
+        "records": str((out_dir / "records.jsonl").name),
+    }
+    results_path.write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    return BenchResult(run_id, summary, out_dir / "records.jsonl", results_path, outcome.ended)

@@ -1,0 +1,410 @@
+"""Command line: `latbench run`, `latbench sim`, `latbench summary`.
+
+Exit codes (one table; CI gates on them):
+    0   the run completed; no SLO given with --slo was missed
+    1   error: the benchmark could not run (target unreachable, bad records file, ...)
+    2   usage: invalid flags or spec
+    3   an SLO given with --slo was missed
+    4   the run is not valid: the client, not the server, set the pace (client-bound)
+    130 interrupted (Ctrl-C)
+A client-bound run exits 4 even when an SLO was missed: its latencies cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from rich.console import Console
+
+from latbench import __version__
+from latbench._errors import LatbenchError, SpecError
+from latbench._metrics import DEFAULT_LINGER_S, MetricsExport, parse_listen
+from latbench._record import read_records
+from latbench._report import render_summary
+from latbench._spec import load_spec, read_spec_file
+from latbench._summary import ClientStats, Summary, summarize
+
+
+class Exit(IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    SLO_MISSED = 3
+    CLIENT_BOUND = 4
+    INTERRUPTED = 130
+
+
+def verdict_exit(summary: Summary, gate_slos: bool) -> Exit:
+    if summary.client_bound:
+        return Exit.CLIENT_BOUND
+    if gate_slos and not summary.slo_passed:
+        return Exit.SLO_MISSED
+    return Exit.OK
+
+
+# flag dest -> (spec path, converter). One place maps flags onto the spec schema, so the file and
+# the flags cannot drift apart.
+_FLAG_PATHS: dict[str, tuple[str, ...]] = {
+    "name": ("name",),
+    "target": ("target", "base_url"),
+    "api": ("target", "api"),
+    "model": ("target", "model"),
+    "api_key_env": ("target", "api_key_env"),
+    "api_key_file": ("target", "api_key_file"),
+    "vllm_extensions": ("target", "vllm_extensions"),
+    "connect_timeout": ("target", "timeouts", "connect"),
+    "first_token_timeout": ("target", "timeouts", "first_token"),
+    "idle_timeout": ("target", "timeouts", "idle"),
+    "total_timeout": ("target", "timeouts", "total"),
+    "mode": ("load", "mode"),
+    "concurrency": ("load", "concurrency"),
+    "rate": ("load", "rate"),
+    "burstiness": ("load", "burstiness"),
+    "duration": ("load", "duration"),
+    "requests": ("load", "requests"),
+    "warmup": ("load", "warmup"),
+    "cooldown": ("load", "cooldown"),
+    "warmup_requests": ("load", "warmup_requests"),
+    "cooldown_requests": ("load", "cooldown_requests"),
+    "input_tokens": ("workload", "input_tokens"),
+    "output_tokens": ("workload", "output_tokens"),
+    "ignore_eos": ("workload", "ignore_eos"),
+    "seed": ("workload", "seed"),
+    "out": ("output_dir",),
+}
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", type=Path, help="run spec file (YAML or JSON); flags override it")
+    p.add_argument("--name", help="scenario name (a label in results and metrics)")
+    g = p.add_argument_group("target (omit --target to benchmark the built-in simulator)")
+    g.add_argument("--target", metavar="URL", help="server root, e.g. http://127.0.0.1:8000")
+    g.add_argument("--api", choices=["chat", "completions"])
+    g.add_argument("--model", help="model name (default: the first one /v1/models lists)")
+    g.add_argument("--api-key-env", metavar="VAR", help="env var holding the API key")
+    g.add_argument("--api-key-file", metavar="PATH", help="file holding the API key")
+    g.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'")
+    g.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    g.add_argument(
+        "--vllm-extensions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send ignore_eos/min_tokens/continuous_usage_stats (default: on, off for OpenAI)",
+    )
+    for phase in ("connect", "first-token", "idle", "total"):
+        g.add_argument(f"--{phase}-timeout", metavar="SECONDS")
+    g.add_argument(
+        "--sim",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="built-in simulator setting, e.g. --sim ttft=0.05 --sim itl=normal:0.01,0.002",
+    )
+    g = p.add_argument_group("load")
+    g.add_argument(
+        "--mode",
+        choices=["closed", "constant", "poisson"],
+        help="default: closed, or poisson when --rate is given",
+    )
+    g.add_argument("--concurrency", type=int, help="closed loop: users; open loop: a cap")
+    g.add_argument("--rate", type=float, help="open loop: requests per second")
+    g.add_argument("--burstiness", type=float, help="poisson: gamma shape (1 = Poisson)")
+    g.add_argument("--duration", metavar="DURATION", help="e.g. 30s, 2m")
+    g.add_argument("--requests", type=int, help="stop after this many requests")
+    g.add_argument("--warmup", metavar="DURATION")
+    g.add_argument("--cooldown", metavar="DURATION")
+    g.add_argument("--warmup-requests", type=int)
+    g.add_argument("--cooldown-requests", type=int)
+    g = p.add_argument_group("workload")
+    g.add_argument("--input-tokens", metavar="DIST", help="e.g. 128, normal:512,64")
+    g.add_argument("--output-tokens", metavar="DIST", help="e.g. 128, uniform:64,256")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--prompts", type=Path, metavar="FILE.jsonl", help="prompts, one per line")
+    src.add_argument("--sharegpt", type=Path, metavar="FILE.json", help="ShareGPT conversations")
+    g.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("verdict and output")
+    g.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="SLO",
+        help="e.g. ttft:p99<=100ms; makes the exit status 3 when missed. "
+        "'default' = p99 TTFT, ITL, TPOT <= 100 ms",
+    )
+    g.add_argument("--percentiles", metavar="P,P,..", help="default 50,90,95,99,99.9")
+    g.add_argument("--out", type=Path, metavar="DIR", help="results directory")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+    g = p.add_argument_group("Prometheus (docs/prometheus.md)")
+    g.add_argument(
+        "--metrics-port",
+        metavar="[HOST:]PORT",
+        help="serve /metrics during the run (HOST default 127.0.0.1; 0.0.0.0 for all interfaces)",
+    )
+    g.add_argument(
+        "--metrics-linger",
+        type=float,
+        default=DEFAULT_LINGER_S,
+        metavar="SECONDS",
+        help="after the run, serve until a scrape has read the final values, at most this long "
+        f"(default {DEFAULT_LINGER_S:g})",
+    )
+    g.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push to this Pushgateway at the start, every few seconds and at the end "
+        "(group: job=latbench, target, model, api, scenario)",
+    )
+
+
+def _metrics_export(ns: argparse.Namespace) -> MetricsExport | None:
+    if ns.metrics_port is None and ns.pushgateway is None:
+        return None
+    if not ns.metrics_linger >= 0:
+        raise SpecError(f"--metrics-linger {ns.metrics_linger:g}: give 0 or more seconds")
+    try:
+        listen = None if ns.metrics_port is None else parse_listen(ns.metrics_port)
+    except ValueError as e:
+        raise SpecError(f"--metrics-port {e}") from None
+    return MetricsExport(listen, ns.pushgateway, ns.metrics_linger)
+
+
+def _set(d: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        d = d.setdefault(key, {})
+    d[path[-1]] = value
+
+
+def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
+    data: dict[str, Any] = read_spec_file(ns.spec) if ns.spec else {}
+    for dest, path in _FLAG_PATHS.items():
+        value = getattr(ns, dest)
+        if value is not None:
+            _set(data, path, value)
+    if ns.rate is not None and ns.mode is None and "mode" not in data.get("load", {}):
+        _set(data, ("load", "mode"), "poisson")
+    if ns.insecure:
+        _set(data, ("target", "verify_tls"), False)
+    for h in ns.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise SpecError(f"--header {h!r}: write it as 'Name: value'")
+        data.setdefault("target", {}).setdefault("headers", {})[name.strip()] = value.strip()
+    if ns.prompts:
+        _set(data, ("workload", "source"), "jsonl")
+        _set(data, ("workload", "path"), str(ns.prompts))
+    if ns.sharegpt:
+        _set(data, ("workload", "source"), "sharegpt")
+        _set(data, ("workload", "path"), str(ns.sharegpt))
+    for kv in ns.sim:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise SpecError(f"--sim {kv!r}: write it as KEY=VALUE, e.g. ttft=0.05")
+        # YAML scalars: numbers stay numbers, `[...]`/`{...}` give lists and mappings (faults).
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SpecError(
+                f"--sim {kv!r}: the value is not a YAML scalar, list or mapping"
+            ) from None
+        _set(data, ("sim", key.strip()), parsed)
+    if ns.slo:
+        slos = [s for s in ns.slo if s != "default"]
+        if "default" in ns.slo:
+            slos = ["ttft:p99<=100ms", "itl:p99<=100ms", "tpot:p99<=100ms", *slos]
+        data["slos"] = slos
+    if ns.percentiles:
+        try:
+            data["percentiles"] = [float(x) for x in ns.percentiles.split(",") if x.strip()]
+        except ValueError:
+            raise SpecError(
+                f"--percentiles {ns.percentiles!r}: give numbers, e.g. 50,90,99"
+            ) from None
+    # Durations given as flags stay strings; the spec parses units ("30s", "2m").
+    return data
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
+    from latbench._bench import run_benchmark, target_url
+    from latbench._runner import Runner
+    from latbench._sinks.prometheus import PrometheusSink
+
+    spec = load_spec(spec_from_args(ns), source=str(ns.spec) if ns.spec else "flags")
+    export = _metrics_export(ns)
+    holder: list[Runner] = []
+
+    def on_runner(runner: Runner) -> None:
+        holder.append(runner)
+        for sink in runner.sinks:
+            if export is not None and isinstance(sink, PrometheusSink):
+                export.run_started(sink.labels)  # the Pushgateway group is the run's labels
+
+    if export is not None and export.server is not None:
+        err.print(f"metrics: {export.server.url}", highlight=False)
+    interrupts = 0
+
+    def on_signal() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if not holder:
+            return
+        if interrupts == 1:
+            err.print(
+                "[yellow]stopping: no new requests; in-flight ones finish "
+                "(interrupt again to cancel them)[/]"
+            )
+            holder[0].stop()
+        else:
+            holder[0].abort()
+
+    async def main(base_url: str) -> Any:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        return await run_benchmark(
+            spec,
+            base_url,
+            err,
+            on_runner=on_runner,
+            metrics=None if export is None else export.metrics,
+        )
+
+    try:
+        with target_url(spec) as base_url, asyncio.Runner(loop_factory=_new_loop) as r:
+            result = r.run(main(base_url))
+        push_failed = None if export is None else export.run_ended()
+        if ns.json:
+            sys.stdout.write(
+                orjson.dumps(
+                    result.summary.to_dict(),
+                    option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
+                ).decode()
+                + "\n"
+            )
+        else:
+            render_summary(result.summary, console)
+            console.print(f"records: {result.records_path}\nresults: {result.results_path}")
+        for warning in [] if export is None else export.warnings:
+            err.print(f"[yellow]metrics:[/] {warning}", highlight=False)
+        if push_failed:
+            err.print(f"[red]metrics:[/] {push_failed}", highlight=False)
+        if export is not None and export.server is not None and export.linger_s > 0:
+            err.print(
+                f"metrics: serving {export.server.url} until a scrape reads the final "
+                f"values (at most {export.linger_s:g} s; Ctrl-C skips)",
+                highlight=False,
+            )
+            export.linger()
+    finally:
+        if export is not None:
+            export.close()
+    if result.ended != "completed" and interrupts:
+        return Exit.INTERRUPTED
+    code = verdict_exit(result.summary, gate_slos=bool(ns.slo))
+    # A requested push that failed is an error, unless the verdict already says something worse.
+    return Exit.ERROR if push_failed and code == Exit.OK else code
+
+
+def cmd_summary(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
+    f = read_records(ns.records)
+    spec = load_spec(f.header.spec if f.header else {}, source=str(ns.records))
+    slos = spec.slos
+    if ns.slo:
+        data = spec_from_args(argparse.Namespace(**{**_blank_run_ns(), "slo": ns.slo}))
+        slos = load_spec({"slos": data["slos"]}).slos
+    window = (f.footer.window_start, f.footer.window_end) if f.footer else None
+    client = ClientStats.from_dict(f.footer.validity) if f.footer and f.footer.validity else None
+    if f.footer is None:
+        err.print(
+            "[yellow]no footer: the run did not end cleanly; the window is derived from "
+            "the records[/]"
+        )
+    summary = summarize(
+        f.records,
+        window=window,
+        slos=slos,
+        percentiles=spec.percentiles,
+        client=client,
+        limits=spec.validity.limits(),
+    )
+    if ns.json:
+        sys.stdout.write(
+            orjson.dumps(
+                summary.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
+            ).decode()
+            + "\n"
+        )
+    else:
+        render_summary(summary, console)
+    return verdict_exit(summary, gate_slos=bool(ns.slo))
+
+
+def _blank_run_ns() -> dict[str, Any]:
+    p = argparse.ArgumentParser()
+    _add_run_arguments(p)
+    return vars(p.parse_args([]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from latbench.sim.__main__ import add_sim_arguments
+
+    p = argparse.ArgumentParser(prog="latbench", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"latbench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="run a benchmark (no --target: against the built-in simulator)"
+    )
+    _add_run_arguments(run)
+    sim = sub.add_parser("sim", help="serve the built-in OpenAI-compatible simulator")
+    add_sim_arguments(sim)
+    summ = sub.add_parser("summary", help="summarize a records file (replay)")
+    summ.add_argument("records", type=Path)
+    summ.add_argument("--slo", action="append", default=[], metavar="SLO")
+    summ.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        if ns.command == "run":
+            return int(cmd_run(ns, console, err))
+        if ns.command == "summary":
+            return int(cmd_summary(ns, console, err))
+        from latbench.sim.__main__ import config_from_args
+        from latbench.sim.__main__ import run as serve_sim
+
+        serve_sim(config_from_args(ns))
+        return int(Exit.OK)
+    except SpecError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        return int(Exit.USAGE)
+    except LatbenchError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        return int(Exit.ERROR)
+    except KeyboardInterrupt:
+        return int(Exit.INTERRUPTED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

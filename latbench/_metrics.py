@@ -1,0 +1,609 @@
+"""Prometheus metrics: definitions, state, exposition, serving and pushing (METRICS.md, Prometheus).
+
+Kept apart as in prometheus/client_python: `LatbenchMetrics` holds the state and is a `Collector`
+registered on a `CollectorRegistry` the caller owns (never the process-global one); the
+`PrometheusSink` (`latbench._sinks.prometheus`) turns records into observations on it;
+`MetricsServer` and `Pusher` only move the bytes that `generate_latest(registry)` builds.
+
+Series are keyed by `RunLabels` (target, model, api, scenario) and nothing else: no run id, no
+request id, no free-form text. A service that runs the same scenario for months keeps one set of
+series for it; counters keep growing across runs, as Prometheus counters should.
+
+Histograms are kept as bucket-count arrays rather than `prometheus_client.Histogram` objects so
+that one record's hundreds of inter-token gaps are counted with one vectorised `searchsorted`
+instead of hundreds of locked `observe` calls on the client's event loop.
+"""
+
+from __future__ import annotations
+
+import bisect
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import numpy as np
+from prometheus_client import CollectorRegistry, make_wsgi_app, push_to_gateway
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from latbench._errors import ErrorKind, LatbenchError
+
+PREFIX = "latbench"
+LABELS: tuple[str, ...] = ("target", "model", "api", "scenario")
+# The `target` label of runs against the simulator latbench starts itself: its URL is a random
+# loopback port, which would make a new series for every run.
+BUILTIN_SIM_TARGET = "builtin-sim"
+
+# ---------------------------------------------------------------------------------------------
+# Buckets (seconds). Each contains every boundary of vLLM's server histogram of the same family
+# (so client and server figures can be compared bucket for bucket), exactly 0.1 (the default
+# SLO target: `bucket{le="0.1"} / count` is the exact attainment), and finer boundaries around
+# 0.1 s so quantiles near the target are interpolated over 10-25 ms, not 150 ms.
+
+# vLLM `vllm:time_to_first_token_seconds`.
+VLLM_TTFT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+# vLLM `vllm:inter_token_latency_seconds` and `vllm:time_per_output_token_seconds`.
+VLLM_ITL_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)  # fmt: skip
+# vLLM `vllm:e2e_request_latency_seconds` and `vllm:request_queue_time_seconds`.
+VLLM_REQUEST_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+
+_NEAR_TARGET = (0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11, 0.125, 0.15, 0.175, 0.2, 0.25)
+
+
+def _merge(*groups: Iterable[float]) -> tuple[float, ...]:
+    return tuple(sorted({float(b) for g in groups for b in g}))
+
+
+TTFT_BUCKETS = _merge(
+    VLLM_TTFT_BUCKETS, _NEAR_TARGET, (0.0025, 0.015, 0.03, 0.3, 0.4, 1.5, 2.0)
+)
+ITL_BUCKETS = _merge(
+    VLLM_ITL_BUCKETS, _NEAR_TARGET, (0.001, 0.0025, 0.005, 0.0075, 0.015, 0.02, 0.03, 0.04)
+)
+E2E_BUCKETS = _merge(
+    VLLM_REQUEST_LATENCY_BUCKETS, _NEAR_TARGET, (0.01, 0.025, 0.4, 0.65, 1.25, 3.0, 4.0, 7.5)
+)
+# Client-side send lateness: a healthy client is well under 1 ms; 10 ms is the validity limit.
+QUEUE_DELAY_BUCKETS = _merge(
+    VLLM_REQUEST_LATENCY_BUCKETS,
+    _NEAR_TARGET,
+    (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025),
+)
+# Event-loop lag: 1 ms is the validity limit (`_summary.ValidityLimits`).
+LOOP_LAG_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HistogramDef:
+    key: str  # the METRICS.md metric, as `_summary.METRICS` spells it
+    help: str
+    buckets: tuple[float, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{PREFIX}_{self.key}_seconds"
+
+
+HISTOGRAMS: tuple[HistogramDef, ...] = (
+    HistogramDef("ttft", "Time to first token: first token event minus send.", TTFT_BUCKETS),
+    HistogramDef("ttfo", "Time to first output: first content event minus send.", TTFT_BUCKETS),
+    HistogramDef("itl", "Inter-token latency: each gap between token events.", ITL_BUCKETS),
+    HistogramDef(
+        "itl_per_token", "Each gap between token events over the later event's tokens.", ITL_BUCKETS
+    ),
+    HistogramDef("tpot", "Time per output token after the first, per request.", ITL_BUCKETS),
+    HistogramDef("e2e", "End to end: last token event minus send.", E2E_BUCKETS),
+    HistogramDef(
+        "queue_delay",
+        "Client send lateness: actual send minus intended send (failed requests included).",
+        QUEUE_DELAY_BUCKETS,
+    ),
+    HistogramDef(
+        "event_loop_lag",
+        "Client event-loop lag: how late a 100 Hz ticker's callbacks ran.",
+        LOOP_LAG_BUCKETS,
+    ),
+)
+HISTOGRAM_KEYS: tuple[str, ...] = tuple(h.key for h in HISTOGRAMS)
+
+OUTCOMES: tuple[str, ...] = ("ok", "error")
+EXCLUDED_PHASES: tuple[str, ...] = ("warmup", "cooldown")
+ERROR_KINDS: tuple[str, ...] = tuple(k.value for k in ErrorKind)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """The only labels latbench's series carry. Every value comes from a bounded set."""
+
+    target: str
+    model: str
+    api: str
+    scenario: str
+
+    def values(self) -> list[str]:
+        return [self.target, self.model, self.api, self.scenario]
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(zip(LABELS, self.values(), strict=True))
+
+
+def target_label(base_url: str | None) -> str:
+    """The `target` label: the server root without credentials, query or fragment; the builtin
+    simulator (no base URL in the spec) is one fixed value whatever port it got."""
+    if base_url is None:
+        return BUILTIN_SIM_TARGET
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+
+
+class BucketCounts:
+    """One histogram series: counts per bucket (the last one is +Inf) and the sum.
+
+    Written on the event loop, read by the scrape thread: the lock makes a scrape see a count,
+    buckets and sum that belong together.
+    """
+
+    __slots__ = ("_bounds", "_bounds_list", "_counts", "_lock", "_sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self._bounds = np.asarray(bounds, dtype=np.float64)
+        self._bounds_list = list(bounds)
+        self._counts = np.zeros(len(bounds) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        # bisect_left: the first bound >= value, so a value equal to a bound counts in it (le).
+        i = bisect.bisect_left(self._bounds_list, value)
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += value
+
+    def observe_many(self, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        idx = np.searchsorted(self._bounds, values, side="left")
+        add = np.bincount(idx, minlength=self._counts.size)
+        total = float(values.sum())
+        with self._lock:
+            self._counts += add
+            self._sum += total
+
+    def snapshot(self) -> tuple[list[int], float]:
+        """Cumulative counts per bucket, +Inf last (= the count), and the sum."""
+        with self._lock:
+            counts = self._counts.copy()
+            total = self._sum
+        return np.cumsum(counts).tolist(), total
+
+
+class RunSeries:
+    """Everything exported for one label set, across all runs that share it."""
+
+    def __init__(self, labels: RunLabels) -> None:
+        self.labels = labels
+        self.hist: dict[str, BucketCounts] = {h.key: BucketCounts(h.buckets) for h in HISTOGRAMS}
+        # Plain ints, written on the event loop only; a scrape reads each atomically.
+        self.requests: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
+        self.excluded: dict[str, int] = dict.fromkeys(EXCLUDED_PHASES, 0)
+        self.good = 0
+        self.output_tokens = 0
+        self.prompt_tokens = 0
+        self.start_time = 0.0
+        self._cpu_done = 0.0
+        self._active: dict[int, _ActiveRun] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()
+
+    def start_run(self, inflight: Callable[[], int] | None) -> int:
+        with self._lock:
+            run = self._next_id
+            self._next_id += 1
+            self._active[run] = _ActiveRun(inflight, time.process_time())
+        self.start_time = time.time()
+        return run
+
+    def end_run(self, run: int) -> None:
+        with self._lock:
+            active = self._active.pop(run, None)
+            if active is not None:
+                self._cpu_done += time.process_time() - active.cpu0
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def inflight(self) -> int:
+        with self._lock:
+            fns = [a.inflight for a in self._active.values() if a.inflight is not None]
+        return sum(fn() for fn in fns)
+
+    def cpu_seconds(self) -> float:
+        """Process CPU time spent while runs of this label set were active. The client is one
+        process with one event loop, so this over that time is the share of a core it used."""
+        now = time.process_time()
+        with self._lock:
+            return self._cpu_done + sum(now - a.cpu0 for a in self._active.values())
+
+
+@dataclass(frozen=True)
+class _ActiveRun:
+    inflight: Callable[[], int] | None
+    cpu0: float
+
+
+class LatbenchMetrics:
+    """latbench's metrics as a `Collector`: register it on a `CollectorRegistry` you own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._series: dict[RunLabels, RunSeries] = {}
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def series(self, labels: RunLabels) -> RunSeries:
+        """The series of a label set, created (at zero, so they appear at once) on first use."""
+        with self._lock:
+            s = self._series.get(labels)
+            if s is None:
+                s = self._series[labels] = RunSeries(labels)
+            return s
+
+    def all_series(self) -> list[RunSeries]:
+        with self._lock:
+            return list(self._series.values())
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, for the registry's duplicate check; no samples are computed.
+        yield from self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self.all_series())
+
+    def _families(self, all_series: Sequence[RunSeries]) -> Iterator[Metric]:
+        labels = list(LABELS)
+        for h in HISTOGRAMS:
+            fam = HistogramMetricFamily(h.name, h.help, labels=labels)
+            les = [floatToGoString(b) for b in h.buckets] + ["+Inf"]
+            for s in all_series:
+                cumulative, total = s.hist[h.key].snapshot()
+                fam.add_metric(s.labels.values(), list(zip(les, cumulative, strict=True)), total)
+            yield fam
+
+        def counter(name: str, doc: str, value: Callable[[RunSeries], float]) -> Metric:
+            fam = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+            for s in all_series:
+                fam.add_metric(s.labels.values(), value(s))
+            return fam
+
+        def by(
+            name: str, doc: str, extra: str, values: Callable[[RunSeries], Mapping[str, int]]
+        ) -> Metric:
+            fam = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=[*labels, extra])
+            for s in all_series:
+                for key, n in list(values(s).items()):
+                    fam.add_metric([*s.labels.values(), key], n)
+            return fam
+
+        def gauge(name: str, doc: str, value: Callable[[RunSeries], float]) -> Metric:
+            fam = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+            for s in all_series:
+                fam.add_metric(s.labels.values(), value(s))
+            return fam
+
+        yield by(
+            "requests",
+            "Measured (measure-phase) requests finished, by outcome: ok or error.",
+            "outcome",
+            lambda s: s.requests,
+        )
+        yield by(
+            "errors",
+            "Measured requests that failed, by error kind (METRICS.md, Errors).",
+            "kind",
+            lambda s: s.errors,
+        )
+        yield by(
+            "excluded_requests",
+            "Requests finished outside the measurement (warm-up, cool-down); not in any histogram.",
+            "phase",
+            lambda s: s.excluded,
+        )
+        yield counter(
+            "good_requests",
+            "Measured requests that met every SLO of their run (goodput numerator).",
+            lambda s: s.good,
+        )
+        yield counter(
+            "output_tokens",
+            "Output tokens (N_out) of succeeded measured requests.",
+            lambda s: s.output_tokens,
+        )
+        yield counter(
+            "prompt_tokens",
+            "Prompt tokens of succeeded measured requests, as the server's usage reported them.",
+            lambda s: s.prompt_tokens,
+        )
+        yield counter(
+            "client_cpu_seconds",
+            "CPU seconds the latbench process used while a run of this label set was active.",
+            lambda s: s.cpu_seconds(),
+        )
+        yield gauge("inflight_requests", "Requests sent and not yet finished.", RunSeries.inflight)
+        yield gauge("run_active", "Runs of this label set in progress.", lambda s: s.active)
+        yield gauge(
+            "run_start_time_seconds",
+            "Unix time the latest run of this label set started.",
+            lambda s: s.start_time,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving /metrics
+
+
+class MetricsError(LatbenchError):
+    """The metrics endpoint could not be served, or a push to the Pushgateway failed."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`9400` -> ('127.0.0.1', 9400); `0.0.0.0:9400` -> ('0.0.0.0', 9400). Port 0: any free port."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        n = int(port)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected PORT or HOST:PORT, e.g. 9400, 0.0.0.0:9400") from None
+    if not 0 <= n <= 65535:
+        raise ValueError(f"{text!r}: port {n} is outside 0..65535")
+    return host, n
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds up the process's exit
+    on_served: Callable[[], None] | None = None
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per scrape would bury the run's own output
+
+    def handle(self) -> None:
+        super().handle()
+        # Counted once the response is written, so a counted scrape has the values it read.
+        if getattr(self, "path", "").split("?")[0] in ("/metrics", "/"):
+            server = self.server
+            if isinstance(server, _Server) and server.on_served is not None:
+                server.on_served()
+
+
+class MetricsServer:
+    """`/metrics` over HTTP from a thread of its own, so a scrape never waits for the client's
+    event loop, and the loop never runs the exposition code."""
+
+    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._served = 0
+        self._cond = threading.Condition()
+        try:
+            self._httpd = make_server(
+                host, port, make_wsgi_app(registry), server_class=_Server, handler_class=_Handler
+            )
+        except OSError as e:
+            raise MetricsError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
+        self._httpd.on_served = self._on_served
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="latbench-metrics", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = str(self._httpd.server_address[0])
+        return f"http://{host}:{self.port}/metrics"
+
+    def _on_served(self) -> None:
+        with self._cond:
+            self._served += 1
+            self._cond.notify_all()
+
+    @property
+    def scrapes(self) -> int:
+        """How many scrapes have been answered so far."""
+        return self._served
+
+    def wait_for_scrape(self, after: int, timeout: float) -> bool:
+        """Wait until more than `after` scrapes were answered, at most `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._served <= after:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pushing to a Pushgateway
+
+JOB = "latbench"
+PUSH_INTERVAL_S = 5.0  # also during the run, so rate() over the gateway's series sees it grow
+PUSH_TIMEOUT_S = 10.0
+
+
+def grouping_key(labels: RunLabels) -> dict[str, str]:
+    """Pushgateway group of a run: job="latbench" (in the URL) plus the run's own four labels, so
+    each (target, model, api, scenario) keeps its latest run and runs of others are untouched."""
+    return labels.as_dict()
+
+
+class Pusher:
+    """Pushes the registry to a Pushgateway (HTTP PUT: the group's metrics are replaced) when a
+    run starts, every `interval` seconds while it runs, and once more at the end."""
+
+    def __init__(
+        self,
+        url: str,
+        registry: CollectorRegistry,
+        interval: float = PUSH_INTERVAL_S,
+        timeout: float = PUSH_TIMEOUT_S,
+    ) -> None:
+        self.url = url
+        self._registry = registry
+        self._interval = interval
+        self._timeout = timeout
+        self._key: dict[str, str] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors: list[str] = []  # failures of the pushes made during the run
+        self.pushes = 0
+
+    def push(self) -> None:
+        if self._key is None:
+            raise MetricsError("nothing to push: no run has started")
+        try:
+            push_to_gateway(
+                self.url, job=JOB, registry=self._registry, grouping_key=self._key,
+                timeout=self._timeout,
+            )  # fmt: skip
+        except Exception as e:  # urllib raises URLError, HTTPError, OSError, ValueError
+            raise MetricsError(f"push to {self.url} failed: {e}") from e
+        self.pushes += 1
+
+    def start(self, labels: RunLabels) -> None:
+        """Begin pushing for a run with these labels (from a thread: never on the event loop)."""
+        self._key = grouping_key(labels)
+        self._thread = threading.Thread(target=self._run, name="latbench-push", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.push()
+            except MetricsError as e:
+                self.errors.append(str(e))
+            if self._stop.wait(self._interval):
+                return
+
+    def stop(self) -> None:
+        """Stop the periodic pushes."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._timeout + 1)
+
+    def finish(self) -> None:
+        """Stop the periodic pushes and push the final values; raises MetricsError on failure."""
+        self.stop()
+        if self._key is not None:
+            self.push()
+
+
+# ---------------------------------------------------------------------------------------------
+# One CLI run's export: both of the above, with the linger at the end
+
+# Two scrapes at Prometheus's default 15 s interval: a healthy scraper catches the end, one
+# missed scrape included. The linger ends early once a scrape has read the final values.
+DEFAULT_LINGER_S = 30.0
+
+
+class MetricsExport:
+    """`latbench run --metrics-port/--pushgateway`: a registry of its own, served and/or pushed."""
+
+    def __init__(
+        self,
+        listen: tuple[str, int] | None,
+        pushgateway: str | None,
+        linger_s: float = DEFAULT_LINGER_S,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = LatbenchMetrics(self.registry)
+        self.linger_s = linger_s
+        self.server = MetricsServer(self.registry, *listen) if listen is not None else None
+        self.pusher = Pusher(pushgateway, self.registry) if pushgateway else None
+        self._scrapes_at_end = 0
+
+    def run_started(self, labels: RunLabels) -> None:
+        if self.pusher is not None:
+            self.pusher.start(labels)
+
+    def run_ended(self) -> str | None:
+        """Right after the run: remember the scrape count and push the final values. Returns
+        why the final push failed, or None."""
+        if self.server is not None:
+            self._scrapes_at_end = self.server.scrapes
+        if self.pusher is None:
+            return None
+        try:
+            self.pusher.finish()
+        except MetricsError as e:
+            return str(e)
+        return None
+
+    @property
+    def warnings(self) -> list[str]:
+        """Pushes during the run that failed (the live view missed them; the end did not)."""
+        if self.pusher is None or not self.pusher.errors:
+            return []
+        errors = self.pusher.errors
+        return [f"{len(errors)} of the pushes during the run failed; the first: {errors[0]}"]
+
+    def linger(self) -> bool:
+        """Serve until a scrape that began after the run has been answered, at most `linger_s`
+        seconds. True when such a scrape happened; Ctrl-C ends the wait (False)."""
+        if self.server is None:
+            return True
+        try:
+            return self.server.wait_for_scrape(self._scrapes_at_end, self.linger_s)
+        except KeyboardInterrupt:
+            return False
+
+    def close(self) -> None:
+        if self.pusher is not None:
+            self.pusher.stop()
+        if self.server is not None:
+            self.server.close()

@@ -1,0 +1,110 @@
+"""Turn a target spec into an `Endpoint`: read the API key, check the server, find the model.
+
+The preflight turns the commonest set-up mistakes (nothing listening, a wrong URL, a wrong model
+name, a rejected key) into one clear error before any load is sent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import aiohttp
+
+from latbench._apis import API_KINDS, RequestOptions
+from latbench._client import Endpoint, Timeouts
+from latbench._errors import SpecError, TargetError
+from latbench._spec import TargetSpec, WorkloadSpec
+
+SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
+
+
+def read_api_key(t: TargetSpec) -> str | None:
+    if t.api_key_env:
+        key = os.environ.get(t.api_key_env)
+        if not key:
+            raise SpecError(f"target.api_key_env: environment variable {t.api_key_env} is not set")
+        return key.strip()
+    if t.api_key_file:
+        try:
+            key = t.api_key_file.read_text().strip()
+        except OSError as e:
+            raise SpecError(
+                f"target.api_key_file: cannot read {t.api_key_file}: {e.strerror}"
+            ) from None
+        if not key:
+            raise SpecError(f"target.api_key_file: {t.api_key_file} is empty")
+        return key
+    return None
+
+
+def redact_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {k: ("***" if _is_secret(k) else v) for k, v in headers.items()}
+
+
+def _is_secret(name: str) -> bool:
+    n = name.lower()
+    return n in SECRET_HEADERS or "token" in n or "key" in n or "secret" in n
+
+
+async def resolve_endpoint(
+    session: aiohttp.ClientSession, t: TargetSpec, base_url: str, w: WorkloadSpec
+) -> Endpoint:
+    headers = dict(t.headers)
+    key = read_api_key(t)
+    if key:
+        headers.setdefault("Authorization", f"Bearer {key}")
+    served = await _list_models(session, base_url, headers, t.timeouts.connect)
+    model = t.model
+    if model is None:
+        if not served:
+            raise TargetError(
+                f"{base_url}/v1/models lists no model, so it cannot be auto-detected; "
+                "give one with --model (target.model)"
+            )
+        model = served[0]
+    elif served is not None and model not in served:
+        raise TargetError(
+            f"model {model!r} is not served by {base_url}; it serves: {', '.join(served) or 'none'}"
+        )
+    to = t.timeouts
+    return Endpoint(
+        base_url=base_url,
+        api=API_KINDS[t.api],
+        options=RequestOptions(
+            model=model,
+            vllm_extensions=bool(t.vllm_extensions),
+            ignore_eos=w.ignore_eos,
+            extra_body=w.extra_body,
+        ),
+        headers=headers,
+        timeouts=Timeouts(to.connect, to.first_token, to.idle, to.total),
+    )
+
+
+async def _list_models(
+    session: aiohttp.ClientSession, base_url: str, headers: dict[str, str], connect_s: float
+) -> list[str] | None:
+    """The served model ids, or None when the server has no usable /v1/models."""
+    url = f"{base_url}/v1/models"
+    try:
+        async with session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=connect_s + 20)
+        ) as resp:
+            if resp.status in (401, 403):
+                raise TargetError(
+                    f"{url} rejected the request (HTTP {resp.status}): check the API key"
+                )
+            if resp.status != 200:
+                return None
+            body = await resp.json(content_type=None)
+    except aiohttp.ClientConnectorError as e:
+        refused = e.os_error is not None and e.os_error.errno == errno.ECONNREFUSED
+        why = "connection refused (is the server running on that port?)" if refused else str(e)
+        raise TargetError(f"cannot reach {base_url}: {why}") from None
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        raise TargetError(f"{url} did not answer properly: {type(e).__name__}: {e}") from None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]

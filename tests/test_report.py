@@ -1,0 +1,128 @@
+"""The terminal report shows the summary's figures, its verdicts and a loud client-bound banner."""
+
+from __future__ import annotations
+
+import re
+
+from rich.console import Console
+
+from latbench._errors import ErrorKind
+from latbench._record import Record
+from latbench._report import render_summary
+from latbench._summary import ClientStats, Slo, Summary, summarize
+
+MS = 1_000_000
+
+
+def rec(seq: int, events_ms: list[int], **kw: object) -> Record:
+    return Record(
+        run_id="t",
+        seq=seq,
+        phase="measure",
+        api="chat",
+        t_intended=0,
+        t_sent=0,
+        t_end=(events_ms[-1] + 1) * MS if events_ms else MS,
+        ev_t=tuple(x * MS for x in events_ms),
+        ev_kind="c" * len(events_ms),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def client(**kw: object) -> ClientStats:
+    d: dict[str, object] = {
+        "loop_lag_ns": [50_000] * 100,
+        "cpu_s": 2.0,
+        "wall_s": 10.0,
+        "open_loop": True,
+        "unsent": 0,
+    }
+    d.update(kw)
+    return ClientStats(**d)  # type: ignore[arg-type]
+
+
+def run_summary(c: ClientStats | None) -> Summary:
+    # TTFT 50 ms and 150 ms, ITL 10 ms; one HTTP 503.
+    records = [
+        rec(0, [50, 60, 70], usage_completion_tokens=3, max_tokens=3, usage_prompt_tokens=40),
+        rec(1, [150, 160, 170], usage_completion_tokens=3, max_tokens=3, usage_prompt_tokens=40),
+        rec(2, [], error=ErrorKind.HTTP_STATUS, status=503),
+    ]
+    return summarize(records, window=(0, 2_000 * MS), percentiles=(50, 99), client=c)
+
+
+def render(summary: Summary, **console_kw: object) -> str:
+    console = Console(record=True, width=120, **console_kw)  # type: ignore[arg-type]
+    render_summary(summary, console)
+    return console.export_text(styles=bool(console_kw))
+
+
+def row(text: str, label: str) -> list[str]:
+    line = next(x for x in text.splitlines() if x.strip().startswith(label + " "))
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_latency_table_shows_the_figures_in_ms() -> None:
+    text = render(run_summary(client()))
+    assert row(text, "TTFT") == ["TTFT", "2", "100.0", "100.0", "149.0", "150.0"]
+    assert row(text, "ITL") == ["ITL", "4", "10.00", "10.00", "10.00", "10.00"]
+    assert row(text, "TPOT") == ["TPOT", "2", "10.00", "10.00", "10.00", "10.00"]
+    assert row(text, "E2E") == ["E2E", "2", "120.0", "120.0", "169.0", "170.0"]
+
+
+def test_throughput_tokens_and_errors() -> None:
+    text = render(run_summary(client()))
+    assert "requests/s" in text and " 1.00 " in text  # 2 succeeded over 2 s
+    assert "output tokens/s" in text and "3.00" in text
+    assert "6 (N_out from: usage 2, ev_n 0, events 0)" in text
+    assert "80 (2 requests reported usage)" in text
+    assert "2 set it: 2 exact, 0 fewer, 0 more" in text
+    assert row(text, "http_status") == ["http_status", "1"]
+    assert row(text, "HTTP 503") == ["HTTP 503", "1"]
+
+
+def test_slo_verdicts_with_attainment() -> None:
+    text = render(run_summary(client()))
+    assert "SLO  FAIL  ttft:p99<=100ms  p99 = 149.0 ms, attainment 50.00% of 2 samples" in text
+    assert "SLO  PASS  itl:p99<=100ms  p99 = 10.00 ms, attainment 100.00% of 4 samples" in text
+
+
+def test_an_slo_without_samples_says_so() -> None:
+    s = summarize([rec(0, [50])], slos=(Slo("tpot", 99, 0.1),))
+    assert "SLO  n/a   tpot:p99<=100ms  no samples" in render(s)
+
+
+def test_client_bound_banner_names_the_reasons() -> None:
+    s = run_summary(client(loop_lag_ns=[50_000] * 90 + [4 * MS] * 10, unsent=7))
+    text = render(s)
+    assert "CLIENT-BOUND" in text
+    assert "these latencies are not the server's" in text
+    assert "event-loop lag p99 is 4.00 ms, above the 1.00 ms limit" in text
+    assert "7 scheduled requests were never sent" in text
+
+
+def test_a_client_that_kept_up_has_no_banner() -> None:
+    text = render(run_summary(client()))
+    assert "CLIENT-BOUND" not in text
+    assert "client kept up" in text
+    assert "20% of one core" in text
+
+
+def test_unknown_validity_is_stated() -> None:
+    text = render(run_summary(None))
+    assert "validity: unknown" in text
+    assert "CLIENT-BOUND" not in text
+
+
+def test_cells_are_red_over_the_threshold_and_green_under_it() -> None:
+    text = render(run_summary(client()), force_terminal=True, color_system="standard")
+    red, green = "\x1b[31m", "\x1b[32m"
+    ttft_line = next(x for x in text.splitlines() if "TTFT " in x and "sched." not in x)
+    assert re.search(re.escape(red) + r"\s*149\.0\b", ttft_line)  # p99 over 100 ms
+    assert re.search(re.escape(green) + r"\s*100\.0\b", ttft_line)  # p50 exactly at 100 ms
+    itl_line = next(x for x in text.splitlines() if "ITL " in x)
+    assert re.search(re.escape(green) + r"\s*10\.00", itl_line)
+    assert red not in itl_line
+    # E2E has no SLO and no default target: no colour either way.
+    e2e_line = next(x for x in text.splitlines() if "E2E " in x and "sched." not in x)
+    assert red not in e2e_line and green not in e2e_line

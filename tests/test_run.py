@@ -253,3 +253,115 @@ def test_a_starved_client_says_its_run_is_client_bound(tmp_path: Path) -> None:
     assert code == 4, err
     assert s["client_bound"] is True
     assert any("event-loop lag" in r for r in s["validity"]["reasons"])
+
+
+def test_wrong_model_is_refused_before_any_load(tmp_path: Path) -> None:
+    from latbench.sim import SimConfig, SimProcess
+
+    with SimProcess(SimConfig()) as sim:
+        p = latbench("run", "--out", str(tmp_path), "--target", sim.url, "--model", "gpt-x",
+                     "--requests", "2")
+    assert p.returncode == 1
+    assert "'gpt-x' is not served" in p.stderr and "sim-model" in p.stderr
+    assert not list(tmp_path.glob("*/records.jsonl"))
+
+
+def test_model_is_detected_and_the_api_key_never_written(tmp_path: Path) -> None:
+    from latbench.sim import SimConfig, SimProcess
+
+    secret = "sk-test-abcdef0123456789"
+    key_file = tmp_path / "key"
+    key_file.write_text(secret + "\n")
+    with SimProcess(SimConfig(model="served-name")) as sim:
+        code, s, err = run_json(
+            tmp_path, "--target", sim.url + "/v1", "--api", "completions", "--requests", "3",
+            "--output-tokens", "4", "--api-key-file", str(key_file),
+            "--header", "X-Team-Token: also-secret",
+        )
+    assert code == 0, err
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]  # noqa: RUF015
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["environment"]["model"] == "served-name"
+    assert results["spec"]["target"]["headers"] == {"X-Team-Token": "***"}
+    for f in run_dir.iterdir():
+        text = f.read_text()
+        assert secret not in text and "also-secret" not in text, f.name
+    assert secret not in err
+
+
+def test_prompts_from_a_jsonl_file(tmp_path: Path) -> None:
+    data = Path(__file__).parent / "data" / "prompts.jsonl"
+    code, s, err = run_json(tmp_path, "--prompts", str(data), "--requests", "8",
+                            "--concurrency", "2", "--output-tokens", "5", "--sim", "ttft=0.005",
+                            "--sim", "itl=0.001")
+    assert code == 0, err
+    assert s["tokens"]["output_total"] == 8 * 5
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"nope": 1}\n')
+    p = latbench("run", "--out", str(tmp_path), "--prompts", str(bad), "--requests", "2")
+    assert p.returncode == 2
+    assert "bad.jsonl" in p.stderr and "line 2" in p.stderr
+
+
+def test_first_interrupt_drains_in_flight_requests(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "latbench", "run", "--out", str(tmp_path), "--concurrency", "4",
+         "--duration", "60s", "--output-tokens", "50", "--sim", "ttft=0.005",
+         "--sim", "itl=0.01", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = list(tmp_path.glob("*/records.jsonl"))
+            if found and found[0].read_bytes().count(b"\n") > 8:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    f = read_records(found[0])
+    assert f.footer is not None and f.footer.ended == "stopped"
+    # In-flight streams ran to their end: nothing was cancelled or cut.
+    assert f.records and all(r.ok and len(r.ev_t) == 50 for r in f.records)
+    assert json.loads(out)["requests"]["failed"] == 0
+
+
+def test_second_interrupt_cancels_and_keeps_partial_records(tmp_path: Path) -> None:
+    import urllib.request
+
+    from latbench.sim import SimConfig, SimProcess
+
+    cfg = SimConfig(ttft=0.005, itl=0.005, default_max_tokens=2000)
+    with SimProcess(cfg) as sim:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "latbench", "run", "--out", str(tmp_path), "--target", sim.url,
+             "--concurrency", "3", "--duration", "60s", "--output-tokens", "2000"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            # Wait until the server has streamed some tokens on all three (10 s long) streams.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with urllib.request.urlopen(sim.url + "/sim/truth?raw=1") as r:
+                    reqs = json.load(r).get("requests", [])
+                if len(reqs) >= 3 and all(len(q["events_ns"]) >= 20 for q in reqs):
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, err
+    (records,) = tmp_path.glob("*/records.jsonl")
+    f = read_records(records)
+    assert f.footer is not None and f.footer.ended == "aborted"
+    assert len(f.records) == 3
+    for r in f.records:
+        assert r.error is not None and r.error.value == "cancelled"
+        assert 20 <= len(r.ev_t) < 2000  # what was measured before the abort is kept

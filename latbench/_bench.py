@@ -12,8 +12,8 @@ import platform
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from time import monotonic_ns
 from typing import Any
@@ -27,6 +27,7 @@ from latbench._dist import Dist
 from latbench._metrics import LatbenchMetrics
 from latbench._record import RunHeader
 from latbench._runner import Runner, make_connector, raise_fd_limit
+from latbench._sinks import Sink
 from latbench._sinks.jsonl import JsonlSink
 from latbench._sinks.progress import ProgressSink
 from latbench._sinks.prometheus import PrometheusSink, run_labels
@@ -35,6 +36,7 @@ from latbench._summary import Summary, summarize
 from latbench._target import redact_headers, resolve_endpoint
 from latbench._workload import FileWorkload, SyntheticWorkload, Workload
 from latbench.sim import SimProcess
+from latbench.sim._replay import check_replay
 
 DEFAULT_OUTPUT_TOKENS = 128
 
@@ -62,6 +64,8 @@ def public_spec(spec: RunSpec) -> dict[str, Any]:
     """The spec as stored in results: secrets never leave the process."""
     d = spec.model_dump(mode="json")
     d["target"]["headers"] = redact_headers(spec.target.headers)
+    if spec.sim.api_key is not None:
+        d["sim"]["api_key"] = "***"
     return d
 
 
@@ -79,6 +83,10 @@ def environment(spec: RunSpec, base_url: str, model: str) -> dict[str, Any]:
     }
 
 
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
 @contextlib.contextmanager
 def target_url(spec: RunSpec) -> Iterator[str]:
     """The target's base URL; with no target, a built-in simulator in a child process, so its
@@ -86,6 +94,7 @@ def target_url(spec: RunSpec) -> Iterator[str]:
     if spec.target.base_url is not None:
         yield spec.target.base_url
         return
+    check_replay(spec.sim.replay, spec.target.api)  # a bad transcript: a spec error, not a crash
     with SimProcess(spec.sim) as sim:
         yield sim.url
 
@@ -97,9 +106,17 @@ async def run_benchmark(
     *,
     on_runner: Callable[[Runner], None] | None = None,
     metrics: LatbenchMetrics | None = None,
+    run_id: str | None = None,
+    sinks: Sequence[Sink] = (),
+    target_label: str | None = None,
+    scenario_label: str | None = None,
 ) -> BenchResult:
+    """`run_id` (default: a new one), extra `sinks` and the metric labels' target and scenario
+    are for the service (`latbench._service`), which names runs before they start, streams their
+    progress, and labels series by catalogue name."""
     raise_fd_limit()
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    if run_id is None:
+        run_id = new_run_id()
     out_dir = spec.output_dir / run_id
     workload = make_workload(spec.workload)
     connector = make_connector(spec.load, spec.target.verify_tls)
@@ -123,16 +140,23 @@ async def run_benchmark(
             load=spec.load,
             sinks=[jsonl],
             seed=spec.workload.seed,
+            workers=spec.load.workers,
+            verify_tls=spec.target.verify_tls,
         )
         progress = ProgressSink(
             console, lambda: runner.inflight, spec.load.requests, spec.load.duration
         )
-        runner.sinks = [jsonl, progress]
+        runner.sinks = [jsonl, progress, *sinks]
         prom: PrometheusSink | None = None
         if metrics is not None:
             # Live Prometheus series; labels stay bounded (no run id), see latbench/_metrics.py.
             labels = run_labels(
                 spec.target.base_url, endpoint.options.model, spec.target.api, spec.name
+            )
+            labels = replace(
+                labels,
+                target=target_label or labels.target,
+                scenario=scenario_label or labels.scenario,
             )
             prom = PrometheusSink(metrics, labels, spec.slos, inflight=lambda: runner.inflight)
             runner.sinks = [*runner.sinks, prom]
@@ -145,6 +169,8 @@ async def run_benchmark(
         finally:
             progress.close(footer)
             jsonl.close(footer)
+            for sink in sinks:
+                sink.close(footer)
             if prom is not None:
                 prom.close(footer)
     summary = summarize(

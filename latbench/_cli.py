@@ -1,4 +1,5 @@
-"""Command line: `latbench run`, `latbench sim`, `latbench summary`.
+"""Command line: `latbench run`, `sim`, `summary`; the service: `serve`, `submit`, `runs`;
+`sweep`, `report`, `compare` (latbench/_cli_sweep.py).
 
 Exit codes (one table; CI gates on them):
     0   the run completed; no SLO given with --slo was missed
@@ -6,8 +7,10 @@ Exit codes (one table; CI gates on them):
     2   usage: invalid flags or spec
     3   an SLO given with --slo was missed
     4   the run is not valid: the client, not the server, set the pace (client-bound)
+    5   compare --fail-on-regression: a metric got worse by more than the limit
     130 interrupted (Ctrl-C)
 A client-bound run exits 4 even when an SLO was missed: its latencies cannot be trusted.
+`sweep` exits 4 when a step was client-bound, and `sweep --find-max` 3 when no step met the SLOs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rich.console import Console
 
 from latbench import __version__
 from latbench._errors import LatbenchError, SpecError
+from latbench._interop import add_vllm_arguments, apply_vllm_flags, save_vllm_result
 from latbench._metrics import DEFAULT_LINGER_S, MetricsExport, parse_listen
 from latbench._record import read_records
 from latbench._report import render_summary
@@ -40,6 +44,7 @@ class Exit(IntEnum):
     USAGE = 2
     SLO_MISSED = 3
     CLIENT_BOUND = 4
+    REGRESSION = 5
     INTERRUPTED = 130
 
 
@@ -65,6 +70,8 @@ _FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "first_token_timeout": ("target", "timeouts", "first_token"),
     "idle_timeout": ("target", "timeouts", "idle"),
     "total_timeout": ("target", "timeouts", "total"),
+    "retries": ("target", "retry", "max_retries"),
+    "retry_max_wait": ("target", "retry", "max_wait"),
     "mode": ("load", "mode"),
     "concurrency": ("load", "concurrency"),
     "rate": ("load", "rate"),
@@ -75,6 +82,7 @@ _FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "cooldown": ("load", "cooldown"),
     "warmup_requests": ("load", "warmup_requests"),
     "cooldown_requests": ("load", "cooldown_requests"),
+    "workers": ("load", "workers"),
     "input_tokens": ("workload", "input_tokens"),
     "output_tokens": ("workload", "output_tokens"),
     "ignore_eos": ("workload", "ignore_eos"),
@@ -87,8 +95,15 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", type=Path, help="run spec file (YAML or JSON); flags override it")
     p.add_argument("--name", help="scenario name (a label in results and metrics)")
     g = p.add_argument_group("target (omit --target to benchmark the built-in simulator)")
-    g.add_argument("--target", metavar="URL", help="server root, e.g. http://127.0.0.1:8000")
-    g.add_argument("--api", choices=["chat", "completions"])
+    g.add_argument(
+        "--target", "--base-url", metavar="URL", help="server root, e.g. http://127.0.0.1:8000"
+    )
+    g.add_argument(
+        "--api",
+        choices=["chat", "completions", "anthropic", "responses"],
+        help="chat and completions: OpenAI-compatible; anthropic: Messages API; responses: "
+        "OpenAI Responses API (docs/hosted-apis.md)",
+    )
     g.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     g.add_argument("--api-key-env", metavar="VAR", help="env var holding the API key")
     g.add_argument("--api-key-file", metavar="PATH", help="file holding the API key")
@@ -98,10 +113,23 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--vllm-extensions",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="send ignore_eos/min_tokens/continuous_usage_stats (default: on, off for OpenAI)",
+        help="send ignore_eos/min_tokens/continuous_usage_stats "
+        "(default: on, off for OpenAI and Anthropic)",
     )
     for phase in ("connect", "first-token", "idle", "total"):
         g.add_argument(f"--{phase}-timeout", metavar="SECONDS")
+    g.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="retry a request refused for load (429, 529, 503 with Retry-After) up to N times; "
+        "its latencies still count from the first send (default 0)",
+    )
+    g.add_argument(
+        "--retry-max-wait",
+        metavar="SECONDS",
+        help="give up rather than wait longer than this for a retry (default 60)",
+    )
     g.add_argument(
         "--sim",
         action="append",
@@ -116,17 +144,26 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="default: closed, or poisson when --rate is given",
     )
     g.add_argument("--concurrency", type=int, help="closed loop: users; open loop: a cap")
-    g.add_argument("--rate", type=float, help="open loop: requests per second")
+    g.add_argument("--rate", "--request-rate", type=float, help="open loop: requests per second")
     g.add_argument("--burstiness", type=float, help="poisson: gamma shape (1 = Poisson)")
     g.add_argument("--duration", metavar="DURATION", help="e.g. 30s, 2m")
-    g.add_argument("--requests", type=int, help="stop after this many requests")
+    g.add_argument("--requests", "--num-prompts", type=int, help="stop after this many requests")
     g.add_argument("--warmup", metavar="DURATION")
     g.add_argument("--cooldown", metavar="DURATION")
     g.add_argument("--warmup-requests", type=int)
     g.add_argument("--cooldown-requests", type=int)
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="sending processes, one event loop each (default: one per 64 streams, at most "
+        "one fewer than the cores; docs/performance.md)",
+    )
     g = p.add_argument_group("workload")
-    g.add_argument("--input-tokens", metavar="DIST", help="e.g. 128, normal:512,64")
-    g.add_argument("--output-tokens", metavar="DIST", help="e.g. 128, uniform:64,256")
+    g.add_argument("--input-tokens", "--input-len", metavar="DIST", help="e.g. 128, normal:512,64")
+    g.add_argument(
+        "--output-tokens", "--output-len", metavar="DIST", help="e.g. 128, uniform:64,256"
+    )
     src = g.add_mutually_exclusive_group()
     src.add_argument("--prompts", type=Path, metavar="FILE.jsonl", help="prompts, one per line")
     src.add_argument("--sharegpt", type=Path, metavar="FILE.json", help="ShareGPT conversations")
@@ -141,7 +178,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="e.g. ttft:p99<=100ms; makes the exit status 3 when missed. "
         "'default' = p99 TTFT, ITL, TPOT <= 100 ms",
     )
-    g.add_argument("--percentiles", metavar="P,P,..", help="default 50,90,95,99,99.9")
+    g.add_argument(
+        "--percentiles", "--metric-percentiles", metavar="P,P,..", help="default 50,90,95,99,99.9"
+    )
     g.add_argument("--out", type=Path, metavar="DIR", help="results directory")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     g = p.add_argument_group("Prometheus (docs/prometheus.md)")
@@ -164,6 +203,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="push to this Pushgateway at the start, every few seconds and at the end "
         "(group: job=latbench, target, model, api, scenario)",
     )
+    add_vllm_arguments(p)
 
 
 def _metrics_export(ns: argparse.Namespace) -> MetricsExport | None:
@@ -229,6 +269,7 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
             raise SpecError(
                 f"--percentiles {ns.percentiles!r}: give numbers, e.g. 50,90,99"
             ) from None
+    apply_vllm_flags(ns, data)
     # Durations given as flags stay strings; the spec parses units ("30s", "2m").
     return data
 
@@ -290,6 +331,9 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
         with target_url(spec) as base_url, asyncio.Runner(loop_factory=_new_loop) as r:
             result = r.run(main(base_url))
         push_failed = None if export is None else export.run_ended()
+        vllm_path = save_vllm_result(ns, result.records_path)
+        if vllm_path is not None:
+            err.print(f"vllm-format results: {vllm_path}", highlight=False)
         if ns.json:
             sys.stdout.write(
                 orjson.dumps(
@@ -372,12 +416,23 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a benchmark (no --target: against the built-in simulator)"
     )
     _add_run_arguments(run)
-    sim = sub.add_parser("sim", help="serve the built-in OpenAI-compatible simulator")
+    sim = sub.add_parser(
+        "sim", help="serve the built-in simulator (OpenAI, Anthropic or Responses API)"
+    )
     add_sim_arguments(sim)
     summ = sub.add_parser("summary", help="summarize a records file (replay)")
     summ.add_argument("records", type=Path)
     summ.add_argument("--slo", action="append", default=[], metavar="SLO")
     summ.add_argument("--json", action="store_true")
+    from latbench._remote import add_remote_arguments
+    from latbench._service import add_serve_arguments
+
+    serve = sub.add_parser("serve", help="run as a service: HTTP API, schedules (docs/service.md)")
+    add_serve_arguments(serve)
+    add_remote_arguments(sub)  # submit, runs
+    from latbench._cli_sweep import add_commands as add_sweep_commands
+
+    add_sweep_commands(sub)  # sweep, report, compare
     return p
 
 
@@ -391,6 +446,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(cmd_run(ns, console, err))
         if ns.command == "summary":
             return int(cmd_summary(ns, console, err))
+        if ns.command in ("sweep", "report", "compare"):
+            from latbench._cli_sweep import main as sweep_main
+
+            return sweep_main(ns, console, err)
+        if ns.command in ("serve", "submit", "runs"):
+            from latbench._remote import cmd_runs, cmd_submit
+            from latbench._service import cmd_serve
+
+            if ns.command == "serve":
+                return cmd_serve(ns, err, _new_loop)
+            cmd = cmd_submit if ns.command == "submit" else cmd_runs
+            return cmd(ns, console, err, _new_loop)
         from latbench.sim.__main__ import config_from_args
         from latbench.sim.__main__ import run as serve_sim
 

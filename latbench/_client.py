@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import monotonic_ns
 from typing import Any
 
@@ -19,10 +19,12 @@ import orjson
 from latbench._apis import ApiKind, MalformedEvent, RequestOptions
 from latbench._errors import ErrorKind
 from latbench._record import Phase, Record
+from latbench._retry import NO_RETRY, RetryPolicy, fold, retry_after_s, should_retry, status_kind
 from latbench._sse import SSEParser
 from latbench._workload import WorkItem
 
 ERROR_BODY_LIMIT = 2048
+IDLE_SLACK = 1 / 64  # how late (a fraction of it) the idle timeout may fire; see the loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class Endpoint:
     options: RequestOptions
     headers: dict[str, str]
     timeouts: Timeouts
+    retry: RetryPolicy = NO_RETRY
 
     @property
     def url(self) -> str:
@@ -69,6 +72,10 @@ async def stream_request(
     phase: Phase,
     t_intended: int,
 ) -> Record:
+    if ep.retry.max_retries:
+        return await _with_retries(
+            session, ep, item, run_id=run_id, seq=seq, phase=phase, t_intended=t_intended
+        )
     api = ep.api
     to = ep.timeouts
     body = orjson.dumps(api.body(item, ep.options))
@@ -85,10 +92,12 @@ async def stream_request(
     status: int | None = None
     error: ErrorKind | None = None
     detail: str | None = None
+    retry_after: float | None = None
     done = False
 
     loop = asyncio.get_running_loop()
     armed = _Deadline()
+    armed_at = 0.0
     t_sent = monotonic_ns()
     start = loop.time()
     total_at = start + to.total
@@ -98,7 +107,8 @@ async def stream_request(
                 t_headers = monotonic_ns()
                 status = resp.status
                 if status >= 300:
-                    error = ErrorKind.HTTP_STATUS
+                    retry_after = retry_after_s(resp.headers)
+                    error = status_kind(status, retry_after)
                     detail = await _error_body(resp)
                 else:
                     async for piece in resp.content.iter_any():
@@ -107,8 +117,9 @@ async def stream_request(
                             ev = api.parse(data)
                             if ev.completion_tokens is not None:
                                 usage_completion = ev.completion_tokens
-                                if ev.prompt_tokens is not None:
-                                    usage_prompt = ev.prompt_tokens
+                            # Anthropic reports input usage first, output usage at the end.
+                            if ev.prompt_tokens is not None:
+                                usage_prompt = ev.prompt_tokens
                             delta = 0
                             if ev.completion_tokens is not None:
                                 delta = ev.completion_tokens - last_completion
@@ -124,22 +135,25 @@ async def stream_request(
                             if ev.finish_reason is not None:
                                 finish_reason = ev.finish_reason
                             if ev.error is not None:
-                                error, detail = ErrorKind.SERVER_ERROR_EVENT, ev.error
+                                error, detail = ev.error_kind, ev.error
                                 break
                             if ev.done:
                                 done = True
                                 break
                         if done or error is not None:
                             break
-                        if ev_t:
-                            if armed.kind is ErrorKind.TIMEOUT_FIRST_TOKEN:
-                                armed.kind = ErrorKind.TIMEOUT_IDLE
+                        if ev_t and armed.kind is not ErrorKind.TIMEOUT_TOTAL:
+                            # Re-arming the timer on every read cost more than the rest of the
+                            # read: arm it IDLE_SLACK of the idle timeout past the deadline, and
+                            # again only once that slack is used up. It may fire that much
+                            # late, never early.
                             idle_at = loop.time() + to.idle
-                            if idle_at < total_at:
-                                cm.reschedule(idle_at)
-                            else:
-                                armed.kind = ErrorKind.TIMEOUT_TOTAL
-                                cm.reschedule(total_at)
+                            if armed.kind is ErrorKind.TIMEOUT_FIRST_TOKEN or idle_at > armed_at:
+                                armed_at = idle_at + to.idle * IDLE_SLACK
+                                armed.kind = ErrorKind.TIMEOUT_IDLE
+                                if armed_at >= total_at:
+                                    armed_at, armed.kind = total_at, ErrorKind.TIMEOUT_TOTAL
+                                cm.reschedule(armed_at)
                     # Closed without the end marker. A finish_reason means the generation itself
                     # ended and only the final [DONE] was lost: not an error.
                     if not done and error is None and finish_reason is None:
@@ -192,7 +206,51 @@ async def stream_request(
         max_tokens=item.max_tokens,
         error=error,
         error_detail=detail,
+        retry_after_s=retry_after,
     )
+
+
+async def _with_retries(
+    session: aiohttp.ClientSession,
+    ep: Endpoint,
+    item: WorkItem,
+    *,
+    run_id: str,
+    seq: int,
+    phase: Phase,
+    t_intended: int,
+) -> Record:
+    """Send, and resend refusals as `ep.retry` allows; one record with the first send's t_sent.
+
+    No retry starts whose wait would end past the total timeout counted from the first send.
+    """
+    once = replace(ep, retry=NO_RETRY)
+    policy = ep.retry
+
+    async def attempt() -> Record:
+        return await stream_request(
+            session, once, item, run_id=run_id, seq=seq, phase=phase, t_intended=t_intended
+        )
+
+    first = last = await attempt()
+    attempts = 1
+    deadline = first.t_sent + int(ep.timeouts.total * 1e9)
+    while should_retry(last):
+        wait = policy.delay(attempts, last.retry_after_s)
+        if wait is None or monotonic_ns() + wait * 1e9 >= deadline:
+            break
+        try:
+            await asyncio.sleep(wait)
+        except asyncio.CancelledError:
+            # Aborted while waiting: the runner wants the record, as stream_request gives it.
+            detail = f"the run was stopped while waiting to retry after: {last.error_detail}"
+            last = replace(
+                last, error=ErrorKind.CANCELLED, error_detail=detail, t_end=monotonic_ns()
+            )
+            break
+        last = await attempt()
+        attempts += 1
+    return fold(first, last, attempts)
 
 
 def _timeout_detail(kind: ErrorKind, to: Timeouts) -> str:

@@ -34,6 +34,9 @@ class ErrorKind(StrEnum):
     """Why a request failed (METRICS.md, Errors). Stored in the record as its string value."""
 
     HTTP_STATUS = "http_status"  # non-2xx; the record's status holds the code
+    # Turned away for load, a kind of its own so retries and capacity limits are counted apart:
+    RATE_LIMITED = "rate_limited"  # HTTP 429, or a rate-limit error event inside the stream
+    OVERLOADED = "overloaded"  # HTTP 529, 503 with Retry-After, or an overloaded error event
     CONNECT_REFUSED = "connect_refused"
     CONNECT_ERROR = "connect_error"  # DNS, TLS, unreachable host
     CONNECTION_RESET = "connection_reset"  # reset or closed by the peer after connecting

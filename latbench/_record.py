@@ -14,7 +14,7 @@ request line in it is still valid.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,16 @@ class Record:
     max_tokens: int | None = None
     error: ErrorKind | None = None
     error_detail: str | None = None
+    # The server's Retry-After (or retry-after-ms), seconds, when it turned the request away.
+    retry_after_s: float | None = None
+    # Retries (opt-in, see docs/metrics.md): `t_sent` stays the first attempt's send, so every
+    # latency counts the time lost to refusals and waits; the fields above describe the last
+    # attempt. With more than one attempt, these keep the first one's outcome and the last send.
+    attempts: int = 1
+    first_status: int | None = None
+    first_error: ErrorKind | None = None
+    t_first_end: int | None = None
+    t_last_sent: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -77,8 +87,13 @@ class RunFooter:
     validity: dict[str, Any] = field(default_factory=dict)
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(Record))
+
+
 def encode_record(rec: Record) -> bytes:
-    d = asdict(rec)
+    # A flat dict, not `asdict`: asdict deep-copies every tuple element, and on a 128-event
+    # record that was most of the runner's CPU. orjson writes tuples and enums the same way.
+    d = {name: getattr(rec, name) for name in _RECORD_FIELDS}
     d["type"] = "request"
     d["schema"] = SCHEMA_VERSION
     return orjson.dumps(d) + b"\n"
@@ -101,6 +116,7 @@ def encode_footer(f: RunFooter) -> bytes:
 def _decode_record(d: dict[str, Any]) -> Record:
     ev_n = d.get("ev_n")
     err = d.get("error")
+    first_err = d.get("first_error")
     return Record(
         run_id=d["run_id"],
         seq=d["seq"],
@@ -120,6 +136,13 @@ def _decode_record(d: dict[str, Any]) -> Record:
         max_tokens=d.get("max_tokens"),
         error=None if err is None else ErrorKind(err),
         error_detail=d.get("error_detail"),
+        # Absent from records written before retries existed; the defaults describe them.
+        retry_after_s=d.get("retry_after_s"),
+        attempts=d.get("attempts", 1),
+        first_status=d.get("first_status"),
+        first_error=None if first_err is None else ErrorKind(first_err),
+        t_first_end=d.get("t_first_end"),
+        t_last_sent=d.get("t_last_sent"),
     )
 
 

@@ -1,4 +1,4 @@
-"""The load scheduler: owns the clock, sends requests on schedule, fans records out to sinks.
+"""The load scheduler: splits a run's schedule over worker processes and gathers their records.
 
 Closed loop: N users, each sending its next request the moment its last one finished; that moment
 is the request's `t_intended`. Open loop: a pacer gives every request an intended instant on an
@@ -7,6 +7,11 @@ loop is behind, so the schedule catches up instead of drifting), as its own task
 never delays the next send. With a concurrency cap, requests wait for a slot and that wait shows
 up as queue delay (`t_sent - t_intended`), never hidden.
 
+The sending happens in worker processes (`_worker`), each with its own event loop, so that
+timestamping is never held up by this process's work: the runner owns the sinks (records file,
+progress, Prometheus), receives each record as it finishes, and fans it out. All workers start on
+one instant that the runner picks once every worker is ready, and all read CLOCK_MONOTONIC.
+
 The first `stop()` ends scheduling and lets in-flight streams finish; `abort()` cancels them,
 and their records say `cancelled` with whatever they had measured.
 """
@@ -14,48 +19,66 @@ and their records say `cancelled` with whatever they had measured.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import resource
+import math
+import os
+import pickle
+import sys
+from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from time import monotonic_ns
 
 import aiohttp
+import orjson
 
-from latbench._client import Endpoint, stream_request
+from latbench._client import Endpoint
+from latbench._errors import LatbenchError
 from latbench._record import Record, RunFooter
-from latbench._schedule import ConstantPacer, Pacer, PoissonPacer, phase_of
 from latbench._sinks import Sink
 from latbench._spec import LoadSpec
 from latbench._summary import ClientStats
-from latbench._validity import CpuMeter, LoopLagMonitor
+from latbench._validity import publish_lag
+from latbench._wire import frame, message, read_frame, unpack_record
+from latbench._worker import Shard, raise_fd_limit
 from latbench._workload import Workload
 
+__all__ = ["RunOutcome", "Runner", "make_connector", "raise_fd_limit"]
+
+# A worker's loop should stay near half busy, where its lag is still small: measured at 70-110 us
+# of worker CPU per event when each read brings one event (docs/performance.md), 64 streams of
+# 100 events/s keep it at 0.45-0.7 of a core. Reads that batch events cost far less per event.
+STREAMS_PER_WORKER = 64
 START_LEAD_NS = 20_000_000  # schedule the first send a little ahead, so it is not born late
-
-
-def make_pacer(load: LoadSpec, seed: int) -> Pacer | None:
-    if load.mode == "constant":
-        assert load.rate is not None
-        return ConstantPacer(load.rate)
-    if load.mode == "poisson":
-        assert load.rate is not None
-        return PoissonPacer(load.rate, burstiness=load.burstiness, seed=seed)
-    return None
+# The directory that holds the `latbench` package, so workers import this same copy.
+_IMPORT_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def make_connector(load: LoadSpec, verify_tls: bool) -> aiohttp.TCPConnector:
-    # aiohttp's default pool (100) would silently cap concurrency; size it from the load instead.
+    """The runner's own session (preflight); workers size their pools from their shards."""
     limit = load.concurrency or 0
     return aiohttp.TCPConnector(
         limit=limit, limit_per_host=0, ssl=None if verify_tls else False, ttl_dns_cache=300
     )
 
 
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def worker_count(load: LoadSpec, asked: int | None, cores: int | None = None) -> int:
+    """Workers for a load: as asked, else one per STREAMS_PER_WORKER streams (the concurrency,
+    or the open-loop cap; one when there is neither), leaving a core for the runner and the
+    rest of the machine. Never more than there are users or slots to split: a worker with none
+    would only cost start-up time."""
+    if asked is None:
+        cores = (os.cpu_count() or 1) if cores is None else cores
+        streams = load.concurrency or 1
+        asked = min(math.ceil(streams / STREAMS_PER_WORKER), max(1, cores - 1))
+    w = asked
+    if load.concurrency is not None:
+        w = min(w, load.concurrency)
+    return max(1, w)
+
+
+class WorkerError(LatbenchError):
+    """A worker process failed; records it had sent are kept."""
 
 
 @dataclass
@@ -67,59 +90,168 @@ class RunOutcome:
 
 
 @dataclass
-class Runner:
-    run_id: str
-    endpoint: Endpoint
-    workload: Workload
-    load: LoadSpec
-    sinks: Sequence[Sink]
-    seed: int = 0
+class _Worker:
+    proc: asyncio.subprocess.Process
     inflight: int = 0
-    records: list[Record] = field(default_factory=list)
-    _stopping: bool = False
-    _aborted: bool = False
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _start: int = 0
-    _stopped_at: int | None = None
-    _unsent: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    unsent: int = 0
+    ended: bool = False
+
+    def send(self, payload: bytes) -> None:
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.write(payload)
+
+
+class Runner:
+    def __init__(
+        self,
+        run_id: str,
+        endpoint: Endpoint,
+        workload: Workload,
+        load: LoadSpec,
+        sinks: Sequence[Sink],
+        seed: int = 0,
+        *,
+        workers: int | None = None,
+        verify_tls: bool = True,
+    ) -> None:
+        self.run_id = run_id
+        self.endpoint = endpoint
+        self.workload = workload
+        self.load = load
+        self.sinks = sinks
+        self.seed = seed
+        self.workers = worker_count(load, workers)
+        self.verify_tls = verify_tls
+        self.records: list[Record] = []
+        self._workers: list[_Worker] = []
+        self._stopping = False
+        self._aborted = False
+        self._start = 0
+        self._stopped_at: int | None = None
+        self._lag_ticks = array("q")
+        self._lags = array("q")
+
+    @property
+    def inflight(self) -> int:
+        """Requests in flight, as of each worker's last heartbeat (at most 0.1 s old)."""
+        return sum(w.inflight for w in self._workers)
 
     def stop(self) -> None:
         """Stop scheduling; in-flight requests finish."""
         if not self._stopping:
             self._stopping = True
             self._stopped_at = monotonic_ns()
+            for w in self._workers:
+                w.send(message("stop"))
 
     def abort(self) -> None:
         """Stop scheduling and cancel in-flight requests."""
         self.stop()
-        self._aborted = True
-        for t in list(self._tasks):
-            t.cancel()
+        if not self._aborted:
+            self._aborted = True
+            for w in self._workers:
+                w.send(message("abort"))
 
     async def run(self, session: aiohttp.ClientSession) -> RunOutcome:
-        loop = asyncio.get_running_loop()
-        lag = LoopLagMonitor(loop)
-        cpu = CpuMeter()
-        # Pay first-use costs (lazy imports, RNG set-up, JSON encoder) before the clock starts.
-        self.endpoint.api.body(self.workload.item(0), self.endpoint.options)
-        lag.start()
-        self._start = monotonic_ns() + START_LEAD_NS
+        """Run the load. `session` is the caller's (preflight) session; workers open their own."""
         try:
-            pacer = make_pacer(self.load, self.seed)
-            if pacer is None:
-                await self._closed_loop(session)
-            else:
-                await self._open_loop(session, pacer)
+            await self._start_workers()
+            if not self._stopping:
+                self._start = monotonic_ns() + START_LEAD_NS
+                for w in self._workers:
+                    w.send(message("go", self._start))
+            await asyncio.gather(*(self._drain(w) for w in self._workers))
         finally:
-            lag.stop()
-        cpu_s, wall_s = cpu.read()
+            for w in self._workers:
+                await _reap(w.proc)
+        failed = [i for i, w in enumerate(self._workers) if not w.ended]
+        if failed and not self._aborted:
+            codes = ", ".join(f"{i}: {self._workers[i].proc.returncode}" for i in failed)
+            raise WorkerError(
+                f"worker process(es) ended before their shard finished (exit status {codes}); "
+                f"the {len(self.records)} records received are kept"
+            )
+        return self._outcome()
+
+    async def _start_workers(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_IMPORT_ROOT, env.get("PYTHONPATH")) if p)
+        procs = await asyncio.gather(
+            *(
+                asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "latbench._worker",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    env=env,
+                )
+                for _ in range(self.workers)
+            )
+        )
+        self._workers = [_Worker(p) for p in procs]
+        for k, w in enumerate(self._workers):
+            shard = Shard(
+                run_id=self.run_id,
+                index=k,
+                count=self.workers,
+                endpoint=self.endpoint,
+                workload=self.workload,
+                load=self.load,
+                seed=self.seed,
+                verify_tls=self.verify_tls,
+            )
+            w.send(frame(pickle.dumps(shard, protocol=pickle.HIGHEST_PROTOCOL)))
+        for w in self._workers:
+            assert w.proc.stdout is not None
+            ready = await read_frame(w.proc.stdout)
+            if ready is None or orjson.loads(ready)[0] != "ready":
+                raise WorkerError(
+                    f"a worker process did not start (exit status {await _reap(w.proc)})"
+                )
+        if self._stopping:  # stopped while the workers started: they have nothing to do
+            for w in self._workers:
+                w.send(message("abort" if self._aborted else "stop"))
+
+    async def _drain(self, w: _Worker) -> None:
+        stdout = w.proc.stdout
+        assert stdout is not None
+        loop = asyncio.get_running_loop()
+        while (payload := await read_frame(stdout)) is not None:
+            m = orjson.loads(payload)
+            kind = m[0]
+            if kind == "r":
+                rec = unpack_record(self.run_id, m)
+                self.records.append(rec)
+                for sink in self.sinks:
+                    sink.add(rec)
+            elif kind == "h":
+                w.inflight = m[1]
+                self._lag_ticks.extend(m[2])
+                self._lags.extend(m[3])
+                for lag in m[3]:
+                    publish_lag(loop, lag)
+            elif kind == "end":
+                w.cpu_s, w.wall_s, w.unsent = m[1], m[2], m[3]
+                w.inflight = 0
+                w.ended = True
+        if w.proc.stdin is not None:
+            w.proc.stdin.close()
+
+    def _outcome(self) -> RunOutcome:
         ws, we = self._window()
+        lags = [lag for t, lag in zip(self._lag_ticks, self._lags, strict=True) if ws <= t < we]
+        # Each worker's loop runs on one core: the busiest one is the one that runs out first.
+        busiest = max(self._workers, key=lambda w: w.cpu_s / w.wall_s if w.wall_s else 0.0)
         client = ClientStats(
-            loop_lag_ns=lag.lags_between(ws, we),
-            cpu_s=cpu_s,
-            wall_s=wall_s,
+            loop_lag_ns=lags,
+            cpu_s=busiest.cpu_s,
+            wall_s=busiest.wall_s,
             open_loop=self.load.open_loop,
-            unsent=self._unsent,
+            unsent=sum(w.unsent for w in self._workers),
         )
         ended = "aborted" if self._aborted else ("stopped" if self._stopped_at else "completed")
         footer = RunFooter(window_start=ws, window_end=we, ended=ended, validity=client.to_dict())
@@ -142,90 +274,11 @@ class Runner:
             end = self._stopped_at
         return start, max(end, start)
 
-    def _phase(self, n: int, offset_ns: int) -> str:
-        ld = self.load
-        return phase_of(
-            n,
-            offset_ns,
-            warmup_s=ld.warmup,
-            cooldown_s=ld.cooldown,
-            warmup_requests=ld.warmup_requests,
-            cooldown_requests=ld.cooldown_requests,
-            duration_s=ld.duration,
-            total_requests=ld.requests,
-        )
 
-    def _out_of_budget(self, n: int, offset_ns: int) -> bool:
-        ld = self.load
-        if ld.requests is not None and n >= ld.requests:
-            return True
-        return ld.duration is not None and offset_ns >= ld.duration * 1e9
-
-    async def _one(self, session: aiohttp.ClientSession, n: int, t_intended: int) -> None:
-        item = self.workload.item(n)
-        phase = self._phase(n, t_intended - self._start)
-        self.inflight += 1
-        try:
-            rec = await stream_request(
-                session,
-                self.endpoint,
-                item,
-                run_id=self.run_id,
-                seq=n,
-                phase=phase,  # type: ignore[arg-type]
-                t_intended=t_intended,
-            )
-        finally:
-            self.inflight -= 1
-        self.records.append(rec)
-        for sink in self.sinks:
-            sink.add(rec)
-
-    async def _closed_loop(self, session: aiohttp.ClientSession) -> None:
-        counter = itertools.count()
-        delay = (self._start - monotonic_ns()) / 1e9
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-        async def user() -> None:
-            while not self._stopping:
-                n = next(counter)
-                t_intended = monotonic_ns()
-                if self._out_of_budget(n, t_intended - self._start):
-                    return
-                await self._one(session, n, t_intended)
-
-        assert self.load.concurrency is not None
-        users = [asyncio.create_task(user()) for _ in range(self.load.concurrency)]
-        self._tasks.update(users)
-        await asyncio.gather(*users, return_exceptions=True)
-
-    async def _open_loop(self, session: aiohttp.ClientSession, pacer: Pacer) -> None:
-        cap = asyncio.Semaphore(self.load.concurrency) if self.load.concurrency else None
-
-        async def capped(n: int, t_intended: int) -> None:
-            if cap is None:
-                await self._one(session, n, t_intended)
-                return
-            async with cap:
-                if self._stopping:
-                    self._unsent += 1  # stopped while queued for a slot: never sent
-                    return
-                await self._one(session, n, t_intended)
-
-        n = 0
-        while not self._stopping:
-            offset = pacer.offset_ns(n)
-            if self._out_of_budget(n, offset):
-                break
-            t_intended = self._start + offset
-            delay = t_intended - monotonic_ns()
-            if delay > 0:
-                await asyncio.sleep(delay / 1e9)
-                if self._stopping:
-                    break
-            task = asyncio.create_task(capped(n, t_intended))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            n += 1
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+async def _reap(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> int:
+    """Wait for a worker to exit; one that hangs after its stream ended is killed."""
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        return await proc.wait()

@@ -16,8 +16,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from latbench._dist import Dist
 from latbench._errors import SpecError
+from latbench._retry import RetryPolicy
 from latbench._summary import DEFAULT_SLOS, Slo, ValidityLimits, parse_slo
 from latbench.sim import SimConfig
+from latbench.sim._formats import Personality
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -48,12 +50,39 @@ class TimeoutsSpec(_Model):
     total: PositiveSeconds = 600.0
 
 
+class RetrySpec(_Model):
+    """Opt-in retries of refusals for load (429, 529, 503 with Retry-After). A retried request
+    keeps its first send as `t_sent`, so its latencies include every wait (docs/metrics.md)."""
+
+    max_retries: int = Field(default=0, ge=0, le=100, description="0: never retry")
+    backoff: PositiveSeconds = Field(
+        default=1.0, description="first wait when the server gives no Retry-After; doubles"
+    )
+    max_wait: Seconds = Field(
+        default=60.0, description="longest wait accepted; a longer Retry-After ends the request"
+    )
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.max_retries, self.backoff, self.max_wait)
+
+
+# API kind -> the simulator personality that serves it (see latbench.sim._formats).
+SIM_API: dict[str, Personality] = {
+    "chat": "openai",
+    "completions": "openai",
+    "anthropic": "anthropic",
+    "responses": "responses",
+}
+# Hosted APIs reject vLLM's extra request fields.
+NO_EXTENSIONS_HOSTS = ("openai.com", "anthropic.com")
+
+
 class TargetSpec(_Model):
     base_url: str | None = Field(
         default=None,
         description="server root, e.g. http://127.0.0.1:8000; omit to use the built-in simulator",
     )
-    api: Literal["chat", "completions"] = "chat"
+    api: Literal["chat", "completions", "anthropic", "responses"] = "chat"
     model: str | None = Field(
         default=None, description="auto-detected from /v1/models when omitted"
     )
@@ -62,10 +91,11 @@ class TargetSpec(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     verify_tls: bool = True
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
     vllm_extensions: bool | None = Field(
         default=None,
         description="send ignore_eos, min_tokens and continuous_usage_stats; default: on, except "
-        "for api.openai.com, which rejects unknown fields",
+        "for api.openai.com and api.anthropic.com, which reject unknown fields",
     )
 
     @model_validator(mode="after")
@@ -86,7 +116,7 @@ class TargetSpec(_Model):
         if self.api_key_env and self.api_key_file:
             raise ValueError("give api_key_env or api_key_file, not both")
         if self.vllm_extensions is None:
-            self.vllm_extensions = not (parts.hostname or "").endswith("openai.com")
+            self.vllm_extensions = not (parts.hostname or "").endswith(NO_EXTENSIONS_HOSTS)
         return self
 
 
@@ -122,6 +152,12 @@ class LoadSpec(_Model):
     cooldown: Seconds = 0.0
     warmup_requests: int = Field(default=0, ge=0)
     cooldown_requests: int = Field(default=0, ge=0)
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="sending processes, one event loop each (default: docs/performance.md)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LoadSpec:
@@ -188,6 +224,21 @@ class RunSpec(_Model):
         default_factory=lambda: [50.0, 90.0, 95.0, 99.0, 99.9]
     )
     output_dir: Path = Path("latbench-results")
+
+    @model_validator(mode="after")
+    def _sim_speaks_the_api(self) -> RunSpec:
+        if self.target.base_url is not None:
+            return self
+        api = self.target.api
+        wanted = SIM_API[api]
+        if "api" not in self.sim.model_fields_set:
+            self.sim.api = wanted
+        elif self.sim.api != wanted:
+            raise ValueError(
+                f"sim.api {self.sim.api!r} cannot serve target.api {api!r}; "
+                f"use {wanted!r} or leave sim.api out"
+            )
+        return self
 
 
 def format_validation_error(e: ValidationError, source: str) -> str:

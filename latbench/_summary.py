@@ -53,7 +53,7 @@ class ValidityLimits:
 
     loop_lag_p99_s: float = 0.001
     queue_delay_p99_s: float = 0.010  # open loop only
-    client_cpu: float = 0.9  # fraction of one core; asyncio runs on one
+    client_cpu: float = 0.9  # busiest worker, fraction of one core: its loop runs on one
 
 
 DEFAULT_LIMITS = ValidityLimits()
@@ -137,7 +137,9 @@ class ClientStats:
     """What the runner measured about itself; stored in the records file footer as JSON."""
 
     loop_lag_ns: Sequence[int]  # event-loop ticker: actual minus intended wake-up, per tick
-    cpu_s: float  # CPU seconds used by the client process over the run
+    # CPU seconds of the busiest worker process over the run (each runs one event loop, on one
+    # core at a time; the runner's own sinks do not delay any timestamp)
+    cpu_s: float
     wall_s: float
     open_loop: bool
     unsent: int  # scheduled but never sent when the run stopped

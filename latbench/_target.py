@@ -17,6 +17,10 @@ from latbench._errors import SpecError, TargetError
 from latbench._spec import TargetSpec, WorkloadSpec
 
 SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
+# The Messages API version latbench's Anthropic parser follows; a header may override it.
+ANTHROPIC_VERSION = "2023-06-01"
+# APIs whose servers (hosted ones) list many models: the first is no guess of the one meant.
+EXPLICIT_MODEL_APIS = ("anthropic", "responses")
 
 
 def read_api_key(t: TargetSpec) -> str | None:
@@ -50,17 +54,19 @@ def _is_secret(name: str) -> bool:
 async def resolve_endpoint(
     session: aiohttp.ClientSession, t: TargetSpec, base_url: str, w: WorkloadSpec
 ) -> Endpoint:
-    headers = dict(t.headers)
-    key = read_api_key(t)
-    if key:
-        headers.setdefault("Authorization", f"Bearer {key}")
-    served = await _list_models(session, base_url, headers, t.timeouts.connect)
+    headers = auth_headers(t, read_api_key(t))
+    served = await _list_models(session, base_url, headers, t.timeouts.connect, t.api)
     model = t.model
     if model is None:
         if not served:
             raise TargetError(
                 f"{base_url}/v1/models lists no model, so it cannot be auto-detected; "
                 "give one with --model (target.model)"
+            )
+        if len(served) > 1 and t.api in EXPLICIT_MODEL_APIS:
+            raise TargetError(
+                f"{base_url}/v1/models lists {len(served)} models ({', '.join(served[:5])}"
+                f"{', ...' if len(served) > 5 else ''}); name one with --model (target.model)"
             )
         model = served[0]
     elif served is not None and model not in served:
@@ -79,17 +85,42 @@ async def resolve_endpoint(
         ),
         headers=headers,
         timeouts=Timeouts(to.connect, to.first_token, to.idle, to.total),
+        retry=t.retry.policy(),
     )
 
 
+def auth_headers(t: TargetSpec, key: str | None) -> dict[str, str]:
+    """The spec's headers plus authentication; a header the spec sets is never overridden."""
+    headers = dict(t.headers)
+    given = {k.lower() for k in headers}
+    if t.api == "anthropic":
+        # Anthropic takes the key in x-api-key and pins the API version in a header.
+        extra = {"anthropic-version": ANTHROPIC_VERSION}
+        if key:
+            extra["x-api-key"] = key
+    else:
+        extra = {"Authorization": f"Bearer {key}"} if key else {}
+    headers.update({k: v for k, v in extra.items() if k.lower() not in given})
+    return headers
+
+
 async def _list_models(
-    session: aiohttp.ClientSession, base_url: str, headers: dict[str, str], connect_s: float
+    session: aiohttp.ClientSession,
+    base_url: str,
+    headers: dict[str, str],
+    connect_s: float,
+    api: str,
 ) -> list[str] | None:
     """The served model ids, or None when the server has no usable /v1/models."""
+    # Anthropic pages its list (20 by default, at most 1000 a page).
     url = f"{base_url}/v1/models"
+    params = {"limit": "1000"} if api == "anthropic" else None
     try:
         async with session.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=connect_s + 20)
+            url,
+            headers=headers,
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=connect_s + 20),
         ) as resp:
             if resp.status in (401, 403):
                 raise TargetError(
@@ -107,4 +138,6 @@ async def _list_models(
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list):
         return None
+    if body.get("has_more") is True:
+        return None  # a partial list can neither name the model nor rule one out
     return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]

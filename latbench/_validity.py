@@ -1,4 +1,4 @@
-"""Evidence that the client was not the bottleneck: event-loop lag and client CPU.
+"""Evidence that the client was not the bottleneck: event-loop lag, sampled in every worker.
 
 Loop lag is measured from outside the loop: a thread ticks every 10 ms, stamps the instant it
 hands the loop a callback, and the callback records how long it waited to run. That is how late
@@ -42,6 +42,13 @@ def add_lag_listener(
     return remove
 
 
+def publish_lag(loop: asyncio.AbstractEventLoop, lag_ns: int) -> None:
+    """Hand one lag sample to the listeners of `loop`: the runner calls this on its own loop for
+    the samples its worker processes send, so the exporter sees every worker's lag."""
+    for listener in _lag_listeners.get(loop, ()):
+        listener(lag_ns)
+
+
 class LoopLagMonitor:
     def __init__(self, loop: asyncio.AbstractEventLoop, tick_ns: int = TICK_NS) -> None:
         self._loop = loop
@@ -62,8 +69,7 @@ class LoopLagMonitor:
         lag = time.monotonic_ns() - posted
         self.samples.append(lag)
         self.ticks.append(posted)
-        for listener in _lag_listeners.get(self._loop, ()):
-            listener(lag)
+        publish_lag(self._loop, lag)
 
     def lags_between(self, start: int, end: int) -> list[int]:
         """Lag samples whose tick fell in [start, end): the measurement window, so that start-up
@@ -86,14 +92,3 @@ class LoopLagMonitor:
                 # This thread itself fell behind (machine overloaded); skip missed ticks rather
                 # than fire a burst, and let the lag of the late tick speak for them.
                 intended = now + self._tick_ns
-
-
-class CpuMeter:
-    """CPU seconds used by this process (all its threads) over an interval."""
-
-    def __init__(self) -> None:
-        self._cpu0 = time.process_time()
-        self._wall0 = time.monotonic()
-
-    def read(self) -> tuple[float, float]:
-        return time.process_time() - self._cpu0, time.monotonic() - self._wall0

@@ -273,13 +273,13 @@ def test_model_is_detected_and_the_api_key_never_written(tmp_path: Path) -> None
     key_file = tmp_path / "key"
     key_file.write_text(secret + "\n")
     with SimProcess(SimConfig(model="served-name")) as sim:
-        code, s, err = run_json(
+        code, _, err = run_json(
             tmp_path, "--target", sim.url + "/v1", "--api", "completions", "--requests", "3",
             "--output-tokens", "4", "--api-key-file", str(key_file),
             "--header", "X-Team-Token: also-secret",
         )
     assert code == 0, err
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]  # noqa: RUF015
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["environment"]["model"] == "served-name"
     assert results["spec"]["target"]["headers"] == {"X-Team-Token": "***"}

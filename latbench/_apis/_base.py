@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol
 
+from latbench._errors import ErrorKind
 from latbench._workload import WorkItem
 
 
@@ -26,6 +27,8 @@ class Event(NamedTuple):
     error: str | None = None  # the server reported an error inside the stream
     # A usage-only event (no choice): its usage is the request's total, not a per-event delta.
     usage_only: bool = False
+    # How to classify `error` when the API says more than "an error" (rate limit, overload).
+    error_kind: ErrorKind = ErrorKind.SERVER_ERROR_EVENT
 
 
 NOTHING = Event()

@@ -85,7 +85,9 @@ class Completions:
         completion, prompt = _usage(obj)
         c = _first_choice(obj)
         if c is None:
-            return NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
+            return (
+                NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
+            )
         text = c.get("text")
         return Event(CONTENT if text else None, completion, prompt, c.get("finish_reason"))
 
@@ -106,7 +108,9 @@ class Chat:
         completion, prompt = _usage(obj)
         c = _first_choice(obj)
         if c is None:
-            return NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
+            return (
+                NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
+            )
         delta = c.get("delta") or {}
         if not isinstance(delta, dict):
             raise MalformedEvent(f"choices[0].delta is not an object: {delta!r:.120}")

@@ -1,8 +1,9 @@
-"""A simulated OpenAI-compatible LLM server with configurable latency, load and faults.
+"""A simulated LLM server with configurable latency, load, rate limit and faults.
 
-It streams like vLLM, paces tokens on a seeded latency model (see `latbench.sim._engine` for the
-load formula), injects faults on request, and reports what it actually did at `/sim/truth`, so
-latbench can be tested against a server whose behaviour is known.
+It streams like vLLM (or, with `api`, like Anthropic's Messages or OpenAI's Responses API, or
+replays recorded streams byte for byte), paces tokens on a seeded latency model (see
+`latbench.sim._engine` for the load formula), injects faults on request, and reports what it
+actually did at `/sim/truth`, so latbench can be tested against a server whose behaviour is known.
 """
 
 from latbench.sim._config import FaultSpec, SimConfig

@@ -24,10 +24,12 @@ from pydantic import ValidationError
 from latbench._dist import Dist
 from latbench._errors import SpecError
 from latbench.sim._config import FAULT_KINDS, FaultSpec, SimConfig
+from latbench.sim._replay import check_replay
 from latbench.sim._server import create_app
 
 # SimConfig field -> the flag that sets it (fields whose flag is the field name, dashed).
 _FLAG_FIELDS = (
+    "api",
     "host",
     "port",
     "model",
@@ -42,6 +44,7 @@ _FLAG_FIELDS = (
     "max_batch",
     "ttft_per_stream",
     "itl_per_stream",
+    "rate_limit",
     "truth_capacity",
 )
 
@@ -72,6 +75,19 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--config", metavar="FILE", help="settings from a YAML or JSON file")
     a("--config-json", metavar="JSON", help="settings as one JSON object")
+    a(
+        "--api",
+        choices=["openai", "anthropic", "responses"],
+        help="the API served: openai (vLLM's /v1/completions and /v1/chat/completions), "
+        "anthropic (/v1/messages) or responses (/v1/responses) (default openai)",
+    )
+    a(
+        "--replay",
+        action="append",
+        metavar="FILE|DIR",
+        help="replay these transcripts (*.sse) byte for byte at their recorded offsets instead "
+        "of generating (repeatable; a directory means its *.sse files)",
+    )
     a("--host", help="address to bind (default 127.0.0.1)")
     a("--port", type=int, help="port to bind; 0 picks a free one (default 0)")
     a("--model", help="the one model served (default sim-model)")
@@ -86,12 +102,18 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-batch", type=int, metavar="B", help="streams decoding at once; more wait FIFO")
     a("--ttft-per-stream", type=float, metavar="S", help="TTFT added per active stream, s")
     a("--itl-per-stream", type=float, metavar="S", help="step time added per other stream, s")
+    a(
+        "--rate-limit",
+        type=float,
+        metavar="RPS",
+        help="admit this many requests per second; the rest get 429 with Retry-After",
+    )
     a("--truth-capacity", type=int, metavar="N", help="requests kept for /sim/truth")
     a(
         "--fault",
         type=_fault,
         action="append",
-        metavar="KIND[,every=N][,after=K][,status=C][,stall_s=S]",
+        metavar="KIND[,every=N][,after=K][,status=C][,stall_s=S][,retry_after=S|none]",
         help=f"inject a fault (repeatable); KIND is one of {', '.join(FAULT_KINDS)}",
     )
 
@@ -111,10 +133,15 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
             data[name] = value
     if ns.fault:
         data["faults"] = [*data.get("faults", []), *ns.fault]
+    flags["replay"] = "--replay"
+    if getattr(ns, "replay", None):
+        data["replay"] = [*data.get("replay", []), *ns.replay]
     try:
-        return SimConfig.model_validate(data)
+        config = SimConfig.model_validate(data)
     except ValidationError as e:
         raise SpecError(_explain(e, flags)) from None
+    check_replay(config.replay)
+    return config
 
 
 def _read_file(path: str) -> Any:
@@ -203,7 +230,7 @@ def run(config: SimConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="latbench sim", description="Run the simulated OpenAI-compatible server."
+        prog="latbench sim", description="Run the simulated LLM server."
     )
     add_sim_arguments(parser)
     ns = parser.parse_args(argv)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from latbench._dist import Dist
+from latbench.sim._formats import Personality
 
 FaultKind = Literal[
     "http_status", "malformed", "truncate", "stall_first", "stall_mid", "error_event"
@@ -18,7 +20,9 @@ class FaultSpec(BaseModel):
     """Every `every`-th generation request (counted per process, from 1) gets this fault.
 
     `after` is the number of token events sent before a mid-stream fault strikes; `status` is the
-    HTTP status of an `http_status` fault; `stall_s` is how long a stall holds the connection.
+    HTTP status of an `http_status` fault; `stall_s` is how long a stall holds the connection;
+    `retry_after` is the Retry-After, in whole seconds, sent with a 429, 503 or 529 (`none`: no
+    header).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -28,6 +32,12 @@ class FaultSpec(BaseModel):
     after: int = Field(default=0, ge=0)
     status: int = Field(default=500, ge=400, le=599)
     stall_s: float = Field(default=3600.0, gt=0)
+    retry_after: int | None = Field(default=1, ge=0)
+
+    @field_validator("retry_after", mode="before")
+    @classmethod
+    def _none(cls, v: object) -> object:
+        return None if isinstance(v, str) and v.strip().lower() == "none" else v
 
     def applies_to(self, request_number: int) -> bool:
         return request_number % self.every == 0
@@ -50,6 +60,21 @@ class SimConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    api: Personality = Field(
+        default="openai",
+        description="what the server is: openai (vLLM's completions and chat), anthropic "
+        "(Messages API) or responses (OpenAI Responses API)",
+    )
+    api_key: str | None = Field(
+        default=None,
+        description="when set, requests must carry it (Authorization: Bearer, or x-api-key for "
+        "anthropic)",
+    )
+    replay: list[Path] = Field(
+        default_factory=list,
+        description="transcripts (*.sse files or directories of them) to replay instead of "
+        "generating; see latbench.sim._replay. Read when the server starts",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="0 picks any free port")
     model: str = "sim-model"
@@ -59,7 +84,9 @@ class SimConfig(BaseModel):
     ttft: Dist = Field(default_factory=lambda: Dist(mean=0.05))
     itl: Dist = Field(default_factory=lambda: Dist(mean=0.01), description="time between events")
     tokens_per_event: int = Field(default=1, ge=1, description="> 1 mimics speculative decoding")
-    reasoning_tokens: int = Field(default=0, ge=0, description="chat only; part of max_tokens")
+    reasoning_tokens: int = Field(
+        default=0, ge=0, description="chat, anthropic, responses: part of max_tokens"
+    )
     eos_probability: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int | None = None
 
@@ -68,6 +95,12 @@ class SimConfig(BaseModel):
     ttft_per_stream: float = Field(default=0.0, ge=0.0)
     itl_per_stream: float = Field(default=0.0, ge=0.0)
 
+    rate_limit: float | None = Field(
+        default=None,
+        gt=0,
+        description="requests/s admitted (a token bucket holding one second's worth); the rest "
+        "get HTTP 429 with Retry-After, as a hosted API's rate limit answers",
+    )
     faults: list[FaultSpec] = Field(default_factory=list)
     truth_capacity: int = Field(default=200_000, ge=1, description="requests kept for /sim/truth")
 

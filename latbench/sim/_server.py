@@ -1,8 +1,11 @@
-"""The simulated OpenAI-compatible server: an aiohttp app that answers like vLLM's, on a timetable.
+"""The simulated LLM server: an aiohttp app that answers like vLLM's, on a timetable.
 
 Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
 `GET /sim/truth[?raw=1]` and `POST /sim/truth/reset`. Streams are SSE framed exactly as vLLM
-frames them (`data: <json>\\n\\n` ..., `data: [DONE]\\n\\n`).
+frames them (`data: <json>\\n\\n` ..., `data: [DONE]\\n\\n`). With `SimConfig.api` set to
+`anthropic` or `responses`, the generation route is `POST /v1/messages` or `POST /v1/responses`
+instead, in that API's format (`latbench.sim._formats`); with `SimConfig.replay`, the routes are
+those of the transcripts, replayed byte for byte (`latbench.sim._replay`).
 
 The "tokenizer" counts one whitespace-separated word as one token, so prompt and completion
 lengths are easy to predict in tests. Faults (`SimConfig.faults`) apply to generation requests
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -25,8 +29,22 @@ from aiohttp import web
 
 from latbench.sim._config import FaultSpec, SimConfig
 from latbench.sim._engine import Engine, Plan, Truth, TruthEntry
+from latbench.sim._formats import (
+    PATHS,
+    PERSONALITY_APIS,
+    AnthropicStream,
+    ApiError,
+    Encoder,
+    ResponsesStream,
+    anthropic_error_body,
+    anthropic_models,
+    anthropic_prompt_tokens,
+    responses_prompt_tokens,
+)
+from latbench.sim._ratelimit import TokenBucket
+from latbench.sim._replay import Replayer, load_all, replay
 
-Api = Literal["completions", "chat"]
+Api = Literal["completions", "chat", "anthropic", "responses"]
 
 _VOCAB = ("the", "of", "and", "to", "in", "is", "that", "it", "for", "on", "with", "as", "was")
 _CONTENT_WORDS = tuple(" " + w for w in _VOCAB)
@@ -46,6 +64,8 @@ class SimState:
     created: int = field(default_factory=lambda: int(time.time()))
     requests: int = 0  # generation requests that passed validation, for fault counting
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    replayer: Replayer | None = None
+    limiter: TokenBucket | None = None
 
 
 STATE = web.AppKey("latbench_sim_state", SimState)
@@ -56,9 +76,23 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     cfg = config if config is not None else SimConfig()
     # Long-context benchmarks send prompts far above aiohttp's 1 MiB default body limit.
     app = web.Application(client_max_size=64 * 1024**2)
-    app[STATE] = SimState(config=cfg, engine=Engine(cfg), truth=Truth(cfg.truth_capacity))
-    app.router.add_post("/v1/completions", _completions)
-    app.router.add_post("/v1/chat/completions", _chat_completions)
+    state = SimState(config=cfg, engine=Engine(cfg), truth=Truth(cfg.truth_capacity))
+    if cfg.rate_limit is not None:
+        state.limiter = TokenBucket(cfg.rate_limit)
+    app[STATE] = state
+    if cfg.replay:
+        state.replayer = Replayer(load_all(cfg.replay))
+        for path in state.replayer.paths:
+            app.router.add_post(path, _replay)
+    else:
+        handlers = {
+            "completions": _completions,
+            "chat": _chat_completions,
+            "anthropic": _messages,
+            "responses": _responses,
+        }
+        for api in PERSONALITY_APIS[cfg.api]:
+            app.router.add_post(PATHS[api], handlers[api])
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
     app.router.add_get("/sim/truth", _truth)
@@ -81,6 +115,10 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _models(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if (refused := _check_auth(request, state.config)) is not None:
+        return refused
+    if state.config.api == "anthropic":
+        return _json(anthropic_models(state.config.model, state.created))
     model = {
         "id": state.config.model,
         "object": "model",
@@ -102,14 +140,6 @@ async def _truth_reset(request: web.Request) -> web.Response:
 
 
 # --- errors ---------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
 
 
 def error_type(status: int) -> str:
@@ -134,8 +164,43 @@ def _error(
 
 def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=orjson.dumps(obj), status=status, headers=headers, content_type="application/json"
+        body=orjson.dumps(obj),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        reason="Overloaded" if status == 529 else None,  # not in http.HTTPStatus
     )
+
+
+def _api_error(
+    api: Api,
+    status: int,
+    message: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """An error in the shape the route's API uses."""
+    if api == "anthropic":
+        return _json(anthropic_error_body(status, message), status=status, headers=headers)
+    return _error(status, message, param, headers)
+
+
+def _check_auth(request: web.Request, config: SimConfig) -> web.Response | None:
+    """None when the request may proceed, else the refusal the real API would send."""
+    anthropic = config.api == "anthropic"
+    api: Api = "anthropic" if anthropic else "chat"
+    if anthropic and "anthropic-version" not in request.headers:
+        return _api_error(api, 400, "anthropic-version: header is required")
+    if config.api_key is None:
+        return None
+    if anthropic:
+        given = request.headers.get("x-api-key")
+    else:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        given = given if scheme.lower() == "bearer" else None
+    if given != config.api_key:
+        return _api_error(api, 401, "invalid x-api-key" if anthropic else "Invalid API key.")
+    return None
 
 
 # --- request parsing ------------------------------------------------------------------------
@@ -163,15 +228,19 @@ def parse_request(api: Api, body: object, config: SimConfig) -> GenRequest:
         raise ApiError(400, "model must be a string", "model")
     if model != config.model:
         raise ApiError(404, f"The model `{model}` does not exist.", "model")
-    prompt_tokens = _chat_prompt_tokens(body) if api == "chat" else _prompt_tokens(body)
+    prompt_tokens = _PROMPT_TOKENS[api](body)
 
     # Chat prefers the newer name, as vLLM does.
     key = (
         "max_completion_tokens"
         if api == "chat" and "max_completion_tokens" in body
+        else "max_output_tokens"
+        if api == "responses"
         else "max_tokens"
     )
     max_tokens = _opt_int(body, key)
+    if max_tokens is None and api == "anthropic":
+        raise ApiError(400, "max_tokens: Field required", "max_tokens")
     room = config.max_model_len - prompt_tokens
     if max_tokens is None:
         if room < 1:
@@ -190,7 +259,8 @@ def parse_request(api: Api, body: object, config: SimConfig) -> GenRequest:
         )
 
     stream = _opt_bool(body, "stream")
-    options = body.get("stream_options")
+    # Only the OpenAI-compatible APIs have stream_options; the others always report usage.
+    options = body.get("stream_options") if api in ("chat", "completions") else None
     if options is not None and not stream:
         message = "Stream options can only be defined when `stream=True`."
         raise ApiError(400, message, "stream_options")
@@ -216,7 +286,7 @@ def parse_request(api: Api, body: object, config: SimConfig) -> GenRequest:
 
 
 def _too_long(config: SimConfig, prompt: int, completion: int, api: Api) -> str:
-    where = "messages" if api == "chat" else "prompt"
+    where = {"chat": "messages", "anthropic": "messages", "responses": "input"}.get(api, "prompt")
     return (
         f"This model's maximum context length is {config.max_model_len} tokens. However, you "
         f"requested {prompt + completion} tokens ({prompt} in the {where}, {completion} in the "
@@ -258,6 +328,14 @@ def _chat_prompt_tokens(body: dict[str, Any]) -> int:
     return total
 
 
+_PROMPT_TOKENS = {
+    "completions": _prompt_tokens,
+    "chat": _chat_prompt_tokens,
+    "anthropic": anthropic_prompt_tokens,
+    "responses": responses_prompt_tokens,
+}
+
+
 def _opt_int(body: Mapping[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
@@ -280,12 +358,13 @@ def _opt_bool(body: Mapping[str, Any], key: str, param: str | None = None) -> bo
 
 
 class Chunks:
-    """Builds one request's SSE events and JSON bodies, shaped like vLLM's."""
+    """Builds one request's SSE events and JSON bodies, shaped like vLLM's (an `Encoder`)."""
 
-    __slots__ = ("_chat", "_head", "_prompt", "_req")
+    __slots__ = ("_chat", "_head", "_prompt", "_req", "_started")
 
     def __init__(self, req: GenRequest) -> None:
         self._req = req
+        self._started = False
         self._chat = req.api == "chat"
         self._prompt = req.prompt_tokens
         kind = ("chatcmpl", "chat.completion.chunk") if self._chat else ("cmpl", "text_completion")
@@ -330,6 +409,28 @@ class Chunks:
 
     def final_usage(self, completion: int) -> bytes:
         return _sse({**self._head, "choices": [], "usage": self.usage(completion)})
+
+    # The Encoder interface (latbench.sim._formats).
+    def opening(self) -> bytes:
+        return b""  # vLLM sends nothing before the first token
+
+    def token_event(self, kind: str, text: str, finish: str | None, completion: int) -> bytes:
+        data = self.token(kind, text, finish, completion)
+        if self._chat and not self._started:
+            data = self.role() + data  # one write: both leave in the same segment
+        self._started = True
+        return data
+
+    def closing(self, completion: int, finish: str) -> bytes:
+        usage = self.final_usage(completion) if self._req.include_usage else b""
+        return usage + _DONE
+
+    def error_event(self) -> bytes:
+        error = {"message": "Simulated fault: error mid-stream.", "type": error_type(500)}
+        return _sse({"error": {**error, "code": 500}}) + _DONE
+
+    def end(self) -> bytes:
+        return _DONE
 
     def _event(self, choice: dict[str, Any], completion: int) -> bytes:
         obj: dict[str, Any] = {**self._head, "choices": [choice]}
@@ -381,30 +482,71 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     return await _generate(request, "chat")
 
 
+async def _messages(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "anthropic")
+
+
+async def _responses(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "responses")
+
+
+async def _replay(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    assert state.replayer is not None
+    transcript = state.replayer.pick(request)
+    if isinstance(transcript, str):
+        return _error(404, transcript)
+    return await replay(request, transcript, state.stopping)
+
+
+def make_encoder(req: GenRequest) -> Encoder:
+    if req.api == "anthropic":
+        return AnthropicStream(req)
+    if req.api == "responses":
+        return ResponsesStream(req)
+    return Chunks(req)
+
+
+# Statuses that tell the client to come back later; Retry-After says when.
+_RETRY_STATUSES = frozenset({429, 503, 529})
+
+
 async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
     arrival_ns = time.monotonic_ns()
     state = request.app[STATE]
+    if (refused := _check_auth(request, state.config)) is not None:
+        return refused
     try:
         body = await request.json(loads=orjson.loads)
     except ValueError as e:  # orjson.JSONDecodeError and bad UTF-8 are both ValueErrors
-        return _error(400, f"Invalid JSON body: {e}")
+        return _api_error(api, 400, f"Invalid JSON body: {e}")
     try:
         req = parse_request(api, body, state.config)
     except ApiError as e:
-        return _error(e.status, e.message, e.param)
+        return _api_error(api, e.status, e.message, e.param)
+    if state.limiter is not None and (wait := state.limiter.take(time.monotonic())) > 0:
+        # Retry-After is whole seconds; OpenAI also sends the exact wait in retry-after-ms.
+        headers = {"Retry-After": str(math.ceil(wait))}
+        if api != "anthropic":
+            headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+        message = f"Simulated rate limit: {state.config.rate_limit:g} requests per second."
+        return _api_error(api, 429, message, headers=headers)
 
     state.requests += 1
     fault = next((f for f in state.config.faults if f.applies_to(state.requests)), None)
     entry = state.truth.start(arrival_ns, fault.kind if fault else None)
     if fault is not None and fault.kind == "http_status":
-        retry = {"Retry-After": "1"} if fault.status in (429, 503) else None
-        return _error(fault.status, f"Simulated fault: HTTP {fault.status}.", headers=retry)
+        retry = None
+        if fault.status in _RETRY_STATUSES and fault.retry_after is not None:
+            retry = {"Retry-After": str(fault.retry_after)}
+        message = f"Simulated fault: HTTP {fault.status}."
+        return _api_error(api, fault.status, message, headers=retry)
 
     plan = state.engine.plan(
         max_tokens=req.max_tokens,
         min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos,
-        reasoning=api == "chat",
+        reasoning=api != "completions",
     )
     if req.stream:
         return await _stream(request, state, req, plan, fault, entry)
@@ -422,7 +564,10 @@ async def _stream(
     resp = web.StreamResponse(headers=_SSE_HEADERS)
     # Headers go out at once, as vLLM's do; the role chunk only comes with the first token.
     await resp.prepare(request)
-    chunks = Chunks(req)
+    encoder = make_encoder(req)
+    opening = encoder.opening()  # Anthropic's message_start, Responses' response.created
+    if opening:
+        await resp.write(opening)
     if fault is not None and fault.kind == "stall_first":
         await _stall(state, fault.stall_s)
         return _cut(request, resp)
@@ -438,17 +583,12 @@ async def _stream(
                 await pacer.next_event()
                 completion += count
                 finish = plan.finish_reason if i == n - 1 else None
-                data = chunks.token(kind, texts[i], finish, completion)
-                if i == 0 and req.api == "chat":
-                    data = chunks.role() + data  # one write: both leave in the same segment
-                await resp.write(data)
+                await resp.write(encoder.token_event(kind, texts[i], finish, completion))
                 entry.event(count)
             if strike >= 0:
                 assert fault is not None
-                return await _strike(request, state, resp, fault)
-        if req.include_usage:
-            await resp.write(chunks.final_usage(completion))
-        await resp.write(_DONE)
+                return await _strike(request, state, resp, fault, encoder)
+        await resp.write(encoder.closing(completion, plan.finish_reason))
         await resp.write_eof()
     except ConnectionError:
         pass  # the client went away; its slot is already released
@@ -456,19 +596,21 @@ async def _stream(
 
 
 async def _strike(
-    request: web.Request, state: SimState, resp: web.StreamResponse, fault: FaultSpec
+    request: web.Request,
+    state: SimState,
+    resp: web.StreamResponse,
+    fault: FaultSpec,
+    encoder: Encoder,
 ) -> web.StreamResponse:
     """Break the stream the way `fault` says, after its `after` token events."""
     if fault.kind == "malformed":
-        await resp.write(b"data: {not json\n\n")
+        await resp.write(b"data: {not json\n\n" + encoder.end())
     elif fault.kind == "error_event":
-        error = {"message": "Simulated fault: error mid-stream.", "type": error_type(500)}
-        await resp.write(_sse({"error": {**error, "code": 500}}))
+        await resp.write(encoder.error_event())
     else:
         if fault.kind == "stall_mid":
             await _stall(state, fault.stall_s)
         return _cut(request, resp)
-    await resp.write(_DONE)
     await resp.write_eof()
     return resp
 
@@ -493,11 +635,11 @@ async def _respond(
         await _stall(state, fault.stall_s)
         return _cut(request)
     if fault is not None and fault.kind == "error_event":
-        return _error(500, "Simulated fault: internal error.")
+        return _api_error(req.api, 500, "Simulated fault: internal error.")
     texts = _texts(plan)
     reasoning = "".join(t for t, (k, _) in zip(texts, plan.events, strict=True) if k == "reasoning")
     content = "".join(t for t, (k, _) in zip(texts, plan.events, strict=True) if k == "content")
-    body = orjson.dumps(Chunks(req).full(plan, reasoning, content))
+    body = orjson.dumps(make_encoder(req).full(plan, reasoning, content))
     if fault is not None and fault.kind == "malformed":
         return web.Response(body=b"{not json", content_type="application/json")
     if fault is not None and fault.kind == "truncate":

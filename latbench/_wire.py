@@ -1,0 +1,89 @@
+"""How a worker and its parent talk: length-prefixed frames over a byte stream.
+
+The stream is a pipe today; nothing in it depends on being one, so a shard could run on another
+machine over a socket (a later issue spreads shards over a cluster). Each frame is a 4-byte
+big-endian length and a payload: the first frame from the parent is the pickled `Shard`, every
+other frame in either direction is one orjson array whose first element names it.
+
+A finished request travels as one positional array (no field names), with its event instants
+relative to its own send instant: a 128-event record is about 1.2 kB on the wire instead of 4 kB
+of named JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from dataclasses import fields
+from typing import Any
+
+import orjson
+
+from latbench._errors import ErrorKind
+from latbench._record import Record
+
+_LEN = struct.Struct(">I")
+MAX_FRAME = 256 * 1024 * 1024  # a shard with a large prompt file; anything bigger is corruption
+
+
+def frame(payload: bytes) -> bytes:
+    return _LEN.pack(len(payload)) + payload
+
+
+def message(*parts: Any) -> bytes:
+    return frame(orjson.dumps(parts))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """The next frame's payload, or None at a clean end of stream."""
+    try:
+        head = await reader.readexactly(_LEN.size)
+    except asyncio.IncompleteReadError as e:
+        if e.partial:
+            raise ConnectionError("the stream ended inside a frame header") from None
+        return None
+    (size,) = _LEN.unpack(head)
+    if size > MAX_FRAME:
+        raise ConnectionError(f"frame of {size} bytes is over the {MAX_FRAME} byte limit")
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        raise ConnectionError("the stream ended inside a frame") from None
+
+
+# Record fields in wire order; the run id is the parent's already. Derived from the dataclass, so
+# a field added to Record travels without a change here.
+_FIELDS = tuple(f.name for f in fields(Record) if f.name != "run_id")
+_EV_T = _FIELDS.index("ev_t")
+_T_SENT = _FIELDS.index("t_sent")
+_TUPLES = tuple(
+    i
+    for i, f in enumerate(f for f in fields(Record) if f.name != "run_id")
+    if str(f.type).startswith("tuple") and f.name != "ev_t"
+)
+_ERROR_KINDS = tuple(
+    i
+    for i, f in enumerate(f for f in fields(Record) if f.name != "run_id")
+    if str(f.type).startswith("ErrorKind")
+)
+
+
+def pack_record(r: Record) -> list[Any]:
+    m: list[Any] = ["r"]
+    m.extend(getattr(r, name) for name in _FIELDS)
+    base = r.t_sent
+    m[1 + _EV_T] = [t - base for t in r.ev_t]
+    return m
+
+
+def unpack_record(run_id: str, m: list[Any]) -> Record:
+    v = m[1:]
+    base = v[_T_SENT]
+    v[_EV_T] = tuple([base + t for t in v[_EV_T]])
+    for i in _TUPLES:
+        if v[i] is not None:
+            v[i] = tuple(v[i])
+    for i in _ERROR_KINDS:
+        if v[i] is not None:
+            v[i] = ErrorKind(v[i])
+    return Record(run_id, *v)

@@ -1,0 +1,325 @@
+"""A worker: one shard of a run's schedule, on its own event loop (uvloop), in its own process.
+
+A run with W workers splits its schedule by request number: worker k sends the requests
+n = k, k + W, k + 2W, ... Open loop, request n still leaves at `start + pacer.offset_ns(n)`, so
+the W shards together send exactly the single-process schedule; closed loop, worker k runs every
+W-th user and numbers its requests the same way. Every worker reads CLOCK_MONOTONIC, which all
+processes on a machine share, so instants from different workers compare directly.
+
+A shard (`Shard`) holds everything its worker needs and nothing of the parent's, and the worker
+talks to the parent only through frames on a byte stream (`_wire`): the same shard could run in
+another process or, over a socket, on another machine (its instants would then need the offset
+between the two machines' monotonic clocks, which the `go` frame is the place to carry).
+
+The worker keeps nothing once a record is sent: records go to the parent as they finish, the
+parent owns the sinks, the exporter and the run's records.
+
+Protocol, parent -> worker: the pickled `Shard`, then `["go", start_ns]`, then at most `["stop"]`
+and `["abort"]`; the end of the stream means abort (the parent died). Worker -> parent:
+`["ready"]`, then any number of records (`_wire.pack_record`) and heartbeats
+`["h", inflight, lag_ticks, lag_samples]`, and last `["end", cpu_s, wall_s, unsent]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import pickle
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import monotonic_ns
+
+import aiohttp
+import orjson
+
+from latbench._client import Endpoint, stream_request
+from latbench._record import Record
+from latbench._schedule import ConstantPacer, Pacer, PoissonPacer, phase_of
+from latbench._spec import LoadSpec
+from latbench._validity import LoopLagMonitor
+from latbench._wire import message, pack_record, read_frame
+from latbench._workload import Workload
+
+HEARTBEAT_S = 0.1  # how stale the parent's in-flight count and live lag histogram may be
+
+
+def make_pacer(load: LoadSpec, seed: int) -> Pacer | None:
+    if load.mode == "constant":
+        assert load.rate is not None
+        return ConstantPacer(load.rate)
+    if load.mode == "poisson":
+        assert load.rate is not None
+        return PoissonPacer(load.rate, burstiness=load.burstiness, seed=seed)
+    return None
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def raise_fd_limit() -> None:
+    """One socket per in-flight stream: thousands of streams need more than the usual 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def split(total: int, parts: int, index: int) -> int:
+    """Share `index` of `total` split as evenly as possible into `parts`."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+@dataclass(frozen=True)
+class Shard:
+    run_id: str
+    index: int  # k: this shard sends requests n = k (mod count)
+    count: int  # W
+    endpoint: Endpoint
+    workload: Workload
+    load: LoadSpec
+    seed: int = 0
+    verify_tls: bool = True
+
+    @property
+    def users(self) -> int:
+        """Closed loop: how many of the run's users this shard runs."""
+        assert self.load.concurrency is not None
+        return split(self.load.concurrency, self.count, self.index)
+
+    @property
+    def cap(self) -> int | None:
+        """Open loop: this shard's part of the in-flight cap (None: no cap)."""
+        c = self.load.concurrency
+        return None if c is None else split(c, self.count, self.index)
+
+    def connector(self) -> aiohttp.TCPConnector:
+        # aiohttp's default pool (100) would silently cap concurrency; size it from the load.
+        limit = (self.users if not self.load.open_loop else self.cap) or 0
+        return aiohttp.TCPConnector(
+            limit=limit, limit_per_host=0, ssl=None if self.verify_tls else False, ttl_dns_cache=300
+        )
+
+
+class ShardRun:
+    """Sends one shard's requests on schedule and hands each finished record to `emit`."""
+
+    def __init__(self, shard: Shard, emit: Callable[[Record], None]) -> None:
+        self.shard = shard
+        self.emit = emit
+        self.inflight = 0
+        self.unsent = 0
+        self.start = 0
+        self._stopping = False
+        self._aborted = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def abort(self) -> None:
+        self._stopping = True
+        self._aborted = True
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def run(self, session: aiohttp.ClientSession, start: int) -> None:
+        self.start = start
+        pacer = make_pacer(self.shard.load, self.shard.seed)
+        if pacer is None:
+            await self._closed_loop(session)
+        else:
+            await self._open_loop(session, pacer)
+
+    def _phase(self, n: int, offset_ns: int) -> str:
+        ld = self.shard.load
+        return phase_of(
+            n,
+            offset_ns,
+            warmup_s=ld.warmup,
+            cooldown_s=ld.cooldown,
+            warmup_requests=ld.warmup_requests,
+            cooldown_requests=ld.cooldown_requests,
+            duration_s=ld.duration,
+            total_requests=ld.requests,
+        )
+
+    def _out_of_budget(self, n: int, offset_ns: int) -> bool:
+        ld = self.shard.load
+        if ld.requests is not None and n >= ld.requests:
+            return True
+        return ld.duration is not None and offset_ns >= ld.duration * 1e9
+
+    async def _one(self, session: aiohttp.ClientSession, n: int, t_intended: int) -> None:
+        sh = self.shard
+        item = sh.workload.item(n)
+        self.inflight += 1
+        try:
+            rec = await stream_request(
+                session,
+                sh.endpoint,
+                item,
+                run_id=sh.run_id,
+                seq=n,
+                phase=self._phase(n, t_intended - self.start),  # type: ignore[arg-type]
+                t_intended=t_intended,
+            )
+        finally:
+            self.inflight -= 1
+        self.emit(rec)
+
+    async def _closed_loop(self, session: aiohttp.ClientSession) -> None:
+        k, w = self.shard.index, self.shard.count
+        numbers = (i * w + k for i in itertools.count())
+        delay = (self.start - monotonic_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        async def user() -> None:
+            while not self._stopping:
+                n = next(numbers)
+                # uvloop's timers fire to the millisecond, sometimes just before the start;
+                # nothing is intended before it (an offset below 0 would count as warm-up).
+                t_intended = max(monotonic_ns(), self.start)
+                if self._out_of_budget(n, t_intended - self.start):
+                    return
+                await self._one(session, n, t_intended)
+
+        users = [asyncio.create_task(user()) for _ in range(self.shard.users)]
+        self._tasks.update(users)
+        await asyncio.gather(*users, return_exceptions=True)
+
+    async def _open_loop(self, session: aiohttp.ClientSession, pacer: Pacer) -> None:
+        cap_n = self.shard.cap
+        cap = asyncio.Semaphore(cap_n) if cap_n else None
+
+        async def capped(n: int, t_intended: int) -> None:
+            if cap is None:
+                await self._one(session, n, t_intended)
+                return
+            async with cap:
+                if self._stopping:
+                    self.unsent += 1  # stopped while queued for a slot: never sent
+                    return
+                await self._one(session, n, t_intended)
+
+        n = self.shard.index
+        while not self._stopping:
+            offset = pacer.offset_ns(n)
+            if self._out_of_budget(n, offset):
+                break
+            t_intended = self.start + offset
+            delay = t_intended - monotonic_ns()
+            if delay > 0:
+                await asyncio.sleep(delay / 1e9)
+                if self._stopping:
+                    break
+            task = asyncio.create_task(capped(n, t_intended))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            n += self.shard.count
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Run the shard the parent sends on `reader`, reporting on `writer`."""
+    first = await read_frame(reader)
+    if first is None:
+        return
+    shard: Shard = pickle.loads(first)
+    ep = shard.endpoint
+    # Pay first-use costs (lazy imports, RNG set-up, JSON encoder) before the clock starts.
+    ep.api.body(shard.workload.item(shard.index), ep.options)
+    run = ShardRun(shard, lambda rec: writer.write(message(*pack_record(rec))))
+    writer.write(message("ready"))
+    go = await read_frame(reader)
+    if go is None:
+        return
+    cmd = orjson.loads(go)
+    if cmd[0] != "go":
+        return  # stopped or aborted before it began
+    start: int = cmd[1]
+
+    async def control() -> None:
+        while (f := await read_frame(reader)) is not None:
+            if orjson.loads(f)[0] == "stop":
+                run.stop()
+            else:
+                run.abort()
+        run.abort()  # the parent went away: nobody is left to take the records
+
+    loop = asyncio.get_running_loop()
+    lag = LoopLagMonitor(loop)
+    sent_lags = 0
+
+    def heartbeat() -> None:
+        nonlocal sent_lags
+        n = len(lag.samples)
+        ticks, samples = lag.ticks[sent_lags:n].tolist(), lag.samples[sent_lags:n].tolist()
+        sent_lags = n
+        writer.write(message("h", run.inflight, ticks, samples))
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            heartbeat()
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=ep.timeouts.connect)
+    cpu0, wall0 = time.process_time(), monotonic_ns()
+    lag.start()
+    controller = asyncio.create_task(control())
+    beater = asyncio.create_task(beat())
+    try:
+        async with aiohttp.ClientSession(connector=shard.connector(), timeout=timeout) as session:
+            await run.run(session, start)
+    finally:
+        lag.stop()
+        beater.cancel()
+        controller.cancel()
+    heartbeat()
+    cpu_s, wall_s = time.process_time() - cpu0, (monotonic_ns() - wall0) / 1e9
+    writer.write(message("end", cpu_s, wall_s, run.unsent))
+    await writer.drain()
+
+
+async def _main() -> None:
+    loop = asyncio.get_running_loop()
+    # The channel keeps the original stdout; anything else that prints goes to stderr, so a
+    # stray print can never corrupt a frame.
+    channel = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    reader = asyncio.StreamReader(limit=2**20)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
+    )
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.streams.FlowControlMixin(), channel
+    )
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    try:
+        await serve(reader, writer)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone; there is nobody to report to
+    finally:
+        transport.close()
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group; only the parent decides what it means (stop, then
+    # abort), and tells the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_fd_limit()
+    with asyncio.Runner(loop_factory=new_event_loop) as r:
+        r.run(_main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

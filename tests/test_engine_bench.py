@@ -1,0 +1,62 @@
+"""The harness's scoring against server truth (bench/_truth.py): the figures the performance
+table is made of, on hand-made truth whose answers are known."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench._truth import decompose, score
+from latbench._record import Record
+
+MS = 1_000_000
+S = 1_000_000_000
+
+
+def entry(arrival_ms: float, ttft_ms: float, gaps_ms: list[float]) -> dict[str, Any]:
+    t = int((arrival_ms + ttft_ms) * MS)
+    events = [t]
+    for g in gaps_ms:
+        t += int(g * MS)
+        events.append(t)
+    return {"arrival_ns": int(arrival_ms * MS), "events_ns": events, "tokens": len(events)}
+
+
+def test_truth_skips_the_warm_up_and_pools_gaps() -> None:
+    # One request every 100 ms for 10 s; the first second's have a slow TTFT (warm-up).
+    entries = [entry(i * 100, 500 if i < 10 else 50, [10, 10, 30]) for i in range(100)]
+    t = score(entries, skip_s=1.0, tail_s=0.0)
+    assert t.requests == 90
+    assert t.ttft_ms == {50.0: pytest.approx(50), 99.0: pytest.approx(50)}
+    assert t.itl_ms[50.0] == pytest.approx(10) and t.itl_ms[99.0] == pytest.approx(30)
+    assert t.tpot_ms[50.0] == pytest.approx(50 / 3)
+    # Ingest counts every event written inside the window [1 s, 9.9 s] (the last arrival), also
+    # those of requests that arrived before it: what the server wrote, not who asked.
+    written = sum(1 for e in entries for ns in e["events_ns"] if S <= ns <= 9_900 * MS)
+    assert t.window == (S, 9_900 * MS)
+    assert t.ingest_tok_s == pytest.approx(written / 8.9)
+    assert 40 < t.ingest_tok_s < 45  # four events per 100 ms, plus the slow warm-up's spill
+
+
+def record(seq: int, sent_ns: int, ev_ns: list[int]) -> Record:
+    return Record(
+        run_id="r", seq=seq, phase="measure", api="chat", t_intended=sent_ns, t_sent=sent_ns,
+        ev_t=tuple(ev_ns), ev_kind="c" * len(ev_ns),
+    )  # fmt: skip
+
+
+def test_decomposition_splits_send_delay_from_receive_delay() -> None:
+    entries = [entry(1000 + i * 100, 50, [10, 10]) for i in range(20)]
+    # The client sent 2 ms before each arrival and stamped each event 0.5 ms after its write.
+    records = [
+        record(i, e["arrival_ns"] - 2 * MS, [t + MS // 2 for t in e["events_ns"]])
+        for i, e in enumerate(entries)
+    ]
+    d = decompose(records, entries, None)
+    assert d.matched == 20
+    assert d.send_to_arrival_ms == {50.0: pytest.approx(2), 99.0: pytest.approx(2)}
+    assert d.write_to_read_ms == {50.0: pytest.approx(0.5), 99.0: pytest.approx(0.5)}
+    # A record whose event count differs from the server's request is not paired with it.
+    short = [*records[:-1], record(19, records[-1].t_sent, list(records[-1].ev_t[:2]))]
+    assert decompose(short, entries, None).matched == 19

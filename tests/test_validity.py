@@ -1,0 +1,73 @@
+"""Never silently wrong: a client starved of CPU says its run is client-bound, with exit status 4.
+
+The starvation is aimed at the client alone: latbench and two busy processes share one pinned
+core while the simulator runs free on the other, as when a benchmark host is busy with something
+else. Each busy process stops by itself after 30 s even if this test dies; the test stops them as
+soon as the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from latbench.sim import SimProcess
+
+HOG = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass\n"
+
+
+def pinned(cpu: int) -> Callable[[], None]:
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+@pytest.fixture
+def hogs_on_cpu0() -> Iterator[None]:
+    procs = [subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=pinned(0)) for _ in range(2)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to pin apart")
+def test_a_client_starved_on_its_core_is_flagged_client_bound(
+    tmp_path: Path, sim: Callable[..., SimProcess], hogs_on_cpu0: None
+) -> None:
+    s = sim(ttft=0.01, itl=0.002)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "latbench",
+            "run",
+            "--target",
+            s.url,
+            "--out",
+            str(tmp_path),
+            "--json",
+            "--concurrency",
+            "32",
+            "--duration",
+            "3s",
+            "--output-tokens",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=pinned(0),
+    )
+    assert p.returncode == 4, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["client_bound"] is True
+    reasons = summary["validity"]["reasons"]
+    # Sharing a core three ways, the client's loop waits whole scheduler slices (milliseconds)
+    # for its turn: far above the lag limit, whatever else the machine is doing.
+    assert any("event-loop lag" in r for r in reasons), reasons

@@ -166,6 +166,11 @@ class Runner:
             await asyncio.gather(*(self._drain(w) for w in self._workers))
         finally:
             for w in self._workers:
+                # The end of its stream is an abort to a worker still running: one that failed
+                # to start, or a run cancelled from outside.
+                if w.proc.stdin is not None and not w.proc.stdin.is_closing():
+                    w.proc.stdin.close()
+            for w in self._workers:
                 await _reap(w.proc)
         failed = [i for i, w in enumerate(self._workers) if not w.ended]
         if failed and not self._aborted:

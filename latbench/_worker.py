@@ -244,8 +244,10 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     if go is None:
         return
     cmd = orjson.loads(go)
-    if cmd[0] != "go":
-        return  # stopped or aborted before it began
+    if cmd[0] != "go":  # stopped or aborted before it began: a clean end with nothing sent
+        writer.write(message("end", 0.0, 0.0, 0))
+        await writer.drain()
+        return
     start: int = cmd[1]
 
     async def control() -> None:

@@ -75,13 +75,13 @@ async def test_timing_and_tokens_match_the_simulator(start_sim, session, api: st
     assert rec.ev_n == (1,) * 8  # continuous usage gives a delta per event
     assert rec.usage_completion_tokens == 8 and rec.usage_prompt_tokens == 3
     ttft = (rec.ev_t[0] - rec.t_sent) / 1e6
-    gaps = [(b - a) / 1e6 for a, b in zip(rec.ev_t, rec.ev_t[1:], strict=False)]
-    # The simulator sends on absolute deadlines over loopback: a few ms covers the connection
-    # set-up of a first request and scheduler jitter on a shared 2-core machine; a single gap
-    # can absorb a late wake-up of either process, the mean cannot drift.
+    # The simulator sends on absolute deadlines over loopback. A few ms cover the connection
+    # set-up of a first request and scheduler jitter on a shared 2-core machine. Single gaps are
+    # not compared: one late read merges two events into one piece (a 0 gap after a long one);
+    # what must hold is that every event lands near its own deadline, 10 ms after the last one's.
     assert 50 <= ttft < 75, ttft
-    assert all(2 < g < 30 for g in gaps), gaps
-    assert 9 < sum(gaps) / len(gaps) < 11.5, gaps
+    offsets = [(t - rec.ev_t[0]) / 1e6 for t in rec.ev_t]
+    assert all(abs(off - 10 * i) < 15 for i, off in enumerate(offsets)), offsets
     assert rec.t_sent <= rec.t_headers <= rec.ev_t[0] <= rec.ev_t[-1] <= rec.t_end
 
 

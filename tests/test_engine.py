@@ -204,3 +204,13 @@ async def test_a_worker_that_dies_is_an_error_and_its_records_are_kept(
     with pytest.raises(WorkerError, match="records received are kept"):
         await asyncio.wait_for(task, 10)
     assert len(sink.records) >= 10 and r.records == sink.records
+
+
+async def test_a_run_stopped_before_its_workers_start_ends_cleanly(
+    sim: Callable[..., SimProcess], session: aiohttp.ClientSession
+) -> None:
+    s = sim(ttft=0.002, itl=0.001)
+    r = runner(s.url, LoadSpec(concurrency=4, duration=30.0), 2, Collect())
+    r.stop()  # as a first Ctrl-C during start-up does
+    out = await asyncio.wait_for(r.run(session), 20)
+    assert out.ended == "stopped" and out.records == []

@@ -331,6 +331,7 @@ def test_first_interrupt_drains_in_flight_requests(tmp_path: Path) -> None:
 
 
 def test_second_interrupt_cancels_and_keeps_partial_records(tmp_path: Path) -> None:
+    import select
     import urllib.request
 
     from latbench.sim import SimConfig, SimProcess
@@ -352,6 +353,14 @@ def test_second_interrupt_cancels_and_keeps_partial_records(tmp_path: Path) -> N
                     break
                 time.sleep(0.05)
             proc.send_signal(signal.SIGINT)
+            # Two signals sent back to back can reach the process as one (POSIX does not queue
+            # them), more so now that it idles while its workers stream: send the second once
+            # the first has been taken, which the "stopping" notice on stderr says.
+            assert proc.stderr is not None
+            seen, until = "", time.monotonic() + 10
+            while "stopping" not in seen and time.monotonic() < until:
+                if select.select([proc.stderr], [], [], 0.1)[0]:
+                    seen += proc.stderr.readline()
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
         finally:

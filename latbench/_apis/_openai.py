@@ -7,6 +7,7 @@ every chunk, which is how per-event token counts are known.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -69,6 +70,36 @@ def _first_choice(obj: dict[str, Any]) -> dict[str, Any] | None:
     return c
 
 
+def _parse(data: bytes, kind_of: Callable[[dict[str, Any]], str | None]) -> Event:
+    """One chunk of either endpoint; `kind_of` reads the generated text's kind from a choice."""
+    if data == DONE:
+        return Event(done=True)
+    obj = _load(data)
+    if (err := _error(obj)) is not None:
+        return err
+    completion, prompt = _usage(obj)
+    c = _first_choice(obj)
+    if c is None:
+        return NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
+    return Event(kind_of(c), completion, prompt, c.get("finish_reason"))
+
+
+def _completion_kind(c: dict[str, Any]) -> str | None:
+    return CONTENT if c.get("text") else None
+
+
+def _chat_kind(c: dict[str, Any]) -> str | None:
+    delta = c.get("delta") or {}
+    if not isinstance(delta, dict):
+        raise MalformedEvent(f"choices[0].delta is not an object: {delta!r:.120}")
+    if delta.get("content"):
+        return CONTENT
+    # vLLM has used both names for the reasoning parser's output.
+    if delta.get("reasoning_content") or delta.get("reasoning"):
+        return REASONING
+    return None
+
+
 class Completions:
     name = "completions"
     path = "/v1/completions"
@@ -77,19 +108,7 @@ class Completions:
         return {"prompt": item.prompt, **_common(item, opts)}
 
     def parse(self, data: bytes) -> Event:
-        if data == DONE:
-            return Event(done=True)
-        obj = _load(data)
-        if (err := _error(obj)) is not None:
-            return err
-        completion, prompt = _usage(obj)
-        c = _first_choice(obj)
-        if c is None:
-            return (
-                NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
-            )
-        text = c.get("text")
-        return Event(CONTENT if text else None, completion, prompt, c.get("finish_reason"))
+        return _parse(data, _completion_kind)
 
 
 class Chat:
@@ -100,25 +119,4 @@ class Chat:
         return {"messages": list(item.messages), **_common(item, opts)}
 
     def parse(self, data: bytes) -> Event:
-        if data == DONE:
-            return Event(done=True)
-        obj = _load(data)
-        if (err := _error(obj)) is not None:
-            return err
-        completion, prompt = _usage(obj)
-        c = _first_choice(obj)
-        if c is None:
-            return (
-                NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
-            )
-        delta = c.get("delta") or {}
-        if not isinstance(delta, dict):
-            raise MalformedEvent(f"choices[0].delta is not an object: {delta!r:.120}")
-        if delta.get("content"):
-            kind: str | None = CONTENT
-        # vLLM has used both names for the reasoning parser's output.
-        elif delta.get("reasoning_content") or delta.get("reasoning"):
-            kind = REASONING
-        else:
-            kind = None
-        return Event(kind, completion, prompt, c.get("finish_reason"))
+        return _parse(data, _chat_kind)

@@ -116,22 +116,34 @@ def overhead(sim_url: str, work: Path, rounds: int, spec: dict[str, Any]) -> dic
     }
 
 
-def soak(sim_url: str, work: Path, minutes: float, every: float) -> dict[str, Any]:
+def soak(
+    sim_url: str, work: Path, minutes: float, every: float, probe_every: float, restarts: int
+) -> dict[str, Any]:
     config = {
         "listen": "127.0.0.1:0",
         "data_dir": str(work / "data-soak"),
         "targets": {"sim": {"base_url": sim_url}},
         "defaults": LOOSE,
         "retention": {"max_runs": 50, "max_age": None},
-        "schedules": [{"name": "probe", "target": "sim", "every": "2s", "jitter": "0.5s",
+        "schedules": [{"name": "probe", "target": "sim", "every": f"{probe_every:g}s",
+                       "jitter": f"{probe_every / 4:g}s",
                        "spec": {"load": {"concurrency": 2, "requests": 10},
                                 "workload": {"output_tokens": 32}}}],
     }  # fmt: skip
     proc, url = start_service(config, work)
     samples = []
+    restarted: list[dict[str, Any]] = []
     t0 = time.monotonic()
     try:
         while True:
+            due = len(restarted) < restarts and (
+                time.monotonic() - t0 >= minutes * 60 * (len(restarted) + 1) / (restarts + 1)
+            )
+            if due:
+                proc, entry = restart(proc, config, work, url, kill=len(restarted) % 2 == 0)
+                url = entry.pop("url")
+                restarted.append(entry)
+                print(json.dumps({"restart": entry}), file=sys.stderr, flush=True)
             metrics, scrape_s = http("GET", f"{url}/metrics")
             page, list_s = http("GET", f"{url}/api/v1/runs?limit=500")
             series = sum(1 for line in metrics.splitlines() if line and not line.startswith("#"))
@@ -166,8 +178,37 @@ def soak(sim_url: str, work: Path, minutes: float, every: float) -> dict[str, An
         "minutes": minutes,
         "exit_status_on_sigterm": code,
         "first_after_5_runs": first,
+        "restarts": restarted,
         "last": last,
         "samples": samples,
+    }
+
+
+def restart(
+    proc: subprocess.Popen[str], config: dict[str, Any], work: Path, url: str, kill: bool
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Stop the service (SIGKILL or SIGTERM), start it again on the same data directory, and
+    check that every run listed before is still listed, with in-flight ones interrupted."""
+    before = http("GET", f"{url}/api/v1/runs?limit=500")[0]["runs"]
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    code = proc.wait(60)
+    proc, url = start_service(config, work)
+    after = {r["id"]: r for r in http("GET", f"{url}/api/v1/runs?limit=500")[0]["runs"]}
+    # Retention may prune the oldest at start-up; the newest before must all still be there.
+    newest = sorted(before, key=lambda r: r["id"])[-20:]
+    missing = [r["id"] for r in newest if r["id"] not in after]
+    was_live = [r["id"] for r in newest if r["state"] in ("queued", "running")]
+    return proc, {
+        "url": url,
+        "signal": "SIGKILL" if kill else "SIGTERM",
+        "exit_status": code,
+        "listed_before": len(before),
+        "listed_after": len(after),
+        "newest_missing_after": missing,
+        "in_flight_before": {i: after[i]["state"] for i in was_live if i in after},
     }
 
 
@@ -175,6 +216,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="soak length")
     ap.add_argument("--every", type=float, default=30.0, help="seconds between soak samples")
+    ap.add_argument("--probe-every", type=float, default=2.0, help="seconds between probes")
+    ap.add_argument("--restarts", type=int, default=0,
+                    help="restart the service this many times, evenly spaced (SIGKILL, then "
+                    "SIGTERM, alternating), and check its history survives")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3, help="overhead rounds (local, service)")
     ap.add_argument("--out", type=Path)
     ns = ap.parse_args()
@@ -188,7 +233,9 @@ def main() -> None:
         report = {
             "command": " ".join([sys.executable, "-m", "bench.service_soak", *sys.argv[1:]]),
             "overhead": overhead(sim.url, work, ns.rounds, spec),
-            "soak": soak(sim.url, work, ns.minutes, ns.every),
+            "soak": soak(
+                sim.url, work, ns.minutes, ns.every, ns.probe_every, ns.restarts
+            ),
         }
     text = json.dumps(report, indent=2)
     if ns.out:

@@ -1,7 +1,8 @@
 """The simulated LLM server: an aiohttp app that answers like vLLM's, on a timetable.
 
 Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
-`GET /sim/truth[?raw=1]` and `POST /sim/truth/reset`. Streams are SSE framed exactly as vLLM
+`GET /metrics` (vLLM's own Prometheus metrics, `ServerMetrics`), `GET /sim/truth[?raw=1]` and
+`POST /sim/truth/reset`. Streams are SSE framed exactly as vLLM
 frames them (`data: <json>\\n\\n` ..., `data: [DONE]\\n\\n`). With `SimConfig.api` set to
 `anthropic` or `responses`, the generation route is `POST /v1/messages` or `POST /v1/responses`
 instead, in that API's format (`latbench.sim._formats`); with `SimConfig.replay`, the routes are
@@ -26,9 +27,11 @@ from typing import Any, Literal
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 
+from latbench._metrics import TEXT_FORMAT
 from latbench.sim._config import FaultSpec, SimConfig
-from latbench.sim._engine import Engine, Plan, Truth, TruthEntry
+from latbench.sim._engine import Engine, FinishReason, Pacer, Plan, ServerMetrics, Truth, TruthEntry
 from latbench.sim._formats import (
     PATHS,
     PERSONALITY_APIS,
@@ -61,6 +64,8 @@ class SimState:
     config: SimConfig
     engine: Engine
     truth: Truth
+    metrics: ServerMetrics
+    registry: CollectorRegistry  # private to this app: holds only `metrics`
     created: int = field(default_factory=lambda: int(time.time()))
     requests: int = 0  # generation requests that passed validation, for fault counting
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,7 +81,17 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     cfg = config if config is not None else SimConfig()
     # Long-context benchmarks send prompts far above aiohttp's 1 MiB default body limit.
     app = web.Application(client_max_size=64 * 1024**2)
-    state = SimState(config=cfg, engine=Engine(cfg), truth=Truth(cfg.truth_capacity))
+    engine = Engine(cfg)
+    metrics = ServerMetrics(cfg.model, engine)
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    state = SimState(
+        config=cfg,
+        engine=engine,
+        truth=Truth(cfg.truth_capacity),
+        metrics=metrics,
+        registry=registry,
+    )
     if cfg.rate_limit is not None:
         state.limiter = TokenBucket(cfg.rate_limit)
     app[STATE] = state
@@ -95,6 +110,7 @@ def create_app(config: SimConfig | None = None) -> web.Application:
             app.router.add_post(PATHS[api], handlers[api])
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/sim/truth", _truth)
     app.router.add_post("/sim/truth/reset", _truth_reset)
     app.on_shutdown.append(_on_shutdown)
@@ -127,6 +143,12 @@ async def _models(request: web.Request) -> web.Response:
         "max_model_len": state.config.max_model_len,
     }
     return _json({"object": "list", "data": [model]})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    # No auth, as vLLM's; always the classic text format, which keeps the `vllm:` names.
+    body = generate_latest(request.app[STATE].registry)
+    return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
 
 
 async def _truth(request: web.Request) -> web.Response:
@@ -496,7 +518,12 @@ async def _replay(request: web.Request) -> web.StreamResponse:
     transcript = state.replayer.pick(request)
     if isinstance(transcript, str):
         return _error(404, transcript)
-    return await replay(request, transcript, state.stopping)
+    # A transcript's pieces are bytes, not token events: a replay only counts as running.
+    state.metrics.replaying += 1
+    try:
+        return await replay(request, transcript, state.stopping)
+    finally:
+        state.metrics.replaying -= 1
 
 
 def make_encoder(req: GenRequest) -> Encoder:
@@ -575,6 +602,8 @@ async def _stream(
     strike = min(fault.after, n) if fault is not None and fault.kind in _MID_STREAM_FAULTS else -1
     texts = _texts(plan)
     completion = 0
+    pacer: Pacer | None = None
+    done: FinishReason | None = None  # set once the stream has ended as it should
     try:
         async with state.engine.admit(plan) as pacer:
             for i, (kind, count) in enumerate(plan.events):
@@ -590,8 +619,12 @@ async def _stream(
                 return await _strike(request, state, resp, fault, encoder)
         await resp.write(encoder.closing(completion, plan.finish_reason))
         await resp.write_eof()
+        done = plan.finish_reason
     except ConnectionError:
         pass  # the client went away; its slot is already released
+    finally:
+        if pacer is not None:
+            state.metrics.finished(entry, pacer.admit_ns, req.prompt_tokens, done)
     return resp
 
 
@@ -631,6 +664,22 @@ async def _respond(
         for _, count in plan.events:
             await pacer.next_event()
             entry.event(count)  # for a non-stream request, truth is when each event was generated
+    try:
+        return await _answer(request, state, req, plan, fault)
+    finally:
+        # Every fault left in `_answer` spoils the answer: only a fault-free one succeeded.
+        done = plan.finish_reason if fault is None else None
+        state.metrics.finished(entry, pacer.admit_ns, req.prompt_tokens, done)
+
+
+async def _answer(
+    request: web.Request,
+    state: SimState,
+    req: GenRequest,
+    plan: Plan,
+    fault: FaultSpec | None,
+) -> web.StreamResponse:
+    """The non-streamed answer to a generated `plan`, or the fault that spoils it."""
     if fault is not None and fault.kind == "stall_mid":
         await _stall(state, fault.stall_s)
         return _cut(request)

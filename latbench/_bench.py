@@ -27,6 +27,12 @@ from latbench._dist import Dist
 from latbench._metrics import LatbenchMetrics
 from latbench._record import RunHeader
 from latbench._runner import Runner, make_connector, raise_fd_limit
+from latbench._server_metrics import (
+    Reconciliation,
+    ServerMetricsScraper,
+    default_metrics_url,
+    reconcile,
+)
 from latbench._sinks import Sink
 from latbench._sinks.jsonl import JsonlSink
 from latbench._sinks.progress import ProgressSink
@@ -48,6 +54,7 @@ class BenchResult:
     records_path: Path
     results_path: Path
     ended: str
+    reconciliation: Reconciliation | None = None
 
 
 def make_workload(w: WorkloadSpec) -> Workload:
@@ -162,11 +169,20 @@ async def run_benchmark(
             runner.sinks = [*runner.sinks, prom]
         if on_runner is not None:
             on_runner(runner)
+        scraper = await _start_scraper(session, spec, base_url, endpoint.options.model, console)
         footer = None
         try:
             outcome = await runner.run(session)
             footer = outcome.footer
+            if scraper is not None:
+                completed = sum(1 for r in outcome.records if r.ok)
+                server = await scraper.stop(completed)
+                (out_dir / "server_metrics.json").write_bytes(
+                    orjson.dumps(server.to_dict(), option=orjson.OPT_INDENT_2)
+                )
         finally:
+            if scraper is not None:
+                await scraper.cancel()
             progress.close(footer)
             jsonl.close(footer)
             for sink in sinks:
@@ -181,6 +197,7 @@ async def run_benchmark(
         client=outcome.client,
         limits=spec.validity.limits(),
     )
+    recon = None if scraper is None else reconcile(outcome.records, scraper.result)
     results_path = out_dir / "results.json"
     results = {
         "run_id": run_id,
@@ -192,8 +209,36 @@ async def run_benchmark(
         "window_ns": [footer.window_start, footer.window_end],
         "summary": summary.to_dict(),
         "records": str((out_dir / "records.jsonl").name),
+        "reconciliation": None if recon is None else recon.to_dict(),
     }
     results_path.write_bytes(
         orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )
-    return BenchResult(run_id, summary, out_dir / "records.jsonl", results_path, outcome.ended)
+    return BenchResult(
+        run_id, summary, out_dir / "records.jsonl", results_path, outcome.ended, recon
+    )
+
+
+async def _start_scraper(
+    session: aiohttp.ClientSession,
+    spec: RunSpec,
+    base_url: str,
+    model: str,
+    console: Console,
+) -> ServerMetricsScraper | None:
+    """A running scraper of the server's metrics, or None: `auto` tries the target's /metrics
+    for OpenAI-compatible kinds and quietly gives up when it is not vLLM's; a URL given
+    explicitly that cannot be read is said out loud (the run still goes ahead)."""
+    setting = spec.target.server_metrics
+    if setting == "off" or (setting == "auto" and spec.target.api not in ("chat", "completions")):
+        return None
+    url = default_metrics_url(base_url) if setting == "auto" else setting
+    scraper = ServerMetricsScraper(session, url, model)
+    if await scraper.start():
+        return scraper
+    if setting != "auto":
+        console.print(
+            f"[yellow]server metrics:[/] {scraper.result.errors[-1]} ({url}); running without them",
+            highlight=False,
+        )
+    return None

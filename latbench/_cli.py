@@ -34,6 +34,8 @@ from latbench._interop import add_vllm_arguments, apply_vllm_flags, save_vllm_re
 from latbench._metrics import DEFAULT_LINGER_S, MetricsExport, parse_listen
 from latbench._record import read_records
 from latbench._report import render_summary
+from latbench._report_server import render_reconciliation
+from latbench._server_metrics import ServerMetricsError, read_server_metrics, reconcile
 from latbench._spec import load_spec, read_spec_file
 from latbench._summary import ClientStats, Summary, summarize
 
@@ -66,6 +68,7 @@ _FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "api_key_env": ("target", "api_key_env"),
     "api_key_file": ("target", "api_key_file"),
     "vllm_extensions": ("target", "vllm_extensions"),
+    "server_metrics": ("target", "server_metrics"),
     "connect_timeout": ("target", "timeouts", "connect"),
     "first_token_timeout": ("target", "timeouts", "first_token"),
     "idle_timeout": ("target", "timeouts", "idle"),
@@ -115,6 +118,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="send ignore_eos/min_tokens/continuous_usage_stats "
         "(default: on, off for OpenAI and Anthropic)",
+    )
+    g.add_argument(
+        "--server-metrics",
+        metavar="URL|auto|off",
+        help="the server's Prometheus page to reconcile client and server latency with "
+        "(default auto: the target's /metrics when it holds vLLM's metrics)",
     )
     for phase in ("connect", "first-token", "idle", "total"):
         g.add_argument(f"--{phase}-timeout", metavar="SECONDS")
@@ -334,16 +343,19 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
         vllm_path = save_vllm_result(ns, result.records_path)
         if vllm_path is not None:
             err.print(f"vllm-format results: {vllm_path}", highlight=False)
+        recon = result.reconciliation
         if ns.json:
+            doc = result.summary.to_dict()
+            if recon is not None:
+                doc["reconciliation"] = recon.to_dict()
             sys.stdout.write(
-                orjson.dumps(
-                    result.summary.to_dict(),
-                    option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
-                ).decode()
+                orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
                 + "\n"
             )
         else:
             render_summary(result.summary, console)
+            if recon is not None:
+                render_reconciliation(recon, console)
             console.print(f"records: {result.records_path}\nresults: {result.results_path}")
         for warning in [] if export is None else export.warnings:
             err.print(f"[yellow]metrics:[/] {warning}", highlight=False)
@@ -388,15 +400,23 @@ def cmd_summary(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
         client=client,
         limits=spec.validity.limits(),
     )
+    try:
+        server = read_server_metrics(ns.records)
+    except ServerMetricsError as e:
+        raise LatbenchError(str(e)) from None
+    recon = None if server is None else reconcile(f.records, server)
     if ns.json:
+        doc = summary.to_dict()
+        if recon is not None:
+            doc["reconciliation"] = recon.to_dict()
         sys.stdout.write(
-            orjson.dumps(
-                summary.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
-            ).decode()
+            orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
             + "\n"
         )
     else:
         render_summary(summary, console)
+        if recon is not None:
+            render_reconciliation(recon, console)
     return verdict_exit(summary, gate_slos=bool(ns.slo))
 
 

@@ -97,9 +97,22 @@ class TargetSpec(_Model):
         description="send ignore_eos, min_tokens and continuous_usage_stats; default: on, except "
         "for api.openai.com and api.anthropic.com, which reject unknown fields",
     )
+    server_metrics: str = Field(
+        default="auto",
+        description="the server's Prometheus page (vLLM's), scraped before, during and after the "
+        "run and reconciled with the client's figures: a URL, 'off', or 'auto' (the target's "
+        "/metrics for chat and completions targets, used when it holds vLLM's metrics)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
+        if self.server_metrics not in ("auto", "off"):
+            sm = urlsplit(self.server_metrics)
+            if sm.scheme not in ("http", "https") or not sm.hostname:
+                raise ValueError(
+                    f"server_metrics {self.server_metrics!r}: give 'auto', 'off' or an http(s) "
+                    "URL, e.g. http://127.0.0.1:8000/metrics"
+                )
         if self.base_url is None:
             if self.vllm_extensions is None:
                 self.vllm_extensions = True

@@ -2,8 +2,8 @@
 
 Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
 `GET /metrics` (vLLM's own Prometheus metrics, `ServerMetrics`), `GET /sim/truth[?raw=1]` and
-`POST /sim/truth/reset`. Streams are SSE framed exactly as vLLM
-frames them (`data: <json>\\n\\n` ..., `data: [DONE]\\n\\n`). With `SimConfig.api` set to
+`POST /sim/truth/reset`. Streams are SSE framed exactly as vLLM frames them
+(`data: <json>\\n\\n` ..., `data: [DONE]\\n\\n`). With `SimConfig.api` set to
 `anthropic` or `responses`, the generation route is `POST /v1/messages` or `POST /v1/responses`
 instead, in that API's format (`latbench.sim._formats`); with `SimConfig.replay`, the routes are
 those of the transcripts, replayed byte for byte (`latbench.sim._replay`).
@@ -623,6 +623,7 @@ async def _stream(
     except ConnectionError:
         pass  # the client went away; its slot is already released
     finally:
+        # A cut stream (fault, client gone) is observed like vLLM's aborts: latencies, no success.
         if pacer is not None:
             state.metrics.finished(entry, pacer.admit_ns, req.prompt_tokens, done)
     return resp

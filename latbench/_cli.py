@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from latbench._report_server import render_reconciliation
 from latbench._server_metrics import ServerMetricsError, read_server_metrics, reconcile
 from latbench._spec import load_spec, read_spec_file
 from latbench._summary import ClientStats, Summary, summarize
+from latbench._vllm_launch import VllmServer, free_port, parse_launch_args
 
 
 class Exit(IntEnum):
@@ -118,6 +120,18 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="send ignore_eos/min_tokens/continuous_usage_stats "
         "(default: on, off for OpenAI and Anthropic)",
+    )
+    g.add_argument(
+        "--launch-vllm",
+        metavar="'VLLM ARGS'",
+        help='start vLLM with these arguments (e.g. "--model M --max-model-len 4096"), '
+        "benchmark it, stop it; its log is kept as vllm.log next to the records "
+        "(docs/vllm.md). Needs vLLM installed: pip install 'latbench[vllm]'",
+    )
+    g.add_argument(
+        "--vllm-python",
+        metavar="PATH",
+        help="with --launch-vllm: the Python that has vLLM installed (default: this one)",
     )
     g.add_argument(
         "--server-metrics",
@@ -292,11 +306,28 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
-    from latbench._bench import run_benchmark, target_url
+    from latbench._bench import new_run_id, run_benchmark, target_url
     from latbench._runner import Runner
     from latbench._sinks.prometheus import PrometheusSink
 
-    spec = load_spec(spec_from_args(ns), source=str(ns.spec) if ns.spec else "flags")
+    data = spec_from_args(ns)
+    launch: VllmServer | None = None
+    if ns.launch_vllm is not None:
+        if data.get("target", {}).get("base_url") is not None:
+            raise SpecError("--launch-vllm starts the server it benchmarks; drop --target")
+        port = free_port()
+        _set(data, ("target", "base_url"), f"http://127.0.0.1:{port}")
+    elif ns.vllm_python is not None:
+        raise SpecError("--vllm-python goes with --launch-vllm")
+    spec = load_spec(data, source=str(ns.spec) if ns.spec else "flags")
+    run_id = new_run_id()
+    if ns.launch_vllm is not None:
+        launch = VllmServer(
+            parse_launch_args(ns.launch_vllm),
+            port,
+            spec.output_dir / run_id / "vllm.log",
+            python=ns.vllm_python,
+        )
     export = _metrics_export(ns)
     holder: list[Runner] = []
 
@@ -334,11 +365,20 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
             err,
             on_runner=on_runner,
             metrics=None if export is None else export.metrics,
+            run_id=run_id,
         )
 
     try:
-        with target_url(spec) as base_url, asyncio.Runner(loop_factory=_new_loop) as r:
+        with contextlib.ExitStack() as stack:
+            if launch is not None:
+                err.print(f"starting vLLM (log: {launch.log_path})", highlight=False)
+                stack.enter_context(launch)
+                err.print(f"vLLM ready at {launch.url}", highlight=False)
+            base_url = stack.enter_context(target_url(spec))
+            r = stack.enter_context(asyncio.Runner(loop_factory=_new_loop))
             result = r.run(main(base_url))
+        if launch is not None:
+            err.print(f"vLLM stopped; its log: {launch.log_path}", highlight=False)
         push_failed = None if export is None else export.run_ended()
         vllm_path = save_vllm_result(ns, result.records_path)
         if vllm_path is not None:

@@ -26,7 +26,7 @@ def _ms(seconds: float | None, sign: bool = False) -> str:
     if math.isinf(seconds):
         return "∞"
     ms = seconds * 1e3
-    digits = 2 if abs(ms) < 100 else 1 if abs(ms) < 10_000 else 0
+    digits = 2 if abs(ms) < 100 else 1 if abs(ms) < 1_000 else 0
     return f"{ms:+,.{digits}f}" if sign else f"{ms:,.{digits}f}"
 
 

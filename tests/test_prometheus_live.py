@@ -6,7 +6,7 @@ One Prometheus (1 s scrape and evaluation interval, temporary config and data) s
   to spare for a busy machine's scheduling delays),
 - latbench against a slow simulator (TTFT normal 130 +- 30 ms: most over 100 ms),
 - a Pushgateway that a third, short latbench run pushes to (when the package is installed),
-- a vLLM-format /metrics built from the simulators' own timings (tests/promql), for the
+- both simulators' own `/metrics` (vLLM's metric names, labels and buckets), for the
   "client vs server" dashboard's server-side queries; no vLLM can run here.
 
 Then: the TTFT burn-rate alert fires for the slow run and no SLO alert for the fast one; the
@@ -33,7 +33,6 @@ from promql import (
     NEEDS,
     PROMETHEUS,
     PUSHGATEWAY,
-    BridgeServer,
     Prometheus,
     Pushgateway,
     free_port,
@@ -114,8 +113,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         for name, cfg in SIMS.items():
             sims[name] = SimProcess(SimConfig.model_validate(cfg)).start()
             started.append(sims[name])
-        bridge = BridgeServer({SIMS[n]["model"]: s.url for n, s in sims.items()})  # type: ignore[misc]
-        started.append(bridge)
         gw = Pushgateway(tmp / "gw") if PUSHGATEWAY else None
         if gw is not None:
             started.append(gw)
@@ -125,7 +122,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 "job_name": "latbench",
                 "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports.values()]}],
             },
-            {"job_name": "vllm", "static_configs": [{"targets": [f"127.0.0.1:{bridge.port}"]}]},
+            {
+                # The simulators serve vLLM's own /metrics on their API port, as vLLM does.
+                "job_name": "vllm",
+                "metrics_path": "/metrics",
+                "static_configs": [
+                    {"targets": [s.url.removeprefix("http://") for s in sims.values()]}
+                ],
+            },
         ]
         if gw is not None:
             scrape.append(
@@ -342,3 +346,32 @@ def test_histogram_names_in_prometheus(live: Live) -> None:
     names = set(live.prom.api("label/__name__/values"))
     for h in HISTOGRAMS:
         assert f"{h.name}_bucket" in names
+
+
+def test_the_simulators_own_vllm_metrics_are_scraped_under_vllms_names(live: Live) -> None:
+    names = set(live.prom.api("label/__name__/values"))
+    for name in (
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_bucket",
+        "vllm:request_queue_time_seconds_bucket",
+        "vllm:request_success_total",
+        "vllm:generation_tokens_total",
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+    ):
+        assert name in names
+    # Every request the slow run measured was also timed by its simulator (which also times the
+    # requests cut at the run's end); the scrape after the last one may come a second later.
+    measured = live.summary("slow").latency["e2e"].count
+    expr = (
+        "last_over_time(vllm:e2e_request_latency_seconds_count"
+        '{model_name="sim-slow", engine="0", job="vllm"}[10m])'
+    )
+    assert measured > 0
+
+    def timed_by_the_server() -> bool:
+        rows = live.prom.query(expr)
+        return bool(rows) and float(rows[0]["value"][1]) >= measured
+
+    wait_for(timed_by_the_server, 15, "the slow simulator's E2E count to reach the run's")

@@ -4,6 +4,7 @@ It streams like vLLM (or, with `api`, like Anthropic's Messages or OpenAI's Resp
 replays recorded streams byte for byte), paces tokens on a seeded latency model (see
 `latbench.sim._engine` for the load formula), injects faults on request, and reports what it
 actually did at `/sim/truth`, so latbench can be tested against a server whose behaviour is known.
+It also serves vLLM's own Prometheus metrics at `/metrics`, from the same instants.
 """
 
 from latbench.sim._config import FaultSpec, SimConfig

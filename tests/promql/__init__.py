@@ -1,6 +1,5 @@
 """Real Prometheus parts for the tests: a Prometheus server and a Pushgateway run as child
-processes on free loopback ports with temporary config and data, plus a stand-in for a vLLM
-server's /metrics built from the simulator's own timings.
+processes on free loopback ports with temporary config and data.
 
 Nothing here mocks latbench: the exporter under test is latbench itself, scraped over real
 sockets. Every wait polls with a deadline; every process started is stopped by its PID.
@@ -8,7 +7,6 @@ sockets. Every wait polls with a deadline; every process started is stopped by i
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -19,15 +17,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
-
-from latbench._metrics import VLLM_ITL_BUCKETS, VLLM_REQUEST_LATENCY_BUCKETS, VLLM_TTFT_BUCKETS
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -46,9 +38,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
-) -> T:
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll `probe` until it returns something truthy (not None, False or empty), or fail."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -176,67 +166,6 @@ class Pushgateway:
     def stop(self) -> None:
         stop_pid(self.proc)
         self._log.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# A vLLM-format /metrics for the "client vs server" dashboard's server-side queries. No vLLM can
-# run here; this serves vLLM's metric names, label names and bucket boundaries, filled from the
-# simulator's record of when it received each request and wrote each event (/sim/truth).
-
-
-class VllmFormatBridge:
-    """Collector: `vllm:*` histograms and gauges from simulators' /sim/truth, per model."""
-
-    def __init__(self, sims: Mapping[str, str]) -> None:
-        self._sims = dict(sims)  # model name -> simulator base URL
-
-    def collect(self) -> Iterator[Metric]:
-        ttft = HistogramMetricFamily(
-            "vllm:time_to_first_token_seconds", "TTFT (server)", labels=["model_name", "engine"]
-        )
-        itl = HistogramMetricFamily(
-            "vllm:inter_token_latency_seconds", "ITL (server)", labels=["model_name", "engine"]
-        )
-        e2e = HistogramMetricFamily(
-            "vllm:e2e_request_latency_seconds", "E2E (server)", labels=["model_name", "engine"]
-        )
-        running = GaugeMetricFamily("vllm:num_requests_running", "running", labels=["model_name"])
-        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "waiting", labels=["model_name"])
-        for model, url in self._sims.items():
-            truth = json.loads(http_get(f"{url}/sim/truth?raw=1"))
-            t, g, e = [], [], []
-            for r in truth.get("requests", []):
-                ev = r["events_ns"]
-                if not ev:
-                    continue
-                t.append((ev[0] - r["arrival_ns"]) / 1e9)
-                e.append((ev[-1] - r["arrival_ns"]) / 1e9)
-                g.extend((b - a) / 1e9 for a, b in itertools.pairwise(ev))
-            labels = [model, "0"]
-            for fam, samples, bounds in (
-                (ttft, t, VLLM_TTFT_BUCKETS),
-                (itl, g, VLLM_ITL_BUCKETS),
-                (e2e, e, VLLM_REQUEST_LATENCY_BUCKETS),
-            ):
-                buckets = [(floatToGoString(b), sum(1 for x in samples if x <= b)) for b in bounds]
-                buckets.append(("+Inf", len(samples)))
-                fam.add_metric(labels, buckets, sum(samples))
-            running.add_metric([model], 0)
-            waiting.add_metric([model], 0)
-        yield from (ttft, itl, e2e, running, waiting)
-
-
-class BridgeServer:
-    def __init__(self, sims: Mapping[str, str]) -> None:
-        self.port = free_port()
-        registry = CollectorRegistry()
-        registry.register(VllmFormatBridge(sims))
-        self._server, self._thread = start_http_server(self.port, "127.0.0.1", registry)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
 
 
 def substitute(expr: str, variables: Mapping[str, str]) -> str:

@@ -151,6 +151,19 @@ async def test_completions_stream_is_framed_exactly_like_vllm(serve: Serve, http
     assert "".join(texts(events, "text")) == " the of and"
 
 
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream", "text/plain"])
+async def test_a_body_not_labelled_json_is_refused_like_vllm(
+    serve: Serve, http, content_type: str | None
+) -> None:
+    url = await serve()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    body = orjson.dumps(body_for("chat", stream=True))
+    async with http.post(url + path_for("chat"), data=body, headers=headers) as r:
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert "Only 'application/json' is allowed" in error["message"]
+
+
 async def test_chat_stream_starts_with_a_role_chunk(serve: Serve, http) -> None:
     url = await serve()
     events, payloads = await stream(http, url, "chat", max_tokens=2)

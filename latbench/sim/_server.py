@@ -543,6 +543,13 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
     state = request.app[STATE]
     if (refused := _check_auth(request, state.config)) is not None:
         return refused
+    if request.content_type != "application/json":
+        # vLLM (0.32) refuses any other content type, with exactly this 400.
+        return _api_error(
+            api,
+            400,
+            "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
+        )
     try:
         body = await request.json(loads=orjson.loads)
     except ValueError as e:  # orjson.JSONDecodeError and bad UTF-8 are both ValueErrors

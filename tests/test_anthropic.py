@@ -304,13 +304,21 @@ async def test_preflight_sends_x_api_key_and_version(
     target = TargetSpec(base_url=url, api="anthropic", api_key_env="SIM_KEY")
     ep = await resolve_endpoint(http, target, url, WorkloadSpec())
     assert ep.options.model == "claude-sim"  # auto-detected from Anthropic's model list
-    assert ep.headers == {"anthropic-version": ANTHROPIC_VERSION, "x-api-key": "sk-ant-test"}
+    assert ep.headers == {
+        "Content-Type": "application/json",
+        "anthropic-version": ANTHROPIC_VERSION,
+        "x-api-key": "sk-ant-test",
+    }
     rec = await one(http, ep)
     assert rec.ok, rec.error_detail
     # A header the spec sets is kept, not overridden.
     pinned = target.model_copy(update={"headers": {"Anthropic-Version": "2099-01-01"}})
     ep = await resolve_endpoint(http, pinned, url, WorkloadSpec())
-    assert ep.headers == {"Anthropic-Version": "2099-01-01", "x-api-key": "sk-ant-test"}
+    assert ep.headers == {
+        "Anthropic-Version": "2099-01-01",
+        "Content-Type": "application/json",
+        "x-api-key": "sk-ant-test",
+    }
 
     monkeypatch.setenv("SIM_KEY", "wrong")
     with pytest.raises(TargetError, match="check the API key"):

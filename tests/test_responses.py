@@ -249,7 +249,7 @@ async def test_bearer_key_and_an_explicit_model_for_long_lists(serve, http, monk
     monkeypatch.setenv("SIM_KEY", "sk-test")
     target = TargetSpec(base_url=url, api="responses", api_key_env="SIM_KEY")
     ep = await resolve_endpoint(http, target, url, WorkloadSpec())
-    assert ep.headers == {"Authorization": "Bearer sk-test"}
+    assert ep.headers == {"Content-Type": "application/json", "Authorization": "Bearer sk-test"}
     assert (await one(http, ep)).ok
     assert (await one(http, endpoint(url))).status == 401
 

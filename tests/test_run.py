@@ -94,12 +94,16 @@ def test_records_and_results_on_disk_replay_to_the_same_summary(tmp_path: Path) 
     assert code == 0, err
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["summary"] == s
+    # The simulator serves vLLM's metrics, so the run reconciled them with its records; --json
+    # prints the reconciliation inside the summary, results.json beside it.
+    recon = s.pop("reconciliation")
+    assert results["summary"] == s and results["reconciliation"] == recon
+    assert recon["same_requests"] and recon["server_requests"] == 10
     f = read_records(run_dir / "records.jsonl")
     assert f.header is not None and f.footer is not None and len(f.records) == 10
     replay = latbench("summary", str(run_dir / "records.jsonl"), "--json")
     assert replay.returncode == 0, replay.stderr
-    assert json.loads(replay.stdout) == s
+    assert json.loads(replay.stdout) == {**s, "reconciliation": recon}
 
 
 def test_open_loop_sends_on_schedule(tmp_path: Path) -> None:

@@ -101,6 +101,9 @@ def run_latbench(
         "--concurrency", str(pt.streams), "--duration", f"{pt.duration_s + pt.warmup_s:g}s",
         "--warmup", f"{pt.warmup_s:g}s", "--output-tokens", str(pt.output_tokens),
         "--input-tokens", str(pt.input_tokens), "--out", str(out_dir), "--json",
+        # The peers read no server metrics; neither does latbench here (and the farm's shared
+        # port would reach one simulator process of several).
+        "--server-metrics", "off",
     ]  # fmt: skip
     if workers is not None:
         cmd += ["--workers", str(workers)]

@@ -37,6 +37,9 @@ class Timeouts:
     total: float = 600.0
 
 
+JSON = "application/json"
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """Everything fixed for one run's requests: where, how, and with which options."""
@@ -47,6 +50,12 @@ class Endpoint:
     headers: dict[str, str]
     timeouts: Timeouts
     retry: RetryPolicy = NO_RETRY
+
+    def __post_init__(self) -> None:
+        # The body goes out as pre-encoded bytes, which aiohttp would label
+        # application/octet-stream; vLLM (0.32 and later) refuses that with a 400.
+        if not any(k.lower() == "content-type" for k in self.headers):
+            object.__setattr__(self, "headers", {**self.headers, "Content-Type": JSON})
 
     @property
     def url(self) -> str:

@@ -90,20 +90,16 @@ async def resolve_endpoint(
 
 
 def auth_headers(t: TargetSpec, key: str | None) -> dict[str, str]:
-    """The spec's headers plus authentication and the body's content type; a header the spec
-    sets is never overridden."""
+    """The spec's headers plus authentication; a header the spec sets is never overridden."""
     headers = dict(t.headers)
     given = {k.lower() for k in headers}
-    # The body is pre-encoded bytes, which aiohttp would label application/octet-stream; vLLM
-    # (0.32 and later) refuses that with a 400.
-    extra = {"Content-Type": "application/json"}
     if t.api == "anthropic":
         # Anthropic takes the key in x-api-key and pins the API version in a header.
-        extra["anthropic-version"] = ANTHROPIC_VERSION
+        extra = {"anthropic-version": ANTHROPIC_VERSION}
         if key:
             extra["x-api-key"] = key
-    elif key:
-        extra["Authorization"] = f"Bearer {key}"
+    else:
+        extra = {"Authorization": f"Bearer {key}"} if key else {}
     headers.update({k: v for k, v in extra.items() if k.lower() not in given})
     return headers
 

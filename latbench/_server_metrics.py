@@ -130,29 +130,26 @@ class Snapshot:
 def parse_metrics(text: str, model: str | None, t_ns: int | None = None) -> Snapshot:
     """vLLM's families from a /metrics page, summed over engines; only `model`'s series when
     the page labels series by model_name (a server may serve several)."""
-    wanted = {name: ours for ours, names in HISTOGRAMS.items() for name in names}
-    buckets: dict[str, dict[float, float]] = {}
+    families = {name for names in HISTOGRAMS.values() for name in names}
+    buckets: dict[str, dict[float, float]] = {}  # by vLLM's family name
     sums: dict[str, float] = {}
     counters: dict[str, float] = {}
     gauges: dict[str, float] = {}
     try:
-        families = list(text_string_to_metric_families(text))
+        parsed = list(text_string_to_metric_families(text))
     except ValueError as e:
         raise ServerMetricsError(f"not Prometheus text: {e}") from None
-    for fam in families:
+    for fam in parsed:
         for s in fam.samples:
             if model is not None and s.labels.get("model_name", model) != model:
                 continue
-            if fam.name in wanted and fam.type == "histogram":
-                ours = wanted[fam.name]
-                if ours in sums and fam.name not in HISTOGRAMS[ours][:1]:
-                    continue  # the newer name is there too
+            if fam.name in families and fam.type == "histogram":
                 if s.name.endswith("_bucket"):
                     le = float(s.labels["le"])
-                    b = buckets.setdefault(ours, {})
+                    b = buckets.setdefault(fam.name, {})
                     b[le] = b.get(le, 0.0) + s.value
                 elif s.name.endswith("_sum"):
-                    sums[ours] = sums.get(ours, 0.0) + s.value
+                    sums[fam.name] = sums.get(fam.name, 0.0) + s.value
             for ours, name in COUNTERS.items():
                 if s.name == name:
                     counters[ours] = counters.get(ours, 0.0) + s.value
@@ -162,12 +159,17 @@ def parse_metrics(text: str, model: str | None, t_ns: int | None = None) -> Snap
     if not buckets and not counters:
         raise ServerMetricsError("no vLLM metrics (vllm:*) on the page")
     histograms = {}
-    for ours, b in buckets.items():
+    for ours, names in HISTOGRAMS.items():
+        # A vLLM that serves both a metric's new name and its deprecated one: the new one.
+        name = next((n for n in names if n in buckets), None)
+        if name is None:
+            continue
+        b = buckets[name]
         les = sorted(b)
-        if not les or les[-1] != math.inf:
-            raise ServerMetricsError(f"{HISTOGRAMS[ours][0]}: no +Inf bucket")
+        if les[-1] != math.inf:
+            raise ServerMetricsError(f"{name}: no +Inf bucket")
         histograms[ours] = Histogram(
-            tuple(les[:-1]), tuple(b[le] for le in les), sums.get(ours, 0.0)
+            tuple(les[:-1]), tuple(b[le] for le in les), sums.get(name, 0.0)
         )
     return Snapshot(monotonic_ns() if t_ns is None else t_ns, histograms, counters, gauges)
 

@@ -81,6 +81,8 @@ def test_the_recorded_run_reconciles_with_the_server() -> None:
     }
     ttft = r.pairs["ttft"]
     assert ttft.client.n == ttft.server.n == 6
+    # 6 requests of 8 tokens, one per output: 7 gaps each on both sides.
+    assert r.pairs["itl"].client.n == r.pairs["itl"].server.n == 42
     assert ttft.below_server_at == ()
     assert ttft.mean_overhead_s is not None and ttft.mean_overhead_s > 0
     # The overhead interval of a percentile is exactly the client's value minus the bucket.
@@ -116,6 +118,25 @@ def test_other_traffic_on_the_server_is_noted_and_skips_the_per_request_check() 
     assert r is not None and not r.same_requests
     assert any("other traffic" in n for n in r.notes)
     assert r.pairs["ttft"].below_server_at == ()  # not judged on different populations
+
+
+def test_the_new_name_wins_over_the_deprecated_one() -> None:
+    def family(name: str, count: int) -> str:
+        return (
+            f"# TYPE {name} histogram\n"
+            f'{name}_bucket{{le="0.1"}} {count}\n{name}_bucket{{le="+Inf"}} {count}\n'
+            f"{name}_count {count}\n{name}_sum {count * 0.01}\n"
+        )
+
+    for page in (
+        family("vllm:time_per_output_token_seconds", 5)
+        + family("vllm:inter_token_latency_seconds", 7),
+        family("vllm:inter_token_latency_seconds", 7)
+        + family("vllm:time_per_output_token_seconds", 5),
+    ):
+        assert parse_metrics(page, None).histograms["itl"].count == 7
+    old_only = parse_metrics(family("vllm:time_per_output_token_seconds", 5), None)
+    assert old_only.histograms["itl"].count == 5
 
 
 def test_histogram_quantile_buckets_and_deltas() -> None:

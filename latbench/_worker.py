@@ -38,6 +38,7 @@ import aiohttp
 import orjson
 
 from latbench._client import Endpoint, stream_request
+from latbench._eager import install as install_eager_writes
 from latbench._record import Record
 from latbench._schedule import ConstantPacer, Pacer, PoissonPacer, phase_of
 from latbench._spec import LoadSpec
@@ -294,6 +295,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 async def _main() -> None:
     loop = asyncio.get_running_loop()
+    install_eager_writes(loop)
     # The channel keeps the original stdout; anything else that prints goes to stderr, so a
     # stray print can never corrupt a frame.
     channel = os.fdopen(os.dup(1), "wb", buffering=0)

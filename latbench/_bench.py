@@ -29,6 +29,7 @@ from latbench._record import RunHeader
 from latbench._runner import Runner, make_connector, raise_fd_limit
 from latbench._server_metrics import (
     Reconciliation,
+    ServerMetricsError,
     ServerMetricsScraper,
     default_metrics_url,
     reconcile,
@@ -197,7 +198,12 @@ async def run_benchmark(
         client=outcome.client,
         limits=spec.validity.limits(),
     )
-    recon = None if scraper is None else reconcile(outcome.records, scraper.result)
+    recon = None
+    if scraper is not None:
+        try:
+            recon = reconcile(outcome.records, scraper.result)
+        except ServerMetricsError as e:  # what the client measured stands on its own
+            console.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)
     results_path = out_dir / "results.json"
     results = {
         "run_id": run_id,

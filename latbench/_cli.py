@@ -440,11 +440,12 @@ def cmd_summary(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
         client=client,
         limits=spec.validity.limits(),
     )
+    recon = None
     try:
         server = read_server_metrics(ns.records)
+        recon = None if server is None else reconcile(f.records, server)
     except ServerMetricsError as e:
-        raise LatbenchError(str(e)) from None
-    recon = None if server is None else reconcile(f.records, server)
+        err.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)
     if ns.json:
         doc = summary.to_dict()
         if recon is not None:

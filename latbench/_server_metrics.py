@@ -401,6 +401,12 @@ def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliatio
     if server.before is None or server.after is None:
         return None
     before, after = server.before, server.after
+    for name, value in before.counters.items():
+        if after.counters.get(name, value) < value:
+            raise ServerMetricsError(
+                f"the server's {COUNTERS[name]} went down during the run: it restarted, so its "
+                "figures cannot be set against the run's"
+            )
     completed = sum(1 for r in records if r.ok)
     server_requests = after.counters.get("requests", 0.0) - before.counters.get("requests", 0.0)
     same = completed == server_requests

@@ -139,6 +139,27 @@ def test_the_new_name_wins_over_the_deprecated_one() -> None:
     assert old_only.histograms["itl"].count == 5
 
 
+def test_a_server_that_restarted_during_the_run_is_named_not_reconciled() -> None:
+    records, server = recorded()
+    assert server.before is not None and server.after is not None
+    server.before.counters["requests"] = server.after.counters["requests"] + 100  # went down
+    with pytest.raises(ServerMetricsError, match="restarted"):
+        reconcile(records, server)
+
+
+def test_summary_of_a_run_with_a_broken_scrapes_file_still_summarizes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "records.jsonl").write_bytes((DATA / "records.jsonl").read_bytes())
+    (run_dir / "server_metrics.json").write_text("{not json")
+    p = subprocess.run(
+        [sys.executable, "-m", "latbench", "summary", str(run_dir / "records.jsonl"), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "not a server metrics file" in p.stderr and "no reconciliation" in p.stderr
+    assert json.loads(p.stdout)["requests"]["succeeded"] == 6
+
+
 def test_histogram_quantile_buckets_and_deltas() -> None:
     h = Histogram((0.1, 0.2, 0.5), (2.0, 5.0, 9.0, 10.0), 3.0)
     assert h.quantile_bucket(20) == (0.0, 0.1)

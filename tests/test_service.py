@@ -107,6 +107,10 @@ def test_submit_follow_records_summary(svc: Service) -> None:
     replay = summarize(records, window=(footer.window_start, footer.window_end))
     assert replay.requests.to_dict() == done["summary"]["requests"]
     assert replay.tokens.output_total == done["summary"]["tokens"]["output_total"] == 8 * 16
+    # The catalogue's simulator serves vLLM's metrics: the run reconciled with them.
+    recon = done["summary"]["reconciliation"]
+    assert recon["same_requests"] and recon["server_requests"] == 8
+    assert recon["tokens"]["generation"] == {"client": 128.0, "server": 128.0}
 
 
 def test_list_filters_and_pages(svc: Service) -> None:

@@ -347,6 +347,8 @@ class RunManager:
             return
         result = bench.result()
         row.summary = result.summary.to_dict()
+        if result.reconciliation is not None:  # as `latbench run --json` prints it
+            row.summary["reconciliation"] = result.reconciliation.to_dict()
         row.ended = result.ended
         row.state = INTERRUPTED if a.shutting_down else CANCELLED if a.cancel_requested else (
             COMPLETED

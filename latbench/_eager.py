@@ -64,6 +64,6 @@ def eager_request_writes(
 
 def install(loop: asyncio.AbstractEventLoop) -> None:
     """Python 3.12 and later start aiohttp's writes eagerly themselves.
-    `LATBENCH_EAGER_WRITES=0` leaves the loop as it is, for bench/eager_writes.py's comparison."""
+    `LATBENCH_EAGER_WRITES=0` leaves the loop as it is, for bench/ab.py's comparison."""
     if sys.version_info < (3, 12) and os.environ.get("LATBENCH_EAGER_WRITES") != "0":
         loop.set_task_factory(eager_request_writes)  # type: ignore[arg-type]

@@ -23,7 +23,6 @@ and `["abort"]`; the end of the stream means abort (the parent died). Worker -> 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import pickle
@@ -66,19 +65,6 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
-
-
-WORKER_NICE = -10
-
-
-def raise_priority() -> None:
-    """A worker that wakes late stamps late: ask the scheduler to run it ahead of ordinary
-    processes (the server's included, on a shared machine). Needs CAP_SYS_NICE (root, or a
-    container given it); without it the worker runs at the normal priority."""
-    if os.environ.get("LATBENCH_WORKER_NICE") == "0":
-        return
-    with contextlib.suppress(OSError):  # PermissionError without CAP_SYS_NICE
-        os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICE)
 
 
 def raise_fd_limit() -> None:
@@ -335,7 +321,6 @@ def main() -> None:
     # abort), and tells the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_fd_limit()
-    raise_priority()
     with asyncio.Runner(loop_factory=new_event_loop) as r:
         r.run(_main())
 

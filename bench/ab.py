@@ -2,7 +2,9 @@
 its engine choices turned off by an environment variable ("off"), side by side:
 
     LATBENCH_EAGER_WRITES=0   aiohttp's request writes a loop turn later (latbench/_eager.py)
-    LATBENCH_WORKER_NICE=0    workers at the normal scheduling priority (latbench/_worker.py)
+
+(At commit 0fe6e20, LATBENCH_WORKER_NICE=0 turned off workers at nice -10; see
+docs/performance.md for why that was measured and not kept.)
 
 Alternates the two (ABBA) for --rounds rounds of latbench alone at one harness point (default c64:
 64 streams of 128 tokens, TTFT 50 ms, ITL 10 ms), and prints the medians over rounds of the

@@ -64,8 +64,12 @@ def test_verdict_needs_both_confidence_and_size(
 
 
 # Tests about figures loosen the validity limits (see tests/test_run.py): a shared 2-core machine
-# delays the client's loop now and then.
-LOOSE = "validity: {loop_lag_p99: 2s, queue_delay_p99: 2s, client_cpu: 8}\n"
+# delays the client's loop now and then. The SLOs are loosened too: the simulator's 100 ms TTFT
+# sits on the default 100 ms target, so a busy moment would swing goodput between 0 and 100 %.
+LOOSE = (
+    "validity: {loop_lag_p99: 2s, queue_delay_p99: 2s, client_cpu: 8}\n"
+    "slos: [ttft:p99<=1s, itl:p99<=1s, tpot:p99<=1s]\n"
+)
 
 
 def run(tmp_path: Path, name: str, itl: float) -> Path:

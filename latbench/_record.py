@@ -13,7 +13,8 @@ request line in it is still valid.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -41,9 +42,11 @@ class Record:
     t_end: int | None = None
     # One entry per token-bearing event: arrival instant, kind ('r' reasoning, 'c' content), and
     # the event's token count when the server reported it (vLLM continuous usage stats), else None.
-    ev_t: tuple[int, ...] = ()
+    # Records kept in memory (the runner's, a records file's) hold these as typed arrays
+    # (`compact`): 8 bytes an instant, not a 32-byte int object and a pointer to it.
+    ev_t: Sequence[int] = ()
     ev_kind: str = ""
-    ev_n: tuple[int, ...] | None = None
+    ev_n: Sequence[int] | None = None
     status: int | None = None
     finish_reason: str | None = None
     usage_prompt_tokens: int | None = None
@@ -90,10 +93,21 @@ class RunFooter:
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
 
 
+def instants(values: Iterable[int]) -> array[int]:
+    return array("q", values)
+
+
+def counts(values: Iterable[int] | None) -> array[int] | None:
+    return None if values is None else array("q", values)
+
+
 def encode_record(rec: Record) -> bytes:
     # A flat dict, not `asdict`: asdict deep-copies every tuple element, and on a 128-event
     # record that was most of the runner's CPU. orjson writes tuples and enums the same way.
     d = {name: getattr(rec, name) for name in _RECORD_FIELDS}
+    d["ev_t"] = list(rec.ev_t)  # orjson writes lists and tuples, not arrays
+    if rec.ev_n is not None:
+        d["ev_n"] = list(rec.ev_n)
     d["type"] = "request"
     d["schema"] = SCHEMA_VERSION
     return orjson.dumps(d) + b"\n"
@@ -126,9 +140,9 @@ def _decode_record(d: dict[str, Any]) -> Record:
         t_sent=d["t_sent"],
         t_headers=d.get("t_headers"),
         t_end=d.get("t_end"),
-        ev_t=tuple(d.get("ev_t", ())),
+        ev_t=instants(d.get("ev_t", ())),
         ev_kind=d.get("ev_kind", ""),
-        ev_n=None if ev_n is None else tuple(ev_n),
+        ev_n=counts(ev_n),
         status=d.get("status"),
         finish_reason=d.get("finish_reason"),
         usage_prompt_tokens=d.get("usage_prompt_tokens"),

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from latbench._errors import ErrorKind
-from latbench._record import Record
+from latbench._record import Record, counts, instants
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024  # a shard with a large prompt file; anything bigger is corruption
@@ -55,12 +55,8 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
 # a field added to Record travels without a change here.
 _FIELDS = tuple(f.name for f in fields(Record) if f.name != "run_id")
 _EV_T = _FIELDS.index("ev_t")
+_EV_N = _FIELDS.index("ev_n")
 _T_SENT = _FIELDS.index("t_sent")
-_TUPLES = tuple(
-    i
-    for i, f in enumerate(f for f in fields(Record) if f.name != "run_id")
-    if str(f.type).startswith("tuple") and f.name != "ev_t"
-)
 _ERROR_KINDS = tuple(
     i
     for i, f in enumerate(f for f in fields(Record) if f.name != "run_id")
@@ -73,16 +69,17 @@ def pack_record(r: Record) -> list[Any]:
     m.extend(getattr(r, name) for name in _FIELDS)
     base = r.t_sent
     m[1 + _EV_T] = [t - base for t in r.ev_t]
+    if r.ev_n is not None:
+        m[1 + _EV_N] = list(r.ev_n)
     return m
 
 
 def unpack_record(run_id: str, m: list[Any]) -> Record:
+    """The runner keeps every record of a run: event instants and counts as typed arrays."""
     v = m[1:]
     base = v[_T_SENT]
-    v[_EV_T] = tuple([base + t for t in v[_EV_T]])
-    for i in _TUPLES:
-        if v[i] is not None:
-            v[i] = tuple(v[i])
+    v[_EV_T] = instants([base + t for t in v[_EV_T]])
+    v[_EV_N] = counts(v[_EV_N])
     for i in _ERROR_KINDS:
         if v[i] is not None:
             v[i] = ErrorKind(v[i])

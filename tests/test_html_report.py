@@ -254,3 +254,14 @@ def test_a_report_is_one_file_that_needs_no_network(reports: dict[str, Path]) ->
     # Plotly's JavaScript is inlined; nothing is loaded from elsewhere.
     assert "<script src" not in text and "<link" not in text
     assert "Plotly.newPlot" in text
+
+
+def test_a_run_report_sets_the_client_beside_the_servers_own_metrics(
+    reports: dict[str, Path],
+) -> None:
+    """The sweep's simulator serves vLLM's metrics, so each step scraped them; the run report
+    shows the reconciliation (docs/vllm.md)."""
+    text = reports["run"].read_text()
+    assert '<h2 id="server">Client vs server</h2>' in text
+    assert "the client completed" in text and "server p99 in" in text
+    assert "TTFT, mean" in text and "outside the server" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from latbench import __version__
 from latbench._compare import Row
 from latbench._reports import charts
 from latbench._reports.load import Run, Sweep
+from latbench._server_metrics import Reconciliation
 from latbench._summary import METRICS, Summary, pct_key
 from latbench._sweep import Capacity
 
@@ -278,11 +280,55 @@ def run_report(run: Run) -> str:
     page.add(page.chart(charts.over_time_figure(run), "over-time"))
     page.section("errors", "Errors")
     page.add(errors_html(page, [(run.run_id, run)]))
+    if run.reconciliation is not None:
+        page.section("server", "Client vs server")
+        page.add(reconciliation_html(run.reconciliation))
     page.section("validity", "Validity of the measurement")
     page.add(validity_html(run.summary))
     page.section("spec", "Spec and environment")
     page.add(spec_html(run))
     return page.render()
+
+
+def _bucket(b: tuple[float, float] | None) -> str:
+    return "–" if b is None else f"({ms(b[0])}, {'∞' if math.isinf(b[1]) else ms(b[1])}]"
+
+
+def reconciliation_html(r: Reconciliation) -> str:
+    """The server's own metrics beside the client's (docs/vllm.md says how to read them)."""
+    head = (
+        f"<p>The server's own metrics ({esc(r.url)}): the client completed "
+        f"{r.client_requests} requests, the server counted {r.server_requests:g}. Means are "
+        "exact (both sides keep sums); the server knows a percentile only as the bucket that "
+        "holds it.</p>"
+    )
+    rows = []
+    for metric, p in r.pairs.items():
+        rows.append([
+            metric.upper(),
+            ms(p.client.mean_s),
+            ms(p.server.mean_s),
+            ms(p.mean_overhead_s),
+            ms(p.client.quantiles_s.get("p50")),
+            _bucket(p.server.buckets_s.get("p50")),
+            ms(p.client.quantiles_s.get("p99")),
+            _bucket(p.server.buckets_s.get("p99")),
+        ])  # fmt: skip
+    headers = ["metric (ms)", "client mean", "server mean", "outside server (mean)",
+               "client p50", "server p50 in", "client p99", "server p99 in"]  # fmt: skip
+    parts = [head, table(headers, rows)]
+    if (s := r.ttft_split_s) is not None:
+        parts.append(
+            f"<p>TTFT, mean {ms(s['client_ttft'])} ms = server {ms(s['server_ttft'])} (queue "
+            f"{ms(s['queue'])} + prefill {ms(s['prefill'])} + front end and output "
+            f"{ms(s['server_other'])}) + outside the server {ms(s['outside_server'])}.</p>"
+        )
+    tokens = [
+        [name, num(t["client"], ",.0f"), num(t["server"], ",.0f")] for name, t in r.tokens.items()
+    ]
+    parts.append(table(["tokens", "client (usage)", "server"], tokens))
+    parts.extend(f'<p class="note">{esc(n)}</p>' for n in r.notes)
+    return "".join(parts)
 
 
 def capacity_html(cap: Capacity | None) -> str:

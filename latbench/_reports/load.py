@@ -14,6 +14,12 @@ import orjson
 from latbench._compare import RunSamples
 from latbench._errors import RecordsError
 from latbench._record import RecordsFile, read_records
+from latbench._server_metrics import (
+    Reconciliation,
+    ServerMetricsError,
+    read_server_metrics,
+    reconcile,
+)
 from latbench._spec import RunSpec, load_spec
 from latbench._summary import ClientStats, Summary, summarize
 from latbench._sweep import (
@@ -62,6 +68,15 @@ class Run:
     @property
     def public_spec(self) -> dict[str, Any]:
         return self.file.header.spec if self.file.header else {}
+
+    @cached_property
+    def reconciliation(self) -> Reconciliation | None:
+        """With the server's own metrics, when the run scraped them (docs/vllm.md)."""
+        try:
+            server = read_server_metrics(self.records_path)
+            return None if server is None else reconcile(self.file.records, server)
+        except ServerMetricsError:
+            return None  # `latbench summary` says why; a report shows what it can
 
     @cached_property
     def samples(self) -> RunSamples:

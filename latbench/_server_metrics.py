@@ -376,7 +376,11 @@ def client_samples(records: Sequence[Record]) -> dict[str, np.ndarray]:
 def _client_side(samples: np.ndarray) -> Side:
     if samples.size == 0:
         return Side(0, None)
-    values = np.percentile(samples, QUANTILES)
+    # The server's histogram places a percentile by rank (the bucket holding the ceil(q n)-th
+    # smallest); the client's percentile here follows the same rule, so that a client no faster
+    # than the server per request is never below the server's bucket. With few samples this can
+    # differ a little from the summary's interpolated percentiles.
+    values = np.percentile(samples, QUANTILES, method="inverted_cdf")
     return Side(
         int(samples.size),
         float(samples.mean()),

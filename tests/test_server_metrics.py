@@ -15,13 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from latbench._record import read_records
 from latbench._server_metrics import (
     Histogram,
     ServerMetrics,
     ServerMetricsError,
+    _client_side,
     parse_metrics,
     reconcile,
 )
@@ -158,6 +162,28 @@ def test_summary_of_a_run_with_a_broken_scrapes_file_still_summarizes(tmp_path: 
     )  # fmt: skip
     assert "not a server metrics file" in p.stderr and "no reconciliation" in p.stderr
     assert json.loads(p.stdout)["requests"]["succeeded"] == 6
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    server=st.lists(st.floats(0, 0.3), min_size=1, max_size=12),
+    extra=st.lists(st.floats(0, 0.02), min_size=12, max_size=12),
+)
+def test_a_client_no_faster_than_the_server_is_never_below_its_bucket(
+    server: list[float], extra: list[float]
+) -> None:
+    """Per request, client >= server; then every client percentile in the reconciliation is at
+    or above the lower bound of the server's bucket for it, however few the requests (the
+    client's percentile follows the bucket's rank rule, not linear interpolation)."""
+    bounds = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5)
+    srv = np.asarray(server)
+    cli = srv + np.asarray(extra[: len(server)])
+    cum = (*(float((srv <= b).sum()) for b in bounds), float(srv.size))
+    h = Histogram(bounds, cum, float(srv.sum()))
+    side = _client_side(cli)
+    for q, value in side.quantiles_s.items():
+        low, _ = h.quantile_bucket(float(q[1:]))
+        assert value >= low, (q, value, low)
 
 
 def test_histogram_quantile_buckets_and_deltas() -> None:

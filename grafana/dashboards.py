@@ -128,6 +128,14 @@ def vllm_series(metric: str) -> str:
     return f'{{__name__=~"vllm[:_]{name}", {VLLM_SEL}}}'
 
 
+def vllm_mean(metric: str) -> str:
+    """Exact over the rate window: vLLM's histograms keep sums."""
+    return (
+        f"sum by (model_name) (rate({vllm_series(metric + '_sum')}[$__rate_interval]))"
+        f" / sum by (model_name) (rate({vllm_series(metric + '_count')}[$__rate_interval]))"
+    )
+
+
 def vllm_quantile(metric: str, q: float) -> str:
     return (
         f"histogram_quantile({q:g}, sum by (model_name, le) "
@@ -193,7 +201,9 @@ def series_panel(
         .unit(unit)
         .thresholds(thresholds)
         # The target drawn as a line, with the side past it shaded in the threshold's colour.
-        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE_AND_AREA))
+        .thresholds_style(
+            cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE_AND_AREA)
+        )
         .line_width(1)
         .fill_opacity(0)
         .show_points(cm.VisibilityMode.NEVER)
@@ -538,6 +548,37 @@ def client_vs_server_dashboard() -> db.Dashboard:
                 width=12 if key != "e2e" else 24,
             )
         )
+    client_ttft = (
+        f"{rate(hist('ttft') + '_sum', by='model')} / {rate(hist('ttft') + '_count', by='model')}"
+    )
+    server_ttft = vllm_mean("vllm:time_to_first_token_seconds")
+    # Client and server label the model differently (model, model_name): the gap is taken over
+    # the selected models together, which is one model when $model picks one.
+    gap = (
+        f"(sum(rate({hist('ttft')}_sum{{{SEL}}}[$__rate_interval]))"
+        f" / sum(rate({hist('ttft')}_count{{{SEL}}}[$__rate_interval])))"
+        f" - (sum(rate({vllm_series('vllm:time_to_first_token_seconds_sum')}[$__rate_interval]))"
+        f" / sum(rate({vllm_series('vllm:time_to_first_token_seconds_count')}[$__rate_interval])))"
+    )
+    d = d.with_panel(
+        series_panel(
+            "TTFT split (means)",
+            "Mean TTFT at the client and in vLLM, vLLM's queue and prefill means, and what lies "
+            "outside the server (client mean minus server mean: HTTP, network, tokenising, the "
+            "client). Means are exact from the histograms' sums, and they add up; percentiles "
+            "do not (docs/vllm.md).",
+            [
+                Q(client_ttft, "client TTFT {{model}}"),
+                Q(server_ttft, "server TTFT {{model_name}}"),
+                Q(vllm_mean("vllm:request_queue_time_seconds"), "server queue {{model_name}}"),
+                Q(vllm_mean("vllm:request_prefill_time_seconds"), "server prefill {{model_name}}"),
+                Q(gap, "outside the server (selected models)"),
+            ],
+            "s",
+            over(TARGET_S),
+            width=24,
+        )
+    )
     d = d.with_row(db.Row("Who sets the pace?"))
     d = d.with_panel(
         series_panel(

@@ -121,11 +121,14 @@ def goodput_slos(pairs: Sequence[str]) -> list[str]:
 
 def apply_vllm_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
     """Fold the vLLM-only flags into spec data built from our own flags."""
-    load = data.setdefault("load", {})
+    # No `load` section unless a flag fills one: an empty one would replace the spec's default
+    # load (the demo's 15 s), which is what `latbench run` with no flags runs.
+    load = data.get("load", {})
     if getattr(ns, "max_concurrency", None) is not None:
         if ns.concurrency is not None:
             raise SpecError("give --concurrency or --max-concurrency, not both")
         load["concurrency"] = ns.max_concurrency
+        data["load"] = load
     rate = load.get("rate")
     if isinstance(rate, float) and math.isinf(rate) and rate > 0:
         # vLLM's default: every prompt at time 0, at most --max-concurrency in flight. That is a

@@ -45,6 +45,28 @@ def run_json(tmp_path: Path, *args: str, strict: bool = False) -> tuple[int, dic
         ) from None
 
 
+def test_the_readme_demo_is_latbench_run_with_no_flags(tmp_path: Path) -> None:
+    """The README's first command: `latbench run`, nothing else, in an empty directory."""
+    p = subprocess.run(
+        [sys.executable, "-m", "latbench", "run"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    # 4: client-bound, which a small shared machine can be (the README says so).
+    assert p.returncode in (0, 4), p.stderr
+    (records,) = tmp_path.glob("latbench-results/*/records.jsonl")
+    f = read_records(records)
+    assert f.footer is not None and f.footer.ended == "completed"
+    spec = f.header.spec if f.header else {}
+    assert (spec["load"]["duration"], spec["load"]["warmup"], spec["load"]["concurrency"]) == (
+        15.0,
+        2.0,
+        8,
+    )
+    assert len(f.records) > 50 and all(r.ok for r in f.records)
+    assert "client vs server: vLLM's own metrics" in p.stdout
+
+
 def test_summary_matches_the_simulators_latencies(tmp_path: Path) -> None:
     code, s, err = run_json(
         tmp_path,

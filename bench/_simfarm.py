@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,15 +20,10 @@ from typing import Any, Self
 import orjson
 
 from bench._procmon import cpu_seconds
+from latbench._vllm_launch import free_port
 from latbench.sim import SimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SimFarm:

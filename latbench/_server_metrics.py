@@ -21,7 +21,6 @@ Everything here except `ServerMetricsScraper` is a pure function of records and 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from latbench._record import Record
+from latbench._summary import _Samples
 
 # Our name -> vLLM's histogram family; the first name found wins (older vLLMs call ITL
 # time_per_output_token).
@@ -355,21 +355,15 @@ def _jsonable(x: Any) -> Any:
 
 def client_samples(records: Sequence[Record]) -> dict[str, np.ndarray]:
     """The client's samples over every finished request of the run, warm-up and cool-down
-    included: the server's counters cannot tell the phases apart."""
-    ttft, itl, tpot, e2e = [], [], [], []
-    for r in records:
-        if not r.ok or not r.ev_t:
-            continue
-        ev = r.ev_t
-        ttft.append(ev[0] - r.t_sent)
-        e2e.append(ev[-1] - r.t_sent)
-        itl.extend(b - a for a, b in itertools.pairwise(ev))
-        n = r.usage_completion_tokens or (sum(r.ev_n) if r.ev_n else len(ev))
-        if n > 1:
-            tpot.append((ev[-1] - ev[0]) / (n - 1))
+    included (the server's counters cannot tell the phases apart); the summary's own
+    per-metric arrays, so both read METRICS.md the same way."""
+    s = _Samples.build([r for r in records if r.ok])
+    per_request = {k: v[~np.isnan(v)] for k, v in s.per_request.items()}
     return {
-        k: np.asarray(v, dtype=np.float64) / 1e9
-        for k, v in (("ttft", ttft), ("itl", itl), ("tpot", tpot), ("e2e", e2e))
+        "ttft": per_request["ttft"],
+        "itl": s.gaps["itl"],
+        "tpot": per_request["tpot"],
+        "e2e": per_request["e2e"],
     }
 
 

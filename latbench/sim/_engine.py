@@ -54,11 +54,9 @@ request when it ends, so it survives `/sim/truth/reset` and does not depend on `
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import time
 from array import array
-from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -74,7 +72,12 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from latbench._metrics import VLLM_ITL_BUCKETS, VLLM_REQUEST_LATENCY_BUCKETS, VLLM_TTFT_BUCKETS
+from latbench._metrics import (
+    VLLM_ITL_BUCKETS,
+    VLLM_REQUEST_LATENCY_BUCKETS,
+    VLLM_TTFT_BUCKETS,
+    BucketCounts,
+)
 from latbench.sim._config import SimConfig
 
 EventKind = Literal["reasoning", "content"]
@@ -288,45 +291,6 @@ _VLLM_HISTOGRAMS: dict[str, tuple[str, str, tuple[float, ...]]] = {
     ),
 }
 VLLM_LABELS: tuple[str, ...] = ("model_name", "engine")
-# Events per request above which one numpy pass over the gaps is cheaper than a Python loop.
-_VECTOR_MIN_GAPS = 32
-
-
-class _Histogram:
-    """One series: a count per bucket (+Inf last) and the sum. Observed and read on the
-    simulator's one event loop only (scrapes too), so it needs no lock."""
-
-    __slots__ = ("_np_bounds", "bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self._np_bounds = np.asarray(bounds, dtype=np.float64)
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        # bisect_left: the first bound >= value, so a value equal to a bound counts in it (le).
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def observe_gaps(self, instants_ns: array[int]) -> None:
-        """One observation per gap between consecutive instants (ns), in seconds."""
-        bounds, counts = self.bounds, self.counts
-        if len(instants_ns) <= _VECTOR_MIN_GAPS:
-            prev = instants_ns[0]
-            for t in itertools.islice(instants_ns, 1, None):
-                counts[bisect_left(bounds, (t - prev) / 1e9)] += 1
-                prev = t
-        else:
-            gaps = np.diff(np.frombuffer(instants_ns, dtype=np.int64)) / 1e9
-            idx = np.searchsorted(self._np_bounds, gaps, side="left")
-            for i, n in enumerate(np.bincount(idx, minlength=len(counts)).tolist()):
-                counts[i] += n
-        self.sum += (instants_ns[-1] - instants_ns[0]) / 1e9  # the gaps' sum, telescoped
-
-    def samples(self, les: list[str]) -> list[tuple[str, float]]:
-        """(le, cumulative count) per bucket, +Inf (the count) last."""
-        return list(zip(les, itertools.accumulate(self.counts), strict=True))
 
 
 class ServerMetrics:
@@ -339,7 +303,7 @@ class ServerMetrics:
     def __init__(self, model: str, engine: Engine) -> None:
         self._labels = [model, "0"]  # model_name, engine (vLLM's engine index)
         self._engine = engine
-        self._hist = {k: _Histogram(bounds) for k, (_, _, bounds) in _VLLM_HISTOGRAMS.items()}
+        self._hist = {k: BucketCounts(bounds) for k, (_, _, bounds) in _VLLM_HISTOGRAMS.items()}
         self._les = {
             k: [*(floatToGoString(b) for b in bounds), "+Inf"]
             for k, (_, _, bounds) in _VLLM_HISTOGRAMS.items()
@@ -366,7 +330,7 @@ class ServerMetrics:
         h["decode"].observe((last - first) / 1e9)
         h["inference"].observe((last - admit_ns) / 1e9)
         if len(events) > 1:
-            h["itl"].observe_gaps(events)
+            h["itl"].observe_many(np.diff(np.frombuffer(events, dtype=np.int64)) / 1e9)
         if entry.tokens > 1:
             h["tpot"].observe((last - first) / 1e9 / (entry.tokens - 1))
         if finish is not None:
@@ -378,8 +342,8 @@ class ServerMetrics:
         labels = self._labels
         for key, (name, help_text, _) in _VLLM_HISTOGRAMS.items():
             fam = HistogramMetricFamily(name, help_text, labels=list(VLLM_LABELS))
-            hist = self._hist[key]
-            fam.add_metric(labels, hist.samples(self._les[key]), hist.sum)
+            cumulative, total = self._hist[key].snapshot()
+            fam.add_metric(labels, list(zip(self._les[key], cumulative, strict=True)), total)
             yield fam
         for name, help_text, value in (
             ("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens),

@@ -21,6 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bench._calibrate import calibrate
 from bench._calibrate import table as calibration_table
 from bench._simfarm import SimFarm
@@ -57,6 +59,7 @@ def run_point(
             run = TOOLS[tool](farm.url, pt, d, workers)
             sim1, t1 = farm.cpu(), time.monotonic()
             entries = farm.truth()
+            (d / "truth.json").write_bytes(orjson.dumps(entries))  # to score again, or split
             truth = score(entries, skip_s=pt.warmup_s, tail_s=1.0)
             rows.append(row(pt, run, truth, sim0, sim1, t0, t1))
             if run.records:

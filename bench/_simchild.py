@@ -12,23 +12,23 @@ import asyncio
 import signal
 import sys
 
-import uvloop
 from aiohttp import web
 
+from latbench import _rxstamp
 from latbench.sim import SimConfig
 from latbench.sim.__main__ import _die_with_parent
+from latbench.sim._arrival import listen
 from latbench.sim._server import create_app
 
 
 async def serve(config: SimConfig, port: int) -> None:
     runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
+    servers: list[asyncio.Server] = []
     try:
-        public = web.TCPSite(runner, config.host, port, backlog=4096, reuse_port=True)
-        admin = web.TCPSite(runner, config.host, 0)
-        await public.start()
-        await admin.start()
-        ports = [a[1] for a in runner.addresses]
+        servers.append(await listen(runner, config.host, port, reuse_port=True))
+        servers.append(await listen(runner, config.host, 0))
+        ports = [s.sockets[0].getsockname()[1] for s in servers]
         print(f"bench-sim {ports[0]} {ports[1]}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -36,13 +36,15 @@ async def serve(config: SimConfig, port: int) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
+        for s in servers:
+            s.close()
         await runner.cleanup()
 
 
 def main() -> None:
     _die_with_parent()
     config = SimConfig.model_validate_json(sys.argv[1])
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+    with asyncio.Runner(loop_factory=_rxstamp.new_event_loop) as r:
         r.run(serve(config, int(sys.argv[2])))
 
 

@@ -1,11 +1,13 @@
 """Server truth: what the simulator saw, as distributions to score a client against.
 
-The simulator stamps each request's arrival (handler entry) and each event's write with
-CLOCK_MONOTONIC. A client's TTFT error is its reported percentile minus the truth's percentile of
-the same metric over the same stretch of time; both sides exclude the same warm-up, so the
-connection set-up that every tool pays at its start counts for none of them. The error therefore
-holds the transport (loopback, HTTP parsing on both sides) and the client's own delays: its event
-loop's lag, its queueing, its timestamping. At low load the transport part is well under 1 ms.
+The simulator stamps each request's arrival (the kernel's stamp of the read that brought its first
+bytes: latbench/sim/_arrival.py) and each event as it hands it to the socket, on CLOCK_MONOTONIC.
+A client's TTFT error is its reported percentile minus the truth's percentile of the same metric
+over the same stretch of time; both sides exclude the same warm-up, so the connection set-up that
+every tool pays at its start counts for none of them. The error therefore holds the transport
+(loopback, the kernels' network processing on a shared machine) and the client's own delays: its
+work between its send stamp and the bytes leaving, its event loop's lag where its stamps wait for
+the loop, its queueing. At low load the transport part is well under 1 ms.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class Decomposition:
     """latbench's records matched to the server's requests: where an error comes from."""
 
     matched: int
-    send_to_arrival_ms: dict[float, float]  # client t_sent -> server handler entry
+    send_to_arrival_ms: dict[float, float]  # client t_sent -> the server's read of the request
+    arrival_to_handler_ms: dict[float, float]  # that read -> handler entry (server intake)
     write_to_read_ms: dict[float, float]  # server event write -> latbench's stamp, per event
 
 
@@ -90,6 +93,7 @@ def decompose(
         key=lambda e: e["arrival_ns"],
     )
     up: list[int] = []
+    intake: list[int] = []
     down: list[np.ndarray] = []
     j = 0
     for r in recs:
@@ -100,7 +104,13 @@ def decompose(
         e = truth[j]
         if e["arrival_ns"] - r.t_sent < 1_000_000_000 and len(e["events_ns"]) == len(r.ev_t):
             up.append(e["arrival_ns"] - r.t_sent)
+            intake.append(e.get("handler_ns", e["arrival_ns"]) - e["arrival_ns"])
             down.append(np.asarray(r.ev_t, dtype=np.int64) - np.asarray(e["events_ns"]))
             j += 1
     reads = np.concatenate(down) if down else np.empty(0, dtype=np.int64)
-    return Decomposition(len(up), _pct(np.asarray(up, dtype=np.int64)), _pct(reads))
+    return Decomposition(
+        len(up),
+        _pct(np.asarray(up, dtype=np.int64)),
+        _pct(np.asarray(intake, dtype=np.int64)),
+        _pct(reads),
+    )

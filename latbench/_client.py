@@ -1,8 +1,9 @@
 """One streaming request in, one record out.
 
-The loop only timestamps and splits: each piece of bytes is stamped with `monotonic_ns()` as it is
-read, the SSE parser cuts it into event payloads, and the API kind decodes each payload once. Every
-failure becomes an `ErrorKind` on the record, which keeps whatever had been measured before it.
+The loop only timestamps and splits: each piece of bytes is stamped with the time of the socket
+read that brought it (latbench/_reads.py), the SSE parser cuts it into event payloads, and the API
+kind decodes each payload once. Every failure becomes an `ErrorKind` on the record, which keeps
+whatever had been measured before it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orjson
 
 from latbench._apis import ApiKind, MalformedEvent, RequestOptions
 from latbench._errors import ErrorKind
+from latbench._reads import ReadClock
 from latbench._record import Phase, Record
 from latbench._retry import NO_RETRY, RetryPolicy, fold, retry_after_s, should_retry, status_kind
 from latbench._sse import SSEParser
@@ -113,15 +115,20 @@ async def stream_request(
     try:
         async with asyncio.timeout_at(min(start + to.first_token, total_at)) as cm:
             async with session.post(ep.url, data=body, headers=ep.headers) as resp:
-                t_headers = monotonic_ns()
+                clock = ReadClock(resp)
+                t_headers = clock.headers_ns if clock.headers_ns is not None else monotonic_ns()
                 status = resp.status
                 if status >= 300:
                     retry_after = retry_after_s(resp.headers)
                     error = status_kind(status, retry_after)
                     detail = await _error_body(resp)
                 else:
-                    async for piece in resp.content.iter_any():
-                        now = monotonic_ns()
+                    # One HTTP chunk at a time (as the server framed its events), not all that is
+                    # buffered: a backlog then keeps each event's own read time.
+                    async for piece, _ in resp.content.iter_chunks():
+                        if not piece:
+                            continue
+                        now = clock.stamp(len(piece))
                         for data in parser.feed(piece):
                             ev = api.parse(data)
                             if ev.completion_tokens is not None:

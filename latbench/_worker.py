@@ -1,4 +1,4 @@
-"""A worker: one shard of a run's schedule, on its own event loop (uvloop), in its own process.
+"""A worker: one shard of a run's schedule, on its own event loop, in its own process.
 
 A run with W workers splits its schedule by request number: worker k sends the requests
 n = k, k + W, k + 2W, ... Open loop, request n still leaves at `start + pacer.offset_ns(n)`, so
@@ -37,8 +37,10 @@ from time import monotonic_ns
 import aiohttp
 import orjson
 
+from latbench import _rxstamp
 from latbench._client import Endpoint, stream_request
 from latbench._eager import install as install_eager_writes
+from latbench._reads import StampingConnector
 from latbench._record import Record
 from latbench._schedule import ConstantPacer, Pacer, PoissonPacer, phase_of
 from latbench._spec import LoadSpec
@@ -57,14 +59,6 @@ def make_pacer(load: LoadSpec, seed: int) -> Pacer | None:
         assert load.rate is not None
         return PoissonPacer(load.rate, burstiness=load.burstiness, seed=seed)
     return None
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def raise_fd_limit() -> None:
@@ -105,7 +99,7 @@ class Shard:
     def connector(self) -> aiohttp.TCPConnector:
         # aiohttp's default pool (100) would silently cap concurrency; size it from the load.
         limit = (self.users if not self.load.open_loop else self.cap) or 0
-        return aiohttp.TCPConnector(
+        return StampingConnector(
             limit=limit, limit_per_host=0, ssl=None if self.verify_tls else False, ttl_dns_cache=300
         )
 
@@ -187,7 +181,7 @@ class ShardRun:
         async def user() -> None:
             while not self._stopping:
                 n = next(numbers)
-                # uvloop's timers fire to the millisecond, sometimes just before the start;
+                # The loop's timers fire to the millisecond, sometimes just before the start;
                 # nothing is intended before it (an offset below 0 would count as warm-up).
                 t_intended = max(monotonic_ns(), self.start)
                 if self._out_of_budget(n, t_intended - self.start):
@@ -321,7 +315,7 @@ def main() -> None:
     # abort), and tells the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_fd_limit()
-    with asyncio.Runner(loop_factory=new_event_loop) as r:
+    with asyncio.Runner(loop_factory=_rxstamp.new_event_loop) as r:
         r.run(_main())
 
 

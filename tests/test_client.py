@@ -3,16 +3,23 @@ classification of every fault, each keeping what it had measured."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator, Iterator
 from time import monotonic_ns
 
 import aiohttp
+import orjson
 import pytest
 
+from latbench import _rxstamp
 from latbench._apis import API_KINDS, RequestOptions
 from latbench._client import Endpoint, Timeouts, stream_request
 from latbench._errors import ErrorKind
+from latbench._reads import ReadClock, StampingConnector
 from latbench._record import Record
+from latbench._sse import SSEParser
 from latbench._workload import WorkItem
 from latbench.sim import SimConfig, SimProcess
 
@@ -34,7 +41,9 @@ def start_sim() -> Iterator[object]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as s:
+    # The workers' connector: its connections stamp their reads (latbench/_reads.py).
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(connector=StampingConnector(), timeout=timeout) as s:
         yield s
 
 
@@ -83,6 +92,59 @@ async def test_timing_and_tokens_match_the_simulator(start_sim, session, api: st
     offsets = [(t - rec.ev_t[0]) / 1e6 for t in rec.ev_t]
     assert all(abs(off - 10 * i) < 15 for i, off in enumerate(offsets)), offsets
     assert rec.t_sent <= rec.t_headers <= rec.ev_t[0] <= rec.ev_t[-1] <= rec.t_end
+
+
+async def test_events_are_stamped_at_the_socket_read_not_when_the_task_gets_to_them(
+    start_sim, session
+) -> None:
+    # A busy worker's task reads its response late, behind other callbacks. Here it is late on
+    # purpose: the body is left unread while the connection goes on reading it off the socket.
+    sim = start_sim(ttft=0.01, itl=0.02)
+    ep = endpoint(sim.url, "completions")
+    t_sent = monotonic_ns()
+    body = orjson.dumps(ep.api.body(ITEM, ep.options))
+    async with session.post(ep.url, data=body, headers=ep.headers) as r:
+        clock = ReadClock(r)
+        await asyncio.sleep(0.4)  # the whole stream (10 ms + 7 x 20 ms) is in by now
+        late = monotonic_ns()
+        parser, stamps = SSEParser(), []
+        async for piece, _ in r.content.iter_chunks():
+            if piece:
+                now = clock.stamp(len(piece))
+                stamps += [now for d in parser.feed(piece) if ep.api.parse(d).kind is not None]
+    async with session.get(sim.url + "/sim/truth?raw=1") as t:
+        (truth,) = (await t.json())["requests"]
+    written = truth["events_ns"]
+    assert len(stamps) == len(written) == ITEM.max_tokens
+    assert clock.headers_ns is not None and t_sent < clock.headers_ns <= stamps[0]
+    # Each event has the time of its own read: after its write, well before the task read it,
+    # and 20 ms after the one before (a stamp taken by the task would put all eight at `late`).
+    assert all(w <= s < late - 150_000_000 for w, s in zip(written, stamps, strict=True))
+    assert all(s - w < 50_000_000 for w, s in zip(written, stamps, strict=True))
+    gaps = [(b - a) / 1e6 for a, b in itertools.pairwise(stamps)]
+    assert sum(gaps) / len(gaps) == pytest.approx(20, abs=3), gaps
+
+
+@pytest.mark.skipif(not _rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
+async def test_kernel_stamps_hold_while_the_whole_worker_is_descheduled(start_sim, session) -> None:
+    # A worker the OS does not run reads nothing: only the kernel's own arrival stamp knows when
+    # the bytes came. Here the loop is blocked outright while the stream arrives.
+    sim = start_sim(ttft=0.01, itl=0.02)
+    ep = endpoint(sim.url, "completions")
+    body = orjson.dumps(ep.api.body(ITEM, ep.options))
+    async with session.post(ep.url, data=body, headers=ep.headers) as r:
+        clock = ReadClock(r)
+        time.sleep(0.4)  # blocks the event loop: no read happens until it ends
+        late = monotonic_ns()
+        stamps = [clock.stamp(len(p)) async for p, _ in r.content.iter_chunks() if p]
+    async with session.get(sim.url + "/sim/truth?raw=1") as t:
+        (truth,) = (await t.json())["requests"]
+    written = truth["events_ns"]
+    # The events the loop read only after it woke are still stamped near their writes (two
+    # writes that reach a blocked socket may share a read, whose stamp is its newest segment's).
+    after = [s for w, s in zip(written, stamps[-len(written) :], strict=False) if s >= w]
+    assert stamps and all(s < late - 100_000_000 for s in stamps), (late, stamps)
+    assert len(after) == len(stamps[-len(written) :])
 
 
 async def test_multi_token_events_and_reasoning(start_sim, session) -> None:

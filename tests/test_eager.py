@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from latbench._eager import eager_request_writes, install
-from latbench._worker import new_event_loop
+from latbench._rxstamp import new_event_loop  # the workers' loop
 
 
 class ClientRequest:

@@ -20,7 +20,12 @@ def entry(arrival_ms: float, ttft_ms: float, gaps_ms: list[float]) -> dict[str, 
     for g in gaps_ms:
         t += int(g * MS)
         events.append(t)
-    return {"arrival_ns": int(arrival_ms * MS), "events_ns": events, "tokens": len(events)}
+    return {
+        "arrival_ns": int(arrival_ms * MS),
+        "handler_ns": int((arrival_ms + 1) * MS),  # aiohttp's intake took 1 ms
+        "events_ns": events,
+        "tokens": len(events),
+    }
 
 
 def test_truth_skips_the_warm_up_and_pools_gaps() -> None:
@@ -56,6 +61,7 @@ def test_decomposition_splits_send_delay_from_receive_delay() -> None:
     d = decompose(records, entries, None)
     assert d.matched == 20
     assert d.send_to_arrival_ms == {50.0: pytest.approx(2), 99.0: pytest.approx(2)}
+    assert d.arrival_to_handler_ms == {50.0: pytest.approx(1), 99.0: pytest.approx(1)}
     assert d.write_to_read_ms == {50.0: pytest.approx(0.5), 99.0: pytest.approx(0.5)}
     # A record whose event count differs from the server's request is not paired with it.
     short = [*records[:-1], record(19, records[-1].t_sent, list(records[-1].ev_t[:2]))]

@@ -26,6 +26,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
+from latbench import _rxstamp
 from latbench._errors import SpecError
 from latbench.sim import (
     FaultSpec,
@@ -566,6 +567,89 @@ async def test_truth_matches_configured_ttft_and_itl(sim, http) -> None:
         assert r.status == 200
     empty = await get_truth(http, s.url)
     assert empty["count"] == 0 and empty["ttft"]["n"] == 0 and empty["ttft"]["mean"] is None
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response with a Content-Length, read off a blocking socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+    while len(body) < length:
+        body += sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+async def test_truth_stamps_arrival_at_the_first_bytes_not_at_the_handler(sim, http) -> None:
+    # Arrival is the read that brought a request's first bytes (sim/_arrival.py): the server's
+    # own parsing counts in its truth, not against the client it scores. Blocking sockets, so
+    # each byte leaves exactly when the test says; the pauses are the slow client's, on purpose.
+    s = sim(ttft=0.01, itl=0.001)
+    body = orjson.dumps(cmpl_body(max_tokens=2))
+    head = (
+        "POST /v1/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    host, port = s.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        # 1. Headers in two reads 0.3 s apart: aiohttp cannot start the handler before the second.
+        t_a = time.monotonic_ns()
+        sock.sendall(head[:20])
+        time.sleep(0.3)
+        t_a2 = time.monotonic_ns()
+        sock.sendall(head[20:] + body)
+        _read_response(sock)
+        # 2. After a GET on the same connection, a body in two reads: the GET's read is its own,
+        #    and the body's second read (while the request is being handled) is nobody's.
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: sim\r\n\r\n")
+        _read_response(sock)
+        t_b = time.monotonic_ns()
+        sock.sendall(head + body[:10])
+        time.sleep(0.3)
+        sock.sendall(body[10:])
+        _read_response(sock)
+        # 3. So the next request's arrival is its own read, not that stale one.
+        t_c = time.monotonic_ns()
+        sock.sendall(head + body)
+        _read_response(sock)
+    a, b, c = sorted(
+        (await get_truth(http, s.url, raw=True))["requests"], key=lambda r: r["arrival_ns"]
+    )
+    assert t_a <= a["arrival_ns"] < t_a2 <= a["handler_ns"]
+    assert a["events_ns"][0] - a["arrival_ns"] >= 0.3e9  # the server's intake is in its TTFT
+    assert t_b <= b["arrival_ns"] <= b["handler_ns"] and b["arrival_ns"] - t_b < 0.3e9
+    assert t_c <= c["arrival_ns"] <= c["handler_ns"]
+
+
+@pytest.mark.skipif(not _rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
+async def test_truth_arrival_is_the_kernels_while_the_server_is_not_running(sim, http) -> None:
+    # A simulator the OS does not run reads nothing; the kernel still stamps the request when it
+    # comes in, and that is its arrival: the wait to be scheduled is the server's, not the
+    # client's it scores.
+    s = sim(ttft=0.01, itl=0.001)
+    body = orjson.dumps(cmpl_body(max_tokens=2))
+    head = (
+        "POST /v1/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    host, port = s.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: sim\r\n\r\n")  # accepted, and read
+        _read_response(sock)
+        os.kill(s.pid, signal.SIGSTOP)
+        try:
+            t_sent = time.monotonic_ns()
+            sock.sendall(head + body)
+            time.sleep(0.3)
+        finally:
+            os.kill(s.pid, signal.SIGCONT)
+        _read_response(sock)
+    (req,) = (await get_truth(http, s.url, raw=True))["requests"]
+    assert req["handler_ns"] - t_sent >= 0.3e9
+    assert 0 <= req["arrival_ns"] - t_sent < 0.1e9
+    assert req["events_ns"][0] - req["arrival_ns"] >= 0.3e9  # in the server's own TTFT
 
 
 async def test_max_batch_queues_requests_fifo(sim, http) -> None:

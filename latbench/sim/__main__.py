@@ -21,8 +21,10 @@ import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
+from latbench import _rxstamp
 from latbench._dist import Dist
 from latbench._errors import SpecError
+from latbench.sim._arrival import listen
 from latbench.sim._config import FAULT_KINDS, FaultSpec, SimConfig
 from latbench.sim._replay import check_replay
 from latbench.sim._server import create_app
@@ -175,11 +177,10 @@ async def serve(config: SimConfig, ready: Callable[[str], None] | None = None) -
     """Serve `config` until SIGTERM or SIGINT; `ready(url)` is called once the socket is bound."""
     runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
+    server: asyncio.Server | None = None
     try:
-        # A deep backlog: a benchmark may open thousands of connections at once.
-        site = web.TCPSite(runner, config.host, config.port, backlog=4096)
-        await site.start()
-        host, port = runner.addresses[0][:2]
+        server = await listen(runner, config.host, config.port)
+        host, port = server.sockets[0].getsockname()[:2]
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -194,6 +195,8 @@ async def serve(config: SimConfig, ready: Callable[[str], None] | None = None) -
             for sig in signals:
                 loop.remove_signal_handler(sig)
     finally:
+        if server is not None:
+            server.close()
         await runner.cleanup()
 
 
@@ -216,15 +219,10 @@ def _die_with_parent() -> None:
 
 
 def run(config: SimConfig) -> None:
-    """Serve in this thread on a fresh event loop (uvloop when installed)."""
+    """Serve in this thread on a fresh event loop (`_rxstamp.new_event_loop`: the stdlib loop
+    where it can stamp arrivals in the kernel, else uvloop when installed)."""
     _die_with_parent()
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=_rxstamp.new_event_loop) as runner:
         runner.run(serve(config, _announce))
 
 

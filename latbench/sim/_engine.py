@@ -195,10 +195,11 @@ def _chunks(kind: EventKind, tokens: int, k: int) -> list[tuple[EventKind, int]]
 class TruthEntry:
     """One request as the server saw it. Recording an event appends one int."""
 
-    __slots__ = ("arrival_ns", "events_ns", "fault", "tokens")
+    __slots__ = ("arrival_ns", "events_ns", "fault", "handler_ns", "tokens")
 
-    def __init__(self, arrival_ns: int, fault: str | None) -> None:
-        self.arrival_ns = arrival_ns
+    def __init__(self, arrival_ns: int, handler_ns: int, fault: str | None) -> None:
+        self.arrival_ns = arrival_ns  # the read that brought its first bytes (sim/_arrival.py)
+        self.handler_ns = handler_ns  # when its handler began, after aiohttp's parsing
         self.events_ns = array("q")
         self.fault = fault
         self.tokens = 0
@@ -214,8 +215,8 @@ class Truth:
     def __init__(self, capacity: int) -> None:
         self._entries: deque[TruthEntry] = deque(maxlen=capacity)
 
-    def start(self, arrival_ns: int, fault: str | None = None) -> TruthEntry:
-        entry = TruthEntry(arrival_ns, fault)
+    def start(self, arrival_ns: int, handler_ns: int, fault: str | None = None) -> TruthEntry:
+        entry = TruthEntry(arrival_ns, handler_ns, fault)
         self._entries.append(entry)
         return entry
 
@@ -238,6 +239,7 @@ class Truth:
             out["requests"] = [
                 {
                     "arrival_ns": e.arrival_ns,
+                    "handler_ns": e.handler_ns,
                     "events_ns": e.events_ns.tolist(),
                     "tokens": e.tokens,
                     "fault": e.fault,

@@ -30,6 +30,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from latbench._metrics import TEXT_FORMAT
+from latbench.sim._arrival import arrival_middleware, arrival_ns
 from latbench.sim._config import FaultSpec, SimConfig
 from latbench.sim._engine import Engine, FinishReason, Pacer, Plan, ServerMetrics, Truth, TruthEntry
 from latbench.sim._formats import (
@@ -80,7 +81,7 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     """The simulator as an aiohttp app (its host and port settings are the runner's business)."""
     cfg = config if config is not None else SimConfig()
     # Long-context benchmarks send prompts far above aiohttp's 1 MiB default body limit.
-    app = web.Application(client_max_size=64 * 1024**2)
+    app = web.Application(client_max_size=64 * 1024**2, middlewares=[arrival_middleware])
     engine = Engine(cfg)
     metrics = ServerMetrics(cfg.model, engine)
     registry = CollectorRegistry()
@@ -539,7 +540,7 @@ _RETRY_STATUSES = frozenset({429, 503, 529})
 
 
 async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
-    arrival_ns = time.monotonic_ns()
+    handler_ns = time.monotonic_ns()
     state = request.app[STATE]
     if (refused := _check_auth(request, state.config)) is not None:
         return refused
@@ -568,7 +569,9 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
 
     state.requests += 1
     fault = next((f for f in state.config.faults if f.applies_to(state.requests)), None)
-    entry = state.truth.start(arrival_ns, fault.kind if fault else None)
+    entry = state.truth.start(
+        arrival_ns(request, handler_ns), handler_ns, fault.kind if fault else None
+    )
     if fault is not None and fault.kind == "http_status":
         retry = None
         if fault.status in _RETRY_STATUSES and fault.retry_after is not None:
@@ -619,8 +622,11 @@ async def _stream(
                 await pacer.next_event()
                 completion += count
                 finish = plan.finish_reason if i == n - 1 else None
-                await resp.write(encoder.token_event(kind, texts[i], finish, completion))
+                event = encoder.token_event(kind, texts[i], finish, completion)
+                # Stamped as it is handed to the socket, so that no client can see it earlier; a
+                # write that waits for a full socket to drain waits on the client, and counts so.
                 entry.event(count)
+                await resp.write(event)
             if strike >= 0:
                 assert fault is not None
                 return await _strike(request, state, resp, fault, encoder)

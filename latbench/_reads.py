@@ -1,0 +1,99 @@
+"""Arrival stamps taken where the socket is read, not where the request's task gets round to it.
+
+aiohttp reads a connection in its protocol's `data_received`, parses it there, and only wakes the
+task that awaits the response; the task runs after every other callback ready in that turn of the
+loop. Stamping in the task would add that wait (and, for the first event, aiohttp's whole
+response set-up) to every TTFT and ITL, and a busy worker's backlog would collapse a run of events
+onto one late stamp. So the connector's protocol (`StampingConnector`) notes, after each read,
+the read's time and how many body bytes the response has had so far; `ReadClock` then gives a
+piece of body the time of the read that brought its last byte. METRICS.md's "when the bytes that
+complete the event are read" is that read. Where the kernel's arrival stamps are available
+(latbench/_rxstamp.py: Linux, the stdlib loop), a read's time is the kernel's stamp of its newest
+segment, so a worker that was descheduled when the bytes came in still stamps them when they came.
+
+A response the protocol did not stamp (a session built elsewhere, as in some tests) falls back
+to the time the task reads the piece, which is never earlier than the truth, only later.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from time import monotonic_ns
+from typing import Any
+
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.streams import EMPTY_PAYLOAD
+
+from latbench import _rxstamp
+
+_Marks = deque[tuple[int, int]]  # (read's monotonic_ns, body bytes the response had by then)
+
+
+class StampedResponseHandler(ResponseHandler):
+    """aiohttp's response protocol, noting each read's time against the body bytes so far."""
+
+    def __init__(self, loop: Any) -> None:
+        super().__init__(loop)
+        self.reads: tuple[object, _Marks] | None = None  # (the response's payload, its marks)
+        self._sock: _rxstamp.StampedSocket | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._sock = _rxstamp.of(transport)
+
+    def data_received(self, data: bytes) -> None:
+        t = monotonic_ns()
+        if self._sock is not None and 0 < self._sock.rx_ns <= t:
+            t = self._sock.rx_ns  # the kernel's arrival stamp of this read (latbench/_rxstamp.py)
+        super().data_received(data)
+        payload = self._payload
+        if payload is None or payload is EMPTY_PAYLOAD:  # EMPTY_PAYLOAD is shared: not a key
+            return
+        reads = self.reads
+        if reads is None or reads[0] is not payload:
+            # A new response on this connection: a new deque, so that a reader still holding the
+            # last response's marks keeps its own.
+            reads = self.reads = (payload, deque())
+        reads[1].append((t, payload.total_bytes))
+
+
+class StampingConnector(aiohttp.TCPConnector):
+    """A TCPConnector whose connections stamp their reads, with the kernel's arrival stamps where
+    the loop lets the socket take them (`_rxstamp.AVAILABLE`, and the stdlib loop)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if _rxstamp.AVAILABLE:
+            kwargs.setdefault("socket_factory", _rxstamp.client_socket)
+        super().__init__(**kwargs)
+        # aiohttp has no public hook for its protocol class; `_factory` is what it builds each
+        # connection's protocol with (tests/test_client.py fails if that ever changes).
+        self._factory = functools.partial(StampedResponseHandler, loop=self._loop)
+
+
+class ReadClock:
+    """The read times of one response's body, consumed in order as the body is."""
+
+    __slots__ = ("_consumed", "_marks", "headers_ns")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        conn = resp.connection
+        reads = getattr(conn.protocol, "reads", None) if conn is not None else None
+        self._marks: _Marks | None = None
+        self.headers_ns: int | None = None  # the read that completed the status and headers
+        if reads is not None and reads[0] is resp.content and reads[1]:
+            self._marks = reads[1]
+            self.headers_ns = reads[1][0][0]
+        self._consumed = 0
+
+    def stamp(self, n: int) -> int:
+        """When the read that brought the last of the next `n` body bytes happened."""
+        self._consumed += n
+        marks = self._marks
+        if marks is not None:
+            while marks and marks[0][1] < self._consumed:
+                marks.popleft()
+            if marks:
+                return marks[0][0]
+        return monotonic_ns()

@@ -78,8 +78,10 @@ class ReadClock:
     __slots__ = ("_consumed", "_marks", "headers_ns")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        conn = resp.connection
-        reads = getattr(conn.protocol, "reads", None) if conn is not None else None
+        # The body's own reference to its protocol: a response that was already whole when its
+        # task got to it may have given its connection back (`resp.connection` is None then).
+        proto = getattr(resp.content, "_protocol", None)
+        reads = getattr(proto, "reads", None)
         self._marks: _Marks | None = None
         self.headers_ns: int | None = None  # the read that completed the status and headers
         if reads is not None and reads[0] is resp.content and reads[1]:

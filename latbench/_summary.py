@@ -747,7 +747,8 @@ def _validity(
     if lag_p99 is not None and lag_p99 > limits.loop_lag_p99_s:
         reasons.append(
             f"event-loop lag p99 is {_ms(lag_p99)}, above the {_ms(limits.loop_lag_p99_s)} limit: "
-            "the client woke up late, so its timestamps and sends trail the server"
+            "the client woke up late: its sends trail the server, and events that queued while "
+            "it was not reading are stamped together"
         )
     if client.open_loop and qd_p99 is not None and qd_p99 > limits.queue_delay_p99_s:
         reasons.append(

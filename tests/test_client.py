@@ -147,6 +147,23 @@ async def test_kernel_stamps_hold_while_the_whole_worker_is_descheduled(start_si
     assert len(after) == len(stamps[-len(written) :])
 
 
+@pytest.mark.skipif(not _rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
+async def test_a_response_already_whole_when_its_task_runs_keeps_its_read_times(
+    start_sim, session
+) -> None:
+    # At high load a short stream can be read in full, and its connection given back to the
+    # pool, before the request's task resumes: the stamps must still be the reads', not the
+    # task's. The loop is blocked from 5 ms after the send until well after the stream ended.
+    sim = start_sim(ttft=0.01, itl=0.001)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.005, time.sleep, 0.3)
+    rec = await one(session, endpoint(sim.url, "completions"))
+    unblocked = rec.t_sent + 300_000_000
+    assert rec.ok and len(rec.ev_t) == ITEM.max_tokens, rec.error_detail
+    assert rec.t_headers is not None and rec.t_headers < unblocked - 200_000_000
+    assert all(t < unblocked - 200_000_000 for t in rec.ev_t), [t - rec.t_sent for t in rec.ev_t]
+
+
 async def test_multi_token_events_and_reasoning(start_sim, session) -> None:
     sim = start_sim(ttft=0.01, itl=0.005, tokens_per_event=3, reasoning_tokens=3)
     rec = await one(session, endpoint(sim.url, "chat"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from time import monotonic_ns
@@ -12,6 +14,8 @@ from time import monotonic_ns
 import aiohttp
 import orjson
 import pytest
+import trustme
+from aiohttp import web
 
 from latbench import _rxstamp
 from latbench._apis import API_KINDS, RequestOptions
@@ -22,6 +26,7 @@ from latbench._record import Record
 from latbench._sse import SSEParser
 from latbench._workload import WorkItem
 from latbench.sim import SimConfig, SimProcess
+from latbench.sim._server import create_app
 
 
 @pytest.fixture
@@ -162,6 +167,59 @@ async def test_a_response_already_whole_when_its_task_runs_keeps_its_read_times(
     assert rec.ok and len(rec.ev_t) == ITEM.max_tokens, rec.error_detail
     assert rec.t_headers is not None and rec.t_headers < unblocked - 200_000_000
     assert all(t < unblocked - 200_000_000 for t in rec.ev_t), [t - rec.t_sent for t in rec.ev_t]
+
+
+@pytest.fixture
+def tls_sim() -> Iterator[tuple[str, ssl.SSLContext]]:
+    """The simulator over TLS, on its own thread and event loop (hosted APIs are HTTPS), with a
+    client context that trusts its certificate."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = web.AppRunner(create_app(SimConfig(ttft=0.01, itl=0.02)))
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+        await site.start()
+        return int(runner.addresses[0][1])
+
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
+    yield f"https://127.0.0.1:{port}", client_ctx
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+@pytest.mark.skipif(not _rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
+async def test_kernel_stamps_hold_through_tls(tls_sim) -> None:
+    # Under TLS the stdlib loop reads the socket with `recv_into` (for its TLS protocol), and the
+    # response protocol sees decrypted bytes: the stamps must still be the kernel's.
+    url, ctx = tls_sim
+    async with aiohttp.ClientSession(connector=StampingConnector(ssl=ctx)) as session:
+        ep = endpoint(url, "completions")
+        body = orjson.dumps(ep.api.body(ITEM, ep.options))
+        async with session.post(ep.url, data=body, headers=ep.headers) as r:
+            clock = ReadClock(r)
+            time.sleep(0.4)  # blocks this loop; the server's thread goes on writing
+            late = monotonic_ns()
+            parser, stamps = SSEParser(), []
+            async for piece, _ in r.content.iter_chunks():
+                if piece:
+                    now = clock.stamp(len(piece))
+                    stamps += [now for d in parser.feed(piece) if ep.api.parse(d).kind is not None]
+        async with session.get(url + "/sim/truth?raw=1") as t:
+            (truth,) = (await t.json())["requests"]
+    written = truth["events_ns"]
+    assert len(stamps) == len(written) == ITEM.max_tokens
+    # Events that waited in the socket together share the newest one's stamp: never early.
+    assert all(w <= s < late - 150_000_000 for w, s in zip(written, stamps, strict=True))
 
 
 async def test_multi_token_events_and_reasoning(start_sim, session) -> None:

@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 from rich.console import Console
 
-from latbench import __version__
+from latbench import __version__, _rxstamp
 from latbench._dist import Dist
 from latbench._metrics import LatbenchMetrics
 from latbench._record import RunHeader
@@ -88,6 +88,9 @@ def environment(spec: RunSpec, base_url: str, model: str) -> dict[str, Any]:
         "embedded_simulator": spec.target.base_url is None,
         "api": spec.target.api,
         "model": model,
+        # Where event arrivals were stamped: the kernel's receive stamps, or the client's read
+        # (not Linux, or LATBENCH_KERNEL_STAMPS=0); docs/performance.md measures the difference.
+        "arrival_stamps": "kernel" if _rxstamp.AVAILABLE else "read",
     }
 
 

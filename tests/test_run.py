@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from latbench._record import read_records
 
 
@@ -290,6 +292,21 @@ def test_wrong_model_is_refused_before_any_load(tmp_path: Path) -> None:
     assert p.returncode == 1
     assert "'gpt-x' is not served" in p.stderr and "sim-model" in p.stderr
     assert not list(tmp_path.glob("*/records.jsonl"))
+
+
+@pytest.mark.parametrize("kernel", ["1", "0"])
+def test_the_results_say_where_arrivals_were_stamped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str
+) -> None:
+    from latbench import _rxstamp
+
+    monkeypatch.setenv("LATBENCH_KERNEL_STAMPS", kernel)
+    code, _, err = run_json(tmp_path, "--requests", "2", "--output-tokens", "3")
+    assert code == 0, err
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    results = json.loads((run_dir / "results.json").read_text())
+    kernel_here = _rxstamp._SO_TIMESTAMPNS is not None and kernel == "1"
+    assert results["environment"]["arrival_stamps"] == ("kernel" if kernel_here else "read")
 
 
 def test_model_is_detected_and_the_api_key_never_written(tmp_path: Path) -> None:

@@ -8,8 +8,11 @@ subclass can take the stamp; uvloop reads the descriptor in C and cannot (which 
 that wants these stamps runs the stdlib loop: see docs/performance.md for what that costs).
 
 Stamps are CLOCK_REALTIME; `rx_ns` gives them on the monotonic clock of every other stamp, by
-the offset between the two clocks read at the same moment. A read that carried no stamp leaves
-`rx_ns` at 0, and callers fall back to the time they read.
+the offset between the two clocks read at the same moment. NTP's slewing changes that offset by
+parts per million, nothing over a read's microseconds; a step of the wall clock between a
+segment's arrival and its read would move that one stamp by the step (callers refuse one later
+than their own clock). A read that carried no stamp leaves `rx_ns` at 0, and callers fall back to
+the time they read.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ import orjson
 
 from latbench._client import Endpoint
 from latbench._errors import LatbenchError
-from latbench._reads import StampingConnector
 from latbench._record import Record, RunFooter
 from latbench._sinks import Sink
 from latbench._spec import LoadSpec
@@ -56,9 +55,10 @@ _IMPORT_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def make_connector(load: LoadSpec, verify_tls: bool) -> aiohttp.TCPConnector:
-    """The runner's own session (preflight); workers size their pools from their shards."""
+    """The runner's own session (preflight; it measures nothing, so its reads need no stamps);
+    workers size their pools from their shards."""
     limit = load.concurrency or 0
-    return StampingConnector(
+    return aiohttp.TCPConnector(
         limit=limit, limit_per_host=0, ssl=None if verify_tls else False, ttl_dns_cache=300
     )
 

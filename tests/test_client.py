@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from time import monotonic_ns
+from typing import Any
 
 import aiohttp
 import orjson
@@ -79,6 +80,30 @@ async def one(session: aiohttp.ClientSession, ep: Endpoint, item: WorkItem = ITE
     return await stream_request(session, ep, item, run_id="t", seq=0, phase="measure", t_intended=t)
 
 
+def post(session: aiohttp.ClientSession, ep: Endpoint) -> Any:
+    """ITEM's request, for a test that reads the response itself."""
+    return session.post(
+        ep.url, data=orjson.dumps(ep.api.body(ITEM, ep.options)), headers=ep.headers
+    )
+
+
+async def token_stamps(r: aiohttp.ClientResponse, ep: Endpoint, clock: ReadClock) -> list[int]:
+    """Each token event's stamp, read as `stream_request` reads them: an HTTP chunk at a time."""
+    parser, stamps = SSEParser(), []
+    async for piece, _ in r.content.iter_chunks():
+        if piece:
+            now = clock.stamp(len(piece))
+            stamps += [now for d in parser.feed(piece) if ep.api.parse(d).kind is not None]
+    return stamps
+
+
+async def server_writes(session: aiohttp.ClientSession, url: str) -> list[int]:
+    """When the simulator handed each event of its one request to the socket."""
+    async with session.get(url + "/sim/truth?raw=1") as t:
+        (truth,) = (await t.json())["requests"]
+    return list(truth["events_ns"])
+
+
 @pytest.mark.parametrize("api", ["chat", "completions"])
 async def test_timing_and_tokens_match_the_simulator(start_sim, session, api: str) -> None:
     sim = start_sim(ttft=0.05, itl=0.01)
@@ -107,19 +132,12 @@ async def test_events_are_stamped_at_the_socket_read_not_when_the_task_gets_to_t
     sim = start_sim(ttft=0.01, itl=0.02)
     ep = endpoint(sim.url, "completions")
     t_sent = monotonic_ns()
-    body = orjson.dumps(ep.api.body(ITEM, ep.options))
-    async with session.post(ep.url, data=body, headers=ep.headers) as r:
+    async with post(session, ep) as r:
         clock = ReadClock(r)
         await asyncio.sleep(0.4)  # the whole stream (10 ms + 7 x 20 ms) is in by now
         late = monotonic_ns()
-        parser, stamps = SSEParser(), []
-        async for piece, _ in r.content.iter_chunks():
-            if piece:
-                now = clock.stamp(len(piece))
-                stamps += [now for d in parser.feed(piece) if ep.api.parse(d).kind is not None]
-    async with session.get(sim.url + "/sim/truth?raw=1") as t:
-        (truth,) = (await t.json())["requests"]
-    written = truth["events_ns"]
+        stamps = await token_stamps(r, ep, clock)
+    written = await server_writes(session, sim.url)
     assert len(stamps) == len(written) == ITEM.max_tokens
     assert clock.headers_ns is not None and t_sent < clock.headers_ns <= stamps[0]
     # Each event has the time of its own read: after its write, well before the task read it,
@@ -136,20 +154,16 @@ async def test_kernel_stamps_hold_while_the_whole_worker_is_descheduled(start_si
     # the bytes came. Here the loop is blocked outright while the stream arrives.
     sim = start_sim(ttft=0.01, itl=0.02)
     ep = endpoint(sim.url, "completions")
-    body = orjson.dumps(ep.api.body(ITEM, ep.options))
-    async with session.post(ep.url, data=body, headers=ep.headers) as r:
+    async with post(session, ep) as r:
         clock = ReadClock(r)
         time.sleep(0.4)  # blocks the event loop: no read happens until it ends
         late = monotonic_ns()
-        stamps = [clock.stamp(len(p)) async for p, _ in r.content.iter_chunks() if p]
-    async with session.get(sim.url + "/sim/truth?raw=1") as t:
-        (truth,) = (await t.json())["requests"]
-    written = truth["events_ns"]
-    # The events the loop read only after it woke are still stamped near their writes (two
-    # writes that reach a blocked socket may share a read, whose stamp is its newest segment's).
-    after = [s for w, s in zip(written, stamps[-len(written) :], strict=False) if s >= w]
-    assert stamps and all(s < late - 100_000_000 for s in stamps), (late, stamps)
-    assert len(after) == len(stamps[-len(written) :])
+        stamps = await token_stamps(r, ep, clock)
+    written = await server_writes(session, sim.url)
+    # The events the loop read only after it woke are still stamped near their writes (writes
+    # that reach a blocked socket may share a read, whose stamp is its newest segment's).
+    assert len(stamps) == len(written) == ITEM.max_tokens
+    assert all(w <= s < late - 100_000_000 for w, s in zip(written, stamps, strict=True))
 
 
 @pytest.mark.skipif(not _rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
@@ -204,19 +218,12 @@ async def test_kernel_stamps_hold_through_tls(tls_sim) -> None:
     url, ctx = tls_sim
     async with aiohttp.ClientSession(connector=StampingConnector(ssl=ctx)) as session:
         ep = endpoint(url, "completions")
-        body = orjson.dumps(ep.api.body(ITEM, ep.options))
-        async with session.post(ep.url, data=body, headers=ep.headers) as r:
+        async with post(session, ep) as r:
             clock = ReadClock(r)
             time.sleep(0.4)  # blocks this loop; the server's thread goes on writing
             late = monotonic_ns()
-            parser, stamps = SSEParser(), []
-            async for piece, _ in r.content.iter_chunks():
-                if piece:
-                    now = clock.stamp(len(piece))
-                    stamps += [now for d in parser.feed(piece) if ep.api.parse(d).kind is not None]
-        async with session.get(url + "/sim/truth?raw=1") as t:
-            (truth,) = (await t.json())["requests"]
-    written = truth["events_ns"]
+            stamps = await token_stamps(r, ep, clock)
+        written = await server_writes(session, url)
     assert len(stamps) == len(written) == ITEM.max_tokens
     # Events that waited in the socket together share the newest one's stamp: never early.
     assert all(w <= s < late - 150_000_000 for w, s in zip(written, stamps, strict=True))

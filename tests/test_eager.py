@@ -37,8 +37,11 @@ async def other(steps: list[str]) -> None:
     steps.append("ran")
 
 
-def run(coro: Any) -> Any:
+def run(coro: Any, *, factory: bool = False) -> Any:
+    """On the workers' loop; `factory`: with `eager_request_writes` as its task factory."""
     loop = new_event_loop()
+    if factory:
+        loop.set_task_factory(eager_request_writes)  # type: ignore[arg-type]
     try:
         return loop.run_until_complete(coro)
     finally:
@@ -47,20 +50,17 @@ def run(coro: Any) -> Any:
 
 def test_a_write_that_does_not_wait_runs_before_create_task_returns() -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_task_factory(eager_request_writes)  # type: ignore[arg-type]
         req = ClientRequest()
         task = asyncio.create_task(req.write_bytes())
         assert req.steps == ["first"] and task.done()
         assert await task == "done at once"
 
-    run(main())
+    run(main(), factory=True)
 
 
 def test_a_write_that_waits_starts_at_once_and_finishes_as_a_task() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        loop.set_task_factory(eager_request_writes)  # type: ignore[arg-type]
         for outcome in ("ok", "boom"):
             req = ClientRequest()
             gate: asyncio.Future[str] = loop.create_future()
@@ -74,13 +74,12 @@ def test_a_write_that_waits_starts_at_once_and_finishes_as_a_task() -> None:
                     await task
             assert req.steps == ["first", "rest"]
 
-    run(main())
+    run(main(), factory=True)
 
 
 def test_cancelling_the_task_cancels_the_write() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        loop.set_task_factory(eager_request_writes)  # type: ignore[arg-type]
         req = ClientRequest()
         gate: asyncio.Future[str] = loop.create_future()
         task = asyncio.create_task(req.write_bytes(gate))
@@ -90,20 +89,18 @@ def test_cancelling_the_task_cancels_the_write() -> None:
             await task
         assert req.steps == ["first", "cancelled"]
 
-    run(main())
+    run(main(), factory=True)
 
 
 def test_other_coroutines_get_ordinary_tasks() -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_task_factory(eager_request_writes)  # type: ignore[arg-type]
         steps: list[str] = []
         task = asyncio.create_task(other(steps))
         assert steps == [] and isinstance(task, asyncio.Task)
         await task
         assert steps == ["ran"]
 
-    run(main())
+    run(main(), factory=True)
 
 
 def test_aiohttp_requests_work_on_a_loop_with_it_installed(sim: Any) -> None:

@@ -569,6 +569,18 @@ async def test_truth_matches_configured_ttft_and_itl(sim, http) -> None:
     assert empty["count"] == 0 and empty["ttft"]["n"] == 0 and empty["ttft"]["mean"] is None
 
 
+def _raw_completion(url: str) -> tuple[socket.socket, bytes, bytes]:
+    """A blocking connection to the simulator at `url`, and a completion request's head and
+    body as bytes, so that a test decides when each byte leaves."""
+    body = orjson.dumps(cmpl_body(max_tokens=2))
+    head = (
+        "POST /v1/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port))), head, body
+
+
 def _read_response(sock: socket.socket) -> bytes:
     """One whole HTTP/1.1 response with a Content-Length, read off a blocking socket."""
     data = b""
@@ -587,13 +599,8 @@ async def test_truth_stamps_arrival_at_the_first_bytes_not_at_the_handler(sim, h
     # own parsing counts in its truth, not against the client it scores. Blocking sockets, so
     # each byte leaves exactly when the test says; the pauses are the slow client's, on purpose.
     s = sim(ttft=0.01, itl=0.001)
-    body = orjson.dumps(cmpl_body(max_tokens=2))
-    head = (
-        "POST /v1/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    host, port = s.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
+    sock, head, body = _raw_completion(s.url)
+    with sock:
         # 1. Headers in two reads 0.3 s apart: aiohttp cannot start the handler before the second.
         t_a = time.monotonic_ns()
         sock.sendall(head[:20])
@@ -629,13 +636,8 @@ async def test_truth_arrival_is_the_kernels_while_the_server_is_not_running(sim,
     # comes in, and that is its arrival: the wait to be scheduled is the server's, not the
     # client's it scores.
     s = sim(ttft=0.01, itl=0.001)
-    body = orjson.dumps(cmpl_body(max_tokens=2))
-    head = (
-        "POST /v1/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    host, port = s.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
+    sock, head, body = _raw_completion(s.url)
+    with sock:
         sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: sim\r\n\r\n")  # accepted, and read
         _read_response(sock)
         os.kill(s.pid, signal.SIGSTOP)

@@ -45,7 +45,11 @@ class ErrorKind(StrEnum):
     TIMEOUT_IDLE = "timeout_idle"  # too long between two events after the first token
     TIMEOUT_TOTAL = "timeout_total"
     MALFORMED_STREAM = "malformed_stream"  # not SSE, or an event that is not the API's JSON
+    # A line or event over the parser's cap (target.stream_limits): read no further.
+    OVERSIZED_EVENT = "oversized_event"
+    REDIRECTED = "redirected"  # a 3xx: never followed (secrets stay with the target); detail: where
     STREAM_TRUNCATED = "stream_truncated"  # the stream ended before its end marker
     SERVER_ERROR_EVENT = "server_error_event"  # the server sent an error inside the stream
-    CANCELLED = "cancelled"  # the run was stopped while the request was in flight
+    CANCELLED = "cancelled"  # the run was stopped (or its overtime ran out) while in flight
+    LOST = "lost"  # the worker process sending it died; nothing after t_sent is known
     CLIENT_ERROR = "client_error"  # a failure inside latbench itself; the detail says which

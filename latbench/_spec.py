@@ -50,6 +50,15 @@ class TimeoutsSpec(_Model):
     total: PositiveSeconds = 600.0
 
 
+class StreamLimitsSpec(_Model):
+    """Caps on what one response may make the parser hold: a line (bytes before a line end) and
+    an event (bytes before the blank line that ends it). A stream over a cap ends its request as
+    `oversized_event`; memory stays bounded by the cap whatever the server sends."""
+
+    max_line_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 30)
+    max_event_bytes: int = Field(default=4 << 20, ge=1024, le=1 << 30)
+
+
 class RetrySpec(_Model):
     """Opt-in retries of refusals for load (429, 529, 503 with Retry-After). A retried request
     keeps its first send as `t_sent`, so its latencies include every wait (docs/metrics.md)."""
@@ -91,6 +100,7 @@ class TargetSpec(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     verify_tls: bool = True
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
+    stream_limits: StreamLimitsSpec = Field(default_factory=StreamLimitsSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     vllm_extensions: bool | None = Field(
         default=None,
@@ -171,6 +181,11 @@ class LoadSpec(_Model):
         le=256,
         description="sending processes, one event loop each (default: docs/performance.md)",
     )
+    overtime: Seconds = Field(
+        default=60.0,
+        description="with a duration: how long requests still in flight when it ends may go on; "
+        "then they are cancelled and recorded as such",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LoadSpec:
@@ -208,6 +223,13 @@ class ValiditySpec(_Model):
     loop_lag_p99: Seconds = ValidityLimits.loop_lag_p99_s
     queue_delay_p99: Seconds = ValidityLimits.queue_delay_p99_s
     client_cpu: float = Field(default=ValidityLimits.client_cpu, gt=0, description="cores")
+    max_failed_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="a run whose measured requests failed in a larger share (cancelled ones, "
+        "which latbench itself cut, aside) fails its verdict, with or without SLOs",
+    )
 
     def limits(self) -> ValidityLimits:
         return ValidityLimits(self.loop_lag_p99, self.queue_delay_p99, self.client_cpu)

@@ -18,7 +18,8 @@ DistKind = Literal["fixed", "normal", "lognormal", "uniform"]
 
 
 class Dist(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # nan and inf mean nothing as a length or a latency; refused like any other bad number.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: DistKind = "fixed"
     mean: float = Field(ge=0)

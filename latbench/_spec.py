@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import orjson
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from latbench._dist import Dist
 from latbench._errors import SpecError
@@ -20,6 +29,41 @@ from latbench._retry import RetryPolicy
 from latbench._summary import DEFAULT_SLOS, Slo, ValidityLimits, parse_slo
 from latbench.sim import SimConfig
 from latbench.sim._formats import Personality
+
+# Limits at the edge: a spec is a small document written by a person, so anything far larger or
+# deeper is a mistake or an attack (a 392-byte YAML alias bomb expanded to 208 MB), refused before
+# it can cost memory. docs/spec.md lists them.
+MAX_SPEC_BYTES = 1 << 20
+MAX_DEPTH = 32  # mappings and lists inside one another, the top level being 1
+DAY_S = 86_400.0
+WEEK_S = 7 * DAY_S
+MAX_SEED = 2**63  # exclusive: numpy's SeedSequence takes any int, but a seed must fit int64
+# The most tokens a request may ask for or send (a distribution's mean, std and bounds, and
+# every draw, which is clamped to it): ~4M tokens is far beyond any served context, and it
+# keeps a synthetic prompt to tens of MB.
+MAX_TOKENS = 1 << 22
+MAX_CONCURRENCY = 65_536
+MAX_RATE = 1e6
+MAX_REQUESTS = 10**9
+MAX_EXTRA_BODY_BYTES = 64 * 1024
+# The request fields each API kind's body sets (latbench/_apis): the model, streaming, the
+# prompt and the output length are what the benchmark measures, so extra_body cannot change
+# them. `system` holds the Messages API's system prompt (part of the input); `store` (Responses)
+# and every other field (temperature, top_p, ...) stay the caller's.
+CONTROLLED_BODY_KEYS = (
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "messages",
+    "prompt",
+    "input",
+    "system",
+    "ignore_eos",
+    "min_tokens",
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -35,19 +79,25 @@ def parse_seconds(v: object) -> object:
     return v
 
 
-Seconds = Annotated[float, BeforeValidator(parse_seconds), Field(ge=0)]
-PositiveSeconds = Annotated[float, BeforeValidator(parse_seconds), Field(gt=0)]
+Seconds = Annotated[float, BeforeValidator(parse_seconds), Field(ge=0, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, BeforeValidator(parse_seconds), Field(gt=0, allow_inf_nan=False)]
+# Bounded: a timeout of 1e300 s overflowed the event loop's timer and lost its requests whole.
+Timeout = Annotated[float, BeforeValidator(parse_seconds), Field(gt=0, le=DAY_S)]
+Span = Annotated[float, BeforeValidator(parse_seconds), Field(ge=0, le=WEEK_S)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # nan and inf are refused in every float field: no field means anything by them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TimeoutsSpec(_Model):
-    connect: PositiveSeconds = 10.0
-    first_token: PositiveSeconds = 60.0
-    idle: PositiveSeconds = 30.0
-    total: PositiveSeconds = 600.0
+    """Per-request timeouts, each over 0 and at most a day."""
+
+    connect: Timeout = 10.0
+    first_token: Timeout = 60.0
+    idle: Timeout = 30.0
+    total: Timeout = 600.0
 
 
 class StreamLimitsSpec(_Model):
@@ -64,10 +114,10 @@ class RetrySpec(_Model):
     keeps its first send as `t_sent`, so its latencies include every wait (docs/metrics.md)."""
 
     max_retries: int = Field(default=0, ge=0, le=100, description="0: never retry")
-    backoff: PositiveSeconds = Field(
+    backoff: Timeout = Field(
         default=1.0, description="first wait when the server gives no Retry-After; doubles"
     )
-    max_wait: Seconds = Field(
+    max_wait: Annotated[float, BeforeValidator(parse_seconds), Field(ge=0, le=DAY_S)] = Field(
         default=60.0, description="longest wait accepted; a longer Retry-After ends the request"
     )
 
@@ -150,8 +200,37 @@ class WorkloadSpec(_Model):
     # None: from the file (jsonl max_tokens, sharegpt reply length); synthetic uses 128.
     output_tokens: Dist | None = None
     ignore_eos: bool = True
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fields added to every request body; not those latbench sets "
+        "(CONTROLLED_BODY_KEYS), at most 64 KiB as JSON",
+    )
+    seed: int = Field(default=0, ge=0, lt=MAX_SEED)
+
+    @field_validator("input_tokens", "output_tokens")
+    @classmethod
+    def _token_counts(cls, d: Dist | None) -> Dist | None:
+        if d is not None:
+            check_token_dist(d, MAX_TOKENS, "the most latbench sends")
+        return d
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body(cls, body: dict[str, Any]) -> dict[str, Any]:
+        taken = [k for k in body if k in CONTROLLED_BODY_KEYS]
+        if taken:
+            raise ValueError(
+                f"{', '.join(map(repr, taken))}: latbench sets these request fields itself (from "
+                "target.model, the workload and its lengths); extra_body cannot override them "
+                f"(set by latbench: {', '.join(CONTROLLED_BODY_KEYS)})"
+            )
+        try:
+            size = len(orjson.dumps(body))
+        except TypeError as e:  # a YAML date, set or binary: not something JSON can send
+            raise ValueError(f"holds a value JSON cannot carry ({e})") from None
+        if size > MAX_EXTRA_BODY_BYTES:
+            raise ValueError(f"is {size} bytes as JSON, over the cap of {MAX_EXTRA_BODY_BYTES}")
+        return body
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadSpec:
@@ -159,29 +238,47 @@ class WorkloadSpec(_Model):
             raise ValueError(f"source {self.source!r} needs a path to the prompt file")
         if self.source == "synthetic" and self.path is not None:
             raise ValueError("path is only for source jsonl or sharegpt")
+        if self.path is not None and "\x00" in str(self.path):
+            raise ValueError("path holds a NUL character")
         return self
+
+
+def check_token_dist(d: Dist, cap: float, whose: str) -> None:
+    """A token-count distribution within `cap`: its mean, std and bounds (draws beyond the cap
+    are clamped to it, see _workload)."""
+    for part in ("mean", "std", "min", "max"):
+        v = getattr(d, part)
+        if v is not None and v > cap:
+            raise ValueError(f"{part} {v:g} is over {cap:.0f} tokens, {whose}")
 
 
 class LoadSpec(_Model):
     mode: Literal["closed", "constant", "poisson"] = "closed"
     concurrency: int | None = Field(
-        default=None, ge=1, description="closed: users (default 8); open loop: optional cap"
+        default=None,
+        ge=1,
+        le=MAX_CONCURRENCY,
+        description="closed: users (default 8); open loop: optional cap",
     )
-    rate: float | None = Field(default=None, gt=0, description="open loop: requests per second")
-    burstiness: float = Field(default=1.0, gt=0, description="poisson: gamma shape; 1 = Poisson")
-    duration: Seconds | None = None
-    requests: int | None = Field(default=None, ge=1)
-    warmup: Seconds = 0.0
-    cooldown: Seconds = 0.0
-    warmup_requests: int = Field(default=0, ge=0)
-    cooldown_requests: int = Field(default=0, ge=0)
+    rate: float | None = Field(
+        default=None, gt=0, le=MAX_RATE, description="open loop: requests per second"
+    )
+    burstiness: float = Field(
+        default=1.0, ge=1e-3, le=1e3, description="poisson: gamma shape; 1 = Poisson"
+    )
+    duration: Span | None = None
+    requests: int | None = Field(default=None, ge=1, le=MAX_REQUESTS)
+    warmup: Span = 0.0
+    cooldown: Span = 0.0
+    warmup_requests: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    cooldown_requests: int = Field(default=0, ge=0, le=MAX_REQUESTS)
     workers: int | None = Field(
         default=None,
         ge=1,
         le=256,
         description="sending processes, one event loop each (default: docs/performance.md)",
     )
-    overtime: Seconds = Field(
+    overtime: Annotated[float, BeforeValidator(parse_seconds), Field(ge=0, le=DAY_S)] = Field(
         default=60.0,
         description="with a duration: how long requests still in flight when it ends may go on; "
         "then they are cancelled and recorded as such",
@@ -220,9 +317,9 @@ class LoadSpec(_Model):
 class ValiditySpec(_Model):
     """Limits above which the run is flagged client-bound (see docs/metrics.md)."""
 
-    loop_lag_p99: Seconds = ValidityLimits.loop_lag_p99_s
-    queue_delay_p99: Seconds = ValidityLimits.queue_delay_p99_s
-    client_cpu: float = Field(default=ValidityLimits.client_cpu, gt=0, description="cores")
+    loop_lag_p99: Timeout = ValidityLimits.loop_lag_p99_s
+    queue_delay_p99: Timeout = ValidityLimits.queue_delay_p99_s
+    client_cpu: float = Field(default=ValidityLimits.client_cpu, gt=0, le=4096, description="cores")
     max_failed_fraction: float = Field(
         default=0.01,
         ge=0,
@@ -252,11 +349,11 @@ class RunSpec(_Model):
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     load: LoadSpec = Field(default_factory=lambda: LoadSpec(duration=15.0, warmup=2.0))
     slos: Annotated[list[Slo], BeforeValidator(_parse_slos)] = Field(
-        default_factory=lambda: list(DEFAULT_SLOS)
+        default_factory=lambda: list(DEFAULT_SLOS), max_length=64
     )
     validity: ValiditySpec = Field(default_factory=ValiditySpec)
     percentiles: list[Annotated[float, Field(gt=0, lt=100)]] = Field(
-        default_factory=lambda: [50.0, 90.0, 95.0, 99.0, 99.9]
+        default_factory=lambda: [50.0, 90.0, 95.0, 99.0, 99.9], max_length=32
     )
     output_dir: Path = Path("latbench-results")
 
@@ -284,28 +381,110 @@ def format_validation_error(e: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "literal_error":
-            msg = f"{msg} (got {err.get('input')!r})"
+            msg = f"{msg} (got {err.get('input')!r:.80})"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
 
+def nesting_depth_over(data: object, limit: int = MAX_DEPTH) -> bool:
+    """Whether mappings and lists nest deeper than `limit` (the top level is 1). Iterative, so a
+    document nested thousands deep costs no recursion, and it stops at the first too-deep one."""
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
 def load_spec(data: dict[str, Any], source: str = "spec") -> RunSpec:
+    """The validated spec, or SpecError naming each bad field. Every caller (a file, flags, the
+    service) comes through here, so the depth limit holds for all of them."""
+    if nesting_depth_over(data):
+        raise SpecError(
+            f"invalid run spec ({source}): nested more than {MAX_DEPTH} levels deep "
+            "(mappings and lists inside one another)"
+        )
     try:
         return RunSpec.model_validate(data)
     except ValidationError as e:
         raise SpecError(format_validation_error(e, source)) from None
+    except RecursionError:  # not reachable within the depth limit; kept as a SpecError anyway
+        raise SpecError(f"invalid run spec ({source}): nested too deep") from None
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases (`*name`, and so `<<: *name` merges), and with a depth
+    limit. An alias repeats a node without repeating its text, so a few hundred bytes of nested
+    aliases expand to gigabytes once built; a spec never needs one."""
+
+    def __init__(self, stream: str | bytes | IO[str] | IO[bytes]) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"found the alias *{event.anchor}: YAML aliases and anchors are not allowed in "
+                "a spec (write the value out)",
+                event.start_mark,
+            )
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested more than {MAX_DEPTH} levels deep (mappings and lists inside one another)",
+                self.peek_event().start_mark,
+            )
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml(text: str | bytes, what: str) -> Any:
+    """A YAML or JSON document (YAML is a superset of JSON: one reader for both) under the
+    spec limits: at most MAX_SPEC_BYTES, MAX_DEPTH deep, no aliases; else SpecError."""
+    size = len(text.encode(errors="replace")) if isinstance(text, str) else len(text)
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"{what} is over {MAX_SPEC_BYTES // 1024} KiB; a spec is a small document")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise SpecError(f"{what} is not valid YAML/JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
+        raise SpecError(f"{what} is not valid YAML/JSON: {e}") from None
 
 
 def read_spec_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        text = p.read_text()
+        with p.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)  # a FIFO or /dev/zero has no size to check first
     except OSError as e:
         raise SpecError(f"cannot read spec file {p}: {e.strerror}") from None
+    except ValueError as e:  # a NUL in the path
+        raise SpecError(f"cannot read spec file {p!s:.200}: {e}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(
+            f"spec file {p} is over {MAX_SPEC_BYTES // 1024} KiB; a spec is a small document"
+        )
     try:
-        data = yaml.safe_load(text)  # YAML is a superset of JSON: one reader for both
-    except yaml.YAMLError as e:
-        raise SpecError(f"spec file {p} is not valid YAML/JSON: {e}") from None
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"spec file {p} is not UTF-8 text: {e}") from None
+    data = load_yaml(text, f"spec file {p}")
     if not isinstance(data, dict):
         raise SpecError(f"spec file {p} must hold a mapping at the top level")
     return data

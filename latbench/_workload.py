@@ -13,12 +13,15 @@ intent.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 import numpy as np
 import orjson
@@ -36,6 +39,18 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKENS = 128
+# Every drawn length is clamped to this (the spec refuses a distribution whose mean, std or
+# bounds are above it; a heavy tail could still draw beyond). Kept equal to _spec.MAX_TOKENS.
+MAX_TOKENS = 1 << 22
+
+# Prompt files are read a line (JSONL) or an entry (ShareGPT) at a time, and what is kept is
+# bounded: the workload goes to each worker pickled in one frame (latbench/_wire.py MAX_FRAME,
+# 256 MiB), so its text and items stay well under that. docs/spec.md lists these limits.
+MAX_PROMPT_LINE_BYTES = 4 << 20  # a JSONL line, or a ShareGPT entry
+MAX_PROMPT_TEXT_BYTES = 128 << 20  # prompt text kept, all items together
+MAX_PROMPT_ITEMS = 1_000_000
+_ITEM_OVERHEAD = 64  # bytes a kept item costs in the frame beyond its text, roughly
+_READ_CHUNK = 1 << 20
 
 # Kept apart from the pacer's stream (see _schedule) so arrival gaps and request lengths drawn
 # from the same user seed are independent.
@@ -96,8 +111,8 @@ def _rng(seed: int, stream: int, *key: int) -> np.random.Generator:
 
 
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
     return int(seed)
 
 
@@ -116,8 +131,12 @@ def _as_dist(name: str, value: Dist | float | str) -> Dist:
 
 
 def _draw_count(dist: Dist, rng: np.random.Generator) -> int:
-    # A request must ask for at least one token, whatever the distribution's tail does.
-    return max(1, round(dist.sample_one(rng)))
+    # A request must ask for at least one token, whatever the distribution's tail does, and at
+    # most MAX_TOKENS (a lognormal's tail, or a nan from extreme parameters, is clamped).
+    x = dist.sample_one(rng)
+    if not math.isfinite(x):
+        return MAX_TOKENS
+    return min(MAX_TOKENS, max(1, round(x)))
 
 
 def _user(prompt: str) -> tuple[dict[str, str], ...]:
@@ -235,20 +254,21 @@ class FileWorkload:
         """One JSON object a line: `{"prompt": ...}` or `{"messages": [...]}`, optionally
         `"max_tokens"` (or `"output_tokens"`). Blank lines are skipped; other keys ignored."""
         p = Path(path)
-        items: list[WorkItem] = []
-        for lineno, raw in enumerate(_read_bytes(p).splitlines(), start=1):
-            if not raw.strip():
-                continue
-            where = f"{p}, line {lineno}"
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as e:
-                raise SpecError(f"{where}: not valid JSON ({e})") from None
-            items.append(_jsonl_item(obj, where))
+        items = _Kept(p)
+        with _open(p) as f:
+            for lineno, raw in _lines(f, p):
+                if not raw.strip():
+                    continue
+                where = f"{p}, line {lineno}"
+                try:
+                    obj = orjson.loads(raw.rstrip(b"\r\n"))
+                except orjson.JSONDecodeError as e:
+                    raise SpecError(f"{where}: not valid JSON ({e})") from None
+                items.add(_jsonl_item(obj, where), where)
         if not items:
             raise SpecError(f"{p}: the file has no prompts (it is empty)")
         return cls(
-            items,
+            items.items,
             output_tokens=output_tokens,
             seed=seed,
             shuffle=shuffle,
@@ -271,46 +291,173 @@ class FileWorkload:
         reply, since they give no prompt or no output length.
         """
         p = Path(path)
-        try:
-            data = orjson.loads(_read_bytes(p))
-        except orjson.JSONDecodeError as e:
-            raise SpecError(f"{p}: not valid JSON ({e})") from None
-        if not isinstance(data, list):
-            raise SpecError(
-                f"{p}: a ShareGPT file must hold a JSON list of conversations, "
-                f"found {_type_name(data)}"
-            )
-        items: list[WorkItem] = []
-        for index, entry in enumerate(data):
-            item = _sharegpt_item(entry, f"{p}, entry {index}")
-            if item is not None:
-                items.append(item)
+        items = _Kept(p)
+        entries = 0
+        with _open(p) as f:
+            for index, entry in _json_list(f, p):
+                entries += 1
+                item = _sharegpt_item(entry, f"{p}, entry {index}")
+                if item is not None:
+                    items.add(item, f"{p}, entry {index}")
         if not items:
             raise SpecError(
-                f"{p}: no usable conversations among {len(data)} entries "
+                f"{p}: no usable conversations among {entries} entries "
                 "(each needs a human turn followed by a non-empty reply)"
             )
         return cls(
-            items,
+            items.items,
             output_tokens=output_tokens,
             seed=seed,
             shuffle=shuffle,
             source={
                 "kind": "sharegpt",
                 "path": str(p),
-                "entries": len(data),
-                "skipped": len(data) - len(items),
+                "entries": entries,
+                "skipped": entries - len(items),
             },
         )
 
 
-def _read_bytes(p: Path) -> bytes:
+class _Kept:
+    """The items read so far, within MAX_PROMPT_ITEMS and MAX_PROMPT_TEXT_BYTES."""
+
+    def __init__(self, p: Path) -> None:
+        self.p = p
+        self.items: list[WorkItem] = []
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, item: WorkItem, where: str) -> None:
+        size = _ITEM_OVERHEAD + len(item.prompt.encode())
+        if len(item.messages) != 1 or item.messages[0]["content"] is not item.prompt:
+            size += sum(
+                _ITEM_OVERHEAD + len(m["role"].encode()) + len(m["content"].encode())
+                for m in item.messages
+            )
+        self.size += size
+        if len(self.items) >= MAX_PROMPT_ITEMS:
+            raise SpecError(
+                f"{where}: the file holds more than {MAX_PROMPT_ITEMS:,} prompts, the most a "
+                "run takes; use a sample of it"
+            )
+        if self.size > MAX_PROMPT_TEXT_BYTES:
+            raise SpecError(
+                f"{where}: the prompts read so far hold over {MAX_PROMPT_TEXT_BYTES >> 20} MiB "
+                "of text, the most a run takes (every worker gets them all); use a sample"
+            )
+        self.items.append(item)
+
+
+def _open(p: Path) -> IO[bytes]:
     try:
-        data = p.read_bytes()
+        return p.open("rb")
     except OSError as e:
         raise SpecError(f"{p}: cannot read the prompt file ({e.strerror or e})") from None
-    # Editors on Windows often save UTF-8 with a byte-order mark, which JSON parsers reject.
-    return data.removeprefix(b"\xef\xbb\xbf")
+    except ValueError as e:  # a NUL in the path
+        raise SpecError(f"{p!s:.200}: cannot read the prompt file ({e})") from None
+
+
+def _read(f: IO[bytes], p: Path, n: int) -> bytes:
+    try:
+        return f.read(n)
+    except OSError as e:  # a directory, an unreadable device
+        raise SpecError(f"{p}: cannot read the prompt file ({e.strerror or e})") from None
+
+
+def _lines(f: IO[bytes], p: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a JSONL file, one at a time: memory holds one line, at most
+    MAX_PROMPT_LINE_BYTES, whatever the file's size. A byte-order mark (Windows editors save
+    UTF-8 with one; JSON parsers reject it) is dropped."""
+    lineno = 0
+    while True:
+        try:
+            raw = f.readline(MAX_PROMPT_LINE_BYTES + 1)
+        except OSError as e:
+            raise SpecError(f"{p}: cannot read the prompt file ({e.strerror or e})") from None
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_PROMPT_LINE_BYTES and not raw.endswith(b"\n"):
+            raise SpecError(
+                f"{p}, line {lineno}: longer than {MAX_PROMPT_LINE_BYTES >> 20} MiB, the most "
+                "one prompt line may hold (is it JSON Lines, one object a line?)"
+            )
+        if lineno == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        yield lineno, raw
+
+
+def _json_list(f: IO[bytes], p: Path) -> Iterator[tuple[int, object]]:
+    """The entries of a file holding one JSON list, one at a time, so memory holds one entry
+    (at most MAX_PROMPT_LINE_BYTES of JSON) and what is kept of the others, not the whole
+    document: ShareGPT files run to hundreds of MB."""
+    decoder = json.JSONDecoder()
+    text = codecs.getincrementaldecoder("utf-8-sig")()
+    buf, pos, eof = "", 0, False
+
+    def more() -> bool:
+        nonlocal buf, pos, eof
+        if eof:
+            return False
+        chunk = _read(f, p, _READ_CHUNK)
+        eof = not chunk
+        try:
+            buf = buf[pos:] + text.decode(chunk, final=eof)
+        except UnicodeDecodeError as e:
+            raise SpecError(f"{p}: not UTF-8 text ({e})") from None
+        pos = 0
+        return True
+
+    def skip_space() -> str:
+        """The next non-space character ('' at the end of the file)."""
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(buf):
+                return buf[pos]
+            if not more():
+                return ""
+
+    first = skip_space()
+    if first != "[":
+        found = {"{": "an object", '"': "a string", "": "nothing"}.get(first, "not a list")
+        raise SpecError(
+            f"{p}: a ShareGPT file must hold a JSON list of conversations, found {found}"
+        )
+    pos += 1
+    index = 0
+    while True:
+        c = skip_space()
+        if c == "]":
+            pos += 1
+            break
+        if index > 0:
+            if c != ",":
+                raise SpecError(f"{p}: not valid JSON after entry {index - 1} (expected , or ])")
+            pos += 1
+            skip_space()
+        while True:
+            try:
+                entry, end = decoder.raw_decode(buf, pos)
+                break
+            except (json.JSONDecodeError, RecursionError) as e:
+                # Maybe the entry is only cut by the buffer's end: read on, up to the cap.
+                if len(buf) - pos > MAX_PROMPT_LINE_BYTES:
+                    raise SpecError(
+                        f"{p}, entry {index}: over {MAX_PROMPT_LINE_BYTES >> 20} MiB of JSON, "
+                        "the most one conversation may hold (or not valid JSON)"
+                    ) from None
+                if not more():
+                    why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deep"
+                    raise SpecError(f"{p}: not valid JSON at entry {index} ({why})") from None
+        pos = end
+        yield index, entry
+        index += 1
+    if skip_space() != "":
+        raise SpecError(f"{p}: not valid JSON: more after the list's closing ]")
 
 
 def _type_name(v: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,124 @@ def test_bad_header_flag() -> None:
     ns = build_parser().parse_args(["run", "--header", "no-colon"])
     with pytest.raises(SpecError, match="Name: value"):
         spec_from_args(ns)
+
+
+# --- limits at the edge (issue 13) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"target": {"timeouts": {"total": 1e300}}}, "target.timeouts.total"),
+        ({"target": {"timeouts": {"idle": "2000h"}}}, "target.timeouts.idle"),
+        ({"target": {"timeouts": {"connect": 0}}}, "target.timeouts.connect"),
+        ({"target": {"timeouts": {"first_token": float("nan")}}}, "target.timeouts.first_token"),
+        ({"target": {"retry": {"backoff": float("inf")}}}, "target.retry.backoff"),
+        ({"target": {"retry": {"max_wait": 1e9}}}, "target.retry.max_wait"),
+        ({"workload": {"seed": -1}}, "workload.seed"),
+        ({"workload": {"seed": 2**63}}, "workload.seed"),
+        ({"workload": {"input_tokens": 1e13}}, "workload.input_tokens: mean 1e+13 is over"),
+        ({"workload": {"input_tokens": "normal:100,1e30"}}, "workload.input_tokens: std"),
+        (
+            {"workload": {"output_tokens": {"kind": "normal", "mean": 9, "max": 1e9}}},
+            "workload.output_tokens: max",
+        ),
+        ({"workload": {"input_tokens": float("inf")}}, "workload.input_tokens"),
+        ({"workload": {"output_tokens": float("nan")}}, "workload.output_tokens"),
+        ({"load": {"duration": 1e300}}, "load.duration"),
+        ({"load": {"duration": 5, "warmup": float("nan")}}, "load.warmup"),
+        ({"load": {"duration": 5, "overtime": 1e12}}, "load.overtime"),
+        ({"load": {"mode": "poisson", "rate": float("inf"), "duration": 5}}, "load.rate"),
+        (
+            {"load": {"mode": "poisson", "rate": 5, "burstiness": 1e-300, "duration": 5}},
+            "load.burstiness",
+        ),
+        ({"load": {"concurrency": 10**7, "duration": 5}}, "load.concurrency"),
+        ({"load": {"requests": 10**12}}, "load.requests"),
+        ({"percentiles": [float("nan")]}, "percentiles.0"),
+        ({"percentiles": [50.0] * 33}, "percentiles"),
+        ({"validity": {"client_cpu": float("inf")}}, "validity.client_cpu"),
+        ({"sim": {"ttft": float("inf")}}, "sim.ttft"),
+    ],
+)
+def test_every_number_is_bounded_and_finite(data: dict, needle: str) -> None:
+    msg = error_of(data)
+    assert needle in msg, msg
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+     "max_output_tokens", "messages", "prompt", "input", "system", "ignore_eos", "min_tokens"],
+)  # fmt: skip
+def test_extra_body_cannot_override_what_latbench_sets(key: str) -> None:
+    msg = error_of({"workload": {"extra_body": {key: 1, "temperature": 0.5}}})
+    assert f"workload.extra_body: {key!r}" in msg and "cannot override" in msg, msg
+    # Other fields stay the caller's.
+    assert load_spec({"workload": {"extra_body": {"temperature": 0.5, "store": True}}})
+
+
+def test_every_body_field_latbench_sets_is_protected() -> None:
+    """CONTROLLED_BODY_KEYS covers every field each API kind's body sets (but `store`)."""
+    from latbench._apis import API_KINDS, RequestOptions
+    from latbench._spec import CONTROLLED_BODY_KEYS
+    from latbench._workload import WorkItem
+
+    item = WorkItem(
+        "p", ({"role": "system", "content": "s"}, {"role": "user", "content": "p"}), 2, 9
+    )
+    opts = RequestOptions(model="m", vllm_extensions=True, ignore_eos=True, extra_body={})
+    for kind in API_KINDS.values():
+        assert set(kind.body(item, opts)) - {"store"} <= set(CONTROLLED_BODY_KEYS), kind.name
+
+
+def test_extra_body_size_and_json_only() -> None:
+    assert "over the cap" in error_of({"workload": {"extra_body": {"x": "a" * 70_000}}})
+    assert "JSON cannot carry" in error_of({"workload": {"extra_body": {"x": {1, 2}}}})
+
+
+ALIAS_BOMB = """\
+workload:
+  extra_body:
+    a: &a ["x","x","x","x","x","x","x","x","x"]
+    b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+    c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+    d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+    e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+    f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+    g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+    h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+"""
+
+
+def test_yaml_aliases_are_refused(tmp_path: Path) -> None:
+    """An alias bomb (under 400 bytes, ~43 million strings once built) fails at its first alias,
+    before anything is built; so does a harmless-looking merge key."""
+    f = tmp_path / "bomb.yaml"
+    f.write_text(ALIAS_BOMB)
+    with pytest.raises(SpecError, match=r"alias \*a: YAML aliases and anchors are not allowed"):
+        read_spec_file(f)
+    f.write_text("base: &b {duration: 5}\nload:\n  <<: *b\n")
+    with pytest.raises(SpecError, match="alias"):
+        read_spec_file(f)
+
+
+def test_spec_size_and_depth_limits(tmp_path: Path) -> None:
+    f = tmp_path / "big.yaml"
+    f.write_text("name: x\n" + "# padding\n" * 110_000)
+    with pytest.raises(SpecError, match="over 1024 KiB"):
+        read_spec_file(f)
+    deep = {"x": 1}
+    for _ in range(40):
+        deep = {"x": deep}
+    f.write_text(json.dumps({"workload": {"extra_body": deep}}))
+    with pytest.raises(SpecError, match="nested more than 32 levels"):
+        read_spec_file(f)
+    # The same limit for a document built elsewhere (flags, the service's JSON body).
+    assert "nested more than 32 levels" in error_of({"workload": {"extra_body": deep}})
+    f.write_text("seed: " + "9" * 5000)  # an int over Python's 4300-digit conversion limit
+    with pytest.raises(SpecError, match="not valid YAML"):
+        read_spec_file(f)
+    f.write_bytes(b"name: \xff\xfe")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        read_spec_file(f)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -12,6 +15,9 @@ from latbench._errors import SpecError
 from latbench._workload import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_VOCABULARY,
+    MAX_PROMPT_LINE_BYTES,
+    MAX_PROMPT_TEXT_BYTES,
+    MAX_TOKENS,
     FileWorkload,
     SyntheticWorkload,
     WorkItem,
@@ -334,3 +340,121 @@ def test_sharegpt_bad_json(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="not valid JSON") as exc:
         FileWorkload.from_sharegpt(p)
     assert str(exc.value).startswith(f"{p}: ")
+
+
+# --- prompt files are streamed, and what is kept is bounded (issue 13) -----------------------
+
+_PEAK = """
+import resource, sys, time
+from latbench._errors import SpecError
+from latbench._workload import FileWorkload
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.monotonic()
+try:
+    getattr(FileWorkload, sys.argv[2])(sys.argv[1])
+    print("accepted")
+except SpecError as e:
+    print(e)
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(f"{time.monotonic() - t:.3f} {grew // 1024}")
+"""
+
+
+def _load_measured(path: Path, how: str) -> tuple[str, float, int]:
+    """(error, seconds, peak RSS growth in MiB) of loading `path` in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(path), how],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    seconds, mib = out[-1].split()
+    return out[0], float(seconds), int(mib)
+
+
+def _big(path: Path, head: bytes, unit: bytes, size: int, tail: bytes = b"") -> Path:
+    with path.open("wb") as f:
+        f.write(head)
+        block = unit * max(1, (1 << 20) // len(unit))
+        for _ in range(size // len(block)):
+            f.write(block)
+        f.write(tail)
+    return path
+
+
+def test_jsonl_bad_first_line_fails_at_once_with_bounded_memory(tmp_path: Path) -> None:
+    """A 64 MiB file whose line 1 is bad: it was read whole (twice, as bytes and as lines)
+    before failing; now line 1 fails before line 2 is read."""
+    line = b'{"prompt": "' + b"word " * 200 + b'"}\n'
+    p = _big(tmp_path / "bad.jsonl", b'{"prompt": "oops"\n', line, 64 << 20)
+    error, seconds, grew = _load_measured(p, "from_jsonl")
+    assert error.startswith(f"{p}, line 1: not valid JSON"), error
+    assert seconds < 2.0 and grew < 16, (seconds, grew)
+
+
+def test_jsonl_line_cap(tmp_path: Path) -> None:
+    p = _big(tmp_path / "one.jsonl", b'{"prompt": "', b"a", MAX_PROMPT_LINE_BYTES + (1 << 20))
+    error, _, grew = _load_measured(p, "from_jsonl")
+    assert error == (
+        f"{p}, line 1: longer than 4 MiB, the most one prompt line may hold "
+        "(is it JSON Lines, one object a line?)"
+    )
+    assert grew < 16, grew
+
+
+def test_prompt_files_kept_text_is_capped(tmp_path: Path) -> None:
+    """Valid lines past the text a run takes (each worker gets it in one frame) fail, naming
+    the line, long before the frame limit; memory holds what was kept."""
+    line = b'{"prompt": "' + b"word " * 200_000 + b'"}\n'  # ~1 MB a line
+    p = _big(tmp_path / "many.jsonl", b"", line, 200 << 20)
+    error, _, grew = _load_measured(p, "from_jsonl")
+    assert error.startswith(f"{p}, line 13") and "over 128 MiB of text" in error, error
+    assert grew < 3 * (MAX_PROMPT_TEXT_BYTES >> 20), grew
+
+
+def test_sharegpt_is_read_an_entry_at_a_time(tmp_path: Path) -> None:
+    """A 64 MiB ShareGPT file with a bad entry 0 fails at it without parsing the rest (it was
+    parsed whole: several times its size in memory)."""
+    entry = orjson.dumps(_conv(("human", "word " * 200), ("gpt", "ok"))) + b","
+    p = _big(
+        tmp_path / "sg.json", b'[{"conversations": [{"from": "human", "value": 1}]},', entry,
+        64 << 20, orjson.dumps(_GOOD) + b"]",
+    )  # fmt: skip
+    error, seconds, grew = _load_measured(p, "from_sharegpt")
+    assert error.startswith(f"{p}, entry 0: conversations[0] must be"), error
+    assert seconds < 2.0 and grew < 16, (seconds, grew)
+    # The same file with a good entry 0 is read whole, an entry at a time.
+    p.write_bytes(b"[" + entry * 3 + b"\n " + orjson.dumps(_GOOD) + b"\n]\n")
+    w = FileWorkload.from_sharegpt(p)
+    assert w.describe()["entries"] == 4 and len(w) == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("[" + orjson.dumps(_GOOD).decode() + ', {"conv', "not valid JSON at entry 1"),
+        ("[" + orjson.dumps(_GOOD).decode() + " 2]", "not valid JSON after entry 0"),
+        ("[" + orjson.dumps(_GOOD).decode() + "] x", "more after the list's closing ]"),
+        ("", "found nothing"),
+        ('"text"', "found a string"),
+    ],
+)
+def test_sharegpt_stream_errors(tmp_path: Path, text: str, what: str) -> None:
+    p = _write(tmp_path, text, "sg.json")
+    with pytest.raises(SpecError, match=re.escape(what)):
+        FileWorkload.from_sharegpt(p)
+
+
+def test_sharegpt_entry_cap(tmp_path: Path) -> None:
+    p = _big(tmp_path / "sg.json", b'[{"conversations": [{"from": "human", "value": "', b"a",
+             MAX_PROMPT_LINE_BYTES + (2 << 20))  # fmt: skip
+    with pytest.raises(SpecError, match="entry 0: over 4 MiB of JSON"):
+        FileWorkload.from_sharegpt(p)
+
+
+def test_drawn_lengths_are_clamped() -> None:
+    """A heavy tail cannot ask for more than MAX_TOKENS (a draw of 1e13 tried to allocate tens
+    of TiB)."""
+    w = SyntheticWorkload(1, "normal:4000000,4000000", seed=3)
+    drawn = [w.item(n).max_tokens for n in range(64)]
+    assert max(drawn) == MAX_TOKENS and min(drawn) >= 1
+    with pytest.raises(ValueError, match="seed"):
+        SyntheticWorkload(1, 1, seed=2**63)

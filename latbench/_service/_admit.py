@@ -14,10 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from latbench._dist import Dist
 from latbench._errors import SpecError
 from latbench._service._config import ServiceConfig, TargetEntry
-from latbench._spec import RunSpec, TargetSpec, load_spec
+from latbench._spec import MAX_DEPTH, RunSpec, TargetSpec, check_token_dist, load_spec
+from latbench._spec import nesting_depth_over as too_deep
 from latbench._target import read_api_key
+from latbench._workload import DEFAULT_MAX_TOKENS
 
 # What a caller may say about the target beyond its name.
 CALLER_TARGET_KEYS = frozenset({"name", "timeouts"})
@@ -122,6 +125,20 @@ def check_caps(spec: RunSpec, config: ServiceConfig) -> None:
             raise Refused(
                 400, f"{field}: {value:g} is over this service's cap of {cap:g} (limits.{name})"
             )
+    w = spec.workload
+    # Synthetic is the only workload a caller can choose; without output_tokens it asks 128.
+    out = w.output_tokens if w.output_tokens is not None else Dist(mean=DEFAULT_MAX_TOKENS)
+    for field, dist, cap, name in (
+        ("input_tokens", w.input_tokens, lim.max_input_tokens, "max_input_tokens"),
+        ("output_tokens", out, lim.max_output_tokens, "max_output_tokens"),
+    ):
+        try:
+            check_token_dist(dist, cap, f"this service's cap (limits.{name})")
+        except ValueError as e:
+            raise Refused(400, f"workload.{field}: {e}") from None
+        if dist.std > 0 and dist.kind in ("normal", "lognormal") and dist.max is None:
+            # A tail can draw past any cap: every draw is clamped to it, as the spec shows.
+            setattr(w, field, dist.model_copy(update={"max": float(cap)}))
 
 
 def admit(body: Any, config: ServiceConfig, urls: Mapping[str, str]) -> Admitted:
@@ -131,6 +148,13 @@ def admit(body: Any, config: ServiceConfig, urls: Mapping[str, str]) -> Admitted
         raise Refused(
             400, "the request body must be a JSON object: a run spec whose target names a "
             "catalogue target",
+        )  # fmt: skip
+    if too_deep(body, MAX_DEPTH):
+        # Checked before anything walks it: copying a document nested hundreds deep recursed
+        # past Python's limit (a 500 and a traceback a request).
+        raise Refused(
+            400, f"the request body is nested more than {MAX_DEPTH} levels deep (objects and "
+            "lists inside one another); a run spec needs a few",
         )  # fmt: skip
     request = copy.deepcopy(dict(body))  # kept as sent; the merging below builds new dicts
     body = copy.deepcopy(request)

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from latbench._errors import SpecError
 from latbench._metrics import parse_listen
-from latbench._spec import PositiveSeconds, Seconds, TargetSpec, load_spec
+from latbench._spec import MAX_TOKENS, PositiveSeconds, Seconds, TargetSpec, load_spec, load_yaml
 from latbench.sim import SimConfig
 
 # Names end up as Prometheus label values and in URLs: short, and from a small alphabet.
@@ -34,7 +33,7 @@ DEFAULT_PROBE: dict[str, Any] = {"load": {"concurrency": 1, "requests": 10, "war
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TargetEntry(TargetSpec):
@@ -105,6 +104,19 @@ class Limits(_Model):
     max_duration: PositiveSeconds = Field(default=600.0, description="a run's load duration")
     max_requests: int = Field(default=100_000, ge=1)
     max_workers: int = Field(default=4, ge=1, description="client worker processes of a run")
+    max_input_tokens: int = Field(
+        default=131_072,
+        ge=1,
+        le=MAX_TOKENS,
+        description="a request's prompt length: workload.input_tokens' mean, std and bounds; an "
+        "unbounded distribution is clamped to it",
+    )
+    max_output_tokens: int = Field(
+        default=32_768,
+        ge=1,
+        le=MAX_TOKENS,
+        description="a request's max_tokens, as max_input_tokens for workload.output_tokens",
+    )
     max_queued_runs: int = Field(default=100, ge=1, description="beyond it, submissions get 429")
     max_running_runs: int = Field(default=2, ge=1, description="runs at once, all targets")
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
@@ -230,11 +242,11 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> S
     if path is not None:
         source = str(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
         except OSError as e:
             raise SpecError(f"cannot read config {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise SpecError(f"config {path} is not valid YAML/JSON: {e}") from None
+        # The spec's reader and limits: no YAML aliases, at most 1 MiB, 32 levels deep.
+        data = load_yaml(text, f"config {path}") or {}
         if not isinstance(data, dict):
             raise SpecError(f"config {path} must hold a mapping at the top level")
     data = {**data, **(overrides or {})}

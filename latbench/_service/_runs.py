@@ -181,6 +181,7 @@ class RunManager:
         self.running: dict[str, Active] = {}
         self.finished: Counter[str] = Counter()
         self.draining = False
+        self._admitting = 0  # submissions past the queue check, being stored
         self._tasks: set[asyncio.Task[None]] = set()
         self._abort_now = asyncio.Event()
         # run_benchmark draws a live progress line when its console is a terminal; the service
@@ -241,12 +242,29 @@ class RunManager:
     async def submit(self, admitted: Admitted, schedule: str | None = None) -> RunRow:
         if self.draining:
             raise Refused(503, "the service is shutting down; submit again once it is back")
-        if len(self.queued) >= self.config.limits.max_queued_runs:
+        # The check and the enqueue are one step for the event loop: a run counts against the
+        # cap from here, before the store's await, so a burst of submissions cannot all pass
+        # the check while the first ones are still being stored (300 were, with a cap of 20).
+        if len(self.queued) + self._admitting >= self.config.limits.max_queued_runs:
             raise Refused(
                 429,
-                f"{len(self.queued)} runs are queued, the most this service holds "
-                "(limits.max_queued_runs); try again when some have run",
+                f"{len(self.queued) + self._admitting} runs are queued, the most this service "
+                "holds (limits.max_queued_runs); try again when some have run",
             )
+        self._admitting += 1
+        try:
+            row = await self._store_new(admitted, schedule)
+        finally:
+            self._admitting -= 1
+        self.queued.append(Active(row, admitted.spec, self._scenario(admitted, schedule)))
+        log.info(
+            "run %s queued: target %s, %s", row.id, row.target,
+            f"schedule {schedule}" if schedule else "submitted",
+        )  # fmt: skip
+        self._dispatch()
+        return row
+
+    async def _store_new(self, admitted: Admitted, schedule: str | None) -> RunRow:
         row = RunRow(
             id=new_run_id(),
             target=admitted.target,
@@ -258,12 +276,6 @@ class RunManager:
             spec=public_spec(admitted.spec),
         )
         await self.store.insert(row)
-        self.queued.append(Active(row, admitted.spec, self._scenario(admitted, schedule)))
-        log.info(
-            "run %s queued: target %s, %s", row.id, row.target,
-            f"schedule {schedule}" if schedule else "submitted",
-        )  # fmt: skip
-        self._dispatch()
         return row
 
     def _dispatch(self) -> None:

@@ -10,9 +10,10 @@ import errno
 import os
 
 import aiohttp
+import orjson
 
 from latbench._apis import API_KINDS, RequestOptions
-from latbench._client import Endpoint, Timeouts
+from latbench._client import Endpoint, StreamLimits, Timeouts
 from latbench._errors import SpecError, TargetError
 from latbench._spec import TargetSpec, WorkloadSpec
 
@@ -21,6 +22,16 @@ SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization"
 ANTHROPIC_VERSION = "2023-06-01"
 # APIs whose servers (hosted ones) list many models: the first is no guess of the one meant.
 EXPLICIT_MODEL_APIS = ("anthropic", "responses")
+# A model list is read up to this size (10,000 models are ~1 MB); a larger or endless body is
+# not a usable list, and is not read further.
+MAX_MODELS_BYTES = 16 << 20
+NAMED_MODELS = 5  # an error names this many of the served models, and the count
+
+
+def model_names(served: list[str]) -> str:
+    """A few of the served models, and how many there are in all: a server may list thousands."""
+    names = ", ".join(f"{m!r:.80}" for m in served[:NAMED_MODELS]) or "none"
+    return names if len(served) <= NAMED_MODELS else f"{names}, ... ({len(served)} in all)"
 
 
 def read_api_key(t: TargetSpec) -> str | None:
@@ -65,13 +76,13 @@ async def resolve_endpoint(
             )
         if len(served) > 1 and t.api in EXPLICIT_MODEL_APIS:
             raise TargetError(
-                f"{base_url}/v1/models lists {len(served)} models ({', '.join(served[:5])}"
-                f"{', ...' if len(served) > 5 else ''}); name one with --model (target.model)"
+                f"{base_url}/v1/models lists {len(served)} models ({model_names(served)}); "
+                "name one with --model (target.model)"
             )
         model = served[0]
     elif served is not None and model not in served:
         raise TargetError(
-            f"model {model!r} is not served by {base_url}; it serves: {', '.join(served) or 'none'}"
+            f"model {model!r} is not served by {base_url}; it serves: {model_names(served)}"
         )
     to = t.timeouts
     return Endpoint(
@@ -86,6 +97,7 @@ async def resolve_endpoint(
         headers=headers,
         timeouts=Timeouts(to.connect, to.first_token, to.idle, to.total),
         retry=t.retry.policy(),
+        limits=StreamLimits(t.stream_limits.max_line_bytes, t.stream_limits.max_event_bytes),
     )
 
 
@@ -128,7 +140,12 @@ async def _list_models(
                 )
             if resp.status != 200:
                 return None
-            body = await resp.json(content_type=None)
+            raw = bytearray()
+            while len(raw) <= MAX_MODELS_BYTES and (piece := await resp.content.read(1 << 20)):
+                raw += piece
+            if len(raw) > MAX_MODELS_BYTES:
+                return None  # not a list that can name a model; the connection is dropped
+            body = orjson.loads(raw)
     except aiohttp.ClientConnectorError as e:
         refused = e.os_error is not None and e.os_error.errno == errno.ECONNREFUSED
         why = "connection refused (is the server running on that port?)" if refused else str(e)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from latbench._cli import build_parser, spec_from_args
-from latbench._errors import SpecError
+from latbench._errors import SpecError, TargetError
 from latbench._spec import load_spec, read_spec_file
+from latbench._target import MAX_MODELS_BYTES, resolve_endpoint
 
 
 def error_of(data: dict) -> str:
@@ -222,3 +228,64 @@ def test_spec_size_and_depth_limits(tmp_path: Path) -> None:
     f.write_bytes(b"name: \xff\xfe")
     with pytest.raises(SpecError, match="not UTF-8"):
         read_spec_file(f)
+
+
+# --- preflight: a model list is read with a bound, and named in short (issue 13) ---------------
+
+
+async def _resolve_against(handler: Any, model: str | None) -> str:
+    """resolve_endpoint against a loopback server answering /v1/models with `handler`: the
+    model it settles on, or the TargetError's message."""
+    app = web.Application()
+    app.router.add_get("/v1/models", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    base = f"http://127.0.0.1:{port}"
+    spec = load_spec({"target": {"base_url": base, "model": model}})
+    try:
+        async with aiohttp.ClientSession() as session:
+            ep = await resolve_endpoint(session, spec.target, base, spec.workload)
+            return ep.options.model
+    except TargetError as e:
+        return str(e)
+    finally:
+        await runner.cleanup()
+
+
+def test_a_long_model_list_is_named_in_short() -> None:
+    models = {"object": "list", "data": [{"id": f"model-{i}"} for i in range(10_000)]}
+
+    async def many(request: web.Request) -> web.Response:
+        return web.json_response(models)
+
+    msg = asyncio.run(_resolve_against(many, "absent"))
+    assert msg.endswith(
+        "it serves: 'model-0', 'model-1', 'model-2', 'model-3', 'model-4', ... (10000 in all)"
+    ), msg[:300]
+    assert len(msg) < 300
+    assert asyncio.run(_resolve_against(many, "model-9999")) == "model-9999"
+
+
+def test_a_huge_model_list_is_not_read_whole() -> None:
+    """An endless /v1/models body is read up to MAX_MODELS_BYTES, then dropped: the named model
+    is taken unchecked, and auto-detection says it has nothing to go on."""
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"data": [')
+        chunk = b'{"id": "m"},' * 100_000
+        with contextlib.suppress(ConnectionResetError):
+            while sent < 8 * MAX_MODELS_BYTES:
+                await resp.write(chunk)
+                sent += len(chunk)
+        return resp
+
+    assert asyncio.run(_resolve_against(endless, "m")) == "m"
+    assert sent < 4 * MAX_MODELS_BYTES  # the client stopped reading; the writes stopped too
+    assert "cannot be auto-detected" in asyncio.run(_resolve_against(endless, None))

@@ -7,17 +7,54 @@ stamps them all with the arrival time of that piece, before any JSON decoding.
 Handles LF, CRLF and bare CR line ends (also a CRLF split across two reads), comments (`:` lines,
 used as keep-alives), fields other than `data` (ignored), multi-line `data` (joined with LF), and
 events without data (not dispatched, as the spec says).
+
+What it holds is bounded whatever the server sends: a line longer than `max_line_bytes` or an
+event longer than `max_event_bytes` (both counted after line ends are normalised to LF, without
+the line end) raises `OversizedEvent`, however the stream is split into pieces. An unterminated
+event is kept in a growing buffer whose new bytes alone are searched, so a server that never sends
+a line end costs linear time up to the cap, not a re-copy and re-search of the whole on every read.
 """
 
 from __future__ import annotations
 
+MAX_LINE_BYTES = 1 << 20
+MAX_EVENT_BYTES = 4 << 20
+
+
+class OversizedEvent(Exception):
+    """A line or an event over the parser's cap. `events` holds the payloads the same `feed`
+    completed before it, which the caller has not been given."""
+
+    def __init__(self, message: str, events: list[bytes]) -> None:
+        super().__init__(message)
+        self.events = events
+
 
 class SSEParser:
-    __slots__ = ("_buf", "_cr_pending")
+    __slots__ = (
+        "_buf",
+        "_cr_pending",
+        "_line_start",
+        "_max_event",
+        "_max_line",
+        "_max_one",
+        "_seen",
+    )
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(
+        self, max_line_bytes: int = MAX_LINE_BYTES, max_event_bytes: int = MAX_EVENT_BYTES
+    ) -> None:
+        # The unterminated rest of the stream: bytes, or a bytearray once it grows over reads.
+        self._buf: bytes | bytearray = b""
         self._cr_pending = False
+        # Line ends in `_buf` are found up to `_seen`; the last line found so far starts at
+        # `_line_start`.
+        self._seen = 0
+        self._line_start = 0
+        self._max_line = max_line_bytes
+        self._max_event = max_event_bytes
+        # A one-line event obeys both caps: the hot path compares its length with this alone.
+        self._max_one = min(max_line_bytes, max_event_bytes)
 
     def feed(self, piece: bytes) -> list[bytes]:
         if self._cr_pending:
@@ -29,52 +66,109 @@ class SSEParser:
             if piece.endswith(b"\r"):
                 self._cr_pending = True
             piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buf = self._buf + piece if self._buf else piece
+        held = len(self._buf)
+        if held:
+            buf = self._buf
+            if type(buf) is bytes:
+                buf = buf + piece  # a rest held over one read: small, copied once
+            else:
+                buf += piece  # a rest held over reads grows in place, never copied again
+            # Only the new bytes (and the one before them, for a blank line across the seam).
+            end = buf.find(b"\n\n", held - 1)
+            if end >= 0 and type(buf) is not bytes:
+                buf = bytes(buf)  # once per completed event, so every payload is bytes
+        else:
+            buf = piece
+            end = buf.find(b"\n\n")
         out: list[bytes] = []
         start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
+        while end >= 0:
             block = buf[start:end]
             start = end + 2
             # The common case (one `data: ` line, as vLLM and OpenAI send) skips the line loop.
             if block.startswith(b"data: ") and b"\n" not in block:
+                if len(block) > self._max_one:
+                    over_line = len(block) > self._max_line
+                    raise self._over(out, event=not over_line)
                 if len(block) > 6:
                     out.append(block[6:])
-                continue
-            _parse_block(block, out)
-        self._buf = buf[start:]
+            else:
+                self._parse_block(block, out)
+            end = buf.find(b"\n\n", start)
+        if start == len(buf):
+            self._buf = b""
+            self._seen = self._line_start = 0
+            return out
+        if start:
+            # Events were completed: the rest is new bytes only, its lines not yet measured.
+            self._buf = buf = buf[start:]
+            self._seen = self._line_start = 0
+        else:
+            # Nothing completed: from the second read on, the rest grows in place.
+            self._buf = buf if not held or type(buf) is bytearray else bytearray(buf)
+        if len(buf) > self._max_one:
+            # Only now can a cap be passed; measuring lines waits till then (from `_seen`).
+            self._check_rest(buf, out)
         return out
 
     def flush(self) -> list[bytes]:
         """The event left unterminated when the stream closed. The spec discards it; callers that
         want to know about a truncated final event can look here."""
         out: list[bytes] = []
-        if self._buf.strip(b"\n"):
-            _parse_block(self._buf.strip(b"\n"), out)
+        rest = bytes(self._buf).strip(b"\n")
+        if rest:
+            self._parse_block(rest, out)
         self._buf = b""
+        self._seen = self._line_start = 0
         return out
 
+    def _check_rest(self, buf: bytes | bytearray, out: list[bytes]) -> None:
+        """Hold the unterminated rest to the caps, finding each line end once."""
+        if len(buf) > self._max_event:
+            raise self._over(out, event=True)
+        line = self._line_start
+        nl = buf.find(b"\n", self._seen)
+        while nl >= 0:
+            if nl - line > self._max_line:
+                raise self._over(out)
+            line = nl + 1
+            nl = buf.find(b"\n", line)
+        if len(buf) - line > self._max_line:
+            raise self._over(out)
+        self._seen = len(buf)
+        self._line_start = line
 
-def _parse_block(block: bytes, out: list[bytes]) -> None:
-    data: list[bytes] = []
-    for line in block.split(b"\n"):
-        if not line:
-            # A blank line at the start of a block (stray line end) dispatches what came before.
-            if data:
-                out.append(b"\n".join(data))
-                data = []
-            continue
-        if line.startswith(b":"):
-            continue
-        name, colon, value = line.partition(b":")
-        if name != b"data":
-            continue
-        if colon and value.startswith(b" "):
-            value = value[1:]
-        data.append(value)
-    if data:
-        joined = b"\n".join(data)
-        if joined:
-            out.append(joined)
+    def _parse_block(self, block: bytes, out: list[bytes]) -> None:
+        if len(block) > self._max_event:
+            raise self._over(out, event=True)
+        data: list[bytes] = []
+        for line in block.split(b"\n"):
+            if len(line) > self._max_line:
+                raise self._over(out)
+            if not line:
+                # A blank line at the start of a block (stray line end) dispatches what came
+                # before.
+                if data:
+                    out.append(b"\n".join(data))
+                    data = []
+                continue
+            if line.startswith(b":"):
+                continue
+            name, colon, value = line.partition(b":")
+            if name != b"data":
+                continue
+            if colon and value.startswith(b" "):
+                value = value[1:]
+            data.append(value)
+        if data:
+            joined = b"\n".join(data)
+            if joined:
+                out.append(joined)
+
+    def _over(self, out: list[bytes], *, event: bool = False) -> OversizedEvent:
+        """The error for a line (or an event) over its cap; what was held is dropped, as
+        nothing follows."""
+        self._buf = b""
+        self._seen = self._line_start = 0
+        what, cap = ("an event", self._max_event) if event else ("an event line", self._max_line)
+        return OversizedEvent(f"{what} over {cap:,} bytes", out)

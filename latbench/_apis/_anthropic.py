@@ -13,7 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from latbench._apis._base import NOTHING, Event, MalformedEvent, RequestOptions
+from latbench._apis._base import (
+    MAX_COUNT,
+    NOTHING,
+    Event,
+    MalformedEvent,
+    RequestOptions,
+    count,
+    reason,
+)
 from latbench._apis._openai import _load
 from latbench._errors import ErrorKind
 from latbench._record import CONTENT, REASONING
@@ -29,20 +37,19 @@ ERROR_KINDS = {
 }
 
 
-def _int(v: object) -> int | None:
-    return v if type(v) is int else None
-
-
 def prompt_tokens(usage: dict[str, Any]) -> int | None:
     """Every prompt token the server processed: `input_tokens` excludes the cached ones, which
     OpenAI-style `prompt_tokens` include, so the cache fields are added back."""
     parts = [
-        _int(usage.get(k))
+        count(usage.get(k), f"usage.{k}")
         for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     ]
     if parts[0] is None:
         return None
-    return sum(p for p in parts if p is not None)
+    total = sum(p for p in parts if p is not None)
+    if total > MAX_COUNT:
+        raise MalformedEvent(f"usage input tokens add up to {total}, over 2**53")
+    return total
 
 
 class Messages:
@@ -91,9 +98,9 @@ class Messages:
                 )
             return Event(
                 None,
-                _int(usage.get("output_tokens")),
+                count(usage.get("output_tokens"), "usage.output_tokens"),
                 prompt_tokens(usage),
-                delta.get("stop_reason"),
+                reason(delta.get("stop_reason"), "delta.stop_reason"),
                 usage_only=True,
             )
         if kind == "message_start":

@@ -33,6 +33,36 @@ class Event(NamedTuple):
 
 NOTHING = Event()
 
+# Token counts above this are no count any server makes, and past it a float (as JSON numbers
+# often become) no longer holds every integer.
+MAX_COUNT = 2**53
+MAX_REASON = 200  # characters of a finish reason; real ones are a word or two
+
+
+def count(value: object, field: str) -> int | None:
+    """A usage count as the record may hold it: an int (not a bool) in [0, 2**53], or absent.
+    Anything else would crash the runner's integer arrays or poison the totals downstream."""
+    if value is None or (type(value) is int and 0 <= value <= MAX_COUNT):
+        return value
+    if type(value) is int and value > MAX_COUNT:
+        raise MalformedEvent(f"{field} is {value}, over 2**53")
+    raise MalformedEvent(f"{field} is {_show(value)}, not a non-negative integer")
+
+
+def reason(value: object, field: str) -> str | None:
+    """A finish reason: a short string, or absent. The record keeps it and the summary counts
+    runs by it, so an object or a megabyte of text is refused here."""
+    if value is None or (type(value) is str and len(value) <= MAX_REASON):
+        return value
+    if type(value) is str:
+        raise MalformedEvent(f"{field} is a string of {len(value):,} characters")
+    raise MalformedEvent(f"{field} is {_show(value)}, not a string")
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
 
 class RequestOptions(NamedTuple):
     model: str

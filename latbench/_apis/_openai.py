@@ -12,7 +12,14 @@ from typing import Any
 
 import orjson
 
-from latbench._apis._base import NOTHING, Event, MalformedEvent, RequestOptions
+from latbench._apis._base import (
+    NOTHING,
+    Event,
+    MalformedEvent,
+    RequestOptions,
+    count,
+    reason,
+)
 from latbench._record import CONTENT, REASONING
 from latbench._workload import WorkItem
 
@@ -47,23 +54,30 @@ def _load(data: bytes) -> dict[str, Any]:
 
 def _usage(obj: dict[str, Any]) -> tuple[int | None, int | None]:
     usage = obj.get("usage")
-    if not isinstance(usage, dict):
+    if usage is None:  # OpenAI sends `"usage": null` on every chunk but the last
         return None, None
-    return usage.get("completion_tokens"), usage.get("prompt_tokens")
+    if not isinstance(usage, dict):
+        raise MalformedEvent(f"usage is not an object: {usage!r:.120}")
+    return (
+        count(usage.get("completion_tokens"), "usage.completion_tokens"),
+        count(usage.get("prompt_tokens"), "usage.prompt_tokens"),
+    )
 
 
 def _error(obj: dict[str, Any]) -> Event | None:
     err = obj.get("error")
     if err is None:
         return None
-    msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-    return Event(error=msg)
+    msg = err.get("message", err) if isinstance(err, dict) else err
+    return Event(error=str(msg))
 
 
 def _first_choice(obj: dict[str, Any]) -> dict[str, Any] | None:
     choices = obj.get("choices")
     if not choices:
         return None
+    if not isinstance(choices, list):
+        raise MalformedEvent(f"choices is not a list: {choices!r:.120}")
     c = choices[0]
     if not isinstance(c, dict):
         raise MalformedEvent(f"choices[0] is not an object: {c!r:.120}")
@@ -81,7 +95,8 @@ def _parse(data: bytes, kind_of: Callable[[dict[str, Any]], str | None]) -> Even
     c = _first_choice(obj)
     if c is None:
         return NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
-    return Event(kind_of(c), completion, prompt, c.get("finish_reason"))
+    finish = reason(c.get("finish_reason"), "choices[0].finish_reason")
+    return Event(kind_of(c), completion, prompt, finish)
 
 
 def _completion_kind(c: dict[str, Any]) -> str | None:

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from latbench._apis._base import NOTHING, Event, MalformedEvent, RequestOptions
+from latbench._apis._base import (
+    NOTHING,
+    Event,
+    MalformedEvent,
+    RequestOptions,
+    count,
+    reason,
+)
 from latbench._apis._openai import _load
 from latbench._errors import ErrorKind
 from latbench._record import CONTENT, REASONING
@@ -29,10 +36,6 @@ _TOKEN_EVENTS = {
 }
 TERMINAL = ("response.completed", "response.incomplete")
 ERROR_KINDS = {"rate_limit_exceeded": ErrorKind.RATE_LIMITED}
-
-
-def _int(v: object) -> int | None:
-    return v if type(v) is int else None
 
 
 class Responses:
@@ -78,18 +81,21 @@ def _terminal(obj: dict[str, Any], kind: str) -> Event:
     if not isinstance(response, dict):
         raise MalformedEvent(f"{kind} without a response object")
     usage = response.get("usage")
-    usage = usage if isinstance(usage, dict) else {}
+    if usage is None:
+        usage = {}
+    elif not isinstance(usage, dict):
+        raise MalformedEvent(f"{kind} with a usage that is not an object: {usage!r:.120}")
     if kind == "response.completed":
-        finish = response.get("status") or "completed"
+        finish = reason(response.get("status"), "response.status") or "completed"
     else:
         details = response.get("incomplete_details")
-        reason = details.get("reason") if isinstance(details, dict) else None
-        finish = reason or "incomplete"
+        why = details.get("reason") if isinstance(details, dict) else None
+        finish = reason(why, "response.incomplete_details.reason") or "incomplete"
     # output_tokens includes reasoning tokens, streamed or hidden (output_tokens_details).
     return Event(
         None,
-        _int(usage.get("output_tokens")),
-        _int(usage.get("input_tokens")),
+        count(usage.get("output_tokens"), "usage.output_tokens"),
+        count(usage.get("input_tokens"), "usage.input_tokens"),
         finish,
         done=True,
         usage_only=True,

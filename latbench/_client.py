@@ -16,16 +16,20 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from latbench._apis import ApiKind, MalformedEvent, RequestOptions
 from latbench._errors import ErrorKind
-from latbench._reads import ReadClock
+from latbench._reads import BodyFramingError, ReadClock, framing_detail
 from latbench._record import Phase, Record
 from latbench._retry import NO_RETRY, RetryPolicy, fold, retry_after_s, should_retry, status_kind
-from latbench._sse import SSEParser
+from latbench._sse import MAX_EVENT_BYTES, MAX_LINE_BYTES, OversizedEvent, SSEParser
 from latbench._workload import WorkItem
 
 ERROR_BODY_LIMIT = 2048
+BODY_SHOWN = 120  # bytes of a body that is not an event stream, shown in the detail
+DETAIL_LIMIT = 1000  # characters of an error detail kept in a record (a server writes them)
+EVENT_STREAM = "text/event-stream"
 IDLE_SLACK = 1 / 64  # how late (a fraction of it) the idle timeout may fire; see the loop
 
 
@@ -37,6 +41,15 @@ class Timeouts:
     first_token: float = 60.0
     idle: float = 30.0
     total: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Bytes the SSE parser may hold for one response (target.stream_limits): past either cap the
+    request ends as `oversized_event`."""
+
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_event_bytes: int = MAX_EVENT_BYTES
 
 
 JSON = "application/json"
@@ -52,6 +65,7 @@ class Endpoint:
     headers: dict[str, str]
     timeouts: Timeouts
     retry: RetryPolicy = NO_RETRY
+    limits: StreamLimits = StreamLimits()
 
     def __post_init__(self) -> None:
         # The body goes out as pre-encoded bytes, which aiohttp would label
@@ -89,8 +103,7 @@ async def stream_request(
         )
     api = ep.api
     to = ep.timeouts
-    body = orjson.dumps(api.body(item, ep.options))
-    parser = SSEParser()
+    parser = SSEParser(ep.limits.max_line_bytes, ep.limits.max_event_bytes)
     ev_t: list[int] = []
     ev_kind: list[str] = []
     ev_n: list[int] = []
@@ -109,39 +122,65 @@ async def stream_request(
     loop = asyncio.get_running_loop()
     armed = _Deadline()
     armed_at = 0.0
+    try:
+        body = orjson.dumps(api.body(item, ep.options))
+    except Exception as e:
+        # Nothing can be sent, yet the request was due: a record, never a vanished user.
+        detail = f"cannot build the request body: {type(e).__name__}: {e}"
+        return _unsent(ep, item, run_id, seq, phase, t_intended, detail[:DETAIL_LIMIT])
     t_sent = monotonic_ns()
     start = loop.time()
     total_at = start + to.total
     try:
         async with asyncio.timeout_at(min(start + to.first_token, total_at)) as cm:
-            async with session.post(ep.url, data=body, headers=ep.headers) as resp:
+            # A redirect is never followed: the secret headers would go with it to a server
+            # the run was not pointed at, and what was measured would be that server.
+            async with session.post(
+                ep.url, data=body, headers=ep.headers, allow_redirects=False
+            ) as resp:
                 clock = ReadClock(resp)
                 t_headers = clock.headers_ns if clock.headers_ns is not None else monotonic_ns()
                 status = resp.status
                 if status >= 300:
                     retry_after = retry_after_s(resp.headers)
                     error = status_kind(status, retry_after)
-                    detail = await _error_body(resp)
+                    if error is ErrorKind.REDIRECTED:
+                        detail = _redirect_detail(resp)
+                    else:
+                        detail = await _error_body(resp)
+                elif (ctype := _not_event_stream(resp)) is not None:
+                    error = ErrorKind.MALFORMED_STREAM
+                    detail = await _not_sse_detail(resp, ctype)
                 else:
-                    # One HTTP chunk at a time (as the server framed its events), not all that is
-                    # buffered: a backlog then keeps each event's own read time.
+                    # One HTTP chunk at a time (as the server framed its events), not all
+                    # that is buffered: a backlog then keeps each event's own read time.
                     async for piece, _ in resp.content.iter_chunks():
                         if not piece:
                             continue
                         now = clock.stamp(len(piece))
-                        for data in parser.feed(piece):
+                        try:
+                            datas = parser.feed(piece)
+                            over = None
+                        except OversizedEvent as e:
+                            # The events completed before it in this piece still count.
+                            datas, over = e.events, e
+                        for data in datas:
                             ev = api.parse(data)
+                            delta = 0
                             if ev.completion_tokens is not None:
+                                if ev.completion_tokens < last_completion:
+                                    raise MalformedEvent(
+                                        "the cumulative completion token count went down, "
+                                        f"from {last_completion} to {ev.completion_tokens}"
+                                    )
                                 usage_completion = ev.completion_tokens
+                                delta = ev.completion_tokens - last_completion
+                                last_completion = ev.completion_tokens
                             # Anthropic reports input usage first, output usage at the end.
                             if ev.prompt_tokens is not None:
                                 usage_prompt = ev.prompt_tokens
-                            delta = 0
-                            if ev.completion_tokens is not None:
-                                delta = ev.completion_tokens - last_completion
-                                last_completion = ev.completion_tokens
-                            # A token-bearing event has text, or a usage delta (vLLM can emit a
-                            # token whose text is empty, yet count it).
+                            # A token-bearing event has text, or a usage delta (vLLM can
+                            # emit a token whose text is empty, yet count it).
                             if ev.kind is not None or (delta > 0 and not ev.usage_only):
                                 ev_t.append(now)
                                 ev_kind.append(ev.kind or "c")
@@ -158,11 +197,14 @@ async def stream_request(
                                 break
                         if done or error is not None:
                             break
+                        if over is not None:
+                            error, detail = ErrorKind.OVERSIZED_EVENT, str(over)
+                            break
                         if ev_t and armed.kind is not ErrorKind.TIMEOUT_TOTAL:
-                            # Re-arming the timer on every read cost more than the rest of the
-                            # read: arm it IDLE_SLACK of the idle timeout past the deadline, and
-                            # again only once that slack is used up. It may fire that much
-                            # late, never early.
+                            # Re-arming the timer on every read cost more than the rest of
+                            # the read: arm it IDLE_SLACK of the idle timeout past the
+                            # deadline, and again only once that slack is used up. It may
+                            # fire that much late, never early.
                             idle_at = loop.time() + to.idle
                             if armed.kind is ErrorKind.TIMEOUT_FIRST_TOKEN or idle_at > armed_at:
                                 armed_at = idle_at + to.idle * IDLE_SLACK
@@ -170,8 +212,8 @@ async def stream_request(
                                 if armed_at >= total_at:
                                     armed_at, armed.kind = total_at, ErrorKind.TIMEOUT_TOTAL
                                 cm.reschedule(armed_at)
-                    # Closed without the end marker. A finish_reason means the generation itself
-                    # ended and only the final [DONE] was lost: not an error.
+                    # Closed without the end marker. A finish_reason means the generation
+                    # itself ended and only the final [DONE] was lost: not an error.
                     if not done and error is None and finish_reason is None:
                         error = ErrorKind.STREAM_TRUNCATED
                         detail = "the stream closed before its end marker"
@@ -186,6 +228,8 @@ async def stream_request(
         refused = e.os_error.errno == errno.ECONNREFUSED if e.os_error else False
         error = ErrorKind.CONNECT_REFUSED if refused else ErrorKind.CONNECT_ERROR
         detail = str(e)
+    except BodyFramingError as e:
+        error, detail = ErrorKind.MALFORMED_STREAM, str(e)
     except aiohttp.ClientPayloadError as e:
         error, detail = ErrorKind.STREAM_TRUNCATED, str(e) or type(e).__name__
     except aiohttp.ServerDisconnectedError as e:
@@ -195,12 +239,17 @@ async def stream_request(
         error, detail = ErrorKind.CONNECTION_RESET, str(e) or type(e).__name__
     except aiohttp.ClientResponseError as e:
         error, detail = ErrorKind.MALFORMED_STREAM, f"bad HTTP response: {e.message}"
+    except HttpProcessingError as e:
+        # aiohttp's pure-Python parser raises its own framing errors into the body.
+        error, detail = ErrorKind.MALFORMED_STREAM, framing_detail(e)
     except asyncio.CancelledError:
         # The runner cancels in-flight requests only when the run is aborted; it wants the partial
         # record back rather than the exception.
         error, detail = ErrorKind.CANCELLED, "the run was stopped while this request was in flight"
     except Exception as e:
         error, detail = ErrorKind.CLIENT_ERROR, f"{type(e).__name__}: {e}"
+    if detail is not None and len(detail) > DETAIL_LIMIT:
+        detail = detail[: DETAIL_LIMIT - 3] + "..."
     t_end = monotonic_ns()
 
     return Record(
@@ -267,6 +316,71 @@ async def _with_retries(
         last = await attempt()
         attempts += 1
     return fold(first, last, attempts)
+
+
+def _unsent(
+    ep: Endpoint,
+    item: WorkItem,
+    run_id: str,
+    seq: int,
+    phase: Phase,
+    t_intended: int,
+    detail: str,
+) -> Record:
+    now = monotonic_ns()
+    return Record(
+        run_id=run_id,
+        seq=seq,
+        phase=phase,
+        api=ep.api.name,
+        t_intended=t_intended,
+        t_sent=now,
+        t_headers=None,
+        t_end=now,
+        ev_t=(),
+        ev_kind="",
+        ev_n=None,
+        status=None,
+        finish_reason=None,
+        usage_prompt_tokens=None,
+        usage_completion_tokens=None,
+        max_tokens=item.max_tokens,
+        error=ErrorKind.CLIENT_ERROR,
+        error_detail=detail,
+    )
+
+
+def _redirect_detail(resp: aiohttp.ClientResponse) -> str:
+    where = resp.headers.get("Location")
+    if where is None:
+        return f"HTTP {resp.status} redirect without a Location; not followed"
+    if len(where) > 300:
+        where = where[:297] + "..."
+    return f"HTTP {resp.status} redirect to {where}; not followed"
+
+
+def _not_event_stream(resp: aiohttp.ClientResponse) -> str | None:
+    """The Content-Type of a 2xx that is not an event stream; None if it is one, or says nothing.
+
+    vLLM, OpenAI, Anthropic and the simulator all send `text/event-stream` (with a charset or
+    not). A missing Content-Type is let through: the SSE and API parsers still judge the body,
+    and a server or proxy that streams correctly but omits the header should not be refused."""
+    ctype = resp.headers.get("Content-Type")
+    if ctype is None:
+        return None
+    if ctype.partition(";")[0].strip().lower() == EVENT_STREAM:
+        return None
+    return ctype
+
+
+async def _not_sse_detail(resp: aiohttp.ClientResponse, ctype: str) -> str:
+    try:
+        raw = await resp.content.read(BODY_SHOWN)
+    except (aiohttp.ClientError, HttpProcessingError, TimeoutError):
+        raw = b""
+    shown = raw.decode("utf-8", "replace").strip()
+    head = f"not an event stream: HTTP {resp.status} with Content-Type {ctype[:100]!r}"
+    return f"{head}, body starts {shown!r}" if shown else head
 
 
 def _timeout_detail(kind: ErrorKind, to: Timeouts) -> str:

@@ -24,11 +24,26 @@ from typing import Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from latbench import _rxstamp
 
 _Marks = deque[tuple[int, int]]  # (read's monotonic_ns, body bytes the response had by then)
+
+
+class BodyFramingError(aiohttp.ClientPayloadError):
+    """The response body broke HTTP/1.1's framing: a malformed chunk size or chunk end."""
+
+
+def framing_detail(e: BaseException) -> str:
+    """What was wrong, from aiohttp's parser error (the C parser's message holds the offending
+    bytes after its first line; the Python parser's is sometimes those bytes alone)."""
+    message = e.message if isinstance(e, HttpProcessingError) else str(e)
+    reason = message.split("\n", 1)[0].strip().rstrip(":") or type(e).__name__
+    if "chunk" not in reason.lower():
+        reason = f"{type(e).__name__} {reason!r}"
+    return f"malformed chunked encoding: {reason}"
 
 
 class StampedResponseHandler(ResponseHandler):
@@ -47,7 +62,12 @@ class StampedResponseHandler(ResponseHandler):
         t = monotonic_ns()
         if self._sock is not None and 0 < self._sock.rx_ns <= t:
             t = self._sock.rx_ns  # the kernel's arrival stamp of this read (latbench/_rxstamp.py)
+        body = self._payload
+        failed = self.exception()
         super().data_received(data)
+        if self.exception() is not failed:
+            self._fail_body(body)
+            return
         payload = self._payload
         if payload is None or payload is EMPTY_PAYLOAD:  # EMPTY_PAYLOAD is shared: not a key
             return
@@ -57,6 +77,24 @@ class StampedResponseHandler(ResponseHandler):
             # last response's marks keeps its own.
             reads = self.reads = (payload, deque())
         reads[1].append((t, payload.total_bytes))
+
+    def _fail_body(self, body: object) -> None:
+        """Hand a parse error in the middle of a body to that body's reader.
+
+        aiohttp's C parser (3.14) drops the body it was feeding when the bytes break the chunked
+        encoding, and the protocol keeps the error for a next response nobody waits for: the
+        reader of the body would wait for bytes that never come, until an idle timeout reads it
+        as a slow server. The Python parser hands it over itself; so does this."""
+        exc = self.exception()
+        if (
+            exc is None
+            or not isinstance(body, aiohttp.StreamReader)
+            or body is EMPTY_PAYLOAD
+            or body.is_eof()
+            or body.exception() is not None
+        ):
+            return
+        body.set_exception(BodyFramingError(framing_detail(exc)), exc)
 
 
 class StampingConnector(aiohttp.TCPConnector):

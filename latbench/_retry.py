@@ -46,7 +46,10 @@ NO_RETRY = RetryPolicy()
 
 def status_kind(status: int, retry_after: float | None) -> ErrorKind:
     """The error kind of a non-2xx status. 503 alone is any unavailability (a proxy without a
-    backend, say); with Retry-After it is the server shedding load, like Anthropic's 529."""
+    backend, say); with Retry-After it is the server shedding load, like Anthropic's 529. A 3xx
+    is a redirect, never followed (nor retried): the target is not where the spec says."""
+    if 300 <= status < 400:
+        return ErrorKind.REDIRECTED
     if status == 429:
         return ErrorKind.RATE_LIMITED
     if status == 529 or (status == 503 and retry_after is not None):

@@ -39,7 +39,7 @@ from latbench._sinks.jsonl import JsonlSink
 from latbench._sinks.progress import ProgressSink
 from latbench._sinks.prometheus import PrometheusSink, run_labels
 from latbench._spec import RunSpec, WorkloadSpec
-from latbench._summary import Summary, summarize
+from latbench._summary import Summary, ValidityLimits, summarize
 from latbench._target import redact_headers, resolve_endpoint
 from latbench._workload import FileWorkload, SyntheticWorkload, Workload
 from latbench.sim import SimProcess
@@ -54,8 +54,9 @@ class BenchResult:
     summary: Summary
     records_path: Path
     results_path: Path
-    ended: str
+    ended: str  # completed | stopped | aborted | incomplete
     reconciliation: Reconciliation | None = None
+    incomplete: str | None = None  # why the run is incomplete (a worker died), when it is
 
 
 def make_workload(w: WorkloadSpec) -> Workload:
@@ -92,6 +93,12 @@ def environment(spec: RunSpec, base_url: str, model: str) -> dict[str, Any]:
         # (not Linux, or LATBENCH_KERNEL_STAMPS=0); docs/performance.md measures the difference.
         "arrival_stamps": "kernel" if _rxstamp.AVAILABLE else "read",
     }
+
+
+def validity_limits(spec: RunSpec) -> ValidityLimits:
+    """The limits a run is judged by, the failed share's included (the spec keeps that one
+    beside the client-bound limits, `ValidityLimits` carries all of them into the summary)."""
+    return replace(spec.validity.limits(), max_failed_fraction=spec.validity.max_failed_fraction)
 
 
 def new_run_id() -> str:
@@ -199,7 +206,7 @@ async def run_benchmark(
         slos=spec.slos,
         percentiles=spec.percentiles,
         client=outcome.client,
-        limits=spec.validity.limits(),
+        limits=validity_limits(spec),
     )
     recon = None
     if scraper is not None:
@@ -211,6 +218,7 @@ async def run_benchmark(
     results = {
         "run_id": run_id,
         "ended": outcome.ended,
+        "incomplete": outcome.incomplete,
         "spec": header.spec,
         "environment": env,
         "workload": workload.describe(),
@@ -224,7 +232,13 @@ async def run_benchmark(
         orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )
     return BenchResult(
-        run_id, summary, out_dir / "records.jsonl", results_path, outcome.ended, recon
+        run_id,
+        summary,
+        out_dir / "records.jsonl",
+        results_path,
+        outcome.ended,
+        recon,
+        incomplete=outcome.incomplete,
     )
 
 

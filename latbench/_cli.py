@@ -2,14 +2,19 @@
 `sweep`, `report`, `compare` (latbench/_cli_sweep.py).
 
 Exit codes (one table; CI gates on them):
-    0   the run completed; no SLO given with --slo was missed
-    1   error: the benchmark could not run (target unreachable, bad records file, ...)
+    0   the run completed; few enough requests failed; no SLO given with --slo was missed
+    1   error: the benchmark could not run (target unreachable, bad records file, ...), or it
+        is incomplete (a worker process died: its in-flight requests are recorded as lost)
     2   usage: invalid flags or spec
     3   an SLO given with --slo was missed
     4   the run is not valid: the client, not the server, set the pace (client-bound)
     5   compare --fail-on-regression: a metric got worse by more than the limit
-    130 interrupted (Ctrl-C)
-A client-bound run exits 4 even when an SLO was missed: its latencies cannot be trusted.
+    6   too many requests failed: over validity.max_failed_fraction of the measured ones
+        (default 1%; cancelled ones aside), or none succeeded; with or without --slo
+    130 interrupted (Ctrl-C, SIGTERM), in any phase
+Priority: 130, then 1, then 4 > 6 > 3. A client-bound run exits 4 even when requests failed or
+an SLO was missed: its latencies cannot be trusted; a run with too many failures exits 6 before
+its SLOs are looked at, since they were measured on the requests that got through.
 `sweep` exits 4 when a step was client-bound, and `sweep --find-max` 3 when no step met the SLOs.
 """
 
@@ -30,7 +35,7 @@ import yaml
 from rich.console import Console
 
 from latbench import __version__
-from latbench._errors import LatbenchError, SpecError
+from latbench._errors import ErrorKind, LatbenchError, SpecError
 from latbench._interop import add_vllm_arguments, apply_vllm_flags, save_vllm_result
 from latbench._metrics import DEFAULT_LINGER_S, MetricsExport, parse_listen
 from latbench._record import read_records
@@ -49,12 +54,15 @@ class Exit(IntEnum):
     SLO_MISSED = 3
     CLIENT_BOUND = 4
     REGRESSION = 5
+    FAILED = 6
     INTERRUPTED = 130
 
 
 def verdict_exit(summary: Summary, gate_slos: bool) -> Exit:
     if summary.client_bound:
         return Exit.CLIENT_BOUND
+    if not summary.failures.passed:
+        return Exit.FAILED
     if gate_slos and not summary.slo_passed:
         return Exit.SLO_MISSED
     return Exit.OK
@@ -340,11 +348,23 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
     if export is not None and export.server is not None:
         err.print(f"metrics: {export.server.url}", highlight=False)
     interrupts = 0
+    main_task: asyncio.Task[Any] | None = None
+
+    def interrupt(signum: int, frame: object) -> None:
+        # Outside the event loop (simulator start, vLLM's launch wait, the metrics linger)
+        # SIGTERM means what Ctrl-C does: end now, through the same cleanup.
+        nonlocal interrupts
+        interrupts += 1
+        raise KeyboardInterrupt
 
     def on_signal() -> None:
         nonlocal interrupts
         interrupts += 1
         if not holder:
+            # Preflight (model lookup, a slow /v1/models): nothing is measured yet, so there is
+            # nothing to drain; end it now rather than wait out its timeouts.
+            if main_task is not None:
+                main_task.cancel()
             return
         if interrupts == 1:
             err.print(
@@ -356,6 +376,8 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
             holder[0].abort()
 
     async def main(base_url: str) -> Any:
+        nonlocal main_task
+        main_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
@@ -368,6 +390,7 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
             run_id=run_id,
         )
 
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as stack:
             if launch is not None:
@@ -376,7 +399,17 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
                 err.print(f"vLLM ready at {launch.url}", highlight=False)
             base_url = stack.enter_context(target_url(spec))
             r = stack.enter_context(asyncio.Runner(loop_factory=_new_loop))
-            result = r.run(main(base_url))
+            try:
+                result = r.run(main(base_url))
+            except asyncio.CancelledError:
+                if not interrupts:
+                    raise
+                raise KeyboardInterrupt from None  # a signal during preflight: exit 130
+            finally:
+                # Closing the loop puts the signals back to their defaults (SIGTERM: die at
+                # once); the linger and the cleanup that follow still end through `interrupt`.
+                for sig in previous:
+                    signal.signal(sig, interrupt)
         if launch is not None:
             err.print(f"vLLM stopped; its log: {launch.log_path}", highlight=False)
         push_failed = None if export is None else export.run_ended()
@@ -411,14 +444,25 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
     finally:
         if export is not None:
             export.close()
-    if result.ended != "completed" and interrupts:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if interrupts:
         return Exit.INTERRUPTED
+    if result.incomplete is not None:
+        err.print(
+            f"[red]error:[/] the run is incomplete: {result.incomplete}; the records received "
+            f"are kept (results.json says ended: incomplete): {result.results_path}",
+            highlight=False,
+        )
+        return Exit.ERROR
     code = verdict_exit(result.summary, gate_slos=bool(ns.slo))
     # A requested push that failed is an error, unless the verdict already says something worse.
     return Exit.ERROR if push_failed and code == Exit.OK else code
 
 
 def cmd_summary(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
+    from latbench._bench import validity_limits
+
     f = read_records(ns.records)
     spec = load_spec(f.header.spec if f.header else {}, source=str(ns.records))
     slos = spec.slos
@@ -438,7 +482,7 @@ def cmd_summary(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
         slos=slos,
         percentiles=spec.percentiles,
         client=client,
-        limits=spec.validity.limits(),
+        limits=validity_limits(spec),
     )
     recon = None
     try:
@@ -458,6 +502,15 @@ def cmd_summary(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
         render_summary(summary, console)
         if recon is not None:
             render_reconciliation(recon, console)
+    if f.footer is not None and f.footer.ended == "incomplete":
+        # As the live run said: a worker died, so the run is not whole whatever the figures say.
+        lost = [r for r in f.records if r.error == ErrorKind.LOST]
+        why = lost[0].error_detail if lost else "a worker process died"
+        err.print(
+            f"[red]error:[/] the run is incomplete ({len(lost)} requests lost): {why}",
+            highlight=False,
+        )
+        return Exit.ERROR
     return verdict_exit(summary, gate_slos=bool(ns.slo))
 
 

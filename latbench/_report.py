@@ -41,6 +41,7 @@ def render_summary(summary: Summary, console: Console) -> None:
     console.print(_throughput_table(summary))
     if summary.requests.failed:
         console.print(_errors_table(summary))
+        console.print(_failures_line(summary))
     for line in _slo_lines(summary):
         console.print(line)
     console.print(_validity(summary))
@@ -160,6 +161,13 @@ def _errors_table(s: Summary) -> Table:
     for status, count in s.requests.errors_by_status.items():
         table.add_row(f"  HTTP {status}", f"{count:,}")
     return table
+
+
+def _failures_line(s: Summary) -> Text:
+    f = s.failures
+    if f.passed:
+        return Text(f"failed requests: {f.describe()}", style="yellow" if f.failed else "")
+    return Text.assemble(("FAILED  ", "bold red"), (f.describe(), "red"))
 
 
 def _slo_lines(s: Summary) -> list[Text]:

@@ -43,7 +43,6 @@ GAP_METRICS = frozenset({"itl", "itl_per_token"})
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
 
 
-
 @dataclass(frozen=True)
 class ValidityLimits:
     """Above these, a run is client-bound. Defaults are provisional until the bench harness
@@ -54,6 +53,10 @@ class ValidityLimits:
     loop_lag_p99_s: float = 0.001
     queue_delay_p99_s: float = 0.010  # open loop only
     client_cpu: float = 0.9  # busiest worker, fraction of one core: its loop runs on one
+    # Not a client-bound limit but the run's other verdict: the share of measured requests that
+    # may fail (cancelled ones aside) before the run fails, with or without SLOs (spec:
+    # validity.max_failed_fraction). Kept here so every summary stores the limit it was judged by.
+    max_failed_fraction: float = 0.01
 
 
 DEFAULT_LIMITS = ValidityLimits()
@@ -383,6 +386,61 @@ class Validity:
         return d
 
 
+def _pct(fraction: float) -> str:
+    """15%, 1.25%, 33.3%: enough figures that a share just over its limit does not read equal."""
+    return f"{fraction * 100:.3g}%"
+
+
+@dataclass(frozen=True)
+class Failures:
+    """The failed-share verdict. Cancelled requests are left out of both sides of the share:
+    latbench cut them (a stop, an abort, the overtime running out), the server did not fail
+    them. A run where no measured request succeeded fails whatever the limit says."""
+
+    measured: int
+    succeeded: int
+    failed: int  # measured requests that failed, cancelled ones aside
+    cancelled: int
+    limit: float
+
+    @property
+    def judged(self) -> int:
+        return self.measured - self.cancelled
+
+    @property
+    def fraction(self) -> float | None:
+        return self.failed / self.judged if self.judged else None
+
+    @property
+    def passed(self) -> bool:
+        if self.measured and not self.succeeded:
+            return False
+        return self.fraction is None or self.fraction <= self.limit
+
+    def describe(self) -> str:
+        """One plain sentence, for the terminal and for reasons."""
+        if self.measured and not self.succeeded:
+            cut = f" ({self.cancelled:,} cancelled)" if self.cancelled else ""
+            return f"none of the {self.measured:,} measured requests succeeded{cut}"
+        share = self.fraction or 0.0
+        where = "over" if share > self.limit else "within"
+        return (
+            f"{self.failed:,} of {self.judged:,} measured requests failed ({_pct(share)}), "
+            f"{where} the {_pct(self.limit)} limit"
+            + (f"; {self.cancelled:,} cancelled, not counted" if self.cancelled else "")
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "judged": self.judged,
+            "fraction": _round(self.fraction, 6),
+            "max_failed_fraction": self.limit,
+            "passed": self.passed,
+        }
+
+
 @dataclass(frozen=True)
 class Summary:
     window: Window | None  # None when there are no measure-phase records and none was given
@@ -407,6 +465,18 @@ class Summary:
     def client_bound(self) -> bool:
         return bool(self.validity.client_bound)
 
+    @property
+    def failures(self) -> Failures:
+        req = self.requests
+        cancelled = req.errors_by_kind.get(str(ErrorKind.CANCELLED), 0)
+        return Failures(
+            measured=req.measured,
+            succeeded=req.succeeded,
+            failed=req.failed - cancelled,
+            cancelled=cancelled,
+            limit=self.validity.limits.max_failed_fraction,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data: times in seconds, None where a distribution has no samples."""
         return {
@@ -421,6 +491,7 @@ class Summary:
             "slo": {"passed": self.slo_passed, "results": [r.to_dict() for r in self.slos]},
             "validity": self.validity.to_dict(),
             "client_bound": self.client_bound,
+            "failures": self.failures.to_dict(),
         }
 
 
@@ -739,6 +810,7 @@ def _validity(
             unsent=None,
             client_bound=None,
             reasons=(),
+            limits=limits,
         )
     lag = np.asarray(client.loop_lag_ns, dtype=np.int64) / NS_PER_S
     lag_p50, lag_p99, lag_max = _p50_p99_max(lag)
@@ -778,4 +850,5 @@ def _validity(
         unsent=client.unsent,
         client_bound=bool(reasons),
         reasons=tuple(reasons),
+        limits=limits,
     )

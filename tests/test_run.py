@@ -203,9 +203,15 @@ def test_errors_mid_run_are_counted_and_the_run_goes_on(tmp_path: Path) -> None:
         "--sim",
         'faults=[{"kind": "truncate", "every": 3, "after": 2}]',
     )
-    assert code == 0, err
+    # A third of the requests failed: over the default 1% limit, so the verdict fails (exit 6)
+    # without any --slo, and the summary says by how much.
+    assert code == 6, err
     assert s["requests"]["failed"] == 4 and s["requests"]["succeeded"] == 8
     assert s["errors"]["by_kind"] == {"stream_truncated": 4}
+    assert s["failures"] == {
+        "failed": 4, "cancelled": 0, "judged": 12, "fraction": 0.333333,
+        "max_failed_fraction": 0.01, "passed": False,
+    }  # fmt: skip
 
 
 def test_records_survive_a_killed_run(tmp_path: Path) -> None:

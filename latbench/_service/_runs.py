@@ -28,7 +28,7 @@ import numpy as np
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from rich.console import Console
 
-from latbench._bench import new_run_id, public_spec, run_benchmark
+from latbench._bench import new_run_id, public_spec, run_benchmark, validity_limits
 from latbench._errors import LatbenchError
 from latbench._metrics import LatbenchMetrics
 from latbench._record import Record, RunFooter, read_records
@@ -160,7 +160,7 @@ def summary_from_records(path: Path, spec: dict[str, Any]) -> dict[str, Any] | N
         slos=s.slos,
         percentiles=s.percentiles,
         client=client,
-        limits=s.validity.limits(),
+        limits=validity_limits(s),
     )
     return summary.to_dict()
 
@@ -369,6 +369,10 @@ class RunManager:
             row.error = (
                 f"in-flight requests were cancelled {OVERTIME_S:g} s after the load duration"
             )
+        if result.incomplete is not None and row.state == COMPLETED:
+            # A worker died: what it had in flight is recorded as lost, the rest is measured.
+            row.state = FAILED
+            row.error = f"incomplete: {result.incomplete}; its records and results are kept"
 
     def _overtime(self, a: Active) -> None:
         log.warning(

@@ -13,7 +13,14 @@ progress, Prometheus), receives each record as it finishes, and fans it out. All
 one instant that the runner picks once every worker is ready, and all read CLOCK_MONOTONIC.
 
 The first `stop()` ends scheduling and lets in-flight streams finish; `abort()` cancels them,
-and their records say `cancelled` with whatever they had measured.
+and their records say `cancelled` with whatever they had measured. With a duration, requests still
+in flight `load.overtime` seconds after it ended are cancelled the same way (their records say
+so), so an endless stream cannot hold a run past its duration for longer than that.
+
+The run outlives its parts: each worker tells the runner of every request it sends, so when a
+worker process dies its in-flight requests are recorded as `lost`, the other workers go on, and
+the run ends `incomplete` with every record kept. A frame the runner cannot decode becomes a
+`client_error` record of its request, not a crash.
 """
 
 from __future__ import annotations
@@ -22,24 +29,26 @@ import asyncio
 import math
 import os
 import pickle
+import signal
 import sys
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic_ns
+from typing import Any
 
 import aiohttp
 import orjson
 
 from latbench._client import Endpoint
-from latbench._errors import LatbenchError
-from latbench._record import Record, RunFooter
+from latbench._errors import ErrorKind, LatbenchError
+from latbench._record import Phase, Record, RunFooter
 from latbench._sinks import Sink
 from latbench._spec import LoadSpec
 from latbench._summary import ClientStats
 from latbench._validity import publish_lag
-from latbench._wire import frame, message, read_frame, unpack_record
+from latbench._wire import frame, message, read_frame, record_seq, unpack_record
 from latbench._worker import Shard, raise_fd_limit
 from latbench._workload import Workload
 
@@ -87,17 +96,22 @@ class RunOutcome:
     records: list[Record]
     footer: RunFooter
     client: ClientStats
-    ended: str
+    ended: str  # completed | stopped | aborted | incomplete (a worker died)
+    incomplete: str | None = None  # why, when it is
 
 
 @dataclass
 class _Worker:
+    index: int
     proc: asyncio.subprocess.Process
     inflight: int = 0
     cpu_s: float = 0.0
     wall_s: float = 0.0
     unsent: int = 0
     ended: bool = False
+    # Requests sent and not yet recorded: seq -> (t_intended, t_sent, phase), from `s` frames.
+    pending: dict[int, tuple[int, int, Phase]] = field(default_factory=dict)
+    death: str | None = None  # how it ended, when it died before its `end` frame
 
     def send(self, payload: bytes) -> None:
         stdin = self.proc.stdin
@@ -158,14 +172,18 @@ class Runner:
 
     async def run(self, session: aiohttp.ClientSession) -> RunOutcome:
         """Run the load. `session` is the caller's (preflight) session; workers open their own."""
+        overtime: asyncio.TimerHandle | None = None
         try:
             await self._start_workers()
             if not self._stopping:
                 self._start = monotonic_ns() + START_LEAD_NS
                 for w in self._workers:
                     w.send(message("go", self._start))
+                overtime = self._arm_overtime()
             await asyncio.gather(*(self._drain(w) for w in self._workers))
         finally:
+            if overtime is not None:
+                overtime.cancel()
             for w in self._workers:
                 # The end of its stream is an abort to a worker still running: one that failed
                 # to start, or a run cancelled from outside.
@@ -173,14 +191,21 @@ class Runner:
                     w.proc.stdin.close()
             for w in self._workers:
                 await _reap(w.proc)
-        failed = [i for i, w in enumerate(self._workers) if not w.ended]
-        if failed and not self._aborted:
-            codes = ", ".join(f"{i}: {self._workers[i].proc.returncode}" for i in failed)
-            raise WorkerError(
-                f"worker process(es) ended before their shard finished (exit status {codes}); "
-                f"the {len(self.records)} records received are kept"
-            )
         return self._outcome()
+
+    def _arm_overtime(self) -> asyncio.TimerHandle | None:
+        """With a duration: at its end plus `load.overtime`, cancel whatever is still in flight."""
+        ld = self.load
+        if ld.duration is None:
+            return None
+        duration_end = self._start + int(ld.duration * 1e9)
+        at = duration_end + int(ld.overtime * 1e9)
+
+        def expire() -> None:
+            for w in self._workers:
+                w.send(message("overtime", duration_end))
+
+        return asyncio.get_running_loop().call_later((at - monotonic_ns()) / 1e9, expire)
 
     async def _start_workers(self) -> None:
         env = dict(os.environ)
@@ -198,7 +223,7 @@ class Runner:
                 for _ in range(self.workers)
             )
         )
-        self._workers = [_Worker(p) for p in procs]
+        self._workers = [_Worker(k, p) for k, p in enumerate(procs)]
         for k, w in enumerate(self._workers):
             shard = Shard(
                 run_id=self.run_id,
@@ -222,30 +247,99 @@ class Runner:
             for w in self._workers:
                 w.send(message("abort" if self._aborted else "stop"))
 
+    def _add(self, rec: Record) -> None:
+        self.records.append(rec)
+        for sink in self.sinks:
+            sink.add(rec)
+
+    def _unreadable(self, w: _Worker, seq: int, why: str) -> None:
+        """A request whose record could not be read: recorded as latbench's own failure."""
+        t_intended, t_sent, phase = w.pending.pop(seq, (0, 0, "measure"))
+        rec = Record(
+            run_id=self.run_id,
+            seq=seq,
+            phase=phase,
+            api=self.endpoint.api.name,
+            t_intended=t_intended or monotonic_ns(),
+            t_sent=t_sent or monotonic_ns(),
+            error=ErrorKind.CLIENT_ERROR,
+            error_detail=why,
+        )
+        self._add(rec)
+
+    def _control(self, w: _Worker, m: list[Any], loop: asyncio.AbstractEventLoop) -> None:
+        kind = m[0]
+        if kind == "s":
+            w.pending[int(m[1])] = (int(m[2]), int(m[3]), m[4])
+        elif kind == "h":
+            w.inflight = m[1]
+            self._lag_ticks.extend(m[2])
+            self._lags.extend(m[3])
+            for lag in m[3]:
+                publish_lag(loop, lag)
+        elif kind == "end":
+            w.cpu_s, w.wall_s, w.unsent = m[1], m[2], m[3]
+            w.inflight = 0
+            w.ended = True
+
     async def _drain(self, w: _Worker) -> None:
         stdout = w.proc.stdout
         assert stdout is not None
         loop = asyncio.get_running_loop()
-        while (payload := await read_frame(stdout)) is not None:
-            m = orjson.loads(payload)
-            kind = m[0]
+        while True:
+            try:
+                payload = await read_frame(stdout)
+            except ConnectionError:  # torn mid-frame: the worker died while writing
+                break
+            if payload is None:
+                break
+            try:
+                m = orjson.loads(payload)
+                kind = m[0]
+            except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
+                continue  # not a frame at all; its request, if any, is settled at the end
             if kind == "r":
-                rec = unpack_record(self.run_id, m)
-                self.records.append(rec)
-                for sink in self.sinks:
-                    sink.add(rec)
-            elif kind == "h":
-                w.inflight = m[1]
-                self._lag_ticks.extend(m[2])
-                self._lags.extend(m[3])
-                for lag in m[3]:
-                    publish_lag(loop, lag)
-            elif kind == "end":
-                w.cpu_s, w.wall_s, w.unsent = m[1], m[2], m[3]
-                w.inflight = 0
-                w.ended = True
+                try:
+                    rec = unpack_record(self.run_id, m)
+                except Exception as e:
+                    seq = record_seq(m)
+                    if seq is not None:
+                        why = f"the runner could not read this request's record: {e}"
+                        self._unreadable(w, seq, why)
+                    continue
+                w.pending.pop(rec.seq, None)
+                self._add(rec)
+            else:
+                try:
+                    self._control(w, m, loop)
+                except (IndexError, KeyError, TypeError, ValueError):
+                    continue  # a garbled control frame costs its information, not the run
         if w.proc.stdin is not None:
             w.proc.stdin.close()
+        if w.ended:
+            for seq in list(w.pending):
+                self._unreadable(w, seq, "the worker ended without a readable record of it")
+            return
+        # It died mid-run: what it had in flight is lost; the other workers go on.
+        status = await _reap(w.proc)
+        w.inflight = 0
+        w.death = f"worker {w.index} (pid {w.proc.pid}) died ({_describe_status(status)})"
+        now = monotonic_ns()
+        for seq, (t_intended, t_sent, phase) in sorted(w.pending.items()):
+            self._add(
+                Record(
+                    run_id=self.run_id,
+                    seq=seq,
+                    phase=phase,
+                    api=self.endpoint.api.name,
+                    t_intended=t_intended,
+                    t_sent=min(t_sent, now),
+                    error=ErrorKind.LOST,
+                    error_detail=f"{w.death} with this request in flight",
+                )
+            )
+        w.death += f" with {len(w.pending)} requests in flight, recorded as lost"
+        w.pending.clear()
 
     def _outcome(self) -> RunOutcome:
         ws, we = self._window()
@@ -260,8 +354,14 @@ class Runner:
             unsent=sum(w.unsent for w in self._workers),
         )
         ended = "aborted" if self._aborted else ("stopped" if self._stopped_at else "completed")
+        deaths = [w.death for w in self._workers if w.death is not None]
+        incomplete = "; ".join(deaths) if deaths else None
+        if incomplete is not None:
+            ended = "incomplete"
         footer = RunFooter(window_start=ws, window_end=we, ended=ended, validity=client.to_dict())
-        return RunOutcome(records=self.records, footer=footer, client=client, ended=ended)
+        return RunOutcome(
+            records=self.records, footer=footer, client=client, ended=ended, incomplete=incomplete
+        )
 
     def _window(self) -> tuple[int, int]:
         """[start, end) of the measurement. Time-based bounds where the spec gives them; otherwise
@@ -279,6 +379,15 @@ class Runner:
         if self._stopped_at is not None and self._stopped_at < end and self._aborted:
             end = self._stopped_at
         return start, max(end, start)
+
+
+def _describe_status(status: int) -> str:
+    if status < 0:
+        try:
+            return f"exit status {status}, {signal.Signals(-status).name}"
+        except ValueError:
+            pass
+    return f"exit status {status}"
 
 
 async def _reap(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> int:

@@ -8,13 +8,17 @@ other frame in either direction is one orjson array whose first element names it
 A finished request travels as one positional array (no field names), with its event instants
 relative to its own send instant: a 128-event record is about 1.2 kB on the wire instead of 4 kB
 of named JSON.
+
+Neither side trusts the other's frames further than it must: a record the worker cannot encode
+travels as a `client_error` record instead (`unsendable`), and one the parent cannot decode
+raises `ValueError` from `unpack_record`, which the runner turns into a record of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import orjson
@@ -64,6 +68,47 @@ _ERROR_KINDS = tuple(
 )
 
 
+_SEQ = _FIELDS.index("seq")
+# Integer fields a summary does arithmetic on: anything but an int in int64's range is refused
+# here, before it can reach an array or a total.
+_INTS = tuple(
+    _FIELDS.index(name)
+    for name in (
+        "t_intended", "t_sent", "t_headers", "t_end", "status", "usage_prompt_tokens",
+        "usage_completion_tokens", "max_tokens", "attempts", "first_status", "t_first_end",
+        "t_last_sent",
+    )
+)  # fmt: skip
+_I64 = 1 << 63
+
+
+def unsendable(r: Record, e: Exception) -> Record:
+    """What travels instead of a record that cannot be encoded: its instants and outcome, none
+    of the values that failed, and a detail that says so."""
+    return replace(
+        r,
+        ev_t=(),
+        ev_kind="",
+        ev_n=None,
+        usage_prompt_tokens=None,
+        usage_completion_tokens=None,
+        finish_reason=None,
+        error=ErrorKind.CLIENT_ERROR,
+        error_detail=f"the worker could not encode this record ({type(e).__name__}: {e}); "
+        f"it had ended as {r.error or 'ok'}",
+        first_error=None,
+    )
+
+
+def record_seq(m: Any) -> int | None:
+    """The request number of a record frame, if it can be read at all."""
+    if isinstance(m, list) and len(m) > 1 + _SEQ:
+        seq = m[1 + _SEQ]
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            return seq
+    return None
+
+
 def pack_record(r: Record) -> list[Any]:
     m: list[Any] = ["r"]
     m.extend(getattr(r, name) for name in _FIELDS)
@@ -77,6 +122,14 @@ def pack_record(r: Record) -> list[Any]:
 def unpack_record(run_id: str, m: list[Any]) -> Record:
     """The runner keeps every record of a run: event instants and counts as typed arrays."""
     v = m[1:]
+    if len(v) != len(_FIELDS):
+        raise ValueError(f"a record of {len(v)} fields, not {len(_FIELDS)}")
+    for i in _INTS:
+        x = v[i]
+        if x is not None and (type(x) is not int or not -_I64 <= x < _I64):
+            raise ValueError(f"{_FIELDS[i]} is {x!r}, not an integer")
+    if record_seq(m) is None:
+        raise ValueError(f"seq is {v[_SEQ]!r}, not an integer")
     base = v[_T_SENT]
     v[_EV_T] = instants([base + t for t in v[_EV_T]])
     v[_EV_N] = counts(v[_EV_N])

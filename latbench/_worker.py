@@ -15,14 +15,22 @@ The worker keeps nothing once a record is sent: records go to the parent as they
 parent owns the sinks, the exporter and the run's records.
 
 Protocol, parent -> worker: the pickled `Shard`, then `["go", start_ns]`, then at most `["stop"]`
-and `["abort"]`; the end of the stream means abort (the parent died). Worker -> parent:
-`["ready"]`, then any number of records (`_wire.pack_record`) and heartbeats
-`["h", inflight, lag_ticks, lag_samples]`, and last `["end", cpu_s, wall_s, unsent]`.
+and `["abort"]` or `["overtime", duration_end_ns]` (an abort whose cancelled records say the
+run's overtime ran out); the end of the stream means abort (the parent died). Worker -> parent:
+`["ready"]`, then for every request `["s", seq, t_intended, t_sent, phase]` as it is sent and its
+record (`_wire.pack_record`) when it ends, heartbeats `["h", inflight, lag_ticks, lag_samples]`,
+and last `["end", cpu_s, wall_s, unsent]`. The `s` frames let the parent record a request as
+`lost` if this process dies with it in flight.
+
+Whatever goes wrong inside one request's path (the workload's item, building the body, a record
+that cannot be encoded) becomes that request's record, `client_error` with a detail: a closed-
+loop user never vanishes, and the parent always hears how each sent request ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import pickle
@@ -31,7 +39,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import monotonic_ns
 
 import aiohttp
@@ -40,12 +48,13 @@ import orjson
 from latbench import _rxstamp
 from latbench._client import Endpoint, stream_request
 from latbench._eager import install as install_eager_writes
+from latbench._errors import ErrorKind
 from latbench._reads import StampingConnector
-from latbench._record import Record
+from latbench._record import Phase, Record
 from latbench._schedule import ConstantPacer, Pacer, PoissonPacer, phase_of
 from latbench._spec import LoadSpec
 from latbench._validity import LoopLagMonitor
-from latbench._wire import message, pack_record, read_frame
+from latbench._wire import message, pack_record, read_frame, unsendable
 from latbench._workload import Workload
 
 HEARTBEAT_S = 0.1  # how stale the parent's in-flight count and live lag histogram may be
@@ -105,16 +114,24 @@ class Shard:
 
 
 class ShardRun:
-    """Sends one shard's requests on schedule and hands each finished record to `emit`."""
+    """Sends one shard's requests on schedule and hands each finished record to `emit`;
+    `on_send(seq, t_intended, t_sent, phase)` hears of each request as it goes out."""
 
-    def __init__(self, shard: Shard, emit: Callable[[Record], None]) -> None:
+    def __init__(
+        self,
+        shard: Shard,
+        emit: Callable[[Record], None],
+        on_send: Callable[[int, int, int, Phase], None] | None = None,
+    ) -> None:
         self.shard = shard
         self.emit = emit
+        self.on_send = on_send
         self.inflight = 0
         self.unsent = 0
         self.start = 0
         self._stopping = False
         self._aborted = False
+        self._duration_end: int | None = None  # set when the overtime ran out
         self._tasks: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
@@ -125,6 +142,12 @@ class ShardRun:
         self._aborted = True
         for t in list(self._tasks):
             t.cancel()
+
+    def overtime(self, duration_end_ns: int) -> None:
+        """The run's duration ended `load.overtime` ago: cancel what is still in flight, and say
+        so in each cancelled record."""
+        self._duration_end = duration_end_ns
+        self.abort()
 
     async def run(self, session: aiohttp.ClientSession, start: int) -> None:
         self.start = start
@@ -155,20 +178,35 @@ class ShardRun:
 
     async def _one(self, session: aiohttp.ClientSession, n: int, t_intended: int) -> None:
         sh = self.shard
-        item = sh.workload.item(n)
+        phase: Phase = self._phase(n, t_intended - self.start)  # type: ignore[assignment]
         self.inflight += 1
+        t_sent = monotonic_ns()
         try:
+            if self.on_send is not None:
+                self.on_send(n, t_intended, t_sent, phase)
+            item = sh.workload.item(n)
             rec = await stream_request(
-                session,
-                sh.endpoint,
-                item,
+                session, sh.endpoint, item, run_id=sh.run_id, seq=n, phase=phase,
+                t_intended=t_intended,
+            )  # fmt: skip
+        except Exception as e:  # a bug or bad input on latbench's side: still a record
+            rec = Record(
                 run_id=sh.run_id,
                 seq=n,
-                phase=self._phase(n, t_intended - self.start),  # type: ignore[arg-type]
+                phase=phase,
+                api=sh.endpoint.api.name,
                 t_intended=t_intended,
+                t_sent=t_sent,
+                t_end=monotonic_ns(),
+                error=ErrorKind.CLIENT_ERROR,
+                error_detail=f"before or around the request: {type(e).__name__}: {e}",
             )
         finally:
             self.inflight -= 1
+        if self._duration_end is not None and rec.error == ErrorKind.CANCELLED:
+            ago = ((rec.t_end or monotonic_ns()) - self._duration_end) / 1e9
+            detail = f"the run's duration ended {ago:.3g} s ago (overtime)"
+            rec = replace(rec, error_detail=detail)
         self.emit(rec)
 
     async def _closed_loop(self, session: aiohttp.ClientSession) -> None:
@@ -231,9 +269,22 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         return
     shard: Shard = pickle.loads(first)
     ep = shard.endpoint
-    # Pay first-use costs (lazy imports, RNG set-up, JSON encoder) before the clock starts.
-    ep.api.body(shard.workload.item(shard.index), ep.options)
-    run = ShardRun(shard, lambda rec: writer.write(message(*pack_record(rec))))
+    # Pay first-use costs (lazy imports, RNG set-up, JSON encoder) before the clock starts. An
+    # item that cannot be built fails again in its request, which records it.
+    with contextlib.suppress(Exception):
+        ep.api.body(shard.workload.item(shard.index), ep.options)
+
+    def emit(rec: Record) -> None:
+        try:
+            payload = message(*pack_record(rec))
+        except Exception as e:  # a value orjson cannot write (an int over 64 bits, say)
+            payload = message(*pack_record(unsendable(rec, e)))
+        writer.write(payload)
+
+    def on_send(seq: int, t_intended: int, t_sent: int, phase: Phase) -> None:
+        writer.write(message("s", seq, t_intended, t_sent, phase))
+
+    run = ShardRun(shard, emit, on_send)
     writer.write(message("ready"))
     go = await read_frame(reader)
     if go is None:
@@ -247,8 +298,11 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
     async def control() -> None:
         while (f := await read_frame(reader)) is not None:
-            if orjson.loads(f)[0] == "stop":
+            cmd = orjson.loads(f)
+            if cmd[0] == "stop":
                 run.stop()
+            elif cmd[0] == "overtime":
+                run.overtime(cmd[1])
             else:
                 run.abort()
         run.abort()  # the parent went away: nobody is left to take the records

@@ -463,8 +463,10 @@ def load_yaml(text: str | bytes, what: str) -> Any:
         return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SpecError(f"{what} is not valid YAML/JSON: {e}") from None
-    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
-        raise SpecError(f"{what} is not valid YAML/JSON: {e}") from None
+    except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError) as e:
+        # PyYAML's constructors raise plain exceptions on some malformed scalars (`!!int` with
+        # no digits: IndexError; an integer of over 4300 digits: ValueError).
+        raise SpecError(f"{what} is not valid YAML/JSON: {type(e).__name__}: {e}") from None
 
 
 def read_spec_file(path: str | Path) -> dict[str, Any]:

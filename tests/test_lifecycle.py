@@ -1,0 +1,407 @@
+"""A run's life cycle and the verdicts a CI reads from it: the failed share is a verdict of its
+own (exit 6), `--duration` ends the run within its overtime, nothing in a request's path can make
+a request vanish, a dead worker leaves an incomplete run with its records, and SIGINT/SIGTERM end
+every phase with 130. Real processes, the simulator and raw servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from time import monotonic_ns
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from latbench._apis import API_KINDS, RequestOptions
+from latbench._client import Endpoint, Timeouts
+from latbench._errors import ErrorKind
+from latbench._record import Record, read_records
+from latbench._runner import Runner, _Worker
+from latbench._spec import LoadSpec
+from latbench._wire import message, pack_record
+from latbench._worker import Shard, ShardRun
+from latbench._workload import SyntheticWorkload, WorkItem
+from latbench.sim import SimProcess
+
+# Validity limits a shared 2-core machine meets: these tests are about other verdicts.
+LOOSE = "loop_lag_p99: 50ms, queue_delay_p99: 50ms, client_cpu: 4"
+FAST = ("--sim", "ttft=0.005", "--sim", "itl=0.001", "--output-tokens", "4")
+
+
+def latbench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "latbench", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "latbench", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def spec_file(tmp_path: Path, validity: str = LOOSE, load: str = "") -> str:
+    p = tmp_path / "spec.yaml"
+    p.write_text(f"validity: {{{validity}}}\nload: {{{load}}}\n")
+    return str(p)
+
+
+def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def lines(tmp_path: Path) -> int:
+    """Lines in the run's records file so far (header included)."""
+    return sum(p.read_bytes().count(b"\n") for p in tmp_path.glob("*/records.jsonl"))
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str, float]:
+    """Exit status, stdout, stderr and how long it took to end."""
+    t0 = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err, time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# The failed share
+
+
+def test_too_many_failures_exit_6_and_the_summary_replays_the_same_verdict(
+    tmp_path: Path,
+) -> None:
+    spec = spec_file(tmp_path)
+    faults = ("--sim", 'faults=[{"kind": "http_status", "every": 4}]')
+    p = latbench("run", "--out", str(tmp_path), "--spec", spec, "--concurrency", "2",
+                 "--requests", "20", *FAST, *faults)  # fmt: skip
+    assert p.returncode == 6, p.stderr
+    assert "5 of 20 measured requests failed (25%), over the 1% limit" in p.stdout
+    (run_dir,) = (d for d in tmp_path.iterdir() if d.is_dir())
+    results = json.loads((run_dir / "results.json").read_text())
+    failures = results["summary"]["failures"]
+    assert failures["failed"] == 5 and failures["fraction"] == 0.25 and not failures["passed"]
+    assert results["summary"]["validity"]["limits"]["max_failed_fraction"] == 0.01
+    # Replayed from the records, the verdict is the live one.
+    s = latbench("summary", str(run_dir / "records.jsonl"), "--json")
+    assert s.returncode == 6, s.stderr
+    assert json.loads(s.stdout)["failures"] == failures
+
+
+def test_the_limit_comes_from_the_spec_and_client_bound_comes_first(tmp_path: Path) -> None:
+    faults = ("--sim", 'faults=[{"kind": "http_status", "every": 4}]')
+    common = ("--concurrency", "2", "--requests", "12", *FAST, *faults, "--json")
+    lenient = spec_file(tmp_path, LOOSE + ", max_failed_fraction: 0.3")
+    p = latbench("run", "--out", str(tmp_path), "--spec", lenient, *common)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["failures"]["passed"] is True
+    # Too many failures outrank a missed SLO (6 before 3) ...
+    p = latbench("run", "--out", str(tmp_path), "--spec", spec_file(tmp_path), *common,
+                 "--slo", "ttft:p50<=1us")  # fmt: skip
+    assert p.returncode == 6, p.stderr
+    # ... and a client-bound run's figures cannot be trusted at all (4 before 6).
+    strict = spec_file(tmp_path, "client_cpu: 0.000001")
+    p = latbench("run", "--out", str(tmp_path), "--spec", strict, *common)
+    assert p.returncode == 4, p.stderr
+
+
+def test_a_run_where_every_request_failed_never_exits_0(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path)
+    faults = ("--sim", 'faults=[{"kind": "http_status", "every": 1}]')
+    p = latbench("run", "--out", str(tmp_path), "--spec", spec, "--concurrency", "2",
+                 "--requests", "6", *FAST, *faults)  # fmt: skip
+    assert p.returncode == 6, p.stderr
+    assert "6 of 6 measured requests failed" in p.stdout or "none of the 6" in p.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# --duration ends the run
+
+
+def test_duration_plus_overtime_cancels_an_endless_stream(tmp_path: Path) -> None:
+    """Streams far longer than the run: cancelled `load.overtime` after the duration, recorded."""
+    spec = spec_file(tmp_path, load="overtime: 1")
+    t0 = time.monotonic()
+    p = latbench("run", "--out", str(tmp_path), "--spec", spec, "--concurrency", "2",
+                 "--duration", "1s", "--output-tokens", "1000000", "--server-metrics", "off",
+                 "--sim", "max_model_len=2000000", "--sim", "ttft=0.005", "--sim", "itl=0.01",
+                 "--json", timeout=60)  # fmt: skip
+    wall = time.monotonic() - t0
+    assert p.returncode == 6, p.stderr  # nothing finished: nothing succeeded
+    (records,) = tmp_path.glob("*/records.jsonl")
+    f = read_records(records)
+    assert f.footer is not None and len(f.records) == 2
+    start = min(r.t_intended for r in f.records)
+    for r in f.records:
+        assert r.error is ErrorKind.CANCELLED and r.error_detail is not None
+        assert "duration ended" in r.error_detail and "(overtime)" in r.error_detail
+        assert len(r.ev_t) > 10  # what was measured before the cut is kept
+        assert r.t_end is not None
+        # Ended within duration + overtime plus a small bound (the cancel's own latency).
+        assert (r.t_end - start) / 1e9 < 1 + 1 + 0.5
+    assert wall < 30  # start-up included; before, it ran to the 600 s total timeout
+
+
+# --------------------------------------------------------------------------------------------
+# An exception anywhere in a request's path is a record
+
+
+class FlakyWorkload:
+    """A workload whose item `n` cannot be built for the numbers in `bad`."""
+
+    def __init__(self, bad: set[int]) -> None:
+        self.inner = SyntheticWorkload(4, 3, seed=1)
+        self.bad = bad
+
+    def item(self, n: int) -> WorkItem:
+        if n in self.bad:
+            raise ValueError(f"item {n} is broken")
+        return self.inner.item(n)
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+def endpoint(url: str) -> Endpoint:
+    return Endpoint(
+        base_url=url,
+        api=API_KINDS["chat"],
+        options=RequestOptions(model="sim-model", vllm_extensions=True, ignore_eos=True,
+                               extra_body={}),
+        headers={},
+        timeouts=Timeouts(first_token=5, idle=5, total=20),
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_an_item_that_raises_is_a_client_error_record_and_its_user_goes_on(
+    sim: Callable[..., SimProcess], session: aiohttp.ClientSession
+) -> None:
+    s = sim(ttft=0.002, itl=0.001)
+    shard = Shard(run_id="t", index=0, count=1, endpoint=endpoint(s.url),
+                  workload=FlakyWorkload({2, 5}),  # type: ignore[arg-type]
+                  load=LoadSpec(concurrency=2, requests=8))  # fmt: skip
+    records: list[Record] = []
+    sent: list[int] = []
+    run = ShardRun(shard, records.append, lambda seq, *_: sent.append(seq))
+    await asyncio.wait_for(run.run(session, monotonic_ns()), 20)
+    assert sorted(r.seq for r in records) == list(range(8)) == sorted(sent)
+    bad = {r.seq: r for r in records if not r.ok}
+    assert set(bad) == {2, 5}
+    for seq, r in bad.items():
+        assert r.error is ErrorKind.CLIENT_ERROR and f"item {seq} is broken" in str(r.error_detail)
+    assert run.inflight == 0
+
+
+FAKE_WORKER = """
+import sys, orjson
+out = sys.stdout.buffer
+def send(payload):
+    out.write(len(payload).to_bytes(4, "big") + payload)
+for raw in orjson.loads(sys.argv[1]):
+    send(raw.encode("latin-1"))
+out.flush()
+"""
+
+
+async def test_a_frame_the_runner_cannot_read_is_a_client_error_record_and_the_run_goes_on() -> (
+    None
+):
+    good = pack_record(Record("x", 6, "measure", "chat", 10, 20, t_end=30, status=200))
+    bad = pack_record(Record("x", 5, "measure", "chat", 10, 20, t_end=30, status=200))
+    names = [f.name for f in dataclasses.fields(Record) if f.name != "run_id"]
+    bad[1 + names.index("usage_completion_tokens")] = 1.5  # not a count a summary can add up
+    # Payloads as the worker frames them (message() minus its 4-byte length).
+    frames = [
+        message("s", 5, 10, 20, "measure")[4:],
+        orjson.dumps(bad),
+        b"\xff not json",
+        message("s", 6, 10, 20, "measure")[4:],
+        orjson.dumps(good),
+        message("s", 7, 11, 21, "measure")[4:],  # sent, then no record ever comes
+        message("end", 0.1, 1.0, 0)[4:],
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FAKE_WORKER, orjson.dumps([f.decode("latin-1") for f in frames]),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    runner = Runner("x", endpoint("http://127.0.0.1:9"), SyntheticWorkload(4, 3), LoadSpec(
+        concurrency=1, requests=1), sinks=[], workers=1)  # fmt: skip
+    w = _Worker(0, proc)
+    await asyncio.wait_for(runner._drain(w), 10)
+    await proc.wait()
+    by_seq = {r.seq: r for r in runner.records}
+    assert sorted(by_seq) == [5, 6, 7] and w.ended
+    assert by_seq[6].ok
+    assert by_seq[5].error is ErrorKind.CLIENT_ERROR
+    assert "usage_completion_tokens is 1.5" in str(by_seq[5].error_detail)
+    assert by_seq[7].error is ErrorKind.CLIENT_ERROR and by_seq[7].t_intended == 11
+
+
+# --------------------------------------------------------------------------------------------
+# A dead worker
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"latbench._worker" in cmd:
+            out.append(int(d.name))
+    return sorted(out)
+
+
+def test_a_killed_worker_leaves_lost_records_and_an_incomplete_run(
+    tmp_path: Path, sim: Callable[..., SimProcess]
+) -> None:
+    s = sim(ttft=0.005, itl=0.01)
+    proc = spawn("run", "--out", str(tmp_path), "--spec", spec_file(tmp_path), "--target", s.url,
+                 "--concurrency", "4", "--workers", "2", "--duration", "4s",
+                 "--output-tokens", "20", "--server-metrics", "off")  # fmt: skip
+    try:
+        until(lambda: len(children(proc.pid)) == 2, 30, "two workers")
+        until(lambda: lines(tmp_path) > 8, 30, "records")
+        victim = children(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = monotonic_ns()
+    finally:
+        code, _, err, _ = finish(proc, 60)
+    assert code == 1, err
+    assert "incomplete" in err and "SIGKILL" in err and "Traceback" not in err
+    (run_dir,) = (d for d in tmp_path.iterdir() if d.is_dir())
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["ended"] == "incomplete" and "died" in results["incomplete"]
+    f = read_records(run_dir / "records.jsonl")
+    assert f.footer is not None and f.footer.ended == "incomplete"
+    lost = [r for r in f.records if r.error is ErrorKind.LOST]
+    # The dead worker ran two of the four users, each always in flight.
+    assert len(lost) == 2, [(r.seq, r.error) for r in f.records if not r.ok]
+    assert all(f"pid {victim}" in str(r.error_detail) for r in lost)
+    # The other worker went on after the kill, and nothing else failed.
+    assert any(r.ok and r.t_sent > killed_at for r in f.records)
+    assert all(r.ok for r in f.records if r.error is not ErrorKind.LOST)
+    assert len({r.seq for r in f.records}) == len(f.records)
+    s2 = latbench("summary", str(run_dir / "records.jsonl"))
+    assert s2.returncode == 1 and "incomplete" in s2.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Signals in every phase
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, threading.Event]]:
+    """Accepts connections, reads requests, never answers. The event: a request came in."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    got = threading.Event()
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except TimeoutError:
+                continue
+            conns.append(c)
+            c.settimeout(5)
+            try:
+                if c.recv(65536).startswith(b"GET /v1/models"):
+                    got.set()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}", got
+    stop.set()
+    t.join(2)
+    for c in conns:
+        c.close()
+    srv.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_model_lookup_exits_130_at_once(
+    tmp_path: Path, silent_server: tuple[str, threading.Event], sig: signal.Signals
+) -> None:
+    url, asked = silent_server
+    proc = spawn("run", "--out", str(tmp_path), "--target", url, "--requests", "1")
+    try:
+        until(asked.is_set, 30, "the model lookup")
+    except AssertionError:
+        proc.kill()
+        raise
+    proc.send_signal(sig)
+    code, _, err, took = finish(proc, 20)
+    assert code == 130, err
+    assert took < 5 and "Traceback" not in err
+
+
+def test_sigterm_during_the_metrics_linger_exits_130(tmp_path: Path) -> None:
+    proc = spawn("run", "--out", str(tmp_path), "--spec", spec_file(tmp_path), "--requests", "2",
+                 *FAST, "--metrics-port", "0", "--metrics-linger", "60",
+                 "--server-metrics", "off")  # fmt: skip
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + 60
+    while "until a scrape" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "until a scrape" in seen, seen
+    proc.send_signal(signal.SIGTERM)
+    code, _, err, took = finish(proc, 20)
+    assert code == 130, seen + err
+    assert took < 5
+
+
+def test_sigterm_during_the_run_drains_like_ctrl_c(
+    tmp_path: Path, sim: Callable[..., SimProcess]
+) -> None:
+    s = sim(ttft=0.005, itl=0.01)
+    proc = spawn("run", "--out", str(tmp_path), "--target", s.url, "--concurrency", "2",
+                 "--duration", "60s", "--output-tokens", "20")  # fmt: skip
+    until(lambda: lines(tmp_path) > 4, 30, "records")
+    proc.send_signal(signal.SIGTERM)
+    code, _, err, _ = finish(proc, 30)
+    assert code == 130, err
+    (records,) = tmp_path.glob("*/records.jsonl")
+    f = read_records(records)
+    assert f.footer is not None and f.footer.ended == "stopped"
+    assert f.records and all(r.ok for r in f.records)

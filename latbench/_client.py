@@ -238,10 +238,11 @@ async def stream_request(
     except (aiohttp.ClientOSError, ConnectionResetError) as e:
         error, detail = ErrorKind.CONNECTION_RESET, str(e) or type(e).__name__
     except aiohttp.ClientResponseError as e:
-        error, detail = ErrorKind.MALFORMED_STREAM, f"bad HTTP response: {e.message}"
+        # Its message is the parser's: the reason, then the offending bytes on later lines.
+        error, detail = ErrorKind.MALFORMED_STREAM, framing_detail(e.message, "bad HTTP response")
     except HttpProcessingError as e:
         # aiohttp's pure-Python parser raises its own framing errors into the body.
-        error, detail = ErrorKind.MALFORMED_STREAM, framing_detail(e)
+        error, detail = ErrorKind.MALFORMED_STREAM, framing_detail(e.message or repr(e))
     except asyncio.CancelledError:
         # The runner cancels in-flight requests only when the run is aborted; it wants the partial
         # record back rather than the exception.

@@ -36,14 +36,14 @@ class BodyFramingError(aiohttp.ClientPayloadError):
     """The response body broke HTTP/1.1's framing: a malformed chunk size or chunk end."""
 
 
-def framing_detail(e: BaseException) -> str:
-    """What was wrong, from aiohttp's parser error (the C parser's message holds the offending
-    bytes after its first line; the Python parser's is sometimes those bytes alone)."""
-    message = e.message if isinstance(e, HttpProcessingError) else str(e)
-    reason = message.split("\n", 1)[0].strip().rstrip(":") or type(e).__name__
-    if "chunk" not in reason.lower():
-        reason = f"{type(e).__name__} {reason!r}"
-    return f"malformed chunked encoding: {reason}"
+def framing_detail(message: str, otherwise: str = "malformed HTTP body") -> str:
+    """What was wrong, from an aiohttp parser message: its first line is the reason (the C
+    parser's later lines show the offending bytes; the Python parser's is sometimes those bytes
+    alone). A reason about chunks says so; any other is `otherwise`."""
+    reason = message.split("\n", 1)[0].strip().rstrip(":") or "unreadable"
+    if "chunk" in reason.lower():
+        return f"malformed chunked encoding: {reason}"
+    return f"{otherwise}: {reason}"
 
 
 class StampedResponseHandler(ResponseHandler):
@@ -94,7 +94,8 @@ class StampedResponseHandler(ResponseHandler):
             or body.exception() is not None
         ):
             return
-        body.set_exception(BodyFramingError(framing_detail(exc)), exc)
+        message = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        body.set_exception(BodyFramingError(framing_detail(message)), exc)
 
 
 class StampingConnector(aiohttp.TCPConnector):

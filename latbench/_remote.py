@@ -40,6 +40,9 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 API = "/api/v1"
 RECONNECT_FOR_S = 120.0  # while following a run, how long to keep trying an unreachable server
 REQUEST_TIMEOUT_S = 30.0
+# The most of one JSON answer read from a service (a run with its summary is tens of KB); a
+# larger one is not read further, so a wrong or hostile server cannot fill this process.
+MAX_ANSWER_BYTES = 64 << 20
 
 OK, ERROR = Exit.OK, Exit.ERROR
 
@@ -150,13 +153,28 @@ class Client:
                 headers={**self._headers(auth), "Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
             ) as resp:
-                data = await resp.read()
+                data = bytearray(await resp.content.read(MAX_ANSWER_BYTES + 1))
+                while len(data) <= MAX_ANSWER_BYTES and (piece := await resp.content.read(1 << 20)):
+                    data += piece
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as e:
             raise RemoteError(f"cannot reach {self.server}: {_why(e)}") from None
+        if len(data) > MAX_ANSWER_BYTES:
+            raise RemoteError(
+                f"{method} {path}: the answer is over {MAX_ANSWER_BYTES >> 20} MiB; is "
+                f"{self.server} a latbench service?",
+                status,
+            )
         if status >= 400:
             raise RemoteError(f"{method} {path}: HTTP {status}: {_message(data)}", status)
-        return orjson.loads(data)
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise RemoteError(
+                f"{method} {path}: HTTP {status}, but the answer is not JSON; is {self.server} "
+                "a latbench service?",
+                status,
+            ) from None
 
     async def stream(self, path: str) -> AsyncIterator[bytes]:
         """The response body of a GET, piece by piece."""
@@ -165,7 +183,8 @@ class Client:
             async with self._session.get(self.server + path) as resp:
                 if resp.status >= 400:
                     raise RemoteError(
-                        f"GET {path}: HTTP {resp.status}: {_message(await resp.read())}",
+                        f"GET {path}: HTTP {resp.status}: "
+                        f"{_message(await resp.content.read(1 << 16))}",
                         resp.status,
                     )
                 async for piece in resp.content.iter_any():
@@ -183,7 +202,7 @@ def _message(data: bytes) -> str:
         body = orjson.loads(data)
     except orjson.JSONDecodeError:
         return data.decode(errors="replace")[:500]
-    return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+    return (str(body.get("error", body)) if isinstance(body, dict) else str(body))[:500]
 
 
 def _client(ns: argparse.Namespace) -> Client:

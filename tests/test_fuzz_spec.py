@@ -200,3 +200,54 @@ def test_spec_files_of_arbitrary_text(text: str) -> None:
 @given(data=st.binary(max_size=300))
 def test_spec_files_of_arbitrary_bytes(data: bytes) -> None:
     _check(_via_file(data), data)
+
+
+# --- the service's admission: any JSON document is admitted or refused with a 4xx -------------
+
+SERVICE = None
+
+
+def _service_config() -> Any:
+    global SERVICE
+    if SERVICE is None:
+        from latbench._service._config import ServiceConfig
+
+        SERVICE = ServiceConfig.model_validate(
+            {"targets": {"sim": {"base_url": "http://127.0.0.1:9"}},
+             "limits": {"max_input_tokens": 4096, "max_output_tokens": 512}}
+        )  # fmt: skip
+    return SERVICE
+
+
+@st.composite
+def submissions(draw: st.DrawFn) -> Any:
+    """A perturbed spec naming the catalogue target (or not), or any JSON value."""
+    doc = draw(st.one_of(perturbed(), VALUES))
+    if isinstance(doc, dict) and draw(st.booleans()):
+        doc["target"] = (
+            draw(st.sampled_from(["sim", {"name": "sim"}]))
+            if draw(st.booleans())
+            else {"name": "sim", "timeouts": draw(VALUES)}
+        )
+    return doc
+
+
+@FUZZ
+@given(body=submissions())
+def test_admission_admits_or_refuses_with_a_4xx(body: Any) -> None:
+    """What `POST /api/v1/runs` does with a parsed body before it queues it: an admitted spec
+    within every cap, or Refused with a 4xx status; never another exception (a 500)."""
+    from latbench._service._admit import Refused, admit
+
+    config = _service_config()
+    t = time.monotonic()
+    try:
+        admitted = admit(body, config, {"sim": "http://127.0.0.1:9"})
+    except Refused as e:
+        assert 400 <= e.status < 500 and e.message, (e.status, e.message)
+    else:
+        w = admitted.spec.workload
+        assert w.input_tokens.mean <= 4096 and (w.input_tokens.max or 0) <= 4096
+        assert admitted.spec.load.duration is not None and admitted.spec.load.requests
+        _exercise(admitted.spec)
+    assert time.monotonic() - t < BOUND_S, repr(body)[:500]

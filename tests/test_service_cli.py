@@ -142,3 +142,58 @@ def test_records_follow_streams_until_the_end(svc: Service, tmp_path: Path) -> N
     assert p.returncode == 0, p.stderr
     _, records, footer = parse_records(out.read_bytes())
     assert footer is not None and len(records) == 12  # it kept streaming to the end
+
+
+def test_a_huge_or_foreign_answer_is_a_clear_error() -> None:
+    """The client reads a service's answer up to MAX_ANSWER_BYTES: a wrong server sending an
+    endless body, or one that is not JSON, gets a one-line error, not a process filling up
+    or a traceback."""
+    import asyncio
+
+    from aiohttp import web
+
+    from latbench._remote import MAX_ANSWER_BYTES, Client, RemoteError
+
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        chunk = b" " * (1 << 20)
+        try:
+            while sent < 4 * MAX_ANSWER_BYTES:
+                await resp.write(chunk)
+                sent += len(chunk)
+        except ConnectionResetError:
+            pass
+        return resp
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>hello</html>", content_type="text/html")
+
+    async def main() -> list[str]:
+        app = web.Application()
+        app.router.add_get("/api/v1/runs/endless", endless)
+        app.router.add_get("/api/v1/runs/html", html)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        errors = []
+        try:
+            async with Client(url, None) as client:
+                for what in ("endless", "html"):
+                    try:
+                        await client.call("GET", f"/api/v1/runs/{what}")
+                    except RemoteError as e:
+                        errors.append(str(e))
+        finally:
+            await runner.cleanup()
+        return errors
+
+    errors = asyncio.run(main())
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("GET /api/v1/runs/endless: the answer is over 64 MiB; is http")
+    assert errors[1].startswith("GET /api/v1/runs/html: HTTP 200, but the answer is not JSON")
+    assert "a latbench service?" in errors[0] and sent < 2 * MAX_ANSWER_BYTES

@@ -405,3 +405,85 @@ def test_sigterm_during_the_run_drains_like_ctrl_c(
     f = read_records(records)
     assert f.footer is not None and f.footer.ended == "stopped"
     assert f.records and all(r.ok for r in f.records)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_vllm_launch_wait_exits_130_and_stops_it(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A "vLLM" that never becomes ready (a Python that only sleeps): the launch waits for it
+    up to its ready timeout, unless a signal ends the wait."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexec sleep 300\n")
+    fake.chmod(0o755)
+    proc = spawn("run", "--out", str(tmp_path), "--launch-vllm", "--model m",
+                 "--vllm-python", str(fake), "--requests", "1")  # fmt: skip
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "starting vLLM" in line, line
+    until(lambda: bool(sleepers(proc.pid)), 10, "the launched server")
+    (server,) = sleepers(proc.pid)
+    proc.send_signal(sig)
+    code, _, err, took = finish(proc, 30)
+    assert code == 130, err
+    assert took < 10 and "Traceback" not in err  # vLLM's stop is SIGTERM, then a grace
+    until(lambda: not Path(f"/proc/{server}").exists() or _zombie(server), 10, "its exit")
+
+
+def sleepers(pid: int) -> list[int]:
+    return [p for p in _children_of(pid) if b"sleep" in _cmdline(p)]
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# The service keeps an incomplete run's results
+
+
+def test_the_service_shows_a_run_that_lost_its_worker_as_failed_incomplete_with_its_results(
+    tmp_path: Path, sim: Callable[..., SimProcess]
+) -> None:
+    from service_kit import Service, poll, service_config
+
+    s = sim(ttft=0.005, itl=0.01)
+    svc = Service(service_config(s.url, tmp_path), tmp_path).start()
+    try:
+        run = svc.submit({"target": "sim", "load": {"concurrency": 2, "duration": "20s"},
+                          "workload": {"input_tokens": 8, "output_tokens": 20}})  # fmt: skip
+        poll(lambda: svc.records(run["id"]).count(b"\n") > 6, 30, "some records")
+        (worker,) = poll(lambda: children(svc.pid), 10, "its worker")
+        os.kill(worker, signal.SIGKILL)
+        done = svc.wait_state(run["id"], "failed", timeout=30)
+        assert done["ended"] == "incomplete", done
+        assert "incomplete" in done["error"] and "SIGKILL" in done["error"], done["error"]
+        assert "internal error" not in done["error"]
+        summary = svc.ok("GET", f"/api/v1/runs/{run['id']}")["summary"]
+        assert summary["errors"]["by_kind"].get("lost") == 2
+        assert summary["requests"]["succeeded"] >= 4
+    finally:
+        assert svc.stop() == 0, svc.log()

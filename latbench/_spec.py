@@ -83,6 +83,7 @@ Seconds = Annotated[float, BeforeValidator(parse_seconds), Field(ge=0, allow_inf
 PositiveSeconds = Annotated[float, BeforeValidator(parse_seconds), Field(gt=0, allow_inf_nan=False)]
 # Bounded: a timeout of 1e300 s overflowed the event loop's timer and lost its requests whole.
 Timeout = Annotated[float, BeforeValidator(parse_seconds), Field(gt=0, le=DAY_S)]
+UpToADay = Annotated[float, BeforeValidator(parse_seconds), Field(ge=0, le=DAY_S)]
 Span = Annotated[float, BeforeValidator(parse_seconds), Field(ge=0, le=WEEK_S)]
 
 
@@ -117,7 +118,7 @@ class RetrySpec(_Model):
     backoff: Timeout = Field(
         default=1.0, description="first wait when the server gives no Retry-After; doubles"
     )
-    max_wait: Annotated[float, BeforeValidator(parse_seconds), Field(ge=0, le=DAY_S)] = Field(
+    max_wait: UpToADay = Field(
         default=60.0, description="longest wait accepted; a longer Retry-After ends the request"
     )
 
@@ -278,7 +279,7 @@ class LoadSpec(_Model):
         le=256,
         description="sending processes, one event loop each (default: docs/performance.md)",
     )
-    overtime: Annotated[float, BeforeValidator(parse_seconds), Field(ge=0, le=DAY_S)] = Field(
+    overtime: UpToADay = Field(
         default=60.0,
         description="with a duration: how long requests still in flight when it ends may go on; "
         "then they are cancelled and recorded as such",
@@ -317,8 +318,8 @@ class LoadSpec(_Model):
 class ValiditySpec(_Model):
     """Limits above which the run is flagged client-bound (see docs/metrics.md)."""
 
-    loop_lag_p99: Timeout = ValidityLimits.loop_lag_p99_s
-    queue_delay_p99: Timeout = ValidityLimits.queue_delay_p99_s
+    loop_lag_p99: UpToADay = ValidityLimits.loop_lag_p99_s
+    queue_delay_p99: UpToADay = ValidityLimits.queue_delay_p99_s
     client_cpu: float = Field(default=ValidityLimits.client_cpu, gt=0, le=4096, description="cores")
     max_failed_fraction: float = Field(
         default=0.01,

@@ -15,6 +15,7 @@ from latbench._errors import SpecError
 from latbench._workload import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_VOCABULARY,
+    MAX_PROMPT_ITEMS,
     MAX_PROMPT_LINE_BYTES,
     MAX_PROMPT_TEXT_BYTES,
     MAX_TOKENS,
@@ -406,7 +407,8 @@ def test_prompt_files_kept_text_is_capped(tmp_path: Path) -> None:
     line = b'{"prompt": "' + b"word " * 200_000 + b'"}\n'  # ~1 MB a line
     p = _big(tmp_path / "many.jsonl", b"", line, 200 << 20)
     error, _, grew = _load_measured(p, "from_jsonl")
-    assert error.startswith(f"{p}, line 13") and "over 128 MiB of text" in error, error
+    # 1,000,064 bytes a line as counted (the text and an item's overhead): over 160 MiB at 168.
+    assert error.startswith(f"{p}, line 168: ") and "over 160 MiB of text" in error, error
     assert grew < 3 * (MAX_PROMPT_TEXT_BYTES >> 20), grew
 
 
@@ -458,3 +460,14 @@ def test_drawn_lengths_are_clamped() -> None:
     assert max(drawn) == MAX_TOKENS and min(drawn) >= 1
     with pytest.raises(ValueError, match="seed"):
         SyntheticWorkload(1, 1, seed=2**63)
+
+
+def test_prompt_count_is_capped(tmp_path: Path) -> None:
+    p = tmp_path / "tiny.jsonl"
+    p.write_bytes(b'{"prompt": "a"}\n' * (MAX_PROMPT_ITEMS + 1))
+    with pytest.raises(SpecError) as exc:
+        FileWorkload.from_jsonl(p)
+    assert str(exc.value) == (
+        f"{p}, line {MAX_PROMPT_ITEMS + 1}: the file holds more than 500,000 prompts, the most a "
+        "run takes; use a sample of it"
+    )

@@ -127,6 +127,16 @@ async def _good(srv: HostileServer, c: Conn) -> None:
     await c.end()
 
 
+def _good_with_head(head: bytes) -> Handler:
+    async def handler(srv: HostileServer, c: Conn) -> None:
+        await c.send(head)
+        for ev in good_stream():
+            await c.chunk(ev)
+        await c.end()
+
+    return handler
+
+
 async def _fault_after_first(c: Conn, fault: bytes | list[bytes]) -> None:
     """A first good token, then `fault` (one chunk or several), then the rest of a good stream:
     the client must stop at the fault, and keep the token before it."""
@@ -289,6 +299,13 @@ MODES: dict[str, Handler] = {
     "bad_chunk": _bad_chunk,
     "chunk_overrun": _chunk_overrun,
     "flood": _flood,
+    # Not faults: event streams labelled unusually, which must be read as any other.
+    "no_content_type": _good_with_head(
+        SSE_HEAD.replace(b"Content-Type: text/event-stream; charset=utf-8\r\n", b"")
+    ),
+    "upper_content_type": _good_with_head(
+        SSE_HEAD.replace(b"text/event-stream", b"Text/Event-Stream")
+    ),
     "endless": _endless,
 }
 

@@ -9,10 +9,12 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from time import monotonic_ns
 from typing import Any
 
 import aiohttp
+import hostile
 import orjson
 import pytest
 import trustme
@@ -20,11 +22,14 @@ from aiohttp import web
 
 from latbench import _rxstamp
 from latbench._apis import API_KINDS, RequestOptions
-from latbench._client import Endpoint, Timeouts, stream_request
+from latbench._client import Endpoint, StreamLimits, Timeouts, stream_request
 from latbench._errors import ErrorKind
 from latbench._reads import ReadClock, StampingConnector
 from latbench._record import Record
+from latbench._retry import RetryPolicy
+from latbench._spec import TargetSpec, WorkloadSpec
 from latbench._sse import SSEParser
+from latbench._target import resolve_endpoint
 from latbench._workload import WorkItem
 from latbench.sim import SimConfig, SimProcess
 from latbench.sim._server import create_app
@@ -300,3 +305,81 @@ async def test_wrong_model_is_an_http_error_with_the_servers_message(start_sim, 
     rec = await one(session, ep)
     assert rec.error is ErrorKind.HTTP_STATUS and rec.status == 404
     assert "nope" in (rec.error_detail or "")
+
+
+@pytest.fixture
+def hostile_server() -> Iterator[tuple[hostile.HostileServer, hostile.Sink]]:
+    running, srv, sink = hostile.start(big=8 << 20, hold_s=60.0)
+    yield srv, sink
+    running.close()
+
+
+def hostile_endpoint(url: str, **kw: Any) -> Endpoint:
+    return Endpoint(
+        base_url=url,
+        api=API_KINDS["chat"],
+        options=RequestOptions(model="m", vllm_extensions=True, ignore_eos=True, extra_body={}),
+        headers={"x-api-key": "sk-secret", "Authorization": "Bearer sk-secret"},
+        timeouts=Timeouts(first_token=5, idle=30),
+        **kw,
+    )
+
+
+async def test_a_redirect_is_not_followed_nor_retried(session, hostile_server) -> None:
+    srv, sink = hostile_server
+    ep = hostile_endpoint(srv.target("redirect_307"), retry=RetryPolicy(max_retries=3, backoff=0))
+    rec = await one(session, ep)
+    assert rec.error is ErrorKind.REDIRECTED and rec.status == 307 and rec.attempts == 1
+    assert rec.error_detail == f"HTTP 307 redirect to {sink.url}/v1/chat/completions; not followed"
+    assert sink.connections == 0 and srv.served["redirect_307"] == 1
+
+
+@pytest.mark.parametrize("mode", ["no_content_type", "upper_content_type"])
+async def test_an_event_stream_without_its_usual_label_is_read(
+    session, hostile_server, mode: str
+) -> None:
+    # Only a Content-Type that names something else is refused; vLLM, OpenAI, Anthropic and the
+    # simulator send text/event-stream, and a missing one is left to the parsers to judge.
+    srv, _ = hostile_server
+    rec = await one(session, hostile_endpoint(srv.target(mode)))
+    assert rec.ok and len(rec.ev_t) == hostile.TOKENS, rec.error_detail
+
+
+async def test_a_bad_chunk_size_fails_at_once_not_at_the_idle_timeout(
+    session, hostile_server
+) -> None:
+    # aiohttp's C parser dropped the body on this error: the read waited for the idle timeout
+    # (30 s here) and was recorded as one.
+    srv, _ = hostile_server
+    t0 = time.monotonic()
+    rec = await one(session, hostile_endpoint(srv.target("bad_chunk")))
+    assert time.monotonic() - t0 < 5
+    assert rec.error is ErrorKind.MALFORMED_STREAM and len(rec.ev_t) == 1
+    assert rec.error_detail == "malformed chunked encoding: Invalid character in chunk size"
+
+
+async def test_stream_limits_come_from_the_spec(session, hostile_server) -> None:
+    srv, _ = hostile_server
+    spec = TargetSpec.model_validate(
+        {"model": "m", "stream_limits": {"max_line_bytes": 2048, "max_event_bytes": 1 << 20}}
+    )
+    base = srv.target("oversized_line")
+    ep = await resolve_endpoint(session, spec, base, WorkloadSpec())
+    assert ep.limits == StreamLimits(2048, 1 << 20)
+    rec = await one(session, ep)
+    assert rec.error is ErrorKind.OVERSIZED_EVENT and len(rec.ev_t) == 1
+    assert rec.error_detail == "an event line over 2,048 bytes"
+
+
+async def test_a_body_that_cannot_be_encoded_is_a_record(session, hostile_server) -> None:
+    # An integer past 64 bits in extra_body (YAML allows one) cannot be sent: it is a record
+    # of that, not an exception out of the request's task.
+    srv, _ = hostile_server
+    ep = hostile_endpoint(srv.url)
+    ep = replace(ep, options=ep.options._replace(extra_body={"seed": 2**70}))
+    rec = await one(session, ep)
+    assert rec.error is ErrorKind.CLIENT_ERROR and rec.ev_t == ()
+    assert (
+        rec.error_detail == "cannot build the request body: TypeError: Integer exceeds 64-bit range"
+    )
+    assert srv.served.total() == 0

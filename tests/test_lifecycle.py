@@ -487,3 +487,19 @@ def test_the_service_shows_a_run_that_lost_its_worker_as_failed_incomplete_with_
         assert summary["requests"]["succeeded"] >= 4
     finally:
         assert svc.stop() == 0, svc.log()
+
+
+def test_sigterm_while_the_embedded_simulator_starts_exits_130(tmp_path: Path) -> None:
+    proc = spawn("run", "--out", str(tmp_path), "--requests", "1", "--server-metrics", "off")
+    try:
+        until(lambda: any(b"latbench.sim" in _cmdline(p) for p in _children_of(proc.pid)), 30,
+              "the simulator's process")  # fmt: skip
+    except AssertionError:
+        proc.kill()
+        raise
+    (sim_pid,) = [p for p in _children_of(proc.pid) if b"latbench.sim" in _cmdline(p)]
+    proc.send_signal(signal.SIGTERM)
+    code, _, err, took = finish(proc, 30)
+    assert code == 130, err
+    assert took < 10 and "Traceback" not in err
+    until(lambda: _zombie(sim_pid) or not Path(f"/proc/{sim_pid}").exists(), 10, "its exit")

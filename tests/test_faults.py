@@ -45,7 +45,10 @@ class Run:
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[hostile.HostileServer, hostile.Sink]]:
-    running, srv, sink = hostile.start(big=50 << 20, flood=102_400, slow_s=3.0, hold_s=20.0)
+    # Every run's preflight also reads a list of 10,000 models.
+    running, srv, sink = hostile.start(
+        big=50 << 20, flood=102_400, slow_s=3.0, hold_s=20.0, models=10_000
+    )
     yield srv, sink
     running.close()
 
@@ -257,3 +260,17 @@ def test_wait4_counts_reaped_descendants() -> None:
     proc = subprocess.Popen([sys.executable, "-c", code])
     rc, rss = _wait(proc, 30)
     assert rc == 0 and rss > 200
+
+
+def test_a_huge_model_list_is_named_briefly(servers, tmp_path) -> None:
+    # Every run above found its model in a list of 10,000; a model not in it is one short error.
+    srv, _ = servers
+    args = ["run", "--target", srv.url, "--model", "nope", "--requests", "1"]
+    p = subprocess.run(
+        [sys.executable, "-m", "latbench", *args, "--server-metrics", "off", "--out", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode not in (0, 3, 6) and "Traceback" not in p.stderr
+    assert "model 'nope' is not served" in p.stderr and len(p.stderr) < 2000, p.stderr

@@ -152,8 +152,8 @@ async def stream_request(
                     error = ErrorKind.MALFORMED_STREAM
                     detail = await _not_sse_detail(resp, ctype)
                 else:
-                    # One HTTP chunk at a time (as the server framed its events), not all
-                    # that is buffered: a backlog then keeps each event's own read time.
+                    # One HTTP chunk at a time (as the server framed its events), not all that is
+                    # buffered: a backlog then keeps each event's own read time.
                     async for piece, _ in resp.content.iter_chunks():
                         if not piece:
                             continue
@@ -179,8 +179,8 @@ async def stream_request(
                             # Anthropic reports input usage first, output usage at the end.
                             if ev.prompt_tokens is not None:
                                 usage_prompt = ev.prompt_tokens
-                            # A token-bearing event has text, or a usage delta (vLLM can
-                            # emit a token whose text is empty, yet count it).
+                            # A token-bearing event has text, or a usage delta (vLLM can emit a
+                            # token whose text is empty, yet count it).
                             if ev.kind is not None or (delta > 0 and not ev.usage_only):
                                 ev_t.append(now)
                                 ev_kind.append(ev.kind or "c")
@@ -201,10 +201,10 @@ async def stream_request(
                             error, detail = ErrorKind.OVERSIZED_EVENT, str(over)
                             break
                         if ev_t and armed.kind is not ErrorKind.TIMEOUT_TOTAL:
-                            # Re-arming the timer on every read cost more than the rest of
-                            # the read: arm it IDLE_SLACK of the idle timeout past the
-                            # deadline, and again only once that slack is used up. It may
-                            # fire that much late, never early.
+                            # Re-arming the timer on every read cost more than the rest of the
+                            # read: arm it IDLE_SLACK of the idle timeout past the deadline, and
+                            # again only once that slack is used up. It may fire that much
+                            # late, never early.
                             idle_at = loop.time() + to.idle
                             if armed.kind is ErrorKind.TIMEOUT_FIRST_TOKEN or idle_at > armed_at:
                                 armed_at = idle_at + to.idle * IDLE_SLACK
@@ -212,8 +212,8 @@ async def stream_request(
                                 if armed_at >= total_at:
                                     armed_at, armed.kind = total_at, ErrorKind.TIMEOUT_TOTAL
                                 cm.reschedule(armed_at)
-                    # Closed without the end marker. A finish_reason means the generation
-                    # itself ended and only the final [DONE] was lost: not an error.
+                    # Closed without the end marker. A finish_reason means the generation itself
+                    # ended and only the final [DONE] was lost: not an error.
                     if not done and error is None and finish_reason is None:
                         error = ErrorKind.STREAM_TRUNCATED
                         detail = "the stream closed before its end marker"
@@ -328,6 +328,7 @@ def _unsent(
     t_intended: int,
     detail: str,
 ) -> Record:
+    """The record of a request that could not be sent at all (its body could not be built)."""
     now = monotonic_ns()
     return Record(
         run_id=run_id,

@@ -15,7 +15,9 @@ Exit codes (one table; CI gates on them):
 Priority: 130, then 1, then 4 > 6 > 3. A client-bound run exits 4 even when requests failed or
 an SLO was missed: its latencies cannot be trusted; a run with too many failures exits 6 before
 its SLOs are looked at, since they were measured on the requests that got through.
-`sweep` exits 4 when a step was client-bound, and `sweep --find-max` 3 when no step met the SLOs.
+`sweep` exits 1 when a step is incomplete, 4 when a step was client-bound, and `sweep --find-max`
+3 when no step met the SLOs; a step's failures are judged by --max-error-rate (a step past
+saturation may fail requests by design), never exit 6.
 """
 
 from __future__ import annotations

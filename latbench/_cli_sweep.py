@@ -296,6 +296,14 @@ def cmd_sweep(ns: argparse.Namespace, console: Console, err: Console) -> int:
         console.print("report: " + ", ".join(str(p) for p in out.written()), highlight=False)
     if interrupts:
         return int(Exit.INTERRUPTED)
+    lost = [st for st in result.steps if st.ended == "incomplete"]
+    if lost:  # a worker died: the sweep stopped at that step, as `latbench run` exits 1
+        err.print(
+            f"[red]error:[/] step {lost[0].index} is incomplete (a worker process died; its "
+            "in-flight requests are recorded as lost); the sweep stopped there",
+            highlight=False,
+        )
+        return int(Exit.ERROR)
     if result.any_client_bound:
         return int(Exit.CLIENT_BOUND)
     if isinstance(plan, FindMaxPlan) and (cap_found is None or cap_found.value is None):

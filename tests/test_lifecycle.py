@@ -503,3 +503,24 @@ def test_sigterm_while_the_embedded_simulator_starts_exits_130(tmp_path: Path) -
     assert code == 130, err
     assert took < 10 and "Traceback" not in err
     until(lambda: _zombie(sim_pid) or not Path(f"/proc/{sim_pid}").exists(), 10, "its exit")
+
+
+def test_a_sweep_whose_step_lost_a_worker_stops_there_and_exits_1(
+    tmp_path: Path, sim: Callable[..., SimProcess]
+) -> None:
+    s = sim(ttft=0.005, itl=0.01)
+    proc = spawn("sweep", "--concurrency", "4,8", "--workers", "2", "--target", s.url,
+                 "--spec", spec_file(tmp_path), "--out", str(tmp_path), "--duration", "3s",
+                 "--output-tokens", "20", "--server-metrics", "off", "--no-report")  # fmt: skip
+    try:
+        until(lambda: len(children(proc.pid)) == 2, 30, "two workers")
+        until(lambda: sum(p.read_bytes().count(b"\n") for p in
+                          tmp_path.glob("sweep-*/*/records.jsonl")) > 8, 30, "records")  # fmt: skip
+        os.kill(children(proc.pid)[0], signal.SIGKILL)
+    finally:
+        code, _, err, _ = finish(proc, 60)
+    assert code == 1, err
+    assert "step 0 is incomplete" in err and "Traceback" not in err
+    (sweep_file,) = tmp_path.glob("sweep-*/sweep.json")
+    steps = json.loads(sweep_file.read_text())["steps"]
+    assert len(steps) == 1 and steps[0]["ended"] == "incomplete"

@@ -10,7 +10,8 @@ prefix, so one server serves every mode and a run mixes good and bad requests:
     http://127.0.0.1:PORT/h/<mode1>+<mode2>+ok+.../v1/chat/completions
         the chat requests get the modes in turn, round and round (`ok` is a good stream).
 
-A header `x-hostile: <mode>` chooses the mode of that one request instead. The modes are the
+A header `x-hostile: <mode>` chooses the mode of that one request instead. Every request under
+`/moved/` (the model list too) is a 307 to the sink. The modes are the
 keys of `MODES`; `GOOD` is the normal stream. Redirects point at `redirect_to` (a `Sink`, which
 only counts what reaches it). Sizes are parameters of the server (`big`: bytes of an oversized
 line, `flood`: events of a flood), so a test states them.
@@ -389,6 +390,10 @@ class HostileServer:
         return Conn(reader, writer, method, path, headers)
 
     async def _answer(self, c: Conn) -> None:
+        if c.path.startswith("/moved/"):
+            # Everything under /moved/, the model list included, redirects to the sink.
+            await _redirect(307)(self, c)
+            return
         if c.path.split("?")[0].endswith("/v1/models"):
             await self._models(c)
             return

@@ -25,7 +25,7 @@ class FaultSpec(BaseModel):
     header).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: FaultKind
     every: int = Field(default=1, ge=1)
@@ -58,7 +58,7 @@ class FaultSpec(BaseModel):
 class SimConfig(BaseModel):
     """What the simulated server serves and how slowly. Latencies are in seconds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan/inf mean nothing here
 
     api: Personality = Field(
         default="openai",

@@ -29,6 +29,11 @@ SERVICE_KEYS = {
     "sim": "the service benchmarks its catalogue targets; it starts no simulator for a run",
 }
 ADHOC_SCENARIO = "adhoc"
+# Request fields that multiply the work one request asks of the target (OpenAI's and vLLM's `n`
+# completions, `best_of` candidates): a caller could pass every per-run cap with them. The
+# fields latbench sets itself (model, stream, max_tokens, ...) are refused for everyone by the
+# spec (CONTROLLED_BODY_KEYS).
+AMPLIFYING_BODY_KEYS = ("n", "best_of")
 
 
 class Refused(Exception):
@@ -171,6 +176,15 @@ def admit(body: Any, config: ServiceConfig, urls: Mapping[str, str]) -> Admitted
             "workload.path: the service does not read files named by API callers; use the "
             "synthetic workload (input_tokens, output_tokens)",
         )
+    extra = workload.get("extra_body") if isinstance(workload, Mapping) else None
+    if isinstance(extra, Mapping):
+        for key in AMPLIFYING_BODY_KEYS:
+            if extra.get(key, 1) not in (1, None):
+                raise Refused(
+                    403,
+                    f"workload.extra_body.{key}: more than one completion a request would "
+                    "multiply the load past this service's caps; leave it out",
+                )
     data = deep_merge(config.defaults, {k: v for k, v in body.items() if k != "target"})
     _fill_stop_conditions(data, config)
     data["target"] = target_spec(config.targets[name], urls[name], timeouts)

@@ -39,7 +39,7 @@ from latbench._sinks.jsonl import JsonlSink
 from latbench._sinks.progress import ProgressSink
 from latbench._sinks.prometheus import PrometheusSink, run_labels
 from latbench._spec import RunSpec, WorkloadSpec
-from latbench._summary import Summary, ValidityLimits, summarize
+from latbench._summary import Summary, limits_for, summarize
 from latbench._target import redact_headers, resolve_endpoint
 from latbench._workload import FileWorkload, SyntheticWorkload, Workload
 from latbench.sim import SimProcess
@@ -93,12 +93,6 @@ def environment(spec: RunSpec, base_url: str, model: str) -> dict[str, Any]:
         # (not Linux, or LATBENCH_KERNEL_STAMPS=0); docs/performance.md measures the difference.
         "arrival_stamps": "kernel" if _rxstamp.AVAILABLE else "read",
     }
-
-
-def validity_limits(spec: RunSpec) -> ValidityLimits:
-    """The limits a run is judged by, the failed share's included (the spec keeps that one
-    beside the client-bound limits, `ValidityLimits` carries all of them into the summary)."""
-    return replace(spec.validity.limits(), max_failed_fraction=spec.validity.max_failed_fraction)
 
 
 def new_run_id() -> str:
@@ -206,7 +200,7 @@ async def run_benchmark(
         slos=spec.slos,
         percentiles=spec.percentiles,
         client=outcome.client,
-        limits=validity_limits(spec),
+        limits=limits_for(spec.validity),
     )
     recon = None
     if scraper is not None:

@@ -45,7 +45,7 @@ from latbench._report import render_summary
 from latbench._report_server import render_reconciliation
 from latbench._server_metrics import ServerMetricsError, read_server_metrics, reconcile
 from latbench._spec import load_spec, read_spec_file
-from latbench._summary import ClientStats, Summary, summarize
+from latbench._summary import ClientStats, Summary, limits_for, summarize
 from latbench._vllm_launch import VllmServer, free_port, parse_launch_args
 
 
@@ -463,8 +463,6 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
 
 
 def cmd_summary(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
-    from latbench._bench import validity_limits
-
     f = read_records(ns.records)
     spec = load_spec(f.header.spec if f.header else {}, source=str(ns.records))
     slos = spec.slos
@@ -484,7 +482,7 @@ def cmd_summary(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
         slos=slos,
         percentiles=spec.percentiles,
         client=client,
-        limits=validity_limits(spec),
+        limits=limits_for(spec.validity),
     )
     recon = None
     try:

@@ -28,7 +28,7 @@ import numpy as np
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from rich.console import Console
 
-from latbench._bench import new_run_id, public_spec, run_benchmark, validity_limits
+from latbench._bench import new_run_id, public_spec, run_benchmark
 from latbench._errors import LatbenchError
 from latbench._metrics import LatbenchMetrics
 from latbench._record import Record, RunFooter, read_records
@@ -47,7 +47,7 @@ from latbench._service._store import (
     Store,
 )
 from latbench._spec import RunSpec, load_spec
-from latbench._summary import ClientStats, summarize
+from latbench._summary import ClientStats, limits_for, summarize
 
 log = logging.getLogger("latbench.service")
 
@@ -160,7 +160,7 @@ def summary_from_records(path: Path, spec: dict[str, Any]) -> dict[str, Any] | N
         slos=s.slos,
         percentiles=s.percentiles,
         client=client,
-        limits=validity_limits(s),
+        limits=limits_for(s.validity),
     )
     return summary.to_dict()
 

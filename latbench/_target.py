@@ -128,12 +128,21 @@ async def _list_models(
     url = f"{base_url}/v1/models"
     params = {"limit": "1000"} if api == "anthropic" else None
     try:
+        # No redirect is followed: the key would go with it to a server it was not meant for
+        # (aiohttp drops Authorization across origins, not x-api-key or custom headers).
         async with session.get(
             url,
             headers=headers,
             params=params,
+            allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=connect_s + 20),
         ) as resp:
+            if 300 <= resp.status < 400:
+                where = resp.headers.get("Location", "nowhere")[:300]
+                raise TargetError(
+                    f"{url} redirects (HTTP {resp.status}) to {where}; latbench follows no "
+                    "redirect, so that no key leaves for another server: give the final URL"
+                )
             if resp.status in (401, 403):
                 raise TargetError(
                     f"{url} rejected the request (HTTP {resp.status}): check the API key"

@@ -289,3 +289,19 @@ def test_a_huge_model_list_is_named_briefly(servers, tmp_path) -> None:
     )
     assert p.returncode not in (0, 3, 6) and "Traceback" not in p.stderr
     assert "model 'nope' is not served" in p.stderr and len(p.stderr) < 2000, p.stderr
+
+
+def test_the_preflight_follows_no_redirect_either(servers, tmp_path) -> None:
+    # /v1/models is the first request that carries the key: a redirect there is refused too.
+    srv, sink = servers
+    before = sink.connections
+    args = ["run", "--target", f"{srv.url}/moved", "--api", "anthropic", "--model", "m"]
+    p = subprocess.run(
+        [sys.executable, "-m", "latbench", *args, "--api-key-env", "HOSTILE_KEY",
+         "--requests", "1", "--server-metrics", "off", "--out", tmp_path],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode not in (0, 3, 6) and "Traceback" not in p.stderr
+    said = " ".join(p.stderr.split())  # the error is wrapped to the terminal's width
+    assert f"redirects (HTTP 307) to {sink.url}/v1/chat/completions;" in said, p.stderr
+    assert sink.connections == before and not sink.received

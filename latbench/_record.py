@@ -91,6 +91,31 @@ class RunFooter:
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
+# Integer fields that summaries do arithmetic on. Anything else in them (a float, a string, a
+# bool, an integer past int64, which JSON readers hand back as a float) is refused where a record
+# is read, before it can reach an array or a total.
+INT_FIELDS: tuple[str, ...] = (
+    "seq", "t_intended", "t_sent", "t_headers", "t_end", "status", "usage_prompt_tokens",
+    "usage_completion_tokens", "max_tokens", "attempts", "first_status", "t_first_end",
+    "t_last_sent",
+)  # fmt: skip
+# Of those, the counts: a negative one would subtract from totals.
+_COUNT_FIELDS = frozenset(
+    {"status", "usage_prompt_tokens", "usage_completion_tokens", "max_tokens", "attempts",
+     "first_status"}
+)  # fmt: skip
+_I64 = 1 << 63
+
+
+def check_int(name: str, value: Any) -> None:
+    """ValueError naming the field unless `value` is None or an int in int64's range (a count:
+    not negative)."""
+    if value is None:
+        return
+    low = 0 if name in _COUNT_FIELDS else -_I64
+    if type(value) is not int or not low <= value < _I64:
+        kind = "a non-negative integer" if low == 0 else "an integer"
+        raise ValueError(f"{name} is {value!r}, not {kind}")
 
 
 def instants(values: Iterable[int]) -> array[int]:
@@ -128,7 +153,11 @@ def encode_footer(f: RunFooter) -> bytes:
 
 
 def _decode_record(d: dict[str, Any]) -> Record:
+    for name in INT_FIELDS:
+        check_int(name, d.get(name))
     ev_n = d.get("ev_n")
+    if ev_n is not None and any(type(n) is not int or n < 0 for n in ev_n):
+        raise ValueError("ev_n holds a count that is not a non-negative integer")
     err = d.get("error")
     first_err = d.get("first_error")
     return Record(

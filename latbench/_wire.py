@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from latbench._errors import ErrorKind
-from latbench._record import Record, counts, instants
+from latbench._record import INT_FIELDS, Record, check_int, counts, instants
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024  # a shard with a large prompt file; anything bigger is corruption
@@ -61,25 +61,13 @@ _FIELDS = tuple(f.name for f in fields(Record) if f.name != "run_id")
 _EV_T = _FIELDS.index("ev_t")
 _EV_N = _FIELDS.index("ev_n")
 _T_SENT = _FIELDS.index("t_sent")
+_SEQ = _FIELDS.index("seq")
+_INTS = tuple((i, name) for i, name in enumerate(_FIELDS) if name in INT_FIELDS)
 _ERROR_KINDS = tuple(
     i
     for i, f in enumerate(f for f in fields(Record) if f.name != "run_id")
     if str(f.type).startswith("ErrorKind")
 )
-
-
-_SEQ = _FIELDS.index("seq")
-# Integer fields a summary does arithmetic on: anything but an int in int64's range is refused
-# here, before it can reach an array or a total.
-_INTS = tuple(
-    _FIELDS.index(name)
-    for name in (
-        "t_intended", "t_sent", "t_headers", "t_end", "status", "usage_prompt_tokens",
-        "usage_completion_tokens", "max_tokens", "attempts", "first_status", "t_first_end",
-        "t_last_sent",
-    )
-)  # fmt: skip
-_I64 = 1 << 63
 
 
 def unsendable(r: Record, e: Exception) -> Record:
@@ -124,12 +112,11 @@ def unpack_record(run_id: str, m: list[Any]) -> Record:
     v = m[1:]
     if len(v) != len(_FIELDS):
         raise ValueError(f"a record of {len(v)} fields, not {len(_FIELDS)}")
-    for i in _INTS:
-        x = v[i]
-        if x is not None and (type(x) is not int or not -_I64 <= x < _I64):
-            raise ValueError(f"{_FIELDS[i]} is {x!r}, not an integer")
-    if record_seq(m) is None:
-        raise ValueError(f"seq is {v[_SEQ]!r}, not an integer")
+    for i, name in _INTS:
+        check_int(name, v[i])
+    for name in ("seq", "t_intended", "t_sent"):
+        if v[_FIELDS.index(name)] is None:
+            raise ValueError(f"{name} is missing")
     base = v[_T_SENT]
     v[_EV_T] = instants([base + t for t in v[_EV_T]])
     v[_EV_N] = counts(v[_EV_N])

@@ -27,7 +27,7 @@ import pytest
 from latbench._apis import API_KINDS, RequestOptions
 from latbench._client import Endpoint, Timeouts
 from latbench._errors import ErrorKind
-from latbench._record import Record, read_records
+from latbench._record import Record, encode_record, read_records
 from latbench._runner import Runner, _Worker
 from latbench._spec import LoadSpec
 from latbench._wire import message, pack_record
@@ -525,3 +525,20 @@ def test_a_sweep_whose_step_lost_a_worker_stops_there_and_exits_1(
     (sweep_file,) = tmp_path.glob("sweep-*/sweep.json")
     steps = json.loads(sweep_file.read_text())["steps"]
     assert len(steps) == 1 and steps[0]["ended"] == "incomplete"
+
+
+@pytest.mark.parametrize("bad", [1.5, 2**70, "12", True, -3])
+def test_a_records_file_with_a_count_that_is_not_an_integer_is_refused_by_line_and_field(
+    tmp_path: Path, bad: object
+) -> None:
+    """Totals are arithmetic on int64 arrays: a float, a string or a count past 64 bits (which a
+    JSON reader hands back as a float) would be truncated or wrapped into them silently."""
+    rec = Record("r", 0, "measure", "chat", 10, 20, t_end=30, ev_t=(25,), ev_kind="c",
+                 status=200, usage_completion_tokens=1)  # fmt: skip
+    line = json.loads(encode_record(rec))
+    line["usage_completion_tokens"] = bad
+    path = tmp_path / "records.jsonl"
+    path.write_text(encode_record(rec).decode() + json.dumps(line) + "\n")
+    p = latbench("summary", str(path))
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert f"{path.name}:2:" in p.stderr and "usage_completion_tokens is" in p.stderr

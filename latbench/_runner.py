@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic_ns
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import orjson
@@ -58,6 +58,7 @@ __all__ = ["RunOutcome", "Runner", "make_connector", "raise_fd_limit"]
 # of worker CPU per event when each read brings one event (docs/performance.md), 64 streams of
 # 100 events/s keep it at 0.45-0.7 of a core. Reads that batch events cost far less per event.
 STREAMS_PER_WORKER = 64
+_PHASES = frozenset(get_args(Phase))
 START_LEAD_NS = 20_000_000  # schedule the first send a little ahead, so it is not born late
 # The directory that holds the `latbench` package, so workers import this same copy.
 _IMPORT_ROOT = str(Path(__file__).resolve().parents[1])
@@ -270,7 +271,8 @@ class Runner:
     def _control(self, w: _Worker, m: list[Any], loop: asyncio.AbstractEventLoop) -> None:
         kind = m[0]
         if kind == "s":
-            w.pending[int(m[1])] = (int(m[2]), int(m[3]), m[4])
+            phase = m[4] if m[4] in _PHASES else "measure"
+            w.pending[int(m[1])] = (int(m[2]), int(m[3]), phase)
         elif kind == "h":
             w.inflight = m[1]
             self._lag_ticks.extend(m[2])

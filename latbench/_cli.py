@@ -400,6 +400,10 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
                 stack.enter_context(launch)
                 err.print(f"vLLM ready at {launch.url}", highlight=False)
             base_url = stack.enter_context(target_url(spec))
+            # Closing the loop puts the signals back to their defaults (SIGTERM: die at once);
+            # registered before it, this runs after it closes, so the cleanup that follows and
+            # the metrics linger still end through `interrupt`.
+            stack.callback(lambda: [signal.signal(sig, interrupt) for sig in previous])
             r = stack.enter_context(asyncio.Runner(loop_factory=_new_loop))
             try:
                 result = r.run(main(base_url))
@@ -407,11 +411,6 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
                 if not interrupts:
                     raise
                 raise KeyboardInterrupt from None  # a signal during preflight: exit 130
-            finally:
-                # Closing the loop puts the signals back to their defaults (SIGTERM: die at
-                # once); the linger and the cleanup that follow still end through `interrupt`.
-                for sig in previous:
-                    signal.signal(sig, interrupt)
         if launch is not None:
             err.print(f"vLLM stopped; its log: {launch.log_path}", highlight=False)
         push_failed = None if export is None else export.run_ended()

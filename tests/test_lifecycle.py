@@ -47,10 +47,10 @@ def latbench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
     )  # fmt: skip
 
 
-def spawn(*args: str) -> subprocess.Popen[str]:
+def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "latbench", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
 
 
@@ -373,10 +373,19 @@ def test_a_signal_during_the_model_lookup_exits_130_at_once(
     assert took < 5 and "Traceback" not in err
 
 
-def test_sigterm_during_the_metrics_linger_exits_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_sigterm_during_the_metrics_linger_exits_130(tmp_path: Path, loop: str) -> None:
+    """After the run's loop has closed. Without uvloop (it is optional), closing an asyncio loop
+    puts SIGTERM back to its default, which would kill latbench outright (-15)."""
+    env = dict(os.environ)
+    if loop == "asyncio":
+        shim = tmp_path / "no-uvloop"
+        shim.mkdir()
+        (shim / "uvloop.py").write_text("raise ImportError('hidden for this test')\n")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), env.get("PYTHONPATH")]))
     proc = spawn("run", "--out", str(tmp_path), "--spec", spec_file(tmp_path), "--requests", "2",
                  *FAST, "--metrics-port", "0", "--metrics-linger", "60",
-                 "--server-metrics", "off")  # fmt: skip
+                 "--server-metrics", "off", env=env)  # fmt: skip
     assert proc.stderr is not None
     seen = ""
     deadline = time.monotonic() + 60

@@ -39,7 +39,7 @@ from latbench._sinks.jsonl import JsonlSink
 from latbench._sinks.progress import ProgressSink
 from latbench._sinks.prometheus import PrometheusSink, run_labels
 from latbench._spec import RunSpec, WorkloadSpec
-from latbench._summary import Summary, limits_for, summarize
+from latbench._summary import Summary, summarize
 from latbench._target import redact_headers, resolve_endpoint
 from latbench._workload import FileWorkload, SyntheticWorkload, Workload
 from latbench.sim import SimProcess
@@ -200,7 +200,7 @@ async def run_benchmark(
         slos=spec.slos,
         percentiles=spec.percentiles,
         client=outcome.client,
-        limits=limits_for(spec.validity),
+        limits=spec.validity.limits(),
     )
     recon = None
     if scraper is not None:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from rich.console import Console
 
 from latbench import __version__
@@ -44,8 +43,8 @@ from latbench._record import read_records
 from latbench._report import render_summary
 from latbench._report_server import render_reconciliation
 from latbench._server_metrics import ServerMetricsError, read_server_metrics, reconcile
-from latbench._spec import load_spec, read_spec_file
-from latbench._summary import ClientStats, Summary, limits_for, summarize
+from latbench._spec import load_spec, load_yaml, read_spec_file
+from latbench._summary import ClientStats, Summary, summarize
 from latbench._vllm_launch import VllmServer, free_port, parse_launch_args
 
 
@@ -282,14 +281,9 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = kv.partition("=")
         if not sep:
             raise SpecError(f"--sim {kv!r}: write it as KEY=VALUE, e.g. ttft=0.05")
-        # YAML scalars: numbers stay numbers, `[...]`/`{...}` give lists and mappings (faults).
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise SpecError(
-                f"--sim {kv!r}: the value is not a YAML scalar, list or mapping"
-            ) from None
-        _set(data, ("sim", key.strip()), parsed)
+        # YAML scalars: numbers stay numbers, `[...]`/`{...}` give lists and mappings (faults);
+        # under the spec's limits (no aliases, bounded size and depth), as a spec file is.
+        _set(data, ("sim", key.strip()), load_yaml(value, f"--sim {kv!r:.80}"))
     if ns.slo:
         slos = [s for s in ns.slo if s != "default"]
         if "default" in ns.slo:
@@ -481,7 +475,7 @@ def cmd_summary(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
         slos=slos,
         percentiles=spec.percentiles,
         client=client,
-        limits=limits_for(spec.validity),
+        limits=spec.validity.limits(),
     )
     recon = None
     try:

@@ -359,11 +359,14 @@ async def finish(
 
 
 def verdict_exit(verdict: dict[str, Any] | None, gate: bool) -> int:
-    """As `latbench run`: client-bound first (its latencies cannot be trusted), then SLOs."""
+    """As `latbench run`: client-bound first (its latencies cannot be trusted), then too many
+    failed requests, then SLOs."""
     if verdict is None:
         return ERROR
     if verdict["client_bound"]:
         return Exit.CLIENT_BOUND
+    if not verdict.get("failures_passed", True):
+        return Exit.FAILED
     if gate and not verdict["slo_passed"]:
         return Exit.SLO_MISSED
     return OK
@@ -463,6 +466,8 @@ def _verdict_text(v: dict[str, Any] | None) -> str:
         return "-"
     if v["client_bound"]:
         return "client-bound"
+    if not v.get("failures_passed", True):
+        return "too many failed"
     return "SLOs met" if v["slo_passed"] else "SLO missed"
 
 

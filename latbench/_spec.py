@@ -330,7 +330,9 @@ class ValiditySpec(_Model):
     )
 
     def limits(self) -> ValidityLimits:
-        return ValidityLimits(self.loop_lag_p99, self.queue_delay_p99, self.client_cpu)
+        return ValidityLimits(
+            self.loop_lag_p99, self.queue_delay_p99, self.client_cpu, self.max_failed_fraction
+        )
 
 
 def _parse_slos(v: object) -> object:

@@ -17,16 +17,13 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from latbench._errors import ErrorKind, RecordsError
 from latbench._record import CONTENT, Record
-
-if TYPE_CHECKING:  # _spec imports this module
-    from latbench._spec import ValiditySpec
 
 NS_PER_S = 1_000_000_000
 
@@ -63,13 +60,6 @@ class ValidityLimits:
 
 
 DEFAULT_LIMITS = ValidityLimits()
-
-
-def limits_for(validity: ValiditySpec) -> ValidityLimits:
-    """The limits a spec's `validity` section judges a run by, the failed share's included (the
-    spec keeps that one beside the client-bound limits; `ValidityLimits` carries all of them
-    into the summary, which stores them)."""
-    return replace(validity.limits(), max_failed_fraction=validity.max_failed_fraction)
 
 
 # --------------------------------------------------------------------------------------------

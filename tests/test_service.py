@@ -93,6 +93,7 @@ def test_submit_follow_records_summary(svc: Service) -> None:
     assert done["verdict"] == {
         "slo_passed": summary["slo"]["passed"],
         "client_bound": summary["client_bound"],
+        "failures_passed": summary["failures"]["passed"],
     }
     assert done["validity"] == done["summary"]["validity"]
     counts = done["summary"]["requests"]

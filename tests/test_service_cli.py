@@ -70,6 +70,19 @@ def test_submit_wait_follows_and_exits_by_the_verdict(svc: Service, spec: Path) 
     assert "SLO  FAIL" in p.stdout
 
 
+def test_submit_wait_exits_6_when_too_many_requests_failed(svc: Service, tmp_path: Path) -> None:
+    # TTFT is 20 ms; a first-token timeout of 1 ms fails every request, with or without --slo.
+    bad = tmp_path / "failing.yaml"
+    bad.write_text(SPEC.replace("target: sim", "target: {name: sim, timeouts: {first_token: 1ms}}"))
+    p = latbench(svc, "submit", str(bad), "--wait")
+    assert p.returncode == 6, p.stderr
+    run_id = p.stdout.split("run ")[-1].split(":")[0]
+    verdict = svc.run(run_id)["verdict"]
+    assert verdict["failures_passed"] is False and verdict["slo_passed"] is False
+    p = latbench(svc, "runs", "list")
+    assert "too many failed" in p.stdout, p.stdout
+
+
 def test_submit_without_wait_prints_the_run_id(svc: Service, spec: Path) -> None:
     p = latbench(svc, "submit", str(spec), "--name", "cli-named")
     assert p.returncode == 0, p.stderr

@@ -29,6 +29,8 @@ SERVICE_KEYS = {
     "sim": "the service benchmarks its catalogue targets; it starts no simulator for a run",
 }
 ADHOC_SCENARIO = "adhoc"
+# In-flight requests get this long after a run's duration unless the caller says (load.overtime).
+SERVICE_OVERTIME_S = 30.0
 # Request fields that multiply the work one request asks of the target (OpenAI's and vLLM's `n`
 # completions, `best_of` candidates): a caller could pass every per-run cap with them. The
 # fields latbench sets itself (model, stream, max_tokens, ...) are refused for everyone by the
@@ -111,6 +113,8 @@ def _fill_stop_conditions(data: dict[str, Any], config: ServiceConfig) -> None:
     lim = config.limits
     load.setdefault("duration", lim.max_duration)
     load.setdefault("requests", lim.max_requests)
+    # A hung stream holds its target's queue until the overtime is spent: shorter than a CLI run's.
+    load.setdefault("overtime", SERVICE_OVERTIME_S)
     if load.get("mode") in ("constant", "poisson"):
         load.setdefault("concurrency", lim.max_concurrency)
 
@@ -122,6 +126,7 @@ def check_caps(spec: RunSpec, config: ServiceConfig) -> None:
         ("load.concurrency", ld.concurrency, lim.max_concurrency, "max_concurrency"),
         ("load.rate", ld.rate, lim.max_rate, "max_rate"),
         ("load.duration", ld.duration, lim.max_duration, "max_duration"),
+        ("load.overtime", ld.overtime, lim.max_duration, "max_duration"),
         ("load.requests", ld.requests, lim.max_requests, "max_requests"),
         ("load.workers", ld.workers, lim.max_workers, "max_workers"),
     ]

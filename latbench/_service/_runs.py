@@ -47,13 +47,13 @@ from latbench._service._store import (
     Store,
 )
 from latbench._spec import RunSpec, load_spec
-from latbench._summary import ClientStats, limits_for, summarize
+from latbench._summary import ClientStats, summarize
 
 log = logging.getLogger("latbench.service")
 
-# After a run's load duration, in-flight requests get this long to finish before they are
-# cancelled: a hung stream cannot hold a target's queue for the request's whole total timeout.
-OVERTIME_S = 30.0
+# The runner cancels what is in flight at duration + load.overtime (records say `cancelled`); this
+# much later the service stops the whole run, should anything else in it hang.
+BACKSTOP_S = 30.0
 # Cancelled requests end at once; this only bounds a wait that should take milliseconds.
 ABORT_WAIT_S = 10.0
 RECENT = 256  # requests behind the live TTFT figures
@@ -160,7 +160,7 @@ def summary_from_records(path: Path, spec: dict[str, Any]) -> dict[str, Any] | N
         slos=s.slos,
         percentiles=s.percentiles,
         client=client,
-        limits=limits_for(s.validity),
+        limits=s.validity.limits(),
     )
     return summary.to_dict()
 
@@ -339,7 +339,7 @@ class RunManager:
         a.bench = bench
         assert a.spec.load.duration is not None  # admission fills it in
         overtime = asyncio.get_running_loop().call_later(
-            a.spec.load.duration + OVERTIME_S, self._overtime, a
+            a.spec.load.duration + a.spec.load.overtime + BACKSTOP_S, self._overtime, a
         )
         try:
             await asyncio.wait([bench])
@@ -367,7 +367,8 @@ class RunManager:
         )  # fmt: skip
         if a.overtime:
             row.error = (
-                f"in-flight requests were cancelled {OVERTIME_S:g} s after the load duration"
+                f"the run was stopped {a.spec.load.overtime + BACKSTOP_S:g} s after its load "
+                "duration"
             )
         if result.incomplete is not None and row.state == COMPLETED:
             # A worker died: what it had in flight is recorded as lost, the rest is measured.
@@ -376,7 +377,9 @@ class RunManager:
 
     def _overtime(self, a: Active) -> None:
         log.warning(
-            "run %s: still running %g s after its duration; cancelling", a.row.id, OVERTIME_S
+            "run %s: still running %g s after its duration; cancelling",
+            a.row.id,
+            a.spec.load.overtime + BACKSTOP_S,
         )
         a.overtime = True
         a.stop_now()

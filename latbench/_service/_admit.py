@@ -114,7 +114,7 @@ def _fill_stop_conditions(data: dict[str, Any], config: ServiceConfig) -> None:
     load.setdefault("duration", lim.max_duration)
     load.setdefault("requests", lim.max_requests)
     # A hung stream holds its target's queue until the overtime is spent: shorter than a CLI run's.
-    load.setdefault("overtime", SERVICE_OVERTIME_S)
+    load.setdefault("overtime", min(SERVICE_OVERTIME_S, lim.max_duration))
     if load.get("mode") in ("constant", "poisson"):
         load.setdefault("concurrency", lim.max_concurrency)
 

@@ -50,6 +50,9 @@ class ErrorKind(StrEnum):
     REDIRECTED = "redirected"  # a 3xx: never followed (secrets stay with the target); detail: where
     STREAM_TRUNCATED = "stream_truncated"  # the stream ended before its end marker
     SERVER_ERROR_EVENT = "server_error_event"  # the server sent an error inside the stream
-    CANCELLED = "cancelled"  # the run was stopped (or its overtime ran out) while in flight
+    CANCELLED = "cancelled"  # the run was stopped or aborted while the request was in flight
+    # Still in flight `load.overtime` after the duration ended: cut by latbench, but a failure of
+    # the server to finish in time, so it counts in the failed share (cancelled does not).
+    OVERTIME = "overtime"
     LOST = "lost"  # the worker process sending it died; nothing after t_sent is known
     CLIENT_ERROR = "client_error"  # a failure inside latbench itself; the detail says which

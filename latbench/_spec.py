@@ -26,7 +26,9 @@ from pydantic import (
 from latbench._dist import Dist
 from latbench._errors import SpecError
 from latbench._retry import RetryPolicy
+from latbench._sse import MAX_EVENT_BYTES, MAX_LINE_BYTES
 from latbench._summary import DEFAULT_SLOS, Slo, ValidityLimits, parse_slo
+from latbench._workload import MAX_TOKENS
 from latbench.sim import SimConfig
 from latbench.sim._formats import Personality
 
@@ -38,10 +40,6 @@ MAX_DEPTH = 32  # mappings and lists inside one another, the top level being 1
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
 MAX_SEED = 2**63  # exclusive: numpy's SeedSequence takes any int, but a seed must fit int64
-# The most tokens a request may ask for or send (a distribution's mean, std and bounds, and
-# every draw, which is clamped to it): ~4M tokens is far beyond any served context, and it
-# keeps a synthetic prompt to tens of MB.
-MAX_TOKENS = 1 << 22
 MAX_CONCURRENCY = 65_536
 MAX_RATE = 1e6
 MAX_REQUESTS = 10**9
@@ -106,8 +104,8 @@ class StreamLimitsSpec(_Model):
     an event (bytes before the blank line that ends it). A stream over a cap ends its request as
     `oversized_event`; memory stays bounded by the cap whatever the server sends."""
 
-    max_line_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 30)
-    max_event_bytes: int = Field(default=4 << 20, ge=1024, le=1 << 30)
+    max_line_bytes: int = Field(default=MAX_LINE_BYTES, ge=1024, le=1 << 30)
+    max_event_bytes: int = Field(default=MAX_EVENT_BYTES, ge=1024, le=1 << 30)
 
 
 class RetrySpec(_Model):

@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKENS = 128
-# Every drawn length is clamped to this (the spec refuses a distribution whose mean, std or
-# bounds are above it; a heavy tail could still draw beyond). Kept equal to _spec.MAX_TOKENS.
+# The most tokens a request may ask for or send: ~4M tokens is far beyond any served context, and
+# it keeps a synthetic prompt to tens of MB. The spec refuses a distribution whose mean, std or
+# bounds are above it, and every drawn length is clamped to it (a heavy tail could draw beyond).
 MAX_TOKENS = 1 << 22
 
 # Prompt files are read a line (JSONL) or an entry (ShareGPT) at a time, and what is kept is
@@ -493,8 +494,10 @@ def _jsonl_item(obj: object, where: str) -> WorkItem:
     max_tokens = DEFAULT_MAX_TOKENS
     if key in obj:
         v = obj[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SpecError(f'{where}: "{key}" must be a positive integer, found {v!r}')
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_TOKENS:
+            raise SpecError(
+                f'{where}: "{key}" must be an integer from 1 to {MAX_TOKENS}, found {v!r:.40}'
+            )
         max_tokens = v
     # A chat API sends the messages, so when the line has both they are what gets counted.
     if "messages" in obj:

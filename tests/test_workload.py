@@ -217,14 +217,29 @@ def _write(tmp_path: Path, text: str, name: str = "p.jsonl") -> Path:
             'messages[0] must be an object with string "role"',
         ),
         ('{"messages": [{"role": "user", "content": ""}]}\n', 1, "hold no text"),
-        ('{"prompt": "x", "max_tokens": 0}\n', 1, '"max_tokens" must be a positive integer'),
-        ('{"prompt": "x", "max_tokens": "9"}\n', 1, '"max_tokens" must be a positive integer'),
+        (
+            '{"prompt": "x", "max_tokens": 0}\n',
+            1,
+            '"max_tokens" must be an integer from 1 to 4194304',
+        ),
+        (
+            '{"prompt": "x", "max_tokens": "9"}\n',
+            1,
+            '"max_tokens" must be an integer from 1 to 4194304',
+        ),
         (
             '{"prompt": "x", "output_tokens": 1.5}\n',
             1,
-            '"output_tokens" must be a positive integer',
+            '"output_tokens" must be an integer from 1 to 4194304',
         ),
-        ('{"prompt": "x", "max_tokens": true}\n', 1, '"max_tokens" must be a positive integer'),
+        (
+            '{"prompt": "x", "max_tokens": true}\n',
+            1,
+            '"max_tokens" must be an integer from 1 to 4194304',
+        ),
+        # Over the cap every other length has; 2**63 would even be refused by the runner.
+        ('{"prompt": "x", "max_tokens": 4194305}\n', 1, "from 1 to 4194304, found 4194305"),
+        ('{"prompt": "x", "max_tokens": 9223372036854775808}\n', 1, "found 9223372036854775808"),
     ],
 )
 def test_jsonl_errors_name_file_line_and_problem(

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from latbench._errors import SpecError
 from latbench._metrics import parse_listen
-from latbench._spec import MAX_TOKENS, PositiveSeconds, Seconds, TargetSpec, load_spec, load_yaml
+from latbench._spec import PositiveSeconds, Seconds, TargetSpec, load_spec, load_yaml
+from latbench._workload import MAX_TOKENS
 from latbench.sim import SimConfig
 
 # Names end up as Prometheus label values and in URLs: short, and from a small alphabet.

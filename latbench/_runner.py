@@ -14,8 +14,9 @@ one instant that the runner picks once every worker is ready, and all read CLOCK
 
 The first `stop()` ends scheduling and lets in-flight streams finish; `abort()` cancels them,
 and their records say `cancelled` with whatever they had measured. With a duration, requests still
-in flight `load.overtime` seconds after it ended are cancelled the same way (their records say
-so), so an endless stream cannot hold a run past its duration for longer than that.
+in flight `load.overtime` seconds after it ended are cut the same way, recorded as `overtime` (a
+failure of the server to finish, which the failed share counts), so an endless stream cannot hold
+a run past its duration for longer than that.
 
 The run outlives its parts: each worker tells the runner of every request it sends, so when a
 worker process dies its in-flight requests are recorded as `lost`, the other workers go on, and

@@ -54,8 +54,9 @@ class ValidityLimits:
     queue_delay_p99_s: float = 0.010  # open loop only
     client_cpu: float = 0.9  # busiest worker, fraction of one core: its loop runs on one
     # Not a client-bound limit but the run's other verdict: the share of measured requests that
-    # may fail (cancelled ones aside) before the run fails, with or without SLOs (spec:
-    # validity.max_failed_fraction). Kept here so every summary stores the limit it was judged by.
+    # may fail (cancelled ones aside; overtime cuts count) before the run fails, with or without
+    # SLOs (spec: validity.max_failed_fraction). Kept here so every summary stores the limit it
+    # was judged by.
     max_failed_fraction: float = 0.01
 
 
@@ -394,14 +395,17 @@ def _pct(fraction: float) -> str:
 @dataclass(frozen=True)
 class Failures:
     """The failed-share verdict. Cancelled requests are left out of both sides of the share:
-    latbench cut them (a stop, an abort, the overtime running out), the server did not fail
-    them. A run where no measured request succeeded fails whatever the limit says."""
+    latbench cut them (a stop or an abort asked for by whoever ran it), the server did not fail
+    them. Requests cut because the run's overtime ran out (`overtime`) do count as failed: the
+    server did not finish them in time, and leaving them out would pass a server whose streams
+    never end. A run where no measured request succeeded fails whatever the limit says."""
 
     measured: int
     succeeded: int
-    failed: int  # measured requests that failed, cancelled ones aside
+    failed: int  # measured requests that failed, cancelled ones aside (overtime cuts included)
     cancelled: int
     limit: float
+    overtime: int = 0  # of `failed`, those cut at the overtime
 
     @property
     def judged(self) -> int:
@@ -424,8 +428,9 @@ class Failures:
             return f"none of the {self.measured:,} measured requests succeeded{cut}"
         share = self.fraction or 0.0
         where = "over" if share > self.limit else "within"
+        cut = f", {self.overtime:,} of them cut at the overtime" if self.overtime else ""
         return (
-            f"{self.failed:,} of {self.judged:,} measured requests failed ({_pct(share)}), "
+            f"{self.failed:,} of {self.judged:,} measured requests failed ({_pct(share)}{cut}), "
             f"{where} the {_pct(self.limit)} limit"
             + (f"; {self.cancelled:,} cancelled, not counted" if self.cancelled else "")
         )
@@ -434,6 +439,7 @@ class Failures:
         return {
             "failed": self.failed,
             "cancelled": self.cancelled,
+            "overtime": self.overtime,
             "judged": self.judged,
             "fraction": _round(self.fraction, 6),
             "max_failed_fraction": self.limit,
@@ -475,6 +481,7 @@ class Summary:
             failed=req.failed - cancelled,
             cancelled=cancelled,
             limit=self.validity.limits.max_failed_fraction,
+            overtime=req.errors_by_kind.get(str(ErrorKind.OVERTIME), 0),
         )
 
     def to_dict(self) -> dict[str, Any]:

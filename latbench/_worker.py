@@ -15,8 +15,8 @@ The worker keeps nothing once a record is sent: records go to the parent as they
 parent owns the sinks, the exporter and the run's records.
 
 Protocol, parent -> worker: the pickled `Shard`, then `["go", start_ns]`, then at most `["stop"]`
-and `["abort"]` or `["overtime", duration_end_ns]` (an abort whose cancelled records say the
-run's overtime ran out); the end of the stream means abort (the parent died). Worker -> parent:
+and `["abort"]` or `["overtime", duration_end_ns]` (an abort whose cut records are `overtime`,
+not `cancelled`); the end of the stream means abort (the parent died). Worker -> parent:
 `["ready"]`, then for every request `["s", seq, t_intended, t_sent, phase]` as it is sent and its
 record (`_wire.pack_record`) when it ends, heartbeats `["h", inflight, lag_ticks, lag_samples]`,
 and last `["end", cpu_s, wall_s, unsent]`. The `s` frames let the parent record a request as
@@ -144,9 +144,11 @@ class ShardRun:
             t.cancel()
 
     def overtime(self, duration_end_ns: int) -> None:
-        """The run's duration ended `load.overtime` ago: cancel what is still in flight, and say
-        so in each cancelled record."""
-        self._duration_end = duration_end_ns
+        """The run's duration ended `load.overtime` ago: cancel what is still in flight, recorded
+        as `overtime` (the server did not finish in time), not `cancelled`. After an abort there
+        is nothing left to cut: its records stay `cancelled`."""
+        if not self._aborted:
+            self._duration_end = duration_end_ns
         self.abort()
 
     async def run(self, session: aiohttp.ClientSession, start: int) -> None:
@@ -206,7 +208,7 @@ class ShardRun:
         if self._duration_end is not None and rec.error == ErrorKind.CANCELLED:
             ago = ((rec.t_end or monotonic_ns()) - self._duration_end) / 1e9
             detail = f"the run's duration ended {ago:.3g} s ago (overtime)"
-            rec = replace(rec, error_detail=detail)
+            rec = replace(rec, error=ErrorKind.OVERTIME, error_detail=detail)
         self.emit(rec)
 
     async def _closed_loop(self, session: aiohttp.ClientSession) -> None:

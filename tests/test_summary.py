@@ -197,6 +197,25 @@ def test_failed_requests_leave_distributions_but_count_in_errors_and_goodput() -
     assert s.tokens.output_total == 15  # failed requests' tokens are not output
 
 
+def test_the_failed_share_counts_overtime_cuts_and_leaves_out_cancelled_ones() -> None:
+    """A stop's or an abort's cuts are latbench's; an overtime cut is the server not finishing."""
+    ok = [rec(i, ev_ms=stream(50, 10, 5)) for i in range(6)]
+    cut = [
+        rec(10, ev_ms=[50], error=ErrorKind.OVERTIME),
+        rec(11, ev_ms=[50], error=ErrorKind.OVERTIME),
+        rec(12, ev_ms=[50], error=ErrorKind.CANCELLED),
+        rec(13, error=ErrorKind.HTTP_STATUS, status=500),
+    ]
+    f = summarize(ok + cut).failures
+    assert (f.failed, f.overtime, f.cancelled, f.judged) == (3, 2, 1, 9)
+    assert f.fraction == 3 / 9 and not f.passed
+    assert f.describe() == (
+        "3 of 9 measured requests failed (33.3%, 2 of them cut at the overtime), "
+        "over the 1% limit; 1 cancelled, not counted"
+    )
+    assert f.to_dict()["overtime"] == 2
+
+
 def test_warmup_and_cooldown_are_left_out() -> None:
     warm = rec(0, phase="warmup", ev_ms=[500], t_intended_ms=-1000, t_sent_ms=-1000)
     measured = rec(1, ev_ms=[50, 60], t_end_ms=70)

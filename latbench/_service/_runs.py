@@ -51,7 +51,7 @@ from latbench._summary import ClientStats, summarize
 
 log = logging.getLogger("latbench.service")
 
-# The runner cancels what is in flight at duration + load.overtime (records say `cancelled`); this
+# The runner cuts what is in flight at duration + load.overtime (records say `overtime`); this
 # much later the service stops the whole run, should anything else in it hang.
 BACKSTOP_S = 30.0
 # Cancelled requests end at once; this only bounds a wait that should take milliseconds.

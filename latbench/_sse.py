@@ -10,7 +10,9 @@ events without data (not dispatched, as the spec says).
 
 What it holds is bounded whatever the server sends: a line longer than `max_line_bytes` or an
 event longer than `max_event_bytes` (both counted after line ends are normalised to LF, without
-the line end) raises `OversizedEvent`, however the stream is split into pieces. An unterminated
+the line end) raises `OversizedEvent`, however the stream is split into pieces: the verdict, and
+which cap it names (the one whose limit the event's bytes pass first; the line's on a tie), are
+those of the bytes alone, so that the same stream always fails the same way. An unterminated
 event is kept in a growing buffer whose new bytes alone are searched, so a server that never sends
 a line end costs linear time up to the cap, not a re-copy and re-search of the whole on every read.
 """
@@ -88,8 +90,8 @@ class SSEParser:
             # The common case (one `data: ` line, as vLLM and OpenAI send) skips the line loop.
             if block.startswith(b"data: ") and b"\n" not in block:
                 if len(block) > self._max_one:
-                    over_line = len(block) > self._max_line
-                    raise self._over(out, event=not over_line)
+                    # One line, over the smaller cap: its bytes pass that cap first.
+                    raise self._over(out, event=self._max_line > self._max_event)
                 if len(block) > 6:
                     out.append(block[6:])
             else:
@@ -124,27 +126,45 @@ class SSEParser:
 
     def _check_rest(self, buf: bytes | bytearray, out: list[bytes]) -> None:
         """Hold the unterminated rest to the caps, finding each line end once."""
-        if len(buf) > self._max_event:
-            raise self._over(out, event=True)
         line = self._line_start
+        over = -1  # where the first line over its cap starts
         nl = buf.find(b"\n", self._seen)
         while nl >= 0:
             if nl - line > self._max_line:
-                raise self._over(out)
+                over = line
+                break
             line = nl + 1
             nl = buf.find(b"\n", line)
-        if len(buf) - line > self._max_line:
-            raise self._over(out)
+        if over < 0 and len(buf) - line > self._max_line:
+            over = line
+        # The event so far, without a line end that ends it: the blank line that may follow
+        # completes the event without it, so counting it would fail an event of exactly the cap
+        # only when that blank line came in a later read.
+        self._raise_if_over(out, len(buf) - (buf[-1] == 10), over)
         self._seen = len(buf)
         self._line_start = line
 
-    def _parse_block(self, block: bytes, out: list[bytes]) -> None:
-        if len(block) > self._max_event:
+    def _raise_if_over(self, out: list[bytes], size: int, over_line: int) -> None:
+        """Raise for an event of `size` bytes whose first line over the line cap starts at
+        `over_line` (-1: none): the error names the cap its bytes pass first."""
+        if over_line >= 0 and (
+            size <= self._max_event or over_line + self._max_line <= self._max_event
+        ):
+            raise self._over(out)
+        if size > self._max_event:
             raise self._over(out, event=True)
+
+    def _parse_block(self, block: bytes, out: list[bytes]) -> None:
+        lines = block.split(b"\n")
+        if len(block) > self._max_one:
+            at = 0
+            for line in lines:
+                if len(line) > self._max_line:
+                    self._raise_if_over(out, len(block), at)
+                at += len(line) + 1
+            self._raise_if_over(out, len(block), -1)
         data: list[bytes] = []
-        for line in block.split(b"\n"):
-            if len(line) > self._max_line:
-                raise self._over(out)
+        for line in lines:
             if not line:
                 # A blank line at the start of a block (stray line end) dispatches what came
                 # before.

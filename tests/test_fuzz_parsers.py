@@ -35,9 +35,9 @@ def split(stream: bytes, points: list[int]) -> list[bytes]:
     return [stream[a:b] for a, b in zip([0, *at], [*at, len(stream)], strict=True)]
 
 
-def feed(pieces: list[bytes], line: int, event: int) -> tuple[list[bytes], bool, int]:
-    """The events given (including those an OversizedEvent carries), whether it raised, and the
-    most the parser held between feeds."""
+def feed(pieces: list[bytes], line: int, event: int) -> tuple[list[bytes], str | None, int]:
+    """The events given (including those an OversizedEvent carries), the error it raised (None:
+    none), and the most the parser held between feeds."""
     p = SSEParser(line, event)
     out: list[bytes] = []
     held = 0
@@ -45,9 +45,9 @@ def feed(pieces: list[bytes], line: int, event: int) -> tuple[list[bytes], bool,
         try:
             out += p.feed(piece)
         except OversizedEvent as e:
-            return out + e.events, True, held
+            return out + e.events, str(e), held
         held = max(held, len(p._buf))
-    return out, False, held
+    return out, None, held
 
 
 def reference(stream: bytes) -> list[bytes]:
@@ -74,10 +74,10 @@ def test_sse_any_split_gives_the_events_of_the_format(stream: bytes, points: lis
     whole, raised, _ = feed([stream], 1 << 20, 1 << 20)
     assert not raised
     assert whole == reference(stream)
-    assert feed(split(stream, points), 1 << 20, 1 << 20)[:2] == (whole, False)
+    assert feed(split(stream, points), 1 << 20, 1 << 20)[:2] == (whole, None)
     assert feed([stream[i : i + 1] for i in range(len(stream))], 1 << 20, 1 << 20)[:2] == (
         whole,
-        False,
+        None,
     )
 
 
@@ -101,6 +101,47 @@ def test_sse_caps_hold_however_the_stream_is_split(
     assert by_piece[2] <= event and by_byte[2] <= event
     if not whole[1]:
         assert whole[0] == reference(stream)
+
+
+def near(cap: int) -> st.SearchStrategy[int]:
+    return st.integers(min_value=max(1, cap - 2), max_value=cap + 2)
+
+
+def sse_line(n: int) -> bytes:
+    """A line of `n` bytes: a data line when it is long enough, else a field name."""
+    return (b"data:" + b"x" * n)[:n]
+
+
+@FUZZ
+@given(
+    data=st.data(),
+    line=st.integers(min_value=1, max_value=40),
+    event=st.integers(min_value=1, max_value=80),
+    nl=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+)
+def test_sse_verdict_near_the_caps_is_the_same_at_every_split(
+    data: Any, line: int, event: int, nl: bytes
+) -> None:
+    # Arbitrary bytes seldom make an event of exactly its cap, where an off-by-one hides (the
+    # line end that closes an event once counted in it only when the blank line came later):
+    # here every line's and every event's size is drawn within 2 bytes of its cap.
+    events = []
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        lens = data.draw(
+            st.lists(
+                st.one_of(near(line), st.integers(min_value=1, max_value=line)),
+                min_size=1,
+                max_size=4,
+            )
+        )
+        total = sum(lens) + len(lens) - 1
+        lens[-1] = max(1, lens[-1] + data.draw(near(event)) - total)
+        events.append(nl.join(sse_line(n) for n in lens))
+    stream = b"".join(e + nl + nl for e in events)
+    whole = feed([stream], line, event)[:2]
+    for i in range(len(stream) + 1):
+        assert feed([stream[:i], stream[i:]], line, event)[:2] == whole, i
+    assert feed([stream[i : i + 1] for i in range(len(stream))], line, event)[:2] == whole
 
 
 @settings(max_examples=20, deadline=None)

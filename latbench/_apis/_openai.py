@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 
 from latbench._apis._base import (
+    MAX_COUNT,
+    MAX_REASON,
     NOTHING,
     Event,
     MalformedEvent,
@@ -58,10 +60,14 @@ def _usage(obj: dict[str, Any]) -> tuple[int | None, int | None]:
         return None, None
     if not isinstance(usage, dict):
         raise MalformedEvent(f"usage is not an object: {usage!r:.120}")
-    return (
-        count(usage.get("completion_tokens"), "usage.completion_tokens"),
-        count(usage.get("prompt_tokens"), "usage.prompt_tokens"),
-    )
+    # Checked inline, on every event of a continuous-usage stream: `count` only words the error.
+    completion = usage.get("completion_tokens")
+    if completion is not None and not (type(completion) is int and 0 <= completion <= MAX_COUNT):
+        count(completion, "usage.completion_tokens")
+    prompt = usage.get("prompt_tokens")
+    if prompt is not None and not (type(prompt) is int and 0 <= prompt <= MAX_COUNT):
+        count(prompt, "usage.prompt_tokens")
+    return completion, prompt
 
 
 def _error(obj: dict[str, Any]) -> Event | None:
@@ -95,7 +101,9 @@ def _parse(data: bytes, kind_of: Callable[[dict[str, Any]], str | None]) -> Even
     c = _first_choice(obj)
     if c is None:
         return NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
-    finish = reason(c.get("finish_reason"), "choices[0].finish_reason")
+    finish = c.get("finish_reason")
+    if finish is not None and not (type(finish) is str and len(finish) <= MAX_REASON):
+        reason(finish, "choices[0].finish_reason")  # raises, naming the field
     return Event(kind_of(c), completion, prompt, finish)
 
 

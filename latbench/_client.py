@@ -28,6 +28,10 @@ from latbench._workload import WorkItem
 
 ERROR_BODY_LIMIT = 2048
 BODY_SHOWN = 120  # bytes of a body that is not an event stream, shown in the detail
+# How long the start of a body that brings no token (an error, an HTML page) is waited for: a
+# server that stalls there must not turn the record into a first-token timeout.
+BODY_WAIT_S = 0.5
+LOCATION_SHOWN = 300  # characters of a redirect's Location named in an error
 DETAIL_LIMIT = 1000  # characters of an error detail kept in a record (a server writes them)
 EVENT_STREAM = "text/event-stream"
 IDLE_SLACK = 1 / 64  # how late (a fraction of it) the idle timeout may fire; see the loop
@@ -141,16 +145,22 @@ async def stream_request(
                 clock = ReadClock(resp)
                 t_headers = clock.headers_ns if clock.headers_ns is not None else monotonic_ns()
                 status = resp.status
+                ctype = None if status >= 300 else _not_event_stream(resp)
+                if (status >= 300 or ctype is not None) and not cm.expired():
+                    # No token comes from this body: its short read (BODY_WAIT_S) is bounded
+                    # on its own, not by the first-token deadline.
+                    cm.reschedule(None)
+                until = min(loop.time() + BODY_WAIT_S, total_at)
                 if status >= 300:
                     retry_after = retry_after_s(resp.headers)
                     error = status_kind(status, retry_after)
                     if error is ErrorKind.REDIRECTED:
                         detail = _redirect_detail(resp)
                     else:
-                        detail = await _error_body(resp)
-                elif (ctype := _not_event_stream(resp)) is not None:
+                        detail = await _error_body(resp, until)
+                elif ctype is not None:
                     error = ErrorKind.MALFORMED_STREAM
-                    detail = await _not_sse_detail(resp, ctype)
+                    detail = await _not_sse_detail(resp, ctype, until)
                 else:
                     # One HTTP chunk at a time (as the server framed its events), not all that is
                     # buffered: a backlog then keeps each event's own read time.
@@ -232,11 +242,10 @@ async def stream_request(
         error, detail = ErrorKind.MALFORMED_STREAM, str(e)
     except aiohttp.ClientPayloadError as e:
         error, detail = ErrorKind.STREAM_TRUNCATED, str(e) or type(e).__name__
-    except aiohttp.ServerDisconnectedError as e:
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionResetError) as e:
+        # However the peer went (a close or a reset), after the headers it cut a stream short.
         error = ErrorKind.STREAM_TRUNCATED if t_headers else ErrorKind.CONNECTION_RESET
-        detail = str(e) or "server disconnected"
-    except (aiohttp.ClientOSError, ConnectionResetError) as e:
-        error, detail = ErrorKind.CONNECTION_RESET, str(e) or type(e).__name__
+        detail = str(e) or type(e).__name__
     except aiohttp.ClientResponseError as e:
         # Its message is the parser's: the reason, then the offending bytes on later lines.
         error, detail = ErrorKind.MALFORMED_STREAM, framing_detail(e.message, "bad HTTP response")
@@ -331,33 +340,24 @@ def _unsent(
     """The record of a request that could not be sent at all (its body could not be built)."""
     now = monotonic_ns()
     return Record(
-        run_id=run_id,
-        seq=seq,
-        phase=phase,
-        api=ep.api.name,
-        t_intended=t_intended,
-        t_sent=now,
-        t_headers=None,
-        t_end=now,
-        ev_t=(),
-        ev_kind="",
-        ev_n=None,
-        status=None,
-        finish_reason=None,
-        usage_prompt_tokens=None,
-        usage_completion_tokens=None,
-        max_tokens=item.max_tokens,
-        error=ErrorKind.CLIENT_ERROR,
-        error_detail=detail,
-    )
+        run_id, seq, phase, ep.api.name, t_intended, t_sent=now, t_end=now,
+        max_tokens=item.max_tokens, error=ErrorKind.CLIENT_ERROR, error_detail=detail,
+    )  # fmt: skip
+
+
+def location(resp: aiohttp.ClientResponse) -> str | None:
+    """A redirect's Location as an error may name it: at most LOCATION_SHOWN characters (a
+    server writes it)."""
+    where = resp.headers.get("Location")
+    if where is not None and len(where) > LOCATION_SHOWN:
+        where = where[: LOCATION_SHOWN - 3] + "..."
+    return where
 
 
 def _redirect_detail(resp: aiohttp.ClientResponse) -> str:
-    where = resp.headers.get("Location")
+    where = location(resp)
     if where is None:
         return f"HTTP {resp.status} redirect without a Location; not followed"
-    if len(where) > 300:
-        where = where[:297] + "..."
     return f"HTTP {resp.status} redirect to {where}; not followed"
 
 
@@ -375,12 +375,22 @@ def _not_event_stream(resp: aiohttp.ClientResponse) -> str | None:
     return ctype
 
 
-async def _not_sse_detail(resp: aiohttp.ClientResponse, ctype: str) -> str:
+async def _body_start(resp: aiohttp.ClientResponse, limit: int, until: float) -> tuple[bytes, str]:
+    """Up to `limit` bytes of a body that brings no token (what comes before `until`, loop time),
+    and their text, decoded leniently. A body that stalls or breaks gives what it had: the record
+    already says why the body was read at all."""
+    raw = bytearray()
     try:
-        raw = await resp.content.read(BODY_SHOWN)
-    except (aiohttp.ClientError, HttpProcessingError, TimeoutError):
-        raw = b""
-    shown = raw.decode("utf-8", "replace").strip()
+        async with asyncio.timeout_at(until):
+            while len(raw) < limit and (piece := await resp.content.read(limit - len(raw))):
+                raw += piece
+    except (aiohttp.ClientError, HttpProcessingError, TimeoutError, OSError):
+        pass
+    return bytes(raw), raw.decode("utf-8", "replace").strip()
+
+
+async def _not_sse_detail(resp: aiohttp.ClientResponse, ctype: str, until: float) -> str:
+    _, shown = await _body_start(resp, BODY_SHOWN, until)
     head = f"not an event stream: HTTP {resp.status} with Content-Type {ctype[:100]!r}"
     return f"{head}, body starts {shown!r}" if shown else head
 
@@ -393,12 +403,8 @@ def _timeout_detail(kind: ErrorKind, to: Timeouts) -> str:
     }.get(kind, str(kind))
 
 
-async def _error_body(resp: aiohttp.ClientResponse) -> str:
-    try:
-        raw = await resp.content.read(ERROR_BODY_LIMIT)
-    except (aiohttp.ClientError, TimeoutError):
-        raw = b""
-    msg = raw.decode("utf-8", "replace").strip()
+async def _error_body(resp: aiohttp.ClientResponse, until: float) -> str:
+    raw, msg = await _body_start(resp, ERROR_BODY_LIMIT, until)
     try:
         obj: Any = orjson.loads(raw)
         if isinstance(obj, dict):

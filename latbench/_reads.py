@@ -32,6 +32,15 @@ from latbench import _rxstamp
 _Marks = deque[tuple[int, int]]  # (read's monotonic_ns, body bytes the response had by then)
 
 
+async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytearray:
+    """A body read to its end, or to its first `limit + 1` bytes: a caller that gets more than
+    `limit` knows the body is over it, and has held no more than that of an endless one."""
+    raw = bytearray()
+    while len(raw) <= limit and (piece := await content.read(min(1 << 20, limit + 1 - len(raw)))):
+        raw += piece
+    return raw
+
+
 class BodyFramingError(aiohttp.ClientPayloadError):
     """The response body broke HTTP/1.1's framing: a malformed chunk size or chunk end."""
 
@@ -63,9 +72,11 @@ class StampedResponseHandler(ResponseHandler):
         if self._sock is not None and 0 < self._sock.rx_ns <= t:
             t = self._sock.rx_ns  # the kernel's arrival stamp of this read (latbench/_rxstamp.py)
         body = self._payload
-        failed = self.exception()
+        # `_exception` is what `exception()` returns (aiohttp's DataQueue), read without two
+        # method calls on every read; tests/test_client.py fails if it ever goes.
+        failed = self._exception
         super().data_received(data)
-        if self.exception() is not failed:
+        if self._exception is not failed:
             self._fail_body(body)
             return
         payload = self._payload

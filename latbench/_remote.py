@@ -28,6 +28,7 @@ from rich.text import Text
 
 from latbench._cli import Exit
 from latbench._errors import LatbenchError, SpecError
+from latbench._reads import read_bounded
 from latbench._record import read_records
 from latbench._report import render_summary
 from latbench._spec import load_spec, read_spec_file
@@ -153,9 +154,7 @@ class Client:
                 headers={**self._headers(auth), "Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
             ) as resp:
-                data = bytearray(await resp.content.read(MAX_ANSWER_BYTES + 1))
-                while len(data) <= MAX_ANSWER_BYTES and (piece := await resp.content.read(1 << 20)):
-                    data += piece
+                data = await read_bounded(resp.content, MAX_ANSWER_BYTES)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as e:
             raise RemoteError(f"cannot reach {self.server}: {_why(e)}") from None

@@ -13,8 +13,9 @@ import aiohttp
 import orjson
 
 from latbench._apis import API_KINDS, RequestOptions
-from latbench._client import Endpoint, StreamLimits, Timeouts
+from latbench._client import Endpoint, StreamLimits, Timeouts, location
 from latbench._errors import SpecError, TargetError
+from latbench._reads import read_bounded
 from latbench._spec import TargetSpec, WorkloadSpec
 
 SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
@@ -138,7 +139,7 @@ async def _list_models(
             timeout=aiohttp.ClientTimeout(total=connect_s + 20),
         ) as resp:
             if 300 <= resp.status < 400:
-                where = resp.headers.get("Location", "nowhere")[:300]
+                where = location(resp) or "nowhere"
                 raise TargetError(
                     f"{url} redirects (HTTP {resp.status}) to {where}; latbench follows no "
                     "redirect, so that no key leaves for another server: give the final URL"
@@ -149,9 +150,7 @@ async def _list_models(
                 )
             if resp.status != 200:
                 return None
-            raw = bytearray()
-            while len(raw) <= MAX_MODELS_BYTES and (piece := await resp.content.read(1 << 20)):
-                raw += piece
+            raw = await read_bounded(resp.content, MAX_MODELS_BYTES)
             if len(raw) > MAX_MODELS_BYTES:
                 return None  # not a list that can name a model; the connection is dropped
             body = orjson.loads(raw)

@@ -234,6 +234,19 @@ def _body(ctype: str, body: bytes) -> Handler:
     return handler
 
 
+def _stalled(status: int, ctype: str) -> Handler:
+    async def handler(srv: HostileServer, c: Conn) -> None:
+        # The headers of a chunked body, then nothing: the client must say what it got, not
+        # wait for a token that cannot come.
+        await c.send(
+            f"HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        await asyncio.sleep(srv.hold_s)
+
+    return handler
+
+
 async def _bad_chunk(srv: HostileServer, c: Conn) -> None:
     # A chunk size that is not hexadecimal, in a later read than a good first token; then
     # nothing, the connection left open (as a broken proxy would), so only the parse error can
@@ -297,6 +310,8 @@ MODES: dict[str, Handler] = {
     **{f"redirect_{s}": _redirect(s) for s in (301, 302, 303, 307, 308)},
     "html": _body("text/html; charset=utf-8", b"<html><body>Sign in to continue</body></html>"),
     "json_body": _body("application/json", b'{"id": "x", "choices": []}'),
+    "html_stalled": _stalled(200, "text/html"),
+    "error_stalled": _stalled(500, "application/json"),
     "bad_chunk": _bad_chunk,
     "chunk_overrun": _chunk_overrun,
     "flood": _flood,

@@ -24,7 +24,7 @@ from latbench import _rxstamp
 from latbench._apis import API_KINDS, RequestOptions
 from latbench._client import Endpoint, StreamLimits, Timeouts, stream_request
 from latbench._errors import ErrorKind
-from latbench._reads import ReadClock, StampingConnector
+from latbench._reads import ReadClock, StampedResponseHandler, StampingConnector
 from latbench._record import Record
 from latbench._retry import RetryPolicy
 from latbench._spec import TargetSpec, WorkloadSpec
@@ -356,6 +356,57 @@ async def test_a_bad_chunk_size_fails_at_once_not_at_the_idle_timeout(
     assert time.monotonic() - t0 < 5
     assert rec.error is ErrorKind.MALFORMED_STREAM and len(rec.ev_t) == 1
     assert rec.error_detail == "malformed chunked encoding: Invalid character in chunk size"
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "detail"),
+    [
+        (
+            "html_stalled",
+            ErrorKind.MALFORMED_STREAM,
+            "not an event stream: HTTP 200 with Content-Type 'text/html'",
+        ),
+        ("error_stalled", ErrorKind.HTTP_STATUS, "HTTP 500"),
+    ],
+)
+async def test_a_body_that_stalls_after_its_start_is_named_not_a_timeout(
+    session, hostile_server, mode: str, kind: ErrorKind, detail: str
+) -> None:
+    # Its start was read under the first-token deadline: a server that stalled after the headers
+    # made the record a first-token timeout. Now the start is waited for briefly, on its own.
+    srv, _ = hostile_server
+    ep = replace(hostile_endpoint(srv.target(mode)), timeouts=Timeouts(first_token=5, idle=30))
+    t0 = time.monotonic()
+    rec = await one(session, ep)
+    assert (rec.error, rec.error_detail) == (kind, detail)
+    assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize("mode", ["reset_after_headers", "reset_mid_stream"])
+async def test_a_reset_after_the_headers_truncates_the_stream(
+    session, hostile_server, mode: str
+) -> None:
+    # A reset (RST) and a close after the headers both cut the stream short; only before the
+    # headers is it a connection reset.
+    srv, _ = hostile_server
+    rec = await one(session, hostile_endpoint(srv.target(mode)))
+    assert rec.error is ErrorKind.STREAM_TRUNCATED, (rec.error, rec.error_detail)
+    assert rec.t_headers is not None and rec.error_detail
+    rec = await one(session, hostile_endpoint(srv.target("reset_before_headers")))
+    assert rec.error is ErrorKind.CONNECTION_RESET and rec.t_headers is None
+
+
+def test_the_protocol_keeps_its_exception_where_the_stamping_reads_it() -> None:
+    # StampedResponseHandler.data_received reads `_exception` (aiohttp's DataQueue) on every
+    # read instead of calling exception() twice: this fails if aiohttp moves it.
+    loop = asyncio.new_event_loop()
+    try:
+        h = StampedResponseHandler(loop)
+        assert h._exception is None and h.exception() is None
+        h.set_exception(ValueError("x"))
+        assert h._exception is h.exception() and isinstance(h._exception, ValueError)
+    finally:
+        loop.close()
 
 
 async def test_stream_limits_come_from_the_spec(session, hostile_server) -> None:

@@ -10,8 +10,10 @@ Exit codes (one table; CI gates on them):
     4   the run is not valid: the client, not the server, set the pace (client-bound)
     5   compare --fail-on-regression: a metric got worse by more than the limit
     6   too many requests failed: over validity.max_failed_fraction of the measured ones
-        (default 1%; cancelled ones aside), or none succeeded; with or without --slo
-    130 interrupted (Ctrl-C, SIGTERM), in any phase
+        (default 1%; requests cut at the overtime count, a stop's cancelled ones do not), or
+        none succeeded; with or without --slo
+    130 interrupted (Ctrl-C, SIGTERM), in any phase before the results are written; a signal
+        after them (the metrics linger) ends the linger and the verdict's code stands
 Priority: 130, then 1, then 4 > 6 > 3. A client-bound run exits 4 even when requests failed or
 an SLO was missed: its latencies cannot be trusted; a run with too many failures exits 6 before
 its SLOs are looked at, since they were measured on the requests that got through.
@@ -343,15 +345,32 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
 
     if export is not None and export.server is not None:
         err.print(f"metrics: {export.server.url}", highlight=False)
-    interrupts = 0
+    interrupts = 0  # signals that came before the results were written: the run exits 130
     main_task: asyncio.Task[Any] | None = None
+    # Where the command is, for a signal outside the event loop: the run's results written (a
+    # signal after them skips the linger and keeps the verdict), the ExitStack unwinding (a
+    # signal waits until it is done: raised inside VllmServer.__exit__, it would leave vLLM
+    # running), the metrics linger (a signal ends it, as the prompt says).
+    results_written = cleaning = lingering = skip_linger = False
 
     def interrupt(signum: int, frame: object) -> None:
         # Outside the event loop (simulator start, vLLM's launch wait, the metrics linger)
         # SIGTERM means what Ctrl-C does: end now, through the same cleanup.
-        nonlocal interrupts
+        nonlocal interrupts, skip_linger
+        if results_written:
+            skip_linger = True
+            if lingering:
+                raise KeyboardInterrupt  # MetricsExport.linger ends its wait on it
+            return
         interrupts += 1
-        raise KeyboardInterrupt
+        # Only the first raises: a later one would land in the cleanup that the first set off
+        # (SimProcess's or VllmServer's stop after a failed start, the ExitStack unwinding).
+        if interrupts == 1 and not cleaning:
+            raise KeyboardInterrupt
+
+    def start_cleanup() -> None:
+        nonlocal cleaning
+        cleaning = True
 
     def on_signal() -> None:
         nonlocal interrupts
@@ -399,12 +418,16 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
             # the metrics linger still end through `interrupt`.
             stack.callback(lambda: [signal.signal(sig, interrupt) for sig in previous])
             r = stack.enter_context(asyncio.Runner(loop_factory=_new_loop))
+            # Entered last, so it runs first when the stack unwinds, whatever ends the block.
+            stack.callback(start_cleanup)
             try:
                 result = r.run(main(base_url))
             except asyncio.CancelledError:
                 if not interrupts:
                     raise
                 raise KeyboardInterrupt from None  # a signal during preflight: exit 130
+            results_written = True  # by run_benchmark; a signal from now on keeps the verdict
+        cleaning = False
         if launch is not None:
             err.print(f"vLLM stopped; its log: {launch.log_path}", highlight=False)
         push_failed = None if export is None else export.run_ended()
@@ -430,12 +453,21 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
         if push_failed:
             err.print(f"[red]metrics:[/] {push_failed}", highlight=False)
         if export is not None and export.server is not None and export.linger_s > 0:
-            err.print(
-                f"metrics: serving {export.server.url} until a scrape reads the final "
-                f"values (at most {export.linger_s:g} s; Ctrl-C skips)",
-                highlight=False,
-            )
-            export.linger()
+            # From here a signal raises (caught below), so one that lands anywhere between this
+            # line and the wait still ends the linger; one before it was noted in skip_linger.
+            lingering = True
+            try:
+                if not skip_linger:
+                    err.print(
+                        f"metrics: serving {export.server.url} until a scrape reads the final "
+                        f"values (at most {export.linger_s:g} s; Ctrl-C skips)",
+                        highlight=False,
+                    )
+                    export.linger()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                lingering = False
     finally:
         if export is not None:
             export.close()

@@ -6,6 +6,7 @@ every phase with 130. Real processes, the simulator and raw servers on 127.0.0.1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -393,10 +394,15 @@ def test_a_signal_during_the_model_lookup_exits_130_at_once(
     assert took < 5 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_sigterm_during_the_metrics_linger_exits_130(tmp_path: Path, loop: str) -> None:
-    """After the run's loop has closed. Without uvloop (it is optional), closing an asyncio loop
-    puts SIGTERM back to its default, which would kill latbench outright (-15)."""
+def test_a_signal_during_the_metrics_linger_ends_it_and_keeps_the_verdict(
+    tmp_path: Path, loop: str, sig: signal.Signals
+) -> None:
+    """The prompt says "Ctrl-C skips": the results are written, so a signal now ends the linger
+    and the exit status is still the run's verdict, not 130. After the run's loop has closed:
+    without uvloop (it is optional), closing an asyncio loop puts SIGTERM back to its default,
+    which would kill latbench outright (-15)."""
     env = dict(os.environ)
     if loop == "asyncio":
         shim = tmp_path / "no-uvloop"
@@ -415,10 +421,11 @@ def test_sigterm_during_the_metrics_linger_exits_130(tmp_path: Path, loop: str) 
             break
         seen += line
     assert "until a scrape" in seen, seen
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     code, _, err, took = finish(proc, 20)
-    assert code == 130, seen + err
-    assert took < 5
+    # 0, or 4 if this loaded machine made the client the bottleneck: the verdict either way.
+    assert code in (0, 4), seen + err
+    assert took < 15 and "Traceback" not in err  # the linger would have lasted 60 s
 
 
 def test_sigterm_during_the_run_drains_like_ctrl_c(
@@ -458,6 +465,64 @@ def test_a_signal_during_the_vllm_launch_wait_exits_130_and_stops_it(
     assert code == 130, err
     assert took < 10 and "Traceback" not in err  # vLLM's stop is SIGTERM, then a grace
     until(lambda: not Path(f"/proc/{server}").exists() or _zombie(server), 10, "its exit")
+
+
+def test_a_second_signal_while_vllm_stops_lets_the_stop_finish(tmp_path: Path) -> None:
+    """A "vLLM" whose engine process ignores SIGTERM (only the stop's final SIGKILL to the group
+    ends it) and whose own exit takes a moment: a second Ctrl-C while the stop waits must not cut
+    the stop short, or the engine is left running."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\n(trap '' TERM; exec sleep 301) &\n"
+                    "trap 'sleep 1.5; exit 0' TERM\nwait\nwait\n")  # fmt: skip
+    fake.chmod(0o755)
+    proc = spawn("run", "--out", str(tmp_path), "--launch-vllm", "--model m",
+                 "--vllm-python", str(fake), "--requests", "1")  # fmt: skip
+    group: list[int] = []
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "starting vLLM" in line, line
+        until(lambda: any(b"sleep\x00301" in _cmdline(p) for p in _in_group(_leader(proc.pid))),
+              10, "the launched server's engine")  # fmt: skip
+        leader = _leader(proc.pid)
+        group.append(leader)
+        proc.send_signal(signal.SIGINT)  # the stop begins: SIGTERM, the server takes 1.5 s
+        until(lambda: any(b"sleep\x001.5" in _cmdline(p) for p in _in_group(leader)), 10,
+              "the server's slow exit")  # fmt: skip
+        proc.send_signal(signal.SIGINT)
+        code, _, err, _ = finish(proc, 60)
+        assert code == 130, err
+        assert "Traceback" not in err
+        until(lambda: not [p for p in _in_group(leader) if not _zombie(p)], 10,
+              "every process of the server's group to end")  # fmt: skip
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for g in group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(g, signal.SIGKILL)
+
+
+def _leader(pid: int) -> int:
+    """The launched server: latbench's child that leads its own process group."""
+    for p in _children_of(pid):
+        if _pgrp(p) == p:
+            return p
+    return -1
+
+
+def _pgrp(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, ValueError, IndexError):
+        return -2
+
+
+def _in_group(pgid: int) -> list[int]:
+    if pgid < 0:
+        return []
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+            and _pgrp(int(d.name)) == pgid]  # fmt: skip
 
 
 def sleepers(pid: int) -> list[int]:

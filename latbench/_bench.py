@@ -208,11 +208,14 @@ async def run_benchmark(
             recon = reconcile(outcome.records, scraper.result)
         except ServerMetricsError as e:  # what the client measured stands on its own
             console.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)
+    for warning in outcome.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     results_path = out_dir / "results.json"
     results = {
         "run_id": run_id,
         "ended": outcome.ended,
         "incomplete": outcome.incomplete,
+        "warnings": outcome.warnings,
         "spec": header.spec,
         "environment": env,
         "workload": workload.describe(),

@@ -20,8 +20,10 @@ a run past its duration for longer than that.
 
 The run outlives its parts: each worker tells the runner of every request it sends, so when a
 worker process dies its in-flight requests are recorded as `lost`, the other workers go on, and
-the run ends `incomplete` with every record kept. A frame the runner cannot decode becomes a
-`client_error` record of its request, not a crash.
+the run ends `incomplete` with every record kept. A record frame the runner cannot decode becomes
+a `client_error` record of its request, not a crash, when the request is one the worker said it
+sent; one naming any other request is dropped (it could only duplicate or invent one) and counted
+in the outcome's warnings.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class RunOutcome:
     client: ClientStats
     ended: str  # completed | stopped | aborted | incomplete (a worker died)
     incomplete: str | None = None  # why, when it is
+    warnings: list[str] = field(default_factory=list)  # nothing lost, but worth saying
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Runner:
         self._stopped_at: int | None = None
         self._lag_ticks = array("q")
         self._lags = array("q")
+        self._dropped: list[tuple[int, int]] = []  # (worker, seq) of unreadable unknown records
 
     @property
     def inflight(self) -> int:
@@ -255,15 +259,22 @@ class Runner:
             sink.add(rec)
 
     def _unreadable(self, w: _Worker, seq: int, why: str) -> None:
-        """A request whose record could not be read: recorded as latbench's own failure."""
-        t_intended, t_sent, phase = w.pending.pop(seq, (0, 0, "measure"))
+        """A request whose record could not be read: recorded as latbench's own failure, with the
+        instants its `s` frame gave. Only a request the worker said it sent and that has no
+        record yet: a garbled frame's seq may name one already recorded, or none at all, and
+        stamping such a seq would duplicate or invent a request."""
+        sent = w.pending.pop(seq, None)
+        if sent is None:
+            self._dropped.append((w.index, seq))
+            return
+        t_intended, t_sent, phase = sent
         rec = Record(
             run_id=self.run_id,
             seq=seq,
             phase=phase,
             api=self.endpoint.api.name,
-            t_intended=t_intended or monotonic_ns(),
-            t_sent=t_sent or monotonic_ns(),
+            t_intended=t_intended,
+            t_sent=t_sent,
             error=ErrorKind.CLIENT_ERROR,
             error_detail=why,
         )
@@ -362,8 +373,21 @@ class Runner:
         if incomplete is not None:
             ended = "incomplete"
         footer = RunFooter(window_start=ws, window_end=we, ended=ended, validity=client.to_dict())
+        warnings = []
+        if self._dropped:
+            named = ", ".join(f"seq {seq} (worker {k})" for k, seq in self._dropped[:5])
+            more = f" and {len(self._dropped) - 5} more" if len(self._dropped) > 5 else ""
+            warnings.append(
+                f"{len(self._dropped)} unreadable record frames named requests their worker had "
+                f"not announced or that were already recorded: {named}{more}; dropped"
+            )
         return RunOutcome(
-            records=self.records, footer=footer, client=client, ended=ended, incomplete=incomplete
+            records=self.records,
+            footer=footer,
+            client=client,
+            ended=ended,
+            incomplete=incomplete,
+            warnings=warnings,
         )
 
     def _window(self) -> tuple[int, int]:

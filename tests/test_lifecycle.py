@@ -259,6 +259,11 @@ async def test_a_frame_the_runner_cannot_read_is_a_client_error_record_and_the_r
     bad = pack_record(Record("x", 5, "measure", "chat", 10, 20, t_end=30, status=200))
     names = [f.name for f in dataclasses.fields(Record) if f.name != "run_id"]
     bad[1 + names.index("usage_completion_tokens")] = 1.5  # not a count a summary can add up
+    # Garbled frames naming a request already recorded (6) and one never announced (9): either
+    # would duplicate or invent a request if recorded.
+    again, unknown = list(bad), list(bad)
+    again[1 + names.index("seq")] = 6
+    unknown[1 + names.index("seq")] = 9
     # Payloads as the worker frames them (message() minus its 4-byte length).
     frames = [
         message("s", 5, 10, 20, "measure")[4:],
@@ -266,6 +271,8 @@ async def test_a_frame_the_runner_cannot_read_is_a_client_error_record_and_the_r
         b"\xff not json",
         message("s", 6, 10, 20, "measure")[4:],
         orjson.dumps(good),
+        orjson.dumps(again),
+        orjson.dumps(unknown),
         message("s", 7, 11, 21, "measure")[4:],  # sent, then no record ever comes
         message("end", 0.1, 1.0, 0)[4:],
     ]
@@ -284,6 +291,10 @@ async def test_a_frame_the_runner_cannot_read_is_a_client_error_record_and_the_r
     assert by_seq[5].error is ErrorKind.CLIENT_ERROR
     assert "usage_completion_tokens is 1.5" in str(by_seq[5].error_detail)
     assert by_seq[7].error is ErrorKind.CLIENT_ERROR and by_seq[7].t_intended == 11
+    assert len(runner.records) == 3
+    runner._workers = [w]
+    (warning,) = runner._outcome().warnings
+    assert "2 unreadable record frames" in warning and "seq 6 (worker 0), seq 9" in warning
 
 
 # --------------------------------------------------------------------------------------------

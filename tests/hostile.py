@@ -258,6 +258,14 @@ async def _bad_chunk(srv: HostileServer, c: Conn) -> None:
     await asyncio.sleep(srv.hold_s)
 
 
+async def _bad_chunk_at_once(srv: HostileServer, c: Conn) -> None:
+    # The same bytes as bad_chunk in one write, as a worker that stalled reads them: the
+    # headers, the first token and the bad chunk size in one read.
+    ev = _chunk(" first", completion=1)
+    await c.send(SSE_HEAD + b"%x\r\n%s\r\nzz\r\ndata: \r\n" % (len(ev), ev))
+    await asyncio.sleep(srv.hold_s)
+
+
 async def _chunk_overrun(srv: HostileServer, c: Conn) -> None:
     # A chunk longer than its declared size (no CRLF where the size says it ends), in the same
     # read as the headers: aiohttp fails the response, not its body.
@@ -313,6 +321,7 @@ MODES: dict[str, Handler] = {
     "html_stalled": _stalled(200, "text/html"),
     "error_stalled": _stalled(500, "application/json"),
     "bad_chunk": _bad_chunk,
+    "bad_chunk_at_once": _bad_chunk_at_once,
     "chunk_overrun": _chunk_overrun,
     "flood": _flood,
     # Not faults: event streams labelled unusually, which must be read as any other.

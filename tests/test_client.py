@@ -345,16 +345,19 @@ async def test_an_event_stream_without_its_usual_label_is_read(
     assert rec.ok and len(rec.ev_t) == hostile.TOKENS, rec.error_detail
 
 
+@pytest.mark.parametrize("mode", ["bad_chunk", "bad_chunk_at_once"])
 async def test_a_bad_chunk_size_fails_at_once_not_at_the_idle_timeout(
-    session, hostile_server
+    session, hostile_server, mode: str
 ) -> None:
     # aiohttp's C parser dropped the body on this error: the read waited for the idle timeout
-    # (30 s here) and was recorded as one.
+    # (30 s here) and was recorded as one. In a later read than the headers it fails the body
+    # (the token before it kept); in the same read, the response (nothing kept): the same
+    # detail either way, so a stalled worker's record reads as a prompt one's.
     srv, _ = hostile_server
     t0 = time.monotonic()
-    rec = await one(session, hostile_endpoint(srv.target("bad_chunk")))
+    rec = await one(session, hostile_endpoint(srv.target(mode)))
     assert time.monotonic() - t0 < 5
-    assert rec.error is ErrorKind.MALFORMED_STREAM and len(rec.ev_t) == 1
+    assert rec.error is ErrorKind.MALFORMED_STREAM
     assert rec.error_detail == "malformed chunked encoding: Invalid character in chunk size"
 
 

@@ -1,10 +1,11 @@
 """Property tests of everything that reads what a server sends: the SSE parser and each API
 kind's event parser, with arbitrary bytes and arbitrary JSON (hypothesis).
 
-What must hold whatever arrives: the SSE parser gives the same events however the bytes are
-split, never holds more than its cap (and the line end that may close the event), and raises nothing but its own `OversizedEvent`; an API
-parser returns an `Event` or raises `MalformedEvent`, nothing else, and an Event's usage is always
-a count the records can hold. Bounded: small inputs and a few hundred examples a test.
+What must hold whatever arrives: the SSE parser gives the same events and the same error however
+the bytes are split, never holds more than its cap (and the line end that may close the event),
+and raises nothing but its own `OversizedEvent`; an API parser returns an `Event` or raises
+`MalformedEvent`, nothing else, and an Event's usage is always a count the records can hold.
+Bounded: small inputs and a few hundred examples a test.
 """
 
 from __future__ import annotations

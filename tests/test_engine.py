@@ -5,11 +5,20 @@ sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import itertools
 import os
+import pickle
+import re
+import select
 import signal
+import socket
+import termios
+import threading
 from collections.abc import AsyncIterator, Callable
 from time import monotonic_ns
 
@@ -19,14 +28,15 @@ import pytest
 
 from latbench._apis import API_KINDS, RequestOptions
 from latbench._client import Endpoint, Timeouts
+from latbench._eager import install as install_eager_writes
 from latbench._errors import ErrorKind
 from latbench._record import Record, RunFooter, counts, instants
 from latbench._runner import Runner, worker_count
 from latbench._spec import LoadSpec
 from latbench._validity import add_lag_listener
-from latbench._wire import pack_record, unpack_record
-from latbench._worker import split
-from latbench._workload import SyntheticWorkload
+from latbench._wire import frame, message, pack_record, unpack_record
+from latbench._worker import Shard, serve, split
+from latbench._workload import SyntheticWorkload, WorkItem
 from latbench.sim import SimProcess
 
 
@@ -223,3 +233,135 @@ async def test_a_run_stopped_before_its_workers_start_ends_cleanly(
     r.stop()  # as a first Ctrl-C during start-up does
     out = await asyncio.wait_for(r.run(session), 20)
     assert out.ended == "stopped" and out.records == []
+
+
+class CountingServer:
+    """A keep-alive chat server on a thread (one connection at a time is enough here) that
+    knows where in its byte stream each request began; `arrived()` is how many bytes reached it
+    so far, read or still waiting in the socket (counted under one lock, so none is missed)."""
+
+    BODY = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.total = 0  # bytes read from every connection
+        self.starts: list[int] = []  # where each request began, in bytes read before it
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _recv(self, c: socket.socket) -> bytes:
+        select.select([c], [], [], 5)
+        with self.lock:
+            data = c.recv(65536)
+            self.total += len(data)
+        if not data:
+            raise OSError("closed")
+        return data
+
+    def _serve(self, c: socket.socket) -> None:
+        buf = b""
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                while not buf:
+                    buf = self._recv(c)
+                with self.lock:
+                    self.starts.append(self.total - len(buf))
+                while b"\r\n\r\n" not in buf:
+                    buf += self._recv(c)
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                while len(buf) < length:
+                    buf += self._recv(c)
+                buf = buf[length:]
+                c.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(self.BODY), self.BODY)
+                )
+
+    def arrived(self) -> int:
+        with self.lock:
+            return self.total + sum(self._waiting(c) for c in self.conns)
+
+    @staticmethod
+    def _waiting(c: socket.socket) -> int:
+        n = array.array("i", [0])
+        try:
+            fcntl.ioctl(c, termios.FIONREAD, n)
+        except OSError:
+            return 0
+        return n[0]
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+class BrokenAt:
+    """A workload whose item `n` cannot be built for the numbers in `bad`: that request's
+    record is emitted in the very turn it was announced."""
+
+    def __init__(self, bad: set[int]) -> None:
+        self.inner = SyntheticWorkload(4, 3, seed=1)
+        self.bad = bad
+
+    def item(self, n: int) -> WorkItem:
+        if n in self.bad:
+            raise ValueError(f"item {n} is broken")
+        return self.inner.item(n)
+
+    def describe(self) -> dict[str, object]:
+        return {}
+
+
+async def test_a_send_is_announced_after_its_bytes_left_and_before_its_record() -> None:
+    """The `s` frame waits for the end of the loop turn that sent the request: written before
+    the send, its encode and pipe write sat between t_intended and the request's bytes. On a
+    kept-alive connection (every request after the first) the bytes are out by then. A record
+    still never overtakes its `s` frame, even one emitted in the same turn (item 2 fails)."""
+    srv = CountingServer()
+    shard = Shard(run_id="t", index=0, count=1, endpoint=endpoint(srv.url),
+                  workload=BrokenAt({2}),  # type: ignore[arg-type]
+                  load=LoadSpec(concurrency=1, requests=5))  # fmt: skip
+    seen: list[tuple[str, int, int]] = []  # (frame kind, seq, requests arrived at the server)
+
+    class Writer:
+        def write(self, data: bytes) -> None:
+            m = orjson.loads(data[4:])
+            if m[0] in ("s", "r"):
+                seen.append((m[0], m[1] if m[0] == "s" else unpack_record("t", m).seq,
+                             srv.arrived()))  # fmt: skip
+
+        async def drain(self) -> None:
+            pass
+
+    reader = asyncio.StreamReader()
+    reader.feed_data(frame(pickle.dumps(shard)))
+    reader.feed_data(message("go", monotonic_ns()))
+    loop = asyncio.get_running_loop()
+    install_eager_writes(loop)  # as a worker's loop: the bytes leave inside session.post
+    try:
+        await asyncio.wait_for(serve(reader, Writer()), 20)  # type: ignore[arg-type]
+    finally:
+        loop.set_task_factory(None)
+        srv.close()
+    assert [(k, seq) for k, seq, _ in seen] == [(k, n) for n in range(5) for k in "sr"]
+    starts = dict(zip([0, 1, 3, 4], srv.starts, strict=True))  # request 2 was never sent
+    for kind, seq, arrived in seen:
+        if kind == "s" and seq in (1, 3, 4):  # its own request's bytes had reached the server
+            assert arrived > starts[seq], (seq, arrived, starts)

@@ -651,3 +651,21 @@ def test_replayed_records_summarize_the_same(rs: list[Record]) -> None:
     lines = [encode_record(r) for r in rs]
     replayed = [x for x in iter_lines(lines) if isinstance(x, Record)]
     assert summarize(replayed).to_dict() == summarize(rs).to_dict()
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [("ev_t", [2**63]), ("ev_t", [2**64 - 1]), ("ev_n", [2**63]), ("ev_n", [1, -1]),
+     ("ev_n", [1.5])],
+)  # fmt: skip
+def test_event_values_an_int64_array_cannot_hold_are_refused_naming_the_line(
+    field: str, values: list[object]
+) -> None:
+    """JSON readers hand back integers up to 2**64 - 1 as ints; array('q') then raises
+    OverflowError, which must be the records file's error, not a traceback."""
+    good = encode_record(rec(0, ev_ms=[50, 60], ev_n=[1, 1]))
+    bad = orjson.loads(good)
+    bad[field] = values * 2 if len(values) == 1 else values
+    lines = [good, orjson.dumps(bad)]
+    with pytest.raises(RecordsError, match=r"^run\.jsonl:2: not a latbench records line"):
+        list(iter_lines(lines, "run.jsonl"))

@@ -11,20 +11,26 @@ of named JSON.
 
 Neither side trusts the other's frames further than it must: a record the worker cannot encode
 travels as a `client_error` record instead (`unsendable`), and one the parent cannot decode
-raises `ValueError` from `unpack_record`, which the runner turns into a record of its own.
+raises from `unpack_record`, which the runner turns into a record of its own. The parent checks
+only what a frame from its own worker can still get wrong: the record's shape, the instants
+every latency is computed from, event values (an int64 array refuses anything else) and error
+kinds. Usage counts were validated by the API parsers before the record was made (non-negative
+integers up to 2**53), so they are not checked again per record on this hot path; a records
+file, which anyone can write, is checked in full (`_record.iter_lines`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from array import array
 from dataclasses import fields, replace
 from typing import Any
 
 import orjson
 
 from latbench._errors import ErrorKind
-from latbench._record import INT_FIELDS, Record, check_int, counts, instants
+from latbench._record import Record
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024  # a shard with a large prompt file; anything bigger is corruption
@@ -62,7 +68,12 @@ _EV_T = _FIELDS.index("ev_t")
 _EV_N = _FIELDS.index("ev_n")
 _T_SENT = _FIELDS.index("t_sent")
 _SEQ = _FIELDS.index("seq")
-_INTS = tuple((i, name) for i, name in enumerate(_FIELDS) if name in INT_FIELDS)
+# Every latency is a difference of these: a non-integer one is a frame to refuse, and so is a
+# missing one where every record has it (index, name, may be None).
+_INSTANTS = tuple(
+    (_FIELDS.index(name), name, name in ("t_headers", "t_end"))
+    for name in ("seq", "t_intended", "t_sent", "t_headers", "t_end")
+)
 _ERROR_KINDS = tuple(
     i
     for i, f in enumerate(f for f in fields(Record) if f.name != "run_id")
@@ -108,18 +119,19 @@ def pack_record(r: Record) -> list[Any]:
 
 
 def unpack_record(run_id: str, m: list[Any]) -> Record:
-    """The runner keeps every record of a run: event instants and counts as typed arrays."""
+    """The runner keeps every record of a run: event instants and counts as typed arrays.
+    Raises (ValueError, TypeError, OverflowError) on a frame it cannot take as it is."""
     v = m[1:]
     if len(v) != len(_FIELDS):
         raise ValueError(f"a record of {len(v)} fields, not {len(_FIELDS)}")
-    for i, name in _INTS:
-        check_int(name, v[i])
-    for name in ("seq", "t_intended", "t_sent"):
-        if v[_FIELDS.index(name)] is None:
-            raise ValueError(f"{name} is missing")
+    for i, name, optional in _INSTANTS:
+        t = v[i]
+        if type(t) is not int and not (optional and t is None):
+            raise ValueError(f"{name} is {t!r}, not an integer")
     base = v[_T_SENT]
-    v[_EV_T] = instants([base + t for t in v[_EV_T]])
-    v[_EV_N] = counts(v[_EV_N])
+    v[_EV_T] = array("q", [base + t for t in v[_EV_T]])  # a float or past int64: raises
+    if v[_EV_N] is not None:
+        v[_EV_N] = array("q", v[_EV_N])
     for i in _ERROR_KINDS:
         if v[i] is not None:
             v[i] = ErrorKind(v[i])

@@ -365,3 +365,21 @@ async def test_a_send_is_announced_after_its_bytes_left_and_before_its_record() 
     for kind, seq, arrived in seen:
         if kind == "s" and seq in (1, 3, 4):  # its own request's bytes had reached the server
             assert arrived > starts[seq], (seq, arrived, starts)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("t_sent", None, "t_sent is None"), ("t_end", 1.5, "t_end is 1.5"),
+     ("seq", "3", "seq is '3'"), ("ev_t", [1.5], "integer"), ("ev_t", [2**63], "too"),
+     ("ev_n", [2**63], "too"), ("error", "no_such_kind", "no_such_kind")],
+)  # fmt: skip
+def test_a_record_frame_with_what_no_latency_can_use_is_refused(
+    field: str, value: object, message: str
+) -> None:
+    """The runner's cheap checks: instants, event values (int64 arrays), error kinds."""
+    m = pack_record(Record("r", 3, "measure", "chat", 10, 20, t_end=30, ev_t=(25,),
+                           ev_kind="c", ev_n=(1,), status=200))  # fmt: skip
+    names = [f.name for f in dataclasses.fields(Record) if f.name != "run_id"]
+    m[1 + names.index(field)] = value
+    with pytest.raises((ValueError, TypeError, OverflowError), match=re.escape(message)):
+        unpack_record("r", orjson.loads(orjson.dumps(m)))

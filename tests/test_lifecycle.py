@@ -258,7 +258,7 @@ async def test_a_frame_the_runner_cannot_read_is_a_client_error_record_and_the_r
     good = pack_record(Record("x", 6, "measure", "chat", 10, 20, t_end=30, status=200))
     bad = pack_record(Record("x", 5, "measure", "chat", 10, 20, t_end=30, status=200))
     names = [f.name for f in dataclasses.fields(Record) if f.name != "run_id"]
-    bad[1 + names.index("usage_completion_tokens")] = 1.5  # not a count a summary can add up
+    bad[1 + names.index("t_end")] = 1.5  # not an instant a latency can be computed from
     # Garbled frames naming a request already recorded (6) and one never announced (9): either
     # would duplicate or invent a request if recorded.
     again, unknown = list(bad), list(bad)
@@ -289,7 +289,7 @@ async def test_a_frame_the_runner_cannot_read_is_a_client_error_record_and_the_r
     assert sorted(by_seq) == [5, 6, 7] and w.ended
     assert by_seq[6].ok
     assert by_seq[5].error is ErrorKind.CLIENT_ERROR
-    assert "usage_completion_tokens is 1.5" in str(by_seq[5].error_detail)
+    assert "t_end is 1.5, not an integer" in str(by_seq[5].error_detail)
     assert by_seq[7].error is ErrorKind.CLIENT_ERROR and by_seq[7].t_intended == 11
     assert len(runner.records) == 3
     runner._workers = [w]

@@ -209,7 +209,7 @@ def test_errors_mid_run_are_counted_and_the_run_goes_on(tmp_path: Path) -> None:
     assert s["requests"]["failed"] == 4 and s["requests"]["succeeded"] == 8
     assert s["errors"]["by_kind"] == {"stream_truncated": 4}
     assert s["failures"] == {
-        "failed": 4, "cancelled": 0, "judged": 12, "fraction": 0.333333,
+        "failed": 4, "cancelled": 0, "overtime": 0, "judged": 12, "fraction": 0.333333,
         "max_failed_fraction": 0.01, "passed": False,
     }  # fmt: skip
 

@@ -260,8 +260,30 @@ def cmd_sweep(ns: argparse.Namespace, console: Console, err: Console) -> int:
             should_stop=lambda: interrupts > 0,
         )
 
-    with target_url(spec0) as base_url, asyncio.Runner(loop_factory=_new_loop) as r:
-        result = r.run(go())
+    def interrupt(signum: int, frame: object) -> None:
+        # Outside the event loop (the embedded simulator's start and stop) SIGTERM means what
+        # Ctrl-C does: end now (130), through the same cleanup. Only the first signal raises: a
+        # later one would land inside that cleanup.
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            raise KeyboardInterrupt
+
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, interrupt) for sig in sigs}
+    try:
+        with target_url(spec0) as base_url:
+            try:
+                with asyncio.Runner(loop_factory=_new_loop) as r:
+                    result = r.run(go())
+            finally:
+                # Closing the loop put SIGTERM back to its default (die at once), and the
+                # simulator's stop is still to come.
+                for sig in sigs:
+                    signal.signal(sig, interrupt)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if ns.json:  # stdout carries sweep.json; the human lines go to stderr
         sys.stdout.write(result.path.read_text())
         console = err

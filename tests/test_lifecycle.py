@@ -598,8 +598,12 @@ def test_the_service_shows_a_run_that_lost_its_worker_as_failed_incomplete_with_
         assert svc.stop() == 0, svc.log()
 
 
-def test_sigterm_while_the_embedded_simulator_starts_exits_130(tmp_path: Path) -> None:
-    proc = spawn("run", "--out", str(tmp_path), "--requests", "1", "--server-metrics", "off")
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_sigterm_while_the_embedded_simulator_starts_exits_130_any_command(
+    tmp_path: Path, command: str
+) -> None:
+    args = ["--requests", "1"] if command == "run" else ["--concurrency", "1,2", "--requests", "2"]
+    proc = spawn(command, "--out", str(tmp_path), *args)
     try:
         until(lambda: any(b"latbench.sim" in _cmdline(p) for p in _children_of(proc.pid)), 30,
               "the simulator's process")  # fmt: skip

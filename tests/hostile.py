@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from latbench._workload import SyntheticWorkload, WorkItem
+
 GOOD = "ok"
 MODEL = "m"
 TOKENS = 4  # a good stream's completion tokens
@@ -494,6 +496,23 @@ def start(**kwargs: object) -> tuple[Running, HostileServer, Sink]:
     srv = HostileServer(redirect_to=sink.url, **kwargs)  # type: ignore[arg-type]
     srv.port = running.serve(srv.handle)
     return running, srv, sink
+
+
+class FlakyWorkload:
+    """A workload whose item `n` cannot be built for the numbers in `bad` (bad input on
+    latbench's own side of a request: its record must say so, and its user go on)."""
+
+    def __init__(self, bad: set[int]) -> None:
+        self.inner = SyntheticWorkload(4, 3, seed=1)
+        self.bad = bad
+
+    def item(self, n: int) -> WorkItem:
+        if n in self.bad:
+            raise ValueError(f"item {n} is broken")
+        return self.inner.item(n)
+
+    def describe(self) -> dict[str, object]:
+        return {}
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from time import monotonic_ns
 import aiohttp
 import orjson
 import pytest
+from hostile import FlakyWorkload
 
 from latbench._apis import API_KINDS, RequestOptions
 from latbench._client import Endpoint, Timeouts
@@ -36,7 +37,7 @@ from latbench._spec import LoadSpec
 from latbench._validity import add_lag_listener
 from latbench._wire import frame, message, pack_record, unpack_record
 from latbench._worker import Shard, serve, split
-from latbench._workload import SyntheticWorkload, WorkItem
+from latbench._workload import SyntheticWorkload
 from latbench.sim import SimProcess
 
 
@@ -314,23 +315,6 @@ class CountingServer:
             c.close()
 
 
-class BrokenAt:
-    """A workload whose item `n` cannot be built for the numbers in `bad`: that request's
-    record is emitted in the very turn it was announced."""
-
-    def __init__(self, bad: set[int]) -> None:
-        self.inner = SyntheticWorkload(4, 3, seed=1)
-        self.bad = bad
-
-    def item(self, n: int) -> WorkItem:
-        if n in self.bad:
-            raise ValueError(f"item {n} is broken")
-        return self.inner.item(n)
-
-    def describe(self) -> dict[str, object]:
-        return {}
-
-
 async def test_a_send_is_announced_after_its_bytes_left_and_before_its_record() -> None:
     """The `s` frame waits for the end of the loop turn that sent the request: written before
     the send, its encode and pipe write sat between t_intended and the request's bytes. On a
@@ -338,7 +322,7 @@ async def test_a_send_is_announced_after_its_bytes_left_and_before_its_record() 
     still never overtakes its `s` frame, even one emitted in the same turn (item 2 fails)."""
     srv = CountingServer()
     shard = Shard(run_id="t", index=0, count=1, endpoint=endpoint(srv.url),
-                  workload=BrokenAt({2}),  # type: ignore[arg-type]
+                  workload=FlakyWorkload({2}),  # type: ignore[arg-type]
                   load=LoadSpec(concurrency=1, requests=5))  # fmt: skip
     seen: list[tuple[str, int, int]] = []  # (frame kind, seq, requests arrived at the server)
 

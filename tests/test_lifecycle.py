@@ -19,11 +19,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from time import monotonic_ns
-from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from hostile import FlakyWorkload
 
 from latbench._apis import API_KINDS, RequestOptions
 from latbench._client import Endpoint, Timeouts
@@ -33,7 +33,7 @@ from latbench._runner import Runner, _Worker
 from latbench._spec import LoadSpec
 from latbench._wire import message, pack_record
 from latbench._worker import Shard, ShardRun
-from latbench._workload import SyntheticWorkload, WorkItem
+from latbench._workload import SyntheticWorkload
 from latbench.sim import SimProcess
 
 # Validity limits a shared 2-core machine meets: these tests are about other verdicts.
@@ -187,22 +187,6 @@ def test_streams_cut_at_the_overtime_are_failures_that_fail_the_run(tmp_path: Pa
 
 # --------------------------------------------------------------------------------------------
 # An exception anywhere in a request's path is a record
-
-
-class FlakyWorkload:
-    """A workload whose item `n` cannot be built for the numbers in `bad`."""
-
-    def __init__(self, bad: set[int]) -> None:
-        self.inner = SyntheticWorkload(4, 3, seed=1)
-        self.bad = bad
-
-    def item(self, n: int) -> WorkItem:
-        if n in self.bad:
-            raise ValueError(f"item {n} is broken")
-        return self.inner.item(n)
-
-    def describe(self) -> dict[str, Any]:
-        return {}
 
 
 def endpoint(url: str) -> Endpoint:

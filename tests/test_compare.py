@@ -5,27 +5,16 @@ and the exit status of `--fail-on-regression`."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from cli_kit import latbench
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latbench._compare import judge, weighted_percentile
-
-
-def latbench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "latbench", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @settings(max_examples=200, deadline=None)

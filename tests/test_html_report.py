@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from cli_kit import latbench
 from PIL import Image
 
 CHROMIUM = os.environ.get("LATBENCH_CHROMIUM") or shutil.which("chromium")
@@ -53,16 +53,6 @@ CHARTS_JS = """(() => {
             traces: d.querySelectorAll('.scatterlayer .trace, .barlayer .trace').length};
   });
 })()"""
-
-
-def latbench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "latbench", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 class Page:

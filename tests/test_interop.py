@@ -4,11 +4,10 @@ vLLM-format results JSON carries our figures under vLLM's field names."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_kit import latbench
 
 from latbench._cli import build_parser, spec_from_args
 from latbench._errors import SpecError
@@ -57,16 +56,6 @@ def test_an_infinite_request_rate_sends_every_prompt_at_once() -> None:
 def test_bad_vllm_flags_are_named(argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         spec_of(*argv)
-
-
-def latbench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "latbench", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_save_result_writes_vllms_field_names_with_our_figures(tmp_path: Path) -> None:

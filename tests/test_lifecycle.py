@@ -23,6 +23,7 @@ from time import monotonic_ns
 import aiohttp
 import orjson
 import pytest
+from cli_kit import latbench, spawn
 from hostile import FlakyWorkload
 
 from latbench._apis import API_KINDS, RequestOptions
@@ -39,20 +40,6 @@ from latbench.sim import SimProcess
 # Validity limits a shared 2-core machine meets: these tests are about other verdicts.
 LOOSE = "loop_lag_p99: 50ms, queue_delay_p99: 50ms, client_cpu: 4"
 FAST = ("--sim", "ttft=0.005", "--sim", "itl=0.001", "--output-tokens", "4")
-
-
-def latbench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "latbench", *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-
-
-def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "latbench", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
 
 
 def spec_file(tmp_path: Path, validity: str = LOOSE, load: str = "") -> str:

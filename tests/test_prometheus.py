@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_kit import spawn
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
@@ -333,15 +334,6 @@ def test_series_count_stays_fixed_however_many_runs(
 # `latbench run --metrics-port/--metrics-linger/--pushgateway`, as a user runs it
 
 
-def latbench_proc(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "latbench", "run", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.fixture
 def fast_sim(sim: Callable[..., SimProcess]) -> SimProcess:
     return sim(model="sim-cli", ttft=0.03, itl=0.01)
@@ -359,8 +351,8 @@ def test_metrics_port_serves_during_the_run_and_lingers_for_a_final_scrape(
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
-    proc = latbench_proc(
-        "--target", fast_sim.url, "--name", "cli", "--concurrency", "2", "--requests", "40",
+    proc = spawn(
+        "run", "--target", fast_sim.url, "--name", "cli", "--concurrency", "2", "--requests", "40",
         "--output-tokens", "8", "--metrics-port", str(port), "--metrics-linger", "60",
         "--out", str(tmp_path), "--json",
     )  # fmt: skip
@@ -426,8 +418,8 @@ def test_a_scrape_just_after_the_end_ends_the_linger(
 def test_linger_gives_up_after_its_limit_without_a_scrape(
     fast_sim: SimProcess, tmp_path: Path
 ) -> None:
-    proc = latbench_proc(
-        "--target", fast_sim.url, "--requests", "4", "--output-tokens", "4",
+    proc = spawn(
+        "run", "--target", fast_sim.url, "--requests", "4", "--output-tokens", "4",
         "--metrics-port", "0", "--metrics-linger", "1.5", "--out", str(tmp_path), "--json",
     )  # fmt: skip
     try:
@@ -473,8 +465,8 @@ def test_pushgateway_gets_the_final_values_under_the_documented_group(
 ) -> None:
     gw = Pushgateway(tmp_path / "gw")
     try:
-        proc = latbench_proc(
-            "--target", fast_sim.url, "--name", "pushed", "--concurrency", "2",
+        proc = spawn(
+            "run", "--target", fast_sim.url, "--name", "pushed", "--concurrency", "2",
             "--requests", "12", "--output-tokens", "8", "--pushgateway", gw.url,
             "--out", str(tmp_path / "out"), "--json",
         )  # fmt: skip

@@ -14,19 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_kit import latbench
 
 from latbench._record import read_records
-
-
-def latbench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "latbench", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
 
 # Tests about figures and exit codes other than 4 must not turn on the noise of a shared 2-core
 # machine (other processes delay the client's loop by a few ms now and then); they loosen the

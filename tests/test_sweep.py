@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_kit import latbench
 
 from latbench._errors import SpecError
 from latbench._reports import load_results
 from latbench._reports.load import Sweep
 from latbench._sweep import CapacitySearch, Outcome, parse_values
 from latbench.sim import SimConfig, capacity_rps, events_for
-
-
-def latbench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "latbench", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cli_kit
 import pytest
 
 from latbench._metrics import TTFT_BUCKETS
@@ -53,15 +54,8 @@ def vllm_args() -> str:
 CUSTOM_BUCKETS = ["--custom-histogram-buckets", json.dumps({"time_to_first_token": TTFT_BUCKETS})]
 
 
-def latbench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "latbench", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **VLLM_ENV},
-    )
+def latbench(*args: str) -> subprocess.CompletedProcess[str]:
+    return cli_kit.latbench(*args, env=VLLM_ENV)
 
 
 @pytest.fixture(scope="module")

@@ -139,8 +139,12 @@ class SSEParser:
             over = line
         # The event so far, without a line end that ends it: the blank line that may follow
         # completes the event without it, so counting it would fail an event of exactly the cap
-        # only when that blank line came in a later read.
-        self._raise_if_over(out, len(buf) - (buf[-1] == 10), over)
+        # only when that blank line came in a later read. Nor the stray blank lines before it
+        # (they dispatch nothing).
+        lead = _leading_line_ends(buf)
+        self._raise_if_over(
+            out, len(buf) - (buf[-1] == 10) - lead, over - lead if over >= 0 else -1
+        )
         self._seen = len(buf)
         self._line_start = line
 
@@ -157,12 +161,14 @@ class SSEParser:
     def _parse_block(self, block: bytes, out: list[bytes]) -> None:
         lines = block.split(b"\n")
         if len(block) > self._max_one:
-            at = 0
+            # Stray blank lines before the event dispatch nothing and are not its bytes.
+            lead = _leading_line_ends(block)
+            at = -lead
             for line in lines:
                 if len(line) > self._max_line:
-                    self._raise_if_over(out, len(block), at)
+                    self._raise_if_over(out, len(block) - lead, at)
                 at += len(line) + 1
-            self._raise_if_over(out, len(block), -1)
+            self._raise_if_over(out, len(block) - lead, -1)
         data: list[bytes] = []
         for line in lines:
             if not line:
@@ -192,3 +198,12 @@ class SSEParser:
         self._seen = self._line_start = 0
         what, cap = ("an event", self._max_event) if event else ("an event line", self._max_line)
         return OversizedEvent(f"{what} over {cap:,} bytes", out)
+
+
+def _leading_line_ends(buf: bytes | bytearray) -> int:
+    """How many line ends open `buf`: blank lines left over from before an event (a stray line
+    end after the blank line that ended the last one). Few: counted, never copied."""
+    n = 0
+    while n < len(buf) and buf[n] == 10:
+        n += 1
+    return n

@@ -143,15 +143,19 @@ def verdict(pieces: list[bytes], line: int, event: int) -> tuple[list[bytes], st
 
 @pytest.mark.parametrize("size", [2048, 2049, 2050])
 @pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\r"])
-def test_the_event_cap_verdict_is_the_same_at_every_split(size: int, end: bytes) -> None:
+@pytest.mark.parametrize("stray", [0, 1, 2])
+def test_the_event_cap_verdict_is_the_same_at_every_split(
+    size: int, end: bytes, stray: int
+) -> None:
     # Three lines making an event of `size` bytes (its inner line ends counted as one byte each,
     # its end not) against an event cap of 2049: the held rest once still counted the line end
     # that closes the event, so an event of exactly the cap passed in one read and failed when
-    # its blank line came in a later one.
+    # its blank line came in a later one. Stray blank lines before it (they dispatch nothing)
+    # are not its bytes either; they once failed an event of exactly the cap.
     lines = [b"data: " + b"a" * 1010, b"data: " + b"b" * 1010]
     lines.append(b"data: " + b"c" * (size - 2 * 1016 - 2 - 6))
     nl = end[: len(end) // 2]
-    stream = b"data: x" + end + nl.join(lines) + end + b"data: y" + end
+    stream = b"data: x" + end + nl * stray + nl.join(lines) + end + b"data: y" + end
     assert len(b"\n".join(lines)) == size
     payload = b"\n".join(line[6:] for line in lines)
     want = ([b"x"], "an event over 2,049 bytes") if size > 2049 else ([b"x", payload, b"y"], None)
@@ -160,13 +164,21 @@ def test_the_event_cap_verdict_is_the_same_at_every_split(size: int, end: bytes)
         assert verdict([stream[:i], stream[i:]], 1024, 2049) == want, i
 
 
-@pytest.mark.parametrize(("line", "event"), [(10, 5), (5, 10), (8, 8), (10, 16), (16, 10)])
-def test_the_first_cap_crossed_names_the_error_at_every_split(line: int, event: int) -> None:
+@pytest.mark.parametrize(
+    ("line", "event", "named"),
+    [(10, 5, "event 5"), (5, 10, "line 5"), (8, 8, "line 8"), (10, 16, "line 10"),
+     (16, 10, "event 10")],
+)  # fmt: skip
+@pytest.mark.parametrize("stray", [b"", b"\n", b"\n\n"])
+def test_the_first_cap_crossed_names_the_error_at_every_split(
+    line: int, event: int, named: str, stray: bytes
+) -> None:
     # One event over both caps: the error names the cap its bytes cross first (the line's on a
-    # tie), whether it came in one read, two, or a byte at a time.
-    stream = b"data: 0123456789abcdef\n\n"
+    # tie), whether it came in one read, two, or a byte at a time, after stray blank lines or not.
+    stream = stray + b"data: 0123456789abcdef\n\n"
     whole = verdict([stream], line, event)
-    assert whole[1] is not None
+    kind, cap = named.split()
+    assert whole[1] == f"an event {'line ' if kind == 'line' else ''}over {cap} bytes"
     by_byte = verdict([stream[i : i + 1] for i in range(len(stream))], line, event)
     assert by_byte == whole
     for i in range(len(stream) + 1):

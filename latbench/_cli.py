@@ -356,10 +356,11 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
     def interrupt(signum: int, frame: object) -> None:
         # Outside the event loop (simulator start, vLLM's launch wait, the metrics linger)
         # SIGTERM means what Ctrl-C does: end now, through the same cleanup.
-        nonlocal interrupts, skip_linger
+        nonlocal interrupts, skip_linger, lingering
         if results_written:
             skip_linger = True
             if lingering:
+                lingering = False  # one raise: a second would land in the handler of the first
                 raise KeyboardInterrupt  # MetricsExport.linger ends its wait on it
             return
         interrupts += 1
@@ -373,7 +374,10 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
         cleaning = True
 
     def on_signal() -> None:
-        nonlocal interrupts
+        nonlocal interrupts, skip_linger
+        if results_written:  # the loop's last turns: the run is over and its results saved
+            skip_linger = True
+            return
         interrupts += 1
         if not holder:
             # Preflight (model lookup, a slow /v1/models): nothing is measured yet, so there is
@@ -391,12 +395,12 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
             holder[0].abort()
 
     async def main(base_url: str) -> Any:
-        nonlocal main_task
+        nonlocal main_task, results_written
         main_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        return await run_benchmark(
+        result = await run_benchmark(
             spec,
             base_url,
             err,
@@ -404,6 +408,10 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
             metrics=None if export is None else export.metrics,
             run_id=run_id,
         )
+        # run_benchmark's last act is writing results.json: a signal from now on keeps the
+        # verdict (the loop still turns while it closes, and hears signals).
+        results_written = True
+        return result
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -426,7 +434,6 @@ def cmd_run(ns: argparse.Namespace, console: Console, err: Console) -> Exit:
                 if not interrupts:
                     raise
                 raise KeyboardInterrupt from None  # a signal during preflight: exit 130
-            results_written = True  # by run_benchmark; a signal from now on keeps the verdict
         cleaning = False
         if launch is not None:
             err.print(f"vLLM stopped; its log: {launch.log_path}", highlight=False)

@@ -260,11 +260,17 @@ def cmd_sweep(ns: argparse.Namespace, console: Console, err: Console) -> int:
             should_stop=lambda: interrupts > 0,
         )
 
+    cleaning = False
+
     def interrupt(signum: int, frame: object) -> None:
-        # Outside the event loop (the embedded simulator's start and stop) SIGTERM means what
-        # Ctrl-C does: end now (130), through the same cleanup. Only the first signal raises: a
-        # later one would land inside that cleanup.
+        # Before the loop (the embedded simulator's start) SIGTERM means what Ctrl-C does: end
+        # now (130). Once the loop has closed (the sweep ended, or failed), the simulator's stop
+        # is cleanup: a signal raised inside it would skip its SIGKILL fallback, and after a
+        # finished sweep (sweep.json written) it would lose the report and the verdict, as a
+        # signal after `latbench run` wrote its results keeps them. So it is ignored there.
         nonlocal interrupts
+        if cleaning:
+            return
         interrupts += 1
         if interrupts == 1:
             raise KeyboardInterrupt
@@ -277,6 +283,7 @@ def cmd_sweep(ns: argparse.Namespace, console: Console, err: Console) -> int:
                 with asyncio.Runner(loop_factory=_new_loop) as r:
                     result = r.run(go())
             finally:
+                cleaning = True
                 # Closing the loop put SIGTERM back to its default (die at once), and the
                 # simulator's stop is still to come.
                 for sig in sigs:

@@ -280,7 +280,7 @@ class LoadSpec(_Model):
     overtime: UpToADay = Field(
         default=60.0,
         description="with a duration: how long requests still in flight when it ends may go on; "
-        "then they are cancelled and recorded as such",
+        "then they are cut and recorded as `overtime`, a failure in the failed share",
     )
 
     @model_validator(mode="after")

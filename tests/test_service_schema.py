@@ -104,9 +104,16 @@ def test_stateful_sequences_along_the_links_give_no_server_error(live: Service) 
     follow = [(cases(*op), op) for op, _ in steps]
     seen: Counter[tuple[str, int]] = Counter()
 
+    reached: set[str] = set()  # operations that answered about a real run
+
     def call(case: schemathesis.Case) -> Any:
         response = case.call(base_url=live.url, headers=AUTH)
-        seen[(f"{case.method} {case.operation.path}", response.status_code)] += 1
+        op = f"{case.method} {case.operation.path}"
+        seen[(op, response.status_code)] += 1
+        # A run still queued, or cancelled before it sent a request, has no records: its 404
+        # names the run, so the link did lead to it.
+        if response.status_code < 300 or "has no records" in response.text:
+            reached.add(op)
         case.validate_response(response, checks=[not_a_server_error])
         return response
 
@@ -130,5 +137,4 @@ def test_stateful_sequences_along_the_links_give_no_server_error(live: Service) 
     sequence()
     assert seen[("POST /api/v1/runs", 202)] >= 1, seen
     for op, _ in steps:  # each link was followed from a real run at least once
-        assert any(k[0] == f"{op[1]} {op[0]}" and status < 300 for k, status in
-                   ((k, k[1]) for k in seen)), (op, seen)  # fmt: skip
+        assert f"{op[1]} {op[0]}" in reached, (op, seen)

@@ -131,7 +131,11 @@ async def stream_request(
     except Exception as e:
         # Nothing can be sent, yet the request was due: a record, never a vanished user.
         detail = f"cannot build the request body: {type(e).__name__}: {e}"
-        return _unsent(ep, item, run_id, seq, phase, t_intended, detail[:DETAIL_LIMIT])
+        now = monotonic_ns()
+        return Record.unanswered(
+            run_id, seq, phase, api.name, t_intended, now, ErrorKind.CLIENT_ERROR,
+            detail[:DETAIL_LIMIT], t_end=now, max_tokens=item.max_tokens,
+        )  # fmt: skip
     t_sent = monotonic_ns()
     start = loop.time()
     total_at = start + to.total
@@ -326,23 +330,6 @@ async def _with_retries(
         last = await attempt()
         attempts += 1
     return fold(first, last, attempts)
-
-
-def _unsent(
-    ep: Endpoint,
-    item: WorkItem,
-    run_id: str,
-    seq: int,
-    phase: Phase,
-    t_intended: int,
-    detail: str,
-) -> Record:
-    """The record of a request that could not be sent at all (its body could not be built)."""
-    now = monotonic_ns()
-    return Record(
-        run_id, seq, phase, ep.api.name, t_intended, t_sent=now, t_end=now,
-        max_tokens=item.max_tokens, error=ErrorKind.CLIENT_ERROR, error_detail=detail,
-    )  # fmt: skip
 
 
 def location(resp: aiohttp.ClientResponse) -> str | None:

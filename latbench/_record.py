@@ -69,6 +69,28 @@ class Record:
     def ok(self) -> bool:
         return self.error is None
 
+    @classmethod
+    def unanswered(
+        cls,
+        run_id: str,
+        seq: int,
+        phase: Phase,
+        api: str,
+        t_intended: int,
+        t_sent: int,
+        error: ErrorKind,
+        detail: str,
+        *,
+        t_end: int | None = None,
+        max_tokens: int | None = None,
+    ) -> Record:
+        """A request that ended with no response read (its body could not be built, latbench
+        failed around it, its worker died): its instants and why, nothing else measured."""
+        return cls(
+            run_id, seq, phase, api, t_intended, t_sent, t_end=t_end, max_tokens=max_tokens,
+            error=error, error_detail=detail,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class RunHeader:

@@ -267,18 +267,16 @@ class Runner:
         if sent is None:
             self._dropped.append((w.index, seq))
             return
+        self._add(self._announced(seq, sent, ErrorKind.CLIENT_ERROR, why))
+
+    def _announced(
+        self, seq: int, sent: tuple[int, int, Phase], error: ErrorKind, why: str
+    ) -> Record:
+        """The record of a request known only from its `s` frame."""
         t_intended, t_sent, phase = sent
-        rec = Record(
-            run_id=self.run_id,
-            seq=seq,
-            phase=phase,
-            api=self.endpoint.api.name,
-            t_intended=t_intended,
-            t_sent=t_sent,
-            error=ErrorKind.CLIENT_ERROR,
-            error_detail=why,
+        return Record.unanswered(
+            self.run_id, seq, phase, self.endpoint.api.name, t_intended, t_sent, error, why
         )
-        self._add(rec)
 
     def _control(self, w: _Worker, m: list[Any], loop: asyncio.AbstractEventLoop) -> None:
         kind = m[0]
@@ -340,18 +338,9 @@ class Runner:
         w.death = f"worker {w.index} (pid {w.proc.pid}) died ({_describe_status(status)})"
         now = monotonic_ns()
         for seq, (t_intended, t_sent, phase) in sorted(w.pending.items()):
-            self._add(
-                Record(
-                    run_id=self.run_id,
-                    seq=seq,
-                    phase=phase,
-                    api=self.endpoint.api.name,
-                    t_intended=t_intended,
-                    t_sent=min(t_sent, now),
-                    error=ErrorKind.LOST,
-                    error_detail=f"{w.death} with this request in flight",
-                )
-            )
+            sent = (t_intended, min(t_sent, now), phase)
+            why = f"{w.death} with this request in flight"
+            self._add(self._announced(seq, sent, ErrorKind.LOST, why))
         w.death += f" with {len(w.pending)} requests in flight, recorded as lost"
         w.pending.clear()
 

@@ -193,17 +193,11 @@ class ShardRun:
                 t_intended=t_intended,
             )  # fmt: skip
         except Exception as e:  # a bug or bad input on latbench's side: still a record
-            rec = Record(
-                run_id=sh.run_id,
-                seq=n,
-                phase=phase,
-                api=sh.endpoint.api.name,
-                t_intended=t_intended,
-                t_sent=t_sent,
+            rec = Record.unanswered(
+                sh.run_id, n, phase, sh.endpoint.api.name, t_intended, t_sent,
+                ErrorKind.CLIENT_ERROR, f"before or around the request: {type(e).__name__}: {e}",
                 t_end=monotonic_ns(),
-                error=ErrorKind.CLIENT_ERROR,
-                error_detail=f"before or around the request: {type(e).__name__}: {e}",
-            )
+            )  # fmt: skip
         finally:
             self.inflight -= 1
         if self._duration_end is not None and rec.error == ErrorKind.CANCELLED:

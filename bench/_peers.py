@@ -65,8 +65,8 @@ def tokenizer_dir() -> Path:
     out = CACHE / "tokenizer"
     if (out / "tokenizer.json").exists():
         return out
-    from latbench._workload import DEFAULT_VOCABULARY
-    from latbench.sim._server import _CONTENT_WORDS, _REASONING_WORDS
+    from latbench.sim.server import _CONTENT_WORDS, _REASONING_WORDS
+    from latbench.workload.workload import DEFAULT_VOCABULARY
 
     out.mkdir(parents=True, exist_ok=True)
     words = [w.strip() for w in (*_CONTENT_WORDS, *_REASONING_WORDS)] + list(DEFAULT_VOCABULARY)

@@ -14,11 +14,11 @@ import sys
 
 from aiohttp import web
 
-from latbench import _rxstamp
+from latbench.shared import rxstamp
 from latbench.sim import SimConfig
 from latbench.sim.__main__ import _die_with_parent
-from latbench.sim._arrival import listen
-from latbench.sim._server import create_app
+from latbench.sim.arrival import listen
+from latbench.sim.server import create_app
 
 
 async def serve(config: SimConfig, port: int) -> None:
@@ -44,7 +44,7 @@ async def serve(config: SimConfig, port: int) -> None:
 def main() -> None:
     _die_with_parent()
     config = SimConfig.model_validate_json(sys.argv[1])
-    with asyncio.Runner(loop_factory=_rxstamp.new_event_loop) as r:
+    with asyncio.Runner(loop_factory=rxstamp.new_event_loop) as r:
         r.run(serve(config, int(sys.argv[2])))
 
 

@@ -20,8 +20,8 @@ from typing import Any, Self
 import orjson
 
 from bench._procmon import cpu_seconds
-from latbench._vllm_launch import free_port
 from latbench.sim import SimConfig
+from latbench.vllm.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench._peers import install, tokenizer_dir, venv_bin
 from bench._procmon import TreeMonitor
-from latbench._record import Record, read_records
+from latbench.records.record import Record, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

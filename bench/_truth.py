@@ -1,7 +1,7 @@
 """Server truth: what the simulator saw, as distributions to score a client against.
 
 The simulator stamps each request's arrival (the kernel's stamp of the read that brought its first
-bytes: latbench/sim/_arrival.py) and each event as it hands it to the socket, on CLOCK_MONOTONIC.
+bytes: latbench/sim/arrival.py) and each event as it hands it to the socket, on CLOCK_MONOTONIC.
 A client's TTFT error is its reported percentile minus the truth's percentile of the same metric
 over the same stretch of time; both sides exclude the same warm-up, so the connection set-up that
 every tool pays at its start counts for none of them. The error therefore holds the transport

@@ -1,9 +1,9 @@
 """`python -m bench.ab --off VAR=VALUE`: latbench as it is ("on") against latbench with one of
 its engine choices turned off by an environment variable ("off"), side by side:
 
-    LATBENCH_EAGER_WRITES=0   aiohttp's request writes a loop turn later (latbench/_eager.py)
+    LATBENCH_EAGER_WRITES=0   aiohttp's request writes a loop turn later (latbench/load/eager.py)
     LATBENCH_KERNEL_STAMPS=0  arrivals stamped at the protocol's read on uvloop, not by the kernel
-                              (latbench/_rxstamp.py; the simulator's truth too)
+                              (latbench/shared/rxstamp.py; the simulator's truth too)
 
 (At commit 0fe6e20, LATBENCH_WORKER_NICE=0 turned off workers at nice -10; see
 docs/performance.md for why that was measured and not kept.)

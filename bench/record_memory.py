@@ -1,7 +1,7 @@
 """`python -m bench.record_memory`: bytes the runner holds per finished record, as it keeps them
 (event instants and counts in typed arrays) and as tuples of Python ints (before), side by side.
 
-A 128-event record goes through the worker-to-runner frame codec (`latbench/_wire.py`) N times;
+A 128-event record goes through the worker-to-runner frame codec (`latbench/load/wire.py`) N times;
 tracemalloc counts what the decoded records hold. Pure CPU and memory; no network.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from latbench import _wire
-from latbench._record import Record
+from latbench.load import wire as _wire
+from latbench.records.record import Record
 
 
 def as_tuples(run_id: str, m: list[Any]) -> Record:

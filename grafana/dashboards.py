@@ -48,7 +48,7 @@ OUT_DIR = HERE / "dashboards"
 TARGET_S = 0.1
 TARGET_LE = "0.1"  # the bucket boundary as latbench writes it
 OBJECTIVE = 0.99  # attainment a p99 <= 100 ms SLO needs
-LOOP_LAG_LIMIT_S = 0.001  # validity limits, as latbench._summary
+LOOP_LAG_LIMIT_S = 0.001  # validity limits, as latbench.summary.summary
 QUEUE_DELAY_LIMIT_S = 0.010
 CPU_LIMIT = 0.9
 

@@ -1,5 +1,5 @@
 import sys
 
-from latbench._cli import main
+from latbench.cli.main import main
 
 sys.exit(main())

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from latbench._workload import SyntheticWorkload, WorkItem
+from latbench.workload.workload import SyntheticWorkload, WorkItem
 
 GOOD = "ok"
 MODEL = "m"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from latbench._record import RunFooter, RunHeader, iter_lines
+from latbench.records.record import RunFooter, RunHeader, iter_lines
 
 TOKEN = "test-token-0123456789abcdef"
 READY = "latbench serve listening on "

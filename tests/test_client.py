@@ -20,19 +20,19 @@ import pytest
 import trustme
 from aiohttp import web
 
-from latbench import _rxstamp
-from latbench._apis import API_KINDS, RequestOptions
-from latbench._client import Endpoint, StreamLimits, Timeouts, stream_request
-from latbench._errors import ErrorKind
-from latbench._reads import ReadClock, StampedResponseHandler, StampingConnector
-from latbench._record import Record
-from latbench._retry import RetryPolicy
-from latbench._spec import TargetSpec, WorkloadSpec
-from latbench._sse import SSEParser
-from latbench._target import resolve_endpoint
-from latbench._workload import WorkItem
+from latbench.client.apis import API_KINDS, RequestOptions
+from latbench.client.preflight import resolve_endpoint
+from latbench.client.reads import ReadClock, StampedResponseHandler, StampingConnector
+from latbench.client.retry import RetryPolicy
+from latbench.client.sse import SSEParser
+from latbench.client.stream import Endpoint, StreamLimits, Timeouts, stream_request
+from latbench.records.record import Record
+from latbench.shared import rxstamp
+from latbench.shared.errors import ErrorKind
 from latbench.sim import SimConfig, SimProcess
-from latbench.sim._server import create_app
+from latbench.sim.server import create_app
+from latbench.spec.spec import TargetSpec, WorkloadSpec
+from latbench.workload.workload import WorkItem
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def start_sim() -> Iterator[object]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # The workers' connector: its connections stamp their reads (latbench/_reads.py).
+    # The workers' connector: its connections stamp their reads (latbench/client/reads.py).
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=StampingConnector(), timeout=timeout) as s:
         yield s
@@ -153,7 +153,7 @@ async def test_events_are_stamped_at_the_socket_read_not_when_the_task_gets_to_t
     assert sum(gaps) / len(gaps) == pytest.approx(20, abs=3), gaps
 
 
-@pytest.mark.skipif(not _rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
+@pytest.mark.skipif(not rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
 async def test_kernel_stamps_hold_while_the_whole_worker_is_descheduled(start_sim, session) -> None:
     # A worker the OS does not run reads nothing: only the kernel's own arrival stamp knows when
     # the bytes came. Here the loop is blocked outright while the stream arrives.
@@ -171,7 +171,7 @@ async def test_kernel_stamps_hold_while_the_whole_worker_is_descheduled(start_si
     assert all(w <= s < late - 100_000_000 for w, s in zip(written, stamps, strict=True))
 
 
-@pytest.mark.skipif(not _rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
+@pytest.mark.skipif(not rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
 async def test_a_response_already_whole_when_its_task_runs_keeps_its_read_times(
     start_sim, session
 ) -> None:
@@ -216,7 +216,7 @@ def tls_sim() -> Iterator[tuple[str, ssl.SSLContext]]:
     loop.close()
 
 
-@pytest.mark.skipif(not _rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
+@pytest.mark.skipif(not rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
 async def test_kernel_stamps_hold_through_tls(tls_sim) -> None:
     # Under TLS the stdlib loop reads the socket with `recv_into` (for its TLS protocol), and the
     # response protocol sees decrypted bytes: the stamps must still be the kernel's.

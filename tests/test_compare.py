@@ -14,7 +14,7 @@ from cli_kit import latbench
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latbench._compare import judge, weighted_percentile
+from latbench.summary.compare import judge, weighted_percentile
 
 
 @settings(max_examples=200, deadline=None)

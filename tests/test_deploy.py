@@ -24,8 +24,8 @@ import pytest
 import yaml
 from service_kit import TOKEN, Service, free_port_config
 
-from latbench._service._api import API
-from latbench._service._config import load_config
+from latbench.service.api import API
+from latbench.service.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

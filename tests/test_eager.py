@@ -1,4 +1,4 @@
-"""The eager task factory for aiohttp's request writes (latbench/_eager.py)."""
+"""The eager task factory for aiohttp's request writes (latbench/load/eager.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from latbench._eager import eager_request_writes, install
-from latbench._rxstamp import new_event_loop  # the workers' loop
+from latbench.load.eager import eager_request_writes, install
+from latbench.shared.rxstamp import new_event_loop  # the workers' loop
 
 
 class ClientRequest:

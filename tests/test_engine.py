@@ -27,18 +27,18 @@ import orjson
 import pytest
 from hostile import FlakyWorkload
 
-from latbench._apis import API_KINDS, RequestOptions
-from latbench._client import Endpoint, Timeouts
-from latbench._eager import install as install_eager_writes
-from latbench._errors import ErrorKind
-from latbench._record import Record, RunFooter, counts, instants
-from latbench._runner import Runner, worker_count
-from latbench._spec import LoadSpec
-from latbench._validity import add_lag_listener
-from latbench._wire import frame, message, pack_record, unpack_record
-from latbench._worker import Shard, serve, split
-from latbench._workload import SyntheticWorkload
+from latbench.client.apis import API_KINDS, RequestOptions
+from latbench.client.looplag import add_lag_listener
+from latbench.client.stream import Endpoint, Timeouts
+from latbench.load.eager import install as install_eager_writes
+from latbench.load.runner import Runner, worker_count
+from latbench.load.wire import frame, message, pack_record, unpack_record
+from latbench.load.worker import Shard, serve, split
+from latbench.records.record import Record, RunFooter, counts, instants
+from latbench.shared.errors import ErrorKind
 from latbench.sim import SimProcess
+from latbench.spec.spec import LoadSpec
+from latbench.workload.workload import SyntheticWorkload
 
 
 class Collect:

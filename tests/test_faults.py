@@ -21,8 +21,8 @@ from pathlib import Path
 import hostile
 import pytest
 
-from latbench._errors import ErrorKind
-from latbench._record import Record, read_records
+from latbench.records.record import Record, read_records
+from latbench.shared.errors import ErrorKind
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss of reaped children")
 

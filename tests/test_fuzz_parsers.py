@@ -16,9 +16,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latbench._apis import API_KINDS, Event, MalformedEvent
-from latbench._apis._base import MAX_COUNT
-from latbench._sse import OversizedEvent, SSEParser
+from latbench.client.apis import API_KINDS, Event, MalformedEvent
+from latbench.client.apis.base import MAX_COUNT
+from latbench.client.sse import OversizedEvent, SSEParser
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

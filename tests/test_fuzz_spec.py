@@ -19,10 +19,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latbench._bench import make_workload
-from latbench._errors import SpecError
-from latbench._spec import RunSpec, load_spec, read_spec_file
-from latbench._worker import make_pacer
+from latbench.load.worker import make_pacer
+from latbench.run.benchmark import make_workload
+from latbench.shared.errors import SpecError
+from latbench.spec.spec import RunSpec, load_spec, read_spec_file
 
 # Per example: the loader is a few ms; the bound catches a blow-up, not a slow machine.
 BOUND_S = 2.0
@@ -210,7 +210,7 @@ SERVICE = None
 def _service_config() -> Any:
     global SERVICE
     if SERVICE is None:
-        from latbench._service._config import ServiceConfig
+        from latbench.service.config import ServiceConfig
 
         SERVICE = ServiceConfig.model_validate(
             {"targets": {"sim": {"base_url": "http://127.0.0.1:9"}},
@@ -237,7 +237,7 @@ def submissions(draw: st.DrawFn) -> Any:
 def test_admission_admits_or_refuses_with_a_4xx(body: Any) -> None:
     """What `POST /api/v1/runs` does with a parsed body before it queues it: an admitted spec
     within every cap, or Refused with a 4xx status; never another exception (a 500)."""
-    from latbench._service._admit import Refused, admit
+    from latbench.service.admit import Refused, admit
 
     config = _service_config()
     t = time.monotonic()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from cli_kit import latbench
 
-from latbench._cli import build_parser, spec_from_args
-from latbench._errors import SpecError
-from latbench._spec import RunSpec, load_spec
+from latbench.cli.main import build_parser, spec_from_args
+from latbench.shared.errors import SpecError
+from latbench.spec.spec import RunSpec, load_spec
 
 
 def spec_of(*argv: str) -> RunSpec:

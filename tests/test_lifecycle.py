@@ -26,16 +26,16 @@ import pytest
 from cli_kit import latbench, spawn
 from hostile import FlakyWorkload
 
-from latbench._apis import API_KINDS, RequestOptions
-from latbench._client import Endpoint, Timeouts
-from latbench._errors import ErrorKind
-from latbench._record import Record, encode_record, read_records
-from latbench._runner import Runner, _Worker
-from latbench._spec import LoadSpec
-from latbench._wire import message, pack_record
-from latbench._worker import Shard, ShardRun
-from latbench._workload import SyntheticWorkload
+from latbench.client.apis import API_KINDS, RequestOptions
+from latbench.client.stream import Endpoint, Timeouts
+from latbench.load.runner import Runner, _Worker
+from latbench.load.wire import message, pack_record
+from latbench.load.worker import Shard, ShardRun
+from latbench.records.record import Record, encode_record, read_records
+from latbench.shared.errors import ErrorKind
 from latbench.sim import SimProcess
+from latbench.spec.spec import LoadSpec
+from latbench.workload.workload import SyntheticWorkload
 
 # Validity limits a shared 2-core machine meets: these tests are about other verdicts.
 LOOSE = "loop_lag_p99: 50ms, queue_delay_p99: 50ms, client_cpu: 4"
@@ -283,7 +283,7 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"latbench._worker" in cmd:
+        if ppid == pid and b"latbench.load.worker" in cmd:
             out.append(int(d.name))
     return sorted(out)
 

@@ -28,8 +28,7 @@ from prometheus_client.utils import floatToGoString
 from promql import PROMTOOL, Pushgateway, free_port, http_get, stop_pid, wait_for
 from rich.console import Console
 
-from latbench._bench import BenchResult, run_benchmark
-from latbench._metrics import (
+from latbench.exporter.metrics import (
     E2E_BUCKETS,
     HISTOGRAMS,
     ITL_BUCKETS,
@@ -46,11 +45,13 @@ from latbench._metrics import (
     parse_listen,
     target_label,
 )
-from latbench._record import read_records
-from latbench._sinks.prometheus import record_samples
-from latbench._spec import load_spec
-from latbench._summary import Slo, Summary, summarize
+from latbench.records.record import read_records
+from latbench.run.benchmark import BenchResult, run_benchmark
 from latbench.sim import SimConfig, SimProcess
+from latbench.sinks.prometheus import record_samples
+from latbench.spec.slo import Slo
+from latbench.spec.spec import load_spec
+from latbench.summary.summary import Summary, summarize
 
 LATENCY_KEYS = ("ttft", "ttfo", "itl", "itl_per_token", "tpot", "e2e")
 

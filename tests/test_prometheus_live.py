@@ -41,10 +41,11 @@ from promql import (
     wait_for,
 )
 
-from latbench._metrics import HISTOGRAMS
-from latbench._record import read_records
-from latbench._summary import Slo, Summary, summarize
+from latbench.exporter.metrics import HISTOGRAMS
+from latbench.records.record import read_records
 from latbench.sim import SimConfig, SimProcess
+from latbench.spec.slo import Slo
+from latbench.summary.summary import Summary, summarize
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason=NEEDS)
 

@@ -14,15 +14,16 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from latbench._apis import API_KINDS, RequestOptions
-from latbench._bench import run_benchmark
-from latbench._client import Endpoint, Timeouts, stream_request
-from latbench._dist import Dist
-from latbench._spec import SIM_API, load_spec
-from latbench._summary import METRICS, summarize
-from latbench._target import ANTHROPIC_VERSION
-from latbench._workload import SyntheticWorkload
+from latbench.client.apis import API_KINDS, RequestOptions
+from latbench.client.preflight import ANTHROPIC_VERSION
+from latbench.client.stream import Endpoint, Timeouts, stream_request
+from latbench.run.benchmark import run_benchmark
+from latbench.shared.dist import Dist
 from latbench.sim import SimConfig, SimProcess
+from latbench.spec.slo import METRICS
+from latbench.spec.spec import SIM_API, load_spec
+from latbench.summary.summary import summarize
+from latbench.workload.workload import SyntheticWorkload
 
 # The simulator: TTFT 50 ms, then one event every 10 ms on absolute deadlines; 4 of the 12
 # output tokens are reasoning (none for completions, which has no reasoning channel).

@@ -6,10 +6,11 @@ import re
 
 from rich.console import Console
 
-from latbench._errors import ErrorKind
-from latbench._record import Record
-from latbench._report import render_summary
-from latbench._summary import ClientStats, Slo, Summary, summarize
+from latbench.records.record import Record
+from latbench.render.terminal import render_summary
+from latbench.shared.errors import ErrorKind
+from latbench.spec.slo import Slo
+from latbench.summary.summary import ClientStats, Summary, summarize
 
 MS = 1_000_000
 

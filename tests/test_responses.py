@@ -12,14 +12,14 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from latbench._apis import API_KINDS, Event, MalformedEvent, RequestOptions
-from latbench._client import Endpoint, Timeouts, stream_request
-from latbench._errors import ErrorKind, TargetError
-from latbench._record import Record
-from latbench._spec import TargetSpec, WorkloadSpec
-from latbench._target import resolve_endpoint
-from latbench._workload import WorkItem
+from latbench.client.apis import API_KINDS, Event, MalformedEvent, RequestOptions
+from latbench.client.preflight import resolve_endpoint
+from latbench.client.stream import Endpoint, Timeouts, stream_request
+from latbench.records.record import Record
+from latbench.shared.errors import ErrorKind, TargetError
 from latbench.sim import SimConfig, create_app
+from latbench.spec.spec import TargetSpec, WorkloadSpec
+from latbench.workload.workload import WorkItem
 
 API = API_KINDS["responses"]
 ITEM = WorkItem(

@@ -20,16 +20,16 @@ import pytest
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from latbench._apis import API_KINDS, RequestOptions
-from latbench._client import Endpoint, Timeouts, stream_request
-from latbench._errors import ErrorKind
-from latbench._record import Record, encode_record, instants, iter_lines, read_records
-from latbench._retry import RetryPolicy, fold, retry_after_s, should_retry, status_kind
-from latbench._spec import load_spec
-from latbench._summary import summarize
-from latbench._workload import WorkItem
+from latbench.client.apis import API_KINDS, RequestOptions
+from latbench.client.retry import RetryPolicy, fold, retry_after_s, should_retry, status_kind
+from latbench.client.stream import Endpoint, Timeouts, stream_request
+from latbench.records.record import Record, encode_record, instants, iter_lines, read_records
+from latbench.shared.errors import ErrorKind
 from latbench.sim import SimConfig, create_app
-from latbench.sim._server import STATE
+from latbench.sim.server import STATE
+from latbench.spec.spec import load_spec
+from latbench.summary.summary import summarize
+from latbench.workload.workload import WorkItem
 
 ITEM = WorkItem("a b", ({"role": "user", "content": "a b"},), 2, 4)
 
@@ -158,13 +158,13 @@ def test_retry_fields_round_trip_and_old_records_still_read() -> None:
 
 def test_spec_and_flags() -> None:
     spec = load_spec({"target": {"retry": {"max_retries": 2, "max_wait": "5s"}}})
-    assert spec.target.retry.policy() == RetryPolicy(2, 1.0, 5.0)
-    from latbench._cli import build_parser, spec_from_args
+    assert RetryPolicy(**spec.target.retry.model_dump()) == RetryPolicy(2, 1.0, 5.0)
+    from latbench.cli.main import build_parser, spec_from_args
 
     argv = ["run", "--requests", "1", "--retries", "3", "--retry-max-wait", "2m"]
     ns = build_parser().parse_args(argv)
     data = spec_from_args(ns)
-    assert load_spec(data).target.retry.policy() == RetryPolicy(3, 1.0, 120.0)
+    assert RetryPolicy(**load_spec(data).target.retry.model_dump()) == RetryPolicy(3, 1.0, 120.0)
 
 
 # --- over a socket: the simulator refuses, the client retries -----------------------------------
@@ -306,7 +306,7 @@ def test_a_run_with_retries_records_them_and_counts_requests_once(tmp_path: Path
 
 
 def test_token_bucket() -> None:
-    from latbench.sim._ratelimit import TokenBucket
+    from latbench.sim.ratelimit import TokenBucket
 
     b = TokenBucket(rate=2.0)  # holds one second's worth: 2
     assert [b.take(10.0), b.take(10.0)] == [0.0, 0.0]

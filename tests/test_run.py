@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cli_kit import latbench
 
-from latbench._record import read_records
+from latbench.records.record import read_records
 
 # Tests about figures and exit codes other than 4 must not turn on the noise of a shared 2-core
 # machine (other processes delay the client's loop by a few ms now and then); they loosen the
@@ -294,14 +294,14 @@ def test_wrong_model_is_refused_before_any_load(tmp_path: Path) -> None:
 def test_the_results_say_where_arrivals_were_stamped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str
 ) -> None:
-    from latbench import _rxstamp
+    from latbench.shared import rxstamp
 
     monkeypatch.setenv("LATBENCH_KERNEL_STAMPS", kernel)
     code, _, err = run_json(tmp_path, "--requests", "2", "--output-tokens", "3")
     assert code == 0, err
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     results = json.loads((run_dir / "results.json").read_text())
-    kernel_here = _rxstamp._SO_TIMESTAMPNS is not None and kernel == "1"
+    kernel_here = rxstamp._SO_TIMESTAMPNS is not None and kernel == "1"
     assert results["environment"]["arrival_stamps"] == ("kernel" if kernel_here else "read")
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latbench._schedule import (
+from latbench.load.pacers import (
     ConstantPacer,
     Pacer,
     PoissonPacer,

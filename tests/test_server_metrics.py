@@ -1,4 +1,4 @@
-"""Client/server reconciliation (latbench/_server_metrics.py).
+"""Client/server reconciliation (latbench/summary/server.py).
 
 Two sources of server metrics: a recorded transcript of a real vLLM 0.32.0 (its /metrics before
 and after a 6-request chat run, with that run's records: tests/data/vllm-0.32.0/), and the
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latbench._record import read_records
-from latbench._server_metrics import (
+from latbench.records.record import read_records
+from latbench.summary.server import (
     Histogram,
     ServerMetrics,
     ServerMetricsError,

@@ -15,14 +15,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from service_kit import TOKEN, Service, parse_records, poll, service_config
 
-from latbench._service._api import API
-from latbench._service._app import create_app
-from latbench._service._config import ServiceConfig
-from latbench._summary import summarize
+from latbench.service.api import API
+from latbench.service.app import create_app
+from latbench.service.config import ServiceConfig
 from latbench.sim import SimConfig, SimProcess
+from latbench.summary.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
-OPENAPI = ROOT / "latbench" / "_service" / "openapi.yaml"
+OPENAPI = ROOT / "latbench" / "service" / "openapi.yaml"
 
 QUICK: dict[str, Any] = {
     "target": "sim",

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from service_kit import TOKEN, Service, parse_records, poll, request_lines, service_config
 
-from latbench._service._api import API
+from latbench.service.api import API
 from latbench.sim import SimConfig, SimProcess
 
 LONG: dict[str, Any] = {

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from service_kit import TOKEN, Service, poll, service_config
 
-from latbench._service._api import API
+from latbench.service.api import API
 from latbench.sim import SimConfig, SimProcess
 
 CAP = 5  # limits.max_queued_runs

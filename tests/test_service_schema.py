@@ -22,7 +22,7 @@ from service_kit import TOKEN, Service, service_config
 
 from latbench.sim import SimConfig, SimProcess
 
-OPENAPI = Path(__file__).resolve().parents[1] / "latbench" / "_service" / "openapi.yaml"
+OPENAPI = Path(__file__).resolve().parents[1] / "latbench" / "service" / "openapi.yaml"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RUNNABLE = {"target": "sim", "load": {"concurrency": 1, "requests": 2}}
 

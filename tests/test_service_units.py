@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from latbench._service._admit import Refused, admit, scenario_label
-from latbench._service._config import ScheduleConfig, ServiceConfig
-from latbench._service._scheduler import first_fire, next_fire
-from latbench._service._store import COMPLETED, QUEUED, RunRow, Store
+from latbench.service.admit import Refused, admit, scenario_label
+from latbench.service.config import ScheduleConfig, ServiceConfig
+from latbench.service.scheduler import first_fire, next_fire
+from latbench.service.store import COMPLETED, QUEUED, RunRow, Store
 
 
 def ts(text: str) -> float:

@@ -26,8 +26,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from latbench import _rxstamp
-from latbench._errors import SpecError
+from latbench.shared import rxstamp
+from latbench.shared.errors import SpecError
 from latbench.sim import (
     FaultSpec,
     SimConfig,
@@ -39,7 +39,7 @@ from latbench.sim import (
     service_time_s,
 )
 from latbench.sim.__main__ import add_sim_arguments, config_from_args, main
-from latbench.sim._engine import Engine
+from latbench.sim.engine import Engine
 
 # Fast pacing for tests that check content, not timing.
 FAST: dict[str, Any] = {"ttft": 0.002, "itl": 0.001}
@@ -630,7 +630,7 @@ async def test_truth_stamps_arrival_at_the_first_bytes_not_at_the_handler(sim, h
     assert t_c <= c["arrival_ns"] <= c["handler_ns"]
 
 
-@pytest.mark.skipif(not _rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
+@pytest.mark.skipif(not rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
 async def test_truth_arrival_is_the_kernels_while_the_server_is_not_running(sim, http) -> None:
     # A simulator the OS does not run reads nothing; the kernel still stamps the request when it
     # comes in, and that is its arrival: the wait to be scheduled is the server's, not the

@@ -23,13 +23,17 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench._simfarm import SimFarm
-from latbench._apis import API_KINDS, RequestOptions
-from latbench._client import Endpoint, Timeouts, stream_request
-from latbench._metrics import VLLM_ITL_BUCKETS, VLLM_REQUEST_LATENCY_BUCKETS, VLLM_TTFT_BUCKETS
-from latbench._record import Record
-from latbench._target import ANTHROPIC_VERSION
-from latbench._workload import WorkItem
+from latbench.client.apis import API_KINDS, RequestOptions
+from latbench.client.preflight import ANTHROPIC_VERSION
+from latbench.client.stream import Endpoint, Timeouts, stream_request
+from latbench.exporter.metrics import (
+    VLLM_ITL_BUCKETS,
+    VLLM_REQUEST_LATENCY_BUCKETS,
+    VLLM_TTFT_BUCKETS,
+)
+from latbench.records.record import Record
 from latbench.sim import SimConfig, SimProcess, create_app
+from latbench.workload.workload import WorkItem
 
 MODEL = "sim-model"
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"

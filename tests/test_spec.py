@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from latbench._cli import build_parser, spec_from_args
-from latbench._errors import SpecError, TargetError
-from latbench._spec import load_spec, read_spec_file
-from latbench._target import MAX_MODELS_BYTES, resolve_endpoint
+from latbench.cli.main import build_parser, spec_from_args
+from latbench.client.preflight import MAX_MODELS_BYTES, resolve_endpoint
+from latbench.shared.errors import SpecError, TargetError
+from latbench.spec.spec import load_spec, read_spec_file
 
 
 def error_of(data: dict) -> str:
@@ -166,9 +166,9 @@ def test_extra_body_cannot_override_what_latbench_sets(key: str) -> None:
 
 def test_every_body_field_latbench_sets_is_protected() -> None:
     """CONTROLLED_BODY_KEYS covers every field each API kind's body sets (but `store`)."""
-    from latbench._apis import API_KINDS, RequestOptions
-    from latbench._spec import CONTROLLED_BODY_KEYS
-    from latbench._workload import WorkItem
+    from latbench.client.apis import API_KINDS, RequestOptions
+    from latbench.spec.spec import CONTROLLED_BODY_KEYS
+    from latbench.workload.workload import WorkItem
 
     item = WorkItem(
         "p", ({"role": "system", "content": "s"}, {"role": "user", "content": "p"}), 2, 9

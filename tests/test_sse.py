@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from latbench._sse import OversizedEvent, SSEParser
+from latbench.client.sse import OversizedEvent, SSEParser
 
 
 def feed_all(pieces: list[bytes]) -> list[bytes]:

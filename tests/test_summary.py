@@ -11,18 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latbench._errors import ErrorKind, RecordsError
-from latbench._record import Phase, Record, encode_record, iter_lines
-from latbench._summary import (
-    DEFAULT_LIMITS,
-    DEFAULT_SLOS,
-    METRICS,
-    ClientStats,
-    Slo,
-    Summary,
-    parse_slo,
-    summarize,
-)
+from latbench.records.record import Phase, Record, encode_record, iter_lines
+from latbench.shared.errors import ErrorKind, RecordsError
+from latbench.spec.slo import DEFAULT_LIMITS, DEFAULT_SLOS, METRICS, Slo, parse_slo
+from latbench.summary.summary import ClientStats, Summary, summarize
 
 MS = 1_000_000  # ns
 NS = 1_000_000_000

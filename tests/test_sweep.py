@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from cli_kit import latbench
 
-from latbench._errors import SpecError
-from latbench._reports import load_results
-from latbench._reports.load import Sweep
-from latbench._sweep import CapacitySearch, Outcome, parse_values
+from latbench.render import load_results
+from latbench.render.load import Sweep
+from latbench.shared.errors import SpecError
 from latbench.sim import SimConfig, capacity_rps, events_for
+from latbench.sweep.sweep import CapacitySearch, Outcome, parse_values
 
 
 @pytest.mark.parametrize(

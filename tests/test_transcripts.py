@@ -18,15 +18,15 @@ from time import monotonic_ns
 import aiohttp
 import pytest
 
-from latbench._apis import API_KINDS, RequestOptions
-from latbench._client import Endpoint, Timeouts, stream_request
-from latbench._errors import ErrorKind, SpecError
-from latbench._record import Record
-from latbench._retry import NO_RETRY, RetryPolicy
-from latbench._summary import summarize
-from latbench._workload import WorkItem
+from latbench.client.apis import API_KINDS, RequestOptions
+from latbench.client.retry import NO_RETRY, RetryPolicy
+from latbench.client.stream import Endpoint, Timeouts, stream_request
+from latbench.records.record import Record
+from latbench.shared.errors import ErrorKind, SpecError
 from latbench.sim import SimConfig, SimProcess
-from latbench.sim._replay import TranscriptError, check_replay, load_transcript
+from latbench.sim.replay import TranscriptError, check_replay, load_transcript
+from latbench.summary.summary import summarize
+from latbench.workload.workload import WorkItem
 
 DIR = Path(__file__).parent / "transcripts"
 TRANSCRIPTS = {p.name.removesuffix(".sse"): p for p in sorted(DIR.glob("*.sse"))}

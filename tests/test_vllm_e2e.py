@@ -22,9 +22,9 @@ from pathlib import Path
 import cli_kit
 import pytest
 
-from latbench._metrics import TTFT_BUCKETS
-from latbench._record import read_records
-from latbench._vllm_launch import VllmServer, free_port
+from latbench.exporter.metrics import TTFT_BUCKETS
+from latbench.records.record import read_records
+from latbench.vllm.launch import VllmServer, free_port
 from tests.promql import wait_for
 
 VLLM_PYTHON = os.environ.get("LATBENCH_VLLM_PYTHON")

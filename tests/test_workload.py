@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latbench._dist import Dist
-from latbench._errors import SpecError
-from latbench._workload import (
+from latbench.shared.dist import Dist
+from latbench.shared.errors import SpecError
+from latbench.workload.workload import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_VOCABULARY,
     MAX_PROMPT_ITEMS,
@@ -362,8 +362,8 @@ def test_sharegpt_bad_json(tmp_path: Path) -> None:
 
 _PEAK = """
 import resource, sys, time
-from latbench._errors import SpecError
-from latbench._workload import FileWorkload
+from latbench.shared.errors import SpecError
+from latbench.workload.workload import FileWorkload
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.monotonic()
 try:

@@ -4,8 +4,8 @@
     python deploy/prometheus/generate_rules.py --check  # exit 1 if the committed files differ
 
 The rules are written from Python, not by hand, because they are one pattern over many metrics
-and windows; metric names come from `latbench._metrics`, so a renamed metric cannot leave a rule
-behind. tests/test_rules.py checks that the committed files equal this output, and runs
+and windows; metric names come from `latbench.exporter.metrics`, so a renamed metric cannot
+leave a rule behind. tests/test_rules.py checks that the committed files equal this output, and runs
 `promtool check rules` and `promtool test rules` (deploy/prometheus/tests/) on them.
 
 Naming: `scenario:<metric>:<operation>`, where the level `scenario` means "aggregated to the
@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from latbench._metrics import LABELS, PREFIX
+from latbench.exporter.metrics import LABELS, PREFIX
 
 HERE = Path(__file__).resolve().parent
 RULES_DIR = HERE / "rules"
@@ -57,7 +57,7 @@ BURN_ALERTS = (
 )
 SLO_WINDOWS = ("5m", "30m", "1h", "6h")
 
-# Client validity (METRICS.md, "Validity of the measurement"; limits as in latbench._summary).
+# Client validity (METRICS.md, "Validity of the measurement"; limits: latbench.spec.slo).
 LOOP_LAG_LIMIT_S = 0.001
 QUEUE_DELAY_LIMIT_S = 0.010
 CPU_LIMIT = 0.9

@@ -2,15 +2,15 @@
 
 It streams like vLLM (or, with `api`, like Anthropic's Messages or OpenAI's Responses API, or
 replays recorded streams byte for byte), paces tokens on a seeded latency model (see
-`latbench.sim._engine` for the load formula), injects faults on request, and reports what it
+`latbench.sim.engine` for the load formula), injects faults on request, and reports what it
 actually did at `/sim/truth`, so latbench can be tested against a server whose behaviour is known.
 It also serves vLLM's own Prometheus metrics at `/metrics`, from the same instants.
 """
 
-from latbench.sim._config import FaultSpec, SimConfig
-from latbench.sim._engine import capacity_rps, events_for, service_time_s
-from latbench.sim._process import SimError, SimProcess
-from latbench.sim._server import create_app
+from latbench.sim.config import FaultSpec, SimConfig
+from latbench.sim.engine import capacity_rps, events_for, service_time_s
+from latbench.sim.process import SimError, SimProcess
+from latbench.sim.server import create_app
 
 __all__ = [
     "FaultSpec",

@@ -21,13 +21,13 @@ import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
-from latbench import _rxstamp
-from latbench._dist import Dist
-from latbench._errors import SpecError
-from latbench.sim._arrival import listen
-from latbench.sim._config import FAULT_KINDS, FaultSpec, SimConfig
-from latbench.sim._replay import check_replay
-from latbench.sim._server import create_app
+from latbench.shared import rxstamp
+from latbench.shared.dist import Dist
+from latbench.shared.errors import SpecError
+from latbench.sim.arrival import listen
+from latbench.sim.config import FAULT_KINDS, FaultSpec, SimConfig
+from latbench.sim.replay import check_replay
+from latbench.sim.server import create_app
 
 # SimConfig field -> the flag that sets it (fields whose flag is the field name, dashed).
 _FLAG_FIELDS = (
@@ -219,10 +219,10 @@ def _die_with_parent() -> None:
 
 
 def run(config: SimConfig) -> None:
-    """Serve in this thread on a fresh event loop (`_rxstamp.new_event_loop`: the stdlib loop
+    """Serve in this thread on a fresh event loop (`rxstamp.new_event_loop`: the stdlib loop
     where it can stamp arrivals in the kernel, else uvloop when installed)."""
     _die_with_parent()
-    with asyncio.Runner(loop_factory=_rxstamp.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=rxstamp.new_event_loop) as runner:
         runner.run(serve(config, _announce))
 
 

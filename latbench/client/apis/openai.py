@@ -1,0 +1,145 @@
+"""OpenAI-compatible streaming: `/v1/completions` and `/v1/chat/completions`.
+
+Both end with `data: [DONE]`. Usage comes in a final chunk with empty `choices` when the request
+asks for `stream_options.include_usage`; vLLM's `continuous_usage_stats` adds cumulative usage to
+every chunk, which is how per-event token counts are known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from latbench.client.apis.base import (
+    MAX_COUNT,
+    MAX_REASON,
+    NOTHING,
+    Event,
+    MalformedEvent,
+    RequestOptions,
+    count,
+    reason,
+)
+from latbench.records.record import CONTENT, REASONING
+from latbench.workload.workload import WorkItem
+
+DONE = b"[DONE]"
+
+
+def _common(item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": opts.model,
+        "max_tokens": item.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if opts.vllm_extensions:
+        body["stream_options"]["continuous_usage_stats"] = True
+        if opts.ignore_eos:
+            body["ignore_eos"] = True
+            body["min_tokens"] = item.max_tokens
+    body.update(opts.extra_body)
+    return body
+
+
+def _load(data: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise MalformedEvent(f"event is not JSON ({e}): {data[:120]!r}") from None
+    if not isinstance(obj, dict):
+        raise MalformedEvent(f"event is not a JSON object: {data[:120]!r}")
+    return obj
+
+
+def _usage(obj: dict[str, Any]) -> tuple[int | None, int | None]:
+    usage = obj.get("usage")
+    if usage is None:  # OpenAI sends `"usage": null` on every chunk but the last
+        return None, None
+    if not isinstance(usage, dict):
+        raise MalformedEvent(f"usage is not an object: {usage!r:.120}")
+    # Checked inline, on every event of a continuous-usage stream: `count` only words the error.
+    completion = usage.get("completion_tokens")
+    if completion is not None and not (type(completion) is int and 0 <= completion <= MAX_COUNT):
+        count(completion, "usage.completion_tokens")
+    prompt = usage.get("prompt_tokens")
+    if prompt is not None and not (type(prompt) is int and 0 <= prompt <= MAX_COUNT):
+        count(prompt, "usage.prompt_tokens")
+    return completion, prompt
+
+
+def _error(obj: dict[str, Any]) -> Event | None:
+    err = obj.get("error")
+    if err is None:
+        return None
+    msg = err.get("message", err) if isinstance(err, dict) else err
+    return Event(error=str(msg))
+
+
+def _first_choice(obj: dict[str, Any]) -> dict[str, Any] | None:
+    choices = obj.get("choices")
+    if not choices:
+        return None
+    if not isinstance(choices, list):
+        raise MalformedEvent(f"choices is not a list: {choices!r:.120}")
+    c = choices[0]
+    if not isinstance(c, dict):
+        raise MalformedEvent(f"choices[0] is not an object: {c!r:.120}")
+    return c
+
+
+def _parse(data: bytes, kind_of: Callable[[dict[str, Any]], str | None]) -> Event:
+    """One chunk of either endpoint; `kind_of` reads the generated text's kind from a choice."""
+    if data == DONE:
+        return Event(done=True)
+    obj = _load(data)
+    if (err := _error(obj)) is not None:
+        return err
+    completion, prompt = _usage(obj)
+    c = _first_choice(obj)
+    if c is None:
+        return NOTHING if completion is None else Event(None, completion, prompt, usage_only=True)
+    finish = c.get("finish_reason")
+    if finish is not None and not (type(finish) is str and len(finish) <= MAX_REASON):
+        reason(finish, "choices[0].finish_reason")  # raises, naming the field
+    return Event(kind_of(c), completion, prompt, finish)
+
+
+def _completion_kind(c: dict[str, Any]) -> str | None:
+    return CONTENT if c.get("text") else None
+
+
+def _chat_kind(c: dict[str, Any]) -> str | None:
+    delta = c.get("delta") or {}
+    if not isinstance(delta, dict):
+        raise MalformedEvent(f"choices[0].delta is not an object: {delta!r:.120}")
+    if delta.get("content"):
+        return CONTENT
+    # vLLM has used both names for the reasoning parser's output.
+    if delta.get("reasoning_content") or delta.get("reasoning"):
+        return REASONING
+    return None
+
+
+class Completions:
+    name = "completions"
+    path = "/v1/completions"
+
+    def body(self, item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
+        return {"prompt": item.prompt, **_common(item, opts)}
+
+    def parse(self, data: bytes) -> Event:
+        return _parse(data, _completion_kind)
+
+
+class Chat:
+    name = "chat"
+    path = "/v1/chat/completions"
+
+    def body(self, item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
+        return {"messages": list(item.messages), **_common(item, opts)}
+
+    def parse(self, data: bytes) -> Event:
+        return _parse(data, _chat_kind)

@@ -1,0 +1,110 @@
+"""OpenAI Responses API: `POST /v1/responses` with `stream: true` (OpenAI, and vLLM's).
+
+The stream (https://platform.openai.com/docs/api-reference/responses-streaming) is typed by each
+event's JSON `type`. Generated text comes as `response.output_text.delta` (content, as is
+`response.refusal.delta`) and as `response.reasoning_summary_text.delta` or, from servers that
+stream raw reasoning such as vLLM, `response.reasoning_text.delta` (reasoning). The stream ends
+with `response.completed` or `response.incomplete`, which carry the usage, or fails with
+`response.failed` or an `error` event. There is no `[DONE]`; every other event type (lifecycle,
+item and part boundaries, `*.done` repeats of the text) carries no new tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from latbench.client.apis.base import (
+    NOTHING,
+    Event,
+    MalformedEvent,
+    RequestOptions,
+    count,
+    reason,
+)
+from latbench.client.apis.openai import _load
+from latbench.records.record import CONTENT, REASONING
+from latbench.shared.errors import ErrorKind
+from latbench.workload.workload import WorkItem
+
+_CONTENT = Event(CONTENT)
+_REASONING = Event(REASONING)
+_TOKEN_EVENTS = {
+    "response.output_text.delta": _CONTENT,
+    "response.refusal.delta": _CONTENT,
+    "response.reasoning_summary_text.delta": _REASONING,
+    "response.reasoning_text.delta": _REASONING,
+}
+TERMINAL = ("response.completed", "response.incomplete")
+ERROR_KINDS = {"rate_limit_exceeded": ErrorKind.RATE_LIMITED}
+
+
+class Responses:
+    name = "responses"
+    path = "/v1/responses"
+
+    def body(self, item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": opts.model,
+            "input": list(item.messages),
+            "max_output_tokens": item.max_tokens,
+            "stream": True,
+            # A benchmark's responses are not worth keeping on the provider's side.
+            "store": False,
+        }
+        if opts.vllm_extensions and opts.ignore_eos:
+            body["ignore_eos"] = True
+            body["min_tokens"] = item.max_tokens
+        body.update(opts.extra_body)
+        return body
+
+    def parse(self, data: bytes) -> Event:
+        obj = _load(data)
+        kind = obj.get("type")
+        if not isinstance(kind, str):
+            raise MalformedEvent(f"event without a string type: {data[:120]!r}")
+        token = _TOKEN_EVENTS.get(kind)
+        if token is not None:
+            return token if obj.get("delta") else NOTHING
+        if kind in TERMINAL:
+            return _terminal(obj, kind)
+        if kind == "response.failed":
+            response = obj.get("response")
+            err = response.get("error") if isinstance(response, dict) else None
+            return _error(err if isinstance(err, dict) else {"message": "response.failed"})
+        if kind == "error":
+            return _error(obj)
+        return NOTHING
+
+
+def _terminal(obj: dict[str, Any], kind: str) -> Event:
+    response = obj.get("response")
+    if not isinstance(response, dict):
+        raise MalformedEvent(f"{kind} without a response object")
+    usage = response.get("usage")
+    if usage is None:
+        usage = {}
+    elif not isinstance(usage, dict):
+        raise MalformedEvent(f"{kind} with a usage that is not an object: {usage!r:.120}")
+    if kind == "response.completed":
+        finish = reason(response.get("status"), "response.status") or "completed"
+    else:
+        details = response.get("incomplete_details")
+        why = details.get("reason") if isinstance(details, dict) else None
+        finish = reason(why, "response.incomplete_details.reason") or "incomplete"
+    # output_tokens includes reasoning tokens, streamed or hidden (output_tokens_details).
+    return Event(
+        None,
+        count(usage.get("output_tokens"), "usage.output_tokens"),
+        count(usage.get("input_tokens"), "usage.input_tokens"),
+        finish,
+        done=True,
+        usage_only=True,
+    )
+
+
+def _error(err: dict[str, Any]) -> Event:
+    code = err.get("code")
+    return Event(
+        error=f"{code or 'error'}: {err.get('message', '')}",
+        error_kind=ERROR_KINDS.get(str(code), ErrorKind.SERVER_ERROR_EVENT),
+    )

@@ -1,0 +1,649 @@
+"""Prometheus metrics: definitions, state, exposition, serving and pushing (METRICS.md, Prometheus).
+
+Kept apart as in prometheus/client_python: `LatbenchMetrics` holds the state and is a `Collector`
+registered on a `CollectorRegistry` the caller owns (never the process-global one); the
+`PrometheusSink` (`latbench.sinks.prometheus`) turns records into observations on it;
+`MetricsServer` and `Pusher` only move the bytes that `generate_latest(registry)` builds.
+
+Series are keyed by `RunLabels` (target, model, api, scenario) and nothing else: no run id, no
+request id, no free-form text. A service that runs the same scenario for months keeps one set of
+series for it; counters keep growing across runs, as Prometheus counters should.
+
+Histograms are kept as bucket-count arrays rather than `prometheus_client.Histogram` objects so
+that one record's hundreds of inter-token gaps are counted with one vectorised `searchsorted`
+instead of hundreds of locked `observe` calls on the client's event loop.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from latbench.shared.buckets import (
+    TEXT_FORMAT,
+    VLLM_ITL_BUCKETS,
+    VLLM_REQUEST_LATENCY_BUCKETS,
+    VLLM_TTFT_BUCKETS,
+    BucketCounts,
+)
+from latbench.shared.errors import ErrorKind, LatbenchError
+
+PREFIX = "latbench"
+LABELS: tuple[str, ...] = ("target", "model", "api", "scenario")
+# The `target` label of runs against the simulator latbench starts itself: its URL is a random
+# loopback port, which would make a new series for every run.
+BUILTIN_SIM_TARGET = "builtin-sim"
+
+# ---------------------------------------------------------------------------------------------
+# Buckets (seconds). Each contains every boundary of vLLM's server histogram of the same family
+# (so client and server figures can be compared bucket for bucket), exactly 0.1 (the default
+# SLO target: `bucket{le="0.1"} / count` is the exact attainment), and finer boundaries around
+# 0.1 s so quantiles near the target are interpolated over 10-25 ms, not 150 ms.
+
+_NEAR_TARGET = (0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11, 0.125, 0.15, 0.175, 0.2, 0.25)
+
+
+def _merge(*groups: Iterable[float]) -> tuple[float, ...]:
+    return tuple(sorted({float(b) for g in groups for b in g}))
+
+
+TTFT_BUCKETS = _merge(VLLM_TTFT_BUCKETS, _NEAR_TARGET, (0.0025, 0.015, 0.03, 0.3, 0.4, 1.5, 2.0))
+ITL_BUCKETS = _merge(
+    VLLM_ITL_BUCKETS, _NEAR_TARGET, (0.001, 0.0025, 0.005, 0.0075, 0.015, 0.02, 0.03, 0.04)
+)
+E2E_BUCKETS = _merge(
+    VLLM_REQUEST_LATENCY_BUCKETS, _NEAR_TARGET, (0.01, 0.025, 0.4, 0.65, 1.25, 3.0, 4.0, 7.5)
+)
+# Client-side send lateness: a healthy client is well under 1 ms; 10 ms is the validity limit.
+QUEUE_DELAY_BUCKETS = _merge(
+    VLLM_REQUEST_LATENCY_BUCKETS,
+    _NEAR_TARGET,
+    (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025),
+)
+# Event-loop lag: 1 ms is the validity limit (`summary.summary.ValidityLimits`).
+LOOP_LAG_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HistogramDef:
+    key: str  # the METRICS.md metric, as `summary.summary.METRICS` spells it
+    help: str
+    buckets: tuple[float, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{PREFIX}_{self.key}_seconds"
+
+
+HISTOGRAMS: tuple[HistogramDef, ...] = (
+    HistogramDef("ttft", "Time to first token: first token event minus send.", TTFT_BUCKETS),
+    HistogramDef("ttfo", "Time to first output: first content event minus send.", TTFT_BUCKETS),
+    HistogramDef("itl", "Inter-token latency: each gap between token events.", ITL_BUCKETS),
+    HistogramDef(
+        "itl_per_token", "Each gap between token events over the later event's tokens.", ITL_BUCKETS
+    ),
+    HistogramDef("tpot", "Time per output token after the first, per request.", ITL_BUCKETS),
+    HistogramDef("e2e", "End to end: last token event minus send.", E2E_BUCKETS),
+    HistogramDef(
+        "queue_delay",
+        "Client send lateness: actual send minus intended send (failed requests included).",
+        QUEUE_DELAY_BUCKETS,
+    ),
+    HistogramDef(
+        "event_loop_lag",
+        "Client event-loop lag: how late a 100 Hz ticker's callbacks ran.",
+        LOOP_LAG_BUCKETS,
+    ),
+)
+HISTOGRAM_KEYS: tuple[str, ...] = tuple(h.key for h in HISTOGRAMS)
+
+OUTCOMES: tuple[str, ...] = ("ok", "error")
+EXCLUDED_PHASES: tuple[str, ...] = ("warmup", "cooldown")
+ERROR_KINDS: tuple[str, ...] = tuple(k.value for k in ErrorKind)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """The only labels latbench's series carry. Every value comes from a bounded set."""
+
+    target: str
+    model: str
+    api: str
+    scenario: str
+
+    def values(self) -> list[str]:
+        return [self.target, self.model, self.api, self.scenario]
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(zip(LABELS, self.values(), strict=True))
+
+
+def _escape_label_value(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def target_label(base_url: str | None) -> str:
+    """The `target` label: the server root without credentials, query or fragment; the builtin
+    simulator (no base URL in the spec) is one fixed value whatever port it got."""
+    if base_url is None:
+        return BUILTIN_SIM_TARGET
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+
+
+class RunSeries:
+    """Everything exported for one label set, across all runs that share it."""
+
+    def __init__(self, labels: RunLabels) -> None:
+        self.labels = labels
+        # The label set as the text format writes it, built once rather than at every scrape.
+        self.label_text = ",".join(
+            f'{k}="{_escape_label_value(v)}"' for k, v in zip(LABELS, labels.values(), strict=True)
+        )
+        self.hist: dict[str, BucketCounts] = {h.key: BucketCounts(h.buckets) for h in HISTOGRAMS}
+        # Plain ints, written on the event loop only; a scrape reads each atomically.
+        self.requests: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
+        self.excluded: dict[str, int] = dict.fromkeys(EXCLUDED_PHASES, 0)
+        self.good = 0
+        self.output_tokens = 0
+        self.prompt_tokens = 0
+        self.start_time = 0.0
+        self.ended_at = 0.0  # time.monotonic() when a run of this label set last ended
+        self._cpu_done = 0.0
+        self._active: dict[int, _ActiveRun] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()
+
+    def start_run(self, inflight: Callable[[], int] | None) -> int:
+        with self._lock:
+            run = self._next_id
+            self._next_id += 1
+            self._active[run] = _ActiveRun(inflight, time.process_time())
+        self.start_time = time.time()
+        return run
+
+    def end_run(self, run: int) -> None:
+        with self._lock:
+            active = self._active.pop(run, None)
+            if active is not None:
+                self._cpu_done += time.process_time() - active.cpu0
+            # From here on this run's values are final: a scrape that starts later reads them.
+            self.ended_at = time.monotonic()
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def inflight(self) -> int:
+        with self._lock:
+            fns = [a.inflight for a in self._active.values() if a.inflight is not None]
+        return sum(fn() for fn in fns)
+
+    def cpu_seconds(self) -> float:
+        """Process CPU time spent while runs of this label set were active. The client is one
+        process with one event loop, so this over that time is the share of a core it used."""
+        now = time.process_time()
+        with self._lock:
+            return self._cpu_done + sum(now - a.cpu0 for a in self._active.values())
+
+
+@dataclass(frozen=True)
+class _ActiveRun:
+    inflight: Callable[[], int] | None
+    cpu0: float
+
+
+class LatbenchMetrics:
+    """latbench's metrics as a `Collector`: register it on a `CollectorRegistry` you own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._series: dict[RunLabels, RunSeries] = {}
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def series(self, labels: RunLabels) -> RunSeries:
+        """The series of a label set, created (at zero, so they appear at once) on first use."""
+        with self._lock:
+            s = self._series.get(labels)
+            if s is None:
+                s = self._series[labels] = RunSeries(labels)
+            return s
+
+    def all_series(self) -> list[RunSeries]:
+        with self._lock:
+            return list(self._series.values())
+
+    def last_run_end(self) -> float:
+        """`time.monotonic()` when the latest run ended (0 if none has)."""
+        return max((s.ended_at for s in self.all_series()), default=0.0)
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, for the registry's duplicate check; no samples are computed.
+        yield from self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self.all_series())
+
+    def _families(self, all_series: Sequence[RunSeries]) -> Iterator[Metric]:
+        for h in HISTOGRAMS:
+            hist = HistogramMetricFamily(h.name, h.help, labels=list(LABELS))
+            les = [floatToGoString(b) for b in h.buckets] + ["+Inf"]
+            for s in all_series:
+                cumulative, total = s.hist[h.key].snapshot()
+                buckets = list(zip(les, cumulative, strict=True))
+                hist.add_metric(s.labels.values(), buckets, total)
+            yield hist
+        for f in SCALARS:
+            labels = [*LABELS, f.extra] if f.extra else list(LABELS)
+            fam: CounterMetricFamily | GaugeMetricFamily
+            if f.type == "counter":
+                fam = CounterMetricFamily(f.family, f.help, labels=labels)
+            else:
+                fam = GaugeMetricFamily(f.family, f.help, labels=labels)
+            for s in all_series:
+                for extra, value in f.values(s):
+                    fam.add_metric(s.labels.values() + ([extra] if f.extra else []), value)
+            yield fam
+
+    def render_text(self) -> bytes:
+        """The same samples as `collect()`, in the text exposition format 0.0.4, written here
+        rather than by prometheus_client's generic writer, which escapes every label of every
+        sample (about 6 ms for one label set's 360 samples, against about 0.5 ms here). A scrape
+        runs on its own thread but holds the GIL, so that time is taken from the client's event
+        loop; tests/test_prometheus.py checks that both writers give the same samples."""
+        out: list[str] = []
+        all_series = self.all_series()
+        for h in HISTOGRAMS:
+            out.append(f"# HELP {h.name} {h.help}\n# TYPE {h.name} histogram\n")
+            les = [floatToGoString(b) for b in h.buckets] + ["+Inf"]
+            for s in all_series:
+                cumulative, total = s.hist[h.key].snapshot()
+                lab = s.label_text
+                out.extend(
+                    f'{h.name}_bucket{{{lab},le="{le}"}} {n}\n'
+                    for le, n in zip(les, cumulative, strict=True)
+                )
+                out.append(f"{h.name}_sum{{{lab}}} {floatToGoString(total)}\n")
+                out.append(f"{h.name}_count{{{lab}}} {cumulative[-1]}\n")
+        for f in SCALARS:
+            out.append(f"# HELP {f.sample} {f.help}\n# TYPE {f.sample} {f.type}\n")
+            for s in all_series:
+                for extra, value in f.values(s):
+                    lab = s.label_text + (f',{f.extra}="{extra}"' if f.extra else "")
+                    out.append(f"{f.sample}{{{lab}}} {floatToGoString(value)}\n")
+        return "".join(out).encode()
+
+
+@dataclass(frozen=True)
+class ScalarDef:
+    """A counter or gauge: one sample per label set, or one per value of an `extra` label."""
+
+    name: str
+    type: str  # "counter" | "gauge"
+    help: str
+    read: Callable[[RunSeries], float | Mapping[str, int]]
+    extra: str | None = None
+
+    @property
+    def family(self) -> str:
+        return f"{PREFIX}_{self.name}"
+
+    @property
+    def sample(self) -> str:
+        return f"{self.family}_total" if self.type == "counter" else self.family
+
+    def values(self, s: RunSeries) -> list[tuple[str, float]]:
+        got = self.read(s)
+        if isinstance(got, Mapping):
+            return [(k, float(v)) for k, v in list(got.items())]
+        return [("", float(got))]
+
+
+SCALARS: tuple[ScalarDef, ...] = (
+    ScalarDef(
+        "requests",
+        "counter",
+        "Measured (measure-phase) requests finished, by outcome: ok or error.",
+        lambda s: s.requests,
+        "outcome",
+    ),
+    ScalarDef(
+        "errors",
+        "counter",
+        "Measured requests that failed, by error kind (METRICS.md, Errors).",
+        lambda s: s.errors,
+        "kind",
+    ),
+    ScalarDef(
+        "excluded_requests",
+        "counter",
+        "Requests finished outside the measurement (warm-up, cool-down); not in any histogram.",
+        lambda s: s.excluded,
+        "phase",
+    ),
+    ScalarDef(
+        "good_requests",
+        "counter",
+        "Measured requests that met every SLO of their run (goodput numerator).",
+        lambda s: s.good,
+    ),
+    ScalarDef(
+        "output_tokens",
+        "counter",
+        "Output tokens (N_out) of succeeded measured requests.",
+        lambda s: s.output_tokens,
+    ),
+    ScalarDef(
+        "prompt_tokens",
+        "counter",
+        "Prompt tokens of succeeded measured requests, as the server's usage reported them.",
+        lambda s: s.prompt_tokens,
+    ),
+    ScalarDef(
+        "client_cpu_seconds",
+        "counter",
+        "CPU seconds the latbench process used while a run of this label set was active.",
+        lambda s: s.cpu_seconds(),
+    ),
+    ScalarDef(
+        "inflight_requests", "gauge", "Requests sent and not yet finished.", lambda s: s.inflight()
+    ),
+    ScalarDef("run_active", "gauge", "Runs of this label set in progress.", lambda s: s.active),
+    ScalarDef(
+        "run_start_time_seconds",
+        "gauge",
+        "Unix time the latest run of this label set started.",
+        lambda s: s.start_time,
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving /metrics
+
+
+class MetricsError(LatbenchError):
+    """The metrics endpoint could not be served, or a push to the Pushgateway failed."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`9400` -> ('127.0.0.1', 9400); `0.0.0.0:9400` -> ('0.0.0.0', 9400); `[::]:9400` ->
+    ('::', 9400). Port 0: any free port."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        n = int(port)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected PORT or HOST:PORT, e.g. 9400, 0.0.0.0:9400") from None
+    if not 0 <= n <= 65535:
+        raise ValueError(f"{text!r}: port {n} is outside 0..65535")
+    return host, n
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds up the process's exit
+    on_served: Callable[[float], None] | None = None
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per scrape would bury the run's own output
+
+    def handle(self) -> None:
+        started = time.monotonic()
+        super().handle()
+        # Reported once the response is written, with when the request began: a scrape that
+        # began after a run's end has read that run's final values.
+        if getattr(self, "path", "").split("?")[0] in ("/metrics", "/"):
+            server = self.server
+            if isinstance(server, _Server) and server.on_served is not None:
+                server.on_served(started)
+
+
+class MetricsServer:
+    """`/metrics` over HTTP from a thread of its own, so a scrape never waits for the client's
+    event loop, and the loop never runs the exposition code. `render` gives the body, in the
+    text format (`LatbenchMetrics.render_text`, or `lambda: generate_latest(registry)`)."""
+
+    def __init__(self, render: Callable[[], bytes], host: str = "127.0.0.1", port: int = 0) -> None:
+        self._served = 0
+        self._latest_start = -1.0
+        self._cond = threading.Condition()
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"latbench serves /metrics\n"]
+            body = render()
+            start_response(
+                "200 OK", [("Content-Type", TEXT_FORMAT), ("Content-Length", str(len(body)))]
+            )
+            return [body]
+
+        try:
+            server_class = _Server6 if ":" in host else _Server
+            self._httpd = make_server(
+                host, port, app, server_class=server_class, handler_class=_Handler
+            )
+        except OSError as e:
+            raise MetricsError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
+        self._httpd.on_served = self._on_served
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="latbench-metrics", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = str(self._httpd.server_address[0])
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/metrics"
+
+    def _on_served(self, started: float) -> None:
+        with self._cond:
+            self._served += 1
+            self._latest_start = max(self._latest_start, started)
+            self._cond.notify_all()
+
+    @property
+    def scrapes(self) -> int:
+        """How many scrapes have been answered so far."""
+        return self._served
+
+    def wait_for_scrape_after(self, instant: float, timeout: float) -> bool:
+        """Wait until a scrape that began at or after `instant` (`time.monotonic()`) has been
+        answered, at most `timeout` seconds. True if one was."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._latest_start < instant:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pushing to a Pushgateway
+
+JOB = "latbench"
+PUSH_INTERVAL_S = 5.0  # also during the run, so rate() over the gateway's series sees it grow
+PUSH_TIMEOUT_S = 10.0
+
+
+def grouping_key(labels: RunLabels) -> dict[str, str]:
+    """Pushgateway group of a run: job="latbench" (in the URL) plus the run's own four labels, so
+    each (target, model, api, scenario) keeps its latest run and runs of others are untouched."""
+    return labels.as_dict()
+
+
+class Pusher:
+    """Pushes the registry to a Pushgateway (HTTP PUT: the group's metrics are replaced) when a
+    run starts, every `interval` seconds while it runs, and once more at the end."""
+
+    def __init__(
+        self,
+        url: str,
+        registry: CollectorRegistry,
+        interval: float = PUSH_INTERVAL_S,
+        timeout: float = PUSH_TIMEOUT_S,
+    ) -> None:
+        self.url = url
+        self._registry = registry
+        self._interval = interval
+        self._timeout = timeout
+        self._key: dict[str, str] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors: list[str] = []  # failures of the pushes made during the run
+        self.pushes = 0
+
+    def push(self) -> None:
+        if self._key is None:
+            raise MetricsError("nothing to push: no run has started")
+        try:
+            push_to_gateway(
+                self.url, job=JOB, registry=self._registry, grouping_key=self._key,
+                timeout=self._timeout,
+            )  # fmt: skip
+        except Exception as e:  # urllib raises URLError, HTTPError, OSError, ValueError
+            raise MetricsError(f"push to {self.url} failed: {e}") from e
+        self.pushes += 1
+
+    def start(self, labels: RunLabels) -> None:
+        """Begin pushing for a run with these labels (from a thread: never on the event loop)."""
+        self._key = grouping_key(labels)
+        self._thread = threading.Thread(target=self._run, name="latbench-push", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.push()
+            except MetricsError as e:
+                self.errors.append(str(e))
+            if self._stop.wait(self._interval):
+                return
+
+    def stop(self) -> None:
+        """Stop the periodic pushes."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._timeout + 1)
+
+    def finish(self) -> None:
+        """Stop the periodic pushes and push the final values; raises MetricsError on failure."""
+        self.stop()
+        if self._key is not None:
+            self.push()
+
+
+# ---------------------------------------------------------------------------------------------
+# One CLI run's export: both of the above, with the linger at the end
+
+# Two scrapes at Prometheus's default 15 s interval: a healthy scraper catches the end, one
+# missed scrape included. The linger ends early once a scrape has read the final values.
+DEFAULT_LINGER_S = 30.0
+
+
+class MetricsExport:
+    """`latbench run --metrics-port/--pushgateway`: a registry of its own, served and/or pushed."""
+
+    def __init__(
+        self,
+        listen: tuple[str, int] | None,
+        pushgateway: str | None,
+        linger_s: float = DEFAULT_LINGER_S,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = LatbenchMetrics(self.registry)
+        self.linger_s = linger_s
+        self.server = None
+        if listen is not None:
+            self.server = MetricsServer(self.metrics.render_text, *listen)
+        self.pusher = Pusher(pushgateway, self.registry) if pushgateway else None
+
+    def run_started(self, labels: RunLabels) -> None:
+        if self.pusher is not None:
+            self.pusher.start(labels)
+
+    def run_ended(self) -> str | None:
+        """Right after the run: push the final values. Returns why that failed, or None."""
+        if self.pusher is None:
+            return None
+        try:
+            self.pusher.finish()
+        except MetricsError as e:
+            return str(e)
+        return None
+
+    @property
+    def warnings(self) -> list[str]:
+        """Pushes during the run that failed (the live view missed them; the end did not)."""
+        if self.pusher is None or not self.pusher.errors:
+            return []
+        errors = self.pusher.errors
+        return [f"{len(errors)} of the pushes during the run failed; the first: {errors[0]}"]
+
+    def linger(self) -> bool:
+        """Serve until a scrape that began after the run has been answered, at most `linger_s`
+        seconds. True when such a scrape happened; Ctrl-C ends the wait (False)."""
+        if self.server is None:
+            return True
+        try:
+            return self.server.wait_for_scrape_after(self.metrics.last_run_end(), self.linger_s)
+        except KeyboardInterrupt:
+            return False
+
+    def close(self) -> None:
+        if self.pusher is not None:
+            self.pusher.stop()
+        if self.server is not None:
+            self.server.close()

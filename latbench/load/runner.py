@@ -1,0 +1,415 @@
+"""The load scheduler: splits a run's schedule over worker processes and gathers their records.
+
+Closed loop: N users, each sending its next request the moment its last one finished; that moment
+is the request's `t_intended`. Open loop: a pacer gives every request an intended instant on an
+absolute schedule from the run's start; a request is sent at that instant (or at once, if the
+loop is behind, so the schedule catches up instead of drifting), as its own task, so a slow stream
+never delays the next send. With a concurrency cap, requests wait for a slot and that wait shows
+up as queue delay (`t_sent - t_intended`), never hidden.
+
+The sending happens in worker processes (`load.worker`), each with its own event loop, so that
+timestamping is never held up by this process's work: the runner owns the sinks (records file,
+progress, Prometheus), receives each record as it finishes, and fans it out. All workers start on
+one instant that the runner picks once every worker is ready, and all read CLOCK_MONOTONIC.
+
+The first `stop()` ends scheduling and lets in-flight streams finish; `abort()` cancels them,
+and their records say `cancelled` with whatever they had measured. With a duration, requests still
+in flight `load.overtime` seconds after it ended are cut the same way, recorded as `overtime` (a
+failure of the server to finish, which the failed share counts), so an endless stream cannot hold
+a run past its duration for longer than that.
+
+The run outlives its parts: each worker tells the runner of every request it sends, so when a
+worker process dies its in-flight requests are recorded as `lost`, the other workers go on, and
+the run ends `incomplete` with every record kept. A record frame the runner cannot decode becomes
+a `client_error` record of its request, not a crash, when the request is one the worker said it
+sent; one naming any other request is dropped (it could only duplicate or invent one) and counted
+in the outcome's warnings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import pickle
+import signal
+import sys
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import monotonic_ns
+from typing import Any, get_args
+
+import aiohttp
+import orjson
+
+from latbench.client.looplag import publish_lag
+from latbench.client.stream import Endpoint
+from latbench.load.wire import frame, message, read_frame, record_seq, unpack_record
+from latbench.load.worker import Shard, raise_fd_limit
+from latbench.records.record import Phase, Record, RunFooter
+from latbench.shared.errors import ErrorKind, LatbenchError
+from latbench.sinks import Sink
+from latbench.spec.spec import LoadSpec
+from latbench.summary.summary import ClientStats
+from latbench.workload.workload import Workload
+
+__all__ = ["RunOutcome", "Runner", "make_connector", "raise_fd_limit"]
+
+# A worker's loop should stay near half busy, where its lag is still small: measured at 70-110 us
+# of worker CPU per event when each read brings one event (docs/performance.md), 64 streams of
+# 100 events/s keep it at 0.45-0.7 of a core. Reads that batch events cost far less per event.
+STREAMS_PER_WORKER = 64
+_PHASES = frozenset(get_args(Phase))
+START_LEAD_NS = 20_000_000  # schedule the first send a little ahead, so it is not born late
+# The directory that holds the `latbench` package, so workers import this same copy.
+_IMPORT_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def make_connector(load: LoadSpec, verify_tls: bool) -> aiohttp.TCPConnector:
+    """The runner's own session (preflight; it measures nothing, so its reads need no stamps);
+    workers size their pools from their shards."""
+    limit = load.concurrency or 0
+    return aiohttp.TCPConnector(
+        limit=limit, limit_per_host=0, ssl=None if verify_tls else False, ttl_dns_cache=300
+    )
+
+
+def worker_count(load: LoadSpec, asked: int | None, cores: int | None = None) -> int:
+    """Workers for a load: as asked, else one per STREAMS_PER_WORKER streams (the concurrency,
+    or the open-loop cap; one when there is neither), leaving a core for the runner and the
+    rest of the machine. Never more than there are users or slots to split: a worker with none
+    would only cost start-up time."""
+    if asked is None:
+        cores = (os.cpu_count() or 1) if cores is None else cores
+        streams = load.concurrency or 1
+        asked = min(math.ceil(streams / STREAMS_PER_WORKER), max(1, cores - 1))
+    w = asked
+    if load.concurrency is not None:
+        w = min(w, load.concurrency)
+    return max(1, w)
+
+
+class WorkerError(LatbenchError):
+    """A worker process failed; records it had sent are kept."""
+
+
+@dataclass
+class RunOutcome:
+    records: list[Record]
+    footer: RunFooter
+    client: ClientStats
+    ended: str  # completed | stopped | aborted | incomplete (a worker died)
+    incomplete: str | None = None  # why, when it is
+    warnings: list[str] = field(default_factory=list)  # nothing lost, but worth saying
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: asyncio.subprocess.Process
+    inflight: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    unsent: int = 0
+    ended: bool = False
+    # Requests sent and not yet recorded: seq -> (t_intended, t_sent, phase), from `s` frames.
+    pending: dict[int, tuple[int, int, Phase]] = field(default_factory=dict)
+    death: str | None = None  # how it ended, when it died before its `end` frame
+
+    def send(self, payload: bytes) -> None:
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.write(payload)
+
+
+class Runner:
+    def __init__(
+        self,
+        run_id: str,
+        endpoint: Endpoint,
+        workload: Workload,
+        load: LoadSpec,
+        sinks: Sequence[Sink],
+        seed: int = 0,
+        *,
+        workers: int | None = None,
+        verify_tls: bool = True,
+    ) -> None:
+        self.run_id = run_id
+        self.endpoint = endpoint
+        self.workload = workload
+        self.load = load
+        self.sinks = sinks
+        self.seed = seed
+        self.workers = worker_count(load, workers)
+        self.verify_tls = verify_tls
+        self.records: list[Record] = []
+        self._workers: list[_Worker] = []
+        self._stopping = False
+        self._aborted = False
+        self._start = 0
+        self._stopped_at: int | None = None
+        self._lag_ticks = array("q")
+        self._lags = array("q")
+        self._dropped: list[tuple[int, int]] = []  # (worker, seq) of unreadable unknown records
+
+    @property
+    def inflight(self) -> int:
+        """Requests in flight, as of each worker's last heartbeat (at most 0.1 s old)."""
+        return sum(w.inflight for w in self._workers)
+
+    def stop(self) -> None:
+        """Stop scheduling; in-flight requests finish."""
+        if not self._stopping:
+            self._stopping = True
+            self._stopped_at = monotonic_ns()
+            for w in self._workers:
+                w.send(message("stop"))
+
+    def abort(self) -> None:
+        """Stop scheduling and cancel in-flight requests."""
+        self.stop()
+        if not self._aborted:
+            self._aborted = True
+            for w in self._workers:
+                w.send(message("abort"))
+
+    async def run(self, session: aiohttp.ClientSession) -> RunOutcome:
+        """Run the load. `session` is the caller's (preflight) session; workers open their own."""
+        overtime: asyncio.TimerHandle | None = None
+        try:
+            await self._start_workers()
+            if not self._stopping:
+                self._start = monotonic_ns() + START_LEAD_NS
+                for w in self._workers:
+                    w.send(message("go", self._start))
+                overtime = self._arm_overtime()
+            await asyncio.gather(*(self._drain(w) for w in self._workers))
+        finally:
+            if overtime is not None:
+                overtime.cancel()
+            for w in self._workers:
+                # The end of its stream is an abort to a worker still running: one that failed
+                # to start, or a run cancelled from outside.
+                if w.proc.stdin is not None and not w.proc.stdin.is_closing():
+                    w.proc.stdin.close()
+            for w in self._workers:
+                await _reap(w.proc)
+        return self._outcome()
+
+    def _arm_overtime(self) -> asyncio.TimerHandle | None:
+        """With a duration: at its end plus `load.overtime`, cancel whatever is still in flight."""
+        ld = self.load
+        if ld.duration is None:
+            return None
+        duration_end = self._start + int(ld.duration * 1e9)
+        at = duration_end + int(ld.overtime * 1e9)
+
+        def expire() -> None:
+            for w in self._workers:
+                w.send(message("overtime", duration_end))
+
+        return asyncio.get_running_loop().call_later((at - monotonic_ns()) / 1e9, expire)
+
+    async def _start_workers(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_IMPORT_ROOT, env.get("PYTHONPATH")) if p)
+        procs = await asyncio.gather(
+            *(
+                asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "latbench.load.worker",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    env=env,
+                )
+                for _ in range(self.workers)
+            )
+        )
+        self._workers = [_Worker(k, p) for k, p in enumerate(procs)]
+        for k, w in enumerate(self._workers):
+            shard = Shard(
+                run_id=self.run_id,
+                index=k,
+                count=self.workers,
+                endpoint=self.endpoint,
+                workload=self.workload,
+                load=self.load,
+                seed=self.seed,
+                verify_tls=self.verify_tls,
+            )
+            w.send(frame(pickle.dumps(shard, protocol=pickle.HIGHEST_PROTOCOL)))
+        for w in self._workers:
+            assert w.proc.stdout is not None
+            ready = await read_frame(w.proc.stdout)
+            if ready is None or orjson.loads(ready)[0] != "ready":
+                raise WorkerError(
+                    f"a worker process did not start (exit status {await _reap(w.proc)})"
+                )
+        if self._stopping:  # stopped while the workers started: they have nothing to do
+            for w in self._workers:
+                w.send(message("abort" if self._aborted else "stop"))
+
+    def _add(self, rec: Record) -> None:
+        self.records.append(rec)
+        for sink in self.sinks:
+            sink.add(rec)
+
+    def _unreadable(self, w: _Worker, seq: int, why: str) -> None:
+        """A request whose record could not be read: recorded as latbench's own failure, with the
+        instants its `s` frame gave. Only a request the worker said it sent and that has no
+        record yet: a garbled frame's seq may name one already recorded, or none at all, and
+        stamping such a seq would duplicate or invent a request."""
+        sent = w.pending.pop(seq, None)
+        if sent is None:
+            self._dropped.append((w.index, seq))
+            return
+        self._add(self._announced(seq, sent, ErrorKind.CLIENT_ERROR, why))
+
+    def _announced(
+        self, seq: int, sent: tuple[int, int, Phase], error: ErrorKind, why: str
+    ) -> Record:
+        """The record of a request known only from its `s` frame."""
+        t_intended, t_sent, phase = sent
+        return Record.unanswered(
+            self.run_id, seq, phase, self.endpoint.api.name, t_intended, t_sent, error, why
+        )
+
+    def _control(self, w: _Worker, m: list[Any], loop: asyncio.AbstractEventLoop) -> None:
+        kind = m[0]
+        if kind == "s":
+            phase = m[4] if m[4] in _PHASES else "measure"
+            w.pending[int(m[1])] = (int(m[2]), int(m[3]), phase)
+        elif kind == "h":
+            w.inflight = m[1]
+            self._lag_ticks.extend(m[2])
+            self._lags.extend(m[3])
+            for lag in m[3]:
+                publish_lag(loop, lag)
+        elif kind == "end":
+            w.cpu_s, w.wall_s, w.unsent = m[1], m[2], m[3]
+            w.inflight = 0
+            w.ended = True
+
+    async def _drain(self, w: _Worker) -> None:
+        stdout = w.proc.stdout
+        assert stdout is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                payload = await read_frame(stdout)
+            except ConnectionError:  # torn mid-frame: the worker died while writing
+                break
+            if payload is None:
+                break
+            try:
+                m = orjson.loads(payload)
+                kind = m[0]
+            except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
+                continue  # not a frame at all; its request, if any, is settled at the end
+            if kind == "r":
+                try:
+                    rec = unpack_record(self.run_id, m)
+                except Exception as e:
+                    seq = record_seq(m)
+                    if seq is not None:
+                        why = f"the runner could not read this request's record: {e}"
+                        self._unreadable(w, seq, why)
+                    continue
+                w.pending.pop(rec.seq, None)
+                self._add(rec)
+            else:
+                try:
+                    self._control(w, m, loop)
+                except (IndexError, KeyError, TypeError, ValueError):
+                    continue  # a garbled control frame costs its information, not the run
+        if w.proc.stdin is not None:
+            w.proc.stdin.close()
+        if w.ended:
+            for seq in list(w.pending):
+                self._unreadable(w, seq, "the worker ended without a readable record of it")
+            return
+        # It died mid-run: what it had in flight is lost; the other workers go on.
+        status = await _reap(w.proc)
+        w.inflight = 0
+        w.death = f"worker {w.index} (pid {w.proc.pid}) died ({_describe_status(status)})"
+        now = monotonic_ns()
+        for seq, (t_intended, t_sent, phase) in sorted(w.pending.items()):
+            sent = (t_intended, min(t_sent, now), phase)
+            why = f"{w.death} with this request in flight"
+            self._add(self._announced(seq, sent, ErrorKind.LOST, why))
+        w.death += f" with {len(w.pending)} requests in flight, recorded as lost"
+        w.pending.clear()
+
+    def _outcome(self) -> RunOutcome:
+        ws, we = self._window()
+        lags = [lag for t, lag in zip(self._lag_ticks, self._lags, strict=True) if ws <= t < we]
+        # Each worker's loop runs on one core: the busiest one is the one that runs out first.
+        busiest = max(self._workers, key=lambda w: w.cpu_s / w.wall_s if w.wall_s else 0.0)
+        client = ClientStats(
+            loop_lag_ns=lags,
+            cpu_s=busiest.cpu_s,
+            wall_s=busiest.wall_s,
+            open_loop=self.load.open_loop,
+            unsent=sum(w.unsent for w in self._workers),
+        )
+        ended = "aborted" if self._aborted else ("stopped" if self._stopped_at else "completed")
+        deaths = [w.death for w in self._workers if w.death is not None]
+        incomplete = "; ".join(deaths) if deaths else None
+        if incomplete is not None:
+            ended = "incomplete"
+        footer = RunFooter(window_start=ws, window_end=we, ended=ended, validity=client.to_dict())
+        warnings = []
+        if self._dropped:
+            named = ", ".join(f"seq {seq} (worker {k})" for k, seq in self._dropped[:5])
+            more = f" and {len(self._dropped) - 5} more" if len(self._dropped) > 5 else ""
+            warnings.append(
+                f"{len(self._dropped)} unreadable record frames named requests their worker had "
+                f"not announced or that were already recorded: {named}{more}; dropped"
+            )
+        return RunOutcome(
+            records=self.records,
+            footer=footer,
+            client=client,
+            ended=ended,
+            incomplete=incomplete,
+            warnings=warnings,
+        )
+
+    def _window(self) -> tuple[int, int]:
+        """[start, end) of the measurement. Time-based bounds where the spec gives them; otherwise
+        from the measured requests themselves: first intended send to last finish."""
+        measured = [r for r in self.records if r.phase == "measure"]
+        first = min((r.t_intended for r in measured), default=self._start)
+        last = max((r.t_end or r.t_sent for r in measured), default=first)
+        ld = self.load
+        start = (
+            self._start + int(ld.warmup * 1e9) if ld.warmup and not ld.warmup_requests else first
+        )
+        end = last
+        if ld.duration is not None and ld.cooldown and not ld.cooldown_requests:
+            end = self._start + int((ld.duration - ld.cooldown) * 1e9)
+        if self._stopped_at is not None and self._stopped_at < end and self._aborted:
+            end = self._stopped_at
+        return start, max(end, start)
+
+
+def _describe_status(status: int) -> str:
+    if status < 0:
+        try:
+            return f"exit status {status}, {signal.Signals(-status).name}"
+        except ValueError:
+            pass
+    return f"exit status {status}"
+
+
+async def _reap(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> int:
+    """Wait for a worker to exit; one that hangs after its stream ended is killed."""
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        return await proc.wait()

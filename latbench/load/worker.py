@@ -1,0 +1,390 @@
+"""A worker: one shard of a run's schedule, on its own event loop, in its own process.
+
+A run with W workers splits its schedule by request number: worker k sends the requests
+n = k, k + W, k + 2W, ... Open loop, request n still leaves at `start + pacer.offset_ns(n)`, so
+the W shards together send exactly the single-process schedule; closed loop, worker k runs every
+W-th user and numbers its requests the same way. Every worker reads CLOCK_MONOTONIC, which all
+processes on a machine share, so instants from different workers compare directly.
+
+A shard (`Shard`) holds everything its worker needs and nothing of the parent's, and the worker
+talks to the parent only through frames on a byte stream (`load.wire`): the same shard could run in
+another process or, over a socket, on another machine (its instants would then need the offset
+between the two machines' monotonic clocks, which the `go` frame is the place to carry).
+
+The worker keeps nothing once a record is sent: records go to the parent as they finish, the
+parent owns the sinks, the exporter and the run's records.
+
+Protocol, parent -> worker: the pickled `Shard`, then `["go", start_ns]`, then at most `["stop"]`
+and `["abort"]` or `["overtime", duration_end_ns]` (an abort whose cut records are `overtime`,
+not `cancelled`); the end of the stream means abort (the parent died). Worker -> parent:
+`["ready"]`, then for every request `["s", seq, t_intended, t_sent, phase]` once it is sent (at
+the end of the loop turn that sent it, always before its record) and its record
+(`load.wire.pack_record`) when it ends, heartbeats `["h", inflight, lag_ticks, lag_samples]`,
+and last `["end", cpu_s, wall_s, unsent]`. The `s` frames let the parent record a request as
+`lost` if this process dies with it in flight.
+
+Whatever goes wrong inside one request's path (the workload's item, building the body, a record
+that cannot be encoded) becomes that request's record, `client_error` with a detail: a closed-
+loop user never vanishes, and the parent always hears how each sent request ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import pickle
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from time import monotonic_ns
+
+import aiohttp
+import orjson
+
+from latbench.client.looplag import LoopLagMonitor
+from latbench.client.reads import StampingConnector
+from latbench.client.stream import Endpoint, stream_request
+from latbench.load.eager import install as install_eager_writes
+from latbench.load.pacers import ConstantPacer, Pacer, PoissonPacer, phase_of
+from latbench.load.wire import message, pack_record, read_frame, unsendable
+from latbench.records.record import Phase, Record
+from latbench.shared import rxstamp
+from latbench.shared.errors import ErrorKind
+from latbench.spec.spec import LoadSpec
+from latbench.workload.workload import Workload
+
+HEARTBEAT_S = 0.1  # how stale the parent's in-flight count and live lag histogram may be
+
+
+def make_pacer(load: LoadSpec, seed: int) -> Pacer | None:
+    if load.mode == "constant":
+        assert load.rate is not None
+        return ConstantPacer(load.rate)
+    if load.mode == "poisson":
+        assert load.rate is not None
+        return PoissonPacer(load.rate, burstiness=load.burstiness, seed=seed)
+    return None
+
+
+def raise_fd_limit() -> None:
+    """One socket per in-flight stream: thousands of streams need more than the usual 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def split(total: int, parts: int, index: int) -> int:
+    """Share `index` of `total` split as evenly as possible into `parts`."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+@dataclass(frozen=True)
+class Shard:
+    run_id: str
+    index: int  # k: this shard sends requests n = k (mod count)
+    count: int  # W
+    endpoint: Endpoint
+    workload: Workload
+    load: LoadSpec
+    seed: int = 0
+    verify_tls: bool = True
+
+    @property
+    def users(self) -> int:
+        """Closed loop: how many of the run's users this shard runs."""
+        assert self.load.concurrency is not None
+        return split(self.load.concurrency, self.count, self.index)
+
+    @property
+    def cap(self) -> int | None:
+        """Open loop: this shard's part of the in-flight cap (None: no cap)."""
+        c = self.load.concurrency
+        return None if c is None else split(c, self.count, self.index)
+
+    def connector(self) -> aiohttp.TCPConnector:
+        # aiohttp's default pool (100) would silently cap concurrency; size it from the load.
+        limit = (self.users if not self.load.open_loop else self.cap) or 0
+        return StampingConnector(
+            limit=limit, limit_per_host=0, ssl=None if self.verify_tls else False, ttl_dns_cache=300
+        )
+
+
+class ShardRun:
+    """Sends one shard's requests on schedule and hands each finished record to `emit`;
+    `on_send(seq, t_intended, t_sent, phase)` hears of each request as it goes out."""
+
+    def __init__(
+        self,
+        shard: Shard,
+        emit: Callable[[Record], None],
+        on_send: Callable[[int, int, int, Phase], None] | None = None,
+    ) -> None:
+        self.shard = shard
+        self.emit = emit
+        self.on_send = on_send
+        self.inflight = 0
+        self.unsent = 0
+        self.start = 0
+        self._stopping = False
+        self._aborted = False
+        self._duration_end: int | None = None  # set when the overtime ran out
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def abort(self) -> None:
+        self._stopping = True
+        self._aborted = True
+        for t in list(self._tasks):
+            t.cancel()
+
+    def overtime(self, duration_end_ns: int) -> None:
+        """The run's duration ended `load.overtime` ago: cancel what is still in flight, recorded
+        as `overtime` (the server did not finish in time), not `cancelled`. After an abort there
+        is nothing left to cut: its records stay `cancelled`."""
+        if not self._aborted:
+            self._duration_end = duration_end_ns
+        self.abort()
+
+    async def run(self, session: aiohttp.ClientSession, start: int) -> None:
+        self.start = start
+        pacer = make_pacer(self.shard.load, self.shard.seed)
+        if pacer is None:
+            await self._closed_loop(session)
+        else:
+            await self._open_loop(session, pacer)
+
+    def _phase(self, n: int, offset_ns: int) -> str:
+        ld = self.shard.load
+        return phase_of(
+            n,
+            offset_ns,
+            warmup_s=ld.warmup,
+            cooldown_s=ld.cooldown,
+            warmup_requests=ld.warmup_requests,
+            cooldown_requests=ld.cooldown_requests,
+            duration_s=ld.duration,
+            total_requests=ld.requests,
+        )
+
+    def _out_of_budget(self, n: int, offset_ns: int) -> bool:
+        ld = self.shard.load
+        if ld.requests is not None and n >= ld.requests:
+            return True
+        return ld.duration is not None and offset_ns >= ld.duration * 1e9
+
+    async def _one(self, session: aiohttp.ClientSession, n: int, t_intended: int) -> None:
+        sh = self.shard
+        phase: Phase = self._phase(n, t_intended - self.start)  # type: ignore[assignment]
+        self.inflight += 1
+        t_sent = monotonic_ns()
+        try:
+            if self.on_send is not None:
+                self.on_send(n, t_intended, t_sent, phase)
+            item = sh.workload.item(n)
+            rec = await stream_request(
+                session, sh.endpoint, item, run_id=sh.run_id, seq=n, phase=phase,
+                t_intended=t_intended,
+            )  # fmt: skip
+        except Exception as e:  # a bug or bad input on latbench's side: still a record
+            rec = Record.unanswered(
+                sh.run_id, n, phase, sh.endpoint.api.name, t_intended, t_sent,
+                ErrorKind.CLIENT_ERROR, f"before or around the request: {type(e).__name__}: {e}",
+                t_end=monotonic_ns(),
+            )  # fmt: skip
+        finally:
+            self.inflight -= 1
+        if self._duration_end is not None and rec.error == ErrorKind.CANCELLED:
+            ago = ((rec.t_end or monotonic_ns()) - self._duration_end) / 1e9
+            detail = f"the run's duration ended {ago:.3g} s ago (overtime)"
+            rec = replace(rec, error=ErrorKind.OVERTIME, error_detail=detail)
+        self.emit(rec)
+
+    async def _closed_loop(self, session: aiohttp.ClientSession) -> None:
+        k, w = self.shard.index, self.shard.count
+        numbers = (i * w + k for i in itertools.count())
+        delay = (self.start - monotonic_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        async def user() -> None:
+            while not self._stopping:
+                n = next(numbers)
+                # The loop's timers fire to the millisecond, sometimes just before the start;
+                # nothing is intended before it (an offset below 0 would count as warm-up).
+                t_intended = max(monotonic_ns(), self.start)
+                if self._out_of_budget(n, t_intended - self.start):
+                    return
+                await self._one(session, n, t_intended)
+
+        users = [asyncio.create_task(user()) for _ in range(self.shard.users)]
+        self._tasks.update(users)
+        await asyncio.gather(*users, return_exceptions=True)
+
+    async def _open_loop(self, session: aiohttp.ClientSession, pacer: Pacer) -> None:
+        cap_n = self.shard.cap
+        cap = asyncio.Semaphore(cap_n) if cap_n else None
+
+        async def capped(n: int, t_intended: int) -> None:
+            if cap is None:
+                await self._one(session, n, t_intended)
+                return
+            async with cap:
+                if self._stopping:
+                    self.unsent += 1  # stopped while queued for a slot: never sent
+                    return
+                await self._one(session, n, t_intended)
+
+        n = self.shard.index
+        while not self._stopping:
+            offset = pacer.offset_ns(n)
+            if self._out_of_budget(n, offset):
+                break
+            t_intended = self.start + offset
+            delay = t_intended - monotonic_ns()
+            if delay > 0:
+                await asyncio.sleep(delay / 1e9)
+                if self._stopping:
+                    break
+            task = asyncio.create_task(capped(n, t_intended))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            n += self.shard.count
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Run the shard the parent sends on `reader`, reporting on `writer`."""
+    first = await read_frame(reader)
+    if first is None:
+        return
+    shard: Shard = pickle.loads(first)
+    ep = shard.endpoint
+    # Pay first-use costs (lazy imports, RNG set-up, JSON encoder) before the clock starts. An
+    # item that cannot be built fails again in its request, which records it.
+    with contextlib.suppress(Exception):
+        ep.api.body(shard.workload.item(shard.index), ep.options)
+
+    loop = asyncio.get_running_loop()
+    # `s` frames wait for the end of the loop turn that sent their requests: written at once,
+    # each put an orjson encode and a pipe write (~2 us) between t_intended and the request's
+    # bytes. A record always flushes them first, so the parent hears of a send before its end.
+    # What remains of the dead-worker guarantee: a worker killed within one loop turn of a send
+    # leaves that request unannounced, so no `lost` record of it.
+    announced: list[tuple[int, int, int, Phase]] = []
+
+    def announce() -> None:
+        for sent in announced:
+            writer.write(message("s", *sent))
+        announced.clear()
+
+    def emit(rec: Record) -> None:
+        announce()
+        try:
+            payload = message(*pack_record(rec))
+        except Exception as e:  # a value orjson cannot write (an int over 64 bits, say)
+            payload = message(*pack_record(unsendable(rec, e)))
+        writer.write(payload)
+
+    def on_send(seq: int, t_intended: int, t_sent: int, phase: Phase) -> None:
+        if not announced:
+            loop.call_soon(announce)
+        announced.append((seq, t_intended, t_sent, phase))
+
+    run = ShardRun(shard, emit, on_send)
+    writer.write(message("ready"))
+    go = await read_frame(reader)
+    if go is None:
+        return
+    cmd = orjson.loads(go)
+    if cmd[0] != "go":  # stopped or aborted before it began: a clean end with nothing sent
+        writer.write(message("end", 0.0, 0.0, 0))
+        await writer.drain()
+        return
+    start: int = cmd[1]
+
+    async def control() -> None:
+        while (f := await read_frame(reader)) is not None:
+            cmd = orjson.loads(f)
+            if cmd[0] == "stop":
+                run.stop()
+            elif cmd[0] == "overtime":
+                run.overtime(cmd[1])
+            else:
+                run.abort()
+        run.abort()  # the parent went away: nobody is left to take the records
+
+    lag = LoopLagMonitor(loop)
+    sent_lags = 0
+
+    def heartbeat() -> None:
+        nonlocal sent_lags
+        n = len(lag.samples)
+        ticks, samples = lag.ticks[sent_lags:n].tolist(), lag.samples[sent_lags:n].tolist()
+        sent_lags = n
+        writer.write(message("h", run.inflight, ticks, samples))
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            heartbeat()
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=ep.timeouts.connect)
+    cpu0, wall0 = time.process_time(), monotonic_ns()
+    lag.start()
+    controller = asyncio.create_task(control())
+    beater = asyncio.create_task(beat())
+    try:
+        async with aiohttp.ClientSession(connector=shard.connector(), timeout=timeout) as session:
+            await run.run(session, start)
+    finally:
+        lag.stop()
+        beater.cancel()
+        controller.cancel()
+    announce()
+    heartbeat()
+    cpu_s, wall_s = time.process_time() - cpu0, (monotonic_ns() - wall0) / 1e9
+    writer.write(message("end", cpu_s, wall_s, run.unsent))
+    await writer.drain()
+
+
+async def _main() -> None:
+    loop = asyncio.get_running_loop()
+    install_eager_writes(loop)
+    # The channel keeps the original stdout; anything else that prints goes to stderr, so a
+    # stray print can never corrupt a frame.
+    channel = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    reader = asyncio.StreamReader(limit=2**20)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
+    )
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.streams.FlowControlMixin(), channel
+    )
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    try:
+        await serve(reader, writer)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone; there is nobody to report to
+    finally:
+        transport.close()
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group; only the parent decides what it means (stop, then
+    # abort), and tells the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_fd_limit()
+    with asyncio.Runner(loop_factory=rxstamp.new_event_loop) as r:
+        r.run(_main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

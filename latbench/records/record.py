@@ -1,0 +1,282 @@
+"""The per-request record: raw observed facts only, and its JSON Lines codec.
+
+A record holds what was observed about one request (METRICS.md, "Raw record"): monotonic
+nanosecond instants, one entry per token-bearing SSE event, usage as the server reported it, and
+the outcome. Nothing derived (TTFT, ITL, ...) is stored: those are functions in `summary.summary`, so a
+summary of a replayed records file equals the live one.
+
+A records file is JSON Lines: one `header` line (run id, spec, clock anchor), one `request` line per
+finished request, appended and flushed as each finishes, and a `footer` line (measurement window,
+validity samples) when the run ends cleanly. A file without a footer is a run that was killed; every
+request line in it is still valid.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from latbench.shared.errors import ErrorKind, RecordsError
+
+SCHEMA_VERSION = 1
+
+Phase = Literal["warmup", "measure", "cooldown"]
+REASONING = "r"
+CONTENT = "c"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    run_id: str
+    seq: int
+    phase: Phase
+    api: str
+    t_intended: int
+    t_sent: int
+    t_headers: int | None = None
+    t_end: int | None = None
+    # One entry per token-bearing event: arrival instant, kind ('r' reasoning, 'c' content), and
+    # the event's token count when the server reported it (vLLM continuous usage stats), else None.
+    # Records kept in memory (the runner's, a records file's) hold these as typed arrays
+    # (`compact`): 8 bytes an instant, not a 32-byte int object and a pointer to it.
+    ev_t: Sequence[int] = ()
+    ev_kind: str = ""
+    ev_n: Sequence[int] | None = None
+    status: int | None = None
+    finish_reason: str | None = None
+    usage_prompt_tokens: int | None = None
+    usage_completion_tokens: int | None = None
+    max_tokens: int | None = None
+    error: ErrorKind | None = None
+    error_detail: str | None = None
+    # The server's Retry-After (or retry-after-ms), seconds, when it turned the request away.
+    retry_after_s: float | None = None
+    # Retries (opt-in, see docs/metrics.md): `t_sent` stays the first attempt's send, so every
+    # latency counts the time lost to refusals and waits; the fields above describe the last
+    # attempt. With more than one attempt, these keep the first one's outcome and the last send.
+    attempts: int = 1
+    first_status: int | None = None
+    first_error: ErrorKind | None = None
+    t_first_end: int | None = None
+    t_last_sent: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def unanswered(
+        cls,
+        run_id: str,
+        seq: int,
+        phase: Phase,
+        api: str,
+        t_intended: int,
+        t_sent: int,
+        error: ErrorKind,
+        detail: str,
+        *,
+        t_end: int | None = None,
+        max_tokens: int | None = None,
+    ) -> Record:
+        """A request that ended with no response read (its body could not be built, latbench
+        failed around it, its worker died): its instants and why, nothing else measured."""
+        return cls(
+            run_id, seq, phase, api, t_intended, t_sent, t_end=t_end, max_tokens=max_tokens,
+            error=error, error_detail=detail,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RunHeader:
+    run_id: str
+    latbench_version: str
+    # One instant read from both clocks, so monotonic instants can be shown as wall time.
+    clock_monotonic_ns: int
+    clock_wall_ns: int
+    spec: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunFooter:
+    # [start, end) of the measurement window, monotonic ns; warm-up and cool-down lie outside.
+    window_start: int
+    window_end: int
+    ended: str  # "completed" | "stopped" | "aborted"
+    validity: dict[str, Any] = field(default_factory=dict)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Record))
+# Integer fields that summaries do arithmetic on. Anything else in them (a float, a string, a
+# bool, an integer past int64, which JSON readers hand back as a float) is refused where a record
+# is read, before it can reach an array or a total.
+INT_FIELDS: tuple[str, ...] = (
+    "seq", "t_intended", "t_sent", "t_headers", "t_end", "status", "usage_prompt_tokens",
+    "usage_completion_tokens", "max_tokens", "attempts", "first_status", "t_first_end",
+    "t_last_sent",
+)  # fmt: skip
+# Of those, the counts: a negative one would subtract from totals.
+_COUNT_FIELDS = frozenset(
+    {"status", "usage_prompt_tokens", "usage_completion_tokens", "max_tokens", "attempts",
+     "first_status"}
+)  # fmt: skip
+_I64 = 1 << 63
+
+
+def check_int(name: str, value: Any) -> None:
+    """ValueError naming the field unless `value` is None or an int in int64's range (a count:
+    not negative)."""
+    if value is None:
+        return
+    low = 0 if name in _COUNT_FIELDS else -_I64
+    if type(value) is not int or not low <= value < _I64:
+        kind = "a non-negative integer" if low == 0 else "an integer"
+        raise ValueError(f"{name} is {value!r}, not {kind}")
+
+
+def instants(values: Iterable[int]) -> array[int]:
+    return array("q", values)
+
+
+def counts(values: Iterable[int] | None) -> array[int] | None:
+    return None if values is None else array("q", values)
+
+
+def encode_record(rec: Record) -> bytes:
+    # A flat dict, not `asdict`: asdict deep-copies every tuple element, and on a 128-event
+    # record that was most of the runner's CPU. orjson writes tuples and enums the same way.
+    d = {name: getattr(rec, name) for name in _RECORD_FIELDS}
+    d["ev_t"] = list(rec.ev_t)  # orjson writes lists and tuples, not arrays
+    if rec.ev_n is not None:
+        d["ev_n"] = list(rec.ev_n)
+    d["type"] = "request"
+    d["schema"] = SCHEMA_VERSION
+    return orjson.dumps(d) + b"\n"
+
+
+def encode_header(h: RunHeader) -> bytes:
+    d = asdict(h)
+    d["type"] = "header"
+    d["schema"] = SCHEMA_VERSION
+    return orjson.dumps(d) + b"\n"
+
+
+def encode_footer(f: RunFooter) -> bytes:
+    d = asdict(f)
+    d["type"] = "footer"
+    d["schema"] = SCHEMA_VERSION
+    return orjson.dumps(d) + b"\n"
+
+
+def _event_array(d: dict[str, Any], name: str, default: Any) -> array[int] | None:
+    """A record's per-event values as an int64 array; ValueError naming the field for a value
+    that is not an integer or does not fit (array raises OverflowError at 2**63 and up)."""
+    values = d.get(name, default)
+    if values is None:
+        return None
+    try:
+        return array("q", values)
+    except (TypeError, OverflowError) as e:
+        raise ValueError(f"{name} holds a value that is not a 64-bit integer ({e})") from None
+
+
+def _decode_record(d: dict[str, Any]) -> Record:
+    for name in INT_FIELDS:
+        check_int(name, d.get(name))
+    ev_t = _event_array(d, "ev_t", ())
+    ev_n = _event_array(d, "ev_n", None)
+    if ev_n and min(ev_n) < 0:  # one pass in C, not a Python generator over every count
+        raise ValueError("ev_n holds a count that is not a non-negative integer")
+    err = d.get("error")
+    first_err = d.get("first_error")
+    return Record(
+        run_id=d["run_id"],
+        seq=d["seq"],
+        phase=d["phase"],
+        api=d["api"],
+        t_intended=d["t_intended"],
+        t_sent=d["t_sent"],
+        t_headers=d.get("t_headers"),
+        t_end=d.get("t_end"),
+        ev_t=ev_t,
+        ev_kind=d.get("ev_kind", ""),
+        ev_n=ev_n,
+        status=d.get("status"),
+        finish_reason=d.get("finish_reason"),
+        usage_prompt_tokens=d.get("usage_prompt_tokens"),
+        usage_completion_tokens=d.get("usage_completion_tokens"),
+        max_tokens=d.get("max_tokens"),
+        error=None if err is None else ErrorKind(err),
+        error_detail=d.get("error_detail"),
+        # Absent from records written before retries existed; the defaults describe them.
+        retry_after_s=d.get("retry_after_s"),
+        attempts=d.get("attempts", 1),
+        first_status=d.get("first_status"),
+        first_error=None if first_err is None else ErrorKind(first_err),
+        t_first_end=d.get("t_first_end"),
+        t_last_sent=d.get("t_last_sent"),
+    )
+
+
+@dataclass(slots=True)
+class RecordsFile:
+    """Everything a records file holds. `footer` is None when the run did not end cleanly."""
+
+    header: RunHeader | None
+    records: list[Record]
+    footer: RunFooter | None
+
+
+def iter_lines(
+    lines: Iterable[bytes], source: str = "<records>"
+) -> Iterator[RunHeader | Record | RunFooter]:
+    for lineno, raw in enumerate(lines, 1):
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            d = orjson.loads(raw)
+            if d.get("schema") != SCHEMA_VERSION:
+                raise RecordsError(
+                    f"{source}:{lineno}: schema {d.get('schema')!r}, "
+                    f"this latbench reads {SCHEMA_VERSION}"
+                )
+            kind = d.pop("type")
+            d.pop("schema")
+            if kind == "request":
+                yield _decode_record(d)
+            elif kind == "header":
+                yield RunHeader(**d)
+            elif kind == "footer":
+                yield RunFooter(**d)
+            else:
+                raise RecordsError(f"{source}:{lineno}: unknown line type {kind!r}")
+        except RecordsError:
+            raise
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError) as e:
+            # A killed run can leave a half-written last line; everything before it is kept.
+            raise RecordsError(f"{source}:{lineno}: not a latbench records line ({e})") from e
+
+
+def read_records(path: str | Path) -> RecordsFile:
+    """Read a records file. A torn final line (a run killed mid-write) is skipped, not fatal."""
+    p = Path(path)
+    data = p.read_bytes()
+    lines = data.splitlines()
+    if lines and not data.endswith(b"\n"):
+        lines = lines[:-1]  # the last line was never completed
+    out = RecordsFile(header=None, records=[], footer=None)
+    for item in iter_lines(lines, str(p)):
+        if isinstance(item, Record):
+            out.records.append(item)
+        elif isinstance(item, RunHeader):
+            out.header = item
+        else:
+            out.footer = item
+    return out

@@ -1,0 +1,144 @@
+"""Rendering a client/server reconciliation (latbench/summary/server.py) as terminal tables."""
+
+from __future__ import annotations
+
+import math
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from latbench.summary.server import Reconciliation, Side
+
+LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E"}
+PHASE_LABELS = {
+    "queue": "queue (waiting)",
+    "prefill": "prefill",
+    "decode": "decode",
+    "inference": "inference",
+}
+
+
+def _ms(seconds: float | None, sign: bool = False) -> str:
+    if seconds is None:
+        return "–"
+    if math.isinf(seconds):
+        return "∞"
+    ms = seconds * 1e3
+    digits = 2 if abs(ms) < 100 else 1 if abs(ms) < 1_000 else 0
+    return f"{ms:+,.{digits}f}" if sign else f"{ms:,.{digits}f}"
+
+
+def _bucket(side: Side, q: str) -> str:
+    if q not in side.buckets_s:
+        return "–"
+    lo, hi = side.buckets_s[q]
+    return f"({_ms(lo)}, {_ms(hi)}]"
+
+
+def _range(bounds: tuple[float, float] | None) -> str:
+    if bounds is None:
+        return "–"
+    lo, hi = bounds
+    return f"{_ms(lo, sign=True)} … {_ms(hi, sign=True)}"
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for name in columns:
+        table.add_column(name, justify="left" if name == "metric" else "right", no_wrap=True)
+    return table
+
+
+def render_reconciliation(r: Reconciliation, console: Console) -> None:
+    console.print(
+        Text(
+            f"client vs server: vLLM's own metrics ({r.url}); the client completed "
+            f"{r.client_requests} requests, the server counted {r.server_requests:g}"
+        )
+    )
+    means = _table(
+        "means (ms, exact: both sides keep sums)",
+        ["metric", "n client", "n server", "client", "server", "outside server"],
+    )
+    pcts = _table(
+        "percentiles (ms; the server's only as the bucket that holds it)",
+        ["metric", "p50", "server", "p99", "server", "p99 outside"],
+    )
+    for metric, pair in r.pairs.items():
+        means.add_row(
+            LABELS[metric],
+            f"{pair.client.n:,.0f}",
+            f"{pair.server.n:,.0f}",
+            _ms(pair.client.mean_s),
+            _ms(pair.server.mean_s),
+            _ms(pair.mean_overhead_s, sign=True),
+        )
+        pcts.add_row(
+            LABELS[metric],
+            _ms(pair.client.quantiles_s.get("p50")),
+            _bucket(pair.server, "p50"),
+            _ms(pair.client.quantiles_s.get("p99")),
+            _bucket(pair.server, "p99"),
+            _range(pair.overhead_s.get("p99")),
+        )
+    console.print(means)
+    console.print(pcts)
+    if r.ttft_split_s is not None:
+        s = r.ttft_split_s
+        share = s["server_ttft"] / s["client_ttft"] if s["client_ttft"] else float("nan")
+        console.print(
+            Text(
+                f"TTFT, mean {_ms(s['client_ttft'])} ms = server {_ms(s['server_ttft'])} "
+                f"({share:.0%}: queue {_ms(s['queue'])} + prefill {_ms(s['prefill'])} + "
+                f"front end and output {_ms(s['server_other'])}) + outside the server "
+                f"{_ms(s['outside_server'])} (HTTP, network, tokenising, client)"
+            )
+        )
+    if r.phases:
+        console.print(
+            Text(
+                "server phases, mean (p99 bucket) ms: "
+                + "; ".join(
+                    f"{PHASE_LABELS[k]} {_ms(v.mean_s)} {_bucket(v, 'p99')}"
+                    for k, v in r.phases.items()
+                )
+            )
+        )
+    for name, t in r.tokens.items():
+        client, server = t["client"], t["server"]
+        agree = client is not None and server is not None and client == server
+        mark = "[green]agree[/]" if agree else "[yellow]differ[/]"
+        console.print(
+            f"{name} tokens: client (usage) {_count(client)}, server {_count(server)}: {mark}",
+            highlight=False,
+        )
+    for metric in ("ttft", "e2e"):
+        pair = r.pairs.get(metric)
+        if pair is None or not r.same_requests:
+            continue
+        if pair.below_server_at:
+            at = ", ".join(_ms(b) for b in pair.below_server_at)
+            console.print(
+                f"[red]{LABELS[metric]}: the client has more requests than the server at or "
+                f"under {at} ms: a client clock or record is wrong[/]",
+                highlight=False,
+            )
+    if r.peak:
+        console.print(
+            "server peak during the run: " + ", ".join(f"{k} {v:g}" for k, v in r.peak.items()),
+            highlight=False,
+        )
+    for note in r.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _count(x: float | None) -> str:
+    return "–" if x is None else f"{x:,.0f}"

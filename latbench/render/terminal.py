@@ -1,0 +1,219 @@
+"""Terminal rendering of a `Summary`. Nothing here computes a figure; `summary.summary` does."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from latbench.spec.slo import DEFAULT_SLOS, METRICS
+from latbench.summary.summary import Stats, Summary, pct_key
+
+LABELS = {
+    "ttft": "TTFT",
+    "ttfo": "TTFO",
+    "itl": "ITL",
+    "itl_per_token": "ITL/token",
+    "tpot": "TPOT",
+    "e2e": "E2E",
+    "queue_delay": "queue delay",
+    "ttft_from_schedule": "TTFT sched.",
+    "e2e_from_schedule": "E2E sched.",
+}
+# Rows that are judged against the 100 ms target even without an SLO naming them: the
+# token-latency family. E2E and queue delay have no natural default and stay uncoloured.
+_DEFAULT_TARGET_S = DEFAULT_SLOS[0].threshold_s
+_DEFAULT_COLOURED = frozenset(
+    {"ttft", "ttfo", "itl", "itl_per_token", "tpot", "ttft_from_schedule"}
+)
+
+
+def render_summary(summary: Summary, console: Console) -> None:
+    console.print(_headline(summary))
+    console.print(_latency_table(summary))
+    console.print(_throughput_table(summary))
+    if summary.requests.failed:
+        console.print(_errors_table(summary))
+        console.print(_failures_line(summary))
+    for line in _slo_lines(summary):
+        console.print(line)
+    console.print(_validity(summary))
+
+
+def _ms(seconds: float | None) -> str:
+    # Three or four significant figures: enough to compare with a 100 ms target, and narrow
+    # enough that an 80-column terminal shows the whole latency table.
+    if seconds is None:
+        return "–"
+    ms = seconds * 1e3
+    return f"{ms:,.2f}" if abs(ms) < 100 else f"{ms:,.1f}" if abs(ms) < 10_000 else f"{ms:,.0f}"
+
+
+def _num(x: float | None, fmt: str = ",.2f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _headline(s: Summary) -> Text:
+    req = s.requests
+    if s.window is None:
+        span = "no measurement window"
+    else:
+        how = "derived" if s.window.derived else "as run"
+        span = f"window {s.window.duration_s:,.3f} s ({how})"
+    text = Text.assemble(
+        ("latbench", "bold"),
+        f"  {span} · {req.measured:,} measured: ",
+        (f"{req.succeeded:,} ok", "green"),
+        ", ",
+        (f"{req.failed:,} failed", "red" if req.failed else ""),
+    )
+    if req.warmup or req.cooldown:
+        text.append(f" · left out: {req.warmup:,} warm-up, {req.cooldown:,} cool-down", "dim")
+    return text
+
+
+def _threshold(s: Summary, metric: str) -> float | None:
+    # The tightest SLO on the metric sets the colour; the 100 ms target applies otherwise.
+    named = [r.slo.threshold_s for r in s.slos if r.slo.metric == metric]
+    if named:
+        return min(named)
+    return _DEFAULT_TARGET_S if metric in _DEFAULT_COLOURED else None
+
+
+def _cell(value: float | None, threshold: float | None) -> Text:
+    if value is None or threshold is None:
+        return Text(_ms(value))
+    return Text(_ms(value), style="green" if value <= threshold else "red")
+
+
+def _latency_table(s: Summary) -> Table:
+    table = Table(
+        title="latency (ms); sched. = from the intended send time",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("metric", no_wrap=True)
+    for name in ("n", "mean", *map(pct_key, s.percentiles), "max"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for metric in METRICS:
+        st: Stats = s.latency[metric]
+        thr = _threshold(s, metric)
+        table.add_row(
+            LABELS[metric],
+            f"{st.count:,}",
+            _cell(st.mean, thr),
+            *(_cell(st.p(p), thr) for p in s.percentiles),
+            _cell(st.max, thr),
+        )
+    return table
+
+
+def _throughput_table(s: Summary) -> Table:
+    r, tok = s.rates, s.tokens
+    table = Table(title="throughput and tokens", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("figure")
+    table.add_column("value")
+    table.add_row("requests/s", _num(r.requests_per_s))
+    table.add_row("output tokens/s", _num(r.output_tokens_per_s))
+    fraction = "–" if r.goodput_fraction is None else f"{r.goodput_fraction:.1%}"
+    table.add_row(
+        "goodput (met every SLO)",
+        f"{_num(r.goodput_per_s)} req/s, {r.good:,} requests = {fraction} of measured",
+    )
+    dr = s.decode_rate
+    table.add_row(
+        "decode rate per user (1/TPOT)",
+        f"mean {_num(dr.mean)} tok/s, p50 {_num(dr.p(50))}, min {_num(dr.min)}",
+    )
+    src = ", ".join(f"{k} {v:,}" for k, v in tok.sources.items())
+    table.add_row("output tokens", f"{tok.output_total:,} (N_out from: {src})")
+    prompt = "not reported" if tok.prompt_total is None else f"{tok.prompt_total:,}"
+    table.add_row("prompt tokens", f"{prompt} ({tok.prompt_reported:,} requests reported usage)")
+    if tok.requested:
+        table.add_row(
+            "max_tokens vs received",
+            f"{tok.requested:,} set it: {tok.received_exact:,} exact, "
+            f"{tok.received_fewer:,} fewer, {tok.received_more:,} more",
+        )
+    if any(tok.disagreements.values()):
+        table.add_row(
+            "token sources differ",
+            ", ".join(f"{k.replace('_', ' ')}: {v:,}" for k, v in tok.disagreements.items()),
+        )
+    return table
+
+
+def _errors_table(s: Summary) -> Table:
+    table = Table(title="errors", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("kind")
+    table.add_column("count", justify="right")
+    for kind, count in s.requests.errors_by_kind.items():
+        table.add_row(Text(kind, style="red"), f"{count:,}")
+    for status, count in s.requests.errors_by_status.items():
+        table.add_row(f"  HTTP {status}", f"{count:,}")
+    return table
+
+
+def _failures_line(s: Summary) -> Text:
+    f = s.failures
+    if f.passed:
+        return Text(f"failed requests: {f.describe()}", style="yellow" if f.failed else "")
+    return Text.assemble(("FAILED  ", "bold red"), (f.describe(), "red"))
+
+
+def _slo_lines(s: Summary) -> list[Text]:
+    lines = []
+    for r in s.slos:
+        head = f"{pct_key(r.slo.percentile)} = {_ms(r.value_s)} ms"
+        if r.passed is None:
+            lines.append(Text(f"SLO  n/a   {r.slo}  no samples", style="yellow"))
+            continue
+        attained = "–" if r.attainment is None else f"{r.attainment:.2%}"
+        verdict, style = ("PASS", "green") if r.passed else ("FAIL", "bold red")
+        lines.append(
+            Text.assemble(
+                ("SLO  ", ""),
+                (f"{verdict:<5}", style),
+                f" {r.slo}  {head}, attainment {attained} of {r.count:,} samples",
+            )
+        )
+    return lines
+
+
+def _validity(s: Summary) -> Group | Text:
+    v = s.validity
+    if not v.known:
+        return Text("validity: unknown (no client statistics were given)", style="yellow")
+    table = Table(title="validity of the measurement", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("figure")
+    table.add_column("value")
+    table.add_column("limit")
+    loop = "open loop" if v.open_loop else "closed loop, not judged"
+    table.add_row(
+        "queue delay",
+        _spread(v.queue_delay_p50_s, v.queue_delay_p99_s, v.queue_delay_max_s),
+        f"p99 ≤ {_ms(v.limits.queue_delay_p99_s)} ms ({loop})",
+    )
+    table.add_row(
+        "event-loop lag",
+        _spread(v.loop_lag_p50_s, v.loop_lag_p99_s, v.loop_lag_max_s),
+        f"p99 ≤ {_ms(v.limits.loop_lag_p99_s)} ms",
+    )
+    cpu = "–" if v.client_cpu is None else f"{v.client_cpu:.0%} of one core"
+    table.add_row("client CPU", cpu, f"≤ {v.limits.client_cpu:.0%}")
+    unsent = "–" if v.unsent is None else f"{v.unsent:,}"
+    table.add_row("unsent requests", unsent, f"0 ({loop})")
+    if not v.client_bound:
+        return Group(table, Text("client kept up: no validity limit was exceeded", style="green"))
+    body = ["The client, not the server, set the pace: these latencies are not the server's."]
+    body += [f"• {reason}" for reason in v.reasons]
+    banner = Panel(Text("\n".join(body)), title="CLIENT-BOUND", style="bold white on red")
+    return Group(table, banner)
+
+
+def _spread(p50: float | None, p99: float | None, top: float | None) -> str:
+    return f"p50 {_ms(p50)} ms, p99 {_ms(p99)} ms, max {_ms(top)} ms"

@@ -1,0 +1,249 @@
+"""Markdown (for PRs and tickets) and CSV (for spreadsheets) forms of runs, sweeps and
+comparisons. Same figures as the HTML report, from the same recomputed summaries."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from latbench.render.charts import LABELS
+from latbench.render.load import Run, Sweep
+from latbench.spec.slo import METRICS
+from latbench.summary.compare import Row
+from latbench.summary.summary import Summary, pct_key
+from latbench.sweep.sweep import Step
+
+MD_METRICS: tuple[str, ...] = ("ttft", "ttfo", "itl", "tpot", "e2e", "queue_delay")
+
+
+def _ms(x: float | None) -> str:
+    return "–" if x is None else f"{x * 1e3:.2f}"
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = "|" + "|".join(":--" if i == 0 else "--:" for i in range(len(headers))) + "|"
+    return "\n".join([line(headers), align, *(line(r) for r in rows)])
+
+
+def _verdict_line(s: Summary) -> str:
+    parts = []
+    for r in s.slos:
+        word = "n/a" if r.passed is None else ("PASS" if r.passed else "**FAIL**")
+        parts.append(f"{r.slo} {word} ({_ms(r.value_s)} ms)")
+    valid = (
+        "validity unknown"
+        if not s.validity.known
+        else ("**CLIENT-BOUND**" if s.client_bound else "client kept up")
+    )
+    return "; ".join([*parts, valid])
+
+
+def _latency_md(s: Summary) -> str:
+    headers = ["metric (ms)", "n", "mean", *map(pct_key, s.percentiles), "max"]
+    rows = []
+    for m in MD_METRICS:
+        st = s.latency[m]
+        rows.append(
+            [
+                LABELS[m],
+                f"{st.count}",
+                _ms(st.mean),
+                *(_ms(st.p(p)) for p in s.percentiles),
+                _ms(st.max),
+            ]
+        )
+    return md_table(headers, rows)
+
+
+def run_markdown(run: Run) -> str:
+    s = run.summary
+    r = s.rates
+    env = run.environment
+    lines = [
+        f"### latbench run `{run.run_id}`",
+        "",
+        f"{env.get('target', '?')} · model `{env.get('model', '?')}` · "
+        f"{s.requests.measured} measured ({s.requests.failed} failed) over "
+        f"{_num(s.window.duration_s if s.window else None, '.1f')} s",
+        "",
+        _verdict_line(s),
+        "",
+        _latency_md(s),
+        "",
+        f"Throughput: {_num(r.requests_per_s)} req/s, {_num(r.output_tokens_per_s, '.1f')} output "
+        f"tok/s; goodput {_num(r.goodput_per_s)} req/s "
+        f"({_num(r.goodput_fraction, '.1%')} of measured met every SLO).",
+    ]
+    if s.requests.errors_by_kind:
+        errs = ", ".join(f"{k} {v}" for k, v in s.requests.errors_by_kind.items())
+        lines += ["", f"Errors: {errs}."]
+    if s.client_bound:
+        lines += ["", "**Client-bound:** " + " ".join(s.validity.reasons)]
+    return "\n".join(lines) + "\n"
+
+
+def _step_row(s: Step) -> list[str]:
+    sm = s.summary
+    lat = sm.latency
+    return [
+        str(s.index + 1),
+        s.role,
+        s.label(),
+        s.verdict.outcome,
+        _num(sm.rates.requests_per_s),
+        _num(sm.rates.output_tokens_per_s, ".0f"),
+        _ms(lat["ttft"].p(99.0)),
+        _ms(lat["itl"].p(99.0)),
+        _ms(lat["tpot"].p(99.0)),
+        str(sm.requests.failed),
+    ]
+
+
+def sweep_markdown(sweep: Sweep) -> str:
+    lines = [f"### latbench sweep `{sweep.sweep_id}` ({sweep.plan_kind}, {sweep.variable})", ""]
+    cap = sweep.capacity
+    if cap is not None:
+        lines += [f"**{cap.headline()}**", ""]
+        for e in cap.evidence:
+
+            def tri(t: tuple[float, float, float] | None) -> str:
+                return "–" if t is None else f"{_ms(t[0])} ms [{_ms(t[1])}, {_ms(t[2])}]"
+
+            lines.append(f"- {e.slo}: passing {tri(e.passing)}, failing {tri(e.failing)}")
+        lines += [f"- {n}" for n in cap.notes]
+        lines.append("")
+    lines.append(
+        md_table(
+            [
+                "step",
+                "role",
+                "load",
+                "outcome",
+                "req/s",
+                "output tok/s",
+                "p99 TTFT ms",
+                "p99 ITL ms",
+                "p99 TPOT ms",
+                "failed",
+            ],
+            [_step_row(s) for s in sweep.steps],
+        )
+    )
+    return "\n".join(lines) + "\n"
+
+
+def compare_markdown(labels: Sequence[str], results: Sequence[Sequence[Row]]) -> str:
+    out = []
+    for label, rows in zip(labels[1:], results, strict=True):
+        worse = sum(r.verdict == "worse" for r in rows)
+        better = sum(r.verdict == "better" for r in rows)
+        out += [f"### `{label}` vs `{labels[0]}`: {worse} worse, {better} better", ""]
+        body = []
+        for r in rows:
+            is_rate = not r.stat
+            fmt = _num if is_rate else _ms
+            ci = "–" if r.ci is None else f"[{r.ci[0]:+.1%}, {r.ci[1]:+.1%}]"
+            verdict = f"**{r.verdict}**" if r.verdict != "same" else r.verdict
+            body.append(
+                [
+                    r.label + ("" if is_rate else " (ms)"),
+                    fmt(r.a),
+                    fmt(r.b),
+                    "–" if r.change is None else f"{r.change:+.1%}",
+                    ci,
+                    verdict,
+                ]
+            )
+        out += [md_table(["metric", "A", "B", "change", "95 % CI", "verdict"], body), ""]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+
+
+def _summary_columns(s: Summary) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "measured": s.requests.measured,
+        "succeeded": s.requests.succeeded,
+        "failed": s.requests.failed,
+        "window_s": None if s.window is None else round(s.window.duration_s, 6),
+        "requests_per_s": s.rates.requests_per_s,
+        "output_tokens_per_s": s.rates.output_tokens_per_s,
+        "goodput_per_s": s.rates.goodput_per_s,
+        "slo_passed": s.slo_passed,
+        "client_bound": s.client_bound,
+    }
+    for m in METRICS:
+        st = s.latency[m]
+        d[f"{m}_mean_ms"] = None if st.mean is None else st.mean * 1e3
+        for p in s.percentiles:
+            v = st.p(p)
+            d[f"{m}_{pct_key(p)}_ms"] = None if v is None else v * 1e3
+        d[f"{m}_max_ms"] = None if st.max is None else st.max * 1e3
+    return d
+
+
+def _csv(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if v is None else v for k, v in r.items()})
+    return buf.getvalue()
+
+
+def run_csv(run: Run) -> str:
+    return _csv([{"run_id": run.run_id, **_summary_columns(run.summary)}])
+
+
+def sweep_csv(sweep: Sweep) -> str:
+    rows = []
+    for s in sweep.steps:
+        rows.append(
+            {
+                "step": s.index + 1,
+                "role": s.role,
+                "variable": s.variable,
+                "value": s.value,
+                "outcome": s.verdict.outcome,
+                "run_id": s.run_id,
+                **_summary_columns(s.summary),
+            }
+        )
+    return _csv(rows)
+
+
+def compare_csv(labels: Sequence[str], results: Sequence[Sequence[Row]]) -> str:
+    rows = []
+    for label, rs in zip(labels[1:], results, strict=True):
+        for r in rs:
+            unit = 1.0 if not r.stat else 1e3  # latencies in ms, rates as they are
+            rows.append(
+                {
+                    "a": labels[0],
+                    "b": label,
+                    "metric": r.metric,
+                    "stat": r.stat,
+                    "unit": "per_s" if not r.stat else "ms",
+                    "a_value": None if r.a is None else r.a * unit,
+                    "b_value": None if r.b is None else r.b * unit,
+                    "change": r.change,
+                    "ci_low": None if r.ci is None else r.ci[0],
+                    "ci_high": None if r.ci is None else r.ci[1],
+                    "verdict": r.verdict,
+                }
+            )
+    return _csv(rows)

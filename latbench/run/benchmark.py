@@ -1,0 +1,265 @@
+"""One benchmark, start to finish: spec in, records file + results file + summary out.
+
+Wires the pipeline: (embedded simulator) -> preflight -> runner -> sinks -> summary. The CLI and,
+later, the service call `run_benchmark`; neither the runner nor the summary knows about them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from time import monotonic_ns
+from typing import Any
+
+import aiohttp
+import orjson
+from rich.console import Console
+
+from latbench import __version__
+from latbench.client.preflight import redact_headers, resolve_endpoint
+from latbench.exporter.metrics import LatbenchMetrics
+from latbench.load.runner import Runner, make_connector, raise_fd_limit
+from latbench.records.record import RunHeader
+from latbench.shared import rxstamp
+from latbench.shared.dist import Dist
+from latbench.sim import SimProcess
+from latbench.sim.replay import check_replay
+from latbench.sinks import Sink
+from latbench.sinks.jsonl import JsonlSink
+from latbench.sinks.progress import ProgressSink
+from latbench.sinks.prometheus import PrometheusSink, run_labels
+from latbench.spec.spec import RunSpec, WorkloadSpec
+from latbench.summary.server import (
+    Reconciliation,
+    ServerMetricsError,
+    ServerMetricsScraper,
+    default_metrics_url,
+    reconcile,
+)
+from latbench.summary.summary import Summary, summarize
+from latbench.workload.workload import FileWorkload, SyntheticWorkload, Workload
+
+DEFAULT_OUTPUT_TOKENS = 128
+
+
+@dataclass
+class BenchResult:
+    run_id: str
+    summary: Summary
+    records_path: Path
+    results_path: Path
+    ended: str  # completed | stopped | aborted | incomplete
+    reconciliation: Reconciliation | None = None
+    incomplete: str | None = None  # why the run is incomplete (a worker died), when it is
+
+
+def make_workload(w: WorkloadSpec) -> Workload:
+    if w.source == "synthetic":
+        out = w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS)
+        return SyntheticWorkload(w.input_tokens, out, seed=w.seed)
+    assert w.path is not None
+    if w.source == "jsonl":
+        return FileWorkload.from_jsonl(w.path, w.output_tokens, seed=w.seed)
+    return FileWorkload.from_sharegpt(w.path, w.output_tokens, seed=w.seed)
+
+
+def public_spec(spec: RunSpec) -> dict[str, Any]:
+    """The spec as stored in results: secrets never leave the process."""
+    d = spec.model_dump(mode="json")
+    d["target"]["headers"] = redact_headers(spec.target.headers)
+    if spec.sim.api_key is not None:
+        d["sim"]["api_key"] = "***"
+    return d
+
+
+def environment(spec: RunSpec, base_url: str, model: str) -> dict[str, Any]:
+    return {
+        "latbench_version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "target": base_url,
+        "embedded_simulator": spec.target.base_url is None,
+        "api": spec.target.api,
+        "model": model,
+        # Where event arrivals were stamped: the kernel's receive stamps, or the client's read
+        # (not Linux, or LATBENCH_KERNEL_STAMPS=0); docs/performance.md measures the difference.
+        "arrival_stamps": "kernel" if rxstamp.AVAILABLE else "read",
+    }
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+@contextlib.contextmanager
+def target_url(spec: RunSpec) -> Iterator[str]:
+    """The target's base URL; with no target, a built-in simulator in a child process, so its
+    work never shares the client's event loop or core time slice accounting."""
+    if spec.target.base_url is not None:
+        yield spec.target.base_url
+        return
+    check_replay(spec.sim.replay, spec.target.api)  # a bad transcript: a spec error, not a crash
+    with SimProcess(spec.sim) as sim:
+        yield sim.url
+
+
+async def run_benchmark(
+    spec: RunSpec,
+    base_url: str,
+    console: Console,
+    *,
+    on_runner: Callable[[Runner], None] | None = None,
+    metrics: LatbenchMetrics | None = None,
+    run_id: str | None = None,
+    sinks: Sequence[Sink] = (),
+    target_label: str | None = None,
+    scenario_label: str | None = None,
+) -> BenchResult:
+    """`run_id` (default: a new one), extra `sinks` and the metric labels' target and scenario
+    are for the service (`latbench.service`), which names runs before they start, streams their
+    progress, and labels series by catalogue name."""
+    raise_fd_limit()
+    if run_id is None:
+        run_id = new_run_id()
+    out_dir = spec.output_dir / run_id
+    workload = make_workload(spec.workload)
+    connector = make_connector(spec.load, spec.target.verify_tls)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.target.timeouts.connect)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        endpoint = await resolve_endpoint(session, spec.target, base_url, spec.workload)
+        env = environment(spec, base_url, endpoint.options.model)
+        header = RunHeader(
+            run_id=run_id,
+            latbench_version=__version__,
+            clock_monotonic_ns=monotonic_ns(),
+            clock_wall_ns=time.time_ns(),
+            spec=public_spec(spec),
+            environment=env,
+        )
+        jsonl = JsonlSink(out_dir / "records.jsonl", header)
+        runner = Runner(
+            run_id=run_id,
+            endpoint=endpoint,
+            workload=workload,
+            load=spec.load,
+            sinks=[jsonl],
+            seed=spec.workload.seed,
+            workers=spec.load.workers,
+            verify_tls=spec.target.verify_tls,
+        )
+        progress = ProgressSink(
+            console, lambda: runner.inflight, spec.load.requests, spec.load.duration
+        )
+        runner.sinks = [jsonl, progress, *sinks]
+        prom: PrometheusSink | None = None
+        if metrics is not None:
+            # Live Prometheus series; labels stay bounded (no run id), see exporter/metrics.py.
+            labels = run_labels(
+                spec.target.base_url, endpoint.options.model, spec.target.api, spec.name
+            )
+            labels = replace(
+                labels,
+                target=target_label or labels.target,
+                scenario=scenario_label or labels.scenario,
+            )
+            prom = PrometheusSink(metrics, labels, spec.slos, inflight=lambda: runner.inflight)
+            runner.sinks = [*runner.sinks, prom]
+        if on_runner is not None:
+            on_runner(runner)
+        scraper = await _start_scraper(session, spec, base_url, endpoint.options.model, console)
+        footer = None
+        try:
+            outcome = await runner.run(session)
+            footer = outcome.footer
+            if scraper is not None:
+                completed = sum(1 for r in outcome.records if r.ok)
+                server = await scraper.stop(completed)
+                (out_dir / "server_metrics.json").write_bytes(
+                    orjson.dumps(server.to_dict(), option=orjson.OPT_INDENT_2)
+                )
+        finally:
+            if scraper is not None:
+                await scraper.cancel()
+            progress.close(footer)
+            jsonl.close(footer)
+            for sink in sinks:
+                sink.close(footer)
+            if prom is not None:
+                prom.close(footer)
+    summary = summarize(
+        outcome.records,
+        window=(footer.window_start, footer.window_end),
+        slos=spec.slos,
+        percentiles=spec.percentiles,
+        client=outcome.client,
+        limits=spec.validity.limits(),
+    )
+    recon = None
+    if scraper is not None:
+        try:
+            recon = reconcile(outcome.records, scraper.result)
+        except ServerMetricsError as e:  # what the client measured stands on its own
+            console.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)
+    for warning in outcome.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    results_path = out_dir / "results.json"
+    results = {
+        "run_id": run_id,
+        "ended": outcome.ended,
+        "incomplete": outcome.incomplete,
+        "warnings": outcome.warnings,
+        "spec": header.spec,
+        "environment": env,
+        "workload": workload.describe(),
+        "clock": {"monotonic_ns": header.clock_monotonic_ns, "wall_ns": header.clock_wall_ns},
+        "window_ns": [footer.window_start, footer.window_end],
+        "summary": summary.to_dict(),
+        "records": str((out_dir / "records.jsonl").name),
+        "reconciliation": None if recon is None else recon.to_dict(),
+    }
+    results_path.write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    return BenchResult(
+        run_id,
+        summary,
+        out_dir / "records.jsonl",
+        results_path,
+        outcome.ended,
+        recon,
+        incomplete=outcome.incomplete,
+    )
+
+
+async def _start_scraper(
+    session: aiohttp.ClientSession,
+    spec: RunSpec,
+    base_url: str,
+    model: str,
+    console: Console,
+) -> ServerMetricsScraper | None:
+    """A running scraper of the server's metrics, or None: `auto` tries the target's /metrics
+    for OpenAI-compatible kinds and quietly gives up when it is not vLLM's; a URL given
+    explicitly that cannot be read is said out loud (the run still goes ahead)."""
+    setting = spec.target.server_metrics
+    if setting == "off" or (setting == "auto" and spec.target.api not in ("chat", "completions")):
+        return None
+    url = default_metrics_url(base_url) if setting == "auto" else setting
+    scraper = ServerMetricsScraper(session, url, model)
+    if await scraper.start():
+        return scraper
+    if setting != "auto":
+        console.print(
+            f"[yellow]server metrics:[/] {scraper.result.errors[-1]} ({url}); running without them",
+            highlight=False,
+        )
+    return None

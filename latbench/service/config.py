@@ -1,0 +1,257 @@
+"""The service's configuration (`latbench serve --config service.yaml`): one pydantic model.
+
+It holds what API callers cannot choose: the catalogue of targets (URL, API kind, model and where
+their keys come from), the bearer token's source, per-run caps, schedules, retention and where
+runs are stored. deploy/service.example.yaml documents every field.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from latbench.exporter.metrics import parse_listen
+from latbench.shared.errors import SpecError
+from latbench.sim import SimConfig
+from latbench.spec.spec import PositiveSeconds, Seconds, TargetSpec, load_spec, load_yaml
+from latbench.workload.workload import MAX_TOKENS
+
+# Names end up as Prometheus label values and in URLs: short, and from a small alphabet.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME)]
+MIN_TOKEN_CHARS = 16
+DAY_S = 86_400.0
+
+# A scheduled probe unless its `spec` says otherwise: one user, a handful of requests, so the
+# 100 ms SLO is sampled all day without loading the target.
+DEFAULT_PROBE: dict[str, Any] = {"load": {"concurrency": 1, "requests": 10, "warmup_requests": 1}}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class TargetEntry(TargetSpec):
+    """One catalogue target: a run spec's `target` section (URL, API kind, model, where the key
+    comes from, headers, TLS, timeouts, retries), plus how many runs it takes at once. Give
+    `base_url`, or `builtin_sim` for a simulator the service runs in a child process (a demo, or
+    a smoke test of a deployment)."""
+
+    builtin_sim: SimConfig | None = None
+    max_concurrent_runs: int = Field(
+        default=1, ge=1, description="runs against this target at once; more wait in its queue"
+    )
+
+    @model_validator(mode="after")
+    def _one_server(self) -> TargetEntry:
+        if (self.base_url is None) == (self.builtin_sim is None):
+            raise ValueError("give exactly one of base_url and builtin_sim")
+        parts = urlsplit(self.base_url or "")
+        if parts.username or parts.password:
+            # The URL is shown in results and logs; keys belong in api_key_env/api_key_file.
+            raise ValueError("base_url must not hold credentials; use api_key_env or api_key_file")
+        return self
+
+    def target_spec(self) -> dict[str, Any]:
+        """As a run spec's `target` section (without the base URL, which the service knows)."""
+        return self.model_dump(
+            mode="json", exclude={"builtin_sim", "max_concurrent_runs", "base_url"}
+        )
+
+
+class AuthConfig(_Model):
+    """Where the bearer token for mutating endpoints comes from: a file (a mounted secret) if
+    given, else an environment variable."""
+
+    token_env: str = "LATBENCH_TOKEN"
+    token_file: Path | None = None
+
+    def read_token(self) -> str:
+        if self.token_file is not None:
+            try:
+                token = self.token_file.read_text().strip()
+            except OSError as e:
+                raise SpecError(
+                    f"auth.token_file: cannot read {self.token_file}: {e.strerror}"
+                ) from None
+            where = f"auth.token_file {self.token_file}"
+        else:
+            token = os.environ.get(self.token_env, "").strip()
+            where = f"environment variable {self.token_env} (auth.token_env)"
+        if not token:
+            raise SpecError(
+                f"no API token: set {where}; mutating endpoints need one, and the service does "
+                "not run without it"
+            )
+        if len(token) < MIN_TOKEN_CHARS:
+            raise SpecError(
+                f"the API token from {where} has {len(token)} characters; use at least "
+                f"{MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)"
+            )
+        return token
+
+
+class Limits(_Model):
+    """Per-run caps, checked on every submission; a spec over a cap is refused (400)."""
+
+    max_concurrency: int = Field(default=64, ge=1, description="users, or the open-loop cap")
+    max_rate: float = Field(default=100.0, gt=0, description="open loop: requests per second")
+    max_duration: PositiveSeconds = Field(default=600.0, description="a run's load duration")
+    max_requests: int = Field(default=100_000, ge=1)
+    max_workers: int = Field(default=4, ge=1, description="client worker processes of a run")
+    max_input_tokens: int = Field(
+        default=131_072,
+        ge=1,
+        le=MAX_TOKENS,
+        description="a request's prompt length: workload.input_tokens' mean, std and bounds; an "
+        "unbounded distribution is clamped to it",
+    )
+    max_output_tokens: int = Field(
+        default=32_768,
+        ge=1,
+        le=MAX_TOKENS,
+        description="a request's max_tokens, as max_input_tokens for workload.output_tokens",
+    )
+    max_queued_runs: int = Field(default=100, ge=1, description="beyond it, submissions get 429")
+    max_running_runs: int = Field(default=2, ge=1, description="runs at once, all targets")
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
+
+class Retention(_Model):
+    """Finished runs older than `max_age`, or beyond the newest `max_runs`, are deleted (their
+    metadata and records). Checked at start and after each run."""
+
+    max_age: Seconds | None = 30 * DAY_S
+    max_runs: int | None = Field(default=10_000, ge=1)
+
+
+class ScheduleConfig(_Model):
+    """A probe that runs on its own: every `every` seconds, or on a `cron` line (UTC), each
+    firing delayed by a random 0..`jitter` so a fleet of services does not probe in step."""
+
+    name: Name
+    target: Name
+    every: PositiveSeconds | None = None
+    cron: str | None = None
+    jitter: Seconds = 0.0
+    spec: dict[str, Any] = Field(
+        default_factory=lambda: dict(DEFAULT_PROBE),
+        description="a run spec without target; default: 1 user, 10 requests",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of every and cron")
+        if self.cron is not None and not croniter.is_valid(self.cron):
+            raise ValueError(f"cron {self.cron!r} is not a cron line, e.g. '*/5 * * * *'")
+        return self
+
+
+class ServiceConfig(_Model):
+    listen: str = Field(default="127.0.0.1:8080", description="HOST:PORT; port 0 picks one")
+    data_dir: Path = Path("latbench-data")
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    targets: dict[Name, TargetEntry] = Field(
+        default_factory=lambda: {"sim": TargetEntry(builtin_sim=SimConfig())}
+    )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="spec fields every submission gets unless it sets them (slos, validity, ...)",
+    )
+    limits: Limits = Field(default_factory=Limits)
+    schedules: list[ScheduleConfig] = Field(default_factory=list)
+    retention: Retention = Field(default_factory=Retention)
+    shutdown_grace: Seconds = Field(
+        default=30.0, description="on SIGTERM, how long running runs may finish before cancelled"
+    )
+    metric_scenarios: list[Name] = Field(
+        default_factory=list,
+        description="spec names that API runs may export as the scenario label; others export "
+        "as 'adhoc', so callers cannot grow the number of series",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    @field_validator("defaults")
+    @classmethod
+    def _defaults(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in ("target", "output_dir", "sim"):
+            if key in v:
+                raise ValueError(f"{key} cannot have a default: the service sets it")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> ServiceConfig:
+        # The defaults fail at start, naming the field, not at the first submission. They are
+        # partial: stop conditions come from the caps, as at admission.
+        data = copy.deepcopy(self.defaults)
+        load = data.setdefault("load", {})
+        if isinstance(load, dict):
+            load.setdefault("duration", self.limits.max_duration)
+            load.setdefault("requests", self.limits.max_requests)
+        try:
+            load_spec(data, source="defaults")
+        except SpecError as e:
+            raise ValueError(str(e)) from None
+        names = [s.name for s in self.schedules]
+        for s in self.schedules:
+            if s.target not in self.targets:
+                raise ValueError(
+                    f"schedule {s.name!r}: target {s.target!r} is not in targets "
+                    f"({', '.join(self.targets) or 'none'})"
+                )
+            if names.count(s.name) > 1:
+                raise ValueError(f"schedule name {s.name!r} is used twice")
+        return self
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+
+def config_error(e: ValidationError, source: str) -> str:
+    lines = [f"invalid service config ({source}):"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> ServiceConfig:
+    """The config in `path` (YAML or JSON), with top-level `overrides` (flags) applied; `path`
+    None: the defaults (one builtin simulator target, `sim`)."""
+    data: Any = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise SpecError(f"cannot read config {path}: {e.strerror}") from None
+        # The spec's reader and limits: no YAML aliases, at most 1 MiB, 32 levels deep.
+        data = load_yaml(text, f"config {path}") or {}
+        if not isinstance(data, dict):
+            raise SpecError(f"config {path} must hold a mapping at the top level")
+    data = {**data, **(overrides or {})}
+    try:
+        return ServiceConfig.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(config_error(e, source)) from None

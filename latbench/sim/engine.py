@@ -1,0 +1,420 @@
+"""The simulator's latency and load model, and its record of what it actually did.
+
+Latency model
+-------------
+Each request draws a TTFT from `ttft` and one step per later event from `itl` (seconds, seeded
+RNG). It is planned as `E` events of at most `k = tokens_per_event` tokens each (reasoning tokens
+first, then content), so `E = ceil(R / k) + ceil((N - R) / k)` for `N` output tokens of which
+`R = min(reasoning_tokens, N)` are reasoning (chat only; `R = 0` for completions).
+
+Load model
+----------
+At most `max_batch` (`B`) requests hold a decoding slot at once; the rest wait for one in FIFO
+order (no limit when `max_batch` is None). A request is *admitted* at `t_admit` when it gets a
+slot. Let `a` be the number of other requests holding a slot at that moment and `n_i` the number
+holding one (itself included) when its event `i` is written. Its events are due at
+
+    t_1     = t_admit + TTFT_draw + ttft_per_stream * a
+    t_(i+1) = t_i + ITL_draw_i + itl_per_stream * (n_i - 1)
+
+Each `t_i` is an absolute deadline on the event loop's clock: it is computed from the previous
+deadline, never from when the previous event was actually written, so scheduling jitter never
+accumulates. An event that falls behind its deadline (an overloaded loop) is sent at once.
+
+With `n` requests steadily holding slots, a request therefore holds its slot for about
+
+    S(n) = ttft + ttft_per_stream * (n - 1) + (E - 1) * (itl + itl_per_stream * (n - 1))
+
+(`ttft`, `itl` the means), and the server completes `n / S(n)` requests/s (Little's law). Under
+an open-loop rate `lambda`, `n` settles where `n = lambda * S(n)`. The knee of a rate sweep is the
+capacity
+
+    lambda_max = B / S(B)                       with max_batch B: above it the queue, and with it
+                                                 TTFT, grows without bound;
+    lambda_max -> 1 / (ttft_per_stream + (E - 1) * itl_per_stream)
+                                                 without max_batch (approached as n grows),
+
+so below the knee TTFT is `ttft + ttft_per_stream * (n - 1)` and ITL is
+`itl + itl_per_stream * (n - 1)`, both rising with load.
+
+Truth
+-----
+`Truth` keeps, per generation request, the arrival instant (`time.monotonic_ns()` at handler
+entry) and the instant each token event was written, for `/sim/truth`. On Linux that clock is
+shared by all processes, so a client on the same host can compare its own instants with these.
+
+Server metrics
+--------------
+`ServerMetrics` is what vLLM itself would export at `GET /metrics` (vLLM v1's names, labels and
+bucket boundaries), from the same instants: arrival, `t_admit` (`Pacer.admit_ns`), and the first
+and last event write. It keeps running totals since the simulator started, observed once per
+request when it ends, so it survives `/sim/truth/reset` and does not depend on `truth_capacity`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from array import array
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from latbench.shared.buckets import (
+    VLLM_ITL_BUCKETS,
+    VLLM_REQUEST_LATENCY_BUCKETS,
+    VLLM_TTFT_BUCKETS,
+    BucketCounts,
+)
+from latbench.sim.config import SimConfig
+
+EventKind = Literal["reasoning", "content"]
+FinishReason = Literal["stop", "length"]
+FINISH_REASONS: tuple[FinishReason, ...] = get_args(FinishReason)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one request will generate: its events as (kind, tokens), and why it ends."""
+
+    events: tuple[tuple[EventKind, int], ...]
+    completion_tokens: int
+    finish_reason: FinishReason
+
+
+class Pacer:
+    """Sleeps until each of one request's event deadlines (see the module docstring)."""
+
+    __slots__ = ("_deadline", "_engine", "_loop", "_sent", "_steps", "admit_ns")
+
+    def __init__(self, engine: Engine, ttft: float, steps: list[float], admit_ns: int) -> None:
+        self.admit_ns = admit_ns  # t_admit: when the request got its slot (monotonic_ns)
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + ttft
+        self._steps = steps
+        self._sent = 0
+
+    async def next_event(self) -> None:
+        """Return when the next event is due."""
+        if self._sent:
+            load = self._engine.config.itl_per_stream * (self._engine.active - 1)
+            self._deadline += self._steps[self._sent - 1] + load
+        self._sent += 1
+        delay = self._deadline - self._loop.time()
+        # A late event still yields, so one stream that fell behind cannot starve the others.
+        await asyncio.sleep(delay if delay > 0 else 0)
+
+
+class Engine:
+    """Plans requests and hands out decoding slots; one per simulated server."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.active = 0  # requests holding a slot
+        self._rng = np.random.default_rng(config.seed)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def plan(
+        self, *, max_tokens: int, min_tokens: int = 0, ignore_eos: bool = False, reasoning: bool
+    ) -> Plan:
+        n, finish = max_tokens, "length"
+        p = self.config.eos_probability
+        if p > 0 and not ignore_eos:
+            # Each token from `first` on is the last with probability p: a geometric draw.
+            first = max(min_tokens, 1)
+            last = first - 1 + int(self._rng.geometric(p))
+            if last <= max_tokens:
+                n, finish = last, "stop"
+        r = min(self.config.reasoning_tokens, n) if reasoning else 0
+        k = self.config.tokens_per_event
+        events = [*_chunks("reasoning", r, k), *_chunks("content", n - r, k)]
+        return Plan(events=tuple(events), completion_tokens=n, finish_reason=finish)
+
+    @asynccontextmanager
+    async def admit(self, plan: Plan) -> AsyncIterator[Pacer]:
+        """Hold a decoding slot (waiting FIFO for one) while generating `plan`."""
+        await self._acquire()
+        admit_ns = time.monotonic_ns()
+        try:
+            others = self.active - 1
+            ttft = self.config.ttft.sample_one(self._rng) + self.config.ttft_per_stream * others
+            # All steps drawn at once: one numpy call per request, not one per event.
+            steps = self.config.itl.sample(self._rng, max(len(plan.events) - 1, 0)).tolist()
+            yield Pacer(self, ttft, steps, admit_ns)
+        finally:
+            self._release()
+
+    async def _acquire(self) -> None:
+        limit = self.config.max_batch
+        if (limit is None or self.active < limit) and not self._waiters:
+            self.active += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()  # the slot was handed over just as this waiter was cancelled
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def _release(self) -> None:
+        # The slot passes straight to the oldest waiter, so a newcomer can never jump the queue.
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.active -= 1
+
+
+def _chunks(kind: EventKind, tokens: int, k: int) -> list[tuple[EventKind, int]]:
+    full, rest = divmod(tokens, k)
+    return [(kind, k)] * full + ([(kind, rest)] if rest else [])
+
+
+class TruthEntry:
+    """One request as the server saw it. Recording an event appends one int."""
+
+    __slots__ = ("arrival_ns", "events_ns", "fault", "handler_ns", "tokens")
+
+    def __init__(self, arrival_ns: int, handler_ns: int, fault: str | None) -> None:
+        self.arrival_ns = arrival_ns  # the read that brought its first bytes (sim/_arrival.py)
+        self.handler_ns = handler_ns  # when its handler began, after aiohttp's parsing
+        self.events_ns = array("q")
+        self.fault = fault
+        self.tokens = 0
+
+    def event(self, tokens: int) -> None:
+        self.events_ns.append(time.monotonic_ns())
+        self.tokens += tokens
+
+
+class Truth:
+    """The last `capacity` generation requests, summarised for `/sim/truth`."""
+
+    def __init__(self, capacity: int) -> None:
+        self._entries: deque[TruthEntry] = deque(maxlen=capacity)
+
+    def start(self, arrival_ns: int, handler_ns: int, fault: str | None = None) -> TruthEntry:
+        entry = TruthEntry(arrival_ns, handler_ns, fault)
+        self._entries.append(entry)
+        return entry
+
+    def reset(self) -> None:
+        self._entries.clear()
+
+    def summary(self, *, raw: bool = False) -> dict[str, Any]:
+        entries = list(self._entries)
+        with_events = [e for e in entries if e.events_ns]
+        ttft = np.array([e.events_ns[0] - e.arrival_ns for e in with_events], dtype=np.int64)
+        gaps = [np.diff(np.frombuffer(e.events_ns, dtype=np.int64)) for e in with_events]
+        itl = np.concatenate(gaps) if gaps else np.empty(0, dtype=np.int64)
+        out: dict[str, Any] = {
+            "count": len(entries),
+            "tokens": sum(e.tokens for e in entries),
+            "ttft": _stats(ttft),
+            "itl": _stats(itl),
+        }
+        if raw:
+            out["requests"] = [
+                {
+                    "arrival_ns": e.arrival_ns,
+                    "handler_ns": e.handler_ns,
+                    "events_ns": e.events_ns.tolist(),
+                    "tokens": e.tokens,
+                    "fault": e.fault,
+                }
+                for e in entries
+            ]
+        return out
+
+
+# vLLM v1's histograms: (name, help, buckets). The keys are ServerMetrics' own.
+_VLLM_HISTOGRAMS: dict[str, tuple[str, str, tuple[float, ...]]] = {
+    "ttft": (
+        "vllm:time_to_first_token_seconds",
+        "Histogram of time to first token in seconds.",
+        VLLM_TTFT_BUCKETS,
+    ),
+    "itl": (
+        "vllm:inter_token_latency_seconds",
+        "Histogram of inter-token latency in seconds.",
+        VLLM_ITL_BUCKETS,
+    ),
+    "tpot": (
+        "vllm:request_time_per_output_token_seconds",
+        "Histogram of time_per_output_token_seconds per request.",
+        VLLM_ITL_BUCKETS,
+    ),
+    "e2e": (
+        "vllm:e2e_request_latency_seconds",
+        "Histogram of e2e request latency in seconds.",
+        VLLM_REQUEST_LATENCY_BUCKETS,
+    ),
+    "queue": (
+        "vllm:request_queue_time_seconds",
+        "Histogram of time spent in WAITING phase for request.",
+        VLLM_REQUEST_LATENCY_BUCKETS,
+    ),
+    "inference": (
+        "vllm:request_inference_time_seconds",
+        "Histogram of time spent in RUNNING phase for request.",
+        VLLM_REQUEST_LATENCY_BUCKETS,
+    ),
+    "prefill": (
+        "vllm:request_prefill_time_seconds",
+        "Histogram of time spent in PREFILL phase for request.",
+        VLLM_REQUEST_LATENCY_BUCKETS,
+    ),
+    "decode": (
+        "vllm:request_decode_time_seconds",
+        "Histogram of time spent in DECODE phase for request.",
+        VLLM_REQUEST_LATENCY_BUCKETS,
+    ),
+}
+VLLM_LABELS: tuple[str, ...] = ("model_name", "engine")
+
+
+class ServerMetrics:
+    """vLLM's server-side metrics for `GET /metrics`: a prometheus_client collector.
+
+    Everything runs on the simulator's one event loop; a request is observed once, when it ends
+    (`finished`), so the per-event path does no work for it.
+    """
+
+    def __init__(self, model: str, engine: Engine) -> None:
+        self._labels = [model, "0"]  # model_name, engine (vLLM's engine index)
+        self._engine = engine
+        self._hist = {k: BucketCounts(bounds) for k, (_, _, bounds) in _VLLM_HISTOGRAMS.items()}
+        self._les = {
+            k: [*(floatToGoString(b) for b in bounds), "+Inf"]
+            for k, (_, _, bounds) in _VLLM_HISTOGRAMS.items()
+        }
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.success: dict[FinishReason, int] = dict.fromkeys(FINISH_REASONS, 0)
+        self.replaying = 0  # transcripts being replayed: running, outside the load model
+
+    def finished(
+        self, entry: TruthEntry, admit_ns: int, prompt_tokens: int, finish: FinishReason | None
+    ) -> None:
+        """Observe one generation request at its end. `finish` is None when a fault or the
+        client cut it: its latencies are still observed (below), its tokens and success not."""
+        events = entry.events_ns
+        if not events:
+            return
+        arrival, first, last = entry.arrival_ns, events[0], events[-1]
+        h = self._hist
+        h["ttft"].observe((first - arrival) / 1e9)
+        h["e2e"].observe((last - arrival) / 1e9)
+        h["queue"].observe((admit_ns - arrival) / 1e9)
+        h["prefill"].observe((first - admit_ns) / 1e9)
+        h["decode"].observe((last - first) / 1e9)
+        h["inference"].observe((last - admit_ns) / 1e9)
+        if len(events) > 1:
+            h["itl"].observe_many(np.diff(np.frombuffer(events, dtype=np.int64)) / 1e9)
+        if entry.tokens > 1:
+            h["tpot"].observe((last - first) / 1e9 / (entry.tokens - 1))
+        if finish is not None:
+            self.success[finish] += 1
+            self.prompt_tokens += prompt_tokens
+            self.generation_tokens += entry.tokens
+
+    def collect(self) -> Iterator[Metric]:
+        labels = self._labels
+        for key, (name, help_text, _) in _VLLM_HISTOGRAMS.items():
+            fam = HistogramMetricFamily(name, help_text, labels=list(VLLM_LABELS))
+            cumulative, total = self._hist[key].snapshot()
+            fam.add_metric(labels, list(zip(self._les[key], cumulative, strict=True)), total)
+            yield fam
+        for name, help_text, value in (
+            ("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens),
+            (
+                "vllm:generation_tokens",
+                "Number of generation tokens processed.",
+                self.generation_tokens,
+            ),
+        ):
+            counter = CounterMetricFamily(name, help_text, labels=list(VLLM_LABELS))
+            counter.add_metric(labels, value)
+            yield counter
+        success = CounterMetricFamily(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            labels=[*VLLM_LABELS, "finished_reason"],
+        )
+        for reason, n in self.success.items():
+            success.add_metric([*labels, reason], n)
+        yield success
+        running = self._engine.active + self.replaying
+        for name, help_text, value in (
+            (
+                "vllm:num_requests_running",
+                "Number of requests in model execution batches.",
+                running,
+            ),
+            (
+                "vllm:num_requests_waiting",
+                "Number of requests waiting to be processed.",
+                self._engine.queued,
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, help_text, labels=list(VLLM_LABELS))
+            gauge.add_metric(labels, value)
+            yield gauge
+
+
+def _stats(ns: np.ndarray) -> dict[str, float | int | None]:
+    if ns.size == 0:
+        return {"n": 0, "mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    s = ns / 1e9
+    p50, p90, p99 = np.percentile(s, [50, 90, 99]).tolist()
+    return {
+        "n": int(s.size),
+        "mean": float(s.mean()),
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
+        "max": float(s.max()),
+    }
+
+
+def events_for(tokens: int, reasoning: int, k: int) -> int:
+    """`E` in the module docstring: events carrying `tokens` tokens, `reasoning` of them first."""
+    r = min(reasoning, tokens)
+    return math.ceil(r / k) + math.ceil((tokens - r) / k)
+
+
+def service_time_s(config: SimConfig, n: int, events: int) -> float:
+    """`S(n)` in the module docstring, from the means of `ttft` and `itl`."""
+    others = n - 1
+    ttft = config.ttft.mean + config.ttft_per_stream * others
+    return ttft + (events - 1) * (config.itl.mean + config.itl_per_stream * others)
+
+
+def capacity_rps(config: SimConfig, events: int) -> float:
+    """`lambda_max` in the module docstring: the request rate at the knee (inf if there is none)."""
+    if config.max_batch is not None:
+        return config.max_batch / service_time_s(config, config.max_batch, events)
+    per_stream = config.ttft_per_stream + (events - 1) * config.itl_per_stream
+    return 1 / per_stream if per_stream > 0 else math.inf

@@ -1,0 +1,34 @@
+"""Append-only records file: a header, one line per finished request, a footer at a clean end.
+
+Each line is written and flushed to the OS as its request finishes, so a killed client keeps every
+record it had finished (a machine crash can still lose what the OS had not written out).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from latbench.records.record import (
+    Record,
+    RunFooter,
+    RunHeader,
+    encode_footer,
+    encode_header,
+    encode_record,
+)
+
+
+class JsonlSink:
+    def __init__(self, path: Path, header: RunHeader) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f = path.open("ab", buffering=0)  # unbuffered: one write() per line
+        self._f.write(encode_header(header))
+
+    def add(self, record: Record) -> None:
+        self._f.write(encode_record(record))
+
+    def close(self, footer: RunFooter | None) -> None:
+        if footer is not None:
+            self._f.write(encode_footer(footer))
+        self._f.close()

@@ -1,0 +1,355 @@
+"""Run comparison: per-metric differences with bootstrap confidence intervals, and a verdict.
+
+Everything here is a pure function of records. For a latency, a bootstrap replicate resamples
+a run's measured requests with replacement; a gap metric (ITL) takes every gap of each drawn
+request, so the gaps of one request stay together, as they are not independent of each other.
+For a rate, a replicate resamples 20 time blocks of the measurement window, each holding the
+part of every request's lifetime that fell in it: resampling requests keeps their count fixed.
+A replicate's percentile is the exact `np.percentile` (linear) of the resampled samples,
+computed from per-sample weights without materialising the resample (`weighted_percentile`),
+so 1,000 replicates of a run with 10^6 gaps stay cheap.
+
+Verdict per metric, on the relative change `d = (B - A) / A` turned so that positive is worse
+(higher latency, lower throughput), with its 95 % percentile-bootstrap interval [lo, hi]:
+
+    worse   lo > 0 and d > margin    (surely worse, and by more than the margin)
+    better  hi < 0 and d < -margin
+    same    otherwise                (within the margin, or not told apart from noise)
+
+A percentile with fewer than `MIN_TAIL` samples beyond it (p99 of under 500 samples) is not
+judged: a bootstrap cannot reach past the largest sample, so its interval would be far too
+narrow. `margin` defaults to 5 %; `latbench compare --fail-on-regression X` sets it to X and
+gates on any `worse`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from latbench.records.record import Record
+from latbench.spec.slo import Slo
+from latbench.summary.summary import GAP_METRICS, NS_PER_S, _Samples
+
+Verdict = Literal["better", "worse", "same"]
+DEFAULT_MARGIN = 0.05
+DEFAULT_RESAMPLES = 1000
+MIN_TAIL = 5  # samples beyond a percentile needed to judge it
+CONFIDENCE = 0.95
+# Rates compared besides the latency rows; all higher-is-better.
+RATES: tuple[str, ...] = ("output_tokens_per_s", "requests_per_s", "goodput_per_s")
+DEFAULT_COMPARE_METRICS: tuple[str, ...] = ("ttft", "ttfo", "itl", "tpot", "e2e")
+DEFAULT_COMPARE_STATS: tuple[str, ...] = ("p50", "p90", "p99")
+RATE_BLOCKS = 20  # time blocks a window is cut into for a rate's interval
+# Cells in one block of replicates: bounds memory (8 bytes a cell) whatever the run's size.
+_BLOCK_CELLS = 4_000_000
+
+
+def weighted_percentile(
+    sorted_values: np.ndarray, weights: np.ndarray, percentile: float
+) -> np.ndarray:
+    """`np.percentile(np.repeat(sorted_values, w), percentile)` for each row `w` of `weights`.
+
+    `sorted_values` is ascending; `weights` holds non-negative integers, one row per replicate.
+    Rows whose weights sum to 0 give NaN.
+    """
+    w = np.atleast_2d(weights)
+    cw = np.cumsum(w, axis=1)
+    total = cw[:, -1] if cw.shape[1] else np.zeros(w.shape[0], dtype=np.int64)
+    h = (total - 1) * (percentile / 100.0)
+    lo = np.floor(h)
+    frac = h - lo
+    lo_i = lo.astype(np.int64)
+    hi_i = np.minimum(lo_i + 1, np.maximum(total - 1, 0))
+
+    def at(k: np.ndarray) -> np.ndarray:
+        # The k-th element (0-based) of the expanded array: the first value whose running count
+        # passes k.
+        idx = (cw <= k[:, None]).sum(axis=1)
+        return sorted_values[np.minimum(idx, sorted_values.size - 1)]
+
+    if sorted_values.size == 0:
+        return np.full(w.shape[0], np.nan)
+    out = at(lo_i) + frac * (at(hi_i) - at(lo_i))
+    out[total <= 0] = np.nan
+    return out
+
+
+@dataclass(frozen=True)
+class _Metric:
+    """One metric's samples, sorted, with the measured request each sample belongs to."""
+
+    values: np.ndarray  # ascending
+    owner: np.ndarray  # index into the run's measured requests
+
+
+class RunSamples:
+    """A run's measured requests as flat arrays, ready for resampling."""
+
+    def __init__(
+        self, records: Sequence[Record], window: tuple[int, int] | None, slos: Sequence[Slo]
+    ) -> None:
+        measured = [r for r in records if r.phase == "measure"]
+        ok_idx = np.array([i for i, r in enumerate(measured) if r.error is None], dtype=np.int64)
+        ok = [measured[i] for i in ok_idx]
+        s = _Samples.build(ok)
+        self.n = len(measured)
+        if window is None and measured:
+            start = min(r.t_intended for r in measured)
+            end = max(_finish(r) for r in measured)
+            window = (start, end)
+        self.duration_s = (window[1] - window[0]) / NS_PER_S if window else 0.0
+        self.succeeded = np.zeros(self.n)
+        self.succeeded[ok_idx] = 1.0
+        self.out_tokens = np.zeros(self.n)
+        self.out_tokens[ok_idx] = s.n_out
+        self.good = np.zeros(self.n)
+        self.good[ok_idx] = s.meets_all(slos).astype(np.float64)
+        # Rates are resampled by time blocks of the window, not by requests: a resample of n
+        # requests always holds n requests, which would make a rate's interval zero wide. Each
+        # request's weight is spread evenly over its own lifetime (send to last event), so the
+        # waves in which a closed loop's users finish together do not read as noise.
+        self.blocks = RATE_BLOCKS
+        self.spread = np.zeros((self.n, self.blocks))
+        if window is not None and window[1] > window[0] and self.n:
+            edges = np.linspace(window[0], window[1], self.blocks + 1)
+            a = np.array([r.t_sent for r in measured], dtype=np.float64)
+            b = np.array([_finish(r) for r in measured], dtype=np.float64)
+            b = np.maximum(b, a + 1.0)  # an instant gets all its weight in its block
+            f = np.clip((edges[None, :] - a[:, None]) / (b - a)[:, None], 0.0, 1.0)
+            self.spread = np.diff(f, axis=1)
+        self._samples = s
+        self._ok_idx = ok_idx
+        self._metrics: dict[str, _Metric] = {}
+
+    def metric(self, name: str) -> _Metric:
+        if name not in self._metrics:
+            s = self._samples
+            if name in GAP_METRICS:
+                values = s.gaps[name]
+                gaps_per_req = np.maximum(s.n_events - 1, 0)
+                owner = np.repeat(self._ok_idx, gaps_per_req)
+            else:
+                per_req = s.per_request[name]
+                keep = ~np.isnan(per_req)
+                values, owner = per_req[keep], self._ok_idx[keep]
+            order = np.argsort(values, kind="stable")
+            self._metrics[name] = _Metric(values[order], owner[order])
+        return self._metrics[name]
+
+    def statistic(self, name: str, stat: str) -> Callable[[np.ndarray], np.ndarray]:
+        """`f(counts) -> values`: the statistic for each row of per-request draw counts."""
+        if name in RATES:
+            per = {"output_tokens_per_s": self.out_tokens, "requests_per_s": self.succeeded}.get(
+                name, self.good
+            )
+            d = self.duration_s
+            per_block = per @ self.spread
+            total = float(per_block.sum())
+            point = float(per.sum()) / d if d > 0 else math.nan
+
+            def rate(counts: np.ndarray) -> np.ndarray:
+                # `counts` are draws of time blocks (see `replicates`); the replicate scales the
+                # run's rate by how much of its spread weight the drawn blocks hold.
+                if total <= 0:
+                    return np.full(counts.shape[0], point if point == 0 else math.nan)
+                return point * (counts @ per_block) / total
+
+            return rate
+        m = self.metric(name)
+        if stat == "mean":
+
+            def mean(counts: np.ndarray) -> np.ndarray:
+                w = counts[:, m.owner]
+                tot = w.sum(axis=1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return (w @ m.values) / tot
+
+            return mean
+        pct = parse_stat(stat)
+
+        def percentile(counts: np.ndarray) -> np.ndarray:
+            return weighted_percentile(m.values, counts[:, m.owner], pct)
+
+        return percentile
+
+    def _units(self, name: str) -> int:
+        """What one replicate draws: time blocks for rates, requests for everything else."""
+        return self.blocks if name in RATES else self.n
+
+    def estimate(self, name: str, stat: str) -> float:
+        """The statistic on the run as measured (every request drawn once)."""
+        return float(self.statistic(name, stat)(np.ones((1, self._units(name))))[0])
+
+    def replicates(
+        self, name: str, stat: str, resamples: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        f = self.statistic(name, stat)
+        if self.n == 0:
+            return np.full(resamples, np.nan)
+        units = self._units(name)
+        width = max(units, self.metric(name).values.size if name not in RATES else 0, 1)
+        block = max(1, _BLOCK_CELLS // width)
+        out = np.empty(resamples)
+        for start in range(0, resamples, block):
+            b = min(block, resamples - start)
+            draws = rng.integers(0, units, size=(b, units))
+            flat = (draws + np.arange(b)[:, None] * units).ravel()
+            counts = np.bincount(flat, minlength=b * units).reshape(b, units)
+            out[start : start + b] = f(counts)
+        return out
+
+
+def _finish(r: Record) -> int:
+    return max(r.t_sent, r.t_end or 0, r.ev_t[-1] if r.ev_t else 0)
+
+
+def parse_stat(stat: str) -> float:
+    """`p99` -> 99.0, `p99.9` -> 99.9."""
+    try:
+        p = float(stat.removeprefix("p"))
+    except ValueError:
+        raise ValueError(f"statistic {stat!r}: give mean or pNN, e.g. p50, p99.9") from None
+    if not stat.startswith("p") or not 0 <= p <= 100:
+        raise ValueError(f"statistic {stat!r}: give mean or pNN with NN in 0..100")
+    return p
+
+
+def percentile_ci(
+    samples: RunSamples, metric: str, percentile: float, resamples: int, seed: int = 0
+) -> tuple[float, float, float]:
+    """(estimate, low, high): a percentile of one run with its 95 % bootstrap interval."""
+    stat = f"p{percentile:g}"
+    reps = samples.replicates(metric, stat, resamples, np.random.default_rng(seed))
+    lo, hi = _interval(reps)
+    return samples.estimate(metric, stat), lo, hi
+
+
+def _interval(reps: np.ndarray) -> tuple[float, float]:
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0:
+        return math.nan, math.nan
+    a = (1 - CONFIDENCE) / 2 * 100
+    lo, hi = np.percentile(reps, [a, 100 - a])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One metric of run B against baseline A."""
+
+    metric: str  # a METRICS name or a RATES name
+    stat: str  # mean, pNN; "" for rates
+    a: float | None
+    b: float | None
+    change: float | None  # (B - A) / A
+    ci: tuple[float, float] | None  # 95 % interval of `change`
+    worse_change: float | None  # `change` signed so that positive is worse
+    verdict: Verdict
+    note: str  # why a verdict could not be reached, or that the interval is wide
+
+    @property
+    def label(self) -> str:
+        return self.metric if not self.stat else f"{self.metric} {self.stat}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "stat": self.stat,
+            "a": self.a,
+            "b": self.b,
+            "change": self.change,
+            "ci_low": None if self.ci is None else self.ci[0],
+            "ci_high": None if self.ci is None else self.ci[1],
+            "verdict": self.verdict,
+            "note": self.note,
+        }
+
+
+def judge(worse_change: float, ci_worse: tuple[float, float], margin: float) -> Verdict:
+    lo, hi = ci_worse
+    if lo > 0 and worse_change > margin:
+        return "worse"
+    if hi < 0 and worse_change < -margin:
+        return "better"
+    return "same"
+
+
+def compare_runs(
+    a: RunSamples,
+    b: RunSamples,
+    *,
+    metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
+    stats: Sequence[str] = DEFAULT_COMPARE_STATS,
+    rates: Sequence[str] = RATES,
+    margin: float = DEFAULT_MARGIN,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> list[Row]:
+    # One generator per comparison, consumed in a fixed order: the same inputs always give the
+    # same intervals.
+    rng = np.random.default_rng(seed)
+    rows = []
+    wanted = [(m, s) for m in metrics for s in stats] + [(r, "") for r in rates]
+    for name, stat in wanted:
+        higher_better = name in RATES
+        ea, eb = a.estimate(name, stat), b.estimate(name, stat)
+        if not (math.isfinite(ea) and math.isfinite(eb)) or ea == 0:
+            rows.append(
+                Row(
+                    name,
+                    stat,
+                    _num(ea),
+                    _num(eb),
+                    None,
+                    None,
+                    None,
+                    "same",
+                    "no samples to compare",
+                )
+            )
+            continue
+        tail = _tail_samples(a, b, name, stat)
+        if tail is not None and tail < MIN_TAIL:
+            # A bootstrap cannot reach past the largest sample, so a percentile resting on a
+            # handful of them gets an interval far narrower than its real uncertainty.
+            change = (eb - ea) / ea
+            note = f"not judged: under {MIN_TAIL} samples beyond {stat} (more requests needed)"
+            rows.append(Row(name, stat, ea, eb, change, None, None, "same", note))
+            continue
+        ra = a.replicates(name, stat, resamples, rng)
+        rb = b.replicates(name, stat, resamples, rng)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = (rb - ra) / ra
+        change = (eb - ea) / ea
+        lo, hi = _interval(rel)
+        sign = -1.0 if higher_better else 1.0
+        worse = sign * change
+        ci_worse = (sign * lo, sign * hi) if sign > 0 else (sign * hi, sign * lo)
+        verdict = judge(worse, ci_worse, margin) if math.isfinite(lo) else "same"
+        note = ""
+        if verdict == "same" and ci_worse[0] < -margin and ci_worse[1] > margin:
+            note = "wide interval: more requests would tell"
+        rows.append(Row(name, stat, ea, eb, change, (lo, hi), worse, verdict, note))
+    return rows
+
+
+def _tail_samples(a: RunSamples, b: RunSamples, name: str, stat: str) -> float | None:
+    """Samples beyond the percentile (on its nearer side) in the smaller run; None for others."""
+    if name in RATES or not stat.startswith("p"):
+        return None
+    p = parse_stat(stat)
+    n = min(a.metric(name).values.size, b.metric(name).values.size)
+    return n * min(p, 100 - p) / 100
+
+
+def _num(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def regressions(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if r.verdict == "worse"]

@@ -1,0 +1,493 @@
+"""The server's own account of a run: vLLM's Prometheus metrics, scraped before, during and
+after it, and reconciled with the client's records.
+
+vLLM times each request from its arrival in the API server's engine client (after HTTP parsing
+and tokenisation) to the engine's first and last outputs. latbench times it from just before the
+request is handed to the HTTP client to the arrival of the events. The difference is everything
+outside vLLM's stopwatch: the client, HTTP on both sides, the network, request parsing and
+tokenisation, and detokenising and framing the events.
+
+The server's histograms are counts per bucket plus an exact sum. So the reconciliation gives:
+- means exactly (sum / count on each side), hence the mean overhead exactly;
+- a server percentile only as the bucket that holds it, hence a percentile overhead as an
+  interval whose width is that bucket's (the "uncertainty from the bucket resolution");
+- an exact check that no request's client TTFT or E2E is below the server's: when both sides
+  counted the same requests, at every bucket boundary the client can have no more requests at
+  or under it than the server.
+
+Everything here except `ServerMetricsScraper` is a pure function of records and two snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from time import monotonic_ns
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import numpy as np
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from latbench.records.record import Record
+from latbench.summary.summary import _Samples
+
+# Our name -> vLLM's histogram family; the first name found wins (older vLLMs call ITL
+# time_per_output_token).
+HISTOGRAMS: dict[str, tuple[str, ...]] = {
+    "ttft": ("vllm:time_to_first_token_seconds",),
+    "itl": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+    "tpot": ("vllm:request_time_per_output_token_seconds",),
+    "e2e": ("vllm:e2e_request_latency_seconds",),
+    "queue": ("vllm:request_queue_time_seconds",),
+    "prefill": ("vllm:request_prefill_time_seconds",),
+    "decode": ("vllm:request_decode_time_seconds",),
+    "inference": ("vllm:request_inference_time_seconds",),
+}
+COUNTERS: dict[str, str] = {
+    "prompt_tokens": "vllm:prompt_tokens_total",
+    "generation_tokens": "vllm:generation_tokens_total",
+    "requests": "vllm:request_success_total",  # summed over finished_reason
+}
+GAUGES: dict[str, str] = {
+    "running": "vllm:num_requests_running",
+    "waiting": "vllm:num_requests_waiting",
+    "kv_cache_usage": "vllm:kv_cache_usage_perc",
+}
+# Client metric -> server histogram compared with it.
+PAIRS: tuple[str, ...] = ("ttft", "itl", "tpot", "e2e")
+# Server-only phases, shown next to the pairs.
+PHASES: tuple[str, ...] = ("queue", "prefill", "decode", "inference")
+QUANTILES: tuple[float, ...] = (50.0, 90.0, 99.0)
+SCRAPE_EVERY_S = 2.0
+# After the last response, vLLM may record the last request's stats a moment later.
+SETTLE_S = 3.0
+
+
+class ServerMetricsError(Exception):
+    """A /metrics page that cannot be read as vLLM's."""
+
+
+@dataclass(frozen=True)
+class Histogram:
+    bounds: tuple[float, ...]  # finite upper bounds (le), ascending
+    cumulative: tuple[float, ...]  # count at or under each bound, then the +Inf count
+    sum: float
+
+    @property
+    def count(self) -> float:
+        return self.cumulative[-1]
+
+    def minus(self, earlier: Histogram) -> Histogram:
+        if earlier.bounds != self.bounds:
+            raise ServerMetricsError("the server's bucket boundaries changed during the run")
+        return Histogram(
+            self.bounds,
+            tuple(a - b for a, b in zip(self.cumulative, earlier.cumulative, strict=True)),
+            self.sum - earlier.sum,
+        )
+
+    def quantile_bucket(self, q: float) -> tuple[float, float]:
+        """The bucket (lower, upper] that holds the q-th percentile; upper may be +inf."""
+        rank = q / 100 * self.count
+        lower = 0.0
+        for bound, cum in zip((*self.bounds, math.inf), self.cumulative, strict=True):
+            if cum >= rank and cum > 0:
+                return lower, bound
+            lower = bound
+        return lower, math.inf
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    t_ns: int
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "t_ns": self.t_ns,
+            "histograms": {k: asdict(h) for k, h in self.histograms.items()},
+            "counters": self.counters,
+            "gauges": self.gauges,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Snapshot:
+        hist = {
+            k: Histogram(tuple(h["bounds"]), tuple(h["cumulative"]), h["sum"])
+            for k, h in d["histograms"].items()
+        }
+        return cls(d["t_ns"], hist, dict(d["counters"]), dict(d["gauges"]))
+
+
+def parse_metrics(text: str, model: str | None, t_ns: int | None = None) -> Snapshot:
+    """vLLM's families from a /metrics page, summed over engines; only `model`'s series when
+    the page labels series by model_name (a server may serve several)."""
+    families = {name for names in HISTOGRAMS.values() for name in names}
+    buckets: dict[str, dict[float, float]] = {}  # by vLLM's family name
+    sums: dict[str, float] = {}
+    counters: dict[str, float] = {}
+    gauges: dict[str, float] = {}
+    try:
+        parsed = list(text_string_to_metric_families(text))
+    except ValueError as e:
+        raise ServerMetricsError(f"not Prometheus text: {e}") from None
+    for fam in parsed:
+        for s in fam.samples:
+            if model is not None and s.labels.get("model_name", model) != model:
+                continue
+            if fam.name in families and fam.type == "histogram":
+                if s.name.endswith("_bucket"):
+                    le = float(s.labels["le"])
+                    b = buckets.setdefault(fam.name, {})
+                    b[le] = b.get(le, 0.0) + s.value
+                elif s.name.endswith("_sum"):
+                    sums[fam.name] = sums.get(fam.name, 0.0) + s.value
+            for ours, name in COUNTERS.items():
+                if s.name == name:
+                    counters[ours] = counters.get(ours, 0.0) + s.value
+            for ours, name in GAUGES.items():
+                if s.name == name:
+                    gauges[ours] = gauges.get(ours, 0.0) + s.value
+    if not buckets and not counters:
+        raise ServerMetricsError("no vLLM metrics (vllm:*) on the page")
+    histograms = {}
+    for ours, names in HISTOGRAMS.items():
+        # A vLLM that serves both a metric's new name and its deprecated one: the new one.
+        name = next((n for n in names if n in buckets), None)
+        if name is None:
+            continue
+        b = buckets[name]
+        les = sorted(b)
+        if les[-1] != math.inf:
+            raise ServerMetricsError(f"{name}: no +Inf bucket")
+        histograms[ours] = Histogram(
+            tuple(les[:-1]), tuple(b[le] for le in les), sums.get(name, 0.0)
+        )
+    return Snapshot(monotonic_ns() if t_ns is None else t_ns, histograms, counters, gauges)
+
+
+def read_server_metrics(records_path: Path) -> ServerMetrics | None:
+    """The run's scrapes, kept next to its records file, if it has them."""
+    path = records_path.parent / "server_metrics.json"
+    if not path.exists():
+        return None
+    try:
+        return ServerMetrics.from_dict(orjson.loads(path.read_bytes()))
+    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+        raise ServerMetricsError(f"{path}: not a server metrics file ({e})") from None
+
+
+def default_metrics_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    return f"{parts.scheme}://{parts.netloc}/metrics"
+
+
+# --- scraping ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerMetrics:
+    """What the scraper collected: the snapshots the reconciliation needs, the gauges' course
+    during the run, and what went wrong (a failed scrape never fails the run)."""
+
+    url: str
+    before: Snapshot | None = None
+    after: Snapshot | None = None
+    timeline: list[dict[str, float]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "before": None if self.before is None else self.before.to_dict(),
+            "after": None if self.after is None else self.after.to_dict(),
+            "timeline": self.timeline,
+            "errors": self.errors,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServerMetrics:
+        return cls(
+            d["url"],
+            None if d.get("before") is None else Snapshot.from_dict(d["before"]),
+            None if d.get("after") is None else Snapshot.from_dict(d["after"]),
+            list(d.get("timeline", [])),
+            list(d.get("errors", [])),
+        )
+
+
+class ServerMetricsScraper:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        model: str | None,
+        every_s: float = SCRAPE_EVERY_S,
+    ) -> None:
+        self._session = session
+        self._model = model
+        self._every_s = every_s
+        self._task: asyncio.Task[None] | None = None
+        self.result = ServerMetrics(url)
+
+    async def scrape(self) -> Snapshot:
+        try:
+            async with self._session.get(
+                self.result.url, timeout=aiohttp.ClientTimeout(total=10)
+            ) as resp:
+                if resp.status != 200:
+                    raise ServerMetricsError(f"HTTP {resp.status}")
+                text = await resp.text()
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise ServerMetricsError(f"{type(e).__name__}: {e}") from None
+        return parse_metrics(text, self._model)
+
+    async def start(self) -> bool:
+        """The first scrape; False (and an error noted) when the page is not vLLM's."""
+        try:
+            self.result.before = await self.scrape()
+        except ServerMetricsError as e:
+            self.result.errors.append(f"before the run: {e}")
+            return False
+        self._note(self.result.before)
+        self._task = asyncio.create_task(self._during())
+        return True
+
+    async def stop(self, client_completed: int) -> ServerMetrics:
+        """The last scrape, once the server counts at least `client_completed` more successes
+        than before (or after SETTLE_S)."""
+        await self.cancel()
+        before = self.result.before
+        if before is None:
+            return self.result
+        deadline = monotonic_ns() + int(SETTLE_S * 1e9)
+        while True:
+            try:
+                snap = await self.scrape()
+            except ServerMetricsError as e:
+                self.result.errors.append(f"after the run: {e}")
+                return self.result
+            done = snap.counters.get("requests", 0) - before.counters.get("requests", 0)
+            if done >= client_completed or monotonic_ns() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        self.result.after = snap
+        self._note(snap)
+        return self.result
+
+    async def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _during(self) -> None:
+        while True:
+            await asyncio.sleep(self._every_s)
+            try:
+                self._note(await self.scrape())
+            except ServerMetricsError as e:
+                self.result.errors.append(f"during the run: {e}")
+
+    def _note(self, snap: Snapshot) -> None:
+        totals = {f"{k}_total": v for k, v in snap.counters.items()}
+        self.result.timeline.append({"t_ns": snap.t_ns, **snap.gauges, **totals})
+
+
+# --- reconciliation ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Side:
+    n: float
+    mean_s: float | None
+    quantiles_s: dict[str, float] = field(default_factory=dict)  # the client's, exact
+    # The server's: the bucket (lower, upper] that holds each percentile.
+    buckets_s: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pair:
+    metric: str
+    client: Side
+    server: Side
+    mean_overhead_s: float | None  # client mean - server mean (exact)
+    overhead_s: dict[str, tuple[float, float]]  # percentile -> (low, high) bounds of the gap
+    # Bucket boundaries where the client counts more requests at or under it than the server:
+    # a request the client saw faster than the server did (only checked for TTFT and E2E).
+    below_server_at: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    url: str
+    same_requests: bool  # both sides counted the same number of finished requests
+    client_requests: int
+    server_requests: float
+    tokens: dict[str, dict[str, float | None]]  # prompt/generation: client, server
+    pairs: dict[str, Pair]
+    phases: dict[str, Side]  # the server's queue, prefill, decode, inference
+    peak: dict[str, float]  # the server's gauges at their highest during the run
+    # Mean client TTFT split into the server's parts and what lies outside the server.
+    ttft_split_s: dict[str, float] | None
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and math.isinf(x):
+        return None  # JSON has no infinity; an open bucket's upper bound
+    return x
+
+
+def client_samples(records: Sequence[Record]) -> dict[str, np.ndarray]:
+    """The client's samples over every finished request of the run, warm-up and cool-down
+    included (the server's counters cannot tell the phases apart); the summary's own
+    per-metric arrays, so both read METRICS.md the same way."""
+    s = _Samples.build([r for r in records if r.ok])
+    per_request = {k: v[~np.isnan(v)] for k, v in s.per_request.items()}
+    return {
+        "ttft": per_request["ttft"],
+        "itl": s.gaps["itl"],
+        "tpot": per_request["tpot"],
+        "e2e": per_request["e2e"],
+    }
+
+
+def _client_side(samples: np.ndarray) -> Side:
+    if samples.size == 0:
+        return Side(0, None)
+    # The server's histogram places a percentile by rank (the bucket holding the ceil(q n)-th
+    # smallest); the client's percentile here follows the same rule, so that a client no faster
+    # than the server per request is never below the server's bucket. With few samples this can
+    # differ a little from the summary's interpolated percentiles.
+    values = np.percentile(samples, QUANTILES, method="inverted_cdf")
+    return Side(
+        int(samples.size),
+        float(samples.mean()),
+        {f"p{q:g}": float(v) for q, v in zip(QUANTILES, values, strict=True)},
+    )
+
+
+def _server_side(h: Histogram) -> Side:
+    if h.count <= 0:
+        return Side(0, None)
+    buckets = {f"p{q:g}": h.quantile_bucket(q) for q in QUANTILES}
+    return Side(h.count, h.sum / h.count, buckets_s=buckets)
+
+
+def _below_server_at(samples: np.ndarray, h: Histogram) -> tuple[float, ...]:
+    srt = np.sort(samples)
+    at_or_under = np.searchsorted(srt, np.asarray(h.bounds), side="right")
+    return tuple(b for b, c, s in zip(h.bounds, at_or_under, h.cumulative, strict=False) if c > s)
+
+
+def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliation | None:
+    if server.before is None or server.after is None:
+        return None
+    before, after = server.before, server.after
+    for name, value in before.counters.items():
+        if after.counters.get(name, value) < value:
+            raise ServerMetricsError(
+                f"the server's {COUNTERS[name]} went down during the run: it restarted, so its "
+                "figures cannot be set against the run's"
+            )
+    completed = sum(1 for r in records if r.ok)
+    server_requests = after.counters.get("requests", 0.0) - before.counters.get("requests", 0.0)
+    same = completed == server_requests
+    notes: list[str] = []
+    if server_requests > completed:
+        notes.append(
+            f"the server finished {server_requests:g} requests while the client completed "
+            f"{completed}: other traffic shared the server (or it counted requests the client "
+            "gave up on), so the two sides describe different populations"
+        )
+    elif server_requests < completed:
+        notes.append(
+            f"the server counted {server_requests:g} finished requests, fewer than the client's "
+            f"{completed}: its metrics were read before it recorded them all, or a proxy sits "
+            "between"
+        )
+    samples = client_samples(records)
+    pairs: dict[str, Pair] = {}
+    for metric in PAIRS:
+        if metric not in after.histograms or metric not in before.histograms:
+            continue
+        h = after.histograms[metric].minus(before.histograms[metric])
+        c, s = _client_side(samples[metric]), _server_side(h)
+        mean = None if c.mean_s is None or s.mean_s is None else c.mean_s - s.mean_s
+        overhead = {
+            q: (v - s.buckets_s[q][1], v - s.buckets_s[q][0])
+            for q, v in c.quantiles_s.items()
+            if q in s.buckets_s
+        }
+        below = _below_server_at(samples[metric], h) if same and metric in ("ttft", "e2e") else ()
+        pairs[metric] = Pair(metric, c, s, mean, overhead, below)
+    phases = {
+        p: _server_side(after.histograms[p].minus(before.histograms[p]))
+        for p in PHASES
+        if p in after.histograms and p in before.histograms
+    }
+    tokens: dict[str, dict[str, float | None]] = {}
+    for name, attr in (
+        ("prompt", "usage_prompt_tokens"),
+        ("generation", "usage_completion_tokens"),
+    ):
+        vals = [getattr(r, attr) for r in records if r.ok and getattr(r, attr) is not None]
+        key = f"{name}_tokens"
+        delta = (
+            after.counters[key] - before.counters[key]
+            if key in after.counters and key in before.counters
+            else None
+        )
+        tokens[name] = {"client": float(sum(vals)) if vals else None, "server": delta}
+    peak: dict[str, float] = {}
+    for row in server.timeline:
+        for k in GAUGES:
+            if k in row:
+                peak[k] = max(peak.get(k, row[k]), row[k])
+    return Reconciliation(
+        url=server.url,
+        same_requests=same,
+        client_requests=completed,
+        server_requests=server_requests,
+        tokens=tokens,
+        pairs=pairs,
+        phases=phases,
+        peak=peak,
+        ttft_split_s=_ttft_split(pairs, phases),
+        notes=tuple(notes) + tuple(server.errors),
+    )
+
+
+def _ttft_split(pairs: dict[str, Pair], phases: dict[str, Side]) -> dict[str, float] | None:
+    """Mean client TTFT = queue + prefill + the rest of the server's TTFT (its front end, IPC
+    and output processing) + what lies outside the server. Means add up; percentiles do not."""
+    ttft = pairs.get("ttft")
+    if ttft is None or ttft.client.mean_s is None or ttft.server.mean_s is None:
+        return None
+    queue = phases.get("queue")
+    prefill = phases.get("prefill")
+    q = queue.mean_s if queue is not None and queue.mean_s is not None else 0.0
+    p = prefill.mean_s if prefill is not None and prefill.mean_s is not None else 0.0
+    return {
+        "client_ttft": ttft.client.mean_s,
+        "server_ttft": ttft.server.mean_s,
+        "queue": q,
+        "prefill": p,
+        "server_other": ttft.server.mean_s - q - p,
+        "outside_server": ttft.client.mean_s - ttft.server.mean_s,
+    }

@@ -1,0 +1,177 @@
+"""`latbench run --launch-vllm "<vllm args>"`: a vLLM server in a child process for one run.
+
+It listens on loopback on a port latbench picks, its output goes to `vllm.log` in the run's
+directory, and it is stopped (SIGTERM to its process group, then SIGKILL) whatever way the run
+ends: finished, failed, Ctrl-C, or latbench itself killed (the kernel sends the child SIGTERM when
+its parent dies, Linux only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from latbench.shared.errors import LatbenchError, SpecError
+
+ENTRYPOINT = ("-m", "vllm.entrypoints.openai.api_server")
+# Opinions of a benchmark run, each only where the caller's environment says nothing.
+DEFAULT_ENV = {"VLLM_NO_USAGE_STATS": "1"}
+READY_TIMEOUT_S = 900.0  # a large model's weights can take minutes to load
+STOP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parse_launch_args(text: str) -> list[str]:
+    """The vLLM arguments; latbench owns --host and --port (it benchmarks what it launched)."""
+    try:
+        args = shlex.split(text)
+    except ValueError as e:
+        raise SpecError(f"--launch-vllm: {e}") from None
+    for arg in args:
+        if arg.split("=", 1)[0] in ("--host", "--port"):
+            raise SpecError(
+                f"--launch-vllm: drop {arg.split('=', 1)[0]}; latbench serves vLLM on "
+                "127.0.0.1 on a free port and benchmarks that"
+            )
+    if "--model" not in {a.split("=", 1)[0] for a in args}:
+        raise SpecError('--launch-vllm: name the model, e.g. --launch-vllm "--model MODEL"')
+    return args
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class VllmServer:
+    """A context manager: starts vLLM, waits until /health answers, stops it on exit."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        port: int,
+        log_path: Path,
+        python: str | None = None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> None:
+        self.args = list(args)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.python = python or sys.executable
+        self.ready_timeout_s = ready_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**DEFAULT_ENV, **os.environ}
+        cmd = [
+            self.python,
+            *ENTRYPOINT,
+            *self.args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        with self.log_path.open("ab") as log:
+            log.write(f"# latbench: {shlex.join(cmd)}\n".encode())
+            log.flush()
+            try:
+                self._proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    # Its own process group: Ctrl-C reaches latbench only, which drains the run
+                    # before it stops vLLM; and the stop reaches vLLM's engine processes too.
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            except OSError as e:
+                raise LatbenchError(f"--launch-vllm: cannot start {self.python}: {e}") from None
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            if self._proc.poll() is not None:
+                raise LatbenchError(
+                    f"vLLM exited with status {self._proc.returncode} before it was ready; "
+                    f"the end of {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise LatbenchError(
+                    f"vLLM was not ready within {self.ready_timeout_s:g} s; "
+                    f"the end of {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.5)
+
+    def stop(self) -> int | None:
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                proc.wait()
+        # Engine processes it started may outlive it by a moment; they share its group.
+        self._signal(signal.SIGKILL)
+        return proc.returncode
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

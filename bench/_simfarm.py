@@ -9,7 +9,6 @@ process keeps its own truth, read through its private admin port.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -20,6 +19,7 @@ from typing import Any, Self
 import orjson
 
 from bench._procmon import cpu_seconds
+from latbench.shared.child import Child
 from latbench.sim import SimConfig
 from latbench.vllm.launch import free_port
 
@@ -34,7 +34,7 @@ class SimFarm:
         # in-flight requests at the end of a run): that goes to a file, not the harness output.
         self.log = log
         self.port = 0
-        self._procs: list[subprocess.Popen[str]] = []
+        self._children: list[Child] = []
         self._admin: list[int] = []
 
     @property
@@ -43,7 +43,7 @@ class SimFarm:
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs]
+        return [c.pid for c in self._children]
 
     def __enter__(self) -> Self:
         env = dict(os.environ)
@@ -56,7 +56,7 @@ class SimFarm:
         err = self.log.open("ab") if self.log is not None else None
         try:
             for _ in range(self.processes):
-                p = subprocess.Popen(
+                child = Child(
                     [sys.executable, "-m", "bench._simchild", cfg, str(self.port)],
                     stdout=subprocess.PIPE,
                     stderr=err,
@@ -64,9 +64,9 @@ class SimFarm:
                     env=env,
                     cwd=ROOT,
                 )
-                self._procs.append(p)
-                assert p.stdout is not None
-                line = p.stdout.readline().split()
+                self._children.append(child)
+                assert child.proc.stdout is not None
+                line = child.proc.stdout.readline().split()
                 if len(line) != 3 or line[0] != "bench-sim":
                     raise RuntimeError(f"simulator process did not start: {line!r}")
                 self._admin.append(int(line[2]))
@@ -84,15 +84,11 @@ class SimFarm:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for p in self._procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self._procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        # All are asked first, then waited on: they stop in parallel.
+        for c in self._children:
+            c.terminate()
+        for c in self._children:
+            c.reap(5)
 
     def _call(self, admin: int, path: str, method: str = "GET") -> Any:
         req = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", method=method)

@@ -7,17 +7,16 @@ with SimProcess(SimConfig(ttft=0.05)) as sim:
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from latbench.shared.child import Child
 from latbench.sim.config import SimConfig
 
 _READY_PREFIX = "latbench-sim listening on "
@@ -46,7 +45,7 @@ class SimProcess:
         self.config = config if config is not None else SimConfig()
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
-        self._proc: subprocess.Popen[str] | None = None
+        self._child: Child | None = None
         self._url: str | None = None
         self._ready = threading.Event()
         self._stderr_tail: deque[str] = deque(maxlen=200)
@@ -61,9 +60,9 @@ class SimProcess:
 
     @property
     def pid(self) -> int:
-        if self._proc is None:
+        if self._child is None:
             raise SimError("the simulator is not running; call start() or use `with`")
-        return self._proc.pid
+        return self._child.pid
 
     @property
     def stderr(self) -> str:
@@ -71,13 +70,13 @@ class SimProcess:
         return "".join(self._stderr_tail)
 
     def start(self) -> Self:
-        if self._proc is not None:
+        if self._child is not None:
             raise SimError("this SimProcess was already started")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_IMPORT_ROOT, env.get("PYTHONPATH")) if p)
         env[PARENT_ENV] = str(os.getpid())
         cmd = [sys.executable, "-m", "latbench.sim", "--config-json", self.config.model_dump_json()]
-        self._proc = subprocess.Popen(
+        self._child = child = Child(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -85,48 +84,41 @@ class SimProcess:
             text=True,
             env=env,
         )
-        assert self._proc.stdout is not None and self._proc.stderr is not None
+        assert child.proc.stdout is not None and child.proc.stderr is not None
         # Both pipes are read for the child's whole life, so a full pipe can never block it.
-        self._spawn(self._read_stdout, self._proc.stdout)
-        self._spawn(self._read_stderr, self._proc.stderr)
+        self._spawn(self._read_stdout, child.proc.stdout)
+        self._spawn(self._read_stderr, child.proc.stderr)
         try:
-            self._wait_ready()
+            child.wait_ready(
+                lambda: self._ready.wait(0.02),
+                self.startup_timeout,
+                every_s=0.0,
+                exited=self._exited_early,
+                late=lambda: SimError(
+                    f"the simulator did not listen within {self.startup_timeout:g} s;"
+                    f" its stderr:\n{self.stderr}"
+                ),
+            )
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while not self._ready.wait(0.02):
-            if self._proc.poll() is not None:
-                self._join_readers()
-                raise SimError(
-                    f"the simulator exited with status {self._proc.returncode} before listening;"
-                    f" its stderr:\n{self.stderr}"
-                )
-            if time.monotonic() > deadline:
-                raise SimError(
-                    f"the simulator did not listen within {self.startup_timeout:g} s;"
-                    f" its stderr:\n{self.stderr}"
-                )
+    def _exited_early(self, status: int) -> SimError:
+        self._join_readers()  # its last words, before they are quoted
+        return SimError(
+            f"the simulator exited with status {status} before listening;"
+            f" its stderr:\n{self.stderr}"
+        )
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited within `stop_timeout`; its exit status."""
-        proc = self._proc
-        if proc is None:
+        if self._child is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        status = self._child.stop(self.stop_timeout)
         self._join_readers()
         self._url = None
-        return proc.returncode
+        return status
 
     def _spawn(self, target: Callable[[IO[str]], None], stream: IO[str]) -> None:
         t = threading.Thread(target=target, args=(stream,), daemon=True, name="latbench-sim-io")
@@ -162,5 +154,5 @@ class SimProcess:
         self.stop()
 
     def __repr__(self) -> str:
-        state = self._url or ("stopped" if self._proc is not None else "not started")
+        state = self._url or ("stopped" if self._child is not None else "not started")
         return f"<SimProcess {state}>"

@@ -8,7 +8,6 @@ its parent dies, Linux only).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import shlex
@@ -16,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -24,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from latbench.shared.child import Child
 from latbench.shared.errors import LatbenchError, SpecError
 
 ENTRYPOINT = ("-m", "vllm.entrypoints.openai.api_server")
@@ -78,7 +77,7 @@ class VllmServer:
         self.log_path = log_path
         self.python = python or sys.executable
         self.ready_timeout_s = ready_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child: Child | None = None
 
     def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,67 +95,47 @@ class VllmServer:
             log.write(f"# latbench: {shlex.join(cmd)}\n".encode())
             log.flush()
             try:
-                self._proc = subprocess.Popen(
+                self._child = Child(
                     cmd,
+                    # Its own process group: Ctrl-C reaches latbench only, which drains the run
+                    # before it stops vLLM; and the stop reaches vLLM's engine processes too.
+                    own_group=True,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
-                    # Its own process group: Ctrl-C reaches latbench only, which drains the run
-                    # before it stops vLLM; and the stop reaches vLLM's engine processes too.
-                    start_new_session=True,
                     preexec_fn=_die_with_parent,
                 )
             except OSError as e:
                 raise LatbenchError(f"--launch-vllm: cannot start {self.python}: {e}") from None
         try:
-            self._wait_ready()
+            self._child.wait_ready(
+                self._healthy,
+                self.ready_timeout_s,
+                every_s=0.5,
+                exited=lambda status: LatbenchError(
+                    f"vLLM exited with status {status} before it was ready; "
+                    f"the end of {self.log_path}:\n{self.log_tail()}"
+                ),
+                late=lambda: LatbenchError(
+                    f"vLLM was not ready within {self.ready_timeout_s:g} s; "
+                    f"the end of {self.log_path}:\n{self.log_tail()}"
+                ),
+            )
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.ready_timeout_s
-        while True:
-            if self._proc.poll() is not None:
-                raise LatbenchError(
-                    f"vLLM exited with status {self._proc.returncode} before it was ready; "
-                    f"the end of {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise LatbenchError(
-                    f"vLLM was not ready within {self.ready_timeout_s:g} s; "
-                    f"the end of {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.5)
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False  # not listening yet
 
     def stop(self) -> int | None:
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-                proc.wait()
-        # Engine processes it started may outlive it by a moment; they share its group.
-        self._signal(signal.SIGKILL)
-        return proc.returncode
-
-    def _signal(self, sig: signal.Signals) -> None:
-        assert self._proc is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)
+        return None if self._child is None else self._child.stop(STOP_TIMEOUT_S)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

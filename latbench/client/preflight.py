@@ -13,9 +13,10 @@ import aiohttp
 import orjson
 
 from latbench.client.apis import API_KINDS, RequestOptions
+from latbench.client.nonstream import location
 from latbench.client.reads import read_bounded
 from latbench.client.retry import RetryPolicy
-from latbench.client.stream import Endpoint, StreamLimits, Timeouts, location
+from latbench.client.stream import Endpoint, StreamLimits, Timeouts
 from latbench.shared.errors import SpecError, TargetError
 from latbench.spec.spec import TargetSpec, WorkloadSpec
 

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from latbench.shared.units import ms_short
 from latbench.summary.server import Reconciliation, Side
 
 LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E"}
@@ -21,13 +22,11 @@ PHASE_LABELS = {
 
 
 def _ms(seconds: float | None, sign: bool = False) -> str:
-    if seconds is None:
-        return "–"
-    if math.isinf(seconds):
+    # Whole milliseconds from 1 s up (the server's buckets are coarse there); a bucket's upper
+    # bound can be +Inf.
+    if seconds is not None and math.isinf(seconds):
         return "∞"
-    ms = seconds * 1e3
-    digits = 2 if abs(ms) < 100 else 1 if abs(ms) < 1_000 else 0
-    return f"{ms:+,.{digits}f}" if sign else f"{ms:,.{digits}f}"
+    return ms_short(seconds, sign=sign, whole_from=1_000)
 
 
 def _bucket(side: Side, q: str) -> str:

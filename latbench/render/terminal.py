@@ -8,6 +8,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from latbench.shared.units import ms_short, num
 from latbench.spec.slo import DEFAULT_SLOS, METRICS
 from latbench.summary.summary import Stats, Summary, pct_key
 
@@ -42,19 +43,6 @@ def render_summary(summary: Summary, console: Console) -> None:
     console.print(_validity(summary))
 
 
-def _ms(seconds: float | None) -> str:
-    # Three or four significant figures: enough to compare with a 100 ms target, and narrow
-    # enough that an 80-column terminal shows the whole latency table.
-    if seconds is None:
-        return "–"
-    ms = seconds * 1e3
-    return f"{ms:,.2f}" if abs(ms) < 100 else f"{ms:,.1f}" if abs(ms) < 10_000 else f"{ms:,.0f}"
-
-
-def _num(x: float | None, fmt: str = ",.2f") -> str:
-    return "–" if x is None else format(x, fmt)
-
-
 def _headline(s: Summary) -> Text:
     req = s.requests
     if s.window is None:
@@ -84,8 +72,8 @@ def _threshold(s: Summary, metric: str) -> float | None:
 
 def _cell(value: float | None, threshold: float | None) -> Text:
     if value is None or threshold is None:
-        return Text(_ms(value))
-    return Text(_ms(value), style="green" if value <= threshold else "red")
+        return Text(ms_short(value))
+    return Text(ms_short(value), style="green" if value <= threshold else "red")
 
 
 def _latency_table(s: Summary) -> Table:
@@ -117,17 +105,17 @@ def _throughput_table(s: Summary) -> Table:
     table = Table(title="throughput and tokens", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("figure")
     table.add_column("value")
-    table.add_row("requests/s", _num(r.requests_per_s))
-    table.add_row("output tokens/s", _num(r.output_tokens_per_s))
+    table.add_row("requests/s", num(r.requests_per_s))
+    table.add_row("output tokens/s", num(r.output_tokens_per_s))
     fraction = "–" if r.goodput_fraction is None else f"{r.goodput_fraction:.1%}"
     table.add_row(
         "goodput (met every SLO)",
-        f"{_num(r.goodput_per_s)} req/s, {r.good:,} requests = {fraction} of measured",
+        f"{num(r.goodput_per_s)} req/s, {r.good:,} requests = {fraction} of measured",
     )
     dr = s.decode_rate
     table.add_row(
         "decode rate per user (1/TPOT)",
-        f"mean {_num(dr.mean)} tok/s, p50 {_num(dr.p(50))}, min {_num(dr.min)}",
+        f"mean {num(dr.mean)} tok/s, p50 {num(dr.p(50))}, min {num(dr.min)}",
     )
     src = ", ".join(f"{k} {v:,}" for k, v in tok.sources.items())
     table.add_row("output tokens", f"{tok.output_total:,} (N_out from: {src})")
@@ -168,7 +156,7 @@ def _failures_line(s: Summary) -> Text:
 def _slo_lines(s: Summary) -> list[Text]:
     lines = []
     for r in s.slos:
-        head = f"{pct_key(r.slo.percentile)} = {_ms(r.value_s)} ms"
+        head = f"{pct_key(r.slo.percentile)} = {ms_short(r.value_s)} ms"
         if r.passed is None:
             lines.append(Text(f"SLO  n/a   {r.slo}  no samples", style="yellow"))
             continue
@@ -196,12 +184,12 @@ def _validity(s: Summary) -> Group | Text:
     table.add_row(
         "queue delay",
         _spread(v.queue_delay_p50_s, v.queue_delay_p99_s, v.queue_delay_max_s),
-        f"p99 ≤ {_ms(v.limits.queue_delay_p99_s)} ms ({loop})",
+        f"p99 ≤ {ms_short(v.limits.queue_delay_p99_s)} ms ({loop})",
     )
     table.add_row(
         "event-loop lag",
         _spread(v.loop_lag_p50_s, v.loop_lag_p99_s, v.loop_lag_max_s),
-        f"p99 ≤ {_ms(v.limits.loop_lag_p99_s)} ms",
+        f"p99 ≤ {ms_short(v.limits.loop_lag_p99_s)} ms",
     )
     cpu = "–" if v.client_cpu is None else f"{v.client_cpu:.0%} of one core"
     table.add_row("client CPU", cpu, f"≤ {v.limits.client_cpu:.0%}")
@@ -216,4 +204,4 @@ def _validity(s: Summary) -> Group | Text:
 
 
 def _spread(p50: float | None, p99: float | None, top: float | None) -> str:
-    return f"p50 {_ms(p50)} ms, p99 {_ms(p99)} ms, max {_ms(top)} ms"
+    return f"p50 {ms_short(p50)} ms, p99 {ms_short(p99)} ms, max {ms_short(top)} ms"

@@ -10,20 +10,17 @@ from typing import Any
 
 from latbench.render.charts import LABELS
 from latbench.render.load import Run, Sweep
+from latbench.shared.units import ms, ms_interval, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
 from latbench.summary.summary import Summary, pct_key
-from latbench.sweep.sweep import Step
+from latbench.sweep import Step
 
 MD_METRICS: tuple[str, ...] = ("ttft", "ttfo", "itl", "tpot", "e2e", "queue_delay")
 
 
-def _ms(x: float | None) -> str:
-    return "–" if x is None else f"{x * 1e3:.2f}"
-
-
-def _num(x: float | None, fmt: str = ".2f") -> str:
-    return "–" if x is None else format(x, fmt)
+def _rate(x: float | None) -> str:
+    return num(x, ".2f")  # no thousands separators in Markdown: figures are pasted on
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -38,7 +35,7 @@ def _verdict_line(s: Summary) -> str:
     parts = []
     for r in s.slos:
         word = "n/a" if r.passed is None else ("PASS" if r.passed else "**FAIL**")
-        parts.append(f"{r.slo} {word} ({_ms(r.value_s)} ms)")
+        parts.append(f"{r.slo} {word} ({ms(r.value_s)} ms)")
     valid = (
         "validity unknown"
         if not s.validity.known
@@ -56,9 +53,9 @@ def _latency_md(s: Summary) -> str:
             [
                 LABELS[m],
                 f"{st.count}",
-                _ms(st.mean),
-                *(_ms(st.p(p)) for p in s.percentiles),
-                _ms(st.max),
+                ms(st.mean),
+                *(ms(st.p(p)) for p in s.percentiles),
+                ms(st.max),
             ]
         )
     return md_table(headers, rows)
@@ -73,15 +70,15 @@ def run_markdown(run: Run) -> str:
         "",
         f"{env.get('target', '?')} · model `{env.get('model', '?')}` · "
         f"{s.requests.measured} measured ({s.requests.failed} failed) over "
-        f"{_num(s.window.duration_s if s.window else None, '.1f')} s",
+        f"{num(s.window.duration_s if s.window else None, '.1f')} s",
         "",
         _verdict_line(s),
         "",
         _latency_md(s),
         "",
-        f"Throughput: {_num(r.requests_per_s)} req/s, {_num(r.output_tokens_per_s, '.1f')} output "
-        f"tok/s; goodput {_num(r.goodput_per_s)} req/s "
-        f"({_num(r.goodput_fraction, '.1%')} of measured met every SLO).",
+        f"Throughput: {_rate(r.requests_per_s)} req/s, {num(r.output_tokens_per_s, '.1f')} output "
+        f"tok/s; goodput {_rate(r.goodput_per_s)} req/s "
+        f"({num(r.goodput_fraction, '.1%')} of measured met every SLO).",
     ]
     if s.requests.errors_by_kind:
         errs = ", ".join(f"{k} {v}" for k, v in s.requests.errors_by_kind.items())
@@ -99,11 +96,11 @@ def _step_row(s: Step) -> list[str]:
         s.role,
         s.label(),
         s.verdict.outcome,
-        _num(sm.rates.requests_per_s),
-        _num(sm.rates.output_tokens_per_s, ".0f"),
-        _ms(lat["ttft"].p(99.0)),
-        _ms(lat["itl"].p(99.0)),
-        _ms(lat["tpot"].p(99.0)),
+        _rate(sm.rates.requests_per_s),
+        num(sm.rates.output_tokens_per_s, ".0f"),
+        ms(lat["ttft"].p(99.0)),
+        ms(lat["itl"].p(99.0)),
+        ms(lat["tpot"].p(99.0)),
         str(sm.requests.failed),
     ]
 
@@ -114,11 +111,8 @@ def sweep_markdown(sweep: Sweep) -> str:
     if cap is not None:
         lines += [f"**{cap.headline()}**", ""]
         for e in cap.evidence:
-
-            def tri(t: tuple[float, float, float] | None) -> str:
-                return "–" if t is None else f"{_ms(t[0])} ms [{_ms(t[1])}, {_ms(t[2])}]"
-
-            lines.append(f"- {e.slo}: passing {tri(e.passing)}, failing {tri(e.failing)}")
+            passing, failing = ms_interval(e.passing), ms_interval(e.failing)
+            lines.append(f"- {e.slo}: passing {passing}, failing {failing}")
         lines += [f"- {n}" for n in cap.notes]
         lines.append("")
     lines.append(
@@ -150,7 +144,7 @@ def compare_markdown(labels: Sequence[str], results: Sequence[Sequence[Row]]) ->
         body = []
         for r in rows:
             is_rate = not r.stat
-            fmt = _num if is_rate else _ms
+            fmt = _rate if is_rate else ms
             ci = "–" if r.ci is None else f"[{r.ci[0]:+.1%}, {r.ci[1]:+.1%}]"
             verdict = f"**{r.verdict}**" if r.verdict != "same" else r.verdict
             body.append(

@@ -1,0 +1,295 @@
+"""The sections of the HTML reports, each a function from summaries to an HTML fragment: a
+run's latency and throughput tables, SLO badges, validity, errors, spec, the client-vs-server
+reconciliation, a sweep's capacity and steps, a comparison's table. Figures are computed upstream
+(`latbench.summary`, `latbench.sweep`); charts come from `charts.py`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import orjson
+
+from latbench.render import charts
+from latbench.render.load import Run, Sweep
+from latbench.render.page import Page, esc, table
+from latbench.shared.units import ms_interval, ms_short, num
+from latbench.spec.slo import METRICS
+from latbench.summary.compare import Row
+from latbench.summary.server import Reconciliation
+from latbench.summary.summary import Summary, pct_key
+from latbench.sweep import Capacity
+
+CDF_METRICS: tuple[str, ...] = ("ttft", "ttfo", "itl", "tpot", "e2e")
+
+
+def _cls(value: float | None, threshold: float | None) -> str:
+    if value is None or threshold is None:
+        return esc(ms_short(value))
+    c = "pass" if value <= threshold else "fail"
+    return f'<span class="{c}">{esc(ms_short(value))}</span>'
+
+
+def latency_table(run: Run) -> str:
+    s = run.summary
+    headers = ["metric (ms)", "n", "mean", *map(pct_key, s.percentiles), "max"]
+    rows = []
+    for metric in METRICS:
+        st = s.latency[metric]
+        thr = (
+            charts.threshold_for(run, metric)
+            if metric in ("ttft", "ttfo", "itl", "itl_per_token", "tpot", "ttft_from_schedule")
+            else None
+        )
+        rows.append(
+            [
+                esc(charts.LABELS[metric]),
+                f"{st.count:,}",
+                _cls(st.mean, thr),
+                *(_cls(st.p(p), thr) for p in s.percentiles),
+                _cls(st.max, thr),
+            ]
+        )
+    return table(headers, rows, raw=True)
+
+
+def throughput_table(s: Summary) -> str:
+    r, req = s.rates, s.requests
+    rows = [
+        ["requests/s", num(r.requests_per_s)],
+        ["output tokens/s", num(r.output_tokens_per_s)],
+        [
+            "goodput (met every SLO)",
+            f"{num(r.goodput_per_s)} req/s ({num(r.goodput_fraction, '.1%')} of measured)",
+        ],
+        ["measured requests", f"{req.measured:,} ({req.succeeded:,} ok, {req.failed:,} failed)"],
+        ["left out", f"{req.warmup:,} warm-up, {req.cooldown:,} cool-down"],
+        ["window", "–" if s.window is None else f"{s.window.duration_s:,.3f} s"],
+        ["output tokens", f"{s.tokens.output_total:,}"],
+    ]
+    return table(["figure", "value"], rows)
+
+
+def slo_badges(s: Summary) -> str:
+    out = []
+    for r in s.slos:
+        if r.passed is None:
+            out.append(f'<span class="badge b-info">{esc(r.slo)}: no samples</span>')
+        else:
+            cls = "b-pass" if r.passed else "b-fail"
+            word = "PASS" if r.passed else "FAIL"
+            out.append(
+                f'<span class="badge {cls}">{esc(r.slo)} {word} ({ms_short(r.value_s)} ms)</span>'
+            )
+    if s.validity.known:
+        if s.client_bound:
+            out.append('<span class="badge b-fail">CLIENT-BOUND</span>')
+        else:
+            out.append('<span class="badge b-pass">client kept up</span>')
+    else:
+        out.append('<span class="badge b-warn">validity unknown</span>')
+    return "<div>" + "".join(out) + "</div>"
+
+
+def validity_html(s: Summary) -> str:
+    v = s.validity
+    if not v.known:
+        return "<p class=warn>No client statistics were recorded: validity is unknown.</p>"
+    loop = "open loop" if v.open_loop else "closed loop, not judged"
+    rows = [
+        [
+            "queue delay",
+            f"p50 {ms_short(v.queue_delay_p50_s)}, p99 {ms_short(v.queue_delay_p99_s)}, "
+            f"max {ms_short(v.queue_delay_max_s)} ms",
+            f"p99 ≤ {ms_short(v.limits.queue_delay_p99_s)} ms ({loop})",
+        ],
+        [
+            "event-loop lag",
+            f"p50 {ms_short(v.loop_lag_p50_s)}, p99 {ms_short(v.loop_lag_p99_s)}, "
+            f"max {ms_short(v.loop_lag_max_s)} ms",
+            f"p99 ≤ {ms_short(v.limits.loop_lag_p99_s)} ms",
+        ],
+        [
+            "client CPU",
+            "–" if v.client_cpu is None else f"{v.client_cpu:.0%} of one core",
+            f"≤ {v.limits.client_cpu:.0%}",
+        ],
+        ["unsent requests", "–" if v.unsent is None else f"{v.unsent:,}", f"0 ({loop})"],
+    ]
+    out = table(["figure", "value", "limit"], rows)
+    if v.client_bound:
+        reasons = "".join(f"<li>{esc(x)}</li>" for x in v.reasons)
+        out += (
+            '<div class="banner"><b>CLIENT-BOUND</b>: the client, not the server, set the pace; '
+            f"these latencies are not the server's.<ul>{reasons}</ul></div>"
+        )
+    else:
+        out += '<p class="pass">The client kept up: no validity limit was exceeded.</p>'
+    return out
+
+
+def errors_html(page: Page, runs: Sequence[tuple[str, Run]]) -> str:
+    failed = [(label, run) for label, run in runs if run.summary.requests.failed]
+    if not failed:
+        return "<p class=pass>No measured request failed.</p>"
+    rows = []
+    for label, run in failed:
+        req = run.summary.requests
+        for kind, count in req.errors_by_kind.items():
+            rows.append([label, kind, f"{count:,}", f"{count / max(req.measured, 1):.2%}"])
+        for status, count in req.errors_by_status.items():
+            rows.append([label, f"  HTTP {status}", f"{count:,}", ""])
+    return table(["run", "kind", "count", "of measured"], rows) + page.chart(
+        charts.errors_figure(failed), "errors"
+    )
+
+
+def spec_html(run: Run) -> str:
+    spec = orjson.dumps(run.public_spec, option=orjson.OPT_INDENT_2).decode()
+    env = orjson.dumps(run.environment, option=orjson.OPT_INDENT_2).decode()
+    return (
+        f"<h3>spec ({esc(run.run_id)})</h3><pre>{esc(spec)}</pre>"
+        f"<h3>environment</h3><pre>{esc(env)}</pre>"
+    )
+
+
+def cdf_grid(page: Page, runs: Sequence[tuple[str, Run]]) -> str:
+    return (
+        '<div class="grid">'
+        + "".join(page.chart(charts.cdf_figure(runs, m), f"cdf-{m}") for m in CDF_METRICS)
+        + "</div>"
+    )
+
+
+def _bucket(b: tuple[float, float] | None) -> str:
+    return (
+        "–" if b is None else f"({ms_short(b[0])}, {'∞' if math.isinf(b[1]) else ms_short(b[1])}]"
+    )
+
+
+def reconciliation_html(r: Reconciliation) -> str:
+    """The server's own metrics beside the client's (docs/vllm.md says how to read them)."""
+    head = (
+        f"<p>The server's own metrics ({esc(r.url)}): the client completed "
+        f"{r.client_requests} requests, the server counted {r.server_requests:g}. Means are "
+        "exact (both sides keep sums); the server knows a percentile only as the bucket that "
+        "holds it.</p>"
+    )
+    rows = []
+    for metric, p in r.pairs.items():
+        rows.append([
+            metric.upper(),
+            ms_short(p.client.mean_s),
+            ms_short(p.server.mean_s),
+            ms_short(p.mean_overhead_s),
+            ms_short(p.client.quantiles_s.get("p50")),
+            _bucket(p.server.buckets_s.get("p50")),
+            ms_short(p.client.quantiles_s.get("p99")),
+            _bucket(p.server.buckets_s.get("p99")),
+        ])  # fmt: skip
+    headers = ["metric (ms)", "client mean", "server mean", "outside server (mean)",
+               "client p50", "server p50 in", "client p99", "server p99 in"]  # fmt: skip
+    parts = [head, table(headers, rows)]
+    if (s := r.ttft_split_s) is not None:
+        parts.append(
+            f"<p>TTFT, mean {ms_short(s['client_ttft'])} ms = server "
+            f"{ms_short(s['server_ttft'])} (queue {ms_short(s['queue'])} + prefill "
+            f"{ms_short(s['prefill'])} + front end and output {ms_short(s['server_other'])}) + "
+            f"outside the server {ms_short(s['outside_server'])}.</p>"
+        )
+    tokens = [
+        [name, num(t["client"], ",.0f"), num(t["server"], ",.0f")] for name, t in r.tokens.items()
+    ]
+    parts.append(table(["tokens", "client (usage)", "server"], tokens))
+    parts.extend(f'<p class="note">{esc(n)}</p>' for n in r.notes)
+    return "".join(parts)
+
+
+def capacity_html(cap: Capacity | None) -> str:
+    if cap is None:
+        return "<p>This sweep did not search for a capacity (a list or automatic sweep).</p>"
+    cls = "pass" if cap.value is not None and cap.confidence == "high" else "warn"
+    out = f'<p class="{cls}" style="font-size:16px">{esc(cap.headline())}</p>'
+    if cap.evidence:
+        rows = []
+        for e in cap.evidence:
+            rows.append([e.slo, ms_interval(e.passing, ms_short), ms_interval(e.failing, ms_short)])
+        passing = (
+            "passing step"
+            if cap.passing_index is None
+            else (f"passing step {cap.passing_index + 1}")
+        )
+        failing = (
+            "failing step"
+            if cap.failing_index is None
+            else (f"failing step {cap.failing_index + 1}")
+        )
+        out += "<h3>evidence: each SLO's percentile with its 95 % interval</h3>" + table(
+            ["SLO", passing, failing], rows
+        )
+    if cap.notes:
+        out += "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in cap.notes) + "</ul>"
+    return out
+
+
+def steps_table(sweep: Sweep) -> str:
+    rows = []
+    for s in sweep.steps:
+        sm = s.summary
+        lat = sm.latency
+        rows.append(
+            [
+                f"{s.index + 1}",
+                esc(s.role),
+                esc(s.label()),
+                f'<span class="{s.verdict.outcome.replace("-bound", "")}">'
+                f"{esc(s.verdict.outcome)}</span>",
+                num(sm.rates.requests_per_s),
+                num(sm.rates.output_tokens_per_s, ",.0f"),
+                ms_short(lat["ttft"].p(99.0)) if 99.0 in sm.percentiles else "–",
+                ms_short(lat["itl"].p(99.0)) if 99.0 in sm.percentiles else "–",
+                ms_short(lat["tpot"].p(99.0)) if 99.0 in sm.percentiles else "–",
+                f"{sm.requests.failed:,}",
+                esc("; ".join(s.verdict.reasons)),
+            ]
+        )
+    return table(
+        [
+            "step",
+            "role",
+            "load",
+            "outcome",
+            "req/s",
+            "output tok/s",
+            "p99 TTFT ms",
+            "p99 ITL ms",
+            "p99 TPOT ms",
+            "failed",
+            "why",
+        ],
+        rows,
+        raw=True,
+    )
+
+
+def compare_table(rows: Sequence[Row]) -> str:
+    out = []
+    for r in rows:
+        is_rate = not r.stat
+
+        def val(x: float | None, is_rate: bool = is_rate) -> str:
+            return num(x) if is_rate else ms_short(x)
+
+        ci = "–" if r.ci is None else f"[{r.ci[0]:+.1%}, {r.ci[1]:+.1%}]"
+        out.append(
+            [
+                esc(r.label + ("" if is_rate else " (ms)")),
+                val(r.a),
+                val(r.b),
+                "–" if r.change is None else f"{r.change:+.1%}",
+                ci,
+                f'<span class="{r.verdict}">{r.verdict}</span>',
+                esc(r.note),
+            ]
+        )
+    return table(["metric", "A", "B", "change", "95 % interval", "verdict", "note"], out, raw=True)

@@ -14,21 +14,21 @@ from __future__ import annotations
 from typing import Any
 
 from latbench.client.apis.base import (
+    CONTENT_EVENT,
     MAX_COUNT,
     NOTHING,
+    REASONING_EVENT,
     Event,
     MalformedEvent,
     RequestOptions,
     count,
+    finish_body,
+    load_object,
     reason,
 )
-from latbench.client.apis.openai import _load
-from latbench.records.record import CONTENT, REASONING
 from latbench.shared.errors import ErrorKind
 from latbench.workload.workload import WorkItem
 
-_CONTENT = Event(CONTENT)
-_REASONING = Event(REASONING)
 _DONE = Event(done=True)
 # Anthropic error types that say "turned away for load", as its HTTP 429 and 529 do.
 ERROR_KINDS = {
@@ -67,15 +67,10 @@ class Messages:
         }
         if system:
             body["system"] = "\n\n".join(system)
-        if opts.vllm_extensions and opts.ignore_eos:
-            # vLLM's /v1/messages takes its sampling extensions; Anthropic itself gets none.
-            body["ignore_eos"] = True
-            body["min_tokens"] = item.max_tokens
-        body.update(opts.extra_body)
-        return body
+        return finish_body(body, item, opts)
 
     def parse(self, data: bytes) -> Event:
-        obj = _load(data)
+        obj = load_object(data)
         kind = obj.get("type")
         if kind == "content_block_delta":
             delta = obj.get("delta")
@@ -83,9 +78,9 @@ class Messages:
                 raise MalformedEvent(f"content_block_delta without a delta object: {data[:120]!r}")
             dtype = delta.get("type")
             if dtype == "text_delta":
-                return _CONTENT if delta.get("text") else NOTHING
+                return CONTENT_EVENT if delta.get("text") else NOTHING
             if dtype == "thinking_delta":
-                return _REASONING if delta.get("thinking") else NOTHING
+                return REASONING_EVENT if delta.get("thinking") else NOTHING
             # signature_delta closes a thinking block; input_json_delta (tool arguments) and
             # citations are not counted, as chat tool-call deltas are not.
             return NOTHING
@@ -125,11 +120,11 @@ def _block_start(block: object) -> Event:
     btype = block.get("type")
     # A block normally starts empty; text it already holds was generated all the same.
     if btype == "text":
-        return _CONTENT if block.get("text") else NOTHING
+        return CONTENT_EVENT if block.get("text") else NOTHING
     if btype == "thinking":
-        return _REASONING if block.get("thinking") else NOTHING
+        return REASONING_EVENT if block.get("thinking") else NOTHING
     if btype == "redacted_thinking":
-        return _REASONING  # encrypted reasoning, delivered whole in its start event
+        return REASONING_EVENT  # encrypted reasoning, delivered whole in its start event
     return NOTHING
 
 

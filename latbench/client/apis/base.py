@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
+from latbench.records.record import CONTENT, REASONING
 from latbench.shared.errors import ErrorKind
 from latbench.workload.workload import WorkItem
 
@@ -32,6 +35,9 @@ class Event(NamedTuple):
 
 
 NOTHING = Event()
+# The events of the typed streams (Anthropic's, Responses'), made once: they come per token.
+CONTENT_EVENT = Event(CONTENT)
+REASONING_EVENT = Event(REASONING)
 
 # Token counts above this are no count any server makes, and past it a float (as JSON numbers
 # often become) no longer holds every integer.
@@ -61,6 +67,17 @@ def reason(value: object, field: str) -> str | None:
     raise MalformedEvent(f"{field} is {_show(value)}, not a string")
 
 
+def load_object(data: bytes) -> dict[str, Any]:
+    """An event's JSON object; anything else is a MalformedEvent quoting its start."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise MalformedEvent(f"event is not JSON ({e}): {data[:120]!r}") from None
+    if not isinstance(obj, dict):
+        raise MalformedEvent(f"event is not a JSON object: {data[:120]!r}")
+    return obj
+
+
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -73,6 +90,17 @@ class RequestOptions(NamedTuple):
     vllm_extensions: bool
     ignore_eos: bool
     extra_body: dict[str, Any]
+
+
+def finish_body(body: dict[str, Any], item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
+    """The end of every kind's body: vLLM's sampling extensions where the server takes them (its
+    /v1/messages and /v1/responses do too; Anthropic and OpenAI get none), so that each request
+    generates exactly max_tokens; then the spec's extra_body, last, over everything."""
+    if opts.vllm_extensions and opts.ignore_eos:
+        body["ignore_eos"] = True
+        body["min_tokens"] = item.max_tokens
+    body.update(opts.extra_body)
+    return body
 
 
 class ApiKind(Protocol):

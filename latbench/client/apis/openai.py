@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from latbench.client.apis.base import (
     MAX_COUNT,
     MAX_REASON,
@@ -20,6 +18,8 @@ from latbench.client.apis.base import (
     MalformedEvent,
     RequestOptions,
     count,
+    finish_body,
+    load_object,
     reason,
 )
 from latbench.records.record import CONTENT, REASONING
@@ -37,21 +37,7 @@ def _common(item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
     }
     if opts.vllm_extensions:
         body["stream_options"]["continuous_usage_stats"] = True
-        if opts.ignore_eos:
-            body["ignore_eos"] = True
-            body["min_tokens"] = item.max_tokens
-    body.update(opts.extra_body)
-    return body
-
-
-def _load(data: bytes) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise MalformedEvent(f"event is not JSON ({e}): {data[:120]!r}") from None
-    if not isinstance(obj, dict):
-        raise MalformedEvent(f"event is not a JSON object: {data[:120]!r}")
-    return obj
+    return finish_body(body, item, opts)
 
 
 def _usage(obj: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -94,7 +80,7 @@ def _parse(data: bytes, kind_of: Callable[[dict[str, Any]], str | None]) -> Even
     """One chunk of either endpoint; `kind_of` reads the generated text's kind from a choice."""
     if data == DONE:
         return Event(done=True)
-    obj = _load(data)
+    obj = load_object(data)
     if (err := _error(obj)) is not None:
         return err
     completion, prompt = _usage(obj)

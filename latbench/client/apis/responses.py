@@ -14,25 +14,25 @@ from __future__ import annotations
 from typing import Any
 
 from latbench.client.apis.base import (
+    CONTENT_EVENT,
     NOTHING,
+    REASONING_EVENT,
     Event,
     MalformedEvent,
     RequestOptions,
     count,
+    finish_body,
+    load_object,
     reason,
 )
-from latbench.client.apis.openai import _load
-from latbench.records.record import CONTENT, REASONING
 from latbench.shared.errors import ErrorKind
 from latbench.workload.workload import WorkItem
 
-_CONTENT = Event(CONTENT)
-_REASONING = Event(REASONING)
 _TOKEN_EVENTS = {
-    "response.output_text.delta": _CONTENT,
-    "response.refusal.delta": _CONTENT,
-    "response.reasoning_summary_text.delta": _REASONING,
-    "response.reasoning_text.delta": _REASONING,
+    "response.output_text.delta": CONTENT_EVENT,
+    "response.refusal.delta": CONTENT_EVENT,
+    "response.reasoning_summary_text.delta": REASONING_EVENT,
+    "response.reasoning_text.delta": REASONING_EVENT,
 }
 TERMINAL = ("response.completed", "response.incomplete")
 ERROR_KINDS = {"rate_limit_exceeded": ErrorKind.RATE_LIMITED}
@@ -51,14 +51,10 @@ class Responses:
             # A benchmark's responses are not worth keeping on the provider's side.
             "store": False,
         }
-        if opts.vllm_extensions and opts.ignore_eos:
-            body["ignore_eos"] = True
-            body["min_tokens"] = item.max_tokens
-        body.update(opts.extra_body)
-        return body
+        return finish_body(body, item, opts)
 
     def parse(self, data: bytes) -> Event:
-        obj = _load(data)
+        obj = load_object(data)
         kind = obj.get("type")
         if not isinstance(kind, str):
             raise MalformedEvent(f"event without a string type: {data[:120]!r}")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from cli_kit import latbench
 
-from latbench.cli.main import build_parser, spec_from_args
+from latbench.cli.common import spec_from_args
+from latbench.cli.main import build_parser
 from latbench.shared.errors import SpecError
 from latbench.spec.spec import RunSpec, load_spec
 

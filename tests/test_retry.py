@@ -159,7 +159,8 @@ def test_retry_fields_round_trip_and_old_records_still_read() -> None:
 def test_spec_and_flags() -> None:
     spec = load_spec({"target": {"retry": {"max_retries": 2, "max_wait": "5s"}}})
     assert RetryPolicy(**spec.target.retry.model_dump()) == RetryPolicy(2, 1.0, 5.0)
-    from latbench.cli.main import build_parser, spec_from_args
+    from latbench.cli.common import spec_from_args
+    from latbench.cli.main import build_parser
 
     argv = ["run", "--requests", "1", "--retries", "3", "--retry-max-wait", "2m"]
     ns = build_parser().parse_args(argv)

@@ -165,7 +165,7 @@ def test_a_huge_or_foreign_answer_is_a_clear_error() -> None:
 
     from aiohttp import web
 
-    from latbench.cli.remote import MAX_ANSWER_BYTES, Client, RemoteError
+    from latbench.cli.service_client import MAX_ANSWER_BYTES, Client, RemoteError
 
     sent = 0
 

@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from latbench.cli.main import build_parser, spec_from_args
+from latbench.cli.common import spec_from_args
+from latbench.cli.main import build_parser
 from latbench.client.preflight import MAX_MODELS_BYTES, resolve_endpoint
 from latbench.shared.errors import SpecError, TargetError
 from latbench.spec.spec import load_spec, read_spec_file

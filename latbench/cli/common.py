@@ -1,0 +1,385 @@
+"""What the subcommands share: the exit-code table, the event loop and signals, the run flags and
+the spec they build, error lines. It sits below every subcommand module (.importlinter), so a
+subcommand needs no other to run, and none imports `cli.main`.
+
+Exit codes (one table; CI gates on them):
+    0   the run completed; few enough requests failed; no SLO given with --slo was missed
+    1   error: the benchmark could not run (target unreachable, bad records file, ...), or it
+        is incomplete (a worker process died: its in-flight requests are recorded as lost)
+    2   usage: invalid flags or spec
+    3   an SLO given with --slo was missed
+    4   the run is not valid: the client, not the server, set the pace (client-bound)
+    5   compare --fail-on-regression: a metric got worse by more than the limit
+    6   too many requests failed: over validity.max_failed_fraction of the measured ones
+        (default 1%; requests cut at the overtime count, a stop's cancelled ones do not), or
+        none succeeded; with or without --slo
+    130 interrupted (Ctrl-C, SIGTERM), in any phase before the results are written; a signal
+        after them (the metrics linger) ends the linger and the verdict's code stands
+Priority: 130, then 1, then 4 > 6 > 3. A client-bound run exits 4 even when requests failed or
+an SLO was missed: its latencies cannot be trusted; a run with too many failures exits 6 before
+its SLOs are looked at, since they were measured on the requests that got through.
+`sweep` exits 1 when a step is incomplete, 4 when a step was client-bound, and `sweep --find-max`
+3 when no step met the SLOs; a step's failures are judged by --max-error-rate (a step past
+saturation may fail requests by design), never exit 6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from enum import IntEnum
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from latbench.exporter import DEFAULT_LINGER_S
+from latbench.render.reconciliation import render_reconciliation
+from latbench.render.terminal import render_summary
+from latbench.shared.errors import SpecError
+from latbench.spec.spec import load_yaml, read_spec_file
+from latbench.summary.server import Reconciliation
+from latbench.summary.summary import Summary
+from latbench.vllm.interop import add_vllm_arguments, apply_vllm_flags
+
+
+class Exit(IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    SLO_MISSED = 3
+    CLIENT_BOUND = 4
+    REGRESSION = 5
+    FAILED = 6
+    INTERRUPTED = 130
+
+
+def verdict_exit(summary: Summary, gate_slos: bool) -> Exit:
+    if summary.client_bound:
+        return Exit.CLIENT_BOUND
+    if not summary.failures.passed:
+        return Exit.FAILED
+    if gate_slos and not summary.slo_passed:
+        return Exit.SLO_MISSED
+    return Exit.OK
+
+
+def print_error(err: Console, message: object) -> None:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+
+
+def show_summary(
+    summary: Summary, recon: Reconciliation | None, console: Console, as_json: bool
+) -> None:
+    """A run's or a records file's summary: the tables, or the JSON on stdout."""
+    if as_json:
+        doc = summary.to_dict()
+        if recon is not None:
+            doc["reconciliation"] = recon.to_dict()
+        sys.stdout.write(
+            orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
+            + "\n"
+        )
+    else:
+        render_summary(summary, console)
+        if recon is not None:
+            render_reconciliation(recon, console)
+
+
+# -- the event loop and signals -----------------------------------------------------------------
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # optional: faster when installed
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_in_loop(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    with asyncio.Runner(loop_factory=new_loop) as r:
+        return r.run(coro_fn())
+
+
+def on_loop_signals(callback: Callable[[], None]) -> None:
+    """Inside the running loop: SIGINT and SIGTERM call `callback` (a stop, not a raise)."""
+    loop = asyncio.get_running_loop()
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, callback)
+
+
+@contextlib.contextmanager
+def signals_handled_by(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """Outside the loop: SIGINT and SIGTERM go to `handler` until the block ends, then to
+    whatever handled them before."""
+    previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
+# -- flags shared by several subcommands --------------------------------------------------------
+
+
+def parse_fraction(text: str, flag: str) -> float:
+    """`5%` or `0.05` -> 0.05. A bare number of 1 or more is refused: 5 could mean either."""
+    t = text.strip()
+    try:
+        v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v < 1 or (not t.endswith("%") and v >= 1):
+        raise SpecError(f"{flag} {text!r}: write a percentage like 5% (or a fraction like 0.05)")
+    return v
+
+
+def parse_percentiles(text: str | None, default: list[float] | None) -> list[float] | None:
+    if text is None:
+        return default
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        out = []
+    if not out or not all(0 < p < 100 for p in out):
+        raise SpecError(f"--metric-percentiles {text!r}: give numbers in (0, 100), e.g. 50,99")
+    return out
+
+
+def add_output_arguments(p: argparse.ArgumentParser, default_all: bool = True) -> None:
+    when = " (default: all three beside the results)" if default_all else ""
+    p.add_argument("--html", type=Path, metavar="PATH", help="write the HTML report here" + when)
+    p.add_argument("--md", type=Path, metavar="PATH", help="write Markdown here")
+    p.add_argument("--csv", type=Path, metavar="PATH", help="write CSV here")
+
+
+# -- the run flags (run, sweep) and the spec they build -----------------------------------------
+
+# flag dest -> (spec path, converter). One place maps flags onto the spec schema, so the file and
+# the flags cannot drift apart.
+FLAG_PATHS: dict[str, tuple[str, ...]] = {
+    "name": ("name",),
+    "target": ("target", "base_url"),
+    "api": ("target", "api"),
+    "model": ("target", "model"),
+    "api_key_env": ("target", "api_key_env"),
+    "api_key_file": ("target", "api_key_file"),
+    "vllm_extensions": ("target", "vllm_extensions"),
+    "server_metrics": ("target", "server_metrics"),
+    "connect_timeout": ("target", "timeouts", "connect"),
+    "first_token_timeout": ("target", "timeouts", "first_token"),
+    "idle_timeout": ("target", "timeouts", "idle"),
+    "total_timeout": ("target", "timeouts", "total"),
+    "retries": ("target", "retry", "max_retries"),
+    "retry_max_wait": ("target", "retry", "max_wait"),
+    "mode": ("load", "mode"),
+    "concurrency": ("load", "concurrency"),
+    "rate": ("load", "rate"),
+    "burstiness": ("load", "burstiness"),
+    "duration": ("load", "duration"),
+    "requests": ("load", "requests"),
+    "warmup": ("load", "warmup"),
+    "cooldown": ("load", "cooldown"),
+    "warmup_requests": ("load", "warmup_requests"),
+    "cooldown_requests": ("load", "cooldown_requests"),
+    "workers": ("load", "workers"),
+    "input_tokens": ("workload", "input_tokens"),
+    "output_tokens": ("workload", "output_tokens"),
+    "ignore_eos": ("workload", "ignore_eos"),
+    "seed": ("workload", "seed"),
+    "out": ("output_dir",),
+}
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", type=Path, help="run spec file (YAML or JSON); flags override it")
+    p.add_argument("--name", help="scenario name (a label in results and metrics)")
+    g = p.add_argument_group("target (omit --target to benchmark the built-in simulator)")
+    g.add_argument(
+        "--target", "--base-url", metavar="URL", help="server root, e.g. http://127.0.0.1:8000"
+    )
+    g.add_argument(
+        "--api",
+        choices=["chat", "completions", "anthropic", "responses"],
+        help="chat and completions: OpenAI-compatible; anthropic: Messages API; responses: "
+        "OpenAI Responses API (docs/hosted-apis.md)",
+    )
+    g.add_argument("--model", help="model name (default: the first one /v1/models lists)")
+    g.add_argument("--api-key-env", metavar="VAR", help="env var holding the API key")
+    g.add_argument("--api-key-file", metavar="PATH", help="file holding the API key")
+    g.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'")
+    g.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    g.add_argument(
+        "--vllm-extensions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send ignore_eos/min_tokens/continuous_usage_stats "
+        "(default: on, off for OpenAI and Anthropic)",
+    )
+    g.add_argument(
+        "--launch-vllm",
+        metavar="'VLLM ARGS'",
+        help='start vLLM with these arguments (e.g. "--model M --max-model-len 4096"), '
+        "benchmark it, stop it; its log is kept as vllm.log next to the records "
+        "(docs/vllm.md). Needs vLLM installed: pip install 'latbench[vllm]'",
+    )
+    g.add_argument(
+        "--vllm-python",
+        metavar="PATH",
+        help="with --launch-vllm: the Python that has vLLM installed (default: this one)",
+    )
+    g.add_argument(
+        "--server-metrics",
+        metavar="URL|auto|off",
+        help="the server's Prometheus page to reconcile client and server latency with "
+        "(default auto: the target's /metrics when it holds vLLM's metrics)",
+    )
+    for phase in ("connect", "first-token", "idle", "total"):
+        g.add_argument(f"--{phase}-timeout", metavar="SECONDS")
+    g.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="retry a request refused for load (429, 529, 503 with Retry-After) up to N times; "
+        "its latencies still count from the first send (default 0)",
+    )
+    g.add_argument(
+        "--retry-max-wait",
+        metavar="SECONDS",
+        help="give up rather than wait longer than this for a retry (default 60)",
+    )
+    g.add_argument(
+        "--sim",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="built-in simulator setting, e.g. --sim ttft=0.05 --sim itl=normal:0.01,0.002",
+    )
+    g = p.add_argument_group("load")
+    g.add_argument(
+        "--mode",
+        choices=["closed", "constant", "poisson"],
+        help="default: closed, or poisson when --rate is given",
+    )
+    g.add_argument("--concurrency", type=int, help="closed loop: users; open loop: a cap")
+    g.add_argument("--rate", "--request-rate", type=float, help="open loop: requests per second")
+    g.add_argument("--burstiness", type=float, help="poisson: gamma shape (1 = Poisson)")
+    g.add_argument("--duration", metavar="DURATION", help="e.g. 30s, 2m")
+    g.add_argument("--requests", "--num-prompts", type=int, help="stop after this many requests")
+    g.add_argument("--warmup", metavar="DURATION")
+    g.add_argument("--cooldown", metavar="DURATION")
+    g.add_argument("--warmup-requests", type=int)
+    g.add_argument("--cooldown-requests", type=int)
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="sending processes, one event loop each (default: one per 64 streams, at most "
+        "one fewer than the cores; docs/performance.md)",
+    )
+    g = p.add_argument_group("workload")
+    g.add_argument("--input-tokens", "--input-len", metavar="DIST", help="e.g. 128, normal:512,64")
+    g.add_argument(
+        "--output-tokens", "--output-len", metavar="DIST", help="e.g. 128, uniform:64,256"
+    )
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--prompts", type=Path, metavar="FILE.jsonl", help="prompts, one per line")
+    src.add_argument("--sharegpt", type=Path, metavar="FILE.json", help="ShareGPT conversations")
+    g.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("verdict and output")
+    g.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="SLO",
+        help="e.g. ttft:p99<=100ms; makes the exit status 3 when missed. "
+        "'default' = p99 TTFT, ITL, TPOT <= 100 ms",
+    )
+    g.add_argument(
+        "--percentiles", "--metric-percentiles", metavar="P,P,..", help="default 50,90,95,99,99.9"
+    )
+    g.add_argument("--out", type=Path, metavar="DIR", help="results directory")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+    g = p.add_argument_group("Prometheus (docs/prometheus.md)")
+    g.add_argument(
+        "--metrics-port",
+        metavar="[HOST:]PORT",
+        help="serve /metrics during the run (HOST default 127.0.0.1; 0.0.0.0 for all interfaces)",
+    )
+    g.add_argument(
+        "--metrics-linger",
+        type=float,
+        default=DEFAULT_LINGER_S,
+        metavar="SECONDS",
+        help="after the run, serve until a scrape has read the final values, at most this long "
+        f"(default {DEFAULT_LINGER_S:g})",
+    )
+    g.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push to this Pushgateway at the start, every few seconds and at the end "
+        "(group: job=latbench, target, model, api, scenario)",
+    )
+    add_vllm_arguments(p)
+
+
+def set_path(d: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        d = d.setdefault(key, {})
+    d[path[-1]] = value
+
+
+def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
+    data: dict[str, Any] = read_spec_file(ns.spec) if ns.spec else {}
+    for dest, path in FLAG_PATHS.items():
+        value = getattr(ns, dest)
+        if value is not None:
+            set_path(data, path, value)
+    if ns.rate is not None and ns.mode is None and "mode" not in data.get("load", {}):
+        set_path(data, ("load", "mode"), "poisson")
+    if ns.insecure:
+        set_path(data, ("target", "verify_tls"), False)
+    for h in ns.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise SpecError(f"--header {h!r}: write it as 'Name: value'")
+        data.setdefault("target", {}).setdefault("headers", {})[name.strip()] = value.strip()
+    if ns.prompts:
+        set_path(data, ("workload", "source"), "jsonl")
+        set_path(data, ("workload", "path"), str(ns.prompts))
+    if ns.sharegpt:
+        set_path(data, ("workload", "source"), "sharegpt")
+        set_path(data, ("workload", "path"), str(ns.sharegpt))
+    for kv in ns.sim:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise SpecError(f"--sim {kv!r}: write it as KEY=VALUE, e.g. ttft=0.05")
+        # YAML scalars: numbers stay numbers, `[...]`/`{...}` give lists and mappings (faults);
+        # under the spec's limits (no aliases, bounded size and depth), as a spec file is.
+        set_path(data, ("sim", key.strip()), load_yaml(value, f"--sim {kv!r:.80}"))
+    if ns.slo:
+        slos = [s for s in ns.slo if s != "default"]
+        if "default" in ns.slo:
+            slos = ["ttft:p99<=100ms", "itl:p99<=100ms", "tpot:p99<=100ms", *slos]
+        data["slos"] = slos
+    if ns.percentiles:
+        try:
+            data["percentiles"] = [float(x) for x in ns.percentiles.split(",") if x.strip()]
+        except ValueError:
+            raise SpecError(
+                f"--percentiles {ns.percentiles!r}: give numbers, e.g. 50,90,99"
+            ) from None
+    apply_vllm_flags(ns, data)
+    # Durations given as flags stay strings; the spec parses units ("30s", "2m").
+    return data

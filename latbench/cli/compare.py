@@ -1,0 +1,144 @@
+"""`latbench compare`: runs B, C, ... against baseline A, metric by metric, with bootstrap
+intervals and a better/worse/same verdict; exit 5 on a regression when asked (docs/sweeps.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from latbench.cli.common import Exit, add_output_arguments, parse_fraction, parse_percentiles
+from latbench.render import Outputs, compare_paths, write_comparison
+from latbench.shared.errors import SpecError
+from latbench.spec.slo import METRICS
+from latbench.summary.compare import DEFAULT_COMPARE_METRICS, DEFAULT_MARGIN
+from latbench.vllm.interop import VLLM_METRICS
+
+
+def add_arguments(sub: Any) -> None:
+    cmp = sub.add_parser(
+        "compare",
+        help="per-metric differences with bootstrap intervals and a better/worse/same verdict",
+        description="Compare runs B, C, ... against baseline A. Exit status 5 when "
+        "--fail-on-regression is given and a metric got worse by more than it.",
+    )
+    cmp.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        help="A (the baseline), B, ...: run directories, results.json or records.jsonl",
+    )
+    cmp.add_argument(
+        "--fail-on-regression",
+        metavar="PCT",
+        help="exit 5 when a metric is worse by more than PCT (e.g. 5%%) with 95 %% confidence; "
+        "also where 'same' ends (default 5%%)",
+    )
+    cmp.add_argument(
+        "--percentile-metrics",
+        metavar="M,M,..",
+        help="metrics to compare (default ttft,ttfo,itl,tpot,e2e; vLLM names accepted)",
+    )
+    cmp.add_argument(
+        "--metric-percentiles", metavar="P,P,..", help="percentiles to compare (default 50,90,99)"
+    )
+    cmp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
+    cmp.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (0)")
+    cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    add_output_arguments(cmp, default_all=False)
+
+
+def _compare_metrics(text: str | None) -> list[str]:
+    if text is None:
+        return list(DEFAULT_COMPARE_METRICS)
+    out = []
+    for name in (m.strip() for m in text.split(",") if m.strip()):
+        metric = VLLM_METRICS.get(name, name)
+        if metric not in METRICS:
+            raise SpecError(
+                f"--percentile-metrics {text!r}: unknown metric {name!r}; allowed: "
+                f"{', '.join(METRICS)} (or vLLM's {', '.join(VLLM_METRICS)})"
+            )
+        out.append(metric)
+    return out
+
+
+def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
+    if len(ns.runs) < 2:
+        raise SpecError("compare needs at least two runs: the baseline A, then B (and more)")
+    if ns.resamples < 100:
+        raise SpecError(f"--resamples {ns.resamples}: give 100 or more for a 95 % interval")
+    gate = ns.fail_on_regression is not None
+    margin = (
+        parse_fraction(ns.fail_on_regression, "--fail-on-regression") if gate else (DEFAULT_MARGIN)
+    )
+    pcts = parse_percentiles(ns.metric_percentiles, [50.0, 90.0, 99.0])
+    cmp = compare_paths(
+        ns.runs,
+        metrics=_compare_metrics(ns.percentile_metrics),
+        stats=[f"p{p:g}" for p in pcts or []],
+        margin=margin,
+        resamples=ns.resamples,
+        seed=ns.seed,
+    )
+    out = Outputs(ns.html, ns.md, ns.csv)
+    write_comparison(cmp, out)
+    if ns.json:
+        doc = {
+            "baseline": cmp.labels[0],
+            "margin": margin,
+            "comparisons": [
+                {"run": label, "rows": [r.to_dict() for r in rows]}
+                for label, rows in zip(cmp.labels[1:], cmp.results, strict=True)
+            ],
+        }
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        _print_comparison(cmp, console)
+    for p in out.written():
+        (err if ns.json else console).print(f"wrote {p}", highlight=False)  # stdout: the JSON
+    bound = [label for label, run in cmp.runs if run.summary.client_bound]
+    if bound:
+        err.print(
+            f"[red]client-bound:[/] {', '.join(bound)}: its latencies are the client's, so the "
+            "comparison cannot be trusted",
+            highlight=False,
+        )
+        return int(Exit.CLIENT_BOUND)
+    worse = cmp.regressions()
+    if gate and worse:
+        err.print(
+            f"[red]regression:[/] {len(worse)} metric(s) worse by more than {margin:.0%}: "
+            + ", ".join(f"{label}: {r.label} {r.change:+.1%}" for label, r in worse),
+            highlight=False,
+        )
+        return int(Exit.REGRESSION)
+    return int(Exit.OK)
+
+
+def _print_comparison(cmp: Any, console: Console) -> None:
+    style = {"worse": "bold red", "better": "bold green", "same": ""}
+    for label, rows in zip(cmp.labels[1:], cmp.results, strict=True):
+        t = Table(title=f"{label} vs {cmp.labels[0]} (A)", title_justify="left")
+        for h in ("metric", "A", "B", "change", "95% interval", "verdict"):
+            t.add_column(h, justify="left" if h in ("metric", "verdict") else "right")
+        for r in rows:
+            is_rate = not r.stat
+
+            def f(x: float | None, is_rate: bool = is_rate) -> str:
+                if x is None:
+                    return "–"
+                return f"{x:,.2f}" if is_rate else f"{x * 1e3:,.2f} ms"
+
+            ci = "–" if r.ci is None else f"[{r.ci[0]:+.1%}, {r.ci[1]:+.1%}]"
+            change = "–" if r.change is None else f"{r.change:+.1%}"
+            cells = (r.label, f(r.a), f(r.b), change, ci)
+            # Text, not markup: an interval like "[+1.0%, ...]" would read as a style tag.
+            t.add_row(*map(Text, cells), Text(r.verdict, style=style[r.verdict]))
+        console.print(t)

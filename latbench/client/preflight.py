@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -37,6 +38,16 @@ def model_names(served: list[str]) -> str:
     return names if len(served) <= NAMED_MODELS else f"{names}, ... ({len(served)} in all)"
 
 
+def read_secret_file(path: Path, field: str) -> str:
+    """A secret kept in a file (a mounted secret, a key file), without the line end an editor
+    or `echo` leaves; a file that cannot be read is a SpecError naming the `field` that named it.
+    The service's bearer token is read this way too (latbench/service/config.py)."""
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise SpecError(f"{field}: cannot read {path}: {e.strerror}") from None
+
+
 def read_api_key(t: TargetSpec) -> str | None:
     if t.api_key_env:
         key = os.environ.get(t.api_key_env)
@@ -44,12 +55,7 @@ def read_api_key(t: TargetSpec) -> str | None:
             raise SpecError(f"target.api_key_env: environment variable {t.api_key_env} is not set")
         return key.strip()
     if t.api_key_file:
-        try:
-            key = t.api_key_file.read_text().strip()
-        except OSError as e:
-            raise SpecError(
-                f"target.api_key_file: cannot read {t.api_key_file}: {e.strerror}"
-            ) from None
+        key = read_secret_file(t.api_key_file, "target.api_key_file")
         if not key:
             raise SpecError(f"target.api_key_file: {t.api_key_file} is empty")
         return key

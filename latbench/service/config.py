@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from latbench.client.preflight import read_secret_file
 from latbench.exporter.metrics import parse_listen
 from latbench.shared.errors import SpecError
 from latbench.sim import SimConfig
@@ -74,12 +75,7 @@ class AuthConfig(_Model):
 
     def read_token(self) -> str:
         if self.token_file is not None:
-            try:
-                token = self.token_file.read_text().strip()
-            except OSError as e:
-                raise SpecError(
-                    f"auth.token_file: cannot read {self.token_file}: {e.strerror}"
-                ) from None
+            token = read_secret_file(self.token_file, "auth.token_file")
             where = f"auth.token_file {self.token_file}"
         else:
             token = os.environ.get(self.token_env, "").strip()

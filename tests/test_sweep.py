@@ -14,7 +14,7 @@ from latbench.render import load_results
 from latbench.render.load import Sweep
 from latbench.shared.errors import SpecError
 from latbench.sim import SimConfig, capacity_rps, events_for
-from latbench.sweep.sweep import CapacitySearch, Outcome, parse_values
+from latbench.sweep import CapacitySearch, Outcome, parse_values
 
 
 @pytest.mark.parametrize(

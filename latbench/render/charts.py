@@ -24,7 +24,7 @@ from latbench.render.load import Run, Sweep
 from latbench.spec.slo import DEFAULT_SLOS
 from latbench.summary.compare import Row
 from latbench.summary.summary import NS_PER_S
-from latbench.sweep.sweep import format_value
+from latbench.sweep import format_value
 
 TEMPLATE = "plotly_white"
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")

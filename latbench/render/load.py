@@ -22,7 +22,7 @@ from latbench.summary.server import (
     reconcile,
 )
 from latbench.summary.summary import ClientStats, Summary, summarize
-from latbench.sweep.sweep import (
+from latbench.sweep import (
     SWEEP_FILE,
     Capacity,
     Step,

@@ -21,7 +21,6 @@ Prometheus.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -29,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from latbench.shared.generated import write_or_check
 
 with warnings.catch_warnings():
     # The SDK warns, on import, that it prefers the v2 dashboard schema; provisioning from files
@@ -643,20 +644,7 @@ def outputs() -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--check", action="store_true", help="compare instead of writing")
-    ns = p.parse_args(argv)
-    stale = []
-    for path, text in outputs().items():
-        if ns.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(path)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    for path in stale:
-        print(f"{path} differs from the generator's output; run python grafana/dashboards.py")
-    return 1 if stale else 0
+    return write_or_check(outputs, __doc__.split("\n")[0], "python grafana/dashboards.py", argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ resolves minutes after a burst ends rather than an hour later).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import yaml
 
 from latbench.exporter.metrics import LABELS, PREFIX
+from latbench.shared.generated import write_or_check
 
 HERE = Path(__file__).resolve().parent
 RULES_DIR = HERE / "rules"
@@ -86,9 +86,7 @@ def cpu_rule(window: str) -> str:
 
 
 def quantile_expr(key: str, q: float, window: str) -> str:
-    return (
-        f"histogram_quantile({q:g}, sum by ({BY}, le) (rate({hist(key)}_bucket[{window}])))"
-    )
+    return f"histogram_quantile({q:g}, sum by ({BY}, le) (rate({hist(key)}_bucket[{window}])))"
 
 
 def attainment_expr(key: str, window: str) -> str:
@@ -208,20 +206,7 @@ def outputs() -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--check", action="store_true", help="compare instead of writing")
-    ns = p.parse_args(argv)
-    stale = []
-    for path, text in outputs().items():
-        if ns.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(path)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    for path in stale:
-        print(f"{path} differs from the generator's output; run {Path(__file__).name}")
-    return 1 if stale else 0
+    return write_or_check(outputs, __doc__.split("\n")[0], Path(__file__).name, argv)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import orjson
 from latbench.render import charts
 from latbench.render.load import Run, Sweep
 from latbench.render.page import Page, esc, table
+from latbench.render.text import STEP_COLUMNS
 from latbench.shared.units import ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
@@ -254,19 +255,7 @@ def steps_table(sweep: Sweep) -> str:
             ]
         )
     return table(
-        [
-            "step",
-            "role",
-            "load",
-            "outcome",
-            "req/s",
-            "output tok/s",
-            "p99 TTFT ms",
-            "p99 ITL ms",
-            "p99 TPOT ms",
-            "failed",
-            "why",
-        ],
+        [*STEP_COLUMNS, "why"],
         rows,
         raw=True,
     )

@@ -17,6 +17,19 @@ from latbench.summary.summary import Summary, pct_key
 from latbench.sweep import Step
 
 MD_METRICS: tuple[str, ...] = ("ttft", "ttfo", "itl", "tpot", "e2e", "queue_delay")
+# A sweep's steps table, here and in the HTML report (which adds "why").
+STEP_COLUMNS: tuple[str, ...] = (
+    "step",
+    "role",
+    "load",
+    "outcome",
+    "req/s",
+    "output tok/s",
+    "p99 TTFT ms",
+    "p99 ITL ms",
+    "p99 TPOT ms",
+    "failed",
+)
 
 
 def _rate(x: float | None) -> str:
@@ -115,23 +128,7 @@ def sweep_markdown(sweep: Sweep) -> str:
             lines.append(f"- {e.slo}: passing {passing}, failing {failing}")
         lines += [f"- {n}" for n in cap.notes]
         lines.append("")
-    lines.append(
-        md_table(
-            [
-                "step",
-                "role",
-                "load",
-                "outcome",
-                "req/s",
-                "output tok/s",
-                "p99 TTFT ms",
-                "p99 ITL ms",
-                "p99 TPOT ms",
-                "failed",
-            ],
-            [_step_row(s) for s in sweep.steps],
-        )
-    )
+    lines.append(md_table(list(STEP_COLUMNS), [_step_row(s) for s in sweep.steps]))
     return "\n".join(lines) + "\n"
 
 

@@ -66,7 +66,7 @@ def tokenizer_dir() -> Path:
     if (out / "tokenizer.json").exists():
         return out
     from latbench.sim.server import _CONTENT_WORDS, _REASONING_WORDS
-    from latbench.workload.workload import DEFAULT_VOCABULARY
+    from latbench.workload import DEFAULT_VOCABULARY
 
     out.mkdir(parents=True, exist_ok=True)
     words = [w.strip() for w in (*_CONTENT_WORDS, *_REASONING_WORDS)] + list(DEFAULT_VOCABULARY)

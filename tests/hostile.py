@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from latbench.workload.workload import SyntheticWorkload, WorkItem
+from latbench.workload import SyntheticWorkload, WorkItem
 
 GOOD = "ok"
 MODEL = "m"

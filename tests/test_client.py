@@ -32,7 +32,7 @@ from latbench.shared.errors import ErrorKind
 from latbench.sim import SimConfig, SimProcess
 from latbench.sim.server import create_app
 from latbench.spec.spec import TargetSpec, WorkloadSpec
-from latbench.workload.workload import WorkItem
+from latbench.workload import WorkItem
 
 
 @pytest.fixture

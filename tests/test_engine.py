@@ -38,7 +38,7 @@ from latbench.records.record import Record, RunFooter, counts, instants
 from latbench.shared.errors import ErrorKind
 from latbench.sim import SimProcess
 from latbench.spec.spec import LoadSpec
-from latbench.workload.workload import SyntheticWorkload
+from latbench.workload import SyntheticWorkload
 
 
 class Collect:

@@ -35,7 +35,7 @@ from latbench.records.record import Record, encode_record, read_records
 from latbench.shared.errors import ErrorKind
 from latbench.sim import SimProcess
 from latbench.spec.spec import LoadSpec
-from latbench.workload.workload import SyntheticWorkload
+from latbench.workload import SyntheticWorkload
 
 # Validity limits a shared 2-core machine meets: these tests are about other verdicts.
 LOOSE = "loop_lag_p99: 50ms, queue_delay_p99: 50ms, client_cpu: 4"

@@ -23,7 +23,7 @@ from latbench.sim import SimConfig, SimProcess
 from latbench.spec.slo import METRICS
 from latbench.spec.spec import SIM_API, load_spec
 from latbench.summary.summary import summarize
-from latbench.workload.workload import SyntheticWorkload
+from latbench.workload import SyntheticWorkload
 
 # The simulator: TTFT 50 ms, then one event every 10 ms on absolute deadlines; 4 of the 12
 # output tokens are reasoning (none for completions, which has no reasoning channel).

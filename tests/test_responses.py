@@ -19,7 +19,7 @@ from latbench.records.record import Record
 from latbench.shared.errors import ErrorKind, TargetError
 from latbench.sim import SimConfig, create_app
 from latbench.spec.spec import TargetSpec, WorkloadSpec
-from latbench.workload.workload import WorkItem
+from latbench.workload import WorkItem
 
 API = API_KINDS["responses"]
 ITEM = WorkItem(

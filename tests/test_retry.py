@@ -29,7 +29,7 @@ from latbench.sim import SimConfig, create_app
 from latbench.sim.server import STATE
 from latbench.spec.spec import load_spec
 from latbench.summary.summary import summarize
-from latbench.workload.workload import WorkItem
+from latbench.workload import WorkItem
 
 ITEM = WorkItem("a b", ({"role": "user", "content": "a b"},), 2, 4)
 

@@ -33,7 +33,7 @@ from latbench.exporter.metrics import (
 )
 from latbench.records.record import Record
 from latbench.sim import SimConfig, SimProcess, create_app
-from latbench.workload.workload import WorkItem
+from latbench.workload import WorkItem
 
 MODEL = "sim-model"
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"

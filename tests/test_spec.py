@@ -169,7 +169,7 @@ def test_every_body_field_latbench_sets_is_protected() -> None:
     """CONTROLLED_BODY_KEYS covers every field each API kind's body sets (but `store`)."""
     from latbench.client.apis import API_KINDS, RequestOptions
     from latbench.spec.spec import CONTROLLED_BODY_KEYS
-    from latbench.workload.workload import WorkItem
+    from latbench.workload import WorkItem
 
     item = WorkItem(
         "p", ({"role": "system", "content": "s"}, {"role": "user", "content": "p"}), 2, 9

@@ -26,7 +26,7 @@ from latbench.shared.errors import ErrorKind, SpecError
 from latbench.sim import SimConfig, SimProcess
 from latbench.sim.replay import TranscriptError, check_replay, load_transcript
 from latbench.summary.summary import summarize
-from latbench.workload.workload import WorkItem
+from latbench.workload import WorkItem
 
 DIR = Path(__file__).parent / "transcripts"
 TRANSCRIPTS = {p.name.removesuffix(".sse"): p for p in sorted(DIR.glob("*.sse"))}

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from latbench.shared.dist import Dist
 from latbench.shared.errors import SpecError
-from latbench.workload.workload import (
+from latbench.workload import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_VOCABULARY,
     MAX_PROMPT_ITEMS,
@@ -363,7 +363,7 @@ def test_sharegpt_bad_json(tmp_path: Path) -> None:
 _PEAK = """
 import resource, sys, time
 from latbench.shared.errors import SpecError
-from latbench.workload.workload import FileWorkload
+from latbench.workload import FileWorkload
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.monotonic()
 try:

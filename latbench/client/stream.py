@@ -37,7 +37,7 @@ from latbench.client.retry import (
 from latbench.client.sse import MAX_EVENT_BYTES, MAX_LINE_BYTES, OversizedEvent, SSEParser
 from latbench.records.record import Phase, Record
 from latbench.shared.errors import ErrorKind
-from latbench.workload.workload import WorkItem
+from latbench.workload import WorkItem
 
 # How long the start of a body that brings no token (an error, an HTML page) is waited for: a
 # server that stalls there must not turn the record into a first-token timeout.

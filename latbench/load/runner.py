@@ -53,7 +53,7 @@ from latbench.shared.errors import ErrorKind, LatbenchError
 from latbench.sinks import Sink
 from latbench.spec.spec import LoadSpec
 from latbench.summary.summary import ClientStats
-from latbench.workload.workload import Workload
+from latbench.workload import Workload
 
 __all__ = ["RunOutcome", "Runner", "make_connector", "raise_fd_limit"]
 

@@ -44,7 +44,7 @@ from latbench.summary.server import (
     reconcile,
 )
 from latbench.summary.summary import Summary, summarize
-from latbench.workload.workload import FileWorkload, SyntheticWorkload, Workload
+from latbench.workload import FileWorkload, SyntheticWorkload, Workload
 
 DEFAULT_OUTPUT_TOKENS = 128
 

@@ -20,7 +20,7 @@ from latbench.shared.dist import Dist
 from latbench.shared.errors import SpecError
 from latbench.spec.spec import MAX_DEPTH, RunSpec, TargetSpec, check_token_dist, load_spec
 from latbench.spec.spec import nesting_depth_over as too_deep
-from latbench.workload.workload import DEFAULT_MAX_TOKENS
+from latbench.workload import DEFAULT_MAX_TOKENS
 
 # What a caller may say about the target beyond its name.
 CALLER_TARGET_KEYS = frozenset({"name", "timeouts"})

@@ -21,7 +21,7 @@ from latbench.exporter.metrics import parse_listen
 from latbench.shared.errors import SpecError
 from latbench.sim import SimConfig
 from latbench.spec.spec import PositiveSeconds, Seconds, TargetSpec, load_spec, load_yaml
-from latbench.workload.workload import MAX_TOKENS
+from latbench.workload import MAX_TOKENS
 
 # Names end up as Prometheus label values and in URLs: short, and from a small alphabet.
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

@@ -28,7 +28,7 @@ from latbench.shared.errors import SpecError
 from latbench.sim import SimConfig
 from latbench.sim.formats import Personality
 from latbench.spec.slo import DEFAULT_SLOS, Slo, ValidityLimits, parse_slo
-from latbench.workload.workload import MAX_TOKENS
+from latbench.workload import MAX_TOKENS
 
 # Limits at the edge: a spec is a small document written by a person, so anything far larger or
 # deeper is a mistake or an attack (a 392-byte YAML alias bomb expanded to 208 MB), refused before
@@ -245,7 +245,7 @@ class WorkloadSpec(_Model):
 
 def check_token_dist(d: Dist, cap: float, whose: str) -> None:
     """A token-count distribution within `cap`: its mean, std and bounds (draws beyond the cap
-    are clamped to it, see workload.workload)."""
+    are clamped to it, see latbench.workload.item)."""
     for part in ("mean", "std", "min", "max"):
         v = getattr(d, part)
         if v is not None and v > cap:

@@ -27,7 +27,7 @@ from latbench.client.apis.base import (
     reason,
 )
 from latbench.shared.errors import ErrorKind
-from latbench.workload.workload import WorkItem
+from latbench.workload import WorkItem
 
 _DONE = Event(done=True)
 # Anthropic error types that say "turned away for load", as its HTTP 429 and 529 do.

@@ -12,7 +12,7 @@ import orjson
 
 from latbench.records.record import CONTENT, REASONING
 from latbench.shared.errors import ErrorKind
-from latbench.workload.workload import WorkItem
+from latbench.workload import WorkItem
 
 
 class MalformedEvent(Exception):

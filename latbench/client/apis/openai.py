@@ -23,7 +23,7 @@ from latbench.client.apis.base import (
     reason,
 )
 from latbench.records.record import CONTENT, REASONING
-from latbench.workload.workload import WorkItem
+from latbench.workload import WorkItem
 
 DONE = b"[DONE]"
 

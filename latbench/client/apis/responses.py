@@ -26,7 +26,7 @@ from latbench.client.apis.base import (
     reason,
 )
 from latbench.shared.errors import ErrorKind
-from latbench.workload.workload import WorkItem
+from latbench.workload import WorkItem
 
 _TOKEN_EVENTS = {
     "response.output_text.delta": CONTENT_EVENT,

@@ -13,20 +13,19 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import orjson
 
 from bench._procmon import cpu_seconds
-from latbench.shared.child import Child
+from latbench.shared.child import Child, StartStop
 from latbench.sim import SimConfig
 from latbench.vllm.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class SimFarm:
+class SimFarm(StartStop):
     def __init__(self, config: SimConfig, processes: int = 1, log: Path | None = None) -> None:
         self.config = config
         self.processes = processes
@@ -45,7 +44,7 @@ class SimFarm:
     def pids(self) -> list[int]:
         return [c.pid for c in self._children]
 
-    def __enter__(self) -> Self:
+    def start(self) -> Self:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         env["LATBENCH_SIM_PARENT_PID"] = str(os.getpid())
@@ -71,19 +70,14 @@ class SimFarm:
                     raise RuntimeError(f"simulator process did not start: {line!r}")
                 self._admin.append(int(line[2]))
         except BaseException:
-            self.__exit__(None, None, None)
+            self.stop()
             raise
         finally:
             if err is not None:
                 err.close()  # each child holds its own copy
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         # All are asked first, then waited on: they stop in parallel.
         for c in self._children:
             c.terminate()

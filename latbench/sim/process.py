@@ -13,10 +13,9 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
-from latbench.shared.child import Child
+from latbench.shared.child import Child, StartStop
 from latbench.sim.config import SimConfig
 
 _READY_PREFIX = "latbench-sim listening on "
@@ -32,7 +31,7 @@ class SimError(RuntimeError):
     """The simulator process could not be started."""
 
 
-class SimProcess:
+class SimProcess(StartStop):
     """A simulator child process; a context manager that starts it and stops it."""
 
     def __init__(
@@ -141,17 +140,6 @@ class SimProcess:
         with stream:
             for line in stream:
                 self._stderr_tail.append(line)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = self._url or ("stopped" if self._child is not None else "not started")

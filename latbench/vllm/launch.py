@@ -19,10 +19,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from latbench.shared.child import Child
+from latbench.shared.child import Child, StartStop
 from latbench.shared.errors import LatbenchError, SpecError
 
 ENTRYPOINT = ("-m", "vllm.entrypoints.openai.api_server")
@@ -60,7 +59,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class VllmServer:
+class VllmServer(StartStop):
     """A context manager: starts vLLM, waits until /health answers, stops it on exit."""
 
     def __init__(
@@ -143,14 +142,3 @@ class VllmServer:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -48,9 +48,9 @@ from latbench.exporter.metrics import (
 from latbench.records.record import read_records
 from latbench.run.benchmark import BenchResult, run_benchmark
 from latbench.sim import SimConfig, SimProcess
-from latbench.sinks.prometheus import record_samples
 from latbench.spec.slo import Slo
 from latbench.spec.spec import load_spec
+from latbench.summary.samples import record_samples
 from latbench.summary.summary import Summary, summarize
 
 LATENCY_KEYS = ("ttft", "ttfo", "itl", "itl_per_token", "tpot", "e2e")

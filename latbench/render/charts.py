@@ -19,11 +19,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from latbench.records.record import Record
 from latbench.render.load import Run, Sweep
 from latbench.spec.slo import DEFAULT_SLOS
 from latbench.summary.compare import Row
-from latbench.summary.summary import NS_PER_S
+from latbench.summary.samples import NS_PER_S, Samples, last_instant
 from latbench.sweep import format_value
 
 TEMPLATE = "plotly_white"
@@ -128,19 +127,6 @@ def _bucket_width(span_s: float) -> float:
     return next(m * exp for m in (1, 2, 5, 10) if m * exp >= raw)
 
 
-def _gap_times(ok: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
-    """(arrival of the later event, gap in seconds) for every gap of every request."""
-    times, gaps = [], []
-    for r in ok:
-        if len(r.ev_t) > 1:
-            t = np.asarray(r.ev_t, dtype=np.int64)
-            times.append(t[1:])
-            gaps.append(np.diff(t))
-    if not times:
-        return np.empty(0, dtype=np.int64), np.empty(0)
-    return np.concatenate(times), np.concatenate(gaps) / NS_PER_S
-
-
 def _per_bucket(t: np.ndarray, v: np.ndarray, edges: np.ndarray, pct: float) -> list[float | None]:
     idx = np.searchsorted(edges, t, side="right") - 1
     out: list[float | None] = []
@@ -167,7 +153,7 @@ def over_time_figure(run: Run) -> go.Figure:
     if not recs:
         return _layout(fig, "over the run's time: no requests", 560)
     t0 = min(r.t_intended for r in recs)
-    end = max(max(r.t_sent, r.t_end or 0, r.ev_t[-1] if r.ev_t else 0) for r in recs)
+    end = max(last_instant(r) for r in recs)
     span = max((end - t0) / NS_PER_S, 1e-3)
     width = _bucket_width(span)
     edges = np.arange(0, span + width, width)
@@ -177,10 +163,10 @@ def over_time_figure(run: Run) -> go.Figure:
     def rel(ns: np.ndarray) -> np.ndarray:
         return (ns - t0) / NS_PER_S
 
+    samples = Samples.build(ok)
     sent = rel(np.array([r.t_sent for r in ok], dtype=np.int64))
-    ttft = np.array([(r.ev_t[0] - r.t_sent) / NS_PER_S for r in ok])
-    gap_t, gaps = _gap_times(ok)
-    gap_t = rel(gap_t)
+    ttft = samples.per_request["ttft"]
+    gap_t, gaps = rel(samples.gap_t()), samples.gaps["itl"]
     series = [
         ("TTFT p50", sent, ttft, 50, COLORS[0], "solid"),
         ("TTFT p99", sent, ttft, 99, COLORS[0], "dot"),
@@ -203,18 +189,7 @@ def over_time_figure(run: Run) -> go.Figure:
         )
     fig.add_hline(y=DEFAULT_TARGET_S * 1e3, line={"color": "#444", "dash": "dash"}, row=1, col=1)
     # Tokens at the instant their event arrived; an event counts its reported tokens, else one.
-    ev_t = np.concatenate([np.asarray(r.ev_t, dtype=np.int64) for r in ok]) if ok else np.empty(0)
-    ev_n = (
-        np.concatenate(
-            [
-                np.asarray(r.ev_n if r.ev_n and len(r.ev_n) == len(r.ev_t) else [1] * len(r.ev_t))
-                for r in ok
-            ]
-        )
-        if ok
-        else np.empty(0)
-    )
-    tok, _ = np.histogram(rel(ev_t), bins=edges, weights=ev_n)
+    tok, _ = np.histogram(rel(samples.event_t), bins=edges, weights=samples.event_tokens())
     fig.add_trace(
         go.Bar(x=mid, y=tok / width, name="output tokens/s", marker_color=COLORS[2]),
         row=2,

@@ -33,7 +33,7 @@ import numpy as np
 
 from latbench.records.record import Record
 from latbench.spec.slo import Slo
-from latbench.summary.summary import GAP_METRICS, NS_PER_S, _Samples
+from latbench.summary.samples import GAP_METRICS, NS_PER_S, Samples, derived_window, last_instant
 
 Verdict = Literal["better", "worse", "same"]
 DEFAULT_MARGIN = 0.05
@@ -96,12 +96,10 @@ class RunSamples:
         measured = [r for r in records if r.phase == "measure"]
         ok_idx = np.array([i for i, r in enumerate(measured) if r.error is None], dtype=np.int64)
         ok = [measured[i] for i in ok_idx]
-        s = _Samples.build(ok)
+        s = Samples.build(ok)
         self.n = len(measured)
-        if window is None and measured:
-            start = min(r.t_intended for r in measured)
-            end = max(_finish(r) for r in measured)
-            window = (start, end)
+        if window is None:
+            window = derived_window(measured)
         self.duration_s = (window[1] - window[0]) / NS_PER_S if window else 0.0
         self.succeeded = np.zeros(self.n)
         self.succeeded[ok_idx] = 1.0
@@ -118,7 +116,7 @@ class RunSamples:
         if window is not None and window[1] > window[0] and self.n:
             edges = np.linspace(window[0], window[1], self.blocks + 1)
             a = np.array([r.t_sent for r in measured], dtype=np.float64)
-            b = np.array([_finish(r) for r in measured], dtype=np.float64)
+            b = np.array([last_instant(r) for r in measured], dtype=np.float64)
             b = np.maximum(b, a + 1.0)  # an instant gets all its weight in its block
             f = np.clip((edges[None, :] - a[:, None]) / (b - a)[:, None], 0.0, 1.0)
             self.spread = np.diff(f, axis=1)
@@ -202,10 +200,6 @@ class RunSamples:
             counts = np.bincount(flat, minlength=b * units).reshape(b, units)
             out[start : start + b] = f(counts)
         return out
-
-
-def _finish(r: Record) -> int:
-    return max(r.t_sent, r.t_end or 0, r.ev_t[-1] if r.ev_t else 0)
 
 
 def parse_stat(stat: str) -> float:

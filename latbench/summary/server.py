@@ -35,7 +35,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from latbench.records.record import Record
-from latbench.summary.summary import _Samples
+from latbench.summary.samples import Samples
 
 # Our name -> vLLM's histogram family; the first name found wins (older vLLMs call ITL
 # time_per_output_token).
@@ -357,7 +357,7 @@ def client_samples(records: Sequence[Record]) -> dict[str, np.ndarray]:
     """The client's samples over every finished request of the run, warm-up and cool-down
     included (the server's counters cannot tell the phases apart); the summary's own
     per-metric arrays, so both read METRICS.md the same way."""
-    s = _Samples.build([r for r in records if r.ok])
+    s = Samples.build([r for r in records if r.ok])
     per_request = {k: v[~np.isnan(v)] for k, v in s.per_request.items()}
     return {
         "ttft": per_request["ttft"],

@@ -1,0 +1,338 @@
+"""Each metric of METRICS.md, defined once: what a record's timestamps and counts turn into.
+
+Every module that needs a latency or a token count takes it from here: the summary, compare and
+the server reconciliation (the vectorised `Samples`), the Prometheus sink (`record_samples`, per
+record, on the runner's loop), the live progress of the terminal and the service, and the charts.
+So no two of them can read the contract differently, and a sample that is exactly 100 ms in the
+summary is exactly 0.1 on the Prometheus sink too.
+
+A per-request latency is the span between two instants of the request (`SPANS`); both forms
+apply that one table, the vectorised one to flat arrays of instants. Spans are subtracted in
+integer nanoseconds first and divided once, so an exact instant stays exact. Samples are flat
+numpy arrays (one entry per request, one per gap), never per-token Python objects: a run can hold
+100k requests of 1k events each.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+
+import numpy as np
+
+from latbench.records.record import CONTENT, Record
+from latbench.spec.slo import Slo
+
+NS_PER_S = 1_000_000_000
+
+# Metrics with one sample per gap between events; every other metric has one per request.
+GAP_METRICS = frozenset({"itl", "itl_per_token"})
+
+# Per-request latency -> (later instant, earlier instant). The instants: `intended` and `sent`
+# (t_intended, t_sent), `first` and `last` token-bearing event (reasoning counts), and
+# `first_content`, the first content event. A request that lacks an instant has no sample.
+SPANS: Mapping[str, tuple[str, str]] = {
+    "ttft": ("first", "sent"),
+    "ttfo": ("first_content", "sent"),
+    "e2e": ("last", "sent"),
+    "queue_delay": ("sent", "intended"),
+    "ttft_from_schedule": ("first", "intended"),
+    "e2e_from_schedule": ("last", "intended"),
+}
+# TPOT is not a span: (last - first) / (N_out - 1), for N_out > 1 (`tpot_s`).
+
+Instants = Mapping[str, int | None]
+# The instants every request has, read straight off the record (fast, for whole arrays).
+_ALWAYS: Mapping[str, Callable[[Record], int]] = {
+    "intended": attrgetter("t_intended"),
+    "sent": attrgetter("t_sent"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# One record
+
+
+def instants(r: Record) -> Instants:
+    """The instants `SPANS` names, None where the request has none (no event, no content)."""
+    ev = r.ev_t
+    fc = r.ev_kind.find(CONTENT)
+    return {
+        "intended": r.t_intended,
+        "sent": r.t_sent,
+        "first": ev[0] if ev else None,
+        "last": ev[-1] if ev else None,
+        "first_content": ev[fc] if 0 <= fc < len(ev) else None,
+    }
+
+
+def span_ns(at: Instants, metric: str) -> int | None:
+    """A per-request latency in integer ns, from a record's `instants`; None without a sample."""
+    later, earlier = SPANS[metric]
+    a, b = at[later], at[earlier]
+    return None if a is None or b is None else a - b
+
+
+def spans_ns(records: Sequence[Record], metric: str) -> np.ndarray:
+    """A span between two instants every request has (queue delay), for each record, in ns."""
+    later, earlier = SPANS[metric]
+    n = len(records)
+    a = np.fromiter(map(_ALWAYS[later], records), dtype=np.int64, count=n)
+    return a - np.fromiter(map(_ALWAYS[earlier], records), dtype=np.int64, count=n)
+
+
+def ev_n_known(r: Record) -> bool:
+    """The server's per-event token counts are usable: a count list that does not match the
+    events cannot be attributed to them."""
+    return r.ev_n is not None and len(r.ev_n) == len(r.ev_t)
+
+
+def n_out(r: Record) -> int:
+    """N_out: the server's usage when reported, else the sum of per-event counts, else one
+    token per token-bearing event."""
+    if r.usage_completion_tokens is not None:
+        return r.usage_completion_tokens
+    if ev_n_known(r):
+        assert r.ev_n is not None
+        return sum(r.ev_n)
+    return len(r.ev_t)
+
+
+def tpot_s(at: Instants, tokens: int) -> float | None:
+    """TPOT of a request with `tokens` = N_out; None unless it has events and N_out > 1."""
+    first, last = at["first"], at["last"]
+    if first is None or last is None or tokens <= 1:
+        return None
+    return (last - first) / (float(tokens - 1) * NS_PER_S)
+
+
+def itl_ns(r: Record) -> np.ndarray:
+    """ITL: the gaps between consecutive token-bearing events, in integer ns."""
+    return np.diff(np.asarray(r.ev_t, dtype=np.int64))
+
+
+def itl_per_token_s(r: Record, gaps_ns: np.ndarray, itl_s: np.ndarray) -> np.ndarray:
+    """Each gap ÷ the tokens of its later event: `itl_s` itself where the server gave no counts
+    (one token an event). An event reported with 0 tokens counts its gap once, as GenAI-Perf
+    does, instead of dividing by zero."""
+    if not ev_n_known(r) or not gaps_ns.size:
+        return itl_s
+    assert r.ev_n is not None
+    later = np.maximum(np.asarray(r.ev_n[1:], dtype=np.int64), 1).astype(np.float64)
+    return gaps_ns / (later * NS_PER_S)
+
+
+def last_instant(r: Record) -> int:
+    """The latest instant a request holds. Normally t_end; a record cut short may lack it, and
+    its events still happened."""
+    return max(r.t_sent, r.ev_t[-1] if r.ev_t else r.t_sent, r.t_end or r.t_sent)
+
+
+def derived_window(measured: Iterable[Record]) -> tuple[int, int] | None:
+    """A measurement window from the requests when the runner gave none: from the earliest
+    `t_intended` to the latest instant any of them holds. None without requests."""
+    start = end = None
+    for r in measured:
+        last = last_instant(r)
+        start = r.t_intended if start is None else min(start, r.t_intended)
+        end = last if end is None else max(end, last)
+    return None if start is None or end is None else (start, end)
+
+
+_NO_GAPS = np.empty(0, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSamples:
+    """One record's metric samples, in seconds; None where it has no sample."""
+
+    per_request: Mapping[str, float | None]
+    itl: np.ndarray
+    itl_per_token: np.ndarray
+    n_out: int
+
+
+def record_samples(r: Record) -> RecordSamples:
+    """Every metric of one record, bit for bit what `Samples` gives for it (the Prometheus
+    sink observes these per record on the runner's loop, so `span_ns` is inlined here)."""
+    at = instants(r)
+    per: dict[str, float | None] = {}
+    for metric, (later, earlier) in SPANS.items():
+        a, b = at[later], at[earlier]
+        per[metric] = None if a is None or b is None else (a - b) / NS_PER_S
+    tokens = n_out(r)
+    per["tpot"] = tpot_s(at, tokens)
+    if len(r.ev_t) < 2:
+        return RecordSamples(per, _NO_GAPS, _NO_GAPS, tokens)
+    gaps = itl_ns(r)
+    itl = gaps / NS_PER_S
+    return RecordSamples(per, itl, itl_per_token_s(r, gaps, itl), tokens)
+
+
+def record_meets_all(s: RecordSamples, slos: Sequence[Slo]) -> bool:
+    """`Samples.meets_all` for one record: at or under every SLO's threshold, judged on its own
+    sample (its worst gap for ITL); a metric it has no sample of is not judged."""
+    for slo in slos:
+        if slo.metric in GAP_METRICS:
+            gaps = s.itl if slo.metric == "itl" else s.itl_per_token
+            if gaps.size and float(gaps.max()) > slo.threshold_s:
+                return False
+        else:
+            v = s.per_request.get(slo.metric)
+            if v is not None and v > slo.threshold_s:
+                return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Many records, vectorised
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Every metric's samples over a set of records (the succeeded ones, for the summary), as
+    flat arrays built once.
+
+    Per-request arrays hold NaN where a request has no sample (no events, no content, N_out <= 1);
+    gap arrays hold one value per gap, in request order. `event_t` holds every event's arrival,
+    in request order, and `ev_tokens` its reported token count where any request reported them.
+    """
+
+    per_request: dict[str, np.ndarray]  # seconds
+    gaps: dict[str, np.ndarray]  # seconds
+    worst_gap: dict[str, np.ndarray]  # per request, its largest gap; NaN without gaps
+    n_out: np.ndarray
+    usage: np.ndarray  # usage completion tokens, -1 when not reported
+    ev_n_known: np.ndarray
+    ev_n_sum: np.ndarray
+    n_events: np.ndarray
+    event_t: np.ndarray  # ns
+    ev_tokens: np.ndarray | None  # per event; 1 where its request gave no counts
+    gap_keep: np.ndarray  # over consecutive pairs of `event_t`: the pair is a gap of one request
+
+    @classmethod
+    def build(cls, records: Sequence[Record]) -> Samples:
+        nreq = len(records)
+        n_ev = np.fromiter((len(r.ev_t) for r in records), dtype=np.int64, count=nreq)
+        total = int(n_ev.sum())
+        t = np.fromiter(
+            itertools.chain.from_iterable(r.ev_t for r in records), dtype=np.int64, count=total
+        )
+        ends = np.cumsum(n_ev)
+        starts = ends - n_ev
+        has = n_ev > 0
+        first = np.zeros(nreq, dtype=np.int64)
+        last = np.zeros(nreq, dtype=np.int64)
+        first[has] = t[starts[has]]
+        last[has] = t[ends[has] - 1]
+        fc = np.fromiter((r.ev_kind.find(CONTENT) for r in records), dtype=np.int64, count=nreq)
+        has_c = (fc >= 0) & (fc < n_ev)
+        first_c = np.zeros(nreq, dtype=np.int64)
+        first_c[has_c] = t[starts[has_c] + fc[has_c]]
+        always = np.ones(nreq, dtype=bool)
+        # The instants of `instants`, each with the mask of requests that have it.
+        at: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            name: (np.fromiter(map(get, records), dtype=np.int64, count=nreq), always)
+            for name, get in _ALWAYS.items()
+        }
+        at |= {
+            "first": (first, has),
+            "last": (last, has),
+            "first_content": (first_c, has_c),
+        }
+
+        # N_out, as `n_out`: usage, else the sum of per-event counts, else one per event.
+        usage = np.fromiter(
+            (
+                -1 if r.usage_completion_tokens is None else r.usage_completion_tokens
+                for r in records
+            ),
+            dtype=np.int64,
+            count=nreq,
+        )
+        known = np.fromiter((ev_n_known(r) for r in records), dtype=bool, count=nreq)
+        ev_sum = n_ev.copy()
+        n: np.ndarray | None = None  # tokens per event, only when some request reported them
+        if known.any():
+            # 1 per event where the server did not report counts (METRICS.md).
+            n = np.fromiter(
+                itertools.chain.from_iterable(
+                    r.ev_n if ev_n_known(r) else itertools.repeat(1, len(r.ev_t)) for r in records
+                ),
+                dtype=np.int64,
+                count=total,
+            )
+            ev_sum[has] = np.add.reduceat(n, starts[has])
+        tokens = np.where(usage >= 0, usage, np.where(known, ev_sum, n_ev))
+
+        def span(
+            a: np.ndarray, b: np.ndarray, mask: np.ndarray, per: np.ndarray | None = None
+        ) -> np.ndarray:
+            # Subtract in integer ns, then divide once, so that an exact instant stays exact.
+            out = np.full(nreq, np.nan)
+            out[mask] = (a[mask] - b[mask]) / (NS_PER_S if per is None else per[mask] * NS_PER_S)
+            return out
+
+        per_request: dict[str, np.ndarray] = {}
+        for metric, (later, earlier) in SPANS.items():
+            (a, a_has), (b, b_has) = at[later], at[earlier]
+            per_request[metric] = span(a, b, a_has & b_has)
+        per_request["tpot"] = span(last, first, has & (tokens > 1), (tokens - 1).astype(np.float64))
+
+        # Gaps between consecutive events; the one into each request's first event is not a gap.
+        keep = np.ones(max(total - 1, 0), dtype=bool)
+        first_idx = starts[has]
+        keep[first_idx[first_idx > 0] - 1] = False
+        gap_ns = np.diff(t)[keep]
+        itl = gap_ns / NS_PER_S
+        if n is None:
+            itl_per_token = itl
+        else:
+            # As `itl_per_token_s`: a 0-token event counts its gap once.
+            later_n = np.maximum(n[1:][keep], 1).astype(np.float64)
+            itl_per_token = gap_ns / (later_n * NS_PER_S)
+        gaps = {"itl": itl, "itl_per_token": itl_per_token}
+
+        gcount = np.maximum(n_ev - 1, 0)
+        gstart = np.cumsum(gcount) - gcount
+        with_gaps = gcount > 0
+        worst_gap: dict[str, np.ndarray] = {}
+        for name, values in gaps.items():
+            worst = np.full(nreq, np.nan)
+            if values.size:
+                # Segments are contiguous and non-empty once requests without gaps are skipped.
+                worst[with_gaps] = np.maximum.reduceat(values, gstart[with_gaps])
+            worst_gap[name] = worst
+        return cls(per_request, gaps, worst_gap, tokens, usage, known, ev_sum, n_ev, t, n, keep)
+
+    def samples(self, metric: str) -> np.ndarray:
+        """The metric's samples, in seconds, requests without one left out."""
+        if metric in GAP_METRICS:
+            return self.gaps[metric]
+        values = self.per_request[metric]
+        return values[~np.isnan(values)]
+
+    def gap_t(self) -> np.ndarray:
+        """The arrival (ns) of each gap's later event, aligned with `gaps`."""
+        return self.event_t[1:][self.gap_keep]
+
+    def event_tokens(self) -> np.ndarray:
+        """Tokens per event: its reported count, else one."""
+        if self.ev_tokens is None:
+            return np.ones(self.event_t.size, dtype=np.int64)
+        return self.ev_tokens
+
+    def meets_all(self, slos: Sequence[Slo]) -> np.ndarray:
+        """Per request: at or under every SLO's threshold.
+
+        A request is judged on its own sample, and on every one of its gaps for ITL. One without
+        a sample of a metric (no second token, no content) is not judged on that metric; vLLM's
+        goodput does the same by counting a missing TPOT as 0.
+        """
+        good = np.ones(self.n_out.size, dtype=bool)
+        for slo in slos:
+            own = (self.worst_gap if slo.metric in GAP_METRICS else self.per_request)[slo.metric]
+            good &= ~(own > slo.threshold_s)  # NaN compares False: not judged
+        return good

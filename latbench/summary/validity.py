@@ -1,0 +1,232 @@
+"""Whether a run measured the server or the client: the client-bound and failed-share verdicts.
+
+A benchmark client that falls behind (a late event loop, a busy core, a schedule it cannot keep)
+stamps its own delays into the server's figures. The runner measures itself (`ClientStats`, in
+the records file's footer) and `judge_validity` turns that, with the queue delay of every measured
+request, into reasons the run is client-bound; the limits are the spec's `validity` section.
+`Failures` judges the failed share apart, as a run can be clean yet fail most of its requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from latbench.records.record import Record
+from latbench.shared.errors import RecordsError
+from latbench.spec.slo import DEFAULT_LIMITS, ValidityLimits
+from latbench.summary.samples import NS_PER_S, spans_ns
+
+
+def rounded(x: float | None, digits: int) -> float | None:
+    """`round`, passing None through: the figures of a distribution without samples."""
+    return None if x is None else round(x, digits)
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """What the runner measured about itself; stored in the records file footer as JSON."""
+
+    loop_lag_ns: Sequence[int]  # event-loop ticker: actual minus intended wake-up, per tick
+    # CPU seconds of the busiest worker process over the run (each runs one event loop, on one
+    # core at a time; the runner's own sinks do not delay any timestamp)
+    cpu_s: float
+    wall_s: float
+    open_loop: bool
+    unsent: int  # scheduled but never sent when the run stopped
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "loop_lag_ns": [int(x) for x in self.loop_lag_ns],
+            "cpu_s": self.cpu_s,
+            "wall_s": self.wall_s,
+            "open_loop": self.open_loop,
+            "unsent": self.unsent,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClientStats:
+        try:
+            return cls(
+                loop_lag_ns=tuple(int(x) for x in d["loop_lag_ns"]),
+                cpu_s=float(d["cpu_s"]),
+                wall_s=float(d["wall_s"]),
+                open_loop=bool(d["open_loop"]),
+                unsent=int(d["unsent"]),
+            )
+        except KeyError as e:
+            raise RecordsError(f"client stats: missing field {e.args[0]!r}") from e
+        except (TypeError, ValueError) as e:
+            raise RecordsError(f"client stats: {e}") from e
+
+
+@dataclass(frozen=True)
+class Validity:
+    """How far the run can be trusted to measure the server rather than the client."""
+
+    known: bool  # False when no ClientStats were given: nothing is judged
+    open_loop: bool | None
+    queue_delay_p50_s: float | None  # every measure-phase request, failed or not
+    queue_delay_p99_s: float | None
+    queue_delay_max_s: float | None
+    loop_lag_p50_s: float | None
+    loop_lag_p99_s: float | None
+    loop_lag_max_s: float | None
+    client_cpu: float | None  # fraction of one core
+    unsent: int | None
+    client_bound: bool | None  # None when unknown
+    reasons: tuple[str, ...]
+    limits: ValidityLimits = DEFAULT_LIMITS
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"known": self.known, "open_loop": self.open_loop}
+        for name in ("queue_delay", "loop_lag"):
+            for stat in ("p50", "p99", "max"):
+                key = f"{name}_{stat}_s"
+                d[key] = rounded(getattr(self, key), 9)
+        d |= {
+            "client_cpu": rounded(self.client_cpu, 4),
+            "unsent": self.unsent,
+            "client_bound": self.client_bound,
+            "reasons": list(self.reasons),
+            "limits": asdict(self.limits),
+        }
+        return d
+
+
+def _pct(fraction: float) -> str:
+    """15%, 1.25%, 33.3%: enough figures that a share just over its limit does not read equal."""
+    return f"{fraction * 100:.3g}%"
+
+
+@dataclass(frozen=True)
+class Failures:
+    """The failed-share verdict. Cancelled requests are left out of both sides of the share:
+    latbench cut them (a stop or an abort asked for by whoever ran it), the server did not fail
+    them. Requests cut because the run's overtime ran out (`overtime`) do count as failed: the
+    server did not finish them in time, and leaving them out would pass a server whose streams
+    never end. A run where no measured request succeeded fails whatever the limit says."""
+
+    measured: int
+    succeeded: int
+    failed: int  # measured requests that failed, cancelled ones aside (overtime cuts included)
+    cancelled: int
+    limit: float
+    overtime: int = 0  # of `failed`, those cut at the overtime
+
+    @property
+    def judged(self) -> int:
+        return self.measured - self.cancelled
+
+    @property
+    def fraction(self) -> float | None:
+        return self.failed / self.judged if self.judged else None
+
+    @property
+    def passed(self) -> bool:
+        if self.measured and not self.succeeded:
+            return False
+        return self.fraction is None or self.fraction <= self.limit
+
+    def describe(self) -> str:
+        """One plain sentence, for the terminal and for reasons."""
+        if self.measured and not self.succeeded:
+            cut = f" ({self.cancelled:,} cancelled)" if self.cancelled else ""
+            return f"none of the {self.measured:,} measured requests succeeded{cut}"
+        share = self.fraction or 0.0
+        where = "over" if share > self.limit else "within"
+        cut = f", {self.overtime:,} of them cut at the overtime" if self.overtime else ""
+        return (
+            f"{self.failed:,} of {self.judged:,} measured requests failed ({_pct(share)}{cut}), "
+            f"{where} the {_pct(self.limit)} limit"
+            + (f"; {self.cancelled:,} cancelled, not counted" if self.cancelled else "")
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "overtime": self.overtime,
+            "judged": self.judged,
+            "fraction": rounded(self.fraction, 6),
+            "max_failed_fraction": self.limit,
+            "passed": self.passed,
+        }
+
+
+def _p50_p99_max(samples_s: np.ndarray) -> tuple[float | None, float | None, float | None]:
+    if samples_s.size == 0:
+        return None, None, None
+    p50, p99 = np.percentile(samples_s, [50, 99])
+    return float(p50), float(p99), float(samples_s.max())
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def judge_validity(
+    measured: Sequence[Record], client: ClientStats | None, limits: ValidityLimits
+) -> Validity:
+    # Sending late is the client's doing whatever the server answered, so failed requests count.
+    qd = spans_ns(measured, "queue_delay") / NS_PER_S
+    qd_p50, qd_p99, qd_max = _p50_p99_max(qd)
+    if client is None:
+        return Validity(
+            known=False,
+            open_loop=None,
+            queue_delay_p50_s=qd_p50,
+            queue_delay_p99_s=qd_p99,
+            queue_delay_max_s=qd_max,
+            loop_lag_p50_s=None,
+            loop_lag_p99_s=None,
+            loop_lag_max_s=None,
+            client_cpu=None,
+            unsent=None,
+            client_bound=None,
+            reasons=(),
+            limits=limits,
+        )
+    lag = np.asarray(client.loop_lag_ns, dtype=np.int64) / NS_PER_S
+    lag_p50, lag_p99, lag_max = _p50_p99_max(lag)
+    cpu = client.cpu_s / client.wall_s if client.wall_s > 0 else None
+    reasons: list[str] = []
+    if lag_p99 is not None and lag_p99 > limits.loop_lag_p99_s:
+        reasons.append(
+            f"event-loop lag p99 is {_ms(lag_p99)}, above the {_ms(limits.loop_lag_p99_s)} limit: "
+            "the client woke up late: its sends trail the server, and events that queued while "
+            "it was not reading are stamped together"
+        )
+    if client.open_loop and qd_p99 is not None and qd_p99 > limits.queue_delay_p99_s:
+        reasons.append(
+            f"queue delay p99 is {_ms(qd_p99)}, above the {_ms(limits.queue_delay_p99_s)} limit: "
+            "requests left later than the schedule said"
+        )
+    if client.open_loop and client.unsent > 0:
+        reasons.append(
+            f"{client.unsent} scheduled requests were never sent (limit 0): "
+            "the client fell behind the schedule"
+        )
+    if cpu is not None and cpu > limits.client_cpu:
+        reasons.append(
+            f"client CPU use is {cpu:.0%} of one core, above the {limits.client_cpu:.0%} limit: "
+            "the client had no time to spare"
+        )
+    return Validity(
+        known=True,
+        open_loop=client.open_loop,
+        queue_delay_p50_s=qd_p50,
+        queue_delay_p99_s=qd_p99,
+        queue_delay_max_s=qd_max,
+        loop_lag_p50_s=lag_p50,
+        loop_lag_p99_s=lag_p99,
+        loop_lag_max_s=lag_max,
+        client_cpu=cpu,
+        unsent=client.unsent,
+        client_bound=bool(reasons),
+        reasons=tuple(reasons),
+        limits=limits,
+    )

@@ -65,7 +65,7 @@ def tokenizer_dir() -> Path:
     out = CACHE / "tokenizer"
     if (out / "tokenizer.json").exists():
         return out
-    from latbench.sim.server import _CONTENT_WORDS, _REASONING_WORDS
+    from latbench.sim.generate import _CONTENT_WORDS, _REASONING_WORDS
     from latbench.workload import DEFAULT_VOCABULARY
 
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from latbench.client.stream import Endpoint, Timeouts, stream_request
 from latbench.records.record import Record, encode_record, instants, iter_lines, read_records
 from latbench.shared.errors import ErrorKind
 from latbench.sim import SimConfig, create_app
-from latbench.sim.server import STATE
+from latbench.sim.state import STATE
 from latbench.spec.spec import load_spec
 from latbench.summary.summary import summarize
 from latbench.workload import WorkItem

@@ -23,7 +23,7 @@ import orjson
 
 if TYPE_CHECKING:
     from latbench.sim.engine import Plan
-    from latbench.sim.server import GenRequest
+    from latbench.sim.request import GenRequest
 
 Personality = Literal["openai", "anthropic", "responses"]
 # Each generation path and the API kind (as latbench names it) served there.

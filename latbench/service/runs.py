@@ -18,13 +18,12 @@ import io
 import logging
 import shutil
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from rich.console import Console
 
@@ -46,6 +45,7 @@ from latbench.service.store import (
     Store,
 )
 from latbench.shared.errors import LatbenchError
+from latbench.sinks.progress import Progress
 from latbench.spec.spec import RunSpec, load_spec
 from latbench.summary.summary import ClientStats, summarize
 
@@ -56,33 +56,19 @@ log = logging.getLogger("latbench.service")
 BACKSTOP_S = 30.0
 # Cancelled requests end at once; this only bounds a wait that should take milliseconds.
 ABORT_WAIT_S = 10.0
-RECENT = 256  # requests behind the live TTFT figures
 RECORDS = "records.jsonl"
 
 
-class RunProgress:
-    """A sink with a run's live counters, and a wake-up for every client following the run."""
+class RunProgress(Progress):
+    """The run's live progress (counted as the terminal's is), and a wake-up for every client
+    following the run."""
 
     def __init__(self) -> None:
-        self.done = 0
-        self.errors = 0
-        self.measured = 0
-        self.output_tokens = 0
-        self.started_ns: int | None = None
-        self.inflight: Callable[[], int] = lambda: 0
-        self._ttft: deque[int] = deque(maxlen=RECENT)
-        self._itl: deque[int] = deque(maxlen=RECENT * 8)
+        super().__init__()
         self._changed = asyncio.Event()
 
     def add(self, record: Record) -> None:
-        self.done += 1
-        self.measured += record.phase == "measure"
-        if not record.ok:
-            self.errors += 1
-        elif record.ev_t:
-            self.output_tokens += record.usage_completion_tokens or len(record.ev_t)
-            self._ttft.append(record.ev_t[0] - record.t_sent)
-            self._itl.extend(np.diff(record.ev_t).tolist()[-64:])
+        super().add(record)
         self.notify()
 
     def close(self, footer: RunFooter | None) -> None:
@@ -101,7 +87,7 @@ class RunProgress:
         return True
 
     def snapshot(self) -> dict[str, Any]:
-        elapsed = 0.0 if self.started_ns is None else (time.monotonic_ns() - self.started_ns) / 1e9
+        elapsed = self.elapsed_s()
         return {
             "elapsed_s": round(elapsed, 3),
             "done": self.done,
@@ -110,16 +96,16 @@ class RunProgress:
             "inflight": self.inflight(),
             "output_tokens": self.output_tokens,
             "output_tokens_per_s": round(self.output_tokens / elapsed, 3) if elapsed else None,
-            "recent_ttft_s": _p50_p99(self._ttft),
-            "recent_itl_s": _p50_p99(self._itl),
+            "recent_ttft_s": _seconds(self.recent_ttft_ns()),
+            "recent_itl_s": _seconds(self.recent_itl_ns()),
         }
 
 
-def _p50_p99(ns: deque[int]) -> dict[str, float] | None:
-    if not ns:
+def _seconds(p50_p99_ns: tuple[float, float] | None) -> dict[str, float] | None:
+    if p50_p99_ns is None:
         return None
-    p50, p99 = np.percentile(np.fromiter(ns, dtype=np.int64), [50, 99]) / 1e9
-    return {"p50": round(float(p50), 6), "p99": round(float(p99), 6)}
+    p50, p99 = p50_p99_ns
+    return {"p50": round(p50 / 1e9, 6), "p99": round(p99 / 1e9, 6)}
 
 
 @dataclass(eq=False)

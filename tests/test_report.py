@@ -10,7 +10,8 @@ from latbench.records.record import Record
 from latbench.render.terminal import render_summary
 from latbench.shared.errors import ErrorKind
 from latbench.spec.slo import Slo
-from latbench.summary.summary import ClientStats, Summary, summarize
+from latbench.summary.summary import Summary, summarize
+from latbench.summary.validity import ClientStats
 
 MS = 1_000_000
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from latbench.records.record import Phase, Record, encode_record, iter_lines
 from latbench.shared.errors import ErrorKind, RecordsError
 from latbench.spec.slo import DEFAULT_LIMITS, DEFAULT_SLOS, METRICS, Slo, parse_slo
-from latbench.summary.summary import ClientStats, Summary, summarize
+from latbench.summary.summary import Summary, summarize
+from latbench.summary.validity import ClientStats
 
 MS = 1_000_000  # ns
 NS = 1_000_000_000

@@ -28,25 +28,30 @@ from prometheus_client.utils import floatToGoString
 from promql import PROMTOOL, Pushgateway, free_port, http_get, stop_pid, wait_for
 from rich.console import Console
 
-from latbench.exporter.metrics import (
-    E2E_BUCKETS,
+from latbench.exporter import (
     HISTOGRAMS,
+    LatbenchMetrics,
+    MetricsExport,
+    RunLabels,
+    parse_listen,
+    render_text,
+    target_label,
+)
+from latbench.exporter.push import grouping_key
+from latbench.exporter.series import (
+    E2E_BUCKETS,
     ITL_BUCKETS,
     LOOP_LAG_BUCKETS,
     QUEUE_DELAY_BUCKETS,
     TTFT_BUCKETS,
-    VLLM_ITL_BUCKETS,
-    VLLM_REQUEST_LATENCY_BUCKETS,
-    VLLM_TTFT_BUCKETS,
-    LatbenchMetrics,
-    MetricsExport,
-    RunLabels,
-    grouping_key,
-    parse_listen,
-    target_label,
 )
 from latbench.records.record import read_records
 from latbench.run.benchmark import BenchResult, run_benchmark
+from latbench.shared.buckets import (
+    VLLM_ITL_BUCKETS,
+    VLLM_REQUEST_LATENCY_BUCKETS,
+    VLLM_TTFT_BUCKETS,
+)
 from latbench.sim import SimConfig, SimProcess
 from latbench.spec.slo import Slo
 from latbench.spec.spec import load_spec
@@ -293,10 +298,10 @@ def test_per_record_samples_equal_the_summary_of_that_record(
 def test_the_served_text_has_the_same_samples_as_prometheus_clients_writer(
     unit_run: Run,
 ) -> None:
-    # /metrics is written by LatbenchMetrics.render_text (10x cheaper); pushes and any other
+    # /metrics is written by exporter.exposition.render_text (10x cheaper); pushes and any other
     # reader of the registry get prometheus_client's generate_latest. Both must agree.
     registry, _, _, metrics = unit_run
-    assert parse(metrics.render_text()) == scrape(registry)
+    assert parse(render_text(metrics)) == scrape(registry)
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (Debian package prometheus)")
@@ -304,7 +309,7 @@ def test_the_served_text_has_the_same_samples_as_prometheus_clients_writer(
 def test_promtool_check_metrics_accepts_the_exposition(unit_run: Run, writer: str) -> None:
     registry, _, _, metrics = unit_run
     assert PROMTOOL is not None
-    body = metrics.render_text() if writer == "render_text" else generate_latest(registry)
+    body = render_text(metrics) if writer == "render_text" else generate_latest(registry)
     p = subprocess.run(
         [PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False
     )

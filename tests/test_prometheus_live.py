@@ -41,7 +41,7 @@ from promql import (
     wait_for,
 )
 
-from latbench.exporter.metrics import HISTOGRAMS
+from latbench.exporter import HISTOGRAMS
 from latbench.records.record import read_records
 from latbench.sim import SimConfig, SimProcess
 from latbench.spec.slo import Slo

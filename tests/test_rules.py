@@ -13,7 +13,7 @@ import pytest
 import yaml
 from promql import PROMTOOL
 
-from latbench.exporter.metrics import HISTOGRAMS, LatbenchMetrics
+from latbench.exporter import HISTOGRAMS, LatbenchMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "prometheus"

@@ -26,12 +26,12 @@ from bench._simfarm import SimFarm
 from latbench.client.apis import API_KINDS, RequestOptions
 from latbench.client.preflight import ANTHROPIC_VERSION
 from latbench.client.stream import Endpoint, Timeouts, stream_request
-from latbench.exporter.metrics import (
+from latbench.records.record import Record
+from latbench.shared.buckets import (
     VLLM_ITL_BUCKETS,
     VLLM_REQUEST_LATENCY_BUCKETS,
     VLLM_TTFT_BUCKETS,
 )
-from latbench.records.record import Record
 from latbench.sim import SimConfig, SimProcess, create_app
 from latbench.workload import WorkItem
 

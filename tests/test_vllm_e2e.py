@@ -22,7 +22,7 @@ from pathlib import Path
 import cli_kit
 import pytest
 
-from latbench.exporter.metrics import TTFT_BUCKETS
+from latbench.exporter.series import TTFT_BUCKETS
 from latbench.records.record import read_records
 from latbench.vllm.launch import VllmServer, free_port
 from tests.promql import wait_for

@@ -4,7 +4,7 @@
     python deploy/prometheus/generate_rules.py --check  # exit 1 if the committed files differ
 
 The rules are written from Python, not by hand, because they are one pattern over many metrics
-and windows; metric names come from `latbench.exporter.metrics`, so a renamed metric cannot
+and windows; metric names come from `latbench.exporter`, so a renamed metric cannot
 leave a rule behind. tests/test_rules.py checks that the committed files equal this output, and runs
 `promtool check rules` and `promtool test rules` (deploy/prometheus/tests/) on them.
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from latbench.exporter.metrics import LABELS, PREFIX
+from latbench.exporter import LABELS, PREFIX
 from latbench.shared.generated import write_or_check
 
 HERE = Path(__file__).resolve().parent

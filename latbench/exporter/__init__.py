@@ -1,1 +1,38 @@
-"""exporter"""
+"""Prometheus export: latbench's series, their `/metrics` text, serving it, pushing it.
+
+One module per concern, as prometheus/client_python keeps state apart from exposition:
+`series` (names, labels, buckets, `LatbenchMetrics` as a Collector), `exposition` (the text
+writer), `server` (`/metrics` from a thread), `push` (the Pushgateway), `export` (one CLI run's
+export from start to linger). Records become observations in `latbench.sinks.prometheus`, which
+is the only writer of the state.
+"""
+
+from latbench.exporter.errors import MetricsError
+from latbench.exporter.export import DEFAULT_LINGER_S, MetricsExport, parse_listen
+from latbench.exporter.exposition import render_text
+from latbench.exporter.push import Pusher
+from latbench.exporter.series import (
+    HISTOGRAMS,
+    LABELS,
+    PREFIX,
+    LatbenchMetrics,
+    RunLabels,
+    target_label,
+)
+from latbench.exporter.server import MetricsServer
+
+__all__ = [
+    "DEFAULT_LINGER_S",
+    "HISTOGRAMS",
+    "LABELS",
+    "PREFIX",
+    "LatbenchMetrics",
+    "MetricsError",
+    "MetricsExport",
+    "MetricsServer",
+    "Pusher",
+    "RunLabels",
+    "parse_listen",
+    "render_text",
+    "target_label",
+]

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from latbench import __version__
 from latbench.client.preflight import redact_headers, resolve_endpoint
-from latbench.exporter.metrics import LatbenchMetrics
+from latbench.exporter import LatbenchMetrics
 from latbench.load.runner import Runner, make_connector, raise_fd_limit
 from latbench.records.record import RunHeader
 from latbench.shared import rxstamp
@@ -162,7 +162,7 @@ async def run_benchmark(
         runner.sinks = [jsonl, progress, *sinks]
         prom: PrometheusSink | None = None
         if metrics is not None:
-            # Live Prometheus series; labels stay bounded (no run id), see exporter/metrics.py.
+            # Live Prometheus series; labels stay bounded (no run id), see exporter/series.py.
             labels = run_labels(
                 spec.target.base_url, endpoint.options.model, spec.target.api, spec.name
             )

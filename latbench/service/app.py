@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from latbench.exporter.metrics import LatbenchMetrics
+from latbench.exporter import LatbenchMetrics
 from latbench.service.admit import Refused, check_target_keys
 from latbench.service.api import (
     CONFIG,

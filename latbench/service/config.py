@@ -17,7 +17,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from latbench.client.preflight import read_secret_file
-from latbench.exporter.metrics import parse_listen
+from latbench.exporter import parse_listen
 from latbench.shared.errors import SpecError
 from latbench.sim import SimConfig
 from latbench.spec.spec import PositiveSeconds, Seconds, TargetSpec, load_spec, load_yaml

@@ -27,7 +27,7 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from rich.console import Console
 
-from latbench.exporter.metrics import LatbenchMetrics
+from latbench.exporter import LatbenchMetrics
 from latbench.load.runner import Runner
 from latbench.records.record import Record, RunFooter, read_records
 from latbench.run.benchmark import new_run_id, public_spec, run_benchmark

@@ -26,7 +26,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from latbench.client.looplag import add_lag_listener
-from latbench.exporter.metrics import LatbenchMetrics, RunLabels, target_label
+from latbench.exporter import LatbenchMetrics, RunLabels, target_label
 from latbench.records.record import Record, RunFooter
 from latbench.spec.slo import Slo
 from latbench.summary.samples import NS_PER_S, record_meets_all, record_samples

@@ -1,9 +1,12 @@
-"""Prometheus metrics: definitions, state, exposition, serving and pushing (METRICS.md, Prometheus).
+"""The series latbench exports and their state: what is counted, under which labels, and how.
 
-Kept apart as in prometheus/client_python: `LatbenchMetrics` holds the state and is a `Collector`
+The state half of the exporter, kept apart from the bytes as prometheus/client_python keeps its
+metrics apart from `exposition`: `LatbenchMetrics` holds every series and is a `Collector`
 registered on a `CollectorRegistry` the caller owns (never the process-global one); the
-`PrometheusSink` (`latbench.sinks.prometheus`) turns records into observations on it;
-`MetricsServer` and `Pusher` only move the bytes that `generate_latest(registry)` builds.
+`PrometheusSink` (`latbench.sinks.prometheus`) turns records into observations on it; the text
+writer (`exporter.exposition`), the server (`exporter.server`) and the pusher (`exporter.push`)
+only read it. The names, buckets and help texts here are the METRICS.md contract, which is why
+they sit next to the state that fills them.
 
 Series are keyed by `RunLabels` (target, model, api, scenario) and nothing else: no run id, no
 request id, no free-form text. A service that runs the same scenario for months keeps one set of
@@ -16,17 +19,13 @@ instead of hundreds of locked `observe` calls on the client's event loop.
 
 from __future__ import annotations
 
-import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -36,13 +35,12 @@ from prometheus_client.metrics_core import (
 from prometheus_client.utils import floatToGoString
 
 from latbench.shared.buckets import (
-    TEXT_FORMAT,
     VLLM_ITL_BUCKETS,
     VLLM_REQUEST_LATENCY_BUCKETS,
     VLLM_TTFT_BUCKETS,
     BucketCounts,
 )
-from latbench.shared.errors import ErrorKind, LatbenchError
+from latbench.shared.errors import ErrorKind
 
 PREFIX = "latbench"
 LABELS: tuple[str, ...] = ("target", "model", "api", "scenario")
@@ -278,34 +276,6 @@ class LatbenchMetrics:
                     fam.add_metric(s.labels.values() + ([extra] if f.extra else []), value)
             yield fam
 
-    def render_text(self) -> bytes:
-        """The same samples as `collect()`, in the text exposition format 0.0.4, written here
-        rather than by prometheus_client's generic writer, which escapes every label of every
-        sample (about 6 ms for one label set's 360 samples, against about 0.5 ms here). A scrape
-        runs on its own thread but holds the GIL, so that time is taken from the client's event
-        loop; tests/test_prometheus.py checks that both writers give the same samples."""
-        out: list[str] = []
-        all_series = self.all_series()
-        for h in HISTOGRAMS:
-            out.append(f"# HELP {h.name} {h.help}\n# TYPE {h.name} histogram\n")
-            les = [floatToGoString(b) for b in h.buckets] + ["+Inf"]
-            for s in all_series:
-                cumulative, total = s.hist[h.key].snapshot()
-                lab = s.label_text
-                out.extend(
-                    f'{h.name}_bucket{{{lab},le="{le}"}} {n}\n'
-                    for le, n in zip(les, cumulative, strict=True)
-                )
-                out.append(f"{h.name}_sum{{{lab}}} {floatToGoString(total)}\n")
-                out.append(f"{h.name}_count{{{lab}}} {cumulative[-1]}\n")
-        for f in SCALARS:
-            out.append(f"# HELP {f.sample} {f.help}\n# TYPE {f.sample} {f.type}\n")
-            for s in all_series:
-                for extra, value in f.values(s):
-                    lab = s.label_text + (f',{f.extra}="{extra}"' if f.extra else "")
-                    out.append(f"{f.sample}{{{lab}}} {floatToGoString(value)}\n")
-        return "".join(out).encode()
-
 
 @dataclass(frozen=True)
 class ScalarDef:
@@ -389,261 +359,3 @@ SCALARS: tuple[ScalarDef, ...] = (
         lambda s: s.start_time,
     ),
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Serving /metrics
-
-
-class MetricsError(LatbenchError):
-    """The metrics endpoint could not be served, or a push to the Pushgateway failed."""
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`9400` -> ('127.0.0.1', 9400); `0.0.0.0:9400` -> ('0.0.0.0', 9400); `[::]:9400` ->
-    ('::', 9400). Port 0: any free port."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host = "127.0.0.1"
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        n = int(port)
-    except ValueError:
-        raise ValueError(f"{text!r}: expected PORT or HOST:PORT, e.g. 9400, 0.0.0.0:9400") from None
-    if not 0 <= n <= 65535:
-        raise ValueError(f"{text!r}: port {n} is outside 0..65535")
-    return host, n
-
-
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a scrape in progress never holds up the process's exit
-    on_served: Callable[[float], None] | None = None
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Handler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # one line per scrape would bury the run's own output
-
-    def handle(self) -> None:
-        started = time.monotonic()
-        super().handle()
-        # Reported once the response is written, with when the request began: a scrape that
-        # began after a run's end has read that run's final values.
-        if getattr(self, "path", "").split("?")[0] in ("/metrics", "/"):
-            server = self.server
-            if isinstance(server, _Server) and server.on_served is not None:
-                server.on_served(started)
-
-
-class MetricsServer:
-    """`/metrics` over HTTP from a thread of its own, so a scrape never waits for the client's
-    event loop, and the loop never runs the exposition code. `render` gives the body, in the
-    text format (`LatbenchMetrics.render_text`, or `lambda: generate_latest(registry)`)."""
-
-    def __init__(self, render: Callable[[], bytes], host: str = "127.0.0.1", port: int = 0) -> None:
-        self._served = 0
-        self._latest_start = -1.0
-        self._cond = threading.Condition()
-
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-            if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
-                start_response("404 Not Found", [("Content-Type", "text/plain")])
-                return [b"latbench serves /metrics\n"]
-            body = render()
-            start_response(
-                "200 OK", [("Content-Type", TEXT_FORMAT), ("Content-Length", str(len(body)))]
-            )
-            return [body]
-
-        try:
-            server_class = _Server6 if ":" in host else _Server
-            self._httpd = make_server(
-                host, port, app, server_class=server_class, handler_class=_Handler
-            )
-        except OSError as e:
-            raise MetricsError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
-        self._httpd.on_served = self._on_served
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="latbench-metrics", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    @property
-    def url(self) -> str:
-        host = str(self._httpd.server_address[0])
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/metrics"
-
-    def _on_served(self, started: float) -> None:
-        with self._cond:
-            self._served += 1
-            self._latest_start = max(self._latest_start, started)
-            self._cond.notify_all()
-
-    @property
-    def scrapes(self) -> int:
-        """How many scrapes have been answered so far."""
-        return self._served
-
-    def wait_for_scrape_after(self, instant: float, timeout: float) -> bool:
-        """Wait until a scrape that began at or after `instant` (`time.monotonic()`) has been
-        answered, at most `timeout` seconds. True if one was."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._latest_start < instant:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pushing to a Pushgateway
-
-JOB = "latbench"
-PUSH_INTERVAL_S = 5.0  # also during the run, so rate() over the gateway's series sees it grow
-PUSH_TIMEOUT_S = 10.0
-
-
-def grouping_key(labels: RunLabels) -> dict[str, str]:
-    """Pushgateway group of a run: job="latbench" (in the URL) plus the run's own four labels, so
-    each (target, model, api, scenario) keeps its latest run and runs of others are untouched."""
-    return labels.as_dict()
-
-
-class Pusher:
-    """Pushes the registry to a Pushgateway (HTTP PUT: the group's metrics are replaced) when a
-    run starts, every `interval` seconds while it runs, and once more at the end."""
-
-    def __init__(
-        self,
-        url: str,
-        registry: CollectorRegistry,
-        interval: float = PUSH_INTERVAL_S,
-        timeout: float = PUSH_TIMEOUT_S,
-    ) -> None:
-        self.url = url
-        self._registry = registry
-        self._interval = interval
-        self._timeout = timeout
-        self._key: dict[str, str] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.errors: list[str] = []  # failures of the pushes made during the run
-        self.pushes = 0
-
-    def push(self) -> None:
-        if self._key is None:
-            raise MetricsError("nothing to push: no run has started")
-        try:
-            push_to_gateway(
-                self.url, job=JOB, registry=self._registry, grouping_key=self._key,
-                timeout=self._timeout,
-            )  # fmt: skip
-        except Exception as e:  # urllib raises URLError, HTTPError, OSError, ValueError
-            raise MetricsError(f"push to {self.url} failed: {e}") from e
-        self.pushes += 1
-
-    def start(self, labels: RunLabels) -> None:
-        """Begin pushing for a run with these labels (from a thread: never on the event loop)."""
-        self._key = grouping_key(labels)
-        self._thread = threading.Thread(target=self._run, name="latbench-push", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.push()
-            except MetricsError as e:
-                self.errors.append(str(e))
-            if self._stop.wait(self._interval):
-                return
-
-    def stop(self) -> None:
-        """Stop the periodic pushes."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._timeout + 1)
-
-    def finish(self) -> None:
-        """Stop the periodic pushes and push the final values; raises MetricsError on failure."""
-        self.stop()
-        if self._key is not None:
-            self.push()
-
-
-# ---------------------------------------------------------------------------------------------
-# One CLI run's export: both of the above, with the linger at the end
-
-# Two scrapes at Prometheus's default 15 s interval: a healthy scraper catches the end, one
-# missed scrape included. The linger ends early once a scrape has read the final values.
-DEFAULT_LINGER_S = 30.0
-
-
-class MetricsExport:
-    """`latbench run --metrics-port/--pushgateway`: a registry of its own, served and/or pushed."""
-
-    def __init__(
-        self,
-        listen: tuple[str, int] | None,
-        pushgateway: str | None,
-        linger_s: float = DEFAULT_LINGER_S,
-    ) -> None:
-        self.registry = CollectorRegistry()
-        self.metrics = LatbenchMetrics(self.registry)
-        self.linger_s = linger_s
-        self.server = None
-        if listen is not None:
-            self.server = MetricsServer(self.metrics.render_text, *listen)
-        self.pusher = Pusher(pushgateway, self.registry) if pushgateway else None
-
-    def run_started(self, labels: RunLabels) -> None:
-        if self.pusher is not None:
-            self.pusher.start(labels)
-
-    def run_ended(self) -> str | None:
-        """Right after the run: push the final values. Returns why that failed, or None."""
-        if self.pusher is None:
-            return None
-        try:
-            self.pusher.finish()
-        except MetricsError as e:
-            return str(e)
-        return None
-
-    @property
-    def warnings(self) -> list[str]:
-        """Pushes during the run that failed (the live view missed them; the end did not)."""
-        if self.pusher is None or not self.pusher.errors:
-            return []
-        errors = self.pusher.errors
-        return [f"{len(errors)} of the pushes during the run failed; the first: {errors[0]}"]
-
-    def linger(self) -> bool:
-        """Serve until a scrape that began after the run has been answered, at most `linger_s`
-        seconds. True when such a scrape happened; Ctrl-C ends the wait (False)."""
-        if self.server is None:
-            return True
-        try:
-            return self.server.wait_for_scrape_after(self.metrics.last_run_end(), self.linger_s)
-        except KeyboardInterrupt:
-            return False
-
-    def close(self) -> None:
-        if self.pusher is not None:
-            self.pusher.stop()
-        if self.server is not None:
-            self.server.close()

@@ -8,9 +8,11 @@ never delays the next send. With a concurrency cap, requests wait for a slot and
 up as queue delay (`t_sent - t_intended`), never hidden.
 
 The sending happens in worker processes (`load.worker`), each with its own event loop, so that
-timestamping is never held up by this process's work: the runner owns the sinks (records file,
-progress, Prometheus), receives each record as it finishes, and fans it out. All workers start on
-one instant that the runner picks once every worker is ready, and all read CLOCK_MONOTONIC.
+timestamping is never held up by this process's work: the runner is given the run's sinks
+(records file, progress, Prometheus) once, when it is made, receives each record as it finishes,
+and hands it to each of them in the order given; whoever assembled the run closes them
+(`run.benchmark`). All workers start on one instant that the runner picks once every worker is
+ready, and all read CLOCK_MONOTONIC.
 
 The first `stop()` ends scheduling and lets in-flight streams finish; `abort()` cancels them,
 and their records say `cancelled` with whatever they had measured. With a duration, requests still
@@ -141,7 +143,7 @@ class Runner:
         self.endpoint = endpoint
         self.workload = workload
         self.load = load
-        self.sinks = sinks
+        self._sinks = tuple(sinks)  # fixed for the run: every record reaches the same sinks
         self.seed = seed
         self.workers = worker_count(load, workers)
         self.verify_tls = verify_tls
@@ -255,7 +257,7 @@ class Runner:
 
     def _add(self, rec: Record) -> None:
         self.records.append(rec)
-        for sink in self.sinks:
+        for sink in self._sinks:
             sink.add(rec)
 
     def _unreadable(self, w: _Worker, seq: int, why: str) -> None:

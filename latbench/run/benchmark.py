@@ -2,6 +2,10 @@
 
 Wires the pipeline: (embedded simulator) -> preflight -> runner -> sinks -> summary. The CLI and,
 later, the service call `run_benchmark`; neither the runner nor the summary knows about them.
+
+The sinks are assembled here, once: every one of them (records file, progress, the caller's, the
+Prometheus series) is made before the runner, handed to it in the order each record reaches
+them, and closed here, in one place, whatever ends the run.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from rich.console import Console
 
 from latbench import __version__
 from latbench.client.preflight import redact_headers, resolve_endpoint
-from latbench.exporter import LatbenchMetrics
+from latbench.exporter import LatbenchMetrics, RunLabels
 from latbench.load.runner import Runner, make_connector, raise_fd_limit
 from latbench.records.record import RunHeader
 from latbench.shared import rxstamp
@@ -119,6 +123,7 @@ async def run_benchmark(
     *,
     on_runner: Callable[[Runner], None] | None = None,
     metrics: LatbenchMetrics | None = None,
+    on_labels: Callable[[RunLabels], None] | None = None,
     run_id: str | None = None,
     sinks: Sequence[Sink] = (),
     target_label: str | None = None,
@@ -126,7 +131,9 @@ async def run_benchmark(
 ) -> BenchResult:
     """`run_id` (default: a new one), extra `sinks` and the metric labels' target and scenario
     are for the service (`latbench.service`), which names runs before they start, streams their
-    progress, and labels series by catalogue name."""
+    progress, and labels series by catalogue name. With `metrics`, `on_labels` is told the labels
+    of the run's series (the model is known only after preflight) before any request is sent;
+    `on_runner` is given the runner, to stop or abort it, before it runs."""
     raise_fd_limit()
     if run_id is None:
         run_id = new_run_id()
@@ -146,21 +153,15 @@ async def run_benchmark(
             environment=env,
         )
         jsonl = JsonlSink(out_dir / "records.jsonl", header)
-        runner = Runner(
-            run_id=run_id,
-            endpoint=endpoint,
-            workload=workload,
-            load=spec.load,
-            sinks=[jsonl],
-            seed=spec.workload.seed,
-            workers=spec.load.workers,
-            verify_tls=spec.target.verify_tls,
-        )
-        progress = ProgressSink(
-            console, lambda: runner.inflight, spec.load.requests, spec.load.duration
-        )
-        runner.sinks = [jsonl, progress, *sinks]
-        prom: PrometheusSink | None = None
+        runner: Runner | None = None
+
+        def inflight() -> int:
+            # The sinks that show it are made before the runner that counts it, so that they
+            # can be handed to it once; until it exists nothing is in flight.
+            return 0 if runner is None else runner.inflight
+
+        progress = ProgressSink(console, inflight, spec.load.requests, spec.load.duration)
+        all_sinks: list[Sink] = [jsonl, progress, *sinks]
         if metrics is not None:
             # Live Prometheus series; labels stay bounded (no run id), see exporter/series.py.
             labels = run_labels(
@@ -171,8 +172,19 @@ async def run_benchmark(
                 target=target_label or labels.target,
                 scenario=scenario_label or labels.scenario,
             )
-            prom = PrometheusSink(metrics, labels, spec.slos, inflight=lambda: runner.inflight)
-            runner.sinks = [*runner.sinks, prom]
+            all_sinks.append(PrometheusSink(metrics, labels, spec.slos, inflight=inflight))
+            if on_labels is not None:
+                on_labels(labels)
+        runner = Runner(
+            run_id=run_id,
+            endpoint=endpoint,
+            workload=workload,
+            load=spec.load,
+            sinks=all_sinks,
+            seed=spec.workload.seed,
+            workers=spec.load.workers,
+            verify_tls=spec.target.verify_tls,
+        )
         if on_runner is not None:
             on_runner(runner)
         scraper = await _start_scraper(session, spec, base_url, endpoint.options.model, console)
@@ -189,12 +201,10 @@ async def run_benchmark(
         finally:
             if scraper is not None:
                 await scraper.cancel()
-            progress.close(footer)
-            jsonl.close(footer)
-            for sink in sinks:
+            # The live view goes first, so it is off the terminal before anything after it
+            # prints or fails; the others close in the order they see records.
+            for sink in [progress, *(other for other in all_sinks if other is not progress)]:
                 sink.close(footer)
-            if prom is not None:
-                prom.close(footer)
     summary = summarize(
         outcome.records,
         window=(footer.window_start, footer.window_end),

@@ -66,7 +66,7 @@ STREAMS_PER_WORKER = 64
 _PHASES = frozenset(get_args(Phase))
 START_LEAD_NS = 20_000_000  # schedule the first send a little ahead, so it is not born late
 # The directory that holds the `latbench` package, so workers import this same copy.
-_IMPORT_ROOT = str(Path(__file__).resolve().parents[1])
+_IMPORT_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def make_connector(load: LoadSpec, verify_tls: bool) -> aiohttp.TCPConnector:

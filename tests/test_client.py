@@ -31,7 +31,7 @@ from latbench.shared import rxstamp
 from latbench.shared.errors import ErrorKind
 from latbench.sim import SimConfig, SimProcess
 from latbench.sim.server import create_app
-from latbench.spec.spec import TargetSpec, WorkloadSpec
+from latbench.spec import TargetSpec, WorkloadSpec
 from latbench.workload import WorkItem
 
 

@@ -37,7 +37,7 @@ from latbench.load.worker import Shard, serve, split
 from latbench.records.record import Record, RunFooter, counts, instants
 from latbench.shared.errors import ErrorKind
 from latbench.sim import SimProcess
-from latbench.spec.spec import LoadSpec
+from latbench.spec import LoadSpec
 from latbench.workload import SyntheticWorkload
 
 

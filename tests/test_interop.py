@@ -12,7 +12,7 @@ from cli_kit import latbench
 from latbench.cli.common import spec_from_args
 from latbench.cli.main import build_parser
 from latbench.shared.errors import SpecError
-from latbench.spec.spec import RunSpec, load_spec
+from latbench.spec import RunSpec, load_spec
 
 
 def spec_of(*argv: str) -> RunSpec:

@@ -34,7 +34,7 @@ from latbench.load.worker import Shard, ShardRun
 from latbench.records.record import Record, encode_record, read_records
 from latbench.shared.errors import ErrorKind
 from latbench.sim import SimProcess
-from latbench.spec.spec import LoadSpec
+from latbench.spec import LoadSpec
 from latbench.workload import SyntheticWorkload
 
 # Validity limits a shared 2-core machine meets: these tests are about other verdicts.

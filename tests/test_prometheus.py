@@ -53,8 +53,8 @@ from latbench.shared.buckets import (
     VLLM_TTFT_BUCKETS,
 )
 from latbench.sim import SimConfig, SimProcess
+from latbench.spec import load_spec
 from latbench.spec.slo import Slo
-from latbench.spec.spec import load_spec
 from latbench.summary.samples import record_samples
 from latbench.summary.summary import Summary, summarize
 

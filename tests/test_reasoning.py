@@ -20,8 +20,9 @@ from latbench.client.stream import Endpoint, Timeouts, stream_request
 from latbench.run.benchmark import run_benchmark
 from latbench.shared.dist import Dist
 from latbench.sim import SimConfig, SimProcess
+from latbench.spec import load_spec
 from latbench.spec.slo import METRICS
-from latbench.spec.spec import SIM_API, load_spec
+from latbench.spec.target import SIM_API
 from latbench.summary.summary import summarize
 from latbench.workload import SyntheticWorkload
 

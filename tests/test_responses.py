@@ -18,7 +18,7 @@ from latbench.client.stream import Endpoint, Timeouts, stream_request
 from latbench.records.record import Record
 from latbench.shared.errors import ErrorKind, TargetError
 from latbench.sim import SimConfig, create_app
-from latbench.spec.spec import TargetSpec, WorkloadSpec
+from latbench.spec import TargetSpec, WorkloadSpec
 from latbench.workload import WorkItem
 
 API = API_KINDS["responses"]

@@ -27,7 +27,7 @@ from latbench.records.record import Record, encode_record, instants, iter_lines,
 from latbench.shared.errors import ErrorKind
 from latbench.sim import SimConfig, create_app
 from latbench.sim.state import STATE
-from latbench.spec.spec import load_spec
+from latbench.spec import load_spec
 from latbench.summary.summary import summarize
 from latbench.workload import WorkItem
 

@@ -16,7 +16,7 @@ from latbench.cli.common import spec_from_args
 from latbench.cli.main import build_parser
 from latbench.client.preflight import MAX_MODELS_BYTES, resolve_endpoint
 from latbench.shared.errors import SpecError, TargetError
-from latbench.spec.spec import load_spec, read_spec_file
+from latbench.spec import load_spec, read_spec_file
 
 
 def error_of(data: dict) -> str:
@@ -168,7 +168,7 @@ def test_extra_body_cannot_override_what_latbench_sets(key: str) -> None:
 def test_every_body_field_latbench_sets_is_protected() -> None:
     """CONTROLLED_BODY_KEYS covers every field each API kind's body sets (but `store`)."""
     from latbench.client.apis import API_KINDS, RequestOptions
-    from latbench.spec.spec import CONTROLLED_BODY_KEYS
+    from latbench.spec.workload import CONTROLLED_BODY_KEYS
     from latbench.workload import WorkItem
 
     item = WorkItem(

@@ -43,7 +43,8 @@ from latbench.exporter import DEFAULT_LINGER_S
 from latbench.render.reconciliation import render_reconciliation
 from latbench.render.terminal import render_summary
 from latbench.shared.errors import SpecError
-from latbench.spec.spec import load_yaml, read_spec_file
+from latbench.shared.yamlfile import load_yaml
+from latbench.spec import read_spec_file
 from latbench.summary.server import Reconciliation
 from latbench.summary.summary import Summary
 from latbench.vllm.interop import add_vllm_arguments, apply_vllm_flags

@@ -32,7 +32,7 @@ from latbench.exporter import MetricsExport, parse_listen
 from latbench.load.runner import Runner
 from latbench.run.benchmark import new_run_id, run_benchmark, target_url
 from latbench.shared.errors import SpecError
-from latbench.spec.spec import load_spec
+from latbench.spec import load_spec
 from latbench.vllm.interop import save_vllm_result
 from latbench.vllm.launch import VllmServer, free_port, parse_launch_args
 

@@ -23,7 +23,7 @@ from latbench.client.reads import read_bounded
 from latbench.records.record import read_records
 from latbench.render.terminal import render_summary
 from latbench.shared.errors import LatbenchError, SpecError
-from latbench.spec.spec import load_spec
+from latbench.spec import load_spec
 from latbench.summary.summary import ClientStats, summarize
 
 SERVER_ENV = "LATBENCH_SERVER"

@@ -30,8 +30,8 @@ from latbench.cli.service_client import (
 )
 from latbench.client.sse import SSEParser
 from latbench.shared.errors import SpecError
+from latbench.spec import read_spec_file
 from latbench.spec.slo import DEFAULT_SLOS
-from latbench.spec.spec import read_spec_file
 
 RECONNECT_FOR_S = 120.0  # while following a run, how long to keep trying an unreachable server
 

@@ -22,7 +22,7 @@ from latbench.cli.common import (
 )
 from latbench.records.record import read_records
 from latbench.shared.errors import ErrorKind
-from latbench.spec.spec import load_spec
+from latbench.spec import load_spec
 from latbench.summary.server import ServerMetricsError, read_server_metrics, reconcile
 from latbench.summary.summary import ClientStats, summarize
 

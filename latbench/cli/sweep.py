@@ -29,7 +29,7 @@ from latbench.records.record import read_records
 from latbench.render import Outputs, load_results, write_report
 from latbench.run.benchmark import run_benchmark, target_url
 from latbench.shared.errors import SpecError
-from latbench.spec.spec import RunSpec, load_spec
+from latbench.spec import RunSpec, load_spec
 from latbench.sweep import (
     DEFAULT_SATURATION,
     AutoPlan,

@@ -19,7 +19,7 @@ from latbench.client.reads import read_bounded
 from latbench.client.retry import RetryPolicy
 from latbench.client.stream import Endpoint, StreamLimits, Timeouts
 from latbench.shared.errors import SpecError, TargetError
-from latbench.spec.spec import TargetSpec, WorkloadSpec
+from latbench.spec import TargetSpec, WorkloadSpec
 
 SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
 # The Messages API version latbench's Anthropic parser follows; a header may override it.

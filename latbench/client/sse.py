@@ -19,7 +19,7 @@ a line end costs linear time up to the cap, not a re-copy and re-search of the w
 
 from __future__ import annotations
 
-from latbench.spec.spec import MAX_EVENT_BYTES, MAX_LINE_BYTES
+from latbench.spec.target import MAX_EVENT_BYTES, MAX_LINE_BYTES
 
 
 class OversizedEvent(Exception):

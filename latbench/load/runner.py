@@ -53,7 +53,7 @@ from latbench.load.worker import Shard, raise_fd_limit
 from latbench.records.record import Phase, Record, RunFooter
 from latbench.shared.errors import ErrorKind, LatbenchError
 from latbench.sinks import Sink
-from latbench.spec.spec import LoadSpec
+from latbench.spec import LoadSpec
 from latbench.summary.summary import ClientStats
 from latbench.workload import Workload
 

@@ -55,7 +55,7 @@ from latbench.load.wire import message, pack_record, read_frame, unsendable
 from latbench.records.record import Phase, Record
 from latbench.shared import rxstamp
 from latbench.shared.errors import ErrorKind
-from latbench.spec.spec import LoadSpec
+from latbench.spec import LoadSpec
 from latbench.workload import Workload
 
 HEARTBEAT_S = 0.1  # how stale the parent's in-flight count and live lag histogram may be

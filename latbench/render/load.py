@@ -13,7 +13,7 @@ import orjson
 
 from latbench.records.record import RecordsFile, read_records
 from latbench.shared.errors import RecordsError
-from latbench.spec.spec import RunSpec, load_spec
+from latbench.spec import RunSpec, load_spec
 from latbench.summary.compare import RunSamples
 from latbench.summary.server import (
     Reconciliation,

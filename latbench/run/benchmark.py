@@ -39,7 +39,7 @@ from latbench.sinks import Sink
 from latbench.sinks.jsonl import JsonlSink
 from latbench.sinks.progress import ProgressSink
 from latbench.sinks.prometheus import PrometheusSink, run_labels
-from latbench.spec.spec import RunSpec, WorkloadSpec
+from latbench.spec import RunSpec, WorkloadSpec
 from latbench.summary.server import (
     Reconciliation,
     ServerMetricsError,

@@ -18,8 +18,10 @@ from latbench.client.preflight import read_api_key
 from latbench.service.config import ServiceConfig, TargetEntry
 from latbench.shared.dist import Dist
 from latbench.shared.errors import SpecError
-from latbench.spec.spec import MAX_DEPTH, RunSpec, TargetSpec, check_token_dist, load_spec
-from latbench.spec.spec import nesting_depth_over as too_deep
+from latbench.shared.yamlfile import MAX_DEPTH
+from latbench.spec import RunSpec, TargetSpec, load_spec
+from latbench.spec.run import nesting_depth_over as too_deep
+from latbench.spec.workload import check_token_dist
 from latbench.workload import DEFAULT_MAX_TOKENS
 
 # What a caller may say about the target beyond its name.

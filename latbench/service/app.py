@@ -41,7 +41,7 @@ from latbench.service.scheduler import Scheduler, check_schedules
 from latbench.service.store import Store
 from latbench.shared.errors import LatbenchError, SpecError
 from latbench.sim import SimProcess
-from latbench.spec.spec import TargetSpec
+from latbench.spec import TargetSpec
 
 log = logging.getLogger("latbench.service")
 

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from latbench.client.preflight import read_secret_file
 from latbench.exporter import parse_listen
 from latbench.shared.errors import SpecError
+from latbench.shared.yamlfile import load_yaml
 from latbench.sim import SimConfig
-from latbench.spec.spec import PositiveSeconds, Seconds, TargetSpec, load_spec, load_yaml
+from latbench.spec import PositiveSeconds, Seconds, TargetSpec, load_spec
 from latbench.workload import MAX_TOKENS
 
 # Names end up as Prometheus label values and in URLs: short, and from a small alphabet.

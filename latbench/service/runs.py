@@ -46,7 +46,7 @@ from latbench.service.store import (
 )
 from latbench.shared.errors import LatbenchError
 from latbench.sinks.progress import Progress
-from latbench.spec.spec import RunSpec, load_spec
+from latbench.spec import RunSpec, load_spec
 from latbench.summary.summary import ClientStats, summarize
 
 log = logging.getLogger("latbench.service")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from latbench.records.record import read_records
-from latbench.spec.spec import RunSpec, load_spec
+from latbench.spec import RunSpec, load_spec
 from latbench.summary.compare import RunSamples, percentile_ci
 from latbench.sweep.plans import Variable, format_value
 from latbench.sweep.steps import Step

@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 
 from latbench.run.benchmark import BenchResult, public_spec
-from latbench.spec.spec import RunSpec, load_spec
+from latbench.spec import RunSpec, load_spec
 from latbench.sweep.capacity import find_capacity
 from latbench.sweep.file import SweepResult, write_sweep
 from latbench.sweep.plans import AutoPlan, ListPlan, Plan, Variable, format_value, step_data

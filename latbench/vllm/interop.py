@@ -38,7 +38,7 @@ import orjson
 
 from latbench.records.record import RecordsFile, read_records
 from latbench.shared.errors import SpecError
-from latbench.spec.spec import load_spec
+from latbench.spec import load_spec
 from latbench.summary.summary import ClientStats, summarize
 
 # vLLM's percentile-metric name -> latbench's metric name (same definition).

@@ -1,0 +1,77 @@
+"""The spec's `load` section: closed or open loop, how hard, for how long, and which part of
+the run is measured.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from latbench.spec.fields import Span, StrictModel, UpToADay
+
+MAX_CONCURRENCY = 65_536
+MAX_RATE = 1e6
+MAX_REQUESTS = 10**9
+
+
+class LoadSpec(StrictModel):
+    mode: Literal["closed", "constant", "poisson"] = "closed"
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CONCURRENCY,
+        description="closed: users (default 8); open loop: optional cap",
+    )
+    rate: float | None = Field(
+        default=None, gt=0, le=MAX_RATE, description="open loop: requests per second"
+    )
+    burstiness: float = Field(
+        default=1.0, ge=1e-3, le=1e3, description="poisson: gamma shape; 1 = Poisson"
+    )
+    duration: Span | None = None
+    requests: int | None = Field(default=None, ge=1, le=MAX_REQUESTS)
+    warmup: Span = 0.0
+    cooldown: Span = 0.0
+    warmup_requests: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    cooldown_requests: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="sending processes, one event loop each (default: docs/performance.md)",
+    )
+    overtime: UpToADay = Field(
+        default=60.0,
+        description="with a duration: how long requests still in flight when it ends may go on; "
+        "then they are cut and recorded as `overtime`, a failure in the failed share",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LoadSpec:
+        if self.mode == "closed":
+            if self.rate is not None:
+                raise ValueError("rate is for open-loop modes (constant, poisson), not closed")
+            if self.concurrency is None:
+                self.concurrency = 8
+        elif self.rate is None:
+            raise ValueError(f"mode {self.mode!r} needs a rate (requests per second)")
+        if self.duration is None and self.requests is None:
+            raise ValueError("give a duration or a number of requests to stop the run")
+        if self.duration is not None and self.warmup + self.cooldown >= self.duration:
+            raise ValueError(
+                f"warmup ({self.warmup:g} s) + cooldown ({self.cooldown:g} s) leave nothing of "
+                f"the {self.duration:g} s duration to measure"
+            )
+        if self.requests is not None and (
+            self.warmup_requests + self.cooldown_requests >= self.requests
+        ):
+            raise ValueError(
+                f"warmup_requests + cooldown_requests leave none of the {self.requests} requests "
+                "to measure"
+            )
+        return self
+
+    @property
+    def open_loop(self) -> bool:
+        return self.mode != "closed"

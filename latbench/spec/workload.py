@@ -1,0 +1,95 @@
+"""The spec's `workload` section: where prompts come from, how long inputs and outputs are,
+and what else each request body carries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field, field_validator, model_validator
+
+from latbench.shared.dist import Dist
+from latbench.spec.fields import StrictModel
+from latbench.workload import MAX_TOKENS
+
+MAX_SEED = 2**63  # exclusive: numpy's SeedSequence takes any int, but a seed must fit int64
+MAX_EXTRA_BODY_BYTES = 64 * 1024
+# The request fields each API kind's body sets (latbench/client/apis): the model, streaming, the
+# prompt and the output length are what the benchmark measures, so extra_body cannot change
+# them. `system` holds the Messages API's system prompt (part of the input); `store` (Responses)
+# and every other field (temperature, top_p, ...) stay the caller's.
+CONTROLLED_BODY_KEYS = (
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "messages",
+    "prompt",
+    "input",
+    "system",
+    "ignore_eos",
+    "min_tokens",
+)
+
+
+class WorkloadSpec(StrictModel):
+    source: Literal["synthetic", "jsonl", "sharegpt"] = "synthetic"
+    path: Path | None = Field(default=None, description="prompt file, for jsonl and sharegpt")
+    input_tokens: Dist = Field(default_factory=lambda: Dist(mean=128))
+    # None: from the file (jsonl max_tokens, sharegpt reply length); synthetic uses 128.
+    output_tokens: Dist | None = None
+    ignore_eos: bool = True
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fields added to every request body; not those latbench sets "
+        "(CONTROLLED_BODY_KEYS), at most 64 KiB as JSON",
+    )
+    seed: int = Field(default=0, ge=0, lt=MAX_SEED)
+
+    @field_validator("input_tokens", "output_tokens")
+    @classmethod
+    def _token_counts(cls, d: Dist | None) -> Dist | None:
+        if d is not None:
+            check_token_dist(d, MAX_TOKENS, "the most latbench sends")
+        return d
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body(cls, body: dict[str, Any]) -> dict[str, Any]:
+        taken = [k for k in body if k in CONTROLLED_BODY_KEYS]
+        if taken:
+            raise ValueError(
+                f"{', '.join(map(repr, taken))}: latbench sets these request fields itself (from "
+                "target.model, the workload and its lengths); extra_body cannot override them "
+                f"(set by latbench: {', '.join(CONTROLLED_BODY_KEYS)})"
+            )
+        try:
+            size = len(orjson.dumps(body))
+        except TypeError as e:  # a YAML date, set or binary: not something JSON can send
+            raise ValueError(f"holds a value JSON cannot carry ({e})") from None
+        if size > MAX_EXTRA_BODY_BYTES:
+            raise ValueError(f"is {size} bytes as JSON, over the cap of {MAX_EXTRA_BODY_BYTES}")
+        return body
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkloadSpec:
+        if self.source != "synthetic" and self.path is None:
+            raise ValueError(f"source {self.source!r} needs a path to the prompt file")
+        if self.source == "synthetic" and self.path is not None:
+            raise ValueError("path is only for source jsonl or sharegpt")
+        if self.path is not None and "\x00" in str(self.path):
+            raise ValueError("path holds a NUL character")
+        return self
+
+
+def check_token_dist(d: Dist, cap: float, whose: str) -> None:
+    """A token-count distribution within `cap`: its mean, std and bounds (draws beyond the cap
+    are clamped to it, see latbench.workload.item)."""
+    for part in ("mean", "std", "min", "max"):
+        v = getattr(d, part)
+        if v is not None and v > cap:
+            raise ValueError(f"{part} {v:g} is over {cap:.0f} tokens, {whose}")

@@ -821,6 +821,22 @@ def test_cli_flags_layer_over_config_files(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: &x 1\nmodel: *x\n", "found the alias \\*x"),
+        ("model: m\n" + "#" * (1 << 20), "over 1024 KiB; a simulator config is a small document"),
+        ("model: " + "[" * 40 + "]" * 40 + "\n", "nested more than 32 levels deep"),
+    ],
+)
+def test_config_file_has_the_spec_limits(tmp_path, text: str, message: str) -> None:
+    """The simulator's settings file is read as a spec file is (shared.yamlfile)."""
+    file = tmp_path / "sim.yaml"
+    file.write_text(text)
+    with pytest.raises(SpecError, match=f"--config: cannot read settings: .*{message}"):
+        parse(["--config", str(file)])
+
+
+@pytest.mark.parametrize(
     ("argv", "flag"),
     [
         (["--ttft", "normal:fast"], "--ttft"),

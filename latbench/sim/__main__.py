@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from latbench.shared import rxstamp
 from latbench.shared.dist import Dist
 from latbench.shared.errors import SpecError
+from latbench.shared.yamlfile import MAX_BYTES, parse_yaml
 from latbench.sim.arrival import listen
 from latbench.sim.config import FAULT_KINDS, FaultSpec, SimConfig
 from latbench.sim.replay import check_replay
@@ -147,8 +148,16 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
 
 
 def _read_file(path: str) -> Any:
-    text = Path(path).read_text()
-    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    """The settings in a file, under the spec's limits (shared.yamlfile): at most 1 MiB, and
+    YAML without aliases, at most 32 levels deep. Its errors are worded by `_load`."""
+    with Path(path).open("rb") as f:
+        raw = f.read(MAX_BYTES + 1)  # a FIFO or /dev/zero has no size to check first
+    if len(raw) > MAX_BYTES:
+        raise ValueError(
+            f"{path} is over {MAX_BYTES // 1024} KiB; a simulator config is a small document"
+        )
+    text = raw.decode()
+    return json.loads(text) if path.endswith(".json") else parse_yaml(text)
 
 
 def _load(source: str, flag: str, parse: Callable[[str], Any]) -> dict[str, Any]:

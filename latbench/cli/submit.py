@@ -30,6 +30,7 @@ from latbench.cli.service_client import (
 )
 from latbench.client.sse import SSEParser
 from latbench.shared.errors import SpecError
+from latbench.shared.units import ms
 from latbench.spec import read_spec_file
 from latbench.spec.slo import DEFAULT_SLOS
 
@@ -154,14 +155,14 @@ async def follow(client: Client, run_id: str, err: Console) -> dict[str, Any]:
 
 
 def _progress_line(p: dict[str, Any]) -> Text:
-    def ms(d: dict[str, float] | None) -> str:
-        return "-" if not d else f"{d['p50'] * 1e3:.1f}/{d['p99'] * 1e3:.1f} ms"
+    def p50_p99(d: dict[str, float] | None) -> str:
+        return "-" if not d else f"{ms(d['p50'], 1)}/{ms(d['p99'], 1, unit=True)}"
 
     rate = p.get("output_tokens_per_s")
     return Text(
         f"{p['elapsed_s']:.0f} s  done {p['done']}  in flight {p['inflight']}  "
-        f"errors {p['errors']}  |  TTFT p50/p99 {ms(p.get('recent_ttft_s'))}  |  "
-        f"ITL p50/p99 {ms(p.get('recent_itl_s'))}  |  "
+        f"errors {p['errors']}  |  TTFT p50/p99 {p50_p99(p.get('recent_ttft_s'))}  |  "
+        f"ITL p50/p99 {p50_p99(p.get('recent_itl_s'))}  |  "
         f"{0 if rate is None else rate:,.0f} tok/s"
     )
 

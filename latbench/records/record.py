@@ -2,8 +2,8 @@
 
 A record holds what was observed about one request (METRICS.md, "Raw record"): monotonic
 nanosecond instants, one entry per token-bearing SSE event, usage as the server reported it, and
-the outcome. Nothing derived (TTFT, ITL, ...) is stored: those are functions in `summary.summary`, so a
-summary of a replayed records file equals the live one.
+the outcome. Nothing derived (TTFT, ITL, ...) is stored: those are functions in
+`summary.summary`, so a summary of a replayed records file equals the live one.
 
 A records file is JSON Lines: one `header` line (run id, spec, clock anchor), one `request` line per
 finished request, appended and flushed as each finishes, and a `footer` line (measurement window,

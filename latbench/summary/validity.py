@@ -17,6 +17,7 @@ import numpy as np
 
 from latbench.records.record import Record
 from latbench.shared.errors import RecordsError
+from latbench.shared.units import ms
 from latbench.spec.slo import DEFAULT_LIMITS, ValidityLimits
 from latbench.summary.samples import NS_PER_S, spans_ns
 
@@ -164,10 +165,6 @@ def _p50_p99_max(samples_s: np.ndarray) -> tuple[float | None, float | None, flo
     return float(p50), float(p99), float(samples_s.max())
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f} ms"
-
-
 def judge_validity(
     measured: Sequence[Record], client: ClientStats | None, limits: ValidityLimits
 ) -> Validity:
@@ -196,13 +193,15 @@ def judge_validity(
     reasons: list[str] = []
     if lag_p99 is not None and lag_p99 > limits.loop_lag_p99_s:
         reasons.append(
-            f"event-loop lag p99 is {_ms(lag_p99)}, above the {_ms(limits.loop_lag_p99_s)} limit: "
+            f"event-loop lag p99 is {ms(lag_p99, unit=True)}, "
+            f"above the {ms(limits.loop_lag_p99_s, unit=True)} limit: "
             "the client woke up late: its sends trail the server, and events that queued while "
             "it was not reading are stamped together"
         )
     if client.open_loop and qd_p99 is not None and qd_p99 > limits.queue_delay_p99_s:
         reasons.append(
-            f"queue delay p99 is {_ms(qd_p99)}, above the {_ms(limits.queue_delay_p99_s)} limit: "
+            f"queue delay p99 is {ms(qd_p99, unit=True)}, "
+            f"above the {ms(limits.queue_delay_p99_s, unit=True)} limit: "
             "requests left later than the schedule said"
         )
     if client.open_loop and client.unsent > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from latbench.shared.units import ms
 from latbench.sweep.steps import Step
 
 
@@ -11,15 +12,14 @@ def print_step(console: Console, s: Step) -> None:
     sm = s.summary
     lat = sm.latency
 
-    def ms(metric: str) -> str:
-        v = lat[metric].p(99.0)
-        return "–" if v is None else f"{v * 1e3:.1f} ms"
+    def p99(metric: str) -> str:
+        return ms(lat[metric].p(99.0), 1, unit=True)
 
     style = {"pass": "green", "fail": "red", "client-bound": "bold red"}[s.verdict.outcome]
     rps = sm.rates.requests_per_s
     console.print(
         f"  [{style}]{s.verdict.outcome}[/]: {0 if rps is None else rps:.3g} req/s, p99 TTFT "
-        f"{ms('ttft')}, ITL {ms('itl')}, TPOT {ms('tpot')}"
+        f"{p99('ttft')}, ITL {p99('itl')}, TPOT {p99('tpot')}"
         + ("" if not s.verdict.reasons else f" ({'; '.join(s.verdict.reasons)})"),
         highlight=False,
     )

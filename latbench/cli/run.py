@@ -30,6 +30,7 @@ from latbench.cli.common import (
 )
 from latbench.exporter import MetricsExport, parse_listen
 from latbench.load.runner import Runner
+from latbench.records.rundir import RunDir
 from latbench.run.benchmark import new_run_id, run_benchmark, target_url
 from latbench.shared.errors import SpecError
 from latbench.spec import load_spec
@@ -70,7 +71,7 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
         launch = VllmServer(
             parse_launch_args(ns.launch_vllm),
             port,
-            spec.output_dir / run_id / "vllm.log",
+            RunDir(spec.output_dir / run_id).vllm_log,
             python=ns.vllm_python,
         )
     export = metrics_export(ns)

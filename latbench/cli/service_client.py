@@ -20,11 +20,11 @@ import orjson
 from rich.console import Console
 
 from latbench.client.reads import read_bounded
-from latbench.records.record import read_records
+from latbench.records.rundir import RunDir
 from latbench.render.terminal import render_summary
 from latbench.shared.errors import LatbenchError, SpecError
 from latbench.spec import load_spec
-from latbench.summary.summary import ClientStats, summarize
+from latbench.summary.summary import summarize_file
 
 SERVER_ENV = "LATBENCH_SERVER"
 TOKEN_ENV = "LATBENCH_TOKEN"
@@ -162,19 +162,10 @@ def print_json(data: Any) -> None:
 async def render_remote_summary(client: Client, run_id: str, console: Console) -> None:
     """Fetch the run's records and render them as `latbench run` does."""
     with tempfile.TemporaryDirectory(prefix="latbench-") as d:
-        path = Path(d) / "records.jsonl"
-        with path.open("wb") as f:
+        run = RunDir(Path(d))
+        with run.records.open("wb") as f:
             async for piece in client.stream(f"{API}/runs/{run_id}/records"):
                 f.write(piece)
-        records = read_records(path)
+        records = run.read_records()
     spec = load_spec(records.header.spec if records.header else {}, source=f"run {run_id}")
-    footer = records.footer
-    summary = summarize(
-        records.records,
-        window=None if footer is None else (footer.window_start, footer.window_end),
-        slos=spec.slos,
-        percentiles=spec.percentiles,
-        client=ClientStats.from_dict(footer.validity) if footer and footer.validity else None,
-        limits=spec.validity.limits(),
-    )
-    render_summary(summary, console)
+    render_summary(summarize_file(records, spec), console)

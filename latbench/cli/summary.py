@@ -20,11 +20,11 @@ from latbench.cli.common import (
     spec_from_args,
     verdict_exit,
 )
-from latbench.records.record import read_records
+from latbench.records.rundir import RunDir
 from latbench.shared.errors import ErrorKind
 from latbench.spec import load_spec
 from latbench.summary.server import ServerMetricsError, read_server_metrics, reconcile
-from latbench.summary.summary import ClientStats, summarize
+from latbench.summary.summary import summarize_file
 
 
 def add_arguments(sub: Any) -> None:
@@ -35,31 +35,22 @@ def add_arguments(sub: Any) -> None:
 
 
 def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
-    f = read_records(ns.records)
+    run = RunDir.of_records(ns.records)
+    f = run.read_records()
     spec = load_spec(f.header.spec if f.header else {}, source=str(ns.records))
-    slos = spec.slos
     if ns.slo:
         # --slo as `run` reads it ('default' and all), through the same flag-to-spec mapping.
         data = spec_from_args(argparse.Namespace(**{**_blank_run_ns(), "slo": ns.slo}))
-        slos = load_spec({"slos": data["slos"]}).slos
-    window = (f.footer.window_start, f.footer.window_end) if f.footer else None
-    client = ClientStats.from_dict(f.footer.validity) if f.footer and f.footer.validity else None
+        spec = spec.model_copy(update={"slos": load_spec({"slos": data["slos"]}).slos})
     if f.footer is None:
         err.print(
             "[yellow]no footer: the run did not end cleanly; the window is derived from "
             "the records[/]"
         )
-    summary = summarize(
-        f.records,
-        window=window,
-        slos=slos,
-        percentiles=spec.percentiles,
-        client=client,
-        limits=spec.validity.limits(),
-    )
+    summary = summarize_file(f, spec)
     recon = None
     try:
-        server = read_server_metrics(ns.records)
+        server = read_server_metrics(run)
         recon = None if server is None else reconcile(f.records, server)
     except ServerMetricsError as e:
         err.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)

@@ -54,7 +54,7 @@ from latbench.records.record import Phase, Record, RunFooter
 from latbench.shared.errors import ErrorKind, LatbenchError
 from latbench.sinks import Sink
 from latbench.spec import LoadSpec
-from latbench.summary.summary import ClientStats
+from latbench.summary.validity import ClientStats
 from latbench.workload import Workload
 
 __all__ = ["RunOutcome", "Runner", "make_connector", "raise_fd_limit"]

@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 
-from latbench.records.record import RecordsFile, read_records
+from latbench.records.record import RecordsFile
+from latbench.records.rundir import RunDir
 from latbench.shared.errors import RecordsError
 from latbench.spec import RunSpec, load_spec
 from latbench.summary.compare import RunSamples
@@ -21,7 +22,7 @@ from latbench.summary.server import (
     read_server_metrics,
     reconcile,
 )
-from latbench.summary.summary import ClientStats, Summary, summarize
+from latbench.summary.summary import Summary, summarize_file
 from latbench.sweep import (
     SWEEP_FILE,
     Capacity,
@@ -30,23 +31,6 @@ from latbench.sweep import (
     find_capacity,
     judge_step,
 )
-
-RESULTS_FILE = "results.json"
-RECORDS_FILE = "records.jsonl"
-
-
-def summarize_file(f: RecordsFile, spec: RunSpec) -> Summary:
-    """The summary of a records file, as `latbench summary` computes it."""
-    window = (f.footer.window_start, f.footer.window_end) if f.footer else None
-    client = ClientStats.from_dict(f.footer.validity) if f.footer and f.footer.validity else None
-    return summarize(
-        f.records,
-        window=window,
-        slos=spec.slos,
-        percentiles=spec.percentiles,
-        client=client,
-        limits=spec.validity.limits(),
-    )
 
 
 @dataclass
@@ -73,7 +57,7 @@ class Run:
     def reconciliation(self) -> Reconciliation | None:
         """With the server's own metrics, when the run scraped them (docs/vllm.md)."""
         try:
-            server = read_server_metrics(self.records_path)
+            server = read_server_metrics(RunDir.of_records(self.records_path))
             return None if server is None else reconcile(self.file.records, server)
         except ServerMetricsError:
             return None  # `latbench summary` says why; a report shows what it can
@@ -89,27 +73,15 @@ class Run:
 
 
 def load_run(path: str | Path, label: str | None = None) -> Run:
-    p = Path(path)
-    if p.is_dir():
-        p = p / RECORDS_FILE
-    elif p.name == RESULTS_FILE or p.suffix == ".json":
-        p = _records_of_results(p)
+    run = RunDir.find(Path(path))
+    p = run.records
     if not p.is_file():
         raise RecordsError(f"{p}: no such records file")
-    f = read_records(p)
+    f = run.read_records()
     if f.header is None:
         raise RecordsError(f"{p}: no header line, so no spec to summarize it with")
     spec = load_spec(f.header.spec, source=str(p))
     return Run(label or f.header.run_id, p, f, spec, summarize_file(f, spec))
-
-
-def _records_of_results(p: Path) -> Path:
-    try:
-        doc = orjson.loads(p.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as e:
-        raise RecordsError(f"{p}: not a readable results file ({e})") from None
-    name = doc.get("records", RECORDS_FILE) if isinstance(doc, dict) else RECORDS_FILE
-    return p.parent / name
 
 
 @dataclass
@@ -199,4 +171,4 @@ def load_results(path: str | Path) -> Run | Sweep:
     return load_run(p)
 
 
-__all__ = ["Run", "Sweep", "load_results", "load_run", "load_sweep", "summarize_file"]
+__all__ = ["Run", "Sweep", "load_results", "load_run", "load_sweep"]

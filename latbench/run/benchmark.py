@@ -2,10 +2,12 @@
 
 Wires the pipeline: (embedded simulator) -> preflight -> runner -> sinks -> summary. The CLI and,
 later, the service call `run_benchmark`; neither the runner nor the summary knows about them.
+What it writes goes into the run's directory through `RunDir`, which owns the file names.
 
-The sinks are assembled here, once: every one of them (records file, progress, the caller's, the
-Prometheus series) is made before the runner, handed to it in the order each record reaches
-them, and closed here, in one place, whatever ends the run.
+The sinks are assembled here, once: every one of them (records file, progress, the Prometheus
+series) is made before the runner, handed to it in the order each record reaches them, and
+closed here, in one place, whatever ends the run. A run has one progress: the caller's (the
+service's, which its clients follow), else the live line on the terminal.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import platform
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from time import monotonic_ns
 from typing import Any
 
 import aiohttp
-import orjson
 from rich.console import Console
 
 from latbench import __version__
@@ -31,22 +32,18 @@ from latbench.client.preflight import redact_headers, resolve_endpoint
 from latbench.exporter import LatbenchMetrics, RunLabels
 from latbench.load.runner import Runner, make_connector, raise_fd_limit
 from latbench.records.record import RunHeader
+from latbench.records.rundir import RunDir
 from latbench.shared import rxstamp
 from latbench.shared.dist import Dist
 from latbench.sim import SimProcess
 from latbench.sim.replay import check_replay
 from latbench.sinks import Sink
 from latbench.sinks.jsonl import JsonlSink
-from latbench.sinks.progress import ProgressSink
+from latbench.sinks.progress import Progress, ProgressSink
 from latbench.sinks.prometheus import PrometheusSink, run_labels
 from latbench.spec import RunSpec, WorkloadSpec
-from latbench.summary.server import (
-    Reconciliation,
-    ServerMetricsError,
-    ServerMetricsScraper,
-    default_metrics_url,
-    reconcile,
-)
+from latbench.summary.scraper import ServerMetricsScraper, default_metrics_url
+from latbench.summary.server import Reconciliation, ServerMetricsError, reconcile
 from latbench.summary.summary import Summary, summarize
 from latbench.workload import FileWorkload, SyntheticWorkload, Workload
 
@@ -125,19 +122,20 @@ async def run_benchmark(
     metrics: LatbenchMetrics | None = None,
     on_labels: Callable[[RunLabels], None] | None = None,
     run_id: str | None = None,
-    sinks: Sequence[Sink] = (),
+    progress: Progress | None = None,
     target_label: str | None = None,
     scenario_label: str | None = None,
 ) -> BenchResult:
-    """`run_id` (default: a new one), extra `sinks` and the metric labels' target and scenario
-    are for the service (`latbench.service`), which names runs before they start, streams their
-    progress, and labels series by catalogue name. With `metrics`, `on_labels` is told the labels
+    """`run_id` (default: a new one), `progress` and the metric labels' target and scenario
+    are for the service (`latbench.service`), which names runs before they start, follows their
+    progress, and labels series by catalogue name; without `progress`, the run's progress is a
+    live line on `console` (when it is a terminal). With `metrics`, `on_labels` is told the labels
     of the run's series (the model is known only after preflight) before any request is sent;
     `on_runner` is given the runner, to stop or abort it, before it runs."""
     raise_fd_limit()
     if run_id is None:
         run_id = new_run_id()
-    out_dir = spec.output_dir / run_id
+    run_dir = RunDir(spec.output_dir / run_id)
     workload = make_workload(spec.workload)
     connector = make_connector(spec.load, spec.target.verify_tls)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.target.timeouts.connect)
@@ -152,7 +150,7 @@ async def run_benchmark(
             spec=public_spec(spec),
             environment=env,
         )
-        jsonl = JsonlSink(out_dir / "records.jsonl", header)
+        jsonl = JsonlSink(run_dir.records, header)
         runner: Runner | None = None
 
         def inflight() -> int:
@@ -160,8 +158,11 @@ async def run_benchmark(
             # can be handed to it once; until it exists nothing is in flight.
             return 0 if runner is None else runner.inflight
 
-        progress = ProgressSink(console, inflight, spec.load.requests, spec.load.duration)
-        all_sinks: list[Sink] = [jsonl, progress, *sinks]
+        if progress is None:
+            progress = ProgressSink(console, inflight, spec.load.requests, spec.load.duration)
+        else:  # its clock starts where the terminal line's does
+            progress.inflight, progress.started_ns = inflight, monotonic_ns()
+        all_sinks: list[Sink] = [jsonl, progress]
         if metrics is not None:
             # Live Prometheus series; labels stay bounded (no run id), see exporter/series.py.
             labels = run_labels(
@@ -195,9 +196,7 @@ async def run_benchmark(
             if scraper is not None:
                 completed = sum(1 for r in outcome.records if r.ok)
                 server = await scraper.stop(completed)
-                (out_dir / "server_metrics.json").write_bytes(
-                    orjson.dumps(server.to_dict(), option=orjson.OPT_INDENT_2)
-                )
+                run_dir.write_server_metrics(server.to_dict())
         finally:
             if scraper is not None:
                 await scraper.cancel()
@@ -221,7 +220,6 @@ async def run_benchmark(
             console.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)
     for warning in outcome.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    results_path = out_dir / "results.json"
     results = {
         "run_id": run_id,
         "ended": outcome.ended,
@@ -233,17 +231,15 @@ async def run_benchmark(
         "clock": {"monotonic_ns": header.clock_monotonic_ns, "wall_ns": header.clock_wall_ns},
         "window_ns": [footer.window_start, footer.window_end],
         "summary": summary.to_dict(),
-        "records": str((out_dir / "records.jsonl").name),
+        "records": run_dir.records_name,
         "reconciliation": None if recon is None else recon.to_dict(),
     }
-    results_path.write_bytes(
-        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
-    )
+    run_dir.write_results(results)
     return BenchResult(
         run_id,
         summary,
-        out_dir / "records.jsonl",
-        results_path,
+        run_dir.records,
+        run_dir.results,
         outcome.ended,
         recon,
         incomplete=outcome.incomplete,

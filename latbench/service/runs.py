@@ -29,7 +29,8 @@ from rich.console import Console
 
 from latbench.exporter import LatbenchMetrics
 from latbench.load.runner import Runner
-from latbench.records.record import Record, RunFooter, read_records
+from latbench.records.record import Record, RunFooter
+from latbench.records.rundir import RunDir
 from latbench.run.benchmark import new_run_id, public_spec, run_benchmark
 from latbench.service.admit import Admitted, Refused, admit, scenario_label
 from latbench.service.config import ServiceConfig
@@ -47,7 +48,7 @@ from latbench.service.store import (
 from latbench.shared.errors import LatbenchError
 from latbench.sinks.progress import Progress
 from latbench.spec import RunSpec, load_spec
-from latbench.summary.summary import ClientStats, summarize
+from latbench.summary.summary import summarize_file
 
 log = logging.getLogger("latbench.service")
 
@@ -56,7 +57,6 @@ log = logging.getLogger("latbench.service")
 BACKSTOP_S = 30.0
 # Cancelled requests end at once; this only bounds a wait that should take milliseconds.
 ABORT_WAIT_S = 10.0
-RECORDS = "records.jsonl"
 
 
 class RunProgress(Progress):
@@ -131,24 +131,13 @@ class Active:
             self.bench.cancel()
 
 
-def summary_from_records(path: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The summary of whatever a records file holds (a run killed mid-way has no footer: its
-    window is then derived from the records, as `latbench summary` does)."""
-    if not path.exists():
+def summary_from_records(run: RunDir, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary of whatever a run's records file holds (a run killed mid-way has no footer:
+    its window is then derived from the records, as `latbench summary` does)."""
+    if not run.records.exists():
         return None
-    f = read_records(path)
-    s = load_spec(spec, source=str(path))
-    window = (f.footer.window_start, f.footer.window_end) if f.footer else None
-    client = ClientStats.from_dict(f.footer.validity) if f.footer and f.footer.validity else None
-    summary = summarize(
-        f.records,
-        window=window,
-        slos=s.slos,
-        percentiles=s.percentiles,
-        client=client,
-        limits=s.validity.limits(),
-    )
-    return summary.to_dict()
+    f = run.read_records()
+    return summarize_file(f, load_spec(spec, source=str(run.records))).to_dict()
 
 
 class RunManager:
@@ -170,12 +159,15 @@ class RunManager:
         self._admitting = 0  # submissions past the queue check, being stored
         self._tasks: set[asyncio.Task[None]] = set()
         self._abort_now = asyncio.Event()
-        # run_benchmark draws a live progress line when its console is a terminal; the service
-        # has many runs and no terminal of its own, so that console writes nowhere.
+        # run_benchmark prints a run's warnings and server-metrics notes on its console; the
+        # service has many runs and no terminal of its own, so that console writes nowhere.
         self._console = Console(file=io.StringIO())
 
+    def run_dir(self, run_id: str) -> RunDir:
+        return RunDir(self.config.runs_dir / run_id)
+
     def records_path(self, run_id: str) -> Path:
-        return self.config.runs_dir / run_id / RECORDS
+        return self.run_dir(run_id).records
 
     def active(self, run_id: str) -> Active | None:
         if run_id in self.running:
@@ -200,7 +192,7 @@ class RunManager:
             row.error = "the service stopped while this run was in flight; its records are kept"
             try:
                 row.summary = await asyncio.to_thread(
-                    summary_from_records, self.records_path(row.id), row.spec
+                    summary_from_records, self.run_dir(row.id), row.spec
                 )
             except LatbenchError as e:
                 row.error += f" (they cannot be summarized: {e})"
@@ -304,8 +296,6 @@ class RunManager:
 
         def on_runner(runner: Runner) -> None:
             a.runner = runner
-            a.progress.inflight = lambda: runner.inflight
-            a.progress.started_ns = time.monotonic_ns()
             if a.cancel_requested or a.shutting_down:
                 runner.abort()
 
@@ -317,7 +307,7 @@ class RunManager:
                 on_runner=on_runner,
                 metrics=self.metrics,
                 run_id=row.id,
-                sinks=[a.progress],
+                progress=a.progress,
                 target_label=row.target,
                 scenario_label=a.scenario,
             )
@@ -377,7 +367,7 @@ class RunManager:
         if row.summary is None:
             try:
                 row.summary = await asyncio.to_thread(
-                    summary_from_records, self.records_path(row.id), row.spec
+                    summary_from_records, self.run_dir(row.id), row.spec
                 )
             except LatbenchError as e:
                 log.warning("run %s: records cannot be summarized: %s", row.id, e)
@@ -419,9 +409,7 @@ class RunManager:
         r = self.config.retention
         ids = await self.store.prune(r.max_age, r.max_runs)
         for run_id in ids:
-            await asyncio.to_thread(
-                shutil.rmtree, self.config.runs_dir / run_id, ignore_errors=True
-            )
+            await asyncio.to_thread(shutil.rmtree, self.run_dir(run_id).path, ignore_errors=True)
         if ids:
             log.info("retention: deleted %d runs", len(ids))
         return ids

@@ -15,26 +15,24 @@ The server's histograms are counts per bucket plus an exact sum. So the reconcil
   counted the same requests, at every bucket boundary the client can have no more requests at
   or under it than the server.
 
-Everything here except `ServerMetricsScraper` is a pure function of records and two snapshots.
+Everything here is a pure function of /metrics text, records and snapshots; reading the page
+over HTTP during a run is `summary.scraper`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from time import monotonic_ns
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 import numpy as np
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from latbench.records.record import Record
+from latbench.records.rundir import RunDir
 from latbench.summary.samples import Samples
 
 # Our name -> vLLM's histogram family; the first name found wins (older vLLMs call ITL
@@ -64,9 +62,6 @@ PAIRS: tuple[str, ...] = ("ttft", "itl", "tpot", "e2e")
 # Server-only phases, shown next to the pairs.
 PHASES: tuple[str, ...] = ("queue", "prefill", "decode", "inference")
 QUANTILES: tuple[float, ...] = (50.0, 90.0, 99.0)
-SCRAPE_EVERY_S = 2.0
-# After the last response, vLLM may record the last request's stats a moment later.
-SETTLE_S = 3.0
 
 
 class ServerMetricsError(Exception):
@@ -174,23 +169,7 @@ def parse_metrics(text: str, model: str | None, t_ns: int | None = None) -> Snap
     return Snapshot(monotonic_ns() if t_ns is None else t_ns, histograms, counters, gauges)
 
 
-def read_server_metrics(records_path: Path) -> ServerMetrics | None:
-    """The run's scrapes, kept next to its records file, if it has them."""
-    path = records_path.parent / "server_metrics.json"
-    if not path.exists():
-        return None
-    try:
-        return ServerMetrics.from_dict(orjson.loads(path.read_bytes()))
-    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
-        raise ServerMetricsError(f"{path}: not a server metrics file ({e})") from None
-
-
-def default_metrics_url(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    return f"{parts.scheme}://{parts.netloc}/metrics"
-
-
-# --- scraping ----------------------------------------------------------------------------------
+# --- what a run's scrapes hold ----------------------------------------------------------------
 
 
 @dataclass
@@ -224,81 +203,13 @@ class ServerMetrics:
         )
 
 
-class ServerMetricsScraper:
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        model: str | None,
-        every_s: float = SCRAPE_EVERY_S,
-    ) -> None:
-        self._session = session
-        self._model = model
-        self._every_s = every_s
-        self._task: asyncio.Task[None] | None = None
-        self.result = ServerMetrics(url)
-
-    async def scrape(self) -> Snapshot:
-        try:
-            async with self._session.get(
-                self.result.url, timeout=aiohttp.ClientTimeout(total=10)
-            ) as resp:
-                if resp.status != 200:
-                    raise ServerMetricsError(f"HTTP {resp.status}")
-                text = await resp.text()
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise ServerMetricsError(f"{type(e).__name__}: {e}") from None
-        return parse_metrics(text, self._model)
-
-    async def start(self) -> bool:
-        """The first scrape; False (and an error noted) when the page is not vLLM's."""
-        try:
-            self.result.before = await self.scrape()
-        except ServerMetricsError as e:
-            self.result.errors.append(f"before the run: {e}")
-            return False
-        self._note(self.result.before)
-        self._task = asyncio.create_task(self._during())
-        return True
-
-    async def stop(self, client_completed: int) -> ServerMetrics:
-        """The last scrape, once the server counts at least `client_completed` more successes
-        than before (or after SETTLE_S)."""
-        await self.cancel()
-        before = self.result.before
-        if before is None:
-            return self.result
-        deadline = monotonic_ns() + int(SETTLE_S * 1e9)
-        while True:
-            try:
-                snap = await self.scrape()
-            except ServerMetricsError as e:
-                self.result.errors.append(f"after the run: {e}")
-                return self.result
-            done = snap.counters.get("requests", 0) - before.counters.get("requests", 0)
-            if done >= client_completed or monotonic_ns() >= deadline:
-                break
-            await asyncio.sleep(0.1)
-        self.result.after = snap
-        self._note(snap)
-        return self.result
-
-    async def cancel(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _during(self) -> None:
-        while True:
-            await asyncio.sleep(self._every_s)
-            try:
-                self._note(await self.scrape())
-            except ServerMetricsError as e:
-                self.result.errors.append(f"during the run: {e}")
-
-    def _note(self, snap: Snapshot) -> None:
-        totals = {f"{k}_total": v for k, v in snap.counters.items()}
-        self.result.timeline.append({"t_ns": snap.t_ns, **snap.gauges, **totals})
+def read_server_metrics(run: RunDir) -> ServerMetrics | None:
+    """The run's scrapes, if it has them."""
+    try:
+        data = run.read_server_metrics()
+        return None if data is None else ServerMetrics.from_dict(data)
+    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+        raise ServerMetricsError(f"{run.server_metrics}: not a server metrics file ({e})") from None
 
 
 # --- reconciliation ----------------------------------------------------------------------------

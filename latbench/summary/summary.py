@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from latbench.records.record import Record
+from latbench.records.record import Record, RecordsFile
 from latbench.shared.errors import ErrorKind
 from latbench.spec.slo import (
     DEFAULT_LIMITS,
@@ -30,6 +30,9 @@ from latbench.spec.slo import (
 )
 from latbench.summary.samples import NS_PER_S, Samples, derived_window
 from latbench.summary.validity import ClientStats, Failures, Validity, judge_validity, rounded
+
+if TYPE_CHECKING:
+    from latbench.spec import RunSpec
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
 
@@ -321,6 +324,23 @@ def summarize(
         rates=rates,
         slos=slo_results,
         validity=judge_validity(measured, client, limits),
+    )
+
+
+def summarize_file(f: RecordsFile, spec: RunSpec) -> Summary:
+    """The summary of a records file, judged by `spec` (its SLOs, percentiles and validity
+    limits): the window and the client's own measurements come from the footer. A file
+    without one (a run that was killed) has its window derived from the records and its
+    validity unknown. Every reader of a records file (`latbench summary`, reports, the service,
+    the vLLM-format results) summarizes it here, so they all print the same figures."""
+    footer = f.footer
+    return summarize(
+        f.records,
+        window=None if footer is None else (footer.window_start, footer.window_end),
+        slos=spec.slos,
+        percentiles=spec.percentiles,
+        client=ClientStats.from_dict(footer.validity) if footer and footer.validity else None,
+        limits=spec.validity.limits(),
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from latbench.records.rundir import RunDir
 from latbench.summary.summary import Summary
 from latbench.sweep.plans import Variable, format_value
 
@@ -59,13 +60,14 @@ class Step:
 
     @property
     def records_path(self) -> Path:
-        return self.run_dir / "records.jsonl"
+        return RunDir(self.run_dir).records
 
     def label(self) -> str:
         return f"{self.variable} {format_value(self.variable, self.value)}"
 
     def to_dict(self, root: Path) -> dict[str, Any]:
         rel = self.run_dir.relative_to(root) if self.run_dir.is_relative_to(root) else self.run_dir
+        files = RunDir(rel)
         return {
             "index": self.index,
             "role": self.role,
@@ -73,8 +75,8 @@ class Step:
             "value": self.value,
             "run_id": self.run_id,
             "dir": str(rel),
-            "records": str(rel / "records.jsonl"),
-            "results": str(rel / "results.json"),
+            "records": str(files.records),
+            "results": str(files.results),
             "ended": self.ended,
             "outcome": self.verdict.outcome,
             "reasons": list(self.verdict.reasons),

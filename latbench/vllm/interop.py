@@ -36,10 +36,12 @@ from typing import Any
 
 import orjson
 
-from latbench.records.record import RecordsFile, read_records
+from latbench.records.record import RecordsFile
+from latbench.records.rundir import RunDir
 from latbench.shared.errors import SpecError
+from latbench.shared.units import to_ms
 from latbench.spec import load_spec
-from latbench.summary.summary import ClientStats, summarize
+from latbench.summary.summary import summarize_file
 
 # vLLM's percentile-metric name -> latbench's metric name (same definition).
 VLLM_METRICS: dict[str, str] = {
@@ -170,14 +172,8 @@ def vllm_result(
     header = f.header
     spec = load_spec(header.spec if header else {}, source="records header")
     pcts = list(percentiles) if percentiles is not None else list(spec.percentiles)
-    summary = summarize(
-        f.records,
-        window=(f.footer.window_start, f.footer.window_end) if f.footer else None,
-        slos=spec.slos,
-        percentiles=sorted({*pcts, 50.0}),
-        client=ClientStats.from_dict(f.footer.validity) if f.footer and f.footer.validity else None,
-        limits=spec.validity.limits(),
-    )
+    # The median is always written (median_*_ms), whatever percentiles were asked for.
+    summary = summarize_file(f, spec.model_copy(update={"percentiles": sorted({*pcts, 50.0})}))
     env = header.environment if header else {}
     load = spec.load
     wall = header.clock_wall_ns if header else time.time_ns()
@@ -211,15 +207,11 @@ def vllm_result(
     }
     for name in percentile_metrics:
         stats = summary.latency[VLLM_METRICS[name]]
-
-        def ms(x: float | None) -> float | None:
-            return None if x is None else x * 1e3
-
-        out[f"mean_{name}_ms"] = ms(stats.mean)
-        out[f"median_{name}_ms"] = ms(stats.p(50.0))
-        out[f"std_{name}_ms"] = ms(stats.std)
+        out[f"mean_{name}_ms"] = to_ms(stats.mean)
+        out[f"median_{name}_ms"] = to_ms(stats.p(50.0))
+        out[f"std_{name}_ms"] = to_ms(stats.std)
         for p in pcts:
-            out[f"p{_p_word(p)}_{name}_ms"] = ms(stats.p(p))
+            out[f"p{_p_word(p)}_{name}_ms"] = to_ms(stats.p(p))
     out["latbench"] = {
         "run_id": header.run_id if header else None,
         "slos": [str(s) for s in spec.slos],  # request_goodput counts requests meeting these
@@ -232,10 +224,11 @@ def vllm_result(
 
 def save_vllm_result(ns: argparse.Namespace, records_path: Path) -> Path | None:
     """`run --save-result`: the vLLM-format file, computed from the run's records file."""
-    path = result_path(ns, records_path.parent)
+    run = RunDir.of_records(records_path)
+    path = result_path(ns, run.path)
     if path is not None:
         metrics = parse_percentile_metrics(ns.percentile_metrics)
-        write_vllm_result(path, vllm_result(read_records(records_path), percentile_metrics=metrics))
+        write_vllm_result(path, vllm_result(run.read_records(), percentile_metrics=metrics))
     return path
 
 

@@ -1,1 +1,26 @@
-"""summary"""
+"""Every figure of a run, as a pure function of its records (METRICS.md is the contract).
+
+samples    each metric's arithmetic, once: per record (the Prometheus sink, progress) and
+           vectorised over a run (`Samples`: the summary, compare, charts)
+summary    `summarize`: the distributions, token counts, rates, SLO attainment, goodput;
+           `summarize_file`: the same from a records file and its spec
+validity   whether the client could be trusted (loop lag, queue delay, CPU) and the failed share
+compare    two runs: bootstrap intervals over requests and a better/worse/same verdict
+server     the server's own account (vLLM's /metrics) and its reconciliation with the records
+scraper    reading that account over HTTP before, during and after a run
+"""
+
+from latbench.summary.samples import RecordSamples, Samples, record_samples
+from latbench.summary.summary import Summary, summarize, summarize_file
+from latbench.summary.validity import ClientStats, Validity
+
+__all__ = [
+    "ClientStats",
+    "RecordSamples",
+    "Samples",
+    "Summary",
+    "Validity",
+    "record_samples",
+    "summarize",
+    "summarize_file",
+]

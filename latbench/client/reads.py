@@ -74,7 +74,7 @@ class StampedResponseHandler(ResponseHandler):
             t = self._sock.rx_ns  # the kernel's arrival stamp of this read (shared/rxstamp.py)
         body = self._payload
         # `_exception` is what `exception()` returns (aiohttp's DataQueue), read without two
-        # method calls on every read; tests/test_client.py fails if it ever goes.
+        # method calls on every read; tests/client/test_stream.py fails if it ever goes.
         failed = self._exception
         super().data_received(data)
         if self._exception is not failed:
@@ -119,7 +119,7 @@ class StampingConnector(aiohttp.TCPConnector):
             kwargs.setdefault("socket_factory", rxstamp.client_socket)
         super().__init__(**kwargs)
         # aiohttp has no public hook for its protocol class; `_factory` is what it builds each
-        # connection's protocol with (tests/test_client.py fails if that ever changes).
+        # connection's protocol with (tests/client/test_stream.py fails if that ever changes).
         self._factory = functools.partial(StampedResponseHandler, loop=self._loop)
 
 

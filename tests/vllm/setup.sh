@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real vLLM for the end-to-end tests (tests/test_vllm_e2e.py): vLLM's CPU build in its own venv
+# A real vLLM for the end-to-end tests (tests/e2e/test_vllm.py): vLLM's CPU build in its own venv
 # and a tiny random-weight model built here (no GPU, no model hub). Both are cached under
 # $LATBENCH_VLLM_CACHE (default ~/.cache/latbench-vllm), so a machine that has them skips the
 # ~4 minute install. Prints the two variables the tests read, for `eval "$(tests/vllm/setup.sh)"`.

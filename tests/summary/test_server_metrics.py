@@ -1,0 +1,283 @@
+"""Client/server reconciliation (latbench/summary/server.py).
+
+Two sources of server metrics: a recorded transcript of a real vLLM 0.32.0 (its /metrics before
+and after a 6-request chat run, with that run's records: tests/data/vllm-0.32.0/), and the
+built-in simulator, which serves the same families from what it really did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kit import paths
+from kit.promql import free_port
+
+from latbench.records.record import read_records
+from latbench.summary.server import (
+    Histogram,
+    ServerMetrics,
+    ServerMetricsError,
+    _client_side,
+    parse_metrics,
+    reconcile,
+)
+
+DATA = paths.DATA / "vllm-0.32.0"
+LOOSE = "validity: {loop_lag_p99: 50ms, queue_delay_p99: 50ms}\n"
+
+
+def recorded() -> tuple[list[Any], ServerMetrics]:
+    records = read_records(DATA / "records.jsonl").records
+    before = parse_metrics((DATA / "metrics-before.txt").read_text(), "tiny", t_ns=0)
+    after = parse_metrics((DATA / "metrics-after.txt").read_text(), "tiny", t_ns=1)
+    return records, ServerMetrics("http://127.0.0.1:8011/metrics", before, after)
+
+
+def run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path | None]:
+    spec = tmp_path / "loose.yaml"
+    spec.write_text(LOOSE)
+    out = tmp_path / "out"
+    p = subprocess.run(
+        [sys.executable, "-m", "latbench", "run", "--json", "--spec", str(spec),
+         "--out", str(out), *args],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    dirs = [d for d in out.iterdir() if d.is_dir()] if out.exists() else []
+    return p, dirs[0] if dirs else None
+
+
+# --- a real vLLM's page ----------------------------------------------------------------------
+
+
+def test_a_real_vllm_page_parses_into_its_families() -> None:
+    snap = parse_metrics((DATA / "metrics-after.txt").read_text(), "tiny")
+    assert set(snap.histograms) == {
+        "ttft", "itl", "tpot", "e2e", "queue", "prefill", "decode", "inference",
+    }  # fmt: skip
+    ttft = snap.histograms["ttft"]
+    assert ttft.bounds[:3] == (0.001, 0.005, 0.01) and ttft.bounds[-1] == 2560.0
+    assert list(ttft.cumulative) == sorted(ttft.cumulative)  # cumulative
+    assert snap.counters["requests"] >= 6  # summed over finished_reason
+    assert snap.counters["generation_tokens"] >= 48
+    assert {"running", "waiting", "kv_cache_usage"} <= set(snap.gauges)
+    # Another model's series are not ours.
+    with pytest.raises(ServerMetricsError, match="no vLLM metrics"):
+        parse_metrics((DATA / "metrics-after.txt").read_text(), "another-model")
+
+
+def test_the_recorded_run_reconciles_with_the_server() -> None:
+    records, server = recorded()
+    r = reconcile(records, server)
+    assert r is not None
+    assert r.same_requests and r.client_requests == 6 and r.server_requests == 6
+    assert r.tokens == {
+        "prompt": {"client": 720.0, "server": 720.0},
+        "generation": {"client": 48.0, "server": 48.0},
+    }
+    ttft = r.pairs["ttft"]
+    assert ttft.client.n == ttft.server.n == 6
+    # 6 requests of 8 tokens, one per output: 7 gaps each on both sides.
+    assert r.pairs["itl"].client.n == r.pairs["itl"].server.n == 42
+    assert ttft.below_server_at == ()
+    assert ttft.mean_overhead_s is not None and ttft.mean_overhead_s > 0
+    # The overhead interval of a percentile is exactly the client's value minus the bucket.
+    low, high = ttft.server.buckets_s["p50"]
+    assert ttft.overhead_s["p50"] == (
+        ttft.client.quantiles_s["p50"] - high,
+        ttft.client.quantiles_s["p50"] - low,
+    )
+    split = r.ttft_split_s
+    assert split is not None
+    assert split["queue"] + split["prefill"] + split["server_other"] + split[
+        "outside_server"
+    ] == pytest.approx(split["client_ttft"])
+    assert r.notes == ()
+
+
+def test_a_client_faster_than_the_server_is_caught() -> None:
+    """Shift every send 0.5 s later: each client TTFT drops below the server's, and the
+    cumulative counts say so at the boundaries in between."""
+    records, server = recorded()
+    late = [dataclasses.replace(rec, t_sent=rec.ev_t[0] - 100_000) for rec in records]
+    r = reconcile(late, server)
+    assert r is not None and r.pairs["ttft"].below_server_at
+    assert r.pairs["ttft"].below_server_at[0] <= 0.001
+
+
+def test_other_traffic_on_the_server_is_noted_and_skips_the_per_request_check() -> None:
+    records, server = recorded()
+    assert server.after is not None
+    counters = {**server.after.counters, "requests": server.after.counters["requests"] + 5}
+    busy = dataclasses.replace(server, after=dataclasses.replace(server.after, counters=counters))
+    r = reconcile(records, busy)
+    assert r is not None and not r.same_requests
+    assert any("other traffic" in n for n in r.notes)
+    assert r.pairs["ttft"].below_server_at == ()  # not judged on different populations
+
+
+def test_the_new_name_wins_over_the_deprecated_one() -> None:
+    def family(name: str, count: int) -> str:
+        return (
+            f"# TYPE {name} histogram\n"
+            f'{name}_bucket{{le="0.1"}} {count}\n{name}_bucket{{le="+Inf"}} {count}\n'
+            f"{name}_count {count}\n{name}_sum {count * 0.01}\n"
+        )
+
+    for page in (
+        family("vllm:time_per_output_token_seconds", 5)
+        + family("vllm:inter_token_latency_seconds", 7),
+        family("vllm:inter_token_latency_seconds", 7)
+        + family("vllm:time_per_output_token_seconds", 5),
+    ):
+        assert parse_metrics(page, None).histograms["itl"].count == 7
+    old_only = parse_metrics(family("vllm:time_per_output_token_seconds", 5), None)
+    assert old_only.histograms["itl"].count == 5
+
+
+def test_a_server_that_restarted_during_the_run_is_named_not_reconciled() -> None:
+    records, server = recorded()
+    assert server.before is not None and server.after is not None
+    server.before.counters["requests"] = server.after.counters["requests"] + 100  # went down
+    with pytest.raises(ServerMetricsError, match="restarted"):
+        reconcile(records, server)
+
+
+def test_summary_of_a_run_with_a_broken_scrapes_file_still_summarizes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "records.jsonl").write_bytes((DATA / "records.jsonl").read_bytes())
+    (run_dir / "server_metrics.json").write_text("{not json")
+    p = subprocess.run(
+        [sys.executable, "-m", "latbench", "summary", str(run_dir / "records.jsonl"), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "not a server metrics file" in p.stderr and "no reconciliation" in p.stderr
+    assert json.loads(p.stdout)["requests"]["succeeded"] == 6
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    server=st.lists(st.floats(0, 0.3), min_size=1, max_size=12),
+    extra=st.lists(st.floats(0, 0.02), min_size=12, max_size=12),
+)
+def test_a_client_no_faster_than_the_server_is_never_below_its_bucket(
+    server: list[float], extra: list[float]
+) -> None:
+    """Per request, client >= server; then every client percentile in the reconciliation is at
+    or above the lower bound of the server's bucket for it, however few the requests (the
+    client's percentile follows the bucket's rank rule, not linear interpolation)."""
+    bounds = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5)
+    srv = np.asarray(server)
+    cli = srv + np.asarray(extra[: len(server)])
+    cum = (*(float((srv <= b).sum()) for b in bounds), float(srv.size))
+    h = Histogram(bounds, cum, float(srv.sum()))
+    side = _client_side(cli)
+    for q, value in side.quantiles_s.items():
+        low, _ = h.quantile_bucket(float(q[1:]))
+        assert value >= low, (q, value, low)
+
+
+def test_histogram_quantile_buckets_and_deltas() -> None:
+    h = Histogram((0.1, 0.2, 0.5), (2.0, 5.0, 9.0, 10.0), 3.0)
+    assert h.quantile_bucket(20) == (0.0, 0.1)
+    assert h.quantile_bucket(50) == (0.1, 0.2)
+    assert h.quantile_bucket(90) == (0.2, 0.5)
+    assert h.quantile_bucket(99) == (0.5, math.inf)
+    earlier = Histogram((0.1, 0.2, 0.5), (1.0, 1.0, 1.0, 1.0), 0.05)
+    assert h.minus(earlier) == Histogram((0.1, 0.2, 0.5), (1.0, 4.0, 8.0, 9.0), 2.95)
+    with pytest.raises(ServerMetricsError, match="bucket boundaries changed"):
+        h.minus(Histogram((0.1, 0.3, 0.5), (0.0, 0.0, 0.0, 0.0), 0.0))
+
+
+@pytest.mark.parametrize(
+    ("page", "message"),
+    [
+        ("<html>not metrics</html>", "not Prometheus text"),
+        ("# HELP up up\n# TYPE up gauge\nup 1\n", "no vLLM metrics"),
+        (
+            "# TYPE vllm:time_to_first_token_seconds histogram\n"
+            'vllm:time_to_first_token_seconds_bucket{le="0.1"} 1\n'
+            "vllm:time_to_first_token_seconds_sum 0.05\n",
+            r"no \+Inf bucket",
+        ),
+    ],
+)
+def test_pages_that_are_not_vllms_are_named(page: str, message: str) -> None:
+    with pytest.raises(ServerMetricsError, match=message):
+        parse_metrics(page, None)
+
+
+# --- the simulator, end to end ---------------------------------------------------------------
+
+
+def test_a_run_against_the_simulator_reconciles_by_default(tmp_path: Path) -> None:
+    p, d = run(
+        tmp_path,
+        "--requests", "40", "--concurrency", "4", "--output-tokens", "16",
+        "--sim", "ttft=0.02", "--sim", "itl=0.01", "--sim", "max_batch=2",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert d is not None
+    r = json.loads(p.stdout)["reconciliation"]
+    assert r["same_requests"] and r["client_requests"] == r["server_requests"] == 40
+    assert r["tokens"]["generation"] == {"client": 640.0, "server": 640.0}
+    assert r["tokens"]["prompt"]["client"] == r["tokens"]["prompt"]["server"]
+    for metric in ("ttft", "e2e"):
+        pair = r["pairs"][metric]
+        assert pair["below_server_at"] == [], pair
+        assert pair["mean_overhead_s"] > 0
+    # max_batch 2 of 4 users: half wait for a slot, and the split shows it as queue time.
+    split = r["ttft_split_s"]
+    assert split["queue"] > 0.02 and split["prefill"] == pytest.approx(0.02, abs=0.01)
+    # Scrapes every 2 s during a run of about 3 s: the gauges' peak is seen.
+    scrapes = json.loads((d / "server_metrics.json").read_text())
+    assert len(scrapes["timeline"]) >= 3 and scrapes["errors"] == []
+    assert r["peak"]["running"] == 2 and r["peak"]["waiting"] == 2
+    assert "client vs server" not in p.stdout  # --json: no tables
+
+
+def test_the_table_is_printed_without_json(tmp_path: Path) -> None:
+    spec = tmp_path / "loose.yaml"
+    spec.write_text(LOOSE)
+    p = subprocess.run(
+        [sys.executable, "-m", "latbench", "run", "--spec", str(spec), "--out", str(tmp_path),
+         "--requests", "6", "--concurrency", "2", "--output-tokens", "4"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "client vs server: vLLM's own metrics" in p.stdout
+    assert "generation tokens: client (usage) 24, server 24: agree" in p.stdout
+
+
+def test_server_metrics_off(tmp_path: Path) -> None:
+    p, d = run(tmp_path, "--requests", "4", "--output-tokens", "4", "--server-metrics", "off")
+    assert p.returncode == 0, p.stderr
+    assert d is not None and not (d / "server_metrics.json").exists()
+    assert "reconciliation" not in json.loads(p.stdout)
+
+
+def test_an_explicit_page_that_cannot_be_read_is_said_and_the_run_goes_on(
+    tmp_path: Path,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/metrics"
+    p, _ = run(tmp_path, "--requests", "4", "--output-tokens", "4", "--server-metrics", url)
+    assert p.returncode == 0, p.stderr
+    assert "server metrics:" in p.stderr and url in p.stderr and "running without them" in p.stderr
+    summary = json.loads(p.stdout)
+    assert "reconciliation" not in summary and summary["requests"]["succeeded"] == 4
+
+
+def test_a_bad_server_metrics_value_is_a_usage_error(tmp_path: Path) -> None:
+    p, _ = run(tmp_path, "--requests", "1", "--server-metrics", "sometimes")
+    assert p.returncode == 2
+    assert "server_metrics 'sometimes'" in p.stderr

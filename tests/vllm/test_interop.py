@@ -1,0 +1,98 @@
+"""`vllm bench serve` interop: its flag names map onto our spec where the meanings match, and the
+vLLM-format results JSON carries our figures under vLLM's field names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kit.cli import latbench
+
+from latbench.cli.common import spec_from_args
+from latbench.cli.main import build_parser
+from latbench.shared.errors import SpecError
+from latbench.spec import RunSpec, load_spec
+
+
+def spec_of(*argv: str) -> RunSpec:
+    ns = build_parser().parse_args(["run", *argv])
+    return load_spec(spec_from_args(ns), source="flags")
+
+
+def test_vllm_flag_names_mean_what_they_mean_in_vllm() -> None:
+    s = spec_of(
+        "--base-url", "http://127.0.0.1:9/v1", "--max-concurrency", "4", "--request-rate", "10",
+        "--burstiness", "0.5", "--num-prompts", "50", "--input-len", "256", "--output-len", "64",
+        "--metric-percentiles", "50,99", "--goodput", "ttft:100", "e2el:2000",
+    )  # fmt: skip
+    assert s.target.base_url == "http://127.0.0.1:9"
+    # A rate with --max-concurrency: Poisson arrivals (gamma with burstiness), capped in flight.
+    assert (s.load.mode, s.load.rate, s.load.concurrency) == ("poisson", 10.0, 4)
+    assert s.load.burstiness == 0.5 and s.load.requests == 50
+    assert s.workload.input_tokens.mean == 256 and s.workload.output_tokens is not None
+    assert s.workload.output_tokens.mean == 64
+    assert s.percentiles == [50.0, 99.0]
+    assert [str(x) for x in s.slos] == ["ttft:p99<=100ms", "e2e:p99<=2s"]
+
+
+def test_an_infinite_request_rate_sends_every_prompt_at_once() -> None:
+    # vLLM sends all prompts at time 0, at most --max-concurrency in flight: a closed loop.
+    s = spec_of("--request-rate", "inf", "--num-prompts", "6")
+    assert (s.load.mode, s.load.concurrency, s.load.rate) == ("closed", 6, None)
+    s = spec_of("--request-rate", "inf", "--num-prompts", "60", "--max-concurrency", "8")
+    assert (s.load.mode, s.load.concurrency) == ("closed", 8)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--request-rate", "inf", "--duration", "5s"), "give --num-prompts"),
+        (("--concurrency", "2", "--max-concurrency", "3"), "not both"),
+        (("--goodput", "ttft=100"), "METRIC:MILLISECONDS"),
+        (("--goodput", "ttft:-5"), "METRIC:MILLISECONDS"),
+        (("--percentile-metrics", "ttft,p99"), "unknown p99"),
+    ],
+)
+def test_bad_vllm_flags_are_named(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        spec_of(*argv)
+
+
+def test_save_result_writes_vllms_field_names_with_our_figures(tmp_path: Path) -> None:
+    spec = tmp_path / "loose.yaml"
+    spec.write_text("validity: {loop_lag_p99: 2s, queue_delay_p99: 2s, client_cpu: 8}\n")
+    p = latbench(
+        "run", "--spec", str(spec), "--out", str(tmp_path / "runs"), "--json",
+        "--max-concurrency", "2", "--num-prompts", "12", "--input-len", "16", "--output-len", "8",
+        "--metric-percentiles", "50,99", "--percentile-metrics", "ttft,tpot,itl,e2el",
+        "--goodput", "ttft:100", "tpot:100", "--save-result", "--result-dir", str(tmp_path),
+        "--result-filename", "vllm.json", "--sim", "ttft=0.02", "--sim", "itl=0.005",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr  # goodput SLOs do not gate the exit, as in vLLM
+    s = json.loads(p.stdout)
+    v = json.loads((tmp_path / "vllm.json").read_text())
+    assert v["backend"] == "openai-chat" and v["model_id"] == "sim-model"
+    assert v["request_rate"] == "inf" and v["max_concurrency"] == 2 and v["num_prompts"] == 12
+    assert v["completed"] == s["requests"]["succeeded"] == 12 and v["failed"] == 0
+    assert v["total_output_tokens"] == 12 * 8
+    assert v["duration"] == pytest.approx(s["window"]["duration_s"], rel=1e-6)
+    assert v["request_throughput"] == pytest.approx(s["rates"]["requests_per_s"], rel=1e-5)
+    assert v["output_throughput"] == pytest.approx(s["rates"]["output_tokens_per_s"], rel=1e-5)
+    assert v["request_goodput"] == pytest.approx(s["rates"]["goodput_per_s"], rel=1e-5)
+    for vllm_name, ours in (("ttft", "ttft"), ("tpot", "tpot"), ("itl", "itl"), ("e2el", "e2e")):
+        lat = s["latency"][ours]
+        assert v[f"mean_{vllm_name}_ms"] == pytest.approx(lat["mean"] * 1e3, rel=1e-6)
+        assert v[f"median_{vllm_name}_ms"] == pytest.approx(lat["p50"] * 1e3, rel=1e-6)
+        assert v[f"std_{vllm_name}_ms"] == pytest.approx(lat["std"] * 1e3, rel=1e-5, abs=1e-6)
+        assert v[f"p99_{vllm_name}_ms"] == pytest.approx(lat["p99"] * 1e3, rel=1e-6)
+    assert v["latbench"]["slos"] == ["ttft:p99<=100ms", "tpot:p99<=100ms"]
+    # The same file from the records alone, later.
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    again = tmp_path / "again.json"
+    r = latbench(
+        "report", str(run_dir), "--md", str(tmp_path / "r.md"), "--vllm-json", str(again),
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(again.read_text()) == v

@@ -14,9 +14,9 @@ rates over `$__rate_interval` (the live view); the "latest run" stats read the c
 counters, which keep a run's whole-run figures even after its exporter is gone (pushed runs,
 lingering CLI runs).
 
-tests/deploy/test_grafana.py checks that the committed JSON equals this output, type-checks it against
-Grafana's published schema (@grafana/schema, tsc --strict), and runs every query against a real
-Prometheus.
+tests/deploy/test_grafana.py checks that the committed JSON equals this output, type-checks it
+against Grafana's published schema (@grafana/schema, tsc --strict), and runs every query against
+a real Prometheus.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
     python deploy/prometheus/generate_rules.py --check  # exit 1 if the committed files differ
 
 The rules are written from Python, not by hand, because they are one pattern over many metrics
-and windows; metric names come from `latbench.exporter`, so a renamed metric cannot
-leave a rule behind. tests/deploy/test_rules.py checks that the committed files equal this output, and runs
-`promtool check rules` and `promtool test rules` (deploy/prometheus/tests/) on them.
+and windows; metric names come from `latbench.exporter`, so a renamed metric cannot leave a
+rule behind. tests/deploy/test_rules.py checks that the committed files equal this output, and
+runs `promtool check rules` and `promtool test rules` (deploy/prometheus/tests/) on them.
 
 Naming: `scenario:<metric>:<operation>`, where the level `scenario` means "aggregated to the
 label set (target, model, api, scenario)": instance and job are summed away, so a run scraped

@@ -4,8 +4,8 @@ Written here rather than by prometheus_client's generic writer (`generate_latest
 every label of every sample: about 6 ms for one label set's 360 samples, against about 0.5 ms
 here, because each series' label text is escaped once, when the series is made. A scrape runs on
 its own thread but holds the GIL, so that time is taken from the client's event loop. Pushes, and
-any other registry, still go through `generate_latest`; tests/exporter/test_prometheus.py checks that both
-writers give the same samples.
+any other registry, still go through `generate_latest`; tests/exporter/test_prometheus.py checks
+that both writers give the same samples.
 """
 
 from __future__ import annotations

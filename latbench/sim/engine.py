@@ -198,7 +198,7 @@ class TruthEntry:
     __slots__ = ("arrival_ns", "events_ns", "fault", "handler_ns", "tokens")
 
     def __init__(self, arrival_ns: int, handler_ns: int, fault: str | None) -> None:
-        self.arrival_ns = arrival_ns  # the read that brought its first bytes (sim/_arrival.py)
+        self.arrival_ns = arrival_ns  # the read that brought its first bytes (sim/arrival.py)
         self.handler_ns = handler_ns  # when its handler began, after aiohttp's parsing
         self.events_ns = array("q")
         self.fault = fault

@@ -548,7 +548,7 @@ def _zombie(pid: int) -> bool:
 def test_the_service_shows_a_run_that_lost_its_worker_as_failed_incomplete_with_its_results(
     tmp_path: Path, sim: Callable[..., SimProcess]
 ) -> None:
-    from service_kit import Service, poll, service_config
+    from kit.service import Service, poll, service_config
 
     s = sim(ttft=0.005, itl=0.01)
     svc = Service(service_config(s.url, tmp_path), tmp_path).start()

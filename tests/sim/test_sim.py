@@ -595,7 +595,7 @@ def _read_response(sock: socket.socket) -> bytes:
 
 
 async def test_truth_stamps_arrival_at_the_first_bytes_not_at_the_handler(sim, http) -> None:
-    # Arrival is the read that brought a request's first bytes (sim/_arrival.py): the server's
+    # Arrival is the read that brought a request's first bytes (sim/arrival.py): the server's
     # own parsing counts in its truth, not against the client it scores. Blocking sockets, so
     # each byte leaves exactly when the test says; the pauses are the slow client's, on purpose.
     s = sim(ttft=0.01, itl=0.001)

@@ -49,7 +49,7 @@ import orjson
 from latbench.client.looplag import publish_lag
 from latbench.client.stream import Endpoint
 from latbench.load.wire import frame, message, read_frame, record_seq, unpack_record
-from latbench.load.worker import Shard, raise_fd_limit
+from latbench.load.worker import Shard
 from latbench.records.record import Phase, Record, RunFooter
 from latbench.shared.errors import ErrorKind, LatbenchError
 from latbench.sinks import Sink
@@ -57,7 +57,7 @@ from latbench.spec import LoadSpec
 from latbench.summary.validity import ClientStats
 from latbench.workload import Workload
 
-__all__ = ["RunOutcome", "Runner", "make_connector", "raise_fd_limit"]
+__all__ = ["RunOutcome", "Runner", "make_connector"]
 
 # A worker's loop should stay near half busy, where its lag is still small: measured at 70-110 us
 # of worker CPU per event when each read brings one event (docs/performance.md), 64 streams of

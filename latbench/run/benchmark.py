@@ -30,7 +30,8 @@ from rich.console import Console
 from latbench import __version__
 from latbench.client.preflight import redact_headers, resolve_endpoint
 from latbench.exporter import LatbenchMetrics, RunLabels
-from latbench.load.runner import Runner, make_connector, raise_fd_limit
+from latbench.load.runner import Runner, make_connector
+from latbench.load.worker import raise_fd_limit
 from latbench.records.record import RunHeader
 from latbench.records.rundir import RunDir
 from latbench.shared import rxstamp

@@ -34,8 +34,8 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None,
                 None,
-                f"found the alias *{event.anchor}: YAML aliases and anchors are not allowed in "
-                "a spec (write the value out)",
+                f"found the alias *{event.anchor}: YAML aliases and anchors are not allowed "
+                "(write the value out)",
                 event.start_mark,
             )
         self._depth += 1

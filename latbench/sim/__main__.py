@@ -165,6 +165,10 @@ def _load(source: str, flag: str, parse: Callable[[str], Any]) -> dict[str, Any]
         data = parse(source)
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise SpecError(f"{flag}: cannot read settings: {e}") from None
+    except (TypeError, LookupError, ArithmeticError, RecursionError) as e:
+        # JSON nested past the interpreter's recursion limit, and PyYAML's constructors on some
+        # malformed scalars, raise these rather than a parse error.
+        raise SpecError(f"{flag}: cannot read settings: {type(e).__name__}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

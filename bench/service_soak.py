@@ -233,9 +233,7 @@ def main() -> None:
         report = {
             "command": " ".join([sys.executable, "-m", "bench.service_soak", *sys.argv[1:]]),
             "overhead": overhead(sim.url, work, ns.rounds, spec),
-            "soak": soak(
-                sim.url, work, ns.minutes, ns.every, ns.probe_every, ns.restarts
-            ),
+            "soak": soak(sim.url, work, ns.minutes, ns.every, ns.probe_every, ns.restarts),
         }
     text = json.dumps(report, indent=2)
     if ns.out:

@@ -18,12 +18,14 @@ from typing import NamedTuple
 import orjson
 from aiohttp import web
 
+from latbench.sim.anthropic_format import AnthropicStream
 from latbench.sim.arrival import arrival_ns
 from latbench.sim.config import FaultSpec
 from latbench.sim.engine import FinishReason, Pacer, Plan, TruthEntry
-from latbench.sim.formats import AnthropicStream, ApiError, Encoder, ResponsesStream
+from latbench.sim.formats import ApiError, Encoder
 from latbench.sim.replies import api_error, check_auth
 from latbench.sim.request import Api, GenRequest, parse_request
+from latbench.sim.responses_format import ResponsesStream
 from latbench.sim.state import STATE, SimState
 from latbench.sim.vllm_format import Chunks
 

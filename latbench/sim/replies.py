@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from latbench.sim.anthropic_format import anthropic_error_body
 from latbench.sim.config import SimConfig
-from latbench.sim.formats import anthropic_error_body
 from latbench.sim.request import Api
 
 

@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from latbench.sim.anthropic_format import anthropic_prompt_tokens
 from latbench.sim.config import SimConfig
-from latbench.sim.formats import ApiError, anthropic_prompt_tokens, responses_prompt_tokens
+from latbench.sim.formats import ApiError
+from latbench.sim.responses_format import responses_prompt_tokens
 
 Api = Literal["completions", "chat", "anthropic", "responses"]
 

@@ -1,7 +1,8 @@
 """vLLM's wire format (OpenAI-compatible completions and chat chunks), as the simulator sends it.
 
 SSE framed exactly as vLLM frames it: `data: <json>\\n\\n` ..., then `data: [DONE]\\n\\n`.
-The other APIs' encoders are in formats.py; all meet its `Encoder` interface.
+The other APIs' encoders are in anthropic_format.py and responses_format.py; all meet the `Encoder`
+interface in formats.py.
 """
 
 from __future__ import annotations

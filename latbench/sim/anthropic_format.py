@@ -1,0 +1,150 @@
+"""Anthropic's Messages API as the simulator speaks it: its request body, errors, model list and
+stream.
+
+The stream is `message_start` and a `ping`, then one content block per run of reasoning
+(`thinking`, closed by a `signature_delta`) or content (`text`) events, then `message_delta` with
+the stop reason and usage, and `message_stop`. Event shapes follow Anthropic's documentation:
+https://docs.anthropic.com/en/docs/build-with-claude/streaming.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from latbench.sim.formats import ApiError, content_words, named_event
+
+if TYPE_CHECKING:
+    from latbench.sim.engine import Plan
+    from latbench.sim.request import GenRequest
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+_SIGNATURE = "c2ltdWxhdGVkIHNpZ25hdHVyZQ=="  # base64, as real signatures are; meaningless here
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    etype = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": etype, "message": message}}
+
+
+def anthropic_models(model: str, created: int) -> dict[str, Any]:
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+    entry = {"type": "model", "id": model, "display_name": model, "created_at": iso}
+    return {"data": [entry], "has_more": False, "first_id": model, "last_id": model}
+
+
+def anthropic_prompt_tokens(body: dict[str, Any]) -> int:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages: Field required, a non-empty list", "messages")
+    total = 0 if body.get("system") is None else content_words(body["system"], "system")
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ("user", "assistant"):
+            # As Anthropic answers: system prompts go in the top-level `system` field.
+            raise ApiError(
+                400,
+                f"messages.{i}.role: Input should be 'user' or 'assistant', got {role!r}; "
+                "the Messages API takes a top-level `system` parameter",
+                "messages",
+            )
+        total += content_words(m.get("content"), f"messages.{i}.content")
+    return total
+
+
+def _anthropic_stop(finish: str) -> str:
+    return "max_tokens" if finish == "length" else "end_turn"
+
+
+class AnthropicStream:
+    __slots__ = ("_block", "_id", "_kind", "_req")
+
+    def __init__(self, req: GenRequest) -> None:
+        self._req = req
+        self._id = f"msg_{uuid.uuid4().hex[:24]}"
+        self._block = -1
+        self._kind: str | None = None
+
+    def _message(self, content: list[Any], stop: str | None, output_tokens: int) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "type": "message",
+            "role": "assistant",
+            "model": self._req.model,
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self._req.prompt_tokens, "output_tokens": output_tokens},
+        }
+
+    def opening(self) -> bytes:
+        # The API counts one output token before any is streamed; message_delta has the total.
+        start = {"type": "message_start", "message": self._message([], None, 1)}
+        return named_event("message_start", start) + named_event("ping", {"type": "ping"})
+
+    def token_event(self, kind: str, text: str, finish: str | None, completion: int) -> bytes:
+        out = b""
+        thinking = kind == "reasoning"
+        if kind != self._kind:
+            out += self._close_block()
+            self._block += 1
+            self._kind = kind
+            block = (
+                {"type": "thinking", "thinking": ""} if thinking else {"type": "text", "text": ""}
+            )
+            start = {"type": "content_block_start", "index": self._block, "content_block": block}
+            out += named_event("content_block_start", start)
+        delta = (
+            {"type": "thinking_delta", "thinking": text}
+            if thinking
+            else {"type": "text_delta", "text": text}
+        )
+        body = {"type": "content_block_delta", "index": self._block, "delta": delta}
+        return out + named_event("content_block_delta", body)
+
+    def _close_block(self) -> bytes:
+        if self._kind is None:
+            return b""
+        out = b""
+        if self._kind == "reasoning":
+            signature = {"type": "signature_delta", "signature": _SIGNATURE}
+            body = {"type": "content_block_delta", "index": self._block, "delta": signature}
+            out += named_event("content_block_delta", body)
+        stop = {"type": "content_block_stop", "index": self._block}
+        return out + named_event("content_block_stop", stop)
+
+    def closing(self, completion: int, finish: str) -> bytes:
+        delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": _anthropic_stop(finish), "stop_sequence": None},
+            "usage": {"output_tokens": completion},
+        }
+        return (
+            self._close_block()
+            + named_event("message_delta", delta)
+            + named_event("message_stop", {"type": "message_stop"})
+        )
+
+    def error_event(self) -> bytes:
+        # The documented example: what a 529 would be, had the stream not started yet.
+        error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        return named_event("error", error)
+
+    def end(self) -> bytes:
+        return named_event("message_stop", {"type": "message_stop"})
+
+    def full(self, plan: Plan, reasoning: str, content: str) -> dict[str, Any]:
+        blocks: list[dict[str, Any]] = []
+        if reasoning:
+            blocks.append({"type": "thinking", "thinking": reasoning, "signature": _SIGNATURE})
+        blocks.append({"type": "text", "text": content})
+        return self._message(blocks, _anthropic_stop(plan.finish_reason), plan.completion_tokens)

@@ -1,0 +1,242 @@
+"""OpenAI's Responses API as the simulator speaks it: its request body and its stream.
+
+The stream is `response.created` and `response.in_progress`, then one output item per run of
+reasoning (a `reasoning` item with a summary) or content (a `message` item with `output_text`)
+events, each opened and closed with its `added`/`done` events, then `response.completed` (or
+`response.incomplete` at the token limit). Every event carries a `sequence_number`. Event shapes
+follow OpenAI's documentation: https://platform.openai.com/docs/api-reference/responses-streaming.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from latbench.sim.formats import ApiError, content_words, named_event
+
+if TYPE_CHECKING:
+    from latbench.sim.engine import Plan
+    from latbench.sim.request import GenRequest
+
+
+def responses_prompt_tokens(body: dict[str, Any]) -> int:
+    items = body.get("input")
+    if items is None:
+        raise ApiError(400, "Missing required parameter: 'input'.", "input")
+    instructions = body.get("instructions")
+    total = 0 if instructions is None else content_words(instructions, "instructions")
+    if isinstance(items, str):
+        return total + len(items.split())
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, "input must be a string or a non-empty list of items", "input")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ApiError(400, f"input[{i}] must be an object", "input")
+        total += content_words(item.get("content", ""), f"input[{i}].content")
+    return total
+
+
+class ResponsesStream:
+    __slots__ = (
+        "_created",
+        "_done",
+        "_id",
+        "_item",
+        "_kind",
+        "_last",
+        "_reasoning",
+        "_req",
+        "_seq",
+        "_text",
+    )
+
+    def __init__(self, req: GenRequest) -> None:
+        self._req = req
+        self._id = f"resp_{uuid.uuid4().hex}"
+        self._created = int(time.time())
+        self._seq = 0
+        self._kind: str | None = None
+        self._item: dict[str, Any] = {}
+        self._text: list[str] = []
+        self._done: list[dict[str, Any]] = []  # finished output items
+        self._reasoning = 0  # reasoning tokens so far
+        self._last = 0  # completion tokens at the previous event
+
+    def _ev(self, kind: str, **fields: Any) -> bytes:
+        obj = {"type": kind, "sequence_number": self._seq, **fields}
+        self._seq += 1
+        return named_event(kind, obj)
+
+    def _response(self, status: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": "response",
+            "created_at": self._created,
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "model": self._req.model,
+            "output": list(self._done),
+            "usage": None,
+            **extra,
+        }
+
+    def _usage(self, completion: int) -> dict[str, Any]:
+        p = self._req.prompt_tokens
+        return {
+            "input_tokens": p,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": self._reasoning},
+            "total_tokens": p + completion,
+        }
+
+    def opening(self) -> bytes:
+        response = self._response("in_progress")
+        return self._ev("response.created", response=response) + self._ev(
+            "response.in_progress", response=response
+        )
+
+    def token_event(self, kind: str, text: str, finish: str | None, completion: int) -> bytes:
+        out = b""
+        if kind == "reasoning":
+            self._reasoning += completion - self._last
+        self._last = completion
+        if kind != self._kind:
+            out += self._close_item() + self._open_item(kind)
+        self._text.append(text)
+        index = len(self._done)
+        if kind == "reasoning":
+            return out + self._ev(
+                "response.reasoning_summary_text.delta",
+                item_id=self._item["id"],
+                output_index=index,
+                summary_index=0,
+                delta=text,
+            )
+        return out + self._ev(
+            "response.output_text.delta",
+            item_id=self._item["id"],
+            output_index=index,
+            content_index=0,
+            delta=text,
+            logprobs=[],
+        )
+
+    def _open_item(self, kind: str) -> bytes:
+        self._kind = kind
+        self._text = []
+        index = len(self._done)
+        if kind == "reasoning":
+            self._item = {"id": f"rs_{uuid.uuid4().hex}", "type": "reasoning", "summary": []}
+            part = {"type": "summary_text", "text": ""}
+            return self._ev(
+                "response.output_item.added", output_index=index, item=self._item
+            ) + self._ev(
+                "response.reasoning_summary_part.added",
+                item_id=self._item["id"],
+                output_index=index,
+                summary_index=0,
+                part=part,
+            )
+        self._item = {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
+        part = {"type": "output_text", "text": "", "annotations": []}
+        return self._ev("response.output_item.added", output_index=index, item=self._item) + (
+            self._ev(
+                "response.content_part.added",
+                item_id=self._item["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
+            )
+        )
+
+    def _close_item(self) -> bytes:
+        if self._kind is None:
+            return b""
+        text = "".join(self._text)
+        item_id = self._item["id"]
+        index = len(self._done)
+        if self._kind == "reasoning":
+            part = {"type": "summary_text", "text": text}
+            item = {**self._item, "summary": [part]}
+            out = self._ev(
+                "response.reasoning_summary_text.done",
+                item_id=item_id,
+                output_index=index,
+                summary_index=0,
+                text=text,
+            ) + self._ev(
+                "response.reasoning_summary_part.done",
+                item_id=item_id,
+                output_index=index,
+                summary_index=0,
+                part=part,
+            )
+        else:
+            part = {"type": "output_text", "text": text, "annotations": []}
+            item = {**self._item, "status": "completed", "content": [part]}
+            out = self._ev(
+                "response.output_text.done",
+                item_id=item_id,
+                output_index=index,
+                content_index=0,
+                text=text,
+                logprobs=[],
+            ) + self._ev(
+                "response.content_part.done",
+                item_id=item_id,
+                output_index=index,
+                content_index=0,
+                part=part,
+            )
+        self._done.append(item)
+        self._kind = None
+        return out + self._ev("response.output_item.done", output_index=index, item=item)
+
+    def closing(self, completion: int, finish: str) -> bytes:
+        out = self._close_item()
+        usage = self._usage(completion)
+        if finish == "length":
+            details = {"reason": "max_output_tokens"}
+            response = self._response("incomplete", incomplete_details=details, usage=usage)
+            return out + self._ev("response.incomplete", response=response)
+        return out + self._ev(
+            "response.completed", response=self._response("completed", usage=usage)
+        )
+
+    def error_event(self) -> bytes:
+        error = {"code": "server_error", "message": "Simulated fault: error mid-stream."}
+        return self._ev("response.failed", response=self._response("failed", error=error))
+
+    def end(self) -> bytes:
+        return b""  # the Responses stream has no end marker apart from its final event
+
+    def full(self, plan: Plan, reasoning: str, content: str) -> dict[str, Any]:
+        if reasoning:
+            part = {"type": "summary_text", "text": reasoning}
+            self._done.append(
+                {"id": f"rs_{uuid.uuid4().hex}", "type": "reasoning", "summary": [part]}
+            )
+            r = sum(n for kind, n in plan.events if kind == "reasoning")
+            self._reasoning = r
+        message = {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": content, "annotations": []}],
+        }
+        self._done.append(message)
+        usage = self._usage(plan.completion_tokens)
+        if plan.finish_reason == "length":
+            details = {"reason": "max_output_tokens"}
+            return self._response("incomplete", incomplete_details=details, usage=usage)
+        return self._response("completed", usage=usage)

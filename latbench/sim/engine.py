@@ -43,12 +43,7 @@ Truth
 entry) and the instant each token event was written, for `/sim/truth`. On Linux that clock is
 shared by all processes, so a client on the same host can compare its own instants with these.
 
-Server metrics
---------------
-`ServerMetrics` is what vLLM itself would export at `GET /metrics` (vLLM v1's names, labels and
-bucket boundaries), from the same instants: arrival, `t_admit` (`Pacer.admit_ns`), and the first
-and last event write. It keeps running totals since the simulator started, observed once per
-request when it ends, so it survives `/sim/truth/reset` and does not depend on `truth_capacity`.
+vLLM's own Prometheus metrics, observed from the same instants, are in vllm_metrics.py.
 """
 
 from __future__ import annotations
@@ -58,26 +53,13 @@ import math
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.utils import floatToGoString
 
-from latbench.shared.buckets import (
-    VLLM_ITL_BUCKETS,
-    VLLM_REQUEST_LATENCY_BUCKETS,
-    VLLM_TTFT_BUCKETS,
-    BucketCounts,
-)
 from latbench.sim.config import SimConfig
 
 EventKind = Literal["reasoning", "content"]
@@ -247,141 +229,6 @@ class Truth:
                 for e in entries
             ]
         return out
-
-
-# vLLM v1's histograms: (name, help, buckets). The keys are ServerMetrics' own.
-_VLLM_HISTOGRAMS: dict[str, tuple[str, str, tuple[float, ...]]] = {
-    "ttft": (
-        "vllm:time_to_first_token_seconds",
-        "Histogram of time to first token in seconds.",
-        VLLM_TTFT_BUCKETS,
-    ),
-    "itl": (
-        "vllm:inter_token_latency_seconds",
-        "Histogram of inter-token latency in seconds.",
-        VLLM_ITL_BUCKETS,
-    ),
-    "tpot": (
-        "vllm:request_time_per_output_token_seconds",
-        "Histogram of time_per_output_token_seconds per request.",
-        VLLM_ITL_BUCKETS,
-    ),
-    "e2e": (
-        "vllm:e2e_request_latency_seconds",
-        "Histogram of e2e request latency in seconds.",
-        VLLM_REQUEST_LATENCY_BUCKETS,
-    ),
-    "queue": (
-        "vllm:request_queue_time_seconds",
-        "Histogram of time spent in WAITING phase for request.",
-        VLLM_REQUEST_LATENCY_BUCKETS,
-    ),
-    "inference": (
-        "vllm:request_inference_time_seconds",
-        "Histogram of time spent in RUNNING phase for request.",
-        VLLM_REQUEST_LATENCY_BUCKETS,
-    ),
-    "prefill": (
-        "vllm:request_prefill_time_seconds",
-        "Histogram of time spent in PREFILL phase for request.",
-        VLLM_REQUEST_LATENCY_BUCKETS,
-    ),
-    "decode": (
-        "vllm:request_decode_time_seconds",
-        "Histogram of time spent in DECODE phase for request.",
-        VLLM_REQUEST_LATENCY_BUCKETS,
-    ),
-}
-VLLM_LABELS: tuple[str, ...] = ("model_name", "engine")
-
-
-class ServerMetrics:
-    """vLLM's server-side metrics for `GET /metrics`: a prometheus_client collector.
-
-    Everything runs on the simulator's one event loop; a request is observed once, when it ends
-    (`finished`), so the per-event path does no work for it.
-    """
-
-    def __init__(self, model: str, engine: Engine) -> None:
-        self._labels = [model, "0"]  # model_name, engine (vLLM's engine index)
-        self._engine = engine
-        self._hist = {k: BucketCounts(bounds) for k, (_, _, bounds) in _VLLM_HISTOGRAMS.items()}
-        self._les = {
-            k: [*(floatToGoString(b) for b in bounds), "+Inf"]
-            for k, (_, _, bounds) in _VLLM_HISTOGRAMS.items()
-        }
-        self.prompt_tokens = 0
-        self.generation_tokens = 0
-        self.success: dict[FinishReason, int] = dict.fromkeys(FINISH_REASONS, 0)
-        self.replaying = 0  # transcripts being replayed: running, outside the load model
-
-    def finished(
-        self, entry: TruthEntry, admit_ns: int, prompt_tokens: int, finish: FinishReason | None
-    ) -> None:
-        """Observe one generation request at its end. `finish` is None when a fault or the
-        client cut it: its latencies are still observed (below), its tokens and success not."""
-        events = entry.events_ns
-        if not events:
-            return
-        arrival, first, last = entry.arrival_ns, events[0], events[-1]
-        h = self._hist
-        h["ttft"].observe((first - arrival) / 1e9)
-        h["e2e"].observe((last - arrival) / 1e9)
-        h["queue"].observe((admit_ns - arrival) / 1e9)
-        h["prefill"].observe((first - admit_ns) / 1e9)
-        h["decode"].observe((last - first) / 1e9)
-        h["inference"].observe((last - admit_ns) / 1e9)
-        if len(events) > 1:
-            h["itl"].observe_many(np.diff(np.frombuffer(events, dtype=np.int64)) / 1e9)
-        if entry.tokens > 1:
-            h["tpot"].observe((last - first) / 1e9 / (entry.tokens - 1))
-        if finish is not None:
-            self.success[finish] += 1
-            self.prompt_tokens += prompt_tokens
-            self.generation_tokens += entry.tokens
-
-    def collect(self) -> Iterator[Metric]:
-        labels = self._labels
-        for key, (name, help_text, _) in _VLLM_HISTOGRAMS.items():
-            fam = HistogramMetricFamily(name, help_text, labels=list(VLLM_LABELS))
-            cumulative, total = self._hist[key].snapshot()
-            fam.add_metric(labels, list(zip(self._les[key], cumulative, strict=True)), total)
-            yield fam
-        for name, help_text, value in (
-            ("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens),
-            (
-                "vllm:generation_tokens",
-                "Number of generation tokens processed.",
-                self.generation_tokens,
-            ),
-        ):
-            counter = CounterMetricFamily(name, help_text, labels=list(VLLM_LABELS))
-            counter.add_metric(labels, value)
-            yield counter
-        success = CounterMetricFamily(
-            "vllm:request_success",
-            "Count of successfully processed requests.",
-            labels=[*VLLM_LABELS, "finished_reason"],
-        )
-        for reason, n in self.success.items():
-            success.add_metric([*labels, reason], n)
-        yield success
-        running = self._engine.active + self.replaying
-        for name, help_text, value in (
-            (
-                "vllm:num_requests_running",
-                "Number of requests in model execution batches.",
-                running,
-            ),
-            (
-                "vllm:num_requests_waiting",
-                "Number of requests waiting to be processed.",
-                self._engine.queued,
-            ),
-        ):
-            gauge = GaugeMetricFamily(name, help_text, labels=list(VLLM_LABELS))
-            gauge.add_metric(labels, value)
-            yield gauge
 
 
 def _stats(ns: np.ndarray) -> dict[str, float | int | None]:

@@ -1,16 +1,17 @@
 """The simulated LLM server: an aiohttp app that answers like vLLM's, on a timetable.
 
 Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
-`GET /metrics` (vLLM's own Prometheus metrics, `ServerMetrics`), `GET /sim/truth[?raw=1]` and
-`POST /sim/truth/reset`. Streams are SSE framed exactly as vLLM frames them
-(`data: <json>\\n\\n` ..., `data: [DONE]\\n\\n`). With `SimConfig.api` set to
+`GET /metrics` (vLLM's own Prometheus metrics, `ServerMetrics` in vllm_metrics.py),
+`GET /sim/truth[?raw=1]` and `POST /sim/truth/reset`. Streams are SSE framed exactly as vLLM
+frames them (`data: <json>\\n\\n` ..., `data: [DONE]\\n\\n`). With `SimConfig.api` set to
 `anthropic` or `responses`, the generation route is `POST /v1/messages` or `POST /v1/responses`
-instead, in that API's format (`latbench.sim.formats`); with `SimConfig.replay`, the routes are
-those of the transcripts, replayed byte for byte (`latbench.sim.replay`).
+instead, in that API's format (`latbench.sim.anthropic_format`, `latbench.sim.responses_format`);
+with `SimConfig.replay`, the routes are those of the transcripts, replayed byte for byte
+(`latbench.sim.replay`).
 
 This module wires the app and serves the small routes; a request's validation is in request.py,
-its generation in generate.py, the wire formats in vllm_format.py and formats.py, the replies and
-errors in replies.py.
+its generation in generate.py, the wire formats in vllm_format.py, anthropic_format.py and
+responses_format.py (what they share in formats.py), the replies and errors in replies.py.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from latbench.shared.buckets import TEXT_FORMAT
+from latbench.sim.anthropic_format import anthropic_models
 from latbench.sim.arrival import arrival_middleware
 from latbench.sim.config import SimConfig
-from latbench.sim.engine import Engine, ServerMetrics, Truth
-from latbench.sim.formats import PATHS, PERSONALITY_APIS, anthropic_models
+from latbench.sim.engine import Engine, Truth
+from latbench.sim.formats import PATHS, PERSONALITY_APIS
 from latbench.sim.generate import ROUTES
 from latbench.sim.ratelimit import TokenBucket
 from latbench.sim.replay import Replayer, load_all, replay
 from latbench.sim.replies import check_auth, error_response, json_response
 from latbench.sim.state import STATE, SimState
+from latbench.sim.vllm_metrics import ServerMetrics
 
 
 def create_app(config: SimConfig | None = None) -> web.Application:

@@ -10,9 +10,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from latbench.sim.config import SimConfig
-from latbench.sim.engine import Engine, ServerMetrics, Truth
+from latbench.sim.engine import Engine, Truth
 from latbench.sim.ratelimit import TokenBucket
 from latbench.sim.replay import Replayer
+from latbench.sim.vllm_metrics import ServerMetrics
 
 
 @dataclass

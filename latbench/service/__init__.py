@@ -1,12 +1,13 @@
 """Service mode: `latbench serve`, a long-lived latbench with an HTTP API (docs/service.md).
 
-    _config     the service's config file (catalogue, token source, caps, schedules, retention)
-    _admit      a caller's spec -> the spec the service runs (catalogue only, caps)
-    _store      run history in SQLite
-    _runs       the run manager: per-target queues, run_benchmark, cancel, drain, recovery
-    _scheduler  scheduled probes (interval with jitter, or cron)
-    _api        the HTTP handlers, auth, errors
-    _app        the aiohttp app, start-up, graceful shutdown
+    config     the service's config file (catalogue, token source, caps, schedules, retention)
+    admit      a caller's spec -> the spec the service runs (catalogue only, caps)
+    store      run history in SQLite
+    runs       the run manager: per-target queues, run_benchmark, cancel, drain, recovery
+    progress   a run's live progress, and the wake-up for clients following it
+    scheduler  scheduled probes (interval with jitter, or cron)
+    api        the HTTP handlers, auth, errors
+    app        the aiohttp app, start-up, graceful shutdown
 
 The core (`run.benchmark`, `load.runner`, ...) never imports this package.
 """

@@ -29,11 +29,11 @@ from rich.console import Console
 
 from latbench.exporter import LatbenchMetrics
 from latbench.load.runner import Runner
-from latbench.records.record import Record, RunFooter
 from latbench.records.rundir import RunDir
 from latbench.run.benchmark import new_run_id, public_spec, run_benchmark
 from latbench.service.admit import Admitted, Refused, admit, scenario_label
 from latbench.service.config import ServiceConfig
+from latbench.service.progress import RunProgress
 from latbench.service.store import (
     CANCELLED,
     COMPLETED,
@@ -46,7 +46,6 @@ from latbench.service.store import (
     Store,
 )
 from latbench.shared.errors import LatbenchError
-from latbench.sinks.progress import Progress
 from latbench.spec import RunSpec, load_spec
 from latbench.summary.summary import summarize_file
 
@@ -57,55 +56,6 @@ log = logging.getLogger("latbench.service")
 BACKSTOP_S = 30.0
 # Cancelled requests end at once; this only bounds a wait that should take milliseconds.
 ABORT_WAIT_S = 10.0
-
-
-class RunProgress(Progress):
-    """The run's live progress (counted as the terminal's is), and a wake-up for every client
-    following the run."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._changed = asyncio.Event()
-
-    def add(self, record: Record) -> None:
-        super().add(record)
-        self.notify()
-
-    def close(self, footer: RunFooter | None) -> None:
-        self.notify()
-
-    def notify(self) -> None:
-        ev, self._changed = self._changed, asyncio.Event()
-        ev.set()
-
-    async def wait(self, timeout: float) -> bool:
-        """Until the next change (True), at most `timeout` seconds (False)."""
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    def snapshot(self) -> dict[str, Any]:
-        elapsed = self.elapsed_s()
-        return {
-            "elapsed_s": round(elapsed, 3),
-            "done": self.done,
-            "measured": self.measured,
-            "errors": self.errors,
-            "inflight": self.inflight(),
-            "output_tokens": self.output_tokens,
-            "output_tokens_per_s": round(self.output_tokens / elapsed, 3) if elapsed else None,
-            "recent_ttft_s": _seconds(self.recent_ttft_ns()),
-            "recent_itl_s": _seconds(self.recent_itl_ns()),
-        }
-
-
-def _seconds(p50_p99_ns: tuple[float, float] | None) -> dict[str, float] | None:
-    if p50_p99_ns is None:
-        return None
-    p50, p99 = p50_p99_ns
-    return {"p50": round(p50 / 1e9, 6), "p99": round(p99 / 1e9, 6)}
 
 
 @dataclass(eq=False)

@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kit.service import TOKEN, Service, parse_records, poll, service_config
-
-from latbench.sim import SimConfig, SimProcess
+from kit import cli
+from kit.service import TOKEN, Service, parse_records, poll, running
 
 SPEC = """\
 target: sim
@@ -23,30 +20,18 @@ workload: {input_tokens: 16, output_tokens: 16}
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    work = tmp_path_factory.mktemp("cli")
-    with SimProcess(SimConfig(ttft=0.02, itl=0.005)) as sim:
-        s = Service(service_config(sim.url, work), work).start()
+def svc(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with running(sim_url, tmp_path_factory.mktemp("cli")) as s:
         yield s
-        assert s.stop() == 0, s.log()
 
 
 def latbench(
     svc: Service, *args: str, token: str | None = TOKEN
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LATBENCH_TOKEN", "LATBENCH_SERVER")}
-    env["LATBENCH_SERVER"] = svc.url
-    env["COLUMNS"] = "200"  # rich wraps messages at the terminal width
-    if token is not None:
-        env["LATBENCH_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "-m", "latbench", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+    """`latbench ARGS` as a user of `svc` runs it: its address and `token` from the environment
+    (None: no token), none inherited from the shell."""
+    env = {"LATBENCH_SERVER": svc.url, "LATBENCH_TOKEN": token}
+    return cli.latbench(*args, timeout=120, env={**env, "COLUMNS": "200"})  # rich wraps at width
 
 
 @pytest.fixture
@@ -127,8 +112,7 @@ def test_runs_list_show_records_cancel(svc: Service, spec: Path, tmp_path: Path)
     header, records, footer = parse_records(out.read_bytes())
     assert header is not None and footer is not None and len(records) == 6
     # The file replays to the same summary with `latbench summary`.
-    p = subprocess.run([sys.executable, "-m", "latbench", "summary", str(out), "--json"],
-                       capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    p = cli.latbench("summary", str(out), "--json", timeout=60)
     assert json.loads(p.stdout)["requests"] == counts
 
     long = tmp_path / "long.yaml"

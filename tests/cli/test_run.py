@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from kit import paths
-from kit.cli import latbench
+from kit.cli import latbench, spawn
 
 from latbench.records.record import read_records
 
@@ -40,11 +40,7 @@ def run_json(tmp_path: Path, *args: str, strict: bool = False) -> tuple[int, dic
 
 def test_the_readme_demo_is_latbench_run_with_no_flags(tmp_path: Path) -> None:
     """The README's first command: `latbench run`, nothing else, in an empty directory."""
-    p = subprocess.run(
-        [sys.executable, "-m", "latbench", "run"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
-        env={**os.environ, "PYTHONPATH": str(paths.ROOT)},
-    )  # fmt: skip
+    p = latbench("run", cwd=tmp_path, timeout=120, env={"PYTHONPATH": str(paths.ROOT)})
     # 4: client-bound, which a small shared machine can be (the README says so).
     assert p.returncode in (0, 4), p.stderr
     (records,) = tmp_path.glob("latbench-results/*/records.jsonl")
@@ -62,22 +58,9 @@ def test_the_readme_demo_is_latbench_run_with_no_flags(tmp_path: Path) -> None:
 
 def test_summary_matches_the_simulators_latencies(tmp_path: Path) -> None:
     code, s, err = run_json(
-        tmp_path,
-        "--concurrency",
-        "4",
-        "--requests",
-        "40",
-        "--warmup-requests",
-        "4",
-        "--output-tokens",
-        "32",
-        "--input-tokens",
-        "16",
-        "--sim",
-        "ttft=0.05",
-        "--sim",
-        "itl=0.01",
-    )
+        tmp_path, "--concurrency", "4", "--requests", "40", "--warmup-requests", "4",
+        "--output-tokens", "32", "--input-tokens", "16", "--sim", "ttft=0.05", "--sim", "itl=0.01",
+    )  # fmt: skip
     assert code == 0, err
     lat = s["latency"]
     # Simulator: TTFT 50 ms, 10 ms between events, one token per event, on absolute deadlines.
@@ -94,18 +77,9 @@ def test_summary_matches_the_simulators_latencies(tmp_path: Path) -> None:
 
 def test_records_and_results_on_disk_replay_to_the_same_summary(tmp_path: Path) -> None:
     code, s, err = run_json(
-        tmp_path,
-        "--concurrency",
-        "2",
-        "--requests",
-        "10",
-        "--output-tokens",
-        "8",
-        "--sim",
-        "ttft=0.01",
-        "--sim",
-        "itl=0.002",
-    )
+        tmp_path, "--concurrency", "2", "--requests", "10", "--output-tokens", "8",
+        "--sim", "ttft=0.01", "--sim", "itl=0.002",
+    )  # fmt: skip
     assert code == 0, err
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     results = json.loads((run_dir / "results.json").read_text())
@@ -123,20 +97,9 @@ def test_records_and_results_on_disk_replay_to_the_same_summary(tmp_path: Path) 
 
 def test_open_loop_sends_on_schedule(tmp_path: Path) -> None:
     code, _s, err = run_json(
-        tmp_path,
-        "--rate",
-        "40",
-        "--mode",
-        "constant",
-        "--duration",
-        "3s",
-        "--output-tokens",
-        "4",
-        "--sim",
-        "ttft=0.005",
-        "--sim",
-        "itl=0.001",
-    )
+        tmp_path, "--rate", "40", "--mode", "constant", "--duration", "3s", "--output-tokens", "4",
+        "--sim", "ttft=0.005", "--sim", "itl=0.001",
+    )  # fmt: skip
     assert code == 0, err
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     recs = sorted(read_records(run_dir / "records.jsonl").records, key=lambda r: r.seq)
@@ -180,20 +143,10 @@ def test_bad_flag_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_errors_mid_run_are_counted_and_the_run_goes_on(tmp_path: Path) -> None:
     code, s, err = run_json(
-        tmp_path,
-        "--concurrency",
-        "2",
-        "--requests",
-        "12",
-        "--output-tokens",
-        "6",
-        "--sim",
-        "ttft=0.005",
-        "--sim",
-        "itl=0.001",
-        "--sim",
-        'faults=[{"kind": "truncate", "every": 3, "after": 2}]',
-    )
+        tmp_path, "--concurrency", "2", "--requests", "12", "--output-tokens", "6",
+        "--sim", "ttft=0.005", "--sim", "itl=0.001",
+        "--sim", 'faults=[{"kind": "truncate", "every": 3, "after": 2}]',
+    )  # fmt: skip
     # A third of the requests failed: over the default 1% limit, so the verdict fails (exit 6)
     # without any --slo, and the summary says by how much.
     assert code == 6, err
@@ -206,28 +159,11 @@ def test_errors_mid_run_are_counted_and_the_run_goes_on(tmp_path: Path) -> None:
 
 
 def test_records_survive_a_killed_run(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "latbench",
-            "run",
-            "--out",
-            str(tmp_path),
-            "--concurrency",
-            "4",
-            "--duration",
-            "60s",
-            "--output-tokens",
-            "4",
-            "--sim",
-            "ttft=0.005",
-            "--sim",
-            "itl=0.001",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn(
+        "run", "--out", str(tmp_path), "--concurrency", "4", "--duration", "60s",
+        "--output-tokens", "4", "--sim", "ttft=0.005", "--sim", "itl=0.001",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         records = None
@@ -285,7 +221,7 @@ def test_wrong_model_is_refused_before_any_load(tmp_path: Path) -> None:
 
     with SimProcess(SimConfig()) as sim:
         p = latbench("run", "--out", str(tmp_path), "--target", sim.url, "--model", "gpt-x",
-                     "--requests", "2")
+                     "--requests", "2")  # fmt: skip
     assert p.returncode == 1
     assert "'gpt-x' is not served" in p.stderr and "sim-model" in p.stderr
     assert not list(tmp_path.glob("*/records.jsonl"))
@@ -317,7 +253,7 @@ def test_model_is_detected_and_the_api_key_never_written(tmp_path: Path) -> None
             tmp_path, "--target", sim.url + "/v1", "--api", "completions", "--requests", "3",
             "--output-tokens", "4", "--api-key-file", str(key_file),
             "--header", "X-Team-Token: also-secret",
-        )
+        )  # fmt: skip
     assert code == 0, err
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     results = json.loads((run_dir / "results.json").read_text())
@@ -333,7 +269,7 @@ def test_prompts_from_a_jsonl_file(tmp_path: Path) -> None:
     data = paths.DATA / "prompts.jsonl"
     code, s, err = run_json(tmp_path, "--prompts", str(data), "--requests", "8",
                             "--concurrency", "2", "--output-tokens", "5", "--sim", "ttft=0.005",
-                            "--sim", "itl=0.001")
+                            "--sim", "itl=0.001")  # fmt: skip
     assert code == 0, err
     assert s["tokens"]["output_total"] == 8 * 5
     bad = tmp_path / "bad.jsonl"
@@ -344,12 +280,10 @@ def test_prompts_from_a_jsonl_file(tmp_path: Path) -> None:
 
 
 def test_first_interrupt_drains_in_flight_requests(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "latbench", "run", "--out", str(tmp_path), "--concurrency", "4",
-         "--duration", "60s", "--output-tokens", "50", "--sim", "ttft=0.005",
-         "--sim", "itl=0.01", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = spawn(
+        "run", "--out", str(tmp_path), "--concurrency", "4", "--duration", "60s",
+        "--output-tokens", "50", "--sim", "ttft=0.005", "--sim", "itl=0.01", "--json",
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -378,11 +312,10 @@ def test_second_interrupt_cancels_and_keeps_partial_records(tmp_path: Path) -> N
 
     cfg = SimConfig(ttft=0.005, itl=0.005, default_max_tokens=2000)
     with SimProcess(cfg) as sim:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "latbench", "run", "--out", str(tmp_path), "--target", sim.url,
-             "--concurrency", "3", "--duration", "60s", "--output-tokens", "2000"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        proc = spawn(
+            "run", "--out", str(tmp_path), "--target", sim.url, "--concurrency", "3",
+            "--duration", "60s", "--output-tokens", "2000", stdout=subprocess.DEVNULL,
+        )  # fmt: skip
         try:
             # Wait until the server has streamed some tokens on all three (10 s long) streams.
             deadline = time.monotonic() + 30

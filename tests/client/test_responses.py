@@ -3,7 +3,7 @@ simulator's `responses` personality over real sockets."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
 from time import monotonic_ns
 from typing import Any
 
@@ -11,13 +11,13 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from kit.sim import Serve
 
 from latbench.client.apis import API_KINDS, Event, MalformedEvent, RequestOptions
 from latbench.client.preflight import resolve_endpoint
 from latbench.client.stream import Endpoint, Timeouts, stream_request
 from latbench.records.record import Record
 from latbench.shared.errors import ErrorKind, TargetError
-from latbench.sim import SimConfig, create_app
 from latbench.spec import TargetSpec, WorkloadSpec
 from latbench.workload import WorkItem
 
@@ -123,25 +123,9 @@ def test_malformed_events_say_what_is_wrong(data: bytes, message: str) -> None:
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Any]:
-    servers: list[TestServer] = []
-
-    async def start(**fields: Any) -> str:
-        cfg = SimConfig(api="responses", ttft=0.002, itl=0.001, **fields)
-        server = TestServer(create_app(cfg), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/")
-
-    yield start
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
-        yield s
+def serve(serve: Serve) -> Serve:
+    """The in-process simulator of tests/conftest.py, speaking OpenAI's Responses API."""
+    return functools.partial(serve, api="responses")
 
 
 def endpoint(url: str, headers: dict[str, str] | None = None) -> Endpoint:

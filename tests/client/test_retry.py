@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
 from email.utils import formatdate
 from pathlib import Path
 from time import monotonic_ns
@@ -17,7 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
+from kit.cli import latbench
+from kit.sim import base_url
 from multidict import CIMultiDict
 
 from latbench.client.apis import API_KINDS, RequestOptions
@@ -25,7 +23,6 @@ from latbench.client.retry import RetryPolicy, fold, retry_after_s, should_retry
 from latbench.client.stream import Endpoint, Timeouts, stream_request
 from latbench.records.record import Record, encode_record, instants, iter_lines, read_records
 from latbench.shared.errors import ErrorKind
-from latbench.sim import SimConfig, create_app
 from latbench.sim.state import STATE
 from latbench.spec import load_spec
 from latbench.summary.summary import summarize
@@ -171,27 +168,6 @@ def test_spec_and_flags() -> None:
 # --- over a socket: the simulator refuses, the client retries -----------------------------------
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[Any]:
-    servers: list[TestServer] = []
-
-    async def start(**fields: Any) -> tuple[str, TestServer]:
-        server = TestServer(create_app(SimConfig(ttft=0.002, itl=0.001, **fields)))
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/"), server
-
-    yield start
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
-        yield s
-
-
 def endpoint(url: str, policy: RetryPolicy, total: float = 10.0) -> Endpoint:
     opts = RequestOptions("sim-model", True, True, {})
     return Endpoint(url, API_KINDS["chat"], opts, {}, Timeouts(total=total), policy)
@@ -207,7 +183,7 @@ def refuse(every: int = 1, status: int = 429, retry_after: object = 0) -> dict[s
 
 
 async def test_a_refusal_is_retried_and_the_record_says_so(serve, http) -> None:
-    url, _ = await serve(faults=[refuse(every=2)])  # requests 2, 4, ... are refused
+    url = await serve(faults=[refuse(every=2)])  # requests 2, 4, ... are refused
     policy = RetryPolicy(max_retries=2)
     assert (await one(http, endpoint(url, policy))).attempts == 1
     r = await one(http, endpoint(url, policy))
@@ -217,15 +193,16 @@ async def test_a_refusal_is_retried_and_the_record_says_so(serve, http) -> None:
 
 
 async def test_without_retry_after_the_backoff_is_waited(serve, http) -> None:
-    url, _ = await serve(faults=[refuse(every=2, status=529, retry_after="none")])
+    url = await serve(faults=[refuse(every=2, status=529, retry_after="none")])
     await one(http, endpoint(url, RetryPolicy(max_retries=1, backoff=0.2)))
     r = await one(http, endpoint(url, RetryPolicy(max_retries=1, backoff=0.2)))
     assert r.ok and r.attempts == 2 and r.first_error is ErrorKind.OVERLOADED
     assert (r.t_last_sent or 0) - (r.t_first_end or 0) >= 200_000_000
 
 
-async def test_retries_run_out_and_the_last_refusal_is_the_outcome(serve, http) -> None:
-    url, server = await serve(faults=[refuse()])
+async def test_retries_run_out_and_the_last_refusal_is_the_outcome(serve_app, http) -> None:
+    server = await serve_app(faults=[refuse()])
+    url = base_url(server)
     r = await one(http, endpoint(url, RetryPolicy(max_retries=2)))
     assert r.error is ErrorKind.RATE_LIMITED and r.status == 429 and r.attempts == 3
     assert server.app[STATE].requests == 3
@@ -239,15 +216,17 @@ async def test_retries_run_out_and_the_last_refusal_is_the_outcome(serve, http) 
     ],
     ids=["max_wait", "total_timeout"],
 )
-async def test_no_retry_past_the_limits(serve, http, policy: RetryPolicy, total: float) -> None:
-    url, server = await serve(faults=[refuse(retry_after=1)])
+async def test_no_retry_past_the_limits(serve_app, http, policy: RetryPolicy, total: float) -> None:
+    server = await serve_app(faults=[refuse(retry_after=1)])
+    url = base_url(server)
     r = await one(http, endpoint(url, policy, total))
     assert r.error is ErrorKind.RATE_LIMITED and r.attempts == 1 and r.retry_after_s == 1.0
     assert server.app[STATE].requests == 1
 
 
-async def test_a_stream_that_failed_after_output_is_not_retried(serve, http) -> None:
-    url, server = await serve(api="anthropic", faults=[{"kind": "error_event", "after": 2}])
+async def test_a_stream_that_failed_after_output_is_not_retried(serve_app, http) -> None:
+    server = await serve_app(api="anthropic", faults=[{"kind": "error_event", "after": 2}])
+    url = base_url(server)
     ep = endpoint(url, RetryPolicy(max_retries=3))
     ep = Endpoint(
         url, API_KINDS["anthropic"], ep.options, {"anthropic-version": "x"}, ep.timeouts, ep.retry
@@ -257,8 +236,9 @@ async def test_a_stream_that_failed_after_output_is_not_retried(serve, http) -> 
     assert server.app[STATE].requests == 1
 
 
-async def test_an_abort_while_waiting_returns_a_cancelled_record(serve, http) -> None:
-    url, server = await serve(faults=[refuse(retry_after=30)])
+async def test_an_abort_while_waiting_returns_a_cancelled_record(serve_app, http) -> None:
+    server = await serve_app(faults=[refuse(retry_after=30)])
+    url = base_url(server)
     ep = endpoint(url, RetryPolicy(max_retries=1), total=60)  # room for the 30 s wait
     task = asyncio.create_task(one(http, ep))
     deadline = time.monotonic() + 5
@@ -283,13 +263,7 @@ def test_a_run_with_retries_records_them_and_counts_requests_once(tmp_path: Path
     args = ["--spec", str(spec), "--out", str(tmp_path), "--json", "--requests", "12"]
     args += ["--api", "anthropic", "--concurrency", "1", "--output-tokens", "4", "--retries", "2"]
     args += ["--sim", "ttft=0.01", "--sim", "itl=0.002"]
-    p = subprocess.run(
-        [sys.executable, "-m", "latbench", "run", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    p = latbench("run", *args, timeout=120)
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)
     assert summary["requests"]["failed"] == 0 and summary["errors"]["total"] == 0
@@ -318,8 +292,9 @@ def test_token_bucket() -> None:
     assert TokenBucket(rate=0.1).burst == 1.0  # always room for one request
 
 
-async def test_the_simulators_rate_limit_answers_429_with_the_wait(serve, http) -> None:
-    url, server = await serve(rate_limit=1.0)  # one request a second, no burst beyond it
+async def test_the_simulators_rate_limit_answers_429_with_the_wait(serve_app, http) -> None:
+    server = await serve_app(rate_limit=1.0)  # one request a second, no burst beyond it
+    url = base_url(server)
     records = [await one(http, endpoint(url, RetryPolicy())) for _ in range(2)]
     assert [r.error for r in records] == [None, ErrorKind.RATE_LIMITED]
     refused = records[1]

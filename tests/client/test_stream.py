@@ -29,29 +29,14 @@ from latbench.client.stream import Endpoint, StreamLimits, Timeouts, stream_requ
 from latbench.records.record import Record
 from latbench.shared import rxstamp
 from latbench.shared.errors import ErrorKind
-from latbench.sim import SimConfig, SimProcess
+from latbench.sim import SimConfig
 from latbench.sim.server import create_app
 from latbench.spec import TargetSpec, WorkloadSpec
 from latbench.workload import WorkItem
 
 
 @pytest.fixture
-def start_sim() -> Iterator[object]:
-    procs: list[SimProcess] = []
-
-    def start(**cfg: object) -> SimProcess:
-        p = SimProcess(SimConfig.model_validate(cfg))
-        p.start()
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        p.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def stamping() -> AsyncIterator[aiohttp.ClientSession]:
     # The workers' connector: its connections stamp their reads (latbench/client/reads.py).
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=StampingConnector(), timeout=timeout) as s:
@@ -110,9 +95,9 @@ async def server_writes(session: aiohttp.ClientSession, url: str) -> list[int]:
 
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
-async def test_timing_and_tokens_match_the_simulator(start_sim, session, api: str) -> None:
-    sim = start_sim(ttft=0.05, itl=0.01)
-    rec = await one(session, endpoint(sim.url, api))
+async def test_timing_and_tokens_match_the_simulator(sim, stamping, api: str) -> None:
+    server = sim(ttft=0.05, itl=0.01)
+    rec = await one(stamping, endpoint(server.url, api))
     assert rec.ok, rec.error_detail
     assert rec.status == 200 and rec.finish_reason == "length"
     assert len(rec.ev_t) == 8 and rec.ev_kind == "c" * 8
@@ -130,19 +115,19 @@ async def test_timing_and_tokens_match_the_simulator(start_sim, session, api: st
 
 
 async def test_events_are_stamped_at_the_socket_read_not_when_the_task_gets_to_them(
-    start_sim, session
+    sim, stamping
 ) -> None:
     # A busy worker's task reads its response late, behind other callbacks. Here it is late on
     # purpose: the body is left unread while the connection goes on reading it off the socket.
-    sim = start_sim(ttft=0.01, itl=0.02)
-    ep = endpoint(sim.url, "completions")
+    server = sim(ttft=0.01, itl=0.02)
+    ep = endpoint(server.url, "completions")
     t_sent = monotonic_ns()
-    async with post(session, ep) as r:
+    async with post(stamping, ep) as r:
         clock = ReadClock(r)
         await asyncio.sleep(0.4)  # the whole stream (10 ms + 7 x 20 ms) is in by now
         late = monotonic_ns()
         stamps = await token_stamps(r, ep, clock)
-    written = await server_writes(session, sim.url)
+    written = await server_writes(stamping, server.url)
     assert len(stamps) == len(written) == ITEM.max_tokens
     assert clock.headers_ns is not None and t_sent < clock.headers_ns <= stamps[0]
     # Each event has the time of its own read: after its write, well before the task read it,
@@ -154,17 +139,17 @@ async def test_events_are_stamped_at_the_socket_read_not_when_the_task_gets_to_t
 
 
 @pytest.mark.skipif(not rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
-async def test_kernel_stamps_hold_while_the_whole_worker_is_descheduled(start_sim, session) -> None:
+async def test_kernel_stamps_hold_while_the_whole_worker_is_descheduled(sim, stamping) -> None:
     # A worker the OS does not run reads nothing: only the kernel's own arrival stamp knows when
     # the bytes came. Here the loop is blocked outright while the stream arrives.
-    sim = start_sim(ttft=0.01, itl=0.02)
-    ep = endpoint(sim.url, "completions")
-    async with post(session, ep) as r:
+    server = sim(ttft=0.01, itl=0.02)
+    ep = endpoint(server.url, "completions")
+    async with post(stamping, ep) as r:
         clock = ReadClock(r)
         time.sleep(0.4)  # blocks the event loop: no read happens until it ends
         late = monotonic_ns()
         stamps = await token_stamps(r, ep, clock)
-    written = await server_writes(session, sim.url)
+    written = await server_writes(stamping, server.url)
     # The events the loop read only after it woke are still stamped near their writes (writes
     # that reach a blocked socket may share a read, whose stamp is its newest segment's).
     assert len(stamps) == len(written) == ITEM.max_tokens
@@ -173,15 +158,15 @@ async def test_kernel_stamps_hold_while_the_whole_worker_is_descheduled(start_si
 
 @pytest.mark.skipif(not rxstamp.AVAILABLE, reason="kernel receive stamps are Linux's")
 async def test_a_response_already_whole_when_its_task_runs_keeps_its_read_times(
-    start_sim, session
+    sim, stamping
 ) -> None:
     # At high load a short stream can be read in full, and its connection given back to the
     # pool, before the request's task resumes: the stamps must still be the reads', not the
     # task's. The loop is blocked from 5 ms after the send until well after the stream ended.
-    sim = start_sim(ttft=0.01, itl=0.001)
+    server = sim(ttft=0.01, itl=0.001)
     loop = asyncio.get_running_loop()
     loop.call_later(0.005, time.sleep, 0.3)
-    rec = await one(session, endpoint(sim.url, "completions"))
+    rec = await one(stamping, endpoint(server.url, "completions"))
     unblocked = rec.t_sent + 300_000_000
     assert rec.ok and len(rec.ev_t) == ITEM.max_tokens, rec.error_detail
     assert rec.t_headers is not None and rec.t_headers < unblocked - 200_000_000
@@ -234,18 +219,18 @@ async def test_kernel_stamps_hold_through_tls(tls_sim) -> None:
     assert all(w <= s < late - 150_000_000 for w, s in zip(written, stamps, strict=True))
 
 
-async def test_multi_token_events_and_reasoning(start_sim, session) -> None:
-    sim = start_sim(ttft=0.01, itl=0.005, tokens_per_event=3, reasoning_tokens=3)
-    rec = await one(session, endpoint(sim.url, "chat"))
+async def test_multi_token_events_and_reasoning(sim, stamping) -> None:
+    server = sim(ttft=0.01, itl=0.005, tokens_per_event=3, reasoning_tokens=3)
+    rec = await one(stamping, endpoint(server.url, "chat"))
     assert rec.ok, rec.error_detail
     assert rec.usage_completion_tokens == 8
     assert sum(rec.ev_n or ()) == 8
     assert rec.ev_kind[0] == "r" and "c" in rec.ev_kind
 
 
-async def test_without_extensions_token_counts_come_from_final_usage(start_sim, session) -> None:
-    sim = start_sim(ttft=0.01, itl=0.002)
-    rec = await one(session, endpoint(sim.url, "completions", extensions=False))
+async def test_without_extensions_token_counts_come_from_final_usage(sim, stamping) -> None:
+    server = sim(ttft=0.01, itl=0.002)
+    rec = await one(stamping, endpoint(server.url, "completions", extensions=False))
     assert rec.ok
     assert rec.ev_n is None  # no per-event usage was sent
     assert rec.usage_completion_tokens == 8 and len(rec.ev_t) == 8
@@ -268,10 +253,10 @@ FAULTS = [
     ids=[f[0]["kind"] + str(f[0].get("status", "")) for f in FAULTS],
 )
 async def test_each_fault_is_classified_and_keeps_what_was_measured(
-    start_sim, session, fault: dict[str, object], kind: ErrorKind, events_kept: int
+    sim, stamping, fault: dict[str, object], kind: ErrorKind, events_kept: int
 ) -> None:
-    sim = start_sim(ttft=0.01, itl=0.002, faults=[fault])
-    rec = await one(session, endpoint(sim.url, "chat", first_token=0.5, idle=0.3))
+    server = sim(ttft=0.01, itl=0.002, faults=[fault])
+    rec = await one(stamping, endpoint(server.url, "chat", first_token=0.5, idle=0.3))
     assert rec.error is kind, rec.error_detail
     assert rec.error_detail
     assert len(rec.ev_t) == events_kept
@@ -280,29 +265,29 @@ async def test_each_fault_is_classified_and_keeps_what_was_measured(
         assert str(fault["status"]) in rec.error_detail
 
 
-async def test_total_timeout(start_sim, session) -> None:
-    sim = start_sim(ttft=0.01, itl=0.05)
-    rec = await one(session, endpoint(sim.url, total=0.2))
+async def test_total_timeout(sim, stamping) -> None:
+    server = sim(ttft=0.01, itl=0.05)
+    rec = await one(stamping, endpoint(server.url, total=0.2))
     assert rec.error is ErrorKind.TIMEOUT_TOTAL
     assert 0 < len(rec.ev_t) < 8
 
 
-async def test_connection_refused(session) -> None:
+async def test_connection_refused(stamping) -> None:
     import socket
 
     with socket.socket() as s:  # a port nobody listens on: bind, note it, close
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rec = await one(session, endpoint(f"http://127.0.0.1:{port}"))
+    rec = await one(stamping, endpoint(f"http://127.0.0.1:{port}"))
     assert rec.error is ErrorKind.CONNECT_REFUSED
     assert rec.t_headers is None and rec.ev_t == ()
 
 
-async def test_wrong_model_is_an_http_error_with_the_servers_message(start_sim, session) -> None:
-    sim = start_sim()
-    ep = endpoint(sim.url)
+async def test_wrong_model_is_an_http_error_with_the_servers_message(sim, stamping) -> None:
+    server = sim()
+    ep = endpoint(server.url)
     ep = Endpoint(ep.base_url, ep.api, ep.options._replace(model="nope"), {}, ep.timeouts)
-    rec = await one(session, ep)
+    rec = await one(stamping, ep)
     assert rec.error is ErrorKind.HTTP_STATUS and rec.status == 404
     assert "nope" in (rec.error_detail or "")
 
@@ -325,10 +310,10 @@ def hostile_endpoint(url: str, **kw: Any) -> Endpoint:
     )
 
 
-async def test_a_redirect_is_not_followed_nor_retried(session, hostile_server) -> None:
+async def test_a_redirect_is_not_followed_nor_retried(stamping, hostile_server) -> None:
     srv, sink = hostile_server
     ep = hostile_endpoint(srv.target("redirect_307"), retry=RetryPolicy(max_retries=3, backoff=0))
-    rec = await one(session, ep)
+    rec = await one(stamping, ep)
     assert rec.error is ErrorKind.REDIRECTED and rec.status == 307 and rec.attempts == 1
     assert rec.error_detail == f"HTTP 307 redirect to {sink.url}/v1/chat/completions; not followed"
     assert sink.connections == 0 and srv.served["redirect_307"] == 1
@@ -336,18 +321,18 @@ async def test_a_redirect_is_not_followed_nor_retried(session, hostile_server) -
 
 @pytest.mark.parametrize("mode", ["no_content_type", "upper_content_type"])
 async def test_an_event_stream_without_its_usual_label_is_read(
-    session, hostile_server, mode: str
+    stamping, hostile_server, mode: str
 ) -> None:
     # Only a Content-Type that names something else is refused; vLLM, OpenAI, Anthropic and the
     # simulator send text/event-stream, and a missing one is left to the parsers to judge.
     srv, _ = hostile_server
-    rec = await one(session, hostile_endpoint(srv.target(mode)))
+    rec = await one(stamping, hostile_endpoint(srv.target(mode)))
     assert rec.ok and len(rec.ev_t) == hostile.TOKENS, rec.error_detail
 
 
 @pytest.mark.parametrize("mode", ["bad_chunk", "bad_chunk_at_once"])
 async def test_a_bad_chunk_size_fails_at_once_not_at_the_idle_timeout(
-    session, hostile_server, mode: str
+    stamping, hostile_server, mode: str
 ) -> None:
     # aiohttp's C parser dropped the body on this error: the read waited for the idle timeout
     # (30 s here) and was recorded as one. In a later read than the headers it fails the body
@@ -355,7 +340,7 @@ async def test_a_bad_chunk_size_fails_at_once_not_at_the_idle_timeout(
     # detail either way, so a stalled worker's record reads as a prompt one's.
     srv, _ = hostile_server
     t0 = time.monotonic()
-    rec = await one(session, hostile_endpoint(srv.target(mode)))
+    rec = await one(stamping, hostile_endpoint(srv.target(mode)))
     assert time.monotonic() - t0 < 5
     assert rec.error is ErrorKind.MALFORMED_STREAM
     assert rec.error_detail == "malformed chunked encoding: Invalid character in chunk size"
@@ -373,29 +358,29 @@ async def test_a_bad_chunk_size_fails_at_once_not_at_the_idle_timeout(
     ],
 )
 async def test_a_body_that_stalls_after_its_start_is_named_not_a_timeout(
-    session, hostile_server, mode: str, kind: ErrorKind, detail: str
+    stamping, hostile_server, mode: str, kind: ErrorKind, detail: str
 ) -> None:
     # Its start was read under the first-token deadline: a server that stalled after the headers
     # made the record a first-token timeout. Now the start is waited for briefly, on its own.
     srv, _ = hostile_server
     ep = replace(hostile_endpoint(srv.target(mode)), timeouts=Timeouts(first_token=5, idle=30))
     t0 = time.monotonic()
-    rec = await one(session, ep)
+    rec = await one(stamping, ep)
     assert (rec.error, rec.error_detail) == (kind, detail)
     assert time.monotonic() - t0 < 3
 
 
 @pytest.mark.parametrize("mode", ["reset_after_headers", "reset_mid_stream"])
 async def test_a_reset_after_the_headers_truncates_the_stream(
-    session, hostile_server, mode: str
+    stamping, hostile_server, mode: str
 ) -> None:
     # A reset (RST) and a close after the headers both cut the stream short; only before the
     # headers is it a connection reset.
     srv, _ = hostile_server
-    rec = await one(session, hostile_endpoint(srv.target(mode)))
+    rec = await one(stamping, hostile_endpoint(srv.target(mode)))
     assert rec.error is ErrorKind.STREAM_TRUNCATED, (rec.error, rec.error_detail)
     assert rec.t_headers is not None and rec.error_detail
-    rec = await one(session, hostile_endpoint(srv.target("reset_before_headers")))
+    rec = await one(stamping, hostile_endpoint(srv.target("reset_before_headers")))
     assert rec.error is ErrorKind.CONNECTION_RESET and rec.t_headers is None
 
 
@@ -412,26 +397,26 @@ def test_the_protocol_keeps_its_exception_where_the_stamping_reads_it() -> None:
         loop.close()
 
 
-async def test_stream_limits_come_from_the_spec(session, hostile_server) -> None:
+async def test_stream_limits_come_from_the_spec(stamping, hostile_server) -> None:
     srv, _ = hostile_server
     spec = TargetSpec.model_validate(
         {"model": "m", "stream_limits": {"max_line_bytes": 2048, "max_event_bytes": 1 << 20}}
     )
     base = srv.target("oversized_line")
-    ep = await resolve_endpoint(session, spec, base, WorkloadSpec())
+    ep = await resolve_endpoint(stamping, spec, base, WorkloadSpec())
     assert ep.limits == StreamLimits(2048, 1 << 20)
-    rec = await one(session, ep)
+    rec = await one(stamping, ep)
     assert rec.error is ErrorKind.OVERSIZED_EVENT and len(rec.ev_t) == 1
     assert rec.error_detail == "an event line over 2,048 bytes"
 
 
-async def test_a_body_that_cannot_be_encoded_is_a_record(session, hostile_server) -> None:
+async def test_a_body_that_cannot_be_encoded_is_a_record(stamping, hostile_server) -> None:
     # An integer past 64 bits in extra_body (YAML allows one) cannot be sent: it is a record
     # of that, not an exception out of the request's task.
     srv, _ = hostile_server
     ep = hostile_endpoint(srv.url)
     ep = replace(ep, options=ep.options._replace(extra_body={"seed": 2**70}))
-    rec = await one(session, ep)
+    rec = await one(stamping, ep)
     assert rec.error is ErrorKind.CLIENT_ERROR and rec.ev_t == ()
     assert (
         rec.error_detail == "cannot build the request body: TypeError: Integer exceeds 64-bit range"

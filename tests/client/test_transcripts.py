@@ -8,9 +8,7 @@ usage and outcome, at the transcript's offsets.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic_ns
@@ -18,6 +16,7 @@ from time import monotonic_ns
 import aiohttp
 import pytest
 from kit import paths
+from kit.cli import latbench
 
 from latbench.client.apis import API_KINDS, RequestOptions
 from latbench.client.retry import NO_RETRY, RetryPolicy
@@ -87,12 +86,6 @@ def replaying() -> Iterator[SimProcess]:
         yield sim
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
-        yield s
-
-
 def endpoint(
     url: str, api: str, name: str | None = None, retry: RetryPolicy = NO_RETRY
 ) -> Endpoint:
@@ -137,12 +130,12 @@ def test_every_transcript_has_expectations_and_cites_its_source() -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECT))
 async def test_replayed_transcript_gives_its_events_and_timing(
-    replaying: SimProcess, session: aiohttp.ClientSession, name: str
+    replaying: SimProcess, http: aiohttp.ClientSession, name: str
 ) -> None:
     t = load_transcript(TRANSCRIPTS[name])
     want = EXPECT[name]
     for _ in range(TRIES):
-        rec = await one(session, endpoint(replaying.url, t.api, name))
+        rec = await one(http, endpoint(replaying.url, t.api, name))
         # What the stream said holds on every replay.
         assert rec.error is want.error, rec.error_detail
         assert rec.status == want.status
@@ -182,11 +175,11 @@ async def test_replayed_transcript_gives_its_events_and_timing(
     assert lat["tpot"] == pytest.approx(span / (n_out - 1))
 
 
-async def test_replay_is_byte_for_byte(replaying: SimProcess, session) -> None:
+async def test_replay_is_byte_for_byte(replaying: SimProcess, http) -> None:
     for name, path in TRANSCRIPTS.items():
         t = load_transcript(path)
         headers = {"x-latbench-replay": name}
-        async with session.post(replaying.url + t.path, json={}, headers=headers) as r:
+        async with http.post(replaying.url + t.path, json={}, headers=headers) as r:
             assert r.status == t.status
             for key, value in t.headers:
                 assert r.headers[key] == value
@@ -199,7 +192,7 @@ async def test_replay_is_byte_for_byte(replaying: SimProcess, session) -> None:
         assert got == t.body, name
 
 
-async def test_pieces_arrive_at_their_offsets(replaying: SimProcess, session) -> None:
+async def test_pieces_arrive_at_their_offsets(replaying: SimProcess, http) -> None:
     t = load_transcript(TRANSCRIPTS["chat_openai_usage"])
     ends = []  # the byte offset at which each piece ends
     for piece in t.pieces:
@@ -207,7 +200,7 @@ async def test_pieces_arrive_at_their_offsets(replaying: SimProcess, session) ->
     for _ in range(TRIES):
         t0 = monotonic_ns()
         arrivals: list[tuple[int, float]] = []
-        async with session.post(
+        async with http.post(
             replaying.url + t.path, json={}, headers={"x-latbench-replay": t.name}
         ) as r:
             got = 0
@@ -227,29 +220,27 @@ async def test_pieces_arrive_at_their_offsets(replaying: SimProcess, session) ->
     assert not late(checks), checks
 
 
-async def test_without_a_name_transcripts_of_a_path_take_turns(tmp_path: Path, session) -> None:
+async def test_without_a_name_transcripts_of_a_path_take_turns(tmp_path: Path, http) -> None:
     for name in ("responses_text", "responses_incomplete"):
         (tmp_path / f"{name}.sse").write_bytes(TRANSCRIPTS[name].read_bytes())
     with SimProcess(SimConfig(api="responses", replay=[tmp_path])) as sim:
-        finishes = [
-            (await one(session, endpoint(sim.url, "responses"))).finish_reason for _ in "abc"
-        ]
-        async with session.post(sim.url + "/v1/messages", json={}) as r:
+        finishes = [(await one(http, endpoint(sim.url, "responses"))).finish_reason for _ in "abc"]
+        async with http.post(sim.url + "/v1/messages", json={}) as r:
             assert r.status == 404  # only the transcripts' paths are served
         headers = {"x-latbench-replay": "nope"}
-        async with session.post(sim.url + "/v1/responses", json={}, headers=headers) as r:
+        async with http.post(sim.url + "/v1/responses", json={}, headers=headers) as r:
             assert r.status == 404
             assert "responses_text" in (await r.json())["error"]["message"]
     assert finishes == ["max_output_tokens", "completed", "max_output_tokens"]
 
 
-async def test_a_retried_refusal_counts_its_wait_in_every_latency(tmp_path: Path, session) -> None:
+async def test_a_retried_refusal_counts_its_wait_in_every_latency(tmp_path: Path, http) -> None:
     # The 429 transcript asks for retry-after: 1; the text transcript then answers.
     (tmp_path / "a_429.sse").write_bytes(TRANSCRIPTS["anthropic_429"].read_bytes())
     (tmp_path / "b_text.sse").write_bytes(TRANSCRIPTS["anthropic_text"].read_bytes())
     with SimProcess(SimConfig(api="anthropic", replay=[tmp_path])) as sim:
         ep = endpoint(sim.url, "anthropic", retry=RetryPolicy(max_retries=2))
-        rec = await one(session, ep)
+        rec = await one(http, ep)
     assert rec.ok, rec.error_detail
     assert rec.attempts == 2
     assert (rec.first_status, rec.first_error) == (429, ErrorKind.RATE_LIMITED)
@@ -299,13 +290,7 @@ def test_a_bad_replay_set_is_a_spec_error_before_any_server_starts(tmp_path: Pat
     # As `latbench run` reports it: exit 2 (invalid spec), naming the problem.
     replay = f"replay=[{TRANSCRIPTS['chat_openai_usage']}]"
     args = ["run", "--requests", "1", "--api", "anthropic", "--sim", replay, "--out", str(tmp_path)]
-    p = subprocess.run(
-        [sys.executable, "-m", "latbench", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    p = latbench(*args, timeout=60)
     assert p.returncode == 2, p.stderr
     assert "no transcript is for the 'anthropic' API" in p.stderr
 

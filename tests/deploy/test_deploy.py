@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from kit import paths
+from kit.cli import COMMAND
 from kit.service import TOKEN, Service, free_port_config
 
 from latbench.service.api import API
@@ -103,7 +104,7 @@ def test_the_images_entrypoint_serves_is_healthy_and_stops_cleanly(tmp_path: Pat
     # The console script pip installed is the container's `latbench`; the pyenv shim on PATH is
     # not (it does not exec, so its PID is not the service's).
     script = Path(sys.executable).with_name(entry[0])
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "latbench"]
+    argv = [str(script)] if script.exists() else list(COMMAND)
     env = dict(kv.split("=", 1) for kv in shlex.split(one("ENV")))
     config = yaml.safe_load((DEPLOY / "service.example.yaml").read_text())
     port = config["listen"].rsplit(":", 1)[1]

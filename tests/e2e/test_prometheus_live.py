@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 from kit import paths
+from kit.cli import spawn
 from kit.promql import (
     NEEDS,
     PROMETHEUS,
@@ -97,11 +97,9 @@ class Live:
 
 
 def run(name: str, url: str, out: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "latbench", "run", "--target", url, "--name", name,
-         "--input-tokens", "16", "--output-tokens", "16", "--out", str(out / name), "--json",
-         *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return spawn(
+        "run", "--target", url, "--name", name, "--input-tokens", "16", "--output-tokens", "16",
+        "--out", str(out / name), "--json", *args,
     )  # fmt: skip
 
 

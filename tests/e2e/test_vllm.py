@@ -14,13 +14,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kit import cli as cli_kit
+from kit import cli
 from kit.promql import wait_for
 
 from latbench.exporter.series import TTFT_BUCKETS
@@ -55,7 +54,7 @@ CUSTOM_BUCKETS = ["--custom-histogram-buckets", json.dumps({"time_to_first_token
 
 
 def latbench(*args: str) -> subprocess.CompletedProcess[str]:
-    return cli_kit.latbench(*args, env=VLLM_ENV)
+    return cli.latbench(*args, env=VLLM_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -174,17 +173,10 @@ def test_launch_vllm_runs_and_stops_it_on_ctrl_c(tmp_path: Path) -> None:
     spec = tmp_path / "loose.yaml"
     spec.write_text(LOOSE)
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "latbench", "run",
-            "--launch-vllm", vllm_args(), "--vllm-python", str(VLLM_PYTHON),
-            "--api", "completions", "--concurrency", "2", "--duration", "300s",
-            "--output-tokens", "16", "--spec", str(spec), "--out", str(out),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **VLLM_ENV},
+    proc = cli.spawn(
+        "run", "--launch-vllm", vllm_args(), "--vllm-python", str(VLLM_PYTHON),
+        "--api", "completions", "--concurrency", "2", "--duration", "300s",
+        "--output-tokens", "16", "--spec", str(spec), "--out", str(out), env=VLLM_ENV,
     )  # fmt: skip
     try:
 

@@ -14,14 +14,13 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kit.cli import spawn
+from kit.cli import latbench, spawn
 from kit.promql import PROMTOOL, Pushgateway, free_port, http_get, stop_pid, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -317,9 +316,7 @@ def test_promtool_check_metrics_accepts_the_exposition(unit_run: Run, writer: st
     assert not p.stdout.strip() and not p.stderr.strip(), (p.stdout + p.stderr).decode()
 
 
-def test_series_count_stays_fixed_however_many_runs(
-    faulty_sim: SimProcess, tmp_path: Path
-) -> None:
+def test_series_count_stays_fixed_however_many_runs(faulty_sim: SimProcess, tmp_path: Path) -> None:
     registry = CollectorRegistry()
     metrics = LatbenchMetrics(registry)
     bench(faulty_sim.url, metrics, tmp_path, requests=8, name="same")
@@ -441,10 +438,9 @@ def test_a_port_in_use_is_a_clear_error(fast_sim: SimProcess, tmp_path: Path) ->
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        p = subprocess.run(
-            [sys.executable, "-m", "latbench", "run", "--target", fast_sim.url, "--requests", "2",
-             "--metrics-port", str(port), "--out", str(tmp_path)],
-            capture_output=True, text=True, timeout=60, check=False,
+        p = latbench(
+            "run", "--target", fast_sim.url, "--requests", "2", "--metrics-port", str(port),
+            "--out", str(tmp_path), timeout=60,
         )  # fmt: skip
     assert p.returncode == 1
     assert "cannot serve metrics" in p.stderr
@@ -452,11 +448,7 @@ def test_a_port_in_use_is_a_clear_error(fast_sim: SimProcess, tmp_path: Path) ->
 
 def test_bad_metrics_flags_are_usage_errors(tmp_path: Path) -> None:
     for args in (["--metrics-port", "nope"], ["--metrics-port", "1", "--metrics-linger", "-1"]):
-        p = subprocess.run(
-            [sys.executable, "-m", "latbench", "run", "--requests", "1", "--out", str(tmp_path),
-             *args],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        p = latbench("run", "--requests", "1", "--out", str(tmp_path), *args, timeout=60)
         assert p.returncode == 2, p.stderr
 
 
@@ -485,9 +477,7 @@ def test_pushgateway_gets_the_final_values_under_the_documented_group(
         summary = summary_of(tmp_path / "out")
     finally:
         gw.stop()
-    key = grouping_key(
-        _labels(target=fast_sim.url, model="sim-cli", api="chat", scenario="pushed")
-    )
+    key = grouping_key(_labels(target=fast_sim.url, model="sim-cli", api="chat", scenario="pushed"))
     assert group["labels"] == {"job": "latbench", **key}
     requests = group["latbench_requests_total"]["metrics"]
     ok = [m for m in requests if m["labels"]["outcome"] == "ok"]
@@ -502,10 +492,9 @@ def _labels(**kw: str) -> RunLabels:
 
 def test_a_failed_final_push_makes_a_good_run_exit_1(fast_sim: SimProcess, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    p = subprocess.run(
-        [sys.executable, "-m", "latbench", "run", "--target", fast_sim.url, "--requests", "3",
-         "--output-tokens", "4", "--pushgateway", dead, "--out", str(tmp_path), "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
+    p = latbench(
+        "run", "--target", fast_sim.url, "--requests", "3", "--output-tokens", "4",
+        "--pushgateway", dead, "--out", str(tmp_path), "--json", timeout=120,
     )  # fmt: skip
     assert "push to" in p.stderr and "failed" in p.stderr
     summary = json.loads(p.stdout)

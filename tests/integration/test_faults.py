@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from kit import hostile
+from kit.cli import COMMAND, latbench
 
 from latbench.records.record import Record, read_records
 from latbench.shared.errors import ErrorKind
@@ -94,7 +95,7 @@ def latbench_run(
     out = tmp / "out"
     count = ["--requests", str(n), "--concurrency", "2"] if n is not None else []
     args = [
-        sys.executable, "-m", "latbench", "run", "--spec", str(spec), "--target", target,
+        *COMMAND, "run", "--spec", str(spec), "--target", target,
         "--model", hostile.MODEL, *count,
         "--first-token-timeout", "1", "--idle-timeout", "2", "--total-timeout", "20",
         "--server-metrics", "off", "--out", str(out), *extra,
@@ -334,12 +335,7 @@ def test_a_huge_model_list_is_named_briefly(servers, tmp_path) -> None:
     # Every run above found its model in a list of 10,000; a model not in it is one short error.
     srv, _ = servers
     args = ["run", "--target", srv.url, "--model", "nope", "--requests", "1"]
-    p = subprocess.run(
-        [sys.executable, "-m", "latbench", *args, "--server-metrics", "off", "--out", tmp_path],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = latbench(*args, "--server-metrics", "off", "--out", str(tmp_path), timeout=60)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert "model 'nope' is not served" in p.stderr and len(p.stderr) < 2000, p.stderr
 
@@ -349,10 +345,9 @@ def test_the_preflight_follows_no_redirect_either(servers, tmp_path) -> None:
     srv, sink = servers
     before = sink.connections
     args = ["run", "--target", f"{srv.url}/moved", "--api", "anthropic", "--model", "m"]
-    p = subprocess.run(
-        [sys.executable, "-m", "latbench", *args, "--api-key-env", "HOSTILE_KEY",
-         "--requests", "1", "--server-metrics", "off", "--out", tmp_path],
-        capture_output=True, text=True, timeout=60,
+    p = latbench(
+        *args, "--api-key-env", "HOSTILE_KEY", "--requests", "1", "--server-metrics", "off",
+        "--out", str(tmp_path), timeout=60,
     )  # fmt: skip
     assert p.returncode == 1 and "Traceback" not in p.stderr
     said = " ".join(p.stderr.split())  # the error is wrapped to the terminal's width

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from time import monotonic_ns
 
@@ -185,12 +185,6 @@ def endpoint(url: str) -> Endpoint:
         headers={},
         timeouts=Timeouts(first_token=5, idle=5, total=20),
     )  # fmt: skip
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_an_item_that_raises_is_a_client_error_record_and_its_user_goes_on(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kit.cli import latbench
 
 from latbench.sim import SimProcess
 
@@ -40,30 +41,10 @@ def test_a_client_starved_on_its_core_is_flagged_client_bound(
     tmp_path: Path, sim: Callable[..., SimProcess], hogs_on_cpu0: None
 ) -> None:
     s = sim(ttft=0.01, itl=0.002)
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "latbench",
-            "run",
-            "--target",
-            s.url,
-            "--out",
-            str(tmp_path),
-            "--json",
-            "--concurrency",
-            "32",
-            "--duration",
-            "3s",
-            "--output-tokens",
-            "64",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        preexec_fn=pinned(0),
-    )
+    p = latbench(
+        "run", "--target", s.url, "--out", str(tmp_path), "--json", "--concurrency", "32",
+        "--duration", "3s", "--output-tokens", "64", timeout=120, preexec_fn=pinned(0),
+    )  # fmt: skip
     assert p.returncode == 4, p.stderr
     summary = json.loads(p.stdout)
     assert summary["client_bound"] is True

@@ -8,17 +8,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from kit.cli import COMMAND
 from latbench.records.record import RunFooter, RunHeader, iter_lines
 
 TOKEN = "test-token-0123456789abcdef"
@@ -55,6 +56,15 @@ def service_config(sim_url: str, workdir: Path, **over: Any) -> dict[str, Any]:
     return config
 
 
+@contextmanager
+def running(sim_url: str, workdir: Path, **over: Any) -> Iterator[Service]:
+    """A service in front of the simulator at `sim_url`, for a module's tests: started with
+    `service_config(sim_url, workdir, **over)`, and at the end it must stop cleanly (exit 0)."""
+    svc = Service(service_config(sim_url, workdir, **over), workdir).start()
+    yield svc
+    assert svc.stop() == 0, svc.log()
+
+
 def free_port_config(config: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     """A deployment's config, run here: any free loopback port, data under `workdir`."""
     return {**config, "listen": "127.0.0.1:0", "data_dir": str(workdir / "data")}
@@ -76,7 +86,7 @@ class Service:
         self.config_path.write_text(yaml.safe_dump(dict(config)))
         self.data_dir = Path(config.get("data_dir", workdir / "data"))
         self.env = {**os.environ, "LATBENCH_TOKEN": TOKEN, **(env or {})}
-        self.argv = argv or [sys.executable, "-m", "latbench", "serve", "--config"]
+        self.argv = argv or [*COMMAND, "serve", "--config"]
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.starts = 0

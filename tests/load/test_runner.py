@@ -19,7 +19,7 @@ import signal
 import socket
 import termios
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from time import monotonic_ns
 
 import aiohttp
@@ -77,12 +77,6 @@ def runner(url: str, load: LoadSpec, workers: int, sink: Collect) -> Runner:
         seed=3,
         workers=workers,
     )
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def test_a_record_crosses_the_wire_unchanged() -> None:

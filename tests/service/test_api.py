@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 import yaml
 from kit import paths
-from kit.service import TOKEN, Service, parse_records, poll, service_config
+from kit.service import TOKEN, Service, parse_records, poll, running, service_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from latbench.service.api import API
 from latbench.service.app import create_app
 from latbench.service.config import ServiceConfig
-from latbench.sim import SimConfig, SimProcess
 from latbench.summary.summary import summarize
 
 ROOT = paths.ROOT
@@ -46,19 +45,10 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def sim_url() -> Iterator[str]:
-    # TTFT 20 ms, 5 ms between tokens: a 16-token request takes ~100 ms.
-    with SimProcess(SimConfig(ttft=0.02, itl=0.005)) as sim:
-        yield sim.url
-
-
-@pytest.fixture(scope="module")
 def svc(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     work = tmp_path_factory.mktemp("svc")
-    config = service_config(sim_url, work, limits=LIMITS, metric_scenarios=["nightly"])
-    s = Service(config, work).start()
-    yield s
-    assert s.stop() == 0, s.log()
+    with running(sim_url, work, limits=LIMITS, metric_scenarios=["nightly"]) as s:
+        yield s
 
 
 def count_runs(svc: Service) -> int:

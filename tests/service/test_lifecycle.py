@@ -6,19 +6,16 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kit.cli import Env, latbench
 from kit.service import TOKEN, Service, parse_records, poll, request_lines, service_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from latbench.service.api import API
-from latbench.sim import SimConfig, SimProcess
 
 LONG: dict[str, Any] = {
     "target": "sim",
@@ -30,12 +27,6 @@ QUICK: dict[str, Any] = {
     "load": {"concurrency": 1, "requests": 3},
     "workload": {"input_tokens": 16, "output_tokens": 8},
 }
-
-
-@pytest.fixture(scope="module")
-def sim_url() -> Iterator[str]:
-    with SimProcess(SimConfig(ttft=0.02, itl=0.005)) as sim:
-        yield sim.url
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -185,17 +176,10 @@ def test_retention_prunes_the_oldest_finished_runs(sim_url: str, tmp_path: Path)
         assert svc.stop() == 0
 
 
-def serve_fails(config: dict[str, Any], tmp_path: Path, env: dict[str, str]) -> str:
+def serve_fails(config: dict[str, Any], tmp_path: Path, env: Env) -> str:
     path = tmp_path / "bad.yaml"
     path.write_text(json.dumps(config))
-    p = subprocess.run(
-        [sys.executable, "-m", "latbench", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**env},
-        check=False,
-    )
+    p = latbench("serve", "--config", str(path), timeout=60, env=env)
     assert p.returncode == 2, (p.returncode, p.stderr)
     return p.stderr
 
@@ -245,11 +229,10 @@ def serve_fails(config: dict[str, Any], tmp_path: Path, env: dict[str, str]) -> 
 def test_start_up_errors_name_the_problem(
     sim_url: str, tmp_path: Path, change: dict[str, Any], env: dict[str, str] | None, says: str
 ) -> None:
-    import os
-
-    base = {k: v for k, v in os.environ.items() if k != "LATBENCH_TOKEN"}
     config = {**service_config(sim_url, tmp_path), **change}
     token = {"LATBENCH_TOKEN": TOKEN} if env is None else env
-    err = " ".join(serve_fails(config, tmp_path, {**base, **token}).split())  # rich wraps lines
+    # None unsets it: the shell's LATBENCH_TOKEN must not stand in for the one under test.
+    err = serve_fails(config, tmp_path, {"LATBENCH_TOKEN": None, **token})
+    err = " ".join(err.split())  # rich wraps lines
     assert says in err, err
     assert "Traceback" not in err

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from kit.service import TOKEN, Service, poll, service_config
+from kit.service import TOKEN, Service, poll, running
 
 from latbench.service.api import API
 from latbench.sim import SimConfig, SimProcess
@@ -38,10 +38,11 @@ LONG: dict[str, Any] = {**QUICK, "load": {"concurrency": 1, "duration": "60s"}}
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     work = tmp_path_factory.mktemp("limits")
-    with SimProcess(SimConfig(ttft=0.01, itl=0.002)) as sim:
-        s = Service(service_config(sim.url, work, limits=LIMITS), work).start()
+    with (
+        SimProcess(SimConfig(ttft=0.01, itl=0.002)) as sim,
+        running(sim.url, work, limits=LIMITS) as s,
+    ):
         yield s
-        assert s.stop() == 0, s.log()
 
 
 def count_runs(svc: Service) -> int:

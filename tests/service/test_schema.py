@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kit import paths
-from kit.service import TOKEN, Service, service_config
+from kit.service import TOKEN, Service, running
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
@@ -34,9 +34,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         # Small caps: a generated spec that is valid runs for a moment at most.
         limits = {"max_concurrency": 2, "max_duration": "1s", "max_requests": 4,
                   "max_queued_runs": 20}  # fmt: skip
-        s = Service(service_config(sim.url, work, limits=limits), work).start()
-        yield s
-        assert s.stop() == 0, s.log()
+        with running(sim.url, work, limits=limits) as s:
+            yield s
 
 
 @pytest.fixture

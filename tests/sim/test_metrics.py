@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 from kit import paths
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,7 +31,7 @@ from latbench.shared.buckets import (
     VLLM_REQUEST_LATENCY_BUCKETS,
     VLLM_TTFT_BUCKETS,
 )
-from latbench.sim import SimConfig, SimProcess, create_app
+from latbench.sim import SimConfig, SimProcess
 from latbench.workload import WorkItem
 
 MODEL = "sim-model"
@@ -116,29 +115,6 @@ class Page:
     @property
     def waiting(self) -> float:
         return self.value("vllm:num_requests_waiting")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
-        yield s
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """`await serve(**SimConfig fields)` runs the app in this process; returns its base URL."""
-    servers: list[TestServer] = []
-
-    async def start(**fields: Any) -> str:
-        cfg = SimConfig.model_validate({"ttft": 0.002, "itl": 0.001, **fields})
-        server = TestServer(create_app(cfg), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/")
-
-    yield start
-    for server in servers:
-        await server.close()
 
 
 async def scrape(http: aiohttp.ClientSession, url: str) -> Page:

@@ -18,13 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from kit.sim import FAST, Serve
 
 from latbench.shared import rxstamp
 from latbench.shared.errors import SpecError
@@ -41,33 +42,7 @@ from latbench.sim import (
 from latbench.sim.__main__ import add_sim_arguments, config_from_args, main
 from latbench.sim.engine import Engine
 
-# Fast pacing for tests that check content, not timing.
-FAST: dict[str, Any] = {"ttft": 0.002, "itl": 0.001}
 DONE = b"data: [DONE]"
-
-Serve = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """`await serve(**SimConfig fields)` runs the app in this process; returns its base URL."""
-    servers: list[TestServer] = []
-
-    async def start(**fields: Any) -> str:
-        server = TestServer(create_app(SimConfig(**{**FAST, **fields})), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/")
-
-    yield start
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
-        yield s
 
 
 def chat_body(**extra: Any) -> dict[str, Any]:

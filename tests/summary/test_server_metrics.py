@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kit import paths
+from kit.cli import latbench
 from kit.promql import free_port
 
 from latbench.records.record import read_records
@@ -47,11 +47,7 @@ def run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], P
     spec = tmp_path / "loose.yaml"
     spec.write_text(LOOSE)
     out = tmp_path / "out"
-    p = subprocess.run(
-        [sys.executable, "-m", "latbench", "run", "--json", "--spec", str(spec),
-         "--out", str(out), *args],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+    p = latbench("run", "--json", "--spec", str(spec), "--out", str(out), *args, timeout=180)
     dirs = [d for d in out.iterdir() if d.is_dir()] if out.exists() else []
     return p, dirs[0] if dirs else None
 
@@ -157,10 +153,7 @@ def test_summary_of_a_run_with_a_broken_scrapes_file_still_summarizes(tmp_path: 
     run_dir.mkdir()
     (run_dir / "records.jsonl").write_bytes((DATA / "records.jsonl").read_bytes())
     (run_dir / "server_metrics.json").write_text("{not json")
-    p = subprocess.run(
-        [sys.executable, "-m", "latbench", "summary", str(run_dir / "records.jsonl"), "--json"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    p = latbench("summary", str(run_dir / "records.jsonl"), "--json", timeout=60)
     assert "not a server metrics file" in p.stderr and "no reconciliation" in p.stderr
     assert json.loads(p.stdout)["requests"]["succeeded"] == 6
 
@@ -249,10 +242,9 @@ def test_a_run_against_the_simulator_reconciles_by_default(tmp_path: Path) -> No
 def test_the_table_is_printed_without_json(tmp_path: Path) -> None:
     spec = tmp_path / "loose.yaml"
     spec.write_text(LOOSE)
-    p = subprocess.run(
-        [sys.executable, "-m", "latbench", "run", "--spec", str(spec), "--out", str(tmp_path),
-         "--requests", "6", "--concurrency", "2", "--output-tokens", "4"],
-        capture_output=True, text=True, timeout=120, check=False,
+    p = latbench(
+        "run", "--spec", str(spec), "--out", str(tmp_path), "--requests", "6",
+        "--concurrency", "2", "--output-tokens", "4", timeout=120,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "client vs server: vLLM's own metrics" in p.stdout

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bench._truth import decompose, score
-from latbench.records.record import Record
+from latbench.records import Record
 
 MS = 1_000_000
 S = 1_000_000_000

@@ -17,7 +17,7 @@ import pytest
 from kit import paths
 from kit.cli import latbench, spawn
 
-from latbench.records.record import read_records
+from latbench.records import read_records
 
 # Tests about figures and exit codes other than 4 must not turn on the noise of a shared 2-core
 # machine (other processes delay the client's loop by a few ms now and then); they loosen the

@@ -4,20 +4,23 @@ model listing, and the simulator's `anthropic` personality over real sockets."""
 from __future__ import annotations
 
 import functools
-from time import monotonic_ns
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from kit.client import one, options
 from kit.sim import Serve
 
-from latbench.client.apis import API_KINDS, Event, MalformedEvent, RequestOptions
-from latbench.client.preflight import ANTHROPIC_VERSION, resolve_endpoint
-from latbench.client.stream import Endpoint, Timeouts, stream_request
-from latbench.records.record import Record
-from latbench.shared.errors import ErrorKind, TargetError
+from latbench import ErrorKind, TargetError
+from latbench.client import (
+    API_KINDS,
+    Endpoint,
+    Timeouts,
+    resolve_endpoint,
+)
+from latbench.client.apis import Event, MalformedEvent
+from latbench.client.preflight import ANTHROPIC_VERSION
 from latbench.spec import TargetSpec, WorkloadSpec
 from latbench.workload import WorkItem
 
@@ -34,12 +37,6 @@ ITEM = WorkItem(
 HEADERS = {"anthropic-version": ANTHROPIC_VERSION}
 
 
-def opts(extensions: bool = False, **extra: Any) -> RequestOptions:
-    return RequestOptions(
-        model="sim-model", vllm_extensions=extensions, ignore_eos=True, extra_body=extra
-    )
-
-
 def parse(obj: dict[str, Any]) -> Event:
     return API.parse(orjson.dumps(obj))
 
@@ -48,7 +45,7 @@ def parse(obj: dict[str, Any]) -> Event:
 
 
 def test_body_moves_system_prompts_to_the_top_level_field() -> None:
-    body = API.body(ITEM, opts())
+    body = API.body(ITEM, options())
     assert body == {
         "model": "sim-model",
         "max_tokens": 8,
@@ -59,8 +56,8 @@ def test_body_moves_system_prompts_to_the_top_level_field() -> None:
 
 
 def test_body_extensions_only_when_asked_and_extra_body_wins() -> None:
-    assert "ignore_eos" not in API.body(ITEM, opts())
-    body = API.body(ITEM, opts(True, thinking={"type": "enabled", "budget_tokens": 1024}))
+    assert "ignore_eos" not in API.body(ITEM, options())
+    body = API.body(ITEM, options(True, thinking={"type": "enabled", "budget_tokens": 1024}))
     assert body["ignore_eos"] is True and body["min_tokens"] == 8
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
 
@@ -159,13 +156,8 @@ def serve(serve: Serve) -> Serve:
 
 def endpoint(url: str, headers: dict[str, str] | None = None) -> Endpoint:
     return Endpoint(
-        url, API, opts(True), HEADERS if headers is None else headers, Timeouts(idle=2, total=5)
+        url, API, options(True), HEADERS if headers is None else headers, Timeouts(idle=2, total=5)
     )
-
-
-async def one(http: aiohttp.ClientSession, ep: Endpoint) -> Record:
-    t = monotonic_ns()
-    return await stream_request(http, ep, ITEM, run_id="t", seq=0, phase="measure", t_intended=t)
 
 
 def sse_events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
@@ -182,7 +174,7 @@ def sse_events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
 
 async def test_sim_stream_has_the_documented_event_sequence(serve, http) -> None:
     url = await serve(reasoning_tokens=2)
-    body = API.body(ITEM, opts()) | {"max_tokens": 4}
+    body = API.body(ITEM, options()) | {"max_tokens": 4}
     async with http.post(url + "/v1/messages", json=body, headers=HEADERS) as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
         events = sse_events(await r.read())
@@ -218,7 +210,7 @@ async def test_sim_stream_has_the_documented_event_sequence(serve, http) -> None
 
 async def test_sim_record_counts_thinking_as_reasoning(serve, http) -> None:
     url = await serve(reasoning_tokens=3)
-    rec = await one(http, endpoint(url))
+    rec = await one(http, endpoint(url), ITEM)
     assert rec.ok, rec.error_detail
     assert rec.ev_kind == "rrrccccc"
     assert rec.ev_n is None  # Anthropic reports no per-event counts
@@ -228,7 +220,7 @@ async def test_sim_record_counts_thinking_as_reasoning(serve, http) -> None:
 
 async def test_sim_non_stream_message(serve, http) -> None:
     url = await serve(reasoning_tokens=1)
-    body = API.body(ITEM, opts()) | {"stream": False, "max_tokens": 3}
+    body = API.body(ITEM, options()) | {"stream": False, "max_tokens": 3}
     async with http.post(url + "/v1/messages", json=body, headers=HEADERS) as r:
         message = await r.json()
     assert [b["type"] for b in message["content"]] == ["thinking", "text"]
@@ -238,7 +230,7 @@ async def test_sim_non_stream_message(serve, http) -> None:
 
 async def test_sim_refuses_what_the_real_api_refuses(serve, http) -> None:
     url = await serve()
-    ok = API.body(ITEM, opts())
+    ok = API.body(ITEM, options())
     cases = [
         ({}, ok, 400, "anthropic-version"),
         (HEADERS, {k: v for k, v in ok.items() if k != "max_tokens"}, 400, "max_tokens"),
@@ -256,14 +248,14 @@ async def test_sim_refuses_what_the_real_api_refuses(serve, http) -> None:
 
 async def test_529_and_mid_stream_overload_are_overloaded(serve, http) -> None:
     url = await serve(faults=[{"kind": "http_status", "status": 529, "every": 2, "retry_after": 3}])
-    assert (await one(http, endpoint(url))).ok
-    rec = await one(http, endpoint(url))
+    assert (await one(http, endpoint(url), ITEM)).ok
+    rec = await one(http, endpoint(url), ITEM)
     assert rec.error is ErrorKind.OVERLOADED and rec.status == 529
     assert rec.retry_after_s == 3.0
     assert "Simulated fault" in (rec.error_detail or "")
 
     url = await serve(faults=[{"kind": "error_event", "after": 2}])
-    rec = await one(http, endpoint(url))
+    rec = await one(http, endpoint(url), ITEM)
     assert rec.error is ErrorKind.OVERLOADED and rec.status == 200
     assert rec.ev_kind == "cc"  # what streamed before the error is kept
     assert rec.error_detail == "overloaded_error: Overloaded"
@@ -271,9 +263,11 @@ async def test_529_and_mid_stream_overload_are_overloaded(serve, http) -> None:
 
 async def test_429_is_rate_limited(serve, http) -> None:
     url = await serve(faults=[{"kind": "http_status", "status": 429}])
-    rec = await one(http, endpoint(url))
+    rec = await one(http, endpoint(url), ITEM)
     assert rec.error is ErrorKind.RATE_LIMITED and rec.retry_after_s == 1.0
-    async with http.post(url + "/v1/messages", json=API.body(ITEM, opts()), headers=HEADERS) as r:
+    async with http.post(
+        url + "/v1/messages", json=API.body(ITEM, options()), headers=HEADERS
+    ) as r:
         assert (await r.json())["error"]["type"] == "rate_limit_error"
 
 
@@ -293,7 +287,7 @@ async def test_preflight_sends_x_api_key_and_version(
         "anthropic-version": ANTHROPIC_VERSION,
         "x-api-key": "sk-ant-test",
     }
-    rec = await one(http, ep)
+    rec = await one(http, ep, ITEM)
     assert rec.ok, rec.error_detail
     # A header the spec sets is kept, not overridden.
     pinned = target.model_copy(update={"headers": {"Anthropic-Version": "2099-01-01"}})

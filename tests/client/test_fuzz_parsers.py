@@ -16,7 +16,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latbench.client.apis import API_KINDS, Event, MalformedEvent
+from latbench.client import API_KINDS
+from latbench.client.apis import Event, MalformedEvent
 from latbench.client.apis.base import MAX_COUNT
 from latbench.client.sse import OversizedEvent, SSEParser
 

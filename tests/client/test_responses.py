@@ -4,20 +4,22 @@ simulator's `responses` personality over real sockets."""
 from __future__ import annotations
 
 import functools
-from time import monotonic_ns
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from kit.client import one, options
 from kit.sim import Serve
 
-from latbench.client.apis import API_KINDS, Event, MalformedEvent, RequestOptions
-from latbench.client.preflight import resolve_endpoint
-from latbench.client.stream import Endpoint, Timeouts, stream_request
-from latbench.records.record import Record
-from latbench.shared.errors import ErrorKind, TargetError
+from latbench import ErrorKind, TargetError
+from latbench.client import (
+    API_KINDS,
+    Endpoint,
+    Timeouts,
+    resolve_endpoint,
+)
+from latbench.client.apis import Event, MalformedEvent
 from latbench.spec import TargetSpec, WorkloadSpec
 from latbench.workload import WorkItem
 
@@ -33,14 +35,8 @@ ITEM = WorkItem(
 )
 
 
-def opts(extensions: bool = False, **extra: Any) -> RequestOptions:
-    return RequestOptions(
-        model="sim-model", vllm_extensions=extensions, ignore_eos=True, extra_body=extra
-    )
-
-
 def test_body() -> None:
-    assert API.body(ITEM, opts()) == {
+    assert API.body(ITEM, options()) == {
         "model": "sim-model",
         "input": [
             {"role": "developer", "content": "be brief"},
@@ -50,7 +46,7 @@ def test_body() -> None:
         "stream": True,
         "store": False,
     }
-    body = API.body(ITEM, opts(True, reasoning={"effort": "low", "summary": "auto"}))
+    body = API.body(ITEM, options(True, reasoning={"effort": "low", "summary": "auto"}))
     assert body["ignore_eos"] is True and body["min_tokens"] == 8
     assert body["reasoning"] == {"effort": "low", "summary": "auto"}
 
@@ -129,12 +125,7 @@ def serve(serve: Serve) -> Serve:
 
 
 def endpoint(url: str, headers: dict[str, str] | None = None) -> Endpoint:
-    return Endpoint(url, API, opts(True), headers or {}, Timeouts(idle=2, total=5))
-
-
-async def one(http: aiohttp.ClientSession, ep: Endpoint) -> Record:
-    t = monotonic_ns()
-    return await stream_request(http, ep, ITEM, run_id="t", seq=0, phase="measure", t_intended=t)
+    return Endpoint(url, API, options(True), headers or {}, Timeouts(idle=2, total=5))
 
 
 def sse_events(raw: bytes) -> list[dict[str, Any]]:
@@ -149,7 +140,7 @@ def sse_events(raw: bytes) -> list[dict[str, Any]]:
 
 async def test_sim_stream_has_the_documented_event_sequence(serve, http) -> None:
     url = await serve(reasoning_tokens=2)
-    body = API.body(ITEM, opts()) | {"max_output_tokens": 4}
+    body = API.body(ITEM, options()) | {"max_output_tokens": 4}
     async with http.post(url + "/v1/responses", json=body) as r:
         assert r.status == 200
         events = sse_events(await r.read())
@@ -185,7 +176,7 @@ async def test_sim_stream_has_the_documented_event_sequence(serve, http) -> None
 
 async def test_sim_stream_completes_on_eos(serve, http) -> None:
     url = await serve(eos_probability=1.0)
-    body = API.body(ITEM, opts()) | {"max_output_tokens": 4}
+    body = API.body(ITEM, options()) | {"max_output_tokens": 4}
     async with http.post(url + "/v1/responses", json=body) as r:
         events = sse_events(await r.read())
     assert events[-1]["type"] == "response.completed"
@@ -194,7 +185,7 @@ async def test_sim_stream_completes_on_eos(serve, http) -> None:
 
 async def test_sim_record(serve, http) -> None:
     url = await serve(reasoning_tokens=3)
-    rec = await one(http, endpoint(url))
+    rec = await one(http, endpoint(url), ITEM)
     assert rec.ok, rec.error_detail
     assert rec.ev_kind == "rrrccccc"
     assert (rec.usage_prompt_tokens, rec.usage_completion_tokens) == (5, 8)
@@ -203,7 +194,7 @@ async def test_sim_record(serve, http) -> None:
 
 async def test_sim_non_stream_and_bad_requests(serve, http) -> None:
     url = await serve(reasoning_tokens=1)
-    body = API.body(ITEM, opts()) | {"stream": False, "max_output_tokens": 3}
+    body = API.body(ITEM, options()) | {"stream": False, "max_output_tokens": 3}
     async with http.post(url + "/v1/responses", json=body) as r:
         response = await r.json()
     assert response["object"] == "response" and response["usage"]["output_tokens"] == 3
@@ -216,14 +207,14 @@ async def test_sim_non_stream_and_bad_requests(serve, http) -> None:
 
 async def test_mid_stream_failure_and_overload(serve, http) -> None:
     url = await serve(faults=[{"kind": "error_event", "after": 2}])
-    rec = await one(http, endpoint(url))
+    rec = await one(http, endpoint(url), ITEM)
     assert rec.error is ErrorKind.SERVER_ERROR_EVENT and rec.ev_kind == "cc"
     assert rec.error_detail == "server_error: Simulated fault: error mid-stream."
     url = await serve(faults=[{"kind": "http_status", "status": 503}])
-    rec = await one(http, endpoint(url))
+    rec = await one(http, endpoint(url), ITEM)
     assert rec.error is ErrorKind.OVERLOADED and rec.retry_after_s == 1.0
     url = await serve(faults=[{"kind": "http_status", "status": 503, "retry_after": "none"}])
-    rec = await one(http, endpoint(url))
+    rec = await one(http, endpoint(url), ITEM)
     # A bare 503 is any unavailability, not load shedding.
     assert rec.error is ErrorKind.HTTP_STATUS and rec.retry_after_s is None
 
@@ -234,8 +225,8 @@ async def test_bearer_key_and_an_explicit_model_for_long_lists(serve, http, monk
     target = TargetSpec(base_url=url, api="responses", api_key_env="SIM_KEY")
     ep = await resolve_endpoint(http, target, url, WorkloadSpec())
     assert ep.headers == {"Content-Type": "application/json", "Authorization": "Bearer sk-test"}
-    assert (await one(http, ep)).ok
-    assert (await one(http, endpoint(url))).status == 401
+    assert (await one(http, ep, ITEM)).ok
+    assert (await one(http, endpoint(url), ITEM)).status == 401
 
 
 async def test_hosted_lists_of_many_models_need_model(http) -> None:

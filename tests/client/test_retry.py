@@ -9,23 +9,28 @@ import json
 import time
 from email.utils import formatdate
 from pathlib import Path
-from time import monotonic_ns
 from typing import Any
 
-import aiohttp
 import pytest
 from kit.cli import latbench
+from kit.client import one
 from kit.sim import base_url
 from multidict import CIMultiDict
 
-from latbench.client.apis import API_KINDS, RequestOptions
-from latbench.client.retry import RetryPolicy, fold, retry_after_s, should_retry, status_kind
-from latbench.client.stream import Endpoint, Timeouts, stream_request
-from latbench.records.record import Record, encode_record, instants, iter_lines, read_records
-from latbench.shared.errors import ErrorKind
+from latbench import ErrorKind
+from latbench.client import (
+    API_KINDS,
+    Endpoint,
+    RequestOptions,
+    RetryPolicy,
+    Timeouts,
+)
+from latbench.client.retry import fold, retry_after_s, should_retry, status_kind
+from latbench.records import Record, read_records
+from latbench.records.record import encode_record, instants, iter_lines
 from latbench.sim.state import STATE
 from latbench.spec import load_spec
-from latbench.summary.summary import summarize
+from latbench.summary import summarize
 from latbench.workload import WorkItem
 
 ITEM = WorkItem("a b", ({"role": "user", "content": "a b"},), 2, 4)
@@ -173,11 +178,6 @@ def endpoint(url: str, policy: RetryPolicy, total: float = 10.0) -> Endpoint:
     return Endpoint(url, API_KINDS["chat"], opts, {}, Timeouts(total=total), policy)
 
 
-async def one(http: aiohttp.ClientSession, ep: Endpoint) -> Record:
-    t = monotonic_ns()
-    return await stream_request(http, ep, ITEM, run_id="t", seq=0, phase="measure", t_intended=t)
-
-
 def refuse(every: int = 1, status: int = 429, retry_after: object = 0) -> dict[str, Any]:
     return {"kind": "http_status", "status": status, "every": every, "retry_after": retry_after}
 
@@ -185,8 +185,8 @@ def refuse(every: int = 1, status: int = 429, retry_after: object = 0) -> dict[s
 async def test_a_refusal_is_retried_and_the_record_says_so(serve, http) -> None:
     url = await serve(faults=[refuse(every=2)])  # requests 2, 4, ... are refused
     policy = RetryPolicy(max_retries=2)
-    assert (await one(http, endpoint(url, policy))).attempts == 1
-    r = await one(http, endpoint(url, policy))
+    assert (await one(http, endpoint(url, policy), ITEM)).attempts == 1
+    r = await one(http, endpoint(url, policy), ITEM)
     assert r.ok and r.attempts == 2 and len(r.ev_t) == 4
     assert (r.first_status, r.first_error) == (429, ErrorKind.RATE_LIMITED)
     assert r.t_sent < (r.t_first_end or 0) <= (r.t_last_sent or 0) < r.ev_t[0]
@@ -194,8 +194,8 @@ async def test_a_refusal_is_retried_and_the_record_says_so(serve, http) -> None:
 
 async def test_without_retry_after_the_backoff_is_waited(serve, http) -> None:
     url = await serve(faults=[refuse(every=2, status=529, retry_after="none")])
-    await one(http, endpoint(url, RetryPolicy(max_retries=1, backoff=0.2)))
-    r = await one(http, endpoint(url, RetryPolicy(max_retries=1, backoff=0.2)))
+    await one(http, endpoint(url, RetryPolicy(max_retries=1, backoff=0.2)), ITEM)
+    r = await one(http, endpoint(url, RetryPolicy(max_retries=1, backoff=0.2)), ITEM)
     assert r.ok and r.attempts == 2 and r.first_error is ErrorKind.OVERLOADED
     assert (r.t_last_sent or 0) - (r.t_first_end or 0) >= 200_000_000
 
@@ -203,7 +203,7 @@ async def test_without_retry_after_the_backoff_is_waited(serve, http) -> None:
 async def test_retries_run_out_and_the_last_refusal_is_the_outcome(serve_app, http) -> None:
     server = await serve_app(faults=[refuse()])
     url = base_url(server)
-    r = await one(http, endpoint(url, RetryPolicy(max_retries=2)))
+    r = await one(http, endpoint(url, RetryPolicy(max_retries=2)), ITEM)
     assert r.error is ErrorKind.RATE_LIMITED and r.status == 429 and r.attempts == 3
     assert server.app[STATE].requests == 3
 
@@ -219,7 +219,7 @@ async def test_retries_run_out_and_the_last_refusal_is_the_outcome(serve_app, ht
 async def test_no_retry_past_the_limits(serve_app, http, policy: RetryPolicy, total: float) -> None:
     server = await serve_app(faults=[refuse(retry_after=1)])
     url = base_url(server)
-    r = await one(http, endpoint(url, policy, total))
+    r = await one(http, endpoint(url, policy, total), ITEM)
     assert r.error is ErrorKind.RATE_LIMITED and r.attempts == 1 and r.retry_after_s == 1.0
     assert server.app[STATE].requests == 1
 
@@ -231,7 +231,7 @@ async def test_a_stream_that_failed_after_output_is_not_retried(serve_app, http)
     ep = Endpoint(
         url, API_KINDS["anthropic"], ep.options, {"anthropic-version": "x"}, ep.timeouts, ep.retry
     )
-    r = await one(http, ep)
+    r = await one(http, ep, ITEM)
     assert r.error is ErrorKind.OVERLOADED and r.attempts == 1 and r.ev_kind == "cc"
     assert server.app[STATE].requests == 1
 
@@ -240,7 +240,7 @@ async def test_an_abort_while_waiting_returns_a_cancelled_record(serve_app, http
     server = await serve_app(faults=[refuse(retry_after=30)])
     url = base_url(server)
     ep = endpoint(url, RetryPolicy(max_retries=1), total=60)  # room for the 30 s wait
-    task = asyncio.create_task(one(http, ep))
+    task = asyncio.create_task(one(http, ep, ITEM))
     deadline = time.monotonic() + 5
     while server.app[STATE].requests < 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
@@ -295,7 +295,7 @@ def test_token_bucket() -> None:
 async def test_the_simulators_rate_limit_answers_429_with_the_wait(serve_app, http) -> None:
     server = await serve_app(rate_limit=1.0)  # one request a second, no burst beyond it
     url = base_url(server)
-    records = [await one(http, endpoint(url, RetryPolicy())) for _ in range(2)]
+    records = [await one(http, endpoint(url, RetryPolicy()), ITEM) for _ in range(2)]
     assert [r.error for r in records] == [None, ErrorKind.RATE_LIMITED]
     refused = records[1]
     assert refused.status == 429 and refused.retry_after_s is not None
@@ -304,6 +304,6 @@ async def test_the_simulators_rate_limit_answers_429_with_the_wait(serve_app, ht
     assert 0 < refused.retry_after_s < 1.0
     assert server.app[STATE].requests == 1  # a refused request is not served
     # Retried, the same request waits for its token and gets through.
-    r = await one(http, endpoint(url, RetryPolicy(max_retries=2)))
+    r = await one(http, endpoint(url, RetryPolicy(max_retries=2)), ITEM)
     assert r.ok and r.attempts == 2 and r.first_error is ErrorKind.RATE_LIMITED
     assert server.app[STATE].requests == 2

@@ -19,18 +19,23 @@ import pytest
 import trustme
 from aiohttp import web
 from kit import hostile
+from kit.client import one
 
-from latbench.client.apis import API_KINDS, RequestOptions
-from latbench.client.preflight import resolve_endpoint
-from latbench.client.reads import ReadClock, StampedResponseHandler, StampingConnector
-from latbench.client.retry import RetryPolicy
+from latbench import ErrorKind
+from latbench.client import (
+    API_KINDS,
+    Endpoint,
+    RequestOptions,
+    RetryPolicy,
+    StampingConnector,
+    StreamLimits,
+    Timeouts,
+    resolve_endpoint,
+)
+from latbench.client.reads import ReadClock, StampedResponseHandler
 from latbench.client.sse import SSEParser
-from latbench.client.stream import Endpoint, StreamLimits, Timeouts, stream_request
-from latbench.records.record import Record
 from latbench.shared import rxstamp
-from latbench.shared.errors import ErrorKind
-from latbench.sim import SimConfig
-from latbench.sim.server import create_app
+from latbench.sim import SimConfig, create_app
 from latbench.spec import TargetSpec, WorkloadSpec
 from latbench.workload import WorkItem
 
@@ -65,11 +70,6 @@ ITEM = WorkItem(
 )
 
 
-async def one(session: aiohttp.ClientSession, ep: Endpoint, item: WorkItem = ITEM) -> Record:
-    t = monotonic_ns()
-    return await stream_request(session, ep, item, run_id="t", seq=0, phase="measure", t_intended=t)
-
-
 def post(session: aiohttp.ClientSession, ep: Endpoint) -> Any:
     """ITEM's request, for a test that reads the response itself."""
     return session.post(
@@ -97,7 +97,7 @@ async def server_writes(session: aiohttp.ClientSession, url: str) -> list[int]:
 @pytest.mark.parametrize("api", ["chat", "completions"])
 async def test_timing_and_tokens_match_the_simulator(sim, stamping, api: str) -> None:
     server = sim(ttft=0.05, itl=0.01)
-    rec = await one(stamping, endpoint(server.url, api))
+    rec = await one(stamping, endpoint(server.url, api), ITEM)
     assert rec.ok, rec.error_detail
     assert rec.status == 200 and rec.finish_reason == "length"
     assert len(rec.ev_t) == 8 and rec.ev_kind == "c" * 8
@@ -166,7 +166,7 @@ async def test_a_response_already_whole_when_its_task_runs_keeps_its_read_times(
     server = sim(ttft=0.01, itl=0.001)
     loop = asyncio.get_running_loop()
     loop.call_later(0.005, time.sleep, 0.3)
-    rec = await one(stamping, endpoint(server.url, "completions"))
+    rec = await one(stamping, endpoint(server.url, "completions"), ITEM)
     unblocked = rec.t_sent + 300_000_000
     assert rec.ok and len(rec.ev_t) == ITEM.max_tokens, rec.error_detail
     assert rec.t_headers is not None and rec.t_headers < unblocked - 200_000_000
@@ -221,7 +221,7 @@ async def test_kernel_stamps_hold_through_tls(tls_sim) -> None:
 
 async def test_multi_token_events_and_reasoning(sim, stamping) -> None:
     server = sim(ttft=0.01, itl=0.005, tokens_per_event=3, reasoning_tokens=3)
-    rec = await one(stamping, endpoint(server.url, "chat"))
+    rec = await one(stamping, endpoint(server.url, "chat"), ITEM)
     assert rec.ok, rec.error_detail
     assert rec.usage_completion_tokens == 8
     assert sum(rec.ev_n or ()) == 8
@@ -230,7 +230,7 @@ async def test_multi_token_events_and_reasoning(sim, stamping) -> None:
 
 async def test_without_extensions_token_counts_come_from_final_usage(sim, stamping) -> None:
     server = sim(ttft=0.01, itl=0.002)
-    rec = await one(stamping, endpoint(server.url, "completions", extensions=False))
+    rec = await one(stamping, endpoint(server.url, "completions", extensions=False), ITEM)
     assert rec.ok
     assert rec.ev_n is None  # no per-event usage was sent
     assert rec.usage_completion_tokens == 8 and len(rec.ev_t) == 8
@@ -256,7 +256,7 @@ async def test_each_fault_is_classified_and_keeps_what_was_measured(
     sim, stamping, fault: dict[str, object], kind: ErrorKind, events_kept: int
 ) -> None:
     server = sim(ttft=0.01, itl=0.002, faults=[fault])
-    rec = await one(stamping, endpoint(server.url, "chat", first_token=0.5, idle=0.3))
+    rec = await one(stamping, endpoint(server.url, "chat", first_token=0.5, idle=0.3), ITEM)
     assert rec.error is kind, rec.error_detail
     assert rec.error_detail
     assert len(rec.ev_t) == events_kept
@@ -267,7 +267,7 @@ async def test_each_fault_is_classified_and_keeps_what_was_measured(
 
 async def test_total_timeout(sim, stamping) -> None:
     server = sim(ttft=0.01, itl=0.05)
-    rec = await one(stamping, endpoint(server.url, total=0.2))
+    rec = await one(stamping, endpoint(server.url, total=0.2), ITEM)
     assert rec.error is ErrorKind.TIMEOUT_TOTAL
     assert 0 < len(rec.ev_t) < 8
 
@@ -278,7 +278,7 @@ async def test_connection_refused(stamping) -> None:
     with socket.socket() as s:  # a port nobody listens on: bind, note it, close
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rec = await one(stamping, endpoint(f"http://127.0.0.1:{port}"))
+    rec = await one(stamping, endpoint(f"http://127.0.0.1:{port}"), ITEM)
     assert rec.error is ErrorKind.CONNECT_REFUSED
     assert rec.t_headers is None and rec.ev_t == ()
 
@@ -287,7 +287,7 @@ async def test_wrong_model_is_an_http_error_with_the_servers_message(sim, stampi
     server = sim()
     ep = endpoint(server.url)
     ep = Endpoint(ep.base_url, ep.api, ep.options._replace(model="nope"), {}, ep.timeouts)
-    rec = await one(stamping, ep)
+    rec = await one(stamping, ep, ITEM)
     assert rec.error is ErrorKind.HTTP_STATUS and rec.status == 404
     assert "nope" in (rec.error_detail or "")
 
@@ -313,7 +313,7 @@ def hostile_endpoint(url: str, **kw: Any) -> Endpoint:
 async def test_a_redirect_is_not_followed_nor_retried(stamping, hostile_server) -> None:
     srv, sink = hostile_server
     ep = hostile_endpoint(srv.target("redirect_307"), retry=RetryPolicy(max_retries=3, backoff=0))
-    rec = await one(stamping, ep)
+    rec = await one(stamping, ep, ITEM)
     assert rec.error is ErrorKind.REDIRECTED and rec.status == 307 and rec.attempts == 1
     assert rec.error_detail == f"HTTP 307 redirect to {sink.url}/v1/chat/completions; not followed"
     assert sink.connections == 0 and srv.served["redirect_307"] == 1
@@ -326,7 +326,7 @@ async def test_an_event_stream_without_its_usual_label_is_read(
     # Only a Content-Type that names something else is refused; vLLM, OpenAI, Anthropic and the
     # simulator send text/event-stream, and a missing one is left to the parsers to judge.
     srv, _ = hostile_server
-    rec = await one(stamping, hostile_endpoint(srv.target(mode)))
+    rec = await one(stamping, hostile_endpoint(srv.target(mode)), ITEM)
     assert rec.ok and len(rec.ev_t) == hostile.TOKENS, rec.error_detail
 
 
@@ -340,7 +340,7 @@ async def test_a_bad_chunk_size_fails_at_once_not_at_the_idle_timeout(
     # detail either way, so a stalled worker's record reads as a prompt one's.
     srv, _ = hostile_server
     t0 = time.monotonic()
-    rec = await one(stamping, hostile_endpoint(srv.target(mode)))
+    rec = await one(stamping, hostile_endpoint(srv.target(mode)), ITEM)
     assert time.monotonic() - t0 < 5
     assert rec.error is ErrorKind.MALFORMED_STREAM
     assert rec.error_detail == "malformed chunked encoding: Invalid character in chunk size"
@@ -365,7 +365,7 @@ async def test_a_body_that_stalls_after_its_start_is_named_not_a_timeout(
     srv, _ = hostile_server
     ep = replace(hostile_endpoint(srv.target(mode)), timeouts=Timeouts(first_token=5, idle=30))
     t0 = time.monotonic()
-    rec = await one(stamping, ep)
+    rec = await one(stamping, ep, ITEM)
     assert (rec.error, rec.error_detail) == (kind, detail)
     assert time.monotonic() - t0 < 3
 
@@ -377,10 +377,10 @@ async def test_a_reset_after_the_headers_truncates_the_stream(
     # A reset (RST) and a close after the headers both cut the stream short; only before the
     # headers is it a connection reset.
     srv, _ = hostile_server
-    rec = await one(stamping, hostile_endpoint(srv.target(mode)))
+    rec = await one(stamping, hostile_endpoint(srv.target(mode)), ITEM)
     assert rec.error is ErrorKind.STREAM_TRUNCATED, (rec.error, rec.error_detail)
     assert rec.t_headers is not None and rec.error_detail
-    rec = await one(stamping, hostile_endpoint(srv.target("reset_before_headers")))
+    rec = await one(stamping, hostile_endpoint(srv.target("reset_before_headers")), ITEM)
     assert rec.error is ErrorKind.CONNECTION_RESET and rec.t_headers is None
 
 
@@ -405,7 +405,7 @@ async def test_stream_limits_come_from_the_spec(stamping, hostile_server) -> Non
     base = srv.target("oversized_line")
     ep = await resolve_endpoint(stamping, spec, base, WorkloadSpec())
     assert ep.limits == StreamLimits(2048, 1 << 20)
-    rec = await one(stamping, ep)
+    rec = await one(stamping, ep, ITEM)
     assert rec.error is ErrorKind.OVERSIZED_EVENT and len(rec.ev_t) == 1
     assert rec.error_detail == "an event line over 2,048 bytes"
 
@@ -416,7 +416,7 @@ async def test_a_body_that_cannot_be_encoded_is_a_record(stamping, hostile_serve
     srv, _ = hostile_server
     ep = hostile_endpoint(srv.url)
     ep = replace(ep, options=ep.options._replace(extra_body={"seed": 2**70}))
-    rec = await one(stamping, ep)
+    rec = await one(stamping, ep, ITEM)
     assert rec.error is ErrorKind.CLIENT_ERROR and rec.ev_t == ()
     assert (
         rec.error_detail == "cannot build the request body: TypeError: Integer exceeds 64-bit range"

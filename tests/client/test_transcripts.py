@@ -17,15 +17,20 @@ import aiohttp
 import pytest
 from kit import paths
 from kit.cli import latbench
+from kit.client import one
 
-from latbench.client.apis import API_KINDS, RequestOptions
-from latbench.client.retry import NO_RETRY, RetryPolicy
-from latbench.client.stream import Endpoint, Timeouts, stream_request
-from latbench.records.record import Record
-from latbench.shared.errors import ErrorKind, SpecError
+from latbench import ErrorKind, SpecError
+from latbench.client import (
+    API_KINDS,
+    NO_RETRY,
+    Endpoint,
+    RequestOptions,
+    RetryPolicy,
+    Timeouts,
+)
 from latbench.sim import SimConfig, SimProcess
 from latbench.sim.replay import TranscriptError, check_replay, load_transcript
-from latbench.summary.summary import summarize
+from latbench.summary import summarize
 from latbench.workload import WorkItem
 
 DIR = paths.TRANSCRIPTS
@@ -99,12 +104,6 @@ def endpoint(
     )
 
 
-async def one(session: aiohttp.ClientSession, ep: Endpoint) -> Record:
-    return await stream_request(
-        session, ep, ITEM, run_id="t", seq=0, phase="measure", t_intended=monotonic_ns()
-    )
-
-
 def ms(ns: int) -> float:
     return ns / 1e6
 
@@ -135,7 +134,7 @@ async def test_replayed_transcript_gives_its_events_and_timing(
     t = load_transcript(TRANSCRIPTS[name])
     want = EXPECT[name]
     for _ in range(TRIES):
-        rec = await one(http, endpoint(replaying.url, t.api, name))
+        rec = await one(http, endpoint(replaying.url, t.api, name), ITEM)
         # What the stream said holds on every replay.
         assert rec.error is want.error, rec.error_detail
         assert rec.status == want.status
@@ -224,7 +223,9 @@ async def test_without_a_name_transcripts_of_a_path_take_turns(tmp_path: Path, h
     for name in ("responses_text", "responses_incomplete"):
         (tmp_path / f"{name}.sse").write_bytes(TRANSCRIPTS[name].read_bytes())
     with SimProcess(SimConfig(api="responses", replay=[tmp_path])) as sim:
-        finishes = [(await one(http, endpoint(sim.url, "responses"))).finish_reason for _ in "abc"]
+        finishes = [
+            (await one(http, endpoint(sim.url, "responses"), ITEM)).finish_reason for _ in "abc"
+        ]
         async with http.post(sim.url + "/v1/messages", json={}) as r:
             assert r.status == 404  # only the transcripts' paths are served
         headers = {"x-latbench-replay": "nope"}
@@ -240,7 +241,7 @@ async def test_a_retried_refusal_counts_its_wait_in_every_latency(tmp_path: Path
     (tmp_path / "b_text.sse").write_bytes(TRANSCRIPTS["anthropic_text"].read_bytes())
     with SimProcess(SimConfig(api="anthropic", replay=[tmp_path])) as sim:
         ep = endpoint(sim.url, "anthropic", retry=RetryPolicy(max_retries=2))
-        rec = await one(http, ep)
+        rec = await one(http, ep, ITEM)
     assert rec.ok, rec.error_detail
     assert rec.attempts == 2
     assert (rec.first_status, rec.first_error) == (429, ErrorKind.RATE_LIMITED)

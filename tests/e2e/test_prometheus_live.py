@@ -43,10 +43,10 @@ from kit.promql import (
 )
 
 from latbench.exporter import HISTOGRAMS
-from latbench.records.record import read_records
+from latbench.records import read_records
 from latbench.sim import SimConfig, SimProcess
-from latbench.spec.slo import Slo
-from latbench.summary.summary import Summary, summarize
+from latbench.spec import Slo
+from latbench.summary import Summary, summarize
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason=NEEDS)
 

@@ -23,8 +23,9 @@ from kit import cli
 from kit.promql import wait_for
 
 from latbench.exporter.series import TTFT_BUCKETS
-from latbench.records.record import read_records
-from latbench.vllm.launch import VllmServer, free_port
+from latbench.records import read_records
+from latbench.vllm import VllmServer
+from latbench.vllm.launch import free_port
 
 VLLM_PYTHON = os.environ.get("LATBENCH_VLLM_PYTHON")
 VLLM_MODEL = os.environ.get("LATBENCH_VLLM_MODEL")

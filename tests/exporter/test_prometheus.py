@@ -44,18 +44,16 @@ from latbench.exporter.series import (
     QUEUE_DELAY_BUCKETS,
     TTFT_BUCKETS,
 )
-from latbench.records.record import read_records
-from latbench.run.benchmark import BenchResult, run_benchmark
+from latbench.records import read_records
+from latbench.run import BenchResult, run_benchmark
 from latbench.shared.buckets import (
     VLLM_ITL_BUCKETS,
     VLLM_REQUEST_LATENCY_BUCKETS,
     VLLM_TTFT_BUCKETS,
 )
 from latbench.sim import SimConfig, SimProcess
-from latbench.spec import load_spec
-from latbench.spec.slo import Slo
-from latbench.summary.samples import record_samples
-from latbench.summary.summary import Summary, summarize
+from latbench.spec import Slo, load_spec
+from latbench.summary import Summary, record_samples, summarize
 
 LATENCY_KEYS = ("ttft", "ttfo", "itl", "itl_per_token", "tpot", "e2e")
 

@@ -22,8 +22,8 @@ import pytest
 from kit import hostile
 from kit.cli import COMMAND, latbench
 
-from latbench.records.record import Record, read_records
-from latbench.shared.errors import ErrorKind
+from latbench import ErrorKind
+from latbench.records import Record, read_records
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss of reaped children")
 

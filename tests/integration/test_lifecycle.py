@@ -26,13 +26,13 @@ import pytest
 from kit.cli import latbench, spawn
 from kit.hostile import FlakyWorkload
 
-from latbench.client.apis import API_KINDS, RequestOptions
-from latbench.client.stream import Endpoint, Timeouts
+from latbench import ErrorKind
+from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
 from latbench.load.runner import Runner, _Worker
 from latbench.load.wire import message, pack_record
 from latbench.load.worker import Shard, ShardRun
-from latbench.records.record import Record, encode_record, read_records
-from latbench.shared.errors import ErrorKind
+from latbench.records import Record, read_records
+from latbench.records.record import encode_record
 from latbench.sim import SimProcess
 from latbench.spec import LoadSpec
 from latbench.workload import SyntheticWorkload

@@ -14,16 +14,14 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from latbench.client.apis import API_KINDS, RequestOptions
+from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts, stream_request
 from latbench.client.preflight import ANTHROPIC_VERSION
-from latbench.client.stream import Endpoint, Timeouts, stream_request
-from latbench.run.benchmark import run_benchmark
+from latbench.run import run_benchmark
 from latbench.shared.dist import Dist
 from latbench.sim import SimConfig, SimProcess
-from latbench.spec import load_spec
-from latbench.spec.slo import METRICS
+from latbench.spec import METRICS, load_spec
 from latbench.spec.target import SIM_API
-from latbench.summary.summary import summarize
+from latbench.summary import summarize
 from latbench.workload import SyntheticWorkload
 
 # The simulator: TTFT 50 ms, then one event every 10 ms on absolute deadlines; 4 of the 12

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import yaml
 
 from kit.cli import COMMAND
-from latbench.records.record import RunFooter, RunHeader, iter_lines
+from latbench.records import RunFooter, RunHeader
+from latbench.records.record import iter_lines
 
 TOKEN = "test-token-0123456789abcdef"
 READY = "latbench serve listening on "

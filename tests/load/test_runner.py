@@ -27,15 +27,15 @@ import orjson
 import pytest
 from kit.hostile import FlakyWorkload
 
-from latbench.client.apis import API_KINDS, RequestOptions
+from latbench import ErrorKind
+from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
 from latbench.client.looplag import add_lag_listener
-from latbench.client.stream import Endpoint, Timeouts
 from latbench.load.eager import install as install_eager_writes
 from latbench.load.runner import Runner, worker_count
 from latbench.load.wire import frame, message, pack_record, unpack_record
 from latbench.load.worker import Shard, serve, split
-from latbench.records.record import Record, RunFooter, counts, instants
-from latbench.shared.errors import ErrorKind
+from latbench.records import Record, RunFooter
+from latbench.records.record import counts, instants
 from latbench.sim import SimProcess
 from latbench.spec import LoadSpec
 from latbench.workload import SyntheticWorkload

@@ -6,12 +6,11 @@ import re
 
 from rich.console import Console
 
-from latbench.records.record import Record
+from latbench import ErrorKind
+from latbench.records import Record
 from latbench.render.terminal import render_summary
-from latbench.shared.errors import ErrorKind
-from latbench.spec.slo import Slo
-from latbench.summary.summary import Summary, summarize
-from latbench.summary.validity import ClientStats
+from latbench.spec import Slo
+from latbench.summary import ClientStats, Summary, summarize
 
 MS = 1_000_000
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from latbench.service.api import API
 from latbench.service.app import create_app
 from latbench.service.config import ServiceConfig
-from latbench.summary.summary import summarize
+from latbench.summary import summarize
 
 ROOT = paths.ROOT
 OPENAPI = ROOT / "latbench" / "service" / "openapi.yaml"

@@ -22,10 +22,9 @@ from kit import paths
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench._simfarm import SimFarm
-from latbench.client.apis import API_KINDS, RequestOptions
+from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts, stream_request
 from latbench.client.preflight import ANTHROPIC_VERSION
-from latbench.client.stream import Endpoint, Timeouts, stream_request
-from latbench.records.record import Record
+from latbench.records import Record
 from latbench.shared.buckets import (
     VLLM_ITL_BUCKETS,
     VLLM_REQUEST_LATENCY_BUCKETS,

@@ -27,8 +27,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from kit.sim import FAST, Serve
 
+from latbench import SpecError
 from latbench.shared import rxstamp
-from latbench.shared.errors import SpecError
 from latbench.sim import (
     FaultSpec,
     SimConfig,

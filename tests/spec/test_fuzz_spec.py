@@ -19,9 +19,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from latbench import SpecError
 from latbench.load.worker import make_pacer
 from latbench.run.benchmark import make_workload
-from latbench.shared.errors import SpecError
 from latbench.spec import RunSpec, load_spec, read_spec_file
 
 # Per example: the loader is a few ms; the bound catches a blow-up, not a slow machine.

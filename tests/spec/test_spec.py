@@ -12,10 +12,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from latbench import SpecError, TargetError
 from latbench.cli.common import spec_from_args
 from latbench.cli.main import build_parser
-from latbench.client.preflight import MAX_MODELS_BYTES, resolve_endpoint
-from latbench.shared.errors import SpecError, TargetError
+from latbench.client import resolve_endpoint
+from latbench.client.preflight import MAX_MODELS_BYTES
 from latbench.spec import load_spec, read_spec_file
 
 
@@ -167,7 +168,7 @@ def test_extra_body_cannot_override_what_latbench_sets(key: str) -> None:
 
 def test_every_body_field_latbench_sets_is_protected() -> None:
     """CONTROLLED_BODY_KEYS covers every field each API kind's body sets (but `store`)."""
-    from latbench.client.apis import API_KINDS, RequestOptions
+    from latbench.client import API_KINDS, RequestOptions
     from latbench.spec.workload import CONTROLLED_BODY_KEYS
     from latbench.workload import WorkItem
 

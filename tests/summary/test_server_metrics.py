@@ -22,7 +22,7 @@ from kit import paths
 from kit.cli import latbench
 from kit.promql import free_port
 
-from latbench.records.record import read_records
+from latbench.records import read_records
 from latbench.summary.server import (
     Histogram,
     ServerMetrics,

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latbench.records.record import Phase, Record, encode_record, iter_lines
-from latbench.shared.errors import ErrorKind, RecordsError
-from latbench.spec.slo import DEFAULT_LIMITS, DEFAULT_SLOS, METRICS, Slo, parse_slo
-from latbench.summary.summary import Summary, summarize
-from latbench.summary.validity import ClientStats
+from latbench import ErrorKind, RecordsError
+from latbench.records import Record
+from latbench.records.record import Phase, encode_record, iter_lines
+from latbench.spec import DEFAULT_LIMITS, DEFAULT_SLOS, METRICS, Slo, parse_slo
+from latbench.summary import ClientStats, Summary, summarize
 
 MS = 1_000_000  # ns
 NS = 1_000_000_000

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from kit.cli import latbench
 
-from latbench.render import load_results
-from latbench.render.load import Sweep
-from latbench.shared.errors import SpecError
+from latbench import SpecError
+from latbench.render import Sweep, load_results
 from latbench.sim import SimConfig, capacity_rps, events_for
 from latbench.sweep import CapacitySearch, Outcome, parse_values
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from kit.cli import latbench
 
+from latbench import SpecError
 from latbench.cli.common import spec_from_args
 from latbench.cli.main import build_parser
-from latbench.shared.errors import SpecError
 from latbench.spec import RunSpec, load_spec
 
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kit import paths
 
+from latbench import SpecError
 from latbench.shared.dist import Dist
-from latbench.shared.errors import SpecError
 from latbench.workload import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_VOCABULARY,

@@ -811,6 +811,14 @@ def test_config_file_has_the_spec_limits(tmp_path, text: str, message: str) -> N
         parse(["--config", str(file)])
 
 
+def test_a_json_config_nested_past_the_recursion_limit_is_a_named_error(tmp_path) -> None:
+    # json.loads raises RecursionError, not a parse error, on an array 100,000 deep.
+    file = tmp_path / "sim.json"
+    file.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SpecError, match="--config: cannot read settings: RecursionError"):
+        parse(["--config", str(file)])
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [

@@ -44,6 +44,18 @@ def test_import_latbench_does_not_import_the_stages() -> None:
     assert not loaded & set(STAGES), loaded
 
 
+def test_a_worker_does_not_import_the_simulator_server() -> None:
+    # The spec embeds the simulator's config; a worker reads specs, and needs neither the
+    # simulator's server nor aiohttp's web framework (latbench.sim imports on first use).
+    code = "import sys, latbench.load.worker; print(*sorted(sys.modules))"
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(p.stdout.split())
+    assert "latbench.sim.config" in loaded
+    assert not loaded & {"latbench.sim.server", "aiohttp.web"}, sorted(loaded)
+
+
 def test_a_benchmark_through_the_face_alone(tmp_path: Path) -> None:
     """The docstring's example: spec -> target (the built-in simulator) -> run -> records ->
     summary, which is the one the run computed."""

@@ -45,7 +45,7 @@ from latbench.render.terminal import render_summary
 from latbench.shared.errors import SpecError
 from latbench.shared.yamlfile import load_yaml
 from latbench.spec import read_spec_file
-from latbench.summary.server import Reconciliation
+from latbench.summary.server_metrics import Reconciliation
 from latbench.summary.summary import Summary
 from latbench.vllm.interop import add_vllm_arguments, apply_vllm_flags
 

@@ -23,7 +23,7 @@ from latbench.cli.common import (
 from latbench.records.rundir import RunDir
 from latbench.shared.errors import ErrorKind
 from latbench.spec import load_spec
-from latbench.summary.server import ServerMetricsError, read_server_metrics, reconcile
+from latbench.summary.server_metrics import ServerMetricsError, read_server_metrics, reconcile
 from latbench.summary.summary import summarize_file
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -19,6 +18,7 @@ from latbench.client.reads import read_bounded
 from latbench.client.retry import RetryPolicy
 from latbench.client.stream import Endpoint, StreamLimits, Timeouts
 from latbench.shared.errors import SpecError, TargetError
+from latbench.shared.secrets import read_secret_file
 from latbench.spec import TargetSpec, WorkloadSpec
 
 SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
@@ -38,14 +38,9 @@ def model_names(served: list[str]) -> str:
     return names if len(served) <= NAMED_MODELS else f"{names}, ... ({len(served)} in all)"
 
 
-def read_secret_file(path: Path, field: str) -> str:
-    """A secret kept in a file (a mounted secret, a key file), without the line end an editor
-    or `echo` leaves; a file that cannot be read is a SpecError naming the `field` that named it.
-    The service's bearer token is read this way too (latbench/service/config.py)."""
-    try:
-        return path.read_text().strip()
-    except OSError as e:
-        raise SpecError(f"{field}: cannot read {path}: {e.strerror}") from None
+def retry_policy(t: TargetSpec) -> RetryPolicy:
+    """The target's `retry` section as the policy the client follows."""
+    return RetryPolicy(t.retry.max_retries, t.retry.backoff, t.retry.max_wait)
 
 
 def read_api_key(t: TargetSpec) -> str | None:
@@ -105,7 +100,7 @@ async def resolve_endpoint(
         ),
         headers=headers,
         timeouts=Timeouts(to.connect, to.first_token, to.idle, to.total),
-        retry=RetryPolicy(**t.retry.model_dump()),
+        retry=retry_policy(t),
         limits=StreamLimits(t.stream_limits.max_line_bytes, t.stream_limits.max_event_bytes),
     )
 

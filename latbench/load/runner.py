@@ -54,6 +54,7 @@ from latbench.records.record import Phase, Record, RunFooter
 from latbench.shared.errors import ErrorKind, LatbenchError
 from latbench.sinks import Sink
 from latbench.spec import LoadSpec
+from latbench.summary.samples import last_instant
 from latbench.summary.validity import ClientStats
 from latbench.workload import Workload
 
@@ -386,7 +387,7 @@ class Runner:
         from the measured requests themselves: first intended send to last finish."""
         measured = [r for r in self.records if r.phase == "measure"]
         first = min((r.t_intended for r in measured), default=self._start)
-        last = max((r.t_end or r.t_sent for r in measured), default=first)
+        last = max((last_instant(r) for r in measured), default=first)
         ld = self.load
         start = (
             self._start + int(ld.warmup * 1e9) if ld.warmup and not ld.warmup_requests else first

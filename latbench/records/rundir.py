@@ -5,8 +5,8 @@ request finishes, the server's scrapes and the results file when it ends, and vL
 latbench launched the server. The run writes them and every reader (`latbench summary`, reports,
 sweeps, the service) finds them through `RunDir`, so the names are spelled here once and the
 writer and its readers cannot drift apart. What the files mean lies elsewhere: the records'
-codec in `records.record`, the scrapes in `summary.server`; this module only places, writes and
-reads bytes.
+codec in `records.record`, the scrapes in `summary.server_metrics`; this module only places,
+writes and reads bytes.
 
 results.json is for other programs: latbench itself recomputes every figure from the records,
 and uses the results file only to find the records file it names.

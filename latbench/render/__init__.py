@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from latbench.render.load import Run, Sweep, load_results, load_run
+from latbench.render.readback import Run, Sweep, load_results, load_run
 from latbench.shared.errors import RecordsError
 from latbench.summary.compare import Row, compare_runs
 

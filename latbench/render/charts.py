@@ -19,7 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from latbench.render.load import Run, Sweep
+from latbench.render.readback import Run, Sweep
 from latbench.spec.slo import DEFAULT_SLOS
 from latbench.summary.compare import Row
 from latbench.summary.samples import NS_PER_S, Samples, last_instant
@@ -195,8 +195,8 @@ def over_time_figure(run: Run) -> go.Figure:
         row=2,
         col=1,
     )
-    done = rel(np.array([r.t_end or r.t_sent for r in recs if r.error is None], dtype=np.int64))
-    bad = rel(np.array([r.t_end or r.t_sent for r in recs if r.error is not None], dtype=np.int64))
+    done = rel(np.array([last_instant(r) for r in recs if r.error is None], dtype=np.int64))
+    bad = rel(np.array([last_instant(r) for r in recs if r.error is not None], dtype=np.int64))
     fig.add_trace(
         go.Bar(
             x=mid,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from latbench.render import charts
-from latbench.render.load import Run, Sweep
 from latbench.render.page import Page, esc, table
+from latbench.render.readback import Run, Sweep
 from latbench.render.sections import (
     capacity_html,
     cdf_grid,

@@ -1,4 +1,5 @@
-"""Rendering a client/server reconciliation (latbench/summary/server.py) as terminal tables."""
+"""Rendering a client/server reconciliation (latbench/summary/server_metrics.py) as terminal
+tables."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from latbench.shared.units import ms_short
-from latbench.summary.server import Reconciliation, Side
+from latbench.summary.server_metrics import Reconciliation, Side
 
 LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E"}
 PHASE_LABELS = {

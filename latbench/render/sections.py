@@ -11,13 +11,13 @@ from collections.abc import Sequence
 import orjson
 
 from latbench.render import charts
-from latbench.render.load import Run, Sweep
 from latbench.render.page import Page, esc, table
+from latbench.render.readback import Run, Sweep
 from latbench.render.text import STEP_COLUMNS
 from latbench.shared.units import ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
-from latbench.summary.server import Reconciliation
+from latbench.summary.server_metrics import Reconciliation
 from latbench.summary.summary import Summary, pct_key
 from latbench.sweep import Capacity
 

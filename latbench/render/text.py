@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from latbench.render.charts import LABELS
-from latbench.render.load import Run, Sweep
+from latbench.render.readback import Run, Sweep
 from latbench.shared.units import ms, ms_interval, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row

@@ -44,7 +44,7 @@ from latbench.sinks.progress import Progress, ProgressSink
 from latbench.sinks.prometheus import PrometheusSink, run_labels
 from latbench.spec import RunSpec, WorkloadSpec
 from latbench.summary.scraper import ServerMetricsScraper, default_metrics_url
-from latbench.summary.server import Reconciliation, ServerMetricsError, reconcile
+from latbench.summary.server_metrics import Reconciliation, ServerMetricsError, reconcile
 from latbench.summary.summary import Summary, summarize
 from latbench.workload import FileWorkload, SyntheticWorkload, Workload
 
@@ -159,6 +159,7 @@ async def run_benchmark(
             # can be handed to it once; until it exists nothing is in flight.
             return 0 if runner is None else runner.inflight
 
+        terminal = progress is None
         if progress is None:
             progress = ProgressSink(console, inflight, spec.load.requests, spec.load.duration)
         else:  # its clock starts where the terminal line's does
@@ -201,9 +202,12 @@ async def run_benchmark(
         finally:
             if scraper is not None:
                 await scraper.cancel()
-            # The live view goes first, so it is off the terminal before anything after it
-            # prints or fails; the others close in the order they see records.
-            for sink in [progress, *(other for other in all_sinks if other is not progress)]:
+            # The terminal line goes first, so it is off the screen before anything after it
+            # prints or fails; the others close in the order they see records, so a caller's
+            # progress (the service's wakes the run's followers) closes after the records
+            # file has its footer.
+            first = [progress] if terminal else []
+            for sink in [*first, *(other for other in all_sinks if other not in first)]:
                 sink.close(footer)
     summary = summarize(
         outcome.records,

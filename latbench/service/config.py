@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from latbench.client.preflight import read_secret_file
 from latbench.exporter import parse_listen
 from latbench.shared.errors import SpecError
+from latbench.shared.secrets import read_secret_file
 from latbench.shared.yamlfile import load_yaml
-from latbench.sim import SimConfig
+from latbench.sim.config import SimConfig
 from latbench.spec import PositiveSeconds, Seconds, TargetSpec, load_spec
 from latbench.workload import MAX_TOKENS
 

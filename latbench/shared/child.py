@@ -46,9 +46,13 @@ class Child:
         """Return once `ready()` is true (it may block a moment itself, as an Event's wait does);
         raise `exited(status)` if the child ends first, `late()` past the deadline."""
         deadline = time.monotonic() + timeout_s
-        while not ready():
+        while True:
+            # Exited first, then ready: a child that died is not ready, even when something
+            # else answers on the port it was given.
             if self.proc.poll() is not None:
                 raise exited(self.proc.returncode)
+            if ready():
+                return
             if time.monotonic() > deadline:
                 raise late()
             time.sleep(every_s)

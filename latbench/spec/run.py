@@ -14,7 +14,7 @@ from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from latbench.shared.errors import SpecError
 from latbench.shared.yamlfile import MAX_BYTES, MAX_DEPTH, load_yaml
-from latbench.sim import SimConfig
+from latbench.sim.config import SimConfig
 from latbench.spec.fields import StrictModel, UpToADay
 from latbench.spec.load import LoadSpec
 from latbench.spec.slo import DEFAULT_SLOS, Slo, ValidityLimits, parse_slo

@@ -1,6 +1,6 @@
 """Reading vLLM's /metrics over HTTP before, during and after a run: the one part of the
 server's account that does I/O (what the scrapes mean, and the reconciliation, are the pure
-functions in `summary.server`).
+functions in `summary.server_metrics`).
 
 The scraper reads the page once before the first request (a page that is not vLLM's turns it
 off), every few seconds during the run for the gauges' course, and once after the last
@@ -15,7 +15,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from latbench.summary.server import ServerMetrics, ServerMetricsError, Snapshot, parse_metrics
+from latbench.summary.server_metrics import (
+    ServerMetrics,
+    ServerMetricsError,
+    Snapshot,
+    parse_metrics,
+)
 
 SCRAPE_EVERY_S = 2.0
 # After the last response, vLLM may record the last request's stats a moment later.

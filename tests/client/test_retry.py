@@ -25,6 +25,7 @@ from latbench.client import (
     RetryPolicy,
     Timeouts,
 )
+from latbench.client.preflight import retry_policy
 from latbench.client.retry import fold, retry_after_s, should_retry, status_kind
 from latbench.records import Record, read_records
 from latbench.records.record import encode_record, instants, iter_lines
@@ -160,14 +161,14 @@ def test_retry_fields_round_trip_and_old_records_still_read() -> None:
 
 def test_spec_and_flags() -> None:
     spec = load_spec({"target": {"retry": {"max_retries": 2, "max_wait": "5s"}}})
-    assert RetryPolicy(**spec.target.retry.model_dump()) == RetryPolicy(2, 1.0, 5.0)
+    assert retry_policy(spec.target) == RetryPolicy(2, 1.0, 5.0)
     from latbench.cli.common import spec_from_args
     from latbench.cli.main import build_parser
 
     argv = ["run", "--requests", "1", "--retries", "3", "--retry-max-wait", "2m"]
     ns = build_parser().parse_args(argv)
     data = spec_from_args(ns)
-    assert RetryPolicy(**load_spec(data).target.retry.model_dump()) == RetryPolicy(3, 1.0, 120.0)
+    assert retry_policy(load_spec(data).target) == RetryPolicy(3, 1.0, 120.0)
 
 
 # --- over a socket: the simulator refuses, the client retries -----------------------------------

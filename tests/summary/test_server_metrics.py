@@ -1,4 +1,4 @@
-"""Client/server reconciliation (latbench/summary/server.py).
+"""Client/server reconciliation (latbench/summary/server_metrics.py).
 
 Two sources of server metrics: a recorded transcript of a real vLLM 0.32.0 (its /metrics before
 and after a 6-request chat run, with that run's records: tests/data/vllm-0.32.0/), and the
@@ -23,7 +23,7 @@ from kit.cli import latbench
 from kit.promql import free_port
 
 from latbench.records import read_records
-from latbench.summary.server import (
+from latbench.summary.server_metrics import (
     Histogram,
     ServerMetrics,
     ServerMetricsError,

@@ -16,7 +16,7 @@ from latbench.records.rundir import RunDir
 from latbench.shared.errors import RecordsError
 from latbench.spec import RunSpec, load_spec
 from latbench.summary.compare import RunSamples
-from latbench.summary.server import (
+from latbench.summary.server_metrics import (
     Reconciliation,
     ServerMetricsError,
     read_server_metrics,

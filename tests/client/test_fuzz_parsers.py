@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from latbench.client import API_KINDS
@@ -90,6 +90,7 @@ def test_sse_any_split_gives_the_events_of_the_format(stream: bytes, points: lis
     line=st.integers(min_value=1, max_value=40),
     event=st.integers(min_value=1, max_value=80),
 )
+@example(stream=b"\n::\n", points=[], line=2, event=2)
 def test_sse_caps_hold_however_the_stream_is_split(
     stream: bytes, points: list[int], line: int, event: int
 ) -> None:
@@ -100,8 +101,11 @@ def test_sse_caps_hold_however_the_stream_is_split(
     # The same events, and the same verdict, whatever the reads were.
     assert by_piece[:2] == whole[:2] == by_byte[:2]
     # What it holds between reads is never over the event cap (nor a line over the line cap),
-    # but for the line end that may close the event, which the event does not count.
-    assert by_piece[2] <= event + 1 and by_byte[2] <= event + 1
+    # but for two bytes the event does not count: the line end that may close it, and a stray
+    # line end before it (left after the blank line that ended the last event; it dispatches
+    # nothing, and a second would make a blank line, which the parser consumes). Hypothesis
+    # found the second: b"\n::\n" with an event cap of 2 holds 4 bytes.
+    assert by_piece[2] <= event + 2 and by_byte[2] <= event + 2
     if not whole[1]:
         assert whole[0] == reference(stream)
 

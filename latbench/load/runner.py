@@ -48,6 +48,7 @@ import orjson
 
 from latbench.client.looplag import publish_lag
 from latbench.client.stream import Endpoint
+from latbench.load.cpus import usable_cpus
 from latbench.load.wire import frame, message, read_frame, record_seq, unpack_record
 from latbench.load.worker import Shard
 from latbench.records.record import Phase, Record, RunFooter
@@ -81,11 +82,12 @@ def make_connector(load: LoadSpec, verify_tls: bool) -> aiohttp.TCPConnector:
 
 def worker_count(load: LoadSpec, asked: int | None, cores: int | None = None) -> int:
     """Workers for a load: as asked, else one per STREAMS_PER_WORKER streams (the concurrency,
-    or the open-loop cap; one when there is neither), leaving a core for the runner and the
-    rest of the machine. Never more than there are users or slots to split: a worker with none
-    would only cost start-up time."""
+    or the open-loop cap; one when there is neither), leaving one of the CPUs this process may
+    use (`load.cpus`: affinity and cgroup quota, not the machine's count) for the runner.
+    Never more than there are users or slots to split: a worker with none would only cost
+    start-up time."""
     if asked is None:
-        cores = (os.cpu_count() or 1) if cores is None else cores
+        cores = usable_cpus() if cores is None else cores
         streams = load.concurrency or 1
         asked = min(math.ceil(streams / STREAMS_PER_WORKER), max(1, cores - 1))
     w = asked

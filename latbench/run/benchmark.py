@@ -30,6 +30,7 @@ from rich.console import Console
 from latbench import __version__
 from latbench.client.preflight import redact_headers, resolve_endpoint
 from latbench.exporter import LatbenchMetrics, RunLabels
+from latbench.load.cpus import usable_cpus
 from latbench.load.runner import Runner, make_connector
 from latbench.load.worker import raise_fd_limit
 from latbench.records.record import RunHeader
@@ -88,6 +89,8 @@ def environment(spec: RunSpec, base_url: str, model: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "host": socket.gethostname(),
         "cpu_count": os.cpu_count(),
+        # What the default worker count was made from: affinity mask and cgroup quota.
+        "cpus_usable": usable_cpus(),
         "target": base_url,
         "embedded_simulator": spec.target.base_url is None,
         "api": spec.target.api,

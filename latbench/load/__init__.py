@@ -8,6 +8,7 @@ worker   one shard of the schedule (closed or open loop) on its own event loop, 
          process (`python -m latbench.load.worker`)
 wire     the frames between runner and workers, and the compact record encoding they carry
 eager    the workers' task factory: a request's bytes leave when it is sent (Python 3.11)
+cpus     the CPUs this process may use (affinity mask, cgroup quota): the default worker count
 """
 
 # No names are imported here: the workers run `python -m latbench.load.worker`, and a package

@@ -17,8 +17,9 @@ simulator processes, which import only the stages they run.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from latbench.shared.lazy import lazy_face
 
 __version__ = "0.1.0"
 
@@ -64,20 +65,7 @@ _HOME = {
         "TargetError",
     ),
 }
-_FACE = {name: module for module, names in _HOME.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    module = _FACE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'latbench' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_face(__name__, globals(), _HOME)
 
 
 if TYPE_CHECKING:

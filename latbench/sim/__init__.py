@@ -9,8 +9,9 @@ It also serves vLLM's own Prometheus metrics at `/metrics`, from the same instan
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from latbench.shared.lazy import lazy_face
 
 __all__ = [
     "FaultSpec",
@@ -27,28 +28,12 @@ __all__ = [
 # every process that reads a spec (each worker among them) imports this package, and needs
 # neither the server nor aiohttp's web framework.
 _HOME = {
-    "FaultSpec": "latbench.sim.config",
-    "SimConfig": "latbench.sim.config",
-    "SimError": "latbench.sim.process",
-    "SimProcess": "latbench.sim.process",
-    "capacity_rps": "latbench.sim.engine",
-    "events_for": "latbench.sim.engine",
-    "service_time_s": "latbench.sim.engine",
-    "create_app": "latbench.sim.server",
+    "latbench.sim.config": ("FaultSpec", "SimConfig"),
+    "latbench.sim.process": ("SimError", "SimProcess"),
+    "latbench.sim.engine": ("capacity_rps", "events_for", "service_time_s"),
+    "latbench.sim.server": ("create_app",),
 }
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module 'latbench.sim' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_face(__name__, globals(), _HOME)
 
 
 if TYPE_CHECKING:

@@ -202,9 +202,25 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Sampling flags, sent as request fields of the same name (vLLM's, OpenAI's, Anthropic's).
+SAMPLING = ("temperature", "top_p", "top_k")
+
+
+def parse_extra_body(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise SpecError(f"--extra-body: not JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise SpecError(f"--extra-body {text[:80]!r}: give a JSON object, e.g. '{{\"top_k\": 1}}'")
+    return body
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", type=Path, help="run spec file (YAML or JSON); flags override it")
-    p.add_argument("--name", help="scenario name (a label in results and metrics)")
+    p.add_argument("--name", "--label", help="scenario name (a label in results and metrics)")
     g = p.add_argument_group("target (omit --target to benchmark the built-in simulator)")
     g.add_argument(
         "--target", "--base-url", metavar="URL", help="server root, e.g. http://127.0.0.1:8000"
@@ -218,7 +234,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     g.add_argument("--api-key-env", metavar="VAR", help="env var holding the API key")
     g.add_argument("--api-key-file", metavar="PATH", help="file holding the API key")
-    g.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'")
+    g.add_argument(
+        "--header",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header; NAME=VALUE (vllm bench serve's form) works too",
+    )
     g.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     g.add_argument(
         "--vllm-extensions",
@@ -298,6 +321,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--sharegpt", type=Path, metavar="FILE.json", help="ShareGPT conversations")
     g.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--seed", type=int)
+    g.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling (default: the server's)")
+    g.add_argument("--top-k", type=int, help="top-k sampling (default: the server's)")
+    g.add_argument(
+        "--extra-body",
+        metavar="JSON",
+        help='fields added to every request body, e.g. \'{"chat_template_kwargs": '
+        '{"enable_thinking": false}}\'; they win over --temperature/--top-p/--top-k',
+    )
     g = p.add_argument_group("verdict and output")
     g.add_argument(
         "--slo",
@@ -352,10 +384,18 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.insecure:
         set_path(data, ("target", "verify_tls"), False)
     for h in ns.header:
-        name, sep, value = h.partition(":")
-        if not sep or not name.strip():
-            raise SpecError(f"--header {h!r}: write it as 'Name: value'")
+        # 'Name: value', or vLLM's Name=value: whichever comes first splits (a name has neither).
+        colon, eq = h.find(":"), h.find("=")
+        cut = colon if colon >= 0 and (eq < 0 or colon < eq) else eq
+        name, value = h[:cut], h[cut + 1 :]
+        if cut < 0 or not name.strip():
+            raise SpecError(f"--header {h!r}: write it as 'Name: value' or Name=value")
         data.setdefault("target", {}).setdefault("headers", {})[name.strip()] = value.strip()
+    sampling = {k: v for k in SAMPLING if (v := getattr(ns, k)) is not None}
+    if sampling or ns.extra_body is not None:
+        body = data.setdefault("workload", {}).setdefault("extra_body", {})
+        body.update(sampling)  # as in vLLM, --extra-body wins over the sampling flags
+        body.update(parse_extra_body(ns.extra_body))
     if ns.prompts:
         set_path(data, ("workload", "source"), "jsonl")
         set_path(data, ("workload", "path"), str(ns.prompts))

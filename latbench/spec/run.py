@@ -66,6 +66,11 @@ class RunSpec(StrictModel):
         default_factory=lambda: [50.0, 90.0, 95.0, 99.0, 99.9], max_length=32
     )
     output_dir: Path = Path("latbench-results")
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="free-form notes kept with the run (vllm bench serve's --metadata)",
+    )
 
     @model_validator(mode="after")
     def _sim_speaks_the_api(self) -> RunSpec:

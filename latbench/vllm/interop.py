@@ -1,5 +1,5 @@
-"""Interop with `vllm bench serve`: its flag names where they mean what ours mean, and its
-results-JSON field names for the metrics whose definitions match ours (docs/sweeps.md, "Interop").
+"""Interop with `vllm bench serve` (vLLM 0.32, vllm/benchmarks/serve.py): its flag names where
+they mean what ours mean, and its results JSON (docs/vllm.md, "vllm bench serve").
 
 Flags, and what they become here:
 
@@ -7,22 +7,32 @@ Flags, and what they become here:
     --request-rate R         --rate R (Poisson unless --mode says otherwise; `inf` = every
                              request at once: a closed loop of --max-concurrency users, or of
                              --num-prompts users without it, as vLLM sends them)
-    --num-prompts N          --requests N
+    --num-prompts N          --requests N (measured; --num-warmups come on top, as in vLLM)
+    --num-warmups N          --warmup-requests N, added to --num-prompts: the first N requests
+                             are sent and left out of the figures (vLLM sends N copies of its
+                             first prompt and waits for them; here the load does not pause)
     --burstiness B           --burstiness B (the same gamma shape)
     --base-url URL           --target URL
     --input-len/--output-len --input-tokens/--output-tokens
+    --header KEY=VALUE       --header 'KEY: VALUE' (both spellings are accepted)
+    --label L                --name L (a scenario name: letters, digits, _ . -)
+    --metadata KEY=VALUE ..  the spec's `metadata`, written as top-level keys of the results
+    --temperature/--top-p/--top-k/--extra-body   the request body (`workload.extra_body`)
     --metric-percentiles P,..  --percentiles P,..
     --percentile-metrics M,..  which metrics the vLLM-format results list (ttft,tpot,itl,e2el,
                              client_queue_time, e2el_including_client_queue)
     --goodput ttft:100 ..    SLO thresholds in ms for goodput (p99 SLOs, not gating the exit)
     --save-result, --result-dir, --result-filename   write the vLLM-format results JSON
+    --save-detailed          add the per-request arrays to it
 
 Field definitions that match (METRICS.md): TTFT, TPOT, ITL and E2E ("e2el") are vLLM's own;
 `client_queue_time` is our queue delay (`t_sent - t_intended`), `e2el_including_client_queue`
 our E2E from schedule. Every figure is over latbench's measurement window (warm-up and
-cool-down left out), which is vLLM's whole run when there is no warm-up. vLLM's
-`max_output_tokens_per_s` and `max_concurrent_requests` count one token per SSE chunk in
-one-second buckets, which is not a latbench metric, so they are not written.
+cool-down left out), which is vLLM's whole run when there is no warm-up. The per-request arrays
+hold the measured requests in the order they were sent, failed ones included with zeros, as
+vLLM writes them; `generated_texts` is not written, since records keep no text.
+`max_output_tokens_per_s` and `max_concurrent_requests` are vLLM's one-second-bucket figures,
+counted as vLLM counts them (one token per token-bearing event).
 """
 
 from __future__ import annotations
@@ -34,13 +44,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
-from latbench.records.record import RecordsFile
+from latbench.records.record import Record, RecordsFile
 from latbench.records.rundir import RunDir
 from latbench.shared.errors import SpecError
 from latbench.shared.units import to_ms
 from latbench.spec import load_spec
+from latbench.spec.slo import DEFAULT_SLOS
+from latbench.summary.samples import NS_PER_S, record_samples
 from latbench.summary.summary import summarize_file
 
 # vLLM's percentile-metric name -> latbench's metric name (same definition).
@@ -54,6 +67,18 @@ VLLM_METRICS: dict[str, str] = {
 }
 DEFAULT_PERCENTILE_METRICS: tuple[str, ...] = ("ttft", "tpot", "itl")  # vLLM's default
 DEFAULT_RESULT_FILENAME = "vllm-results.json"
+# Our API kind -> vLLM's --backend that speaks it.
+VLLM_BACKENDS: dict[str, str] = {
+    "chat": "openai-chat",
+    "completions": "openai",
+    "responses": "openai-responses",
+}
+# vLLM's per-request arrays, in its order; all of them with --save-detailed, these two always.
+PER_REQUEST_FIELDS: tuple[str, ...] = (
+    "input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times", "queue_times",
+    "errors",
+)  # fmt: skip
+ALWAYS_WRITTEN: frozenset[str] = frozenset({"latencies", "queue_times"})
 
 
 def add_vllm_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,7 +104,26 @@ def add_vllm_arguments(p: argparse.ArgumentParser) -> None:
         "the exit status, as in vLLM)",
     )
     g.add_argument(
+        "--num-warmups",
+        type=int,
+        metavar="N",
+        help="as in vllm bench serve: N requests before --num-prompts, left out of the figures",
+    )
+    g.add_argument(
+        "--metadata",
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        help="kept in the spec and written as top-level keys of the --save-result file",
+    )
+    g.add_argument(
         "--save-result", action="store_true", help="also write the results with vLLM's field names"
+    )
+    g.add_argument(
+        "--save-detailed",
+        action="store_true",
+        help="with --save-result: add the per-request arrays (input_lens, output_lens, ttfts, "
+        "itls, start_times, errors)",
     )
     g.add_argument("--result-dir", type=Path, metavar="DIR", help="where --save-result writes")
     g.add_argument(
@@ -121,11 +165,35 @@ def goodput_slos(pairs: Sequence[str]) -> list[str]:
     return out
 
 
+def key_values(pairs: Sequence[str], flag: str) -> dict[str, str]:
+    """`["a=1", "b = x"]` -> `{"a": "1", "b": "x"}` (vLLM's --metadata and --header form)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"{flag} {pair!r}: write it as KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def apply_vllm_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
     """Fold the vLLM-only flags into spec data built from our own flags."""
     # No `load` section unless a flag fills one: an empty one would replace the spec's default
     # load (the demo's 15 s), which is what `latbench run` with no flags runs.
     load = data.get("load", {})
+    warmups = getattr(ns, "num_warmups", None)
+    if warmups is not None:
+        if getattr(ns, "warmup_requests", None) is not None:
+            raise SpecError("give --warmup-requests or --num-warmups, not both")
+        if warmups < 0:
+            raise SpecError(f"--num-warmups {warmups}: give 0 or more")
+        # vLLM's --num-prompts counts the measured requests only; ours counts every request.
+        load["warmup_requests"] = warmups
+        if load.get("requests") is not None:
+            load["requests"] += warmups
+        data["load"] = load
+    if getattr(ns, "metadata", None):
+        data["metadata"] = {**data.get("metadata", {}), **key_values(ns.metadata, "--metadata")}
     if getattr(ns, "max_concurrency", None) is not None:
         if ns.concurrency is not None:
             raise SpecError("give --concurrency or --max-concurrency, not both")
@@ -167,8 +235,10 @@ def vllm_result(
     *,
     percentile_metrics: Sequence[str] = DEFAULT_PERCENTILE_METRICS,
     percentiles: Sequence[float] | None = None,
+    detailed: bool = False,
 ) -> dict[str, Any]:
-    """The run in `vllm bench serve`'s results-JSON shape, from the records alone."""
+    """The run in `vllm bench serve`'s results-JSON shape, from the records alone, its keys in
+    vLLM's order; `detailed` adds the per-request arrays, as vLLM's --save-detailed does."""
     header = f.header
     spec = load_spec(header.spec if header else {}, source="records header")
     pcts = list(percentiles) if percentiles is not None else list(spec.percentiles)
@@ -180,14 +250,22 @@ def vllm_result(
     rates = summary.rates
     duration = summary.window.duration_s if summary.window else None
     prompt_total = summary.tokens.prompt_total
+    measured = sorted((r for r in f.records if r.phase == "measure"), key=lambda r: r.t_sent)
+    if load.requests is not None:
+        num_prompts = load.requests - load.warmup_requests - load.cooldown_requests
+    else:
+        num_prompts = len(measured)
+    backend = VLLM_BACKENDS.get(spec.target.api, spec.target.api)
     out: dict[str, Any] = {
         "date": time.strftime("%Y%m%d-%H%M%S", time.localtime(wall / 1e9)),
-        "endpoint_type": "openai-chat" if spec.target.api == "chat" else "openai",
-        "backend": "openai-chat" if spec.target.api == "chat" else "openai",
+        "endpoint_type": backend,
+        "backend": backend,
         "label": spec.name,
         "model_id": env.get("model"),
-        "tokenizer_id": None,
-        "num_prompts": load.requests if load.requests is not None else len(f.records),
+        "tokenizer_id": getattr(spec.workload, "tokenizer", None),
+        "num_prompts": num_prompts,
+        # vLLM writes --metadata here, so the figures below win a clash of names.
+        **spec.metadata,
         "request_rate": load.rate if load.open_loop else "inf",
         "burstiness": load.burstiness if load.mode == "poisson" else None,
         "max_concurrency": load.concurrency,
@@ -197,7 +275,8 @@ def vllm_result(
         "total_input_tokens": prompt_total,
         "total_output_tokens": summary.tokens.output_total,
         "request_throughput": rates.requests_per_s,
-        "request_goodput": rates.goodput_per_s,
+        # vLLM writes null unless --goodput was given; latbench's default SLOs are no ask.
+        "request_goodput": None if spec.slos == list(DEFAULT_SLOS) else rates.goodput_per_s,
         "output_throughput": rates.output_tokens_per_s,
         "total_token_throughput": (
             None
@@ -205,6 +284,11 @@ def vllm_result(
             else (prompt_total + summary.tokens.output_total) / duration
         ),
     }
+    per_request = request_arrays(measured)
+    keep = PER_REQUEST_FIELDS if detailed else ALWAYS_WRITTEN
+    out.update((k, v) for k, v in per_request.items() if k in keep)
+    out.update(peak_figures(measured))
+    out["rtfx"] = 0.0  # audio input seconds per second: none here
     for name in percentile_metrics:
         stats = summary.latency[VLLM_METRICS[name]]
         out[f"mean_{name}_ms"] = to_ms(stats.mean)
@@ -222,13 +306,62 @@ def vllm_result(
     return out
 
 
+def request_arrays(measured: Sequence[Record]) -> dict[str, list[Any]]:
+    """vLLM's per-request arrays, one entry per measured request, in seconds: a failed request
+    has zeros where it measured nothing (vLLM's output_lens is 0 for every failed one)."""
+    cols: dict[str, list[Any]] = {k: [] for k in PER_REQUEST_FIELDS}
+    for r in measured:
+        s = record_samples(r)
+        ok = r.error is None
+        cols["input_lens"].append(r.usage_prompt_tokens or 0)
+        cols["output_lens"].append(s.n_out if ok else 0)
+        cols["ttfts"].append(s.per_request["ttft"] or 0.0)
+        cols["itls"].append(s.itl.tolist())
+        cols["latencies"].append(s.per_request["e2e"] or 0.0)
+        cols["start_times"].append(r.t_sent / NS_PER_S)
+        cols["queue_times"].append((r.t_sent - r.t_intended) / NS_PER_S)
+        cols["errors"].append("" if ok else _error_text(r))
+    return cols
+
+
+def _error_text(r: Record) -> str:
+    kind = r.error.value if r.error is not None else "error"
+    return f"{kind}: {r.error_detail}" if r.error_detail else kind
+
+
+def peak_figures(measured: Sequence[Record]) -> dict[str, float | int]:
+    """vLLM's `max_output_tokens_per_s` and `max_concurrent_requests`: the most token-bearing
+    events, and requests in flight, in any one-second bucket counted from the first send of a
+    succeeded request (calculate_metrics in vLLM's serve.py)."""
+    ok = [r for r in measured if r.error is None and r.ev_t]
+    if not ok:
+        return {"max_output_tokens_per_s": 0.0, "max_concurrent_requests": 0}
+    t0 = min(r.t_sent for r in ok)
+    end = max(r.ev_t[-1] for r in ok)
+    buckets = (end - t0) // NS_PER_S + 2
+    tokens = np.zeros(buckets)
+    users = np.zeros(buckets)
+    for r in ok:
+        np.add.at(tokens, (np.asarray(r.ev_t, dtype=np.int64) - t0) // NS_PER_S, 1)
+        users[(r.t_sent - t0) // NS_PER_S : (r.ev_t[-1] - t0) // NS_PER_S + 1] += 1
+    return {
+        "max_output_tokens_per_s": float(tokens.max()),
+        "max_concurrent_requests": int(users.max()),
+    }
+
+
 def save_vllm_result(ns: argparse.Namespace, records_path: Path) -> Path | None:
     """`run --save-result`: the vLLM-format file, computed from the run's records file."""
     run = RunDir.of_records(records_path)
     path = result_path(ns, run.path)
     if path is not None:
         metrics = parse_percentile_metrics(ns.percentile_metrics)
-        write_vllm_result(path, vllm_result(run.read_records(), percentile_metrics=metrics))
+        doc = vllm_result(
+            run.read_records(),
+            percentile_metrics=metrics,
+            detailed=getattr(ns, "save_detailed", False),
+        )
+        write_vllm_result(path, doc)
     return path
 
 

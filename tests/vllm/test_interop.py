@@ -44,6 +44,29 @@ def test_an_infinite_request_rate_sends_every_prompt_at_once() -> None:
     assert (s.load.mode, s.load.concurrency) == ("closed", 8)
 
 
+def test_vllms_header_metadata_label_warmup_and_sampling_flags() -> None:
+    s = spec_of(
+        "--header", "x-a=1", "b=c:d", "--header", "Authorization: Bearer k=v",
+        "--label", "nightly", "--metadata", "tp=1", "version=0.32", "--metadata", "note = x",
+        "--num-prompts", "20", "--num-warmups", "5",
+        "--temperature", "0", "--top-p", "0.9", "--top-k", "5",
+        "--extra-body", '{"top_k": 1, "chat_template_kwargs": {"enable_thinking": false}}',
+    )  # fmt: skip
+    # vLLM's KEY=VALUE and our 'Name: value': whichever separator comes first splits.
+    assert s.target.headers == {"x-a": "1", "b": "c:d", "Authorization": "Bearer k=v"}
+    assert s.name == "nightly"
+    assert s.metadata == {"tp": "1", "version": "0.32", "note": "x"}
+    # vLLM's --num-prompts counts measured requests; its warm-ups come on top.
+    assert (s.load.requests, s.load.warmup_requests) == (25, 5)
+    # Sampling flags are request fields; --extra-body wins a clash, as in vLLM.
+    assert s.workload.extra_body == {
+        "temperature": 0.0,
+        "top_p": 0.9,
+        "top_k": 1,
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -52,6 +75,12 @@ def test_an_infinite_request_rate_sends_every_prompt_at_once() -> None:
         (("--goodput", "ttft=100"), "METRIC:MILLISECONDS"),
         (("--goodput", "ttft:-5"), "METRIC:MILLISECONDS"),
         (("--percentile-metrics", "ttft,p99"), "unknown p99"),
+        (("--header", "no-separator"), "'Name: value' or Name=value"),
+        (("--metadata", "novalue"), "KEY=VALUE"),
+        (("--num-warmups", "2", "--warmup-requests", "2"), "not both"),
+        (("--extra-body", "{not json"), "--extra-body: not JSON"),
+        (("--extra-body", "[1]"), "give a JSON object"),
+        (("--extra-body", '{"max_tokens": 9}'), "extra_body cannot override"),
     ],
 )
 def test_bad_vllm_flags_are_named(argv: tuple[str, ...], message: str) -> None:
@@ -87,6 +116,8 @@ def test_save_result_writes_vllms_field_names_with_our_figures(tmp_path: Path) -
         assert v[f"std_{vllm_name}_ms"] == pytest.approx(lat["std"] * 1e3, rel=1e-5, abs=1e-6)
         assert v[f"p99_{vllm_name}_ms"] == pytest.approx(lat["p99"] * 1e3, rel=1e-6)
     assert v["latbench"]["slos"] == ["ttft:p99<=100ms", "tpot:p99<=100ms"]
+    # Without --save-detailed, vLLM keeps only these per-request arrays.
+    assert "ttfts" not in v and len(v["latencies"]) == len(v["queue_times"]) == 12
     # The same file from the records alone, later.
     (run_dir,) = (tmp_path / "runs").iterdir()
     again = tmp_path / "again.json"
@@ -96,3 +127,47 @@ def test_save_result_writes_vllms_field_names_with_our_figures(tmp_path: Path) -
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert json.loads(again.read_text()) == v
+
+
+def test_save_detailed_writes_vllms_per_request_arrays(tmp_path: Path) -> None:
+    spec = tmp_path / "loose.yaml"
+    spec.write_text("validity: {loop_lag_p99: 2s, queue_delay_p99: 2s, client_cpu: 8}\n")
+    p = latbench(
+        "run", "--spec", str(spec), "--out", str(tmp_path / "runs"), "--json",
+        "--max-concurrency", "2", "--num-prompts", "6", "--num-warmups", "3",
+        "--input-len", "16", "--output-len", "5", "--percentile-metrics", "ttft,tpot,itl,e2el",
+        "--save-result", "--save-detailed", "--result-dir", str(tmp_path),
+        "--result-filename", "vllm.json", "--label", "nightly", "--metadata", "tp=1",
+        "--header", "x-run=7", "--temperature", "0", "--top-k", "1",
+        "--sim", "ttft=0.02", "--sim", "itl=0.005",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    v = json.loads((tmp_path / "vllm.json").read_text())
+    # The 3 warm-ups were sent and left out: num_prompts and every array count the measured 6.
+    assert s["requests"]["warmup"] == 3 and s["requests"]["measured"] == 6
+    assert v["num_prompts"] == 6 and v["completed"] == 6
+    assert v["label"] == "nightly" and v["tp"] == "1"
+    assert v["request_goodput"] is None  # no --goodput: vLLM writes null
+    fields = ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times")
+    for name in (*fields, "queue_times", "errors"):
+        assert len(v[name]) == 6, name
+    assert v["input_lens"] == [16] * 6 and v["output_lens"] == [5] * 6
+    assert v["errors"] == [""] * 6
+    assert v["start_times"] == sorted(v["start_times"])
+    for ttft, itl, e2e in zip(v["ttfts"], v["itls"], v["latencies"], strict=True):
+        assert len(itl) == 4  # one gap per token after the first, as vLLM's chunks here
+        # vLLM's own identity: E2E = TTFT + the gaps; TPOT = (E2E - TTFT) / (N - 1).
+        assert e2e == pytest.approx(ttft + sum(itl), abs=1e-9)
+    tpots = [(e - t) / 4 for e, t in zip(v["latencies"], v["ttfts"], strict=True)]
+    assert v["mean_tpot_ms"] == pytest.approx(1e3 * sum(tpots) / 6, rel=1e-9)
+    assert v["mean_ttft_ms"] == pytest.approx(1e3 * sum(v["ttfts"]) / 6, rel=1e-9)
+    gaps = [g for itl in v["itls"] for g in itl]
+    assert v["mean_itl_ms"] == pytest.approx(1e3 * sum(gaps) / len(gaps), rel=1e-9)
+    assert v["max_output_tokens_per_s"] == 30.0  # all 6 x 5 events inside the first second
+    assert v["max_concurrent_requests"] == 6
+    # The spec the records keep carries the sampling fields (into every body) and the header.
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    header = json.loads((run_dir / "records.jsonl").read_text().splitlines()[0])
+    assert header["spec"]["workload"]["extra_body"] == {"temperature": 0.0, "top_k": 1}
+    assert header["spec"]["target"]["headers"] == {"x-run": "7"}

@@ -23,8 +23,12 @@ from latbench.spec.workload import WorkloadSpec
 
 
 class ValiditySpec(StrictModel):
-    """Limits above which the run is flagged client-bound (see docs/metrics.md)."""
+    """How the run's measurement is judged (see docs/metrics.md, "Validity of the measurement"):
+    client-bound when the measured error bound of TTFT or ITL p99 exceeds its tolerance.
+    `loop_lag_p99` and `client_cpu` judge only a run without a bound (no kernel stamps)."""
 
+    ttft_tolerance: UpToADay = ValidityLimits.ttft_tolerance_s
+    itl_tolerance: UpToADay = ValidityLimits.itl_tolerance_s
     loop_lag_p99: UpToADay = ValidityLimits.loop_lag_p99_s
     queue_delay_p99: UpToADay = ValidityLimits.queue_delay_p99_s
     client_cpu: float = Field(default=ValidityLimits.client_cpu, gt=0, le=4096, description="cores")
@@ -38,7 +42,12 @@ class ValiditySpec(StrictModel):
 
     def limits(self) -> ValidityLimits:
         return ValidityLimits(
-            self.loop_lag_p99, self.queue_delay_p99, self.client_cpu, self.max_failed_fraction
+            loop_lag_p99_s=self.loop_lag_p99,
+            queue_delay_p99_s=self.queue_delay_p99,
+            client_cpu=self.client_cpu,
+            max_failed_fraction=self.max_failed_fraction,
+            ttft_tolerance_s=self.ttft_tolerance,
+            itl_tolerance_s=self.itl_tolerance,
         )
 
 

@@ -1,9 +1,15 @@
 """Whether a run measured the server or the client: the client-bound and failed-share verdicts.
 
-A benchmark client that falls behind (a late event loop, a busy core, a schedule it cannot keep)
-stamps its own delays into the server's figures. The runner measures itself (`ClientStats`, in
-the records file's footer) and `judge_validity` turns that, with the queue delay of every measured
-request, into reasons the run is client-bound; the limits are the spec's `validity` section.
+A benchmark client that falls behind stamps its own delays into the server's figures. How much,
+each record states (`sent_late`, `ev_late`), and `summary.bound` turns that into a rigorous
+bound of the TTFT and ITL percentiles. The verdict is that bound against a tolerance (the spec's
+`validity` section; 5 ms for TTFT p99, 1 ms for ITL p99): issue 15 showed the old proxy, event-loop
+lag, both flag accurate runs (an idle worker that wakes late from sleep: lag p99 1.67 ms, TTFT
+exact to 0.3 ms) and miss inaccurate ones (10 ms of send-side error with no lag). An open-loop run
+that kept its schedule late or not at all is client-bound too: queue delay is measured, not a
+proxy. Loop lag and client CPU (`ClientStats`, in the records file's footer) are diagnostics that
+explain a bound; they judge only a run whose bound is unknown (no kernel stamps), and the verdict
+then says it is a proxy.
 `Failures` judges the failed share apart, as a run can be clean yet fail most of its requests.
 """
 
@@ -19,6 +25,7 @@ from latbench.records.record import Record
 from latbench.shared.errors import RecordsError
 from latbench.shared.units import ms
 from latbench.spec.slo import DEFAULT_LIMITS, ValidityLimits
+from latbench.summary.bound import ErrorBounds, MetricBound
 from latbench.summary.samples import NS_PER_S, spans_ns
 
 
@@ -68,9 +75,10 @@ class ClientStats:
 class Validity:
     """How far the run can be trusted to measure the server rather than the client."""
 
-    known: bool  # False when no ClientStats were given: nothing is judged
+    known: bool  # False when neither a bound nor ClientStats were measured: nothing is judged
     open_loop: bool | None
-    queue_delay_p50_s: float | None  # every measure-phase request, failed or not
+    # Send lag (queue delay): every measure-phase request, failed or not
+    queue_delay_p50_s: float | None
     queue_delay_p99_s: float | None
     queue_delay_max_s: float | None
     loop_lag_p50_s: float | None
@@ -81,6 +89,38 @@ class Validity:
     client_bound: bool | None  # None when unknown
     reasons: tuple[str, ...]
     limits: ValidityLimits = DEFAULT_LIMITS
+    bounds: ErrorBounds | None = None  # None: not computed (no records given)
+    # The verdict came from loop lag and CPU, because some record had no bound
+    proxy: bool = False
+
+    @property
+    def bound_known(self) -> bool:
+        return self.bounds is not None and self.bounds.known
+
+    def verdict_line(self) -> str:
+        """The verdict in one sentence, for every report; the reasons follow it when bound."""
+        if not self.known:
+            return "validity unknown: no error bound and no client statistics were recorded"
+        if not self.proxy:
+            assert self.bounds is not None
+            if self.client_bound:
+                return "client-bound: the measured error may exceed its tolerance"
+            return "measured within tolerance: " + ", ".join(
+                f"{name} p99 off by at most {ms_bound(b)} (tolerance {ms(tol, unit=True)})"
+                for b, name, tol in (
+                    (self.bounds.ttft, "TTFT", self.limits.ttft_tolerance_s),
+                    (self.bounds.itl, "ITL", self.limits.itl_tolerance_s),
+                )
+                if b.p99 is not None
+            )
+        missing = (
+            "no kernel stamps"
+            if self.bounds is None
+            else (f"{self.bounds.missing:,} requests carried no error bound")
+        )
+        if self.client_bound:
+            return f"client-bound by proxies ({missing}): these figures may be the client's"
+        return f"client kept up by proxies, loop lag and CPU ({missing})"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"known": self.known, "open_loop": self.open_loop}
@@ -92,10 +132,18 @@ class Validity:
             "client_cpu": rounded(self.client_cpu, 4),
             "unsent": self.unsent,
             "client_bound": self.client_bound,
+            "judged_by": None if not self.known else "proxy" if self.proxy else "error_bound",
             "reasons": list(self.reasons),
+            "error_bound": None if self.bounds is None else self.bounds.to_dict(),
             "limits": asdict(self.limits),
         }
         return d
+
+
+def ms_bound(b: MetricBound, p: str = "p99") -> str:
+    """A metric's bound at `p` ("p50", "p99") in ms, the dash when there is none."""
+    q = getattr(b, p)
+    return ms(None if q is None else q.bound_ns / NS_PER_S, unit=True)
 
 
 def _pct(fraction: float) -> str:
@@ -165,19 +213,57 @@ def _p50_p99_max(samples_s: np.ndarray) -> tuple[float | None, float | None, flo
     return float(p50), float(p99), float(samples_s.max())
 
 
+def _bound_reason(b: MetricBound, name: str, tolerance_s: float) -> str | None:
+    """The sentence for a p99 bound over its tolerance, None within it: it states the bound,
+    since the run may still be right."""
+    p99 = b.p99
+    tolerance_ns = round(tolerance_s * NS_PER_S)
+    if p99 is None or p99.bound_ns <= tolerance_ns:
+        return None
+    sides = [
+        f"{word} by up to {ms(ns / NS_PER_S, unit=True)}"
+        for word, ns in (("overstated", p99.over_ns), ("understated", p99.under_ns))
+        if ns > tolerance_ns
+    ]
+    return f"{name} may be {' or '.join(sides)} at p99 (tolerance {ms(tolerance_s, unit=True)})"
+
+
+def _diagnostics(lag_p99: float | None, qd_p99: float | None, cpu: float | None) -> str:
+    """What explains a bound: the send side (send lag) and the read side (loop lag, CPU)."""
+    parts = []
+    if qd_p99 is not None:
+        parts.append(f"send lag p99 {ms(qd_p99, unit=True)}")
+    if lag_p99 is not None:
+        parts.append(f"event-loop lag p99 {ms(lag_p99, unit=True)}")
+    if cpu is not None:
+        parts.append(f"busiest worker {cpu:.0%} of a core")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def judge_validity(
-    measured: Sequence[Record], client: ClientStats | None, limits: ValidityLimits
+    measured: Sequence[Record],
+    client: ClientStats | None,
+    limits: ValidityLimits,
+    bounds: ErrorBounds | None = None,
 ) -> Validity:
+    """The verdict: `bounds` (from `summary.bound`, over the summary's own samples) against the
+    tolerances when every sample has one, else loop lag and CPU as proxies; plus, in open loop,
+    the schedule kept. Without a bound and without `client`, nothing is judged."""
     # Sending late is the client's doing whatever the server answered, so failed requests count.
     qd = spans_ns(measured, "queue_delay") / NS_PER_S
     qd_p50, qd_p99, qd_max = _p50_p99_max(qd)
-    if client is None:
+    by_bound = bounds is not None and bounds.known
+    figures: dict[str, Any] = {
+        "queue_delay_p50_s": qd_p50,
+        "queue_delay_p99_s": qd_p99,
+        "queue_delay_max_s": qd_max,
+        "limits": limits,
+        "bounds": bounds,
+    }
+    if client is None and not by_bound:
         return Validity(
             known=False,
             open_loop=None,
-            queue_delay_p50_s=qd_p50,
-            queue_delay_p99_s=qd_p99,
-            queue_delay_max_s=qd_max,
             loop_lag_p50_s=None,
             loop_lag_p99_s=None,
             loop_lag_max_s=None,
@@ -185,47 +271,62 @@ def judge_validity(
             unsent=None,
             client_bound=None,
             reasons=(),
-            limits=limits,
+            **figures,
         )
-    lag = np.asarray(client.loop_lag_ns, dtype=np.int64) / NS_PER_S
-    lag_p50, lag_p99, lag_max = _p50_p99_max(lag)
-    cpu = client.cpu_s / client.wall_s if client.wall_s > 0 else None
+    lag_p50 = lag_p99 = lag_max = cpu = None
+    if client is not None:
+        lag = np.asarray(client.loop_lag_ns, dtype=np.int64) / NS_PER_S
+        lag_p50, lag_p99, lag_max = _p50_p99_max(lag)
+        cpu = client.cpu_s / client.wall_s if client.wall_s > 0 else None
     reasons: list[str] = []
-    if lag_p99 is not None and lag_p99 > limits.loop_lag_p99_s:
+    if by_bound:
+        assert bounds is not None
+        why = _diagnostics(lag_p99, qd_p99, cpu)
+        for b, name, tol in (
+            (bounds.ttft, "TTFT", limits.ttft_tolerance_s),
+            (bounds.itl, "ITL", limits.itl_tolerance_s),
+        ):
+            reason = _bound_reason(b, name, tol)
+            if reason is not None:
+                reasons.append(reason + why)
+    else:
+        assert client is not None
+        missing = "" if bounds is None else f"{bounds.missing:,} requests carried no error bound, "
+        proxy = f"a proxy for the error ({missing}no kernel stamps)"
+        if lag_p99 is not None and lag_p99 > limits.loop_lag_p99_s:
+            reasons.append(
+                f"event-loop lag p99 is {ms(lag_p99, unit=True)}, "
+                f"above the {ms(limits.loop_lag_p99_s, unit=True)} limit, {proxy}: "
+                "the client woke up late, so its sends may trail the schedule and events that "
+                "queued while it was not reading may be stamped together"
+            )
+        if cpu is not None and cpu > limits.client_cpu:
+            reasons.append(
+                f"client CPU use is {cpu:.0%} of one core, above the {limits.client_cpu:.0%} "
+                f"limit, {proxy}: the client had no time to spare"
+            )
+    open_loop = client is not None and client.open_loop
+    if open_loop and qd_p99 is not None and qd_p99 > limits.queue_delay_p99_s:
         reasons.append(
-            f"event-loop lag p99 is {ms(lag_p99, unit=True)}, "
-            f"above the {ms(limits.loop_lag_p99_s, unit=True)} limit: "
-            "the client woke up late: its sends trail the server, and events that queued while "
-            "it was not reading are stamped together"
-        )
-    if client.open_loop and qd_p99 is not None and qd_p99 > limits.queue_delay_p99_s:
-        reasons.append(
-            f"queue delay p99 is {ms(qd_p99, unit=True)}, "
+            f"send lag: queue delay p99 is {ms(qd_p99, unit=True)}, "
             f"above the {ms(limits.queue_delay_p99_s, unit=True)} limit: "
             "requests left later than the schedule said"
         )
-    if client.open_loop and client.unsent > 0:
+    if open_loop and client is not None and client.unsent > 0:
         reasons.append(
             f"{client.unsent} scheduled requests were never sent (limit 0): "
             "the client fell behind the schedule"
         )
-    if cpu is not None and cpu > limits.client_cpu:
-        reasons.append(
-            f"client CPU use is {cpu:.0%} of one core, above the {limits.client_cpu:.0%} limit: "
-            "the client had no time to spare"
-        )
     return Validity(
         known=True,
-        open_loop=client.open_loop,
-        queue_delay_p50_s=qd_p50,
-        queue_delay_p99_s=qd_p99,
-        queue_delay_max_s=qd_max,
+        open_loop=None if client is None else client.open_loop,
         loop_lag_p50_s=lag_p50,
         loop_lag_p99_s=lag_p99,
         loop_lag_max_s=lag_max,
         client_cpu=cpu,
-        unsent=client.unsent,
+        unsent=None if client is None else client.unsent,
         client_bound=bool(reasons),
         reasons=tuple(reasons),
-        limits=limits,
+        proxy=not by_bound,
+        **figures,
     )

@@ -28,6 +28,7 @@ from latbench.spec.slo import (
     Slo,
     ValidityLimits,
 )
+from latbench.summary.bound import error_bounds
 from latbench.summary.samples import NS_PER_S, Samples, derived_window
 from latbench.summary.validity import ClientStats, Failures, Validity, judge_validity, rounded
 
@@ -323,7 +324,7 @@ def summarize(
         tokens=_tokens(s, ok, pcts),
         rates=rates,
         slos=slo_results,
-        validity=judge_validity(measured, client, limits),
+        validity=judge_validity(measured, client, limits, error_bounds(ok, s)),
     )
 
 

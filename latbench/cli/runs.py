@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from latbench.cli.common import Exit, run_in_loop
 from latbench.cli.service_client import (
@@ -20,6 +19,7 @@ from latbench.cli.service_client import (
     print_json,
     render_remote_summary,
 )
+from latbench.render.fit import Column, print_fitted
 
 
 def add_arguments(sub: Any) -> None:
@@ -91,15 +91,18 @@ async def _list(client: Client, ns: argparse.Namespace, console: Console, err: C
     if ns.json:
         print_json(page)
         return Exit.OK
-    t = Table("state", "target", "name", "schedule", "created (UTC)", "verdict")
-    t.add_column("id", no_wrap=True)  # whole, so it can be pasted into `runs show`
-    for r in page["runs"]:
-        t.add_row(
-            r["state"], r["target"], r["name"], r["schedule"] or "",
-            (r["created_at"] or "").replace("T", " ")[:19], _verdict_text(r.get("verdict")),
-            r["id"],
-        )  # fmt: skip
-    console.print(t)
+    # The id first and repeated in each table a narrow terminal splits the list into, whole, so
+    # it can be pasted into `runs show` (render/fit.py); what tells runs apart comes next.
+    rows = [
+        [
+            r["id"], r["state"], _verdict_text(r.get("verdict")),
+            (r["created_at"] or "").replace("T", " ")[:19], r["target"], r["name"],
+            r["schedule"] or "",
+        ]
+        for r in page["runs"]
+    ]  # fmt: skip
+    values = ("state", "verdict", "created (UTC)", "target", "name", "schedule")
+    print_fitted(console, None, [Column("id", "left")], [Column(c, "left") for c in values], rows)
     if page.get("next_cursor"):
         err.print(f"more: --cursor {page['next_cursor']}", highlight=False)
     return Exit.OK

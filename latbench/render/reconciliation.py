@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from latbench.render.fit import Column, print_fitted
 from latbench.shared.units import ms_short
 from latbench.summary.server_metrics import Reconciliation, Side
 
@@ -41,20 +40,8 @@ def _range(bounds: tuple[float, float] | None) -> str:
     if bounds is None:
         return "–"
     lo, hi = bounds
-    return f"{_ms(lo, sign=True)} … {_ms(hi, sign=True)}"
-
-
-def _table(title: str, columns: list[str]) -> Table:
-    table = Table(
-        title=title,
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    for name in columns:
-        table.add_column(name, justify="left" if name == "metric" else "right", no_wrap=True)
-    return table
+    # "to", not "…": an ellipsis reads as a cut cell (render/fit.py).
+    return f"{_ms(lo, sign=True)} to {_ms(hi, sign=True)}"
 
 
 def render_reconciliation(r: Reconciliation, console: Console) -> None:
@@ -64,33 +51,39 @@ def render_reconciliation(r: Reconciliation, console: Console) -> None:
             f"{r.client_requests} requests, the server counted {r.server_requests:g}"
         )
     )
-    means = _table(
-        "means (ms, exact: both sides keep sums)",
-        ["metric", "n client", "n server", "client", "server", "outside server"],
-    )
-    pcts = _table(
-        "percentiles (ms; the server's only as the bucket that holds it)",
-        ["metric", "p50", "server", "p99", "server", "p99 outside"],
-    )
-    for metric, pair in r.pairs.items():
-        means.add_row(
-            LABELS[metric],
+    metric = [Column("metric", "left")]
+    means, pcts = [], []
+    for name, pair in r.pairs.items():
+        means.append([
+            LABELS[name],
             f"{pair.client.n:,.0f}",
             f"{pair.server.n:,.0f}",
             _ms(pair.client.mean_s),
             _ms(pair.server.mean_s),
             _ms(pair.mean_overhead_s, sign=True),
-        )
-        pcts.add_row(
-            LABELS[metric],
+        ])  # fmt: skip
+        pcts.append([
+            LABELS[name],
             _ms(pair.client.quantiles_s.get("p50")),
             _bucket(pair.server, "p50"),
             _ms(pair.client.quantiles_s.get("p99")),
             _bucket(pair.server, "p99"),
             _range(pair.overhead_s.get("p99")),
-        )
-    console.print(means)
-    console.print(pcts)
+        ])  # fmt: skip
+    print_fitted(
+        console,
+        "means (ms, exact: both sides keep sums)",
+        metric,
+        [Column(c) for c in ("n client", "n server", "client", "server", "outside server")],
+        means,
+    )
+    print_fitted(
+        console,
+        "percentiles (ms; the server's only as the bucket that holds it)",
+        metric,
+        [Column(c) for c in ("p50", "server", "p99", "server", "p99 outside")],
+        pcts,
+    )
     if r.ttft_split_s is not None:
         s = r.ttft_split_s
         share = s["server_ttft"] / s["client_ttft"] if s["client_ttft"] else float("nan")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from latbench.shared.units import ms_short, num
+from latbench.render.fit import Column, fitted
+from latbench.shared.units import Unit, ms_short, num, row_unit, short
 from latbench.spec.slo import DEFAULT_SLOS, METRICS
 from latbench.summary.summary import Stats, Summary, pct_key
 
@@ -23,6 +26,18 @@ LABELS = {
     "ttft_from_schedule": "TTFT sched.",
     "e2e_from_schedule": "E2E sched.",
 }
+# Where a request's output token count came from (summary.Tokens.sources), and which two of
+# those sources disagreed (Tokens.disagreements), in words: the keys are record fields.
+SOURCES = {
+    "usage": "the server's usage",
+    "ev_n": "the tokens each event reported",
+    "events": "one token per event",
+}
+DISAGREEMENTS = {
+    "usage_vs_ev_n": "the server's usage vs the tokens each event reported",
+    "usage_vs_events": "the server's usage vs one token per event",
+    "ev_n_vs_events": "the tokens each event reported vs one token per event",
+}
 # Rows that are judged against the 100 ms target even without an SLO naming them: the
 # token-latency family. E2E and queue delay have no natural default and stay uncoloured.
 _DEFAULT_TARGET_S = DEFAULT_SLOS[0].threshold_s
@@ -33,7 +48,8 @@ _DEFAULT_COLOURED = frozenset(
 
 def render_summary(summary: Summary, console: Console) -> None:
     console.print(_headline(summary))
-    console.print(_latency_table(summary))
+    for table in _latency_tables(summary, console):
+        console.print(table)
     console.print(_throughput_table(summary))
     if summary.requests.failed:
         console.print(_errors_table(summary))
@@ -70,34 +86,28 @@ def _threshold(s: Summary, metric: str) -> float | None:
     return _DEFAULT_TARGET_S if metric in _DEFAULT_COLOURED else None
 
 
-def _cell(value: float | None, threshold: float | None) -> Text:
+def _cell(value: float | None, threshold: float | None, unit: Unit) -> Text:
+    text = short(value, unit)
     if value is None or threshold is None:
-        return Text(ms_short(value))
-    return Text(ms_short(value), style="green" if value <= threshold else "red")
+        return Text(text)
+    return Text(text, style="green" if value <= threshold else "red")
 
 
-def _latency_table(s: Summary) -> Table:
-    table = Table(
-        title="latency (ms); sched. = from the intended send time",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    table.add_column("metric", no_wrap=True)
-    for name in ("n", "mean", *map(pct_key, s.percentiles), "max"):
-        table.add_column(name, justify="right", no_wrap=True)
+def _latency_tables(s: Summary, console: Console) -> list[Table]:
+    """One row per metric, each in its own unit (ms, or s from 1,000 ms: shared/units.py);
+    split into two tables when the console is too narrow for every percentile (render/fit.py)."""
+    keys = [Column("metric", "left"), Column("unit", "left")]
+    values = [Column(name) for name in ("n", "mean", *map(pct_key, s.percentiles), "max")]
+    rows = []
     for metric in METRICS:
         st: Stats = s.latency[metric]
         thr = _threshold(s, metric)
-        table.add_row(
-            LABELS[metric],
-            f"{st.count:,}",
-            _cell(st.mean, thr),
-            *(_cell(st.p(p), thr) for p in s.percentiles),
-            _cell(st.max, thr),
+        figures = [st.mean, *(st.p(p) for p in s.percentiles), st.max]
+        unit = row_unit(figures)
+        rows.append(
+            [LABELS[metric], unit, f"{st.count:,}", *(_cell(v, thr, unit) for v in figures)]
         )
-    return table
+    return fitted(console, "latency; sched. = from the intended send time", keys, values, rows)
 
 
 def _throughput_table(s: Summary) -> Table:
@@ -117,22 +127,38 @@ def _throughput_table(s: Summary) -> Table:
         "decode rate per user (1/TPOT)",
         f"mean {num(dr.mean)} tok/s, p50 {num(dr.p(50))}, min {num(dr.min)}",
     )
-    src = ", ".join(f"{k} {v:,}" for k, v in tok.sources.items())
-    table.add_row("output tokens", f"{tok.output_total:,} (N_out from: {src})")
-    prompt = "not reported" if tok.prompt_total is None else f"{tok.prompt_total:,}"
-    table.add_row("prompt tokens", f"{prompt} ({tok.prompt_reported:,} requests reported usage)")
+    table.add_row("output tokens", f"{tok.output_total:,} ({_counted_from(tok.sources)})")
+    table.add_row(
+        "prompt tokens",
+        "not in the server's usage"
+        if tok.prompt_total is None
+        else f"{tok.prompt_total:,} (the server's usage in {_requests(tok.prompt_reported)})",
+    )
     if tok.requested:
         table.add_row(
-            "max_tokens vs received",
-            f"{tok.requested:,} set it: {tok.received_exact:,} exact, "
-            f"{tok.received_fewer:,} fewer, {tok.received_more:,} more",
+            "output tokens asked vs got",
+            f"{_requests(tok.requested)} set max_tokens: {tok.received_exact:,} got exactly "
+            f"that many, {tok.received_fewer:,} fewer, {tok.received_more:,} more",
         )
     if any(tok.disagreements.values()):
         table.add_row(
-            "token sources differ",
-            ", ".join(f"{k.replace('_', ' ')}: {v:,}" for k, v in tok.disagreements.items()),
+            "token counts differ",
+            "; ".join(
+                f"{DISAGREEMENTS.get(k, k)}: {_requests(v)}"
+                for k, v in tok.disagreements.items()
+                if v
+            ),
         )
     return table
+
+
+def _requests(n: int) -> str:
+    return f"{n:,} request" + ("" if n == 1 else "s")
+
+
+def _counted_from(sources: Mapping[str, int]) -> str:
+    used = [f"{SOURCES.get(k, k)} in {_requests(v)}" for k, v in sources.items() if v]
+    return "counted from " + ("; ".join(used) if used else "no request")
 
 
 def _errors_table(s: Summary) -> Table:

@@ -52,8 +52,8 @@ def run_summary(c: ClientStats | None) -> Summary:
     return summarize(records, window=(0, 2_000 * MS), percentiles=(50, 99), client=c)
 
 
-def render(summary: Summary, **console_kw: object) -> str:
-    console = Console(record=True, width=120, **console_kw)  # type: ignore[arg-type]
+def render(summary: Summary, width: int = 120, **console_kw: object) -> str:
+    console = Console(record=True, width=width, **console_kw)  # type: ignore[arg-type]
     render_summary(summary, console)
     return console.export_text(styles=bool(console_kw))
 
@@ -65,19 +65,19 @@ def row(text: str, label: str) -> list[str]:
 
 def test_latency_table_shows_the_figures_in_ms() -> None:
     text = render(run_summary(client()))
-    assert row(text, "TTFT") == ["TTFT", "2", "100.0", "100.0", "149.0", "150.0"]
-    assert row(text, "ITL") == ["ITL", "4", "10.00", "10.00", "10.00", "10.00"]
-    assert row(text, "TPOT") == ["TPOT", "2", "10.00", "10.00", "10.00", "10.00"]
-    assert row(text, "E2E") == ["E2E", "2", "120.0", "120.0", "169.0", "170.0"]
+    assert row(text, "TTFT") == ["TTFT", "ms", "2", "100.0", "100.0", "149.0", "150.0"]
+    assert row(text, "ITL") == ["ITL", "ms", "4", "10.00", "10.00", "10.00", "10.00"]
+    assert row(text, "TPOT") == ["TPOT", "ms", "2", "10.00", "10.00", "10.00", "10.00"]
+    assert row(text, "E2E") == ["E2E", "ms", "2", "120.0", "120.0", "169.0", "170.0"]
 
 
 def test_throughput_tokens_and_errors() -> None:
     text = render(run_summary(client()))
     assert "requests/s" in text and " 1.00 " in text  # 2 succeeded over 2 s
     assert "output tokens/s" in text and "3.00" in text
-    assert "6 (N_out from: usage 2, ev_n 0, events 0)" in text
-    assert "80 (2 requests reported usage)" in text
-    assert "2 set it: 2 exact, 0 fewer, 0 more" in text
+    assert "6 (counted from the server's usage in 2 requests)" in text
+    assert "80 (the server's usage in 2 requests)" in text
+    assert "2 requests set max_tokens: 2 got exactly that many, 0 fewer, 0 more" in text
     assert row(text, "http_status") == ["http_status", "1"]
     assert row(text, "HTTP 503") == ["HTTP 503", "1"]
 
@@ -127,3 +127,42 @@ def test_cells_are_red_over_the_threshold_and_green_under_it() -> None:
     # E2E has no SLO and no default target: no colour either way.
     e2e_line = next(x for x in text.splitlines() if "E2E " in x and "sched." not in x)
     assert red not in e2e_line and green not in e2e_line
+
+
+def test_a_row_that_reaches_a_second_reads_in_seconds() -> None:
+    # TTFT 0.9 s and 1.5 s: the whole row in seconds, millisecond resolution kept; ITL (10 ms)
+    # stays in ms.
+    records = [rec(0, [900, 910]), rec(1, [1_500, 1_510])]
+    text = render(summarize(records, window=(0, 2_000 * MS), percentiles=(50,)))
+    assert row(text, "TTFT") == ["TTFT", "s", "2", "1.200", "1.200", "1.500"]
+    assert row(text, "ITL") == ["ITL", "ms", "2", "10.00", "10.00", "10.00"]
+
+
+def test_where_token_counts_came_from_is_said_in_words() -> None:
+    records = [
+        rec(0, [50, 60], usage_completion_tokens=3),  # usage, and it disagrees with 2 events
+        rec(1, [50, 60], ev_n=(2, 2)),  # the events' own counts
+        rec(2, [50, 60]),  # nothing: one token per event
+    ]
+    text = render(summarize(records, window=(0, 2_000 * MS)))
+    assert (
+        "9 (counted from the server's usage in 1 request; the tokens each event reported in "
+        "1 request; one token per event in 1 request)" in " ".join(text.split())
+    )
+    assert "the server's usage vs one token per event: 1 request" in " ".join(text.split())
+    for field in ("N_out", "ev_n", "usage_vs", "events 1"):
+        assert field not in text
+
+
+def test_a_narrow_console_gets_a_second_table_not_cut_cells() -> None:
+    records = [rec(i, [1_234 + i, 1_244 + i, 1_254 + i]) for i in range(20)]
+    s = summarize(records, window=(0, 2_000 * MS), percentiles=(50, 90, 95, 99, 99.9))
+    for width in (40, 60, 80, 100):
+        text = render(s, width=width)
+        assert "…" not in text
+        assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+        for header in ("mean", "p50", "p90", "p95", "p99", "p99.9", "max"):
+            assert f" {header} " in text + " ", (width, header)
+        # Each table repeats the metric and its unit, so every row reads on its own.
+        ttft = [x.split()[:2] for x in text.splitlines() if re.match(r" TTFT +s ", x)]
+        assert len(ttft) >= (2 if width < 80 else 1), text

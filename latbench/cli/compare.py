@@ -1,5 +1,11 @@
 """`latbench compare`: runs B, C, ... against baseline A, metric by metric, with bootstrap
-intervals and a better/worse/same verdict; exit 5 on a regression when asked (docs/sweeps.md)."""
+intervals and a better/worse/same verdict; exit 5 on a regression when asked (docs/sweeps.md).
+
+A side is one run or several runs of one configuration: `compare A B` where each is a run or a
+directory of runs (`run --repeat N` writes one), or `compare --a A1 A2 --b B1 B2 [--b C1 ..]`.
+The table fits 80 columns: the unit goes in the metric's name and not in every cell, rates get
+short names, and the table has no vertical rules; at 80 columns the old layout (89 wide) wrapped
+each interval over two lines."""
 
 from __future__ import annotations
 
@@ -9,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from latbench.cli.common import Exit, add_output_arguments, parse_fraction, parse_percentiles
-from latbench.render import Outputs, compare_paths, write_comparison
+from latbench.render import Comparison, Outputs, compare_paths, write_comparison
+from latbench.render.text import SPREAD_LEGEND, spread_text
 from latbench.shared.errors import SpecError
+from latbench.shared.units import ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import DEFAULT_COMPARE_METRICS, DEFAULT_MARGIN
 from latbench.vllm.interop import VLLM_METRICS
@@ -30,9 +39,25 @@ def add_arguments(sub: Any) -> None:
     )
     cmp.add_argument(
         "runs",
+        nargs="*",
+        type=Path,
+        help="A (the baseline), B, ...: each a run (its directory, results.json or "
+        "records.jsonl) or a directory of runs of one configuration (run --repeat N)",
+    )
+    cmp.add_argument(
+        "--a",
         nargs="+",
         type=Path,
-        help="A (the baseline), B, ...: run directories, results.json or records.jsonl",
+        metavar="RUN",
+        help="the baseline's runs (instead of A): several runs of one configuration",
+    )
+    cmp.add_argument(
+        "--b",
+        nargs="+",
+        type=Path,
+        action="append",
+        metavar="RUN",
+        help="a side compared with --a, as several runs; give --b again for C, ...",
     )
     cmp.add_argument(
         "--fail-on-regression",
@@ -69,9 +94,22 @@ def _compare_metrics(text: str | None) -> list[str]:
     return out
 
 
-def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
+def _sides(ns: argparse.Namespace) -> list[list[Path]]:
+    if ns.a is not None or ns.b is not None:
+        if ns.runs:
+            raise SpecError(
+                "give the sides either as arguments (A B ...) or with --a and --b, not both"
+            )
+        if ns.a is None or ns.b is None:
+            raise SpecError("--a and --b go together: the baseline's runs, then the other's")
+        return [ns.a, *ns.b]
     if len(ns.runs) < 2:
         raise SpecError("compare needs at least two runs: the baseline A, then B (and more)")
+    return [[p] for p in ns.runs]
+
+
+def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
+    sides = _sides(ns)
     if ns.resamples < 100:
         raise SpecError(f"--resamples {ns.resamples}: give 100 or more for a 95 % interval")
     gate = ns.fail_on_regression is not None
@@ -80,7 +118,7 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     )
     pcts = parse_percentiles(ns.metric_percentiles, [50.0, 90.0, 99.0])
     cmp = compare_paths(
-        ns.runs,
+        sides,
         metrics=_compare_metrics(ns.percentile_metrics),
         stats=[f"p{p:g}" for p in pcts or []],
         margin=margin,
@@ -92,10 +130,17 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     if ns.json:
         doc = {
             "baseline": cmp.labels[0],
+            "baseline_runs": [run.run_id for run in cmp.sides[0].runs],
             "margin": margin,
+            "method": cmp.method,
+            "run_to_run_accounted": cmp.run_to_run,
             "comparisons": [
-                {"run": label, "rows": [r.to_dict() for r in rows]}
-                for label, rows in zip(cmp.labels[1:], cmp.results, strict=True)
+                {
+                    "run": side.label,
+                    "runs": [run.run_id for run in side.runs],
+                    "rows": [r.to_dict() for r in rows],
+                }
+                for side, rows in zip(cmp.sides[1:], cmp.results, strict=True)
             ],
         }
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -122,23 +167,48 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     return int(Exit.OK)
 
 
-def _print_comparison(cmp: Any, console: Console) -> None:
+# Rates by short names: the metric column is the table's widest.
+RATE_NAMES = {
+    "output_tokens_per_s": "tokens/s",
+    "requests_per_s": "requests/s",
+    "goodput_per_s": "goodput/s",
+}
+
+
+def pct(x: float) -> str:
+    """A relative change: one decimal up to ±100 %, none beyond (the width stays 7)."""
+    return f"{x:+.1%}" if abs(x) < 1 else f"{x:+,.0%}"
+
+
+def _print_comparison(cmp: Comparison, console: Console) -> None:
     style = {"worse": "bold red", "better": "bold green", "same": ""}
+    spread = any(len(s.runs) > 1 for s in cmp.sides)
+    console.print(cmp.method, highlight=False)
     for label, rows in zip(cmp.labels[1:], cmp.results, strict=True):
-        t = Table(title=f"{label} vs {cmp.labels[0]} (A)", title_justify="left")
-        for h in ("metric", "A", "B", "change", "95% interval", "verdict"):
+        t = Table(
+            title=f"B: {label}\nA: {cmp.labels[0]}",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+        )
+        headers = ["metric", "A", "B", "change", "95% interval", "verdict"]
+        for h in [*headers, *(["spread"] if spread else [])]:
             t.add_column(h, justify="left" if h in ("metric", "verdict") else "right")
         for r in rows:
             is_rate = not r.stat
+            name = RATE_NAMES.get(r.metric, r.metric) if is_rate else f"{r.label} ms"
 
             def f(x: float | None, is_rate: bool = is_rate) -> str:
-                if x is None:
-                    return "–"
-                return f"{x:,.2f}" if is_rate else f"{x * 1e3:,.2f} ms"
+                return num(x) if is_rate else ms_short(x)
 
-            ci = "–" if r.ci is None else f"[{r.ci[0]:+.1%}, {r.ci[1]:+.1%}]"
-            change = "–" if r.change is None else f"{r.change:+.1%}"
-            cells = (r.label, f(r.a), f(r.b), change, ci)
+            ci = "–" if r.ci is None else f"[{pct(r.ci[0])}, {pct(r.ci[1])}]"
+            change = "–" if r.change is None else pct(r.change)
+            cells = [name, f(r.a), f(r.b), change, ci]
             # Text, not markup: an interval like "[+1.0%, ...]" would read as a style tag.
-            t.add_row(*map(Text, cells), Text(r.verdict, style=style[r.verdict]))
+            row = [*map(Text, cells), Text(r.verdict, style=style[r.verdict])]
+            if spread:
+                row.append(Text(spread_text(r), style="yellow" if r.spread_dominates else ""))
+            t.add_row(*row)
         console.print(t)
+    if spread:
+        console.print(SPREAD_LEGEND, highlight=False)

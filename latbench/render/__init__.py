@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from latbench.records.rundir import RunDir
 from latbench.render.readback import Run, Sweep, load_results, load_run
 from latbench.shared.errors import RecordsError
-from latbench.summary.compare import Row, compare_runs
+from latbench.summary.compare import Row, RunGroup, compare_runs
+from latbench.sweep import SWEEP_FILE
 
 REPORT_STEM = "report"
 
@@ -58,26 +60,91 @@ def results_dir(results: Run | Sweep) -> Path:
 
 
 @dataclass
+class Side:
+    """One side of a comparison: a run, or several runs of one configuration."""
+
+    label: str
+    runs: list[Run]
+
+    @property
+    def samples(self) -> RunGroup:
+        return RunGroup([r.samples for r in self.runs])
+
+
+@dataclass
 class Comparison:
-    runs: list[tuple[str, Run]]  # the first is the baseline
-    results: list[list[Row]]  # one list per run after the first
+    sides: list[Side]  # the first is the baseline
+    results: list[list[Row]]  # one list per side after the first
     margin: float
 
     @property
     def labels(self) -> list[str]:
-        return [label for label, _ in self.runs]
+        return [s.label for s in self.sides]
+
+    @property
+    def runs(self) -> list[tuple[str, Run]]:
+        """Every run, labelled by its side (and its place in it, with several)."""
+        return [
+            (s.label if len(s.runs) == 1 else f"{s.label} #{i + 1}", run)
+            for s in self.sides
+            for i, run in enumerate(s.runs)
+        ]
+
+    @property
+    def run_to_run(self) -> bool:
+        """Whether the intervals hold run-to-run variation: several runs on every side."""
+        return all(len(s.runs) > 1 for s in self.sides)
+
+    @property
+    def method(self) -> str:
+        """How the intervals were made, and what they leave out, in a sentence."""
+        single = [s.label for s in self.sides if len(s.runs) == 1]
+        if not single:
+            return "95 % intervals: bootstrap over runs, then requests within each run."
+        which = "per side" if len(single) == len(self.sides) else "in " + ", ".join(single)
+        return (
+            f"95 % intervals: bootstrap over requests. One run {which}: run-to-run variation "
+            "is not accounted for (give several runs per side, e.g. run --repeat 3)."
+        )
 
     def regressions(self) -> list[tuple[str, Row]]:
         return [
-            (label, r)
-            for (label, _), rows in zip(self.runs[1:], self.results, strict=True)
+            (side.label, r)
+            for side, rows in zip(self.sides[1:], self.results, strict=True)
             for r in rows
             if r.verdict == "worse"
         ]
 
 
+def side_runs(path: str | Path) -> list[Path]:
+    """The runs `path` names: itself, or each run directory right under it (`run --repeat`)."""
+    p = Path(path)
+    if not p.is_dir() or RunDir(p).records.is_file() or (p / SWEEP_FILE).is_file():
+        return [p]
+    runs = sorted(d for d in p.iterdir() if d.is_dir() and RunDir(d).records.is_file())
+    if not runs:
+        raise RecordsError(f"{p}: no records file in it, nor a run directory under it")
+    return runs
+
+
+def load_side(paths: Sequence[str | Path], letter: str) -> Side:
+    runs: list[Run] = []
+    for p in [r for path in paths for r in side_runs(path)]:
+        loaded = load_results(p)
+        if isinstance(loaded, Sweep):
+            raise RecordsError(
+                f"{p}: a sweep; compare takes runs (give one step's directory, e.g. "
+                f"{loaded.steps[0].run_dir if loaded.steps else 'DIR/<run-id>'})"
+            )
+        runs.append(loaded)
+    if len(runs) == 1:
+        return Side(runs[0].run_id, runs)
+    name = Path(paths[0]).name if len(paths) == 1 else letter
+    return Side(f"{name} ({len(runs)} runs)", runs)
+
+
 def compare_paths(
-    paths: Sequence[str | Path],
+    sides: Sequence[Sequence[str | Path]],
     *,
     metrics: Sequence[str],
     stats: Sequence[str],
@@ -85,47 +152,43 @@ def compare_paths(
     resamples: int,
     seed: int,
 ) -> Comparison:
-    runs: list[tuple[str, Run]] = []
-    for p in paths:
-        loaded = load_results(p)
-        if isinstance(loaded, Sweep):
-            raise RecordsError(
-                f"{p}: a sweep; compare takes runs (give one step's directory, e.g. "
-                f"{loaded.steps[0].run_dir if loaded.steps else 'DIR/<run-id>'})"
-            )
-        runs.append((loaded.run_id, loaded))
-    labels = [label for label, _ in runs]
+    """Each side after the first against the first; a side is one run's path, a directory of
+    runs, or several of either (see summary/compare.py: hierarchical bootstrap)."""
+    loaded = [load_side(paths, chr(ord("A") + i)) for i, paths in enumerate(sides)]
+    labels = [s.label for s in loaded]
     if len(set(labels)) < len(labels):  # the same run given twice, say: keep the labels apart
-        runs = [(f"{chr(ord('A') + i)}: {label}", run) for i, (label, run) in enumerate(runs)]
-    base = runs[0][1]
+        for i, s in enumerate(loaded):
+            s.label = f"{chr(ord('A') + i)}: {s.label}"
+    base = loaded[0].samples
     results = [
         compare_runs(
-            base.samples,
-            run.samples,
+            base,
+            side.samples,
             metrics=metrics,
             stats=stats,
             margin=margin,
             resamples=resamples,
             seed=seed,
         )
-        for _, run in runs[1:]
+        for side in loaded[1:]
     ]
-    return Comparison(runs, results, margin)
+    return Comparison(loaded, results, margin)
 
 
 def write_comparison(cmp: Comparison, out: Outputs) -> None:
     from latbench.render import html, text
 
     if out.html is not None:
-        _write(out.html, html.compare_report(cmp.runs, cmp.results, cmp.margin))
-    _write(out.md, text.compare_markdown(cmp.labels, cmp.results))
-    _write(out.csv, text.compare_csv(cmp.labels, cmp.results))
+        _write(out.html, html.compare_report(cmp))
+    _write(out.md, text.compare_markdown(cmp))
+    _write(out.csv, text.compare_csv(cmp))
 
 
 __all__ = [
     "Comparison",
     "Outputs",
     "Run",
+    "Side",
     "Sweep",
     "compare_paths",
     "load_results",

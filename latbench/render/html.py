@@ -3,7 +3,7 @@ order. The page shell is `page.py`, the sections `sections.py`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from latbench.render import charts
 from latbench.render.page import Page, esc, table
@@ -21,8 +21,11 @@ from latbench.render.sections import (
     throughput_table,
     validity_html,
 )
+from latbench.render.text import SPREAD_LEGEND
 from latbench.shared.units import ms_short
-from latbench.summary.compare import Row
+
+if TYPE_CHECKING:
+    from latbench.render import Comparison
 
 
 def run_report(run: Run) -> str:
@@ -118,18 +121,18 @@ def sweep_report(sweep: Sweep) -> str:
     return page.render()
 
 
-def compare_report(
-    runs: Sequence[tuple[str, Run]], results: Sequence[Sequence[Row]], margin: float
-) -> str:
-    base_label = runs[0][0]
-    page = Page(f"latbench comparison: {' vs '.join(label for label, _ in runs)}")
+def compare_report(cmp: Comparison) -> str:
+    runs = cmp.runs
+    base_label = cmp.labels[0]
+    spread = any(len(s.runs) > 1 for s in cmp.sides)
+    page = Page(f"latbench comparison: {' vs '.join(cmp.labels)}")
     page.add(
-        f'<p class="meta">baseline A = {esc(base_label)}; each other run is B. Bootstrap over '
-        f"requests, 95 % intervals; changes within ±{margin:.0%} are 'same'.</p>"
+        f'<p class="meta">baseline A = {esc(base_label)}; each other side is B. '
+        f"{esc(cmp.method)} Changes within ±{cmp.margin:.0%} are 'same'.</p>"
     )
     for label, run in runs:
         page.add(f"<div><b>{esc(label)}</b> {slo_badges(run.summary)}</div>")
-    for (label, _), rows in zip(runs[1:], results, strict=True):
+    for label, rows in zip(cmp.labels[1:], cmp.results, strict=True):
         counts = {v: sum(r.verdict == v for r in rows) for v in ("worse", "better", "same")}
         page.section(f"cmp-{esc(label)}", f"{label} vs {base_label}")
         page.add(
@@ -137,7 +140,9 @@ def compare_report(
             f"<span class=better>{counts['better']} better</span>, {counts['same']} same</p>"
         )
         page.add(page.chart(charts.change_figure(rows, label), f"change-{label}"))
-        page.add(compare_table(rows))
+        page.add(compare_table(rows, spread))
+    if spread:
+        page.add(f'<p class="meta">{esc(SPREAD_LEGEND)}</p>')
     page.section("cdf", "Latency distributions side by side (CDF)")
     page.add(cdf_grid(page, runs))
     page.section("time", "Throughput over time")

@@ -13,7 +13,7 @@ import orjson
 from latbench.render import charts
 from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run, Sweep
-from latbench.render.text import STEP_COLUMNS
+from latbench.render.text import STEP_COLUMNS, spread_text
 from latbench.shared.units import ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
@@ -261,7 +261,8 @@ def steps_table(sweep: Sweep) -> str:
     )
 
 
-def compare_table(rows: Sequence[Row]) -> str:
+def compare_table(rows: Sequence[Row], spread: bool = False) -> str:
+    """`spread`: a column for the run-to-run spread (several runs on a side)."""
     out = []
     for r in rows:
         is_rate = not r.stat
@@ -270,15 +271,14 @@ def compare_table(rows: Sequence[Row]) -> str:
             return num(x) if is_rate else ms_short(x)
 
         ci = "–" if r.ci is None else f"[{r.ci[0]:+.1%}, {r.ci[1]:+.1%}]"
-        out.append(
-            [
-                esc(r.label + ("" if is_rate else " (ms)")),
-                val(r.a),
-                val(r.b),
-                "–" if r.change is None else f"{r.change:+.1%}",
-                ci,
-                f'<span class="{r.verdict}">{r.verdict}</span>',
-                esc(r.note),
-            ]
-        )
-    return table(["metric", "A", "B", "change", "95 % interval", "verdict", "note"], out, raw=True)
+        cells = [
+            esc(r.label + ("" if is_rate else " (ms)")),
+            val(r.a),
+            val(r.b),
+            "–" if r.change is None else f"{r.change:+.1%}",
+            ci,
+            f'<span class="{r.verdict}">{r.verdict}</span>',
+        ]
+        out.append([*cells, *([esc(spread_text(r))] if spread else []), esc(r.note)])
+    headers = ["metric", "A", "B", "change", "95 % interval", "verdict"]
+    return table([*headers, *(["spread"] if spread else []), "note"], out, raw=True)

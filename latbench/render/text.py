@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latbench.render.charts import LABELS
 from latbench.render.readback import Run, Sweep
@@ -15,6 +15,9 @@ from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
 from latbench.summary.summary import Summary, pct_key
 from latbench.sweep import Step
+
+if TYPE_CHECKING:
+    from latbench.render import Comparison
 
 MD_METRICS: tuple[str, ...] = ("ttft", "ttfo", "itl", "tpot", "e2e", "queue_delay")
 # A sweep's steps table, here and in the HTML report (which adds "why").
@@ -132,29 +135,47 @@ def sweep_markdown(sweep: Sweep) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_markdown(labels: Sequence[str], results: Sequence[Sequence[Row]]) -> str:
-    out = []
-    for label, rows in zip(labels[1:], results, strict=True):
+def spread_text(r: Row) -> str:
+    """A row's run-to-run spread (summary/compare.py), marked when it dominates."""
+    if r.spread is None:
+        return "–"
+    return f"{r.spread:,.1f}" + (" !" if r.spread_dominates else "")
+
+
+SPREAD_LEGEND = (
+    "spread: variance of the runs' own estimates over the within-run bootstrap variance "
+    "(about 1 without run-to-run variation); '!': run-to-run spread dominates, so more runs, "
+    "not longer ones, would narrow the interval."
+)
+
+
+def compare_markdown(cmp: Comparison) -> str:
+    out = [cmp.method, ""]
+    spread = any(len(s.runs) > 1 for s in cmp.sides)
+    base = cmp.labels[0]
+    for label, rows in zip(cmp.labels[1:], cmp.results, strict=True):
         worse = sum(r.verdict == "worse" for r in rows)
         better = sum(r.verdict == "better" for r in rows)
-        out += [f"### `{label}` vs `{labels[0]}`: {worse} worse, {better} better", ""]
+        out += [f"### `{label}` vs `{base}`: {worse} worse, {better} better", ""]
         body = []
         for r in rows:
             is_rate = not r.stat
             fmt = _rate if is_rate else ms
             ci = "–" if r.ci is None else f"[{r.ci[0]:+.1%}, {r.ci[1]:+.1%}]"
             verdict = f"**{r.verdict}**" if r.verdict != "same" else r.verdict
-            body.append(
-                [
-                    r.label + ("" if is_rate else " (ms)"),
-                    fmt(r.a),
-                    fmt(r.b),
-                    "–" if r.change is None else f"{r.change:+.1%}",
-                    ci,
-                    verdict,
-                ]
-            )
-        out += [md_table(["metric", "A", "B", "change", "95 % CI", "verdict"], body), ""]
+            cells = [
+                r.label + ("" if is_rate else " (ms)"),
+                fmt(r.a),
+                fmt(r.b),
+                "–" if r.change is None else f"{r.change:+.1%}",
+                ci,
+                verdict,
+            ]
+            body.append([*cells, spread_text(r)] if spread else cells)
+        headers = ["metric", "A", "B", "change", "95 % CI", "verdict"]
+        out += [md_table([*headers, "spread"] if spread else headers, body), ""]
+    if spread:
+        out += [SPREAD_LEGEND, ""]
     return "\n".join(out)
 
 
@@ -217,15 +238,18 @@ def sweep_csv(sweep: Sweep) -> str:
     return _csv(rows)
 
 
-def compare_csv(labels: Sequence[str], results: Sequence[Sequence[Row]]) -> str:
+def compare_csv(cmp: Comparison) -> str:
     rows = []
-    for label, rs in zip(labels[1:], results, strict=True):
+    base = cmp.sides[0]
+    for side, rs in zip(cmp.sides[1:], cmp.results, strict=True):
         for r in rs:
             unit = 1.0 if not r.stat else 1e3  # latencies in ms, rates as they are
             rows.append(
                 {
-                    "a": labels[0],
-                    "b": label,
+                    "a": base.label,
+                    "b": side.label,
+                    "a_runs": len(base.runs),
+                    "b_runs": len(side.runs),
                     "metric": r.metric,
                     "stat": r.stat,
                     "unit": "per_s" if not r.stat else "ms",
@@ -235,6 +259,8 @@ def compare_csv(labels: Sequence[str], results: Sequence[Sequence[Row]]) -> str:
                     "ci_low": None if r.ci is None else r.ci[0],
                     "ci_high": None if r.ci is None else r.ci[1],
                     "verdict": r.verdict,
+                    "run_spread": r.spread,
+                    "run_spread_dominates": r.spread_dominates,
                 }
             )
     return _csv(rows)

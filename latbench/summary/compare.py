@@ -20,10 +20,29 @@ A percentile with fewer than `MIN_TAIL` samples beyond it (p99 of under 500 samp
 judged: a bootstrap cannot reach past the largest sample, so its interval would be far too
 narrow. `margin` defaults to 5 %; `latbench compare --fail-on-regression X` sets it to X and
 gates on any `worse`.
+
+Several runs per side (`RunGroup`): a replicate draws the side's runs with replacement, then
+resamples each drawn run as above (a hierarchical bootstrap), and computes the statistic over
+the pooled draws (a rate: the mean of the drawn runs' rates). A bootstrap over the requests of
+one run sees only the noise inside that run; on a real server two runs of one configuration
+differ by more than that (a cache, a clock, a neighbour), and against the e2e stage's vLLM two
+runs back to back came out "worse" on 6 of 19 rows. Resampling runs puts that run-to-run spread
+in the interval. Measured with bench/aa.py against the simulator with TTFT and ITL drawn afresh
+for each run (5 % standard deviation between runs, 24 runs, 200 A/A pairs, 19 rows each, 95 %):
+one run per side called 13.2 % of rows worse, three runs per side 0.5 % (docs/performance.md).
+With one run per side the interval is today's, and the comparison says that it leaves out
+run-to-run variation.
+
+Per row and side of several runs, `spread` is the variance of the runs' own estimates over the
+mean of their within-run bootstrap variances. Without run-to-run variation it is about 1 (the
+estimates scatter as the bootstrap says); at 2 or more, run-to-run variation is at least as
+large as the sampling noise inside a run (`SPREAD_DOMINATES`), so more runs, not longer ones,
+would narrow the interval.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +64,8 @@ RATES: tuple[str, ...] = ("output_tokens_per_s", "requests_per_s", "goodput_per_
 DEFAULT_COMPARE_METRICS: tuple[str, ...] = ("ttft", "ttfo", "itl", "tpot", "e2e")
 DEFAULT_COMPARE_STATS: tuple[str, ...] = ("p50", "p90", "p99")
 RATE_BLOCKS = 20  # time blocks a window is cut into for a rate's interval
+SPREAD_RESAMPLES = 200  # per run, for its within-run variance: ~10 % precise, enough for a ratio
+SPREAD_DOMINATES = 2.0  # run-to-run variance at least the within-run one (see the docstring)
 # Cells in one block of replicates: bounds memory (8 bytes a cell) whatever the run's size.
 _BLOCK_CELLS = 4_000_000
 
@@ -202,6 +223,132 @@ class RunSamples:
         return out
 
 
+class RunGroup:
+    """One side of a comparison: one run, or several runs of one configuration."""
+
+    def __init__(self, runs: Sequence[RunSamples]) -> None:
+        if not runs:
+            raise ValueError("a side of a comparison needs at least one run")
+        self.runs = list(runs)
+        self._pooled: dict[str, _Metric] = {}
+
+    @property
+    def k(self) -> int:
+        return len(self.runs)
+
+    def _units(self, name: str) -> list[int]:
+        return [r._units(name) for r in self.runs]
+
+    def metric(self, name: str) -> _Metric:
+        """Every run's samples of `name` pooled; owners index the runs' units end to end."""
+        if name not in self._pooled:
+            offsets = np.cumsum([0, *(r.n for r in self.runs)])[:-1]
+            parts = [r.metric(name) for r in self.runs]
+            values = np.concatenate([m.values for m in parts])
+            owner = np.concatenate([m.owner + o for m, o in zip(parts, offsets, strict=True)])
+            order = np.argsort(values, kind="stable")
+            self._pooled[name] = _Metric(values[order], owner[order])
+        return self._pooled[name]
+
+    def statistic(self, name: str, stat: str) -> Callable[[np.ndarray], np.ndarray]:
+        """`f(counts) -> values`, `counts` holding every run's units end to end."""
+        if name in RATES:
+            # A rate is per run (each has its own window): the mean over the drawn runs. A
+            # run's rate is linear in its block counts, so a run drawn m times counts m times.
+            fs = [r.statistic(name, stat) for r in self.runs]
+            edges = np.cumsum([0, *self._units(name)])
+
+            def rate(counts: np.ndarray) -> np.ndarray:
+                parts = [f(counts[:, a:b]) for f, a, b in zip(fs, edges, edges[1:], strict=False)]
+                return np.sum(parts, axis=0) / self.k
+
+            return rate
+        m = self.metric(name)
+        if stat == "mean":
+
+            def mean(counts: np.ndarray) -> np.ndarray:
+                w = counts[:, m.owner]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return (w @ m.values) / w.sum(axis=1)
+
+            return mean
+        pct = parse_stat(stat)
+        return lambda counts: weighted_percentile(m.values, counts[:, m.owner], pct)
+
+    def estimate(self, name: str, stat: str) -> float:
+        """Over every request of every run (a rate: the mean of the runs' rates)."""
+        if self.k == 1:
+            return self.runs[0].estimate(name, stat)
+        ones = np.ones((1, sum(self._units(name))))
+        return float(self.statistic(name, stat)(ones)[0])
+
+    def replicates(
+        self, name: str, stat: str, resamples: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """One run: that run's bootstrap. Several: draw runs, then each drawn run's units."""
+        if self.k == 1:
+            return self.runs[0].replicates(name, stat, resamples, rng)
+        f = self.statistic(name, stat)
+        units = self._units(name)
+        if sum(units) == 0:
+            return np.full(resamples, np.nan)
+        width = max(sum(units), 0 if name in RATES else self.metric(name).values.size, 1)
+        block = max(1, _BLOCK_CELLS // width)
+        out = np.empty(resamples)
+        for start in range(0, resamples, block):
+            b = min(block, resamples - start)
+            drawn = rng.multinomial(self.k, np.full(self.k, 1.0 / self.k), size=b)
+            # A run drawn m times contributes m independent resamples of its units: together,
+            # m * units draws over its units.
+            parts = [
+                rng.multinomial(drawn[:, j] * u, np.full(u, 1.0 / u))
+                if u
+                else np.zeros((b, 0), dtype=np.int64)
+                for j, u in enumerate(units)
+            ]
+            out[start : start + b] = f(np.hstack(parts))
+        return out
+
+    def spread(self, name: str, stat: str, rng: np.random.Generator) -> float | None:
+        """Between-run variance of the runs' estimates over their mean within-run bootstrap
+        variance; None for one run, or when a run gives no estimate."""
+        if self.k < 2:
+            return None
+        est = np.array([r.estimate(name, stat) for r in self.runs])
+        within = [np.nanvar(r.replicates(name, stat, SPREAD_RESAMPLES, rng)) for r in self.runs]
+        if not np.all(np.isfinite(est)) or not np.all(np.isfinite(within)):
+            return None
+        w = float(np.mean(within))
+        between = float(np.var(est, ddof=1))
+        if w <= 0:
+            return math.inf if between > 0 else None
+        return between / w
+
+
+@functools.cache
+def _chi2_over_df(df: int, q: float) -> float:
+    """The q quantile of chi2(df) / df, drawn once (numpy has no chi-square quantile)."""
+    draws = np.random.default_rng(0).chisquare(df, 200_000) / df
+    return float(np.quantile(draws, q))
+
+
+def dominates_at(k: int, spread: float) -> bool:
+    """Run-to-run spread dominates: the run-to-run variance is at least the within-run one
+    (`spread` >= 2), and k runs that vary only by sampling would scatter this much under
+    2.5 % of the time (`spread` is then chi2(k-1)/(k-1)): with 3 runs, 3.7; with 10, 2.1.
+    The second test keeps the note from firing on one row in seven of an A/A comparison of
+    three runs per side."""
+    return spread >= max(SPREAD_DOMINATES, _chi2_over_df(k - 1, 0.975))
+
+
+def as_group(side: RunSamples | RunGroup | Sequence[RunSamples]) -> RunGroup:
+    if isinstance(side, RunGroup):
+        return side
+    if isinstance(side, RunSamples):
+        return RunGroup([side])
+    return RunGroup(side)
+
+
 def parse_stat(stat: str) -> float:
     """`p99` -> 99.0, `p99.9` -> 99.9."""
     try:
@@ -245,6 +392,10 @@ class Row:
     worse_change: float | None  # `change` signed so that positive is worse
     verdict: Verdict
     note: str  # why a verdict could not be reached, or that the interval is wide
+    # The larger side's between-run over within-run variance (RunGroup.spread); None with one
+    # run per side.
+    spread: float | None = None
+    spread_dominates: bool = False  # on either side (`dominates`)
 
     @property
     def label(self) -> str:
@@ -261,6 +412,8 @@ class Row:
             "ci_high": None if self.ci is None else self.ci[1],
             "verdict": self.verdict,
             "note": self.note,
+            "run_spread": None if self.spread is None else _num(self.spread),
+            "run_spread_dominates": self.spread_dominates,
         }
 
 
@@ -274,8 +427,8 @@ def judge(worse_change: float, ci_worse: tuple[float, float], margin: float) -> 
 
 
 def compare_runs(
-    a: RunSamples,
-    b: RunSamples,
+    a: RunSamples | RunGroup | Sequence[RunSamples],
+    b: RunSamples | RunGroup | Sequence[RunSamples],
     *,
     metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
     stats: Sequence[str] = DEFAULT_COMPARE_STATS,
@@ -284,14 +437,16 @@ def compare_runs(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> list[Row]:
+    """B against baseline A, each one run or several runs of one configuration."""
+    ga, gb = as_group(a), as_group(b)
     # One generator per comparison, consumed in a fixed order: the same inputs always give the
-    # same intervals.
+    # same intervals (and one run per side consumes it as before sides had several runs).
     rng = np.random.default_rng(seed)
     rows = []
     wanted = [(m, s) for m in metrics for s in stats] + [(r, "") for r in rates]
     for name, stat in wanted:
         higher_better = name in RATES
-        ea, eb = a.estimate(name, stat), b.estimate(name, stat)
+        ea, eb = ga.estimate(name, stat), gb.estimate(name, stat)
         if not (math.isfinite(ea) and math.isfinite(eb)) or ea == 0:
             rows.append(
                 Row(
@@ -307,7 +462,7 @@ def compare_runs(
                 )
             )
             continue
-        tail = _tail_samples(a, b, name, stat)
+        tail = _tail_samples(ga, gb, name, stat)
         if tail is not None and tail < MIN_TAIL:
             # A bootstrap cannot reach past the largest sample, so a percentile resting on a
             # handful of them gets an interval far narrower than its real uncertainty.
@@ -315,8 +470,8 @@ def compare_runs(
             note = f"not judged: under {MIN_TAIL} samples beyond {stat} (more requests needed)"
             rows.append(Row(name, stat, ea, eb, change, None, None, "same", note))
             continue
-        ra = a.replicates(name, stat, resamples, rng)
-        rb = b.replicates(name, stat, resamples, rng)
+        ra = ga.replicates(name, stat, resamples, rng)
+        rb = gb.replicates(name, stat, resamples, rng)
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = (rb - ra) / ra
         change = (eb - ea) / ea
@@ -325,14 +480,21 @@ def compare_runs(
         worse = sign * change
         ci_worse = (sign * lo, sign * hi) if sign > 0 else (sign * hi, sign * lo)
         verdict = judge(worse, ci_worse, margin) if math.isfinite(lo) else "same"
+        spreads = [(g.k, g.spread(name, stat, rng)) for g in (ga, gb)]
+        spread = max((x for _, x in spreads if x is not None), default=None)
+        dominates = any(x is not None and dominates_at(k, x) for k, x in spreads)
         note = ""
-        if verdict == "same" and ci_worse[0] < -margin and ci_worse[1] > margin:
+        if dominates:
+            note = "run-to-run spread dominates: more runs would tell"
+        elif verdict == "same" and ci_worse[0] < -margin and ci_worse[1] > margin:
             note = "wide interval: more requests would tell"
-        rows.append(Row(name, stat, ea, eb, change, (lo, hi), worse, verdict, note))
+        rows.append(
+            Row(name, stat, ea, eb, change, (lo, hi), worse, verdict, note, spread, dominates)
+        )
     return rows
 
 
-def _tail_samples(a: RunSamples, b: RunSamples, name: str, stat: str) -> float | None:
+def _tail_samples(a: RunGroup, b: RunGroup, name: str, stat: str) -> float | None:
     """Samples beyond the percentile (on its nearer side) in the smaller run; None for others."""
     if name in RATES or not stat.startswith("p"):
         return None

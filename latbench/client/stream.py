@@ -231,6 +231,7 @@ async def _read_events(
     parser = SSEParser(ep.limits.max_line_bytes, ep.limits.max_event_bytes)
     ev_t, ev_kind, ev_n = got.ev_t, got.ev_kind, got.ev_n
     n_known = True
+    typed = False  # an event with a kind of its own has come
     last_completion = 0
     usage_completion: int | None = None
     usage_prompt: int | None = None
@@ -268,10 +269,20 @@ async def _read_events(
                 if ev.prompt_tokens is not None:
                     usage_prompt = ev.prompt_tokens
                 # A token-bearing event has text, or a usage delta (vLLM can emit a token whose
-                # text is empty, yet count it).
-                if ev.kind is not None or (delta > 0 and not ev.usage_only):
+                # text is empty, yet count it: a reasoning parser's swallowed tag, a tool parser's
+                # buffered call). Such a token is of the phase the stream is in: the previous
+                # event's kind, and before any typed event the first typed event's, filled in
+                # when it comes; content if none ever does. Labelled content, an empty delta in
+                # the middle of reasoning would end TTFO there.
+                kind = ev.kind
+                if kind is not None or (delta > 0 and not ev.usage_only):
+                    if kind is None:
+                        kind = ev_kind[-1] if typed else "c"
+                    elif not typed:
+                        typed = True
+                        ev_kind[:] = kind * len(ev_kind)
                     ev_t.append(now)
-                    ev_kind.append(ev.kind or "c")
+                    ev_kind.append(kind)
                     if ev.completion_tokens is None:
                         n_known = False
                     ev_n.append(delta)

@@ -28,6 +28,7 @@ SCHEMA_VERSION = 1
 Phase = Literal["warmup", "measure", "cooldown"]
 REASONING = "r"
 CONTENT = "c"
+TOOL_CALL = "t"  # tool-call arguments (and name): generated, but not the answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from operator import attrgetter
 
 import numpy as np
 
-from latbench.records.record import CONTENT, Record
+from latbench.records.record import CONTENT, TOOL_CALL, Record
 from latbench.spec.slo import Slo
 
 NS_PER_S = 1_000_000_000
@@ -31,8 +31,9 @@ NS_PER_S = 1_000_000_000
 GAP_METRICS = frozenset({"itl", "itl_per_token"})
 
 # Per-request latency -> (later instant, earlier instant). The instants: `intended` and `sent`
-# (t_intended, t_sent), `first` and `last` token-bearing event (reasoning counts), and
-# `first_content`, the first content event. A request that lacks an instant has no sample.
+# (t_intended, t_sent), `first` and `last` token-bearing event (reasoning and tool calls count),
+# `first_content`, the first content event, and `first_tool_call`, the first tool-call event. A
+# request that lacks an instant has no sample.
 SPANS: Mapping[str, tuple[str, str]] = {
     "ttft": ("first", "sent"),
     "ttfo": ("first_content", "sent"),
@@ -40,6 +41,8 @@ SPANS: Mapping[str, tuple[str, str]] = {
     "queue_delay": ("sent", "intended"),
     "ttft_from_schedule": ("first", "intended"),
     "e2e_from_schedule": ("last", "intended"),
+    # Time to first tool-call token (METRICS.md, "Requested vs measured workload").
+    "ttft_tool_call": ("first_tool_call", "sent"),
 }
 # TPOT is not a span: (last - first) / (N_out - 1), for N_out > 1 (`tpot_s`).
 
@@ -59,12 +62,14 @@ def instants(r: Record) -> Instants:
     """The instants `SPANS` names, None where the request has none (no event, no content)."""
     ev = r.ev_t
     fc = r.ev_kind.find(CONTENT)
+    ft = r.ev_kind.find(TOOL_CALL)
     return {
         "intended": r.t_intended,
         "sent": r.t_sent,
         "first": ev[0] if ev else None,
         "last": ev[-1] if ev else None,
         "first_content": ev[fc] if 0 <= fc < len(ev) else None,
+        "first_tool_call": ev[ft] if 0 <= ft < len(ev) else None,
     }
 
 
@@ -122,6 +127,17 @@ def itl_per_token_s(r: Record, gaps_ns: np.ndarray, itl_s: np.ndarray) -> np.nda
     assert r.ev_n is not None
     later = np.maximum(np.asarray(r.ev_n[1:], dtype=np.int64), 1).astype(np.float64)
     return gaps_ns / (later * NS_PER_S)
+
+
+def event_kinds(records: Sequence[Record]) -> np.ndarray:
+    """Every event's kind letter (as uint8), in request order: aligned with `Samples.event_t`.
+    A record whose kinds do not match its events (a hand-edited file) has them cut or padded
+    with content, so that the others stay aligned."""
+    kinds = "".join(
+        k if len(k := r.ev_kind) == len(r.ev_t) else k[: len(r.ev_t)].ljust(len(r.ev_t), CONTENT)
+        for r in records
+    )
+    return np.frombuffer(kinds.encode("ascii", "replace"), dtype=np.uint8)
 
 
 def last_instant(r: Record) -> int:
@@ -231,6 +247,10 @@ class Samples:
         has_c = (fc >= 0) & (fc < n_ev)
         first_c = np.zeros(nreq, dtype=np.int64)
         first_c[has_c] = t[starts[has_c] + fc[has_c]]
+        ft = np.fromiter((r.ev_kind.find(TOOL_CALL) for r in records), dtype=np.int64, count=nreq)
+        has_t = (ft >= 0) & (ft < n_ev)
+        first_t = np.zeros(nreq, dtype=np.int64)
+        first_t[has_t] = t[starts[has_t] + ft[has_t]]
         always = np.ones(nreq, dtype=bool)
         # The instants of `instants`, each with the mask of requests that have it.
         at: dict[str, tuple[np.ndarray, np.ndarray]] = {
@@ -241,6 +261,7 @@ class Samples:
             "first": (first, has),
             "last": (last, has),
             "first_content": (first_c, has_c),
+            "first_tool_call": (first_t, has_t),
         }
 
         # N_out, as `n_out`: usage, else the sum of per-event counts, else one per event.

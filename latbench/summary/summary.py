@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from latbench.records.record import Record, RecordsFile
+from latbench.records.record import CONTENT, REASONING, TOOL_CALL, Record, RecordsFile
 from latbench.shared.errors import ErrorKind
 from latbench.spec.slo import (
     DEFAULT_LIMITS,
@@ -29,7 +29,7 @@ from latbench.spec.slo import (
     ValidityLimits,
 )
 from latbench.summary.bound import error_bounds
-from latbench.summary.samples import NS_PER_S, Samples, derived_window
+from latbench.summary.samples import NS_PER_S, Samples, derived_window, event_kinds
 from latbench.summary.validity import ClientStats, Failures, Validity, judge_validity, rounded
 
 if TYPE_CHECKING:
@@ -149,6 +149,11 @@ class Tokens:
     # Requests where two sources are both present and differ: usage vs sum of ev_n (a real
     # disagreement), and each of those vs the event count (events carrying other than one token).
     disagreements: Mapping[str, int]
+    # The events' tokens by kind (reasoning, content, tool_call): their reported counts, else one
+    # an event. Tool-call arguments are generated (in N_out) but are not the answer (METRICS.md).
+    by_kind: Mapping[str, int]
+    tool_call_requests: int  # requests with a tool-call event
+    ttft_tool_call: Stats  # time to first tool-call token, seconds
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -162,6 +167,12 @@ class Tokens:
             "received_exact": self.received_exact,
             "received_more": self.received_more,
             "disagreements": dict(self.disagreements),
+            "by_kind": dict(self.by_kind),
+            "tool_calls": {
+                "requests": self.tool_call_requests,
+                "tokens": self.by_kind["tool_call"],
+                "ttft": self.ttft_tool_call.to_dict(),
+            },
         }
 
 
@@ -373,6 +384,16 @@ def _tokens(s: Samples, ok: Sequence[Record], pcts: Sequence[float]) -> Tokens:
     asked = max_tokens >= 0
     prompts = [r.usage_prompt_tokens for r in ok if r.usage_prompt_tokens is not None]
     n_out = s.n_out
+    kinds, ev_tokens = event_kinds(ok), s.event_tokens()
+    by_kind = {
+        name: int(ev_tokens[kinds == ord(letter)].sum())
+        for name, letter in (
+            ("reasoning", REASONING),
+            ("content", CONTENT),
+            ("tool_call", TOOL_CALL),
+        )
+    }
+    ttft_tool_call = s.samples("ttft_tool_call")
     return Tokens(
         output_total=int(n_out.sum()),
         per_request=Stats.of(n_out.astype(np.float64), pcts),
@@ -392,6 +413,9 @@ def _tokens(s: Samples, ok: Sequence[Record], pcts: Sequence[float]) -> Tokens:
             "usage_vs_events": int((has_usage & (s.usage != s.n_events)).sum()),
             "ev_n_vs_events": int((known & (s.ev_n_sum != s.n_events)).sum()),
         },
+        by_kind=by_kind,
+        tool_call_requests=int(ttft_tool_call.size),
+        ttft_tool_call=Stats.of(ttft_tool_call, pcts),
     )
 
 

@@ -89,7 +89,17 @@ EVENTS = [
     (delta("text_delta", text=""), Event()),
     (delta("thinking_delta", thinking="hmm"), Event("r")),
     (delta("signature_delta", signature="EqQB"), Event()),
-    (delta("input_json_delta", partial_json='{"a"'), Event()),
+    # A tool call: generated, but not the answer (METRICS.md); the empty first piece is nothing.
+    (delta("input_json_delta", partial_json='{"a"'), Event("t")),
+    (delta("input_json_delta", partial_json=""), Event()),
+    (
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}},
+        },
+        Event("t"),
+    ),
     (
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         Event(),

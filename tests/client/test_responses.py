@@ -70,7 +70,18 @@ EVENTS = [
     ({"type": "response.reasoning_summary_text.delta", "delta": "think"}, Event("r")),
     ({"type": "response.reasoning_text.delta", "delta": "raw"}, Event("r")),  # vLLM
     ({"type": "response.output_text.done", "text": "Hi"}, Event()),  # repeats, no new tokens
-    ({"type": "response.function_call_arguments.delta", "delta": "{"}, Event()),
+    # A tool call: generated, but not the answer (METRICS.md): its name, then its arguments.
+    (
+        {
+            "type": "response.output_item.added",
+            "item": {"type": "function_call", "name": "get_weather", "arguments": ""},
+        },
+        Event("t"),
+    ),
+    ({"type": "response.output_item.added", "item": {"type": "message"}}, Event()),
+    ({"type": "response.function_call_arguments.delta", "delta": "{"}, Event("t")),
+    ({"type": "response.function_call_arguments.delta", "delta": ""}, Event()),
+    ({"type": "response.function_call_arguments.done", "arguments": "{}"}, Event()),
     (
         {"type": "response.completed", "response": completed()},
         Event(None, 30, 7, "completed", done=True, usage_only=True),

@@ -54,7 +54,7 @@ ITEM = WorkItem(
 
 @dataclass(frozen=True)
 class Expect:
-    kinds: str  # one letter per token event: r reasoning, c content
+    kinds: str  # one letter per token event: r reasoning, c content, t tool call
     at_ms: tuple[int, ...]  # the offset of the piece that completes each token event
     prompt: int | None = None
     completion: int | None = None
@@ -63,6 +63,7 @@ class Expect:
     status: int = 200
     ev_n: tuple[int, ...] | None = None
     retry_after_s: float | None = None
+    tool_tokens: int = 0  # the summary's tool-call tokens
 
 
 EXPECT = {
@@ -72,16 +73,36 @@ EXPECT = {
     "anthropic_529": Expect("", (), error=ErrorKind.OVERLOADED, status=529),
     "anthropic_429": Expect("", (), error=ErrorKind.RATE_LIMITED, status=429, retry_after_s=1.0),
     "anthropic_dropped": Expect("c", (70,), 25, error=ErrorKind.STREAM_TRUNCATED),
+    # The name in the tool_use block's start, then three argument pieces (the empty one is none).
+    "anthropic_tool_use": Expect(
+        "cctttt", (60, 80, 100, 130, 150, 170), 472, 89, "tool_use", tool_tokens=4
+    ),
     "chat_openai_usage": Expect("ccc", (90, 130, 160), 9, 3, "stop"),
     "chat_vllm_reasoning_content": Expect(
         "rrrcc", (70, 95, 120, 160, 185), 16, 12, "stop", ev_n=(1, 5, 1, 2, 3)
     ),
     "chat_vllm_reasoning": Expect("rrcc", (80, 100, 150, 170), 16, 6, "stop"),
+    # Empty deltas that carry a token are of the phase they are in: reasoning, both of them.
+    "chat_vllm_reasoning_empty_delta": Expect(
+        "rrrcc", (50, 70, 90, 120, 140), 16, 6, "stop", ev_n=(1, 1, 1, 1, 2)
+    ),
+    "chat_vllm_tool_call": Expect(
+        "cttttt",
+        (60, 90, 110, 130, 150, 170),
+        180,
+        10,
+        "tool_calls",
+        ev_n=(1, 2, 3, 1, 2, 1),
+        tool_tokens=9,
+    ),
     "responses_text": Expect("ccc", (100, 125, 150), 14, 4, "completed"),
     "responses_reasoning": Expect("rrccc", (180, 200, 240, 265, 290), 9, 220, "completed"),
     "responses_failed": Expect("c", (70,), error=ErrorKind.SERVER_ERROR_EVENT),
     "responses_error": Expect("cc", (60, 85), error=ErrorKind.SERVER_ERROR_EVENT),
     "responses_incomplete": Expect("cc", (50, 75), 11, 2, "max_output_tokens"),
+    "responses_function_call": Expect(
+        "tttttt", (50, 70, 90, 110, 130, 150), 62, 18, "completed", tool_tokens=6
+    ),
 }
 
 
@@ -164,8 +185,19 @@ async def test_replayed_transcript_gives_its_events_and_timing(
     # replay whose instants were just checked.
     s = summarize([rec], window=(rec.t_intended, rec.t_end or rec.t_sent))
     lat = {k: v.mean for k, v in s.latency.items()}
+    # TTFT counts every generated token, tool calls too; TTFO is the answer's first.
     assert_at(lat["ttft"] * 1e3, want.at_ms[0], "ttft")
-    assert_at(lat["ttfo"] * 1e3, want.at_ms[want.kinds.index("c")], "ttfo")
+    if "c" in want.kinds:
+        assert_at(lat["ttfo"] * 1e3, want.at_ms[want.kinds.index("c")], "ttfo")
+    else:
+        assert s.latency["ttfo"].count == 0
+    tools = s.tokens
+    assert tools.by_kind["tool_call"] == want.tool_tokens
+    assert tools.tool_call_requests == ("t" in want.kinds)
+    if "t" in want.kinds:
+        first_tool = tools.ttft_tool_call.mean
+        assert first_tool is not None
+        assert_at(first_tool * 1e3, want.at_ms[want.kinds.index("t")], "ttft_tool_call")
     assert_at(lat["e2e"] * 1e3, want.at_ms[-1], "e2e")
     assert s.latency["itl"].count == len(want.at_ms) - 1
     n_out = want.completion if want.completion is not None else len(want.kinds)

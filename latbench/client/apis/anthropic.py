@@ -4,9 +4,10 @@ The stream (https://docs.anthropic.com/en/docs/build-with-claude/streaming) name
 its JSON `type`: `message_start` (input usage), then per content block `content_block_start`,
 `content_block_delta`s and `content_block_stop`, then `message_delta` (stop reason and the
 cumulative output usage) and `message_stop`, the end marker; `ping` and `error` can come at any
-point. There is no `[DONE]`. A `thinking_delta` is reasoning, a `text_delta` is content; the
-`signature_delta` that closes a thinking block carries no generated text. Unknown event types are
-ignored, as Anthropic's versioning policy asks of clients.
+point. There is no `[DONE]`. A `thinking_delta` is reasoning, a `text_delta` is content, and a
+tool call (a `tool_use` block: the name in its start, the arguments in `input_json_delta`s) is
+a tool-call event; the `signature_delta` that closes a thinking block carries no generated text.
+Unknown event types are ignored, as Anthropic's versioning policy asks of clients.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from latbench.client.apis.base import (
     MAX_COUNT,
     NOTHING,
     REASONING_EVENT,
+    TOOL_CALL_EVENT,
     Event,
     MalformedEvent,
     RequestOptions,
@@ -81,8 +83,10 @@ class Messages:
                 return CONTENT_EVENT if delta.get("text") else NOTHING
             if dtype == "thinking_delta":
                 return REASONING_EVENT if delta.get("thinking") else NOTHING
-            # signature_delta closes a thinking block; input_json_delta (tool arguments) and
-            # citations are not counted, as chat tool-call deltas are not.
+            if dtype == "input_json_delta":
+                # The first one of a block is often empty: it carries nothing generated.
+                return TOOL_CALL_EVENT if delta.get("partial_json") else NOTHING
+            # signature_delta closes a thinking block; citations repeat what the text said.
             return NOTHING
         if kind == "message_delta":
             usage = obj.get("usage") or {}
@@ -125,6 +129,8 @@ def _block_start(block: object) -> Event:
         return REASONING_EVENT if block.get("thinking") else NOTHING
     if btype == "redacted_thinking":
         return REASONING_EVENT  # encrypted reasoning, delivered whole in its start event
+    if btype in ("tool_use", "server_tool_use"):
+        return TOOL_CALL_EVENT if block.get("name") else NOTHING  # the name was generated
     return NOTHING
 
 

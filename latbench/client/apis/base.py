@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from latbench.records.record import CONTENT, REASONING
+from latbench.records.record import CONTENT, REASONING, TOOL_CALL
 from latbench.shared.errors import ErrorKind
 from latbench.workload import WorkItem
 
@@ -20,7 +20,8 @@ class MalformedEvent(Exception):
 
 
 class Event(NamedTuple):
-    # 'r' (reasoning) or 'c' (content) when the event carries generated text, else None.
+    # 'r' (reasoning), 'c' (content) or 't' (tool call) when the event carries generated text,
+    # else None.
     kind: str | None = None
     # Cumulative usage, when the event reports it.
     completion_tokens: int | None = None
@@ -38,6 +39,7 @@ NOTHING = Event()
 # The events of the typed streams (Anthropic's, Responses'), made once: they come per token.
 CONTENT_EVENT = Event(CONTENT)
 REASONING_EVENT = Event(REASONING)
+TOOL_CALL_EVENT = Event(TOOL_CALL)
 
 # Token counts above this are no count any server makes, and past it a float (as JSON numbers
 # often become) no longer holds every integer.

@@ -2,7 +2,9 @@
 
 Both end with `data: [DONE]`. Usage comes in a final chunk with empty `choices` when the request
 asks for `stream_options.include_usage`; vLLM's `continuous_usage_stats` adds cumulative usage to
-every chunk, which is how per-event token counts are known.
+every chunk, which is how per-event token counts are known. A chat delta's `tool_calls` (a
+function's name, pieces of its arguments) are tool-call events: generated tokens, apart from the
+answer's `content`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from latbench.client.apis.base import (
     load_object,
     reason,
 )
-from latbench.records.record import CONTENT, REASONING
+from latbench.records.record import CONTENT, REASONING, TOOL_CALL
 from latbench.workload import WorkItem
 
 DONE = b"[DONE]"
@@ -106,6 +108,23 @@ def _chat_kind(c: dict[str, Any]) -> str | None:
     # vLLM has used both names for the reasoning parser's output.
     if delta.get("reasoning_content") or delta.get("reasoning"):
         return REASONING
+    calls = delta.get("tool_calls")
+    if calls:
+        return _tool_call_kind(calls)
+    if delta.get("function_call"):  # the deprecated functions API's one call
+        return _tool_call_kind([{"function": delta["function_call"]}])
+    return None
+
+
+def _tool_call_kind(calls: object) -> str | None:
+    """TOOL_CALL when a `tool_calls` delta carries generated text: a function's name (the first
+    delta of a call) or a piece of its arguments. The id and type alone are the server's."""
+    if not isinstance(calls, list):
+        raise MalformedEvent(f"choices[0].delta.tool_calls is not a list: {calls!r:.120}")
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and (fn.get("name") or fn.get("arguments")):
+            return TOOL_CALL
     return None
 
 

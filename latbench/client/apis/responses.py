@@ -5,8 +5,11 @@ event's JSON `type`. Generated text comes as `response.output_text.delta` (conte
 `response.refusal.delta`) and as `response.reasoning_summary_text.delta` or, from servers that
 stream raw reasoning such as vLLM, `response.reasoning_text.delta` (reasoning). The stream ends
 with `response.completed` or `response.incomplete`, which carry the usage, or fails with
-`response.failed` or an `error` event. There is no `[DONE]`; every other event type (lifecycle,
-item and part boundaries, `*.done` repeats of the text) carries no new tokens.
+`response.failed` or an `error` event. A tool call is generated too, apart from the answer: the
+`response.output_item.added` that opens a `function_call` item (its name) and each
+`response.function_call_arguments.delta` (and the MCP and custom-tool equivalents) are tool-call
+events. There is no `[DONE]`; every other event type (lifecycle, item and part boundaries,
+`*.done` repeats of the text) carries no new tokens.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from latbench.client.apis.base import (
     CONTENT_EVENT,
     NOTHING,
     REASONING_EVENT,
+    TOOL_CALL_EVENT,
     Event,
     MalformedEvent,
     RequestOptions,
@@ -33,7 +37,12 @@ _TOKEN_EVENTS = {
     "response.refusal.delta": CONTENT_EVENT,
     "response.reasoning_summary_text.delta": REASONING_EVENT,
     "response.reasoning_text.delta": REASONING_EVENT,
+    "response.function_call_arguments.delta": TOOL_CALL_EVENT,
+    "response.mcp_call_arguments.delta": TOOL_CALL_EVENT,
+    "response.custom_tool_call_input.delta": TOOL_CALL_EVENT,
 }
+# Output items whose opening event already holds generated text (the tool's name).
+_CALL_ITEMS = frozenset({"function_call", "custom_tool_call"})
 TERMINAL = ("response.completed", "response.incomplete")
 ERROR_KINDS = {"rate_limit_exceeded": ErrorKind.RATE_LIMITED}
 
@@ -69,6 +78,10 @@ class Responses:
             return _error(err if isinstance(err, dict) else {"message": "response.failed"})
         if kind == "error":
             return _error(obj)
+        if kind == "response.output_item.added":
+            item = obj.get("item")
+            if isinstance(item, dict) and item.get("type") in _CALL_ITEMS and item.get("name"):
+                return TOOL_CALL_EVENT
         return NOTHING
 
 

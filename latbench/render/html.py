@@ -21,7 +21,7 @@ from latbench.render.sections import (
     throughput_table,
     validity_html,
 )
-from latbench.render.text import SPREAD_LEGEND
+from latbench.render.text import SPREAD_LEGEND, bound_p99
 from latbench.shared.units import ms_short
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ def sweep_report(sweep: Sweep) -> str:
             [
                 f"{s.index + 1}: {s.label()}",
                 "unknown" if not v.known else ("CLIENT-BOUND" if v.client_bound else "kept up"),
+                bound_p99(v, "ttft"),
+                bound_p99(v, "itl"),
                 ms_short(v.loop_lag_p99_s),
                 ms_short(v.queue_delay_p99_s),
                 "–" if v.client_cpu is None else f"{v.client_cpu:.0%}",
@@ -112,7 +114,17 @@ def sweep_report(sweep: Sweep) -> str:
         )
     page.add(
         table(
-            ["step", "verdict", "loop lag p99 ms", "queue delay p99 ms", "client CPU", "why"], rows
+            [
+                "step",
+                "verdict",
+                "TTFT bound p99 ms",
+                "ITL bound p99 ms",
+                "loop lag p99 ms",
+                "send lag p99 ms",
+                "client CPU",
+                "why",
+            ],
+            rows,
         )
     )
     if runs:

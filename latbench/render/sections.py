@@ -13,7 +13,7 @@ import orjson
 from latbench.render import charts
 from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run, Sweep
-from latbench.render.text import STEP_COLUMNS, spread_text
+from latbench.render.text import STEP_COLUMNS, spread_text, validity_rows
 from latbench.shared.units import ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
@@ -86,7 +86,8 @@ def slo_badges(s: Summary) -> str:
         if s.client_bound:
             out.append('<span class="badge b-fail">CLIENT-BOUND</span>')
         else:
-            out.append('<span class="badge b-pass">client kept up</span>')
+            word = "client kept up" if s.validity.proxy else "within tolerance"
+            out.append(f'<span class="badge b-pass">{word}</span>')
     else:
         out.append('<span class="badge b-warn">validity unknown</span>')
     return "<div>" + "".join(out) + "</div>"
@@ -95,37 +96,16 @@ def slo_badges(s: Summary) -> str:
 def validity_html(s: Summary) -> str:
     v = s.validity
     if not v.known:
-        return "<p class=warn>No client statistics were recorded: validity is unknown.</p>"
-    loop = "open loop" if v.open_loop else "closed loop, not judged"
-    rows = [
-        [
-            "queue delay",
-            f"p50 {ms_short(v.queue_delay_p50_s)}, p99 {ms_short(v.queue_delay_p99_s)}, "
-            f"max {ms_short(v.queue_delay_max_s)} ms",
-            f"p99 ≤ {ms_short(v.limits.queue_delay_p99_s)} ms ({loop})",
-        ],
-        [
-            "event-loop lag",
-            f"p50 {ms_short(v.loop_lag_p50_s)}, p99 {ms_short(v.loop_lag_p99_s)}, "
-            f"max {ms_short(v.loop_lag_max_s)} ms",
-            f"p99 ≤ {ms_short(v.limits.loop_lag_p99_s)} ms",
-        ],
-        [
-            "client CPU",
-            "–" if v.client_cpu is None else f"{v.client_cpu:.0%} of one core",
-            f"≤ {v.limits.client_cpu:.0%}",
-        ],
-        ["unsent requests", "–" if v.unsent is None else f"{v.unsent:,}", f"0 ({loop})"],
-    ]
-    out = table(["figure", "value", "limit"], rows)
+        return f"<p class=warn>{esc(v.verdict_line())}.</p>"
+    out = table(["figure", "value", "limit"], validity_rows(v))
     if v.client_bound:
         reasons = "".join(f"<li>{esc(x)}</li>" for x in v.reasons)
         out += (
-            '<div class="banner"><b>CLIENT-BOUND</b>: the client, not the server, set the pace; '
-            f"these latencies are not the server's.<ul>{reasons}</ul></div>"
+            f'<div class="banner"><b>CLIENT-BOUND</b>: {esc(v.verdict_line())}.'
+            f"<ul>{reasons}</ul></div>"
         )
     else:
-        out += '<p class="pass">The client kept up: no validity limit was exceeded.</p>'
+        out += f'<p class="pass">{esc(v.verdict_line())}.</p>'
     return out
 
 

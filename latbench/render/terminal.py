@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from latbench.render.fit import Column, fitted
+from latbench.render.text import validity_rows
 from latbench.shared.units import Unit, ms_short, num, row_unit, short
 from latbench.spec.slo import DEFAULT_SLOS, METRICS
 from latbench.summary.summary import Stats, Summary, pct_key
@@ -201,33 +202,14 @@ def _slo_lines(s: Summary) -> list[Text]:
 def _validity(s: Summary) -> Group | Text:
     v = s.validity
     if not v.known:
-        return Text("validity: unknown (no client statistics were given)", style="yellow")
+        return Text(v.verdict_line(), style="yellow")
     table = Table(title="validity of the measurement", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("figure")
-    table.add_column("value")
-    table.add_column("limit")
-    loop = "open loop" if v.open_loop else "closed loop, not judged"
-    table.add_row(
-        "queue delay",
-        _spread(v.queue_delay_p50_s, v.queue_delay_p99_s, v.queue_delay_max_s),
-        f"p99 ≤ {ms_short(v.limits.queue_delay_p99_s)} ms ({loop})",
-    )
-    table.add_row(
-        "event-loop lag",
-        _spread(v.loop_lag_p50_s, v.loop_lag_p99_s, v.loop_lag_max_s),
-        f"p99 ≤ {ms_short(v.limits.loop_lag_p99_s)} ms",
-    )
-    cpu = "–" if v.client_cpu is None else f"{v.client_cpu:.0%} of one core"
-    table.add_row("client CPU", cpu, f"≤ {v.limits.client_cpu:.0%}")
-    unsent = "–" if v.unsent is None else f"{v.unsent:,}"
-    table.add_row("unsent requests", unsent, f"0 ({loop})")
+    for name in ("figure", "value", "limit"):
+        table.add_column(name)
+    for cells in validity_rows(v):
+        table.add_row(*cells)
     if not v.client_bound:
-        return Group(table, Text("client kept up: no validity limit was exceeded", style="green"))
-    body = ["The client, not the server, set the pace: these latencies are not the server's."]
-    body += [f"• {reason}" for reason in v.reasons]
+        return Group(table, Text(v.verdict_line(), style="green"))
+    body = [v.verdict_line()] + [f"• {reason}" for reason in v.reasons]
     banner = Panel(Text("\n".join(body)), title="CLIENT-BOUND", style="bold white on red")
     return Group(table, banner)
-
-
-def _spread(p50: float | None, p99: float | None, top: float | None) -> str:
-    return f"p50 {ms_short(p50)} ms, p99 {ms_short(p99)} ms, max {ms_short(top)} ms"

@@ -13,7 +13,9 @@ from latbench.render.readback import Run, Sweep
 from latbench.shared.units import ms, ms_interval, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
+from latbench.summary.samples import NS_PER_S
 from latbench.summary.summary import Summary, pct_key
+from latbench.summary.validity import Validity, ms_bound
 from latbench.sweep import Step
 
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ def _verdict_line(s: Summary) -> str:
     valid = (
         "validity unknown"
         if not s.validity.known
-        else ("**CLIENT-BOUND**" if s.client_bound else "client kept up")
+        else ("**CLIENT-BOUND**" if s.client_bound else s.validity.verdict_line())
     )
     return "; ".join([*parts, valid])
 
@@ -99,9 +101,77 @@ def run_markdown(run: Run) -> str:
     if s.requests.errors_by_kind:
         errs = ", ".join(f"{k} {v}" for k, v in s.requests.errors_by_kind.items())
         lines += ["", f"Errors: {errs}."]
+    lines += ["", _bound_md(s.validity)]
     if s.client_bound:
         lines += ["", "**Client-bound:** " + " ".join(s.validity.reasons)]
     return "\n".join(lines) + "\n"
+
+
+def _bound_md(v: Validity) -> str:
+    """The error bound and the send lag that explains it, in one sentence."""
+    lag = f"send lag (queue delay) p99 {ms(v.queue_delay_p99_s, unit=True)}"
+    if not v.bound_known:
+        missing = "" if v.bounds is None else f" ({v.bounds.missing} requests without one)"
+        return f"Error bound: unknown{missing}; {lag}."
+    assert v.bounds is not None
+    b = v.bounds
+    return (
+        f"Error bound (p50 / p99): TTFT {ms_bound(b.ttft, 'p50')} / {ms_bound(b.ttft)}, "
+        f"ITL {ms_bound(b.itl, 'p50')} / {ms_bound(b.itl)}; {lag}."
+    )
+
+
+def validity_rows(v: Validity) -> list[list[str]]:
+    """The validity table (figure, value, limit), for the terminal and the HTML report: the error
+    bounds judge; send lag judges in open loop and explains a TTFT bound in closed loop; loop lag
+    and CPU judge only as proxies, without a bound."""
+    lim = v.limits
+    rows: list[list[str]] = []
+    if v.bound_known:
+        assert v.bounds is not None
+        for name, b, tol in (
+            ("TTFT error bound", v.bounds.ttft, lim.ttft_tolerance_s),
+            ("ITL error bound", v.bounds.itl, lim.itl_tolerance_s),
+        ):
+            rows.append(
+                [
+                    name,
+                    f"p50 {ms_bound(b, 'p50')}, p99 {ms_bound(b)}",
+                    f"p99 ≤ {ms(tol, unit=True)}",
+                ]
+            )
+    else:
+        missing = "–" if v.bounds is None else f"{v.bounds.missing:,} requests without one"
+        rows.append(["error bound", f"unknown: {missing}", "judged by proxies"])
+    closed = "closed loop: diagnostic"
+    proxy = "proxy" if v.proxy else "diagnostic"
+    unsent = "–" if v.unsent is None else f"{v.unsent:,}"
+    cpu = "–" if v.client_cpu is None else f"{v.client_cpu:.0%} of one core"
+    rows += [
+        [
+            "send lag (queue delay)",
+            _spread(v.queue_delay_p50_s, v.queue_delay_p99_s, v.queue_delay_max_s),
+            f"p99 ≤ {ms(lim.queue_delay_p99_s, unit=True)}" if v.open_loop else closed,
+        ],
+        [
+            "event-loop lag",
+            _spread(v.loop_lag_p50_s, v.loop_lag_p99_s, v.loop_lag_max_s),
+            f"p99 ≤ {ms(lim.loop_lag_p99_s, unit=True)} ({proxy})" if v.proxy else proxy,
+        ],
+        ["client CPU", cpu, f"≤ {lim.client_cpu:.0%} ({proxy})" if v.proxy else proxy],
+        ["unsent requests", unsent, "0" if v.open_loop else closed],
+    ]
+    return rows
+
+
+def _spread(p50: float | None, p99: float | None, top: float | None) -> str:
+    return f"p50 {ms(p50)}, p99 {ms(p99)}, max {ms(top, unit=True)}"
+
+
+def bound_p99(v: Validity, metric: str) -> str:
+    """A metric's ("ttft", "itl") p99 error bound in ms, the dash when unknown: a table cell."""
+    b = None if v.bounds is None or not v.bounds.known else getattr(v.bounds, metric).p99
+    return ms(None if b is None else b.bound_ns / NS_PER_S)
 
 
 def _step_row(s: Step) -> list[str]:

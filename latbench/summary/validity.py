@@ -100,7 +100,7 @@ class Validity:
     def verdict_line(self) -> str:
         """The verdict in one sentence, for every report; the reasons follow it when bound."""
         if not self.known:
-            return "validity unknown: no error bound and no client statistics were recorded"
+            return "validity: unknown (no error bound and no client statistics were recorded)"
         if not self.proxy:
             assert self.bounds is not None
             if self.client_bound:

@@ -97,7 +97,8 @@ def test_client_bound_banner_names_the_reasons() -> None:
     s = run_summary(client(loop_lag_ns=[50_000] * 90 + [4 * MS] * 10, unsent=7))
     text = render(s)
     assert "CLIENT-BOUND" in text
-    assert "these latencies are not the server's" in text
+    # No record carried an error bound: the verdict says it judged by proxies.
+    assert "client-bound by proxies (2 requests carried no error bound)" in text
     assert "event-loop lag p99 is 4.00 ms, above the 1.00 ms limit" in text
     assert "7 scheduled requests were never sent" in text
 

@@ -310,11 +310,15 @@ async def _read_events(
                     if armed_at >= total_at:
                         armed_at, got.armed = total_at, ErrorKind.TIMEOUT_TOTAL
                     cm.reschedule(armed_at)
-        # Closed without the end marker. A finish_reason means the generation itself ended and
-        # only the final [DONE] was lost: not an error.
-        if not done and error is None and finish_reason is None:
+        # Closed without the end marker: cut (METRICS.md), even after a finish_reason. vLLM,
+        # SGLang and OpenAI always end with it, and what comes between (the usage chunk that
+        # include_usage asks for) would be lost unseen; servers that left it out (TGI, llama-box
+        # in 2024) fixed that as a bug. What was measured stays on the record.
+        if not done and error is None:
             error = ErrorKind.STREAM_TRUNCATED
-            detail = "the stream closed before its end marker"
+            detail = "the stream closed before its end marker" + (
+                "" if finish_reason is None else f" (after finish_reason {finish_reason!r})"
+            )
     finally:
         got.n_known = n_known
         got.usage_completion = usage_completion

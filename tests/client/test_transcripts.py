@@ -77,6 +77,10 @@ EXPECT = {
     "anthropic_tool_use": Expect(
         "cctttt", (60, 80, 100, 130, 150, 170), 472, 89, "tool_use", tool_tokens=4
     ),
+    # Ended cleanly after finish_reason, without [DONE]: cut, and what it measured is kept.
+    "chat_finish_without_done": Expect(
+        "ccc", (40, 60, 80), finish="stop", error=ErrorKind.STREAM_TRUNCATED
+    ),
     "chat_openai_usage": Expect("ccc", (90, 130, 160), 9, 3, "stop"),
     "chat_vllm_reasoning_content": Expect(
         "rrrcc", (70, 95, 120, 160, 185), 16, 12, "stop", ev_n=(1, 5, 1, 2, 3)
@@ -168,6 +172,9 @@ async def test_replayed_transcript_gives_its_events_and_timing(
             assert rec.ev_n == want.ev_n
         assert rec.t_headers is not None
         assert rec.error is None or rec.error_detail
+        if rec.error is ErrorKind.STREAM_TRUNCATED and rec.finish_reason is not None:
+            assert rec.error_detail is not None
+            assert f"after finish_reason {rec.finish_reason!r}" in rec.error_detail
         # When: each event at its piece's offset; the headers leave with the first piece, so
         # t_headers is timed by the transcript too.
         checks = [

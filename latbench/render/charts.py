@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -44,6 +45,9 @@ LABELS = {
     "e2e_from_schedule": "E2E from schedule",
 }
 DEFAULT_TARGET_S = DEFAULT_SLOS[0].threshold_s
+# A log axis's padding each side and its shortest span, as factors (see `log_axis`).
+PAD = 1.15
+MIN_SPAN = 3.0
 # Percentiles at which a CDF is drawn: every 0.5 up to 90, then ever finer into the tail.
 CDF_GRID = np.unique(
     np.concatenate(
@@ -75,16 +79,49 @@ def threshold_for(run: Run, metric: str) -> float:
     return min(named) if named else DEFAULT_TARGET_S
 
 
+def log_axis(lo_ms: float, hi_ms: float) -> dict[str, Any]:
+    """A log axis in ms over [lo_ms, hi_ms]: padded, and its ticks labelled in full ms.
+
+    Plotly labels the ticks between powers of ten on a log axis with their first digit only
+    (20, 30, 40 ms read "2, 3, 4"), so the ticks are ours: 1-2-5 steps, or every digit when the
+    range is too short for four of those, each labelled with its value ("20", "1,000", "0.5").
+    The range is padded by 15 % each side so a curve's ends do not lie on the frame, and opened
+    to at least a factor of 3 around its centre, so a distribution concentrated at one value
+    (TPOT of a simulator at exactly 10 ms) draws as a vertical line inside the plot, not on its
+    left edge, where it was invisible."""
+    lo, hi = max(lo_ms, 1e-6), max(hi_ms, lo_ms, 1e-6)
+    lo, hi = lo / PAD, hi * PAD
+    if hi / lo < MIN_SPAN:
+        centre = math.sqrt(lo * hi)
+        lo, hi = centre / math.sqrt(MIN_SPAN), centre * math.sqrt(MIN_SPAN)
+    ticks: list[tuple[float, str]] = []
+    for mantissas in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [
+            (m * 10.0**k, f"{m * 10.0**k:,.{max(0, -k)}f}")
+            for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+            for m in mantissas
+            if lo <= m * 10.0**k <= hi
+        ]
+        if len(ticks) >= 4:
+            break
+    return {
+        "type": "log",
+        "range": [math.log10(lo), math.log10(hi)],
+        "tickvals": [v for v, _ in ticks],
+        "ticktext": [t for _, t in ticks],
+    }
+
+
 def cdf_figure(runs: Sequence[tuple[str, Run]], metric: str) -> go.Figure:
     fig = go.Figure()
     threshold = min(threshold_for(run, metric) for _, run in runs)
-    top = threshold
+    lo_ms = hi_ms = threshold * 1e3
     for i, (label, run) in enumerate(runs):
         values = run.samples.metric(metric).values
         if values.size == 0:
             continue
         ms = np.percentile(values, CDF_GRID) * 1e3
-        top = max(top, float(ms[-1]) / 1e3)
+        lo_ms, hi_ms = min(lo_ms, float(ms[0])), max(hi_ms, float(ms[-1]))
         attained = float(np.count_nonzero(values <= threshold) / values.size)
         fig.add_trace(
             go.Scatter(
@@ -97,7 +134,7 @@ def cdf_figure(runs: Sequence[tuple[str, Run]], metric: str) -> go.Figure:
             )
         )
     fig.add_trace(_ref_line([threshold * 1e3] * 2, [0, 100], f"target {threshold * 1e3:g} ms"))
-    fig.update_xaxes(title="ms", type="log")
+    fig.update_xaxes(title="ms", **log_axis(lo_ms, hi_ms))
     fig.update_yaxes(title="percentile", range=[0, 100.5])
     if not fig.data:
         fig.add_annotation(
@@ -315,7 +352,8 @@ def sweep_curve_figure(sweep: Sweep) -> go.Figure:
             )
         )
     fig.update_xaxes(title="achieved requests/s")
-    fig.update_yaxes(title="ms", type="log")
+    shown = [y for trace in fig.data for y in (trace.y or ()) if y]
+    fig.update_yaxes(title="ms", **log_axis(min(shown, default=1.0), max(shown, default=1.0)))
     return _layout(fig, "latency vs throughput (marker: ● pass, ✕ fail, ◆ client-bound)", 460)
 
 

@@ -1,7 +1,11 @@
 """The HTML reports in a real browser: headless Chromium (Debian's `chromium`, which .ci/run
 installs) opens each report from disk with no network, driven over the DevTools protocol with
 aiohttp's WebSocket client. Each page must log no console error, draw every chart at a non-zero
-size, and show drawn charts in a screenshot (coloured trace pixels inside every chart's box)."""
+size, and show drawn charts in a screenshot (coloured trace pixels inside every chart's box).
+The CDFs' log axes must label each tick with its full value in ms (Plotly's own labels read
+"2, 3, 4" for 20, 30, 40 ms), a distribution concentrated at one value must be drawn inside the
+plot, not on its frame, and a report must stay small (the basic plotly.js bundle, not the full
+one)."""
 
 from __future__ import annotations
 
@@ -53,6 +57,27 @@ CHARTS_JS = """(() => {
             traces: d.querySelectorAll('.scatterlayer .trace, .barlayer .trace').length};
   });
 })()"""
+
+# Each CDF's x axis as Plotly laid it out: its type, the ticks it drew (log10 position, label),
+# the labels in the SVG, the plot area, and the first trace's drawn extent (pixels in the plot).
+AXES_JS = """(() => [...document.querySelectorAll('.chart')]
+  .filter(d => d.dataset.chart.startsWith('cdf-'))
+  .map(d => {
+    const ax = d._fullLayout.xaxis, size = d._fullLayout._size;
+    const line = d.querySelector('.scatterlayer .trace path.js-line');
+    const box = line ? line.getBBox() : null;
+    const r = d.getBoundingClientRect();
+    return {name: d.dataset.chart, type: ax.type, length: ax._length,
+            ticks: (ax._vals || []).map(v => [v.x, v.text]),
+            drawn: [...d.querySelectorAll('.xtick text')].map(t => t.textContent),
+            plot: {x: r.left + scrollX + size.l, y: r.top + scrollY + size.t, w: size.w,
+                   h: size.h},
+            line: box && {x0: box.x, x1: box.x + box.width}};
+  }))()"""
+# The report of a run of a few seconds: the basic plotly.js bundle (1.19 MB) and the figures.
+# The full bundle alone is 4.8 MB.
+REPORT_BYTES = 1_600_000
+TRACE_BLUE = (31, 119, 180)  # charts.COLORS[0], the first run's curve
 
 
 class Page:
@@ -220,6 +245,44 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def blue_pixels(image: Image.Image, box: dict[str, Any]) -> int:
+    """Pixels inside `box` of the first run's curve colour."""
+    crop = np.asarray(
+        image.crop(
+            (int(box["x"]), int(box["y"]), int(box["x"] + box["w"]), int(box["y"] + box["h"]))
+        )
+    ).astype(np.int16)
+    return int((np.abs(crop - np.array(TRACE_BLUE)).max(axis=2) < 40).sum())
+
+
+async def test_cdf_axes_are_labelled_in_ms_and_a_narrow_distribution_is_drawn_inside(
+    reports: dict[str, Path], tmp_path: Path
+) -> None:
+    async with open_browser(tmp_path / "profile") as page:
+        _, image = await render(page, reports["run"])
+        axes = (await page.call("Runtime.evaluate", expression=AXES_JS, returnByValue=True))[
+            "result"
+        ]["value"]
+    assert {a["name"] for a in axes} == CDFS
+    for a in axes:
+        assert a["type"] == "log", a
+        assert len(a["ticks"]) >= 3, a
+        for x, text in a["ticks"]:
+            # The label is the tick's value in ms, whole: 10**x, not its first digit.
+            value = float(text.replace(",", ""))
+            assert value == pytest.approx(10**x, rel=1e-6), (a["name"], x, text)
+        assert a["drawn"] == [t for _, t in a["ticks"]], a
+    # TPOT at the simulator's fixed 10 ms ITL: every sample within a few per cent of 10 ms, so
+    # the curve is a vertical line. It must stand inside the plot (Plotly's own range put it on
+    # the left frame, where it could not be seen), and be there in the screenshot.
+    tpot = next(a for a in axes if a["name"] == "cdf-tpot")
+    assert tpot["line"] is not None
+    margin = 0.05 * tpot["length"]
+    assert margin < tpot["line"]["x0"] and tpot["line"]["x1"] < tpot["length"] - margin, tpot
+    assert any(t in ("9", "10") for _, t in tpot["ticks"]), tpot["ticks"]
+    assert blue_pixels(image, tpot["plot"]) > 150, tpot
+
+
 async def test_reports_draw_every_chart_in_headless_chromium(
     reports: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -244,6 +307,10 @@ def test_a_report_is_one_file_that_needs_no_network(reports: dict[str, Path]) ->
     # Plotly's JavaScript is inlined; nothing is loaded from elsewhere.
     assert "<script src" not in text and "<link" not in text
     assert "Plotly.newPlot" in text
+    # The basic bundle, so the report stays small.
+    assert "plotly.js (basic - minified)" in text
+    for kind in ("run", "sweep", "compare"):
+        assert reports[kind].stat().st_size < REPORT_BYTES, (kind, reports[kind].stat().st_size)
 
 
 def test_a_run_report_sets_the_client_beside_the_servers_own_metrics(

@@ -8,8 +8,9 @@ What is observed, and why:
   still shows that the run is alive during its warm-up. A `phase` label on the histograms was
   rejected: every panel and rule would have to filter it, and forgetting to would mix
   populations silently.
-- Queue delay is observed for every measured request, failed ones included, as in the
-  summary's validity verdict: a late send is the client's doing whatever the server answered.
+- Queue delay is a latency like the others (METRICS.md): succeeded measured requests only, as
+  the summary's `latency.queue_delay` and a `queue_delay` SLO count it. (The validity
+  diagnostic's queue delay, in `validity`, is a different figure: every measured request.)
 - Event-loop lag is observed per sample, live, from the runner's own monitor.
 
 A record is observed when it finishes (`add`), which happens continuously during a run: a
@@ -29,7 +30,6 @@ from latbench.client.looplag import add_lag_listener
 from latbench.exporter import LatbenchMetrics, RunLabels, target_label
 from latbench.records.record import Record, RunFooter
 from latbench.spec.slo import Slo
-from latbench.summary.bound import record_bounds_s
 from latbench.summary.samples import NS_PER_S, record_meets_all, record_samples
 
 
@@ -67,27 +67,19 @@ class PrometheusSink:
         if record.phase != "measure":
             s.excluded[record.phase] = s.excluded.get(record.phase, 0) + 1
             return
-        samples = record_samples(record)
-        qd = samples.per_request["queue_delay"]
-        assert qd is not None
-        s.hist["queue_delay"].observe(qd)
         if record.error is not None:
             s.requests["error"] += 1
             kind = str(record.error)
             s.errors[kind] = s.errors.get(kind, 0) + 1
             return
         s.requests["ok"] += 1
-        for key in ("ttft", "ttfo", "tpot", "e2e"):
+        samples = record_samples(record)
+        for key in ("queue_delay", "ttft", "ttfo", "tpot", "e2e"):
             v = samples.per_request[key]
             if v is not None:
                 s.hist[key].observe(v)
         s.hist["itl"].observe_many(samples.itl)
         s.hist["itl_per_token"].observe_many(samples.itl_per_token)
-        ttft_bound, gap_bounds = record_bounds_s(record)
-        if ttft_bound is not None:
-            s.hist["ttft_error_bound"].observe(ttft_bound)
-        if gap_bounds is not None:
-            s.hist["itl_error_bound"].observe_many(gap_bounds)
         s.output_tokens += samples.n_out
         if record.usage_prompt_tokens is not None:
             s.prompt_tokens += record.usage_prompt_tokens

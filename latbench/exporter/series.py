@@ -68,22 +68,30 @@ ITL_BUCKETS = _merge(
 E2E_BUCKETS = _merge(
     VLLM_REQUEST_LATENCY_BUCKETS, _NEAR_TARGET, (0.01, 0.025, 0.4, 0.65, 1.25, 3.0, 4.0, 7.5)
 )
-# Client-side send lateness: a healthy client is well under 1 ms; 10 ms is the validity limit.
+# Client-side send lateness: a healthy client is well under 1 ms; 10 ms is the open-loop limit.
 QUEUE_DELAY_BUCKETS = _merge(
     VLLM_REQUEST_LATENCY_BUCKETS,
     _NEAR_TARGET,
     (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025),
 )
-# Event-loop lag: 1 ms is the validity limit (`summary.summary.ValidityLimits`).
+# Event-loop lag: 1 ms is the proxy limit, used without an error bound (`spec.slo.ValidityLimits`).
 LOOP_LAG_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0,
 )  # fmt: skip
 
+# Measured error bounds (`summary.bound`): fine from 0.1 to 10 ms, where the validity tolerances
+# sit (1 ms for ITL, 5 ms for TTFT, both exact boundaries: `bucket{le="0.005"} / count` is the
+# share of requests whose own TTFT bound is within the default tolerance).
+ERROR_BOUND_BUCKETS: tuple[float, ...] = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003,
+    0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class HistogramDef:
-    key: str  # the METRICS.md metric, as `summary.summary.METRICS` spells it
+    key: str  # the METRICS.md metric, as `summary.summary.METRICS` spells it, or its bound
     help: str
     buckets: tuple[float, ...]
 
@@ -110,6 +118,18 @@ HISTOGRAMS: tuple[HistogramDef, ...] = (
         "event_loop_lag",
         "Client event-loop lag: how late a 100 Hz ticker's callbacks ran.",
         LOOP_LAG_BUCKETS,
+    ),
+    HistogramDef(
+        "ttft_error_bound",
+        "Measured error bound of each succeeded request's TTFT: how far its stamps may be off "
+        "(the larger of a late first-event stamp and a late send stamp).",
+        ERROR_BOUND_BUCKETS,
+    ),
+    HistogramDef(
+        "itl_error_bound",
+        "Measured error bound of each gap between token events (the larger of its two events' "
+        "late-stamp bounds).",
+        ERROR_BOUND_BUCKETS,
     ),
 )
 HISTOGRAM_KEYS: tuple[str, ...] = tuple(h.key for h in HISTOGRAMS)

@@ -30,6 +30,7 @@ from latbench.client.looplag import add_lag_listener
 from latbench.exporter import LatbenchMetrics, RunLabels, target_label
 from latbench.records.record import Record, RunFooter
 from latbench.spec.slo import Slo
+from latbench.summary.bound import record_bounds_s
 from latbench.summary.samples import NS_PER_S, record_meets_all, record_samples
 
 
@@ -80,6 +81,11 @@ class PrometheusSink:
                 s.hist[key].observe(v)
         s.hist["itl"].observe_many(samples.itl)
         s.hist["itl_per_token"].observe_many(samples.itl_per_token)
+        ttft_bound, gap_bounds = record_bounds_s(record)
+        if ttft_bound is not None:
+            s.hist["ttft_error_bound"].observe(ttft_bound)
+        if gap_bounds is not None:
+            s.hist["itl_error_bound"].observe_many(gap_bounds)
         s.output_tokens += samples.n_out
         if record.usage_prompt_tokens is not None:
             s.prompt_tokens += record.usage_prompt_tokens

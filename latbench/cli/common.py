@@ -28,8 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import signal
 import sys
+import time
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from enum import IntEnum
 from pathlib import Path
@@ -44,7 +47,7 @@ from latbench.render.reconciliation import render_reconciliation
 from latbench.render.terminal import render_summary
 from latbench.shared.errors import SpecError
 from latbench.shared.yamlfile import load_yaml
-from latbench.spec import read_spec_file
+from latbench.spec import RunSpec, read_spec_file
 from latbench.summary.server_metrics import Reconciliation
 from latbench.summary.summary import Summary
 from latbench.vllm.interop import add_vllm_arguments, apply_vllm_flags
@@ -343,6 +346,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--percentiles", "--metric-percentiles", metavar="P,P,..", help="default 50,90,95,99,99.9"
     )
     g.add_argument("--out", type=Path, metavar="DIR", help="results directory")
+    g.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="do it N times, one after another, under one new directory (DIR/repeat-<id>/) "
+        "that latbench compare takes as one side (docs/sweeps.md)",
+    )
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     g = p.add_argument_group("Prometheus (docs/prometheus.md)")
     g.add_argument(
@@ -424,3 +435,48 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     apply_vllm_flags(ns, data)
     # Durations given as flags stay strings; the spec parses units ("30s", "2m").
     return data
+
+
+def repeated(
+    ns: argparse.Namespace,
+    once: Callable[[argparse.Namespace, Console, Console], int],
+    console: Console,
+    err: Console,
+    what: str,
+) -> int:
+    """`--repeat N`: `once` N times, each writing its run (or sweep) directory under one new
+    parent, so that `latbench compare PARENT OTHER` has several runs per side and counts
+    run-to-run variation (summary/compare.py). The exit status is the first run's that was not
+    0; an error or an interrupt stops the repeats."""
+    if ns.repeat < 1:
+        raise SpecError(f"--repeat {ns.repeat}: give 1 or more")
+    if ns.repeat == 1:
+        return once(ns, console, err)
+    if ns.json:
+        raise SpecError(
+            "--json prints one summary: with --repeat, read each run's results.json, or "
+            "latbench compare --json the repeats"
+        )
+    if ns.metrics_port is not None or ns.pushgateway is not None:
+        raise SpecError(
+            "--repeat does not export Prometheus metrics: drop --metrics-port/--pushgateway"
+        )
+    root = Path(spec_from_args(ns).get("output_dir", RunSpec.model_fields["output_dir"].default))
+    parent = root / time.strftime(f"repeat-%Y%m%d-%H%M%S-{uuid.uuid4().hex[:6]}")
+    code = int(Exit.OK)
+    for i in range(ns.repeat):
+        err.print(f"[bold]{what} {i + 1} of {ns.repeat}[/] in {parent}", highlight=False)
+        each = copy.copy(ns)
+        each.out = parent
+        c = once(each, console, err)
+        if c in (Exit.INTERRUPTED, Exit.ERROR):
+            return c
+        code = code or c
+    # A sweep's steps are runs: one step of every repeat makes a side.
+    side = f"--a '{parent}'/*/*-s01 --b ..." if what == "sweep" else f"{parent} OTHER"
+    console.print(
+        f"{ns.repeat} {what}s: {parent}\ncompare with another configuration: "
+        f"latbench compare {side}",
+        highlight=False,
+    )
+    return code

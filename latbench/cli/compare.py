@@ -97,9 +97,7 @@ def _compare_metrics(text: str | None) -> list[str]:
 def _sides(ns: argparse.Namespace) -> list[list[Path]]:
     if ns.a is not None or ns.b is not None:
         if ns.runs:
-            raise SpecError(
-                "give the sides either as arguments (A B ...) or with --a and --b, not both"
-            )
+            raise SpecError("give the sides as arguments (A B ..) or as --a/--b, not both")
         if ns.a is None or ns.b is None:
             raise SpecError("--a and --b go together: the baseline's runs, then the other's")
         return [ns.a, *ns.b]

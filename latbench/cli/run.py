@@ -22,6 +22,7 @@ from latbench.cli.common import (
     new_loop,
     on_loop_signals,
     print_error,
+    repeated,
     set_path,
     show_summary,
     signals_handled_by,
@@ -56,6 +57,10 @@ def metrics_export(ns: argparse.Namespace) -> MetricsExport | None:
 
 
 def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
+    return repeated(ns, run_once, console, err, "run")
+
+
+def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
     data = spec_from_args(ns)
     launch: VllmServer | None = None
     if ns.launch_vllm is not None:
@@ -178,7 +183,9 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
             err.print(f"vllm-format results: {vllm_path}", highlight=False)
         show_summary(result.summary, result.reconciliation, console, ns.json)
         if not ns.json:
-            console.print(f"records: {result.records_path}\nresults: {result.results_path}")
+            console.print(
+                f"records: {result.records_path}\nresults: {result.results_path}", soft_wrap=True
+            )
         for warning in [] if export is None else export.warnings:
             err.print(f"[yellow]metrics:[/] {warning}", highlight=False)
         if push_failed:

@@ -21,6 +21,7 @@ from latbench.cli.common import (
     on_loop_signals,
     parse_fraction,
     print_error,
+    repeated,
     signals_handled_by,
     spec_from_args,
 )
@@ -143,6 +144,12 @@ def _plan(ns: argparse.Namespace) -> AutoPlan | FindMaxPlan | ListPlan:
 
 
 def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
+    # The whole sweep N times, not each step N times in a row: a drift of the server over the
+    # sweep then spreads over every step alike instead of landing on the later steps.
+    return repeated(ns, sweep_once, console, err, "sweep")
+
+
+def sweep_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
     plan = _plan(ns)
     if ns.metrics_port is not None or ns.pushgateway is not None:
         raise SpecError(
@@ -222,7 +229,7 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
         console.print(f"[bold {style}]{cap_found.headline()}[/]", highlight=False)
         for note in cap_found.notes:
             console.print(f"  note: {note}", highlight=False)
-    console.print(f"sweep: {result.path}", highlight=False)
+    console.print(f"sweep: {result.path}", highlight=False, soft_wrap=True)
     if (ns.save_result or ns.result_dir or ns.result_filename) and result.steps:
         # vLLM's format holds one run: a list of them, one per step, in the sweep's directory
         # (or where --result-dir/--result-filename say).
@@ -235,11 +242,13 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
             ns.result_filename or DEFAULT_RESULT_FILENAME
         )
         write_vllm_result(target, docs)
-        console.print(f"vllm-format results: {target}", highlight=False)
+        console.print(f"vllm-format results: {target}", highlight=False, soft_wrap=True)
     if ns.report and result.steps:
         out = Outputs.choose(result.directory, None, None, None)
         write_report(load_results(result.path), out)
-        console.print("report: " + ", ".join(str(p) for p in out.written()), highlight=False)
+        console.print(
+            "report: " + ", ".join(str(p) for p in out.written()), highlight=False, soft_wrap=True
+        )
     if interrupts:
         return int(Exit.INTERRUPTED)
     lost = [st for st in result.steps if st.ended == "incomplete"]

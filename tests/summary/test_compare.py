@@ -1,6 +1,7 @@
-"""`latbench compare`: the bootstrap's exactness, the verdict rule, and end to end against the
-simulator: "same" for two runs of one configuration, "worse" when the simulator is made slower,
-and the exit status of `--fail-on-regression`."""
+"""`latbench compare`: the bootstrap's exactness, the verdict rule, the hierarchical bootstrap of
+several runs per side on hand-built records, and end to end against the simulator: "same" for
+two runs of one configuration, "worse" when the simulator is made slower, and the exit status of
+`--fail-on-regression`. Several runs per side through the CLI: tests/cli/test_compare_cli.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kit.cli import latbench
 
-from latbench.summary.compare import judge, weighted_percentile
+from latbench.records import Record
+from latbench.summary.compare import (
+    RunGroup,
+    RunSamples,
+    compare_runs,
+    dominates_at,
+    judge,
+    weighted_percentile,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -52,12 +61,85 @@ def test_verdict_needs_both_confidence_and_size(
     assert judge(change, ci, 0.05) == verdict
 
 
+def build(ttft_s: float, seed: int, n: int = 120, noise: float = 0.02) -> RunSamples:
+    """A closed-loop run made by hand: `n` requests 5 ms apart, TTFT `ttft_s` and 10 ms between
+    six tokens, each with `noise` relative standard deviation (the noise inside a run)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        sent = i * 5_000_000
+        first = sent + int(ttft_s * 1e9 * (1 + noise * rng.standard_normal()))
+        gaps = 10_000_000 * (1 + noise * rng.standard_normal(5))
+        ev = [first, *(first + np.cumsum(gaps)).astype(int).tolist()]
+        record = Record(
+            run_id="r", seq=i, phase="measure", api="chat", t_intended=sent, t_sent=sent,
+            t_headers=sent, t_end=ev[-1], ev_t=ev, ev_kind="cccccc", status=200,
+            usage_completion_tokens=6, finish_reason="length",
+        )  # fmt: skip
+        records.append(record)
+    return RunSamples(records, None, [])
+
+
+Side = RunSamples | RunGroup | list[RunSamples]
+
+
+def ttft_p50(a: Side, b: Side, **kw: Any) -> Any:
+    (row,) = compare_runs(a, b, metrics=["ttft"], stats=["p50"], rates=[], **kw)
+    return row
+
+
+# Three runs a side whose TTFTs differ from run to run by 4 % (48, 50, 52 ms), ten times the
+# noise of a run's median (2 % over 120 requests): what a real server does between runs.
+A_RUNS = [build(t, seed=i) for i, t in enumerate((0.048, 0.050, 0.052))]
+
+
+def test_a_shift_between_overlapping_runs_is_not_worse() -> None:
+    b_runs = [build(t, seed=10 + i) for i, t in enumerate((0.049, 0.051, 0.053))]
+    # One run a side sees only the noise inside a run: B's slowest run against A's fastest is
+    # "worse" by 10 %, with a narrow interval. That is the false regression of an A/A test.
+    assert ttft_p50(A_RUNS[0], b_runs[2]).verdict == "worse"
+    row = ttft_p50(A_RUNS, b_runs)
+    assert row.verdict == "same"
+    assert row.ci[0] < 0 < row.ci[1]
+    # The runs' medians scatter far more than their bootstrap says: run-to-run spread dominates.
+    assert row.spread > 20 and row.spread_dominates
+    assert row.note.startswith("run-to-run spread dominates")
+
+
+def test_a_shift_across_all_runs_is_worse() -> None:
+    b_runs = [build(t, seed=10 + i) for i, t in enumerate((0.058, 0.060, 0.062))]  # +20 %
+    row = ttft_p50(A_RUNS, b_runs)
+    assert row.verdict == "worse"
+    assert 0.15 < row.change < 0.25 and row.ci[0] > 0.05
+
+
+def test_runs_that_vary_only_by_sampling_are_not_flagged() -> None:
+    a = [build(0.050, seed=20 + i) for i in range(3)]
+    b = [build(0.050, seed=30 + i) for i in range(3)]
+    rows = compare_runs(a, b, metrics=["ttft", "itl"], stats=["p50"])
+    assert {r.verdict for r in rows} == {"same"}
+    assert not any(r.spread_dominates for r in rows), [(r.label, r.spread) for r in rows]
+    # With k runs and no run-to-run variation the ratio is chi2(k-1)/(k-1): a 2.5 % tail.
+    assert dominates_at(3, 3.8) and not dominates_at(3, 3.5)
+    assert dominates_at(30, 2.0) and not dominates_at(30, 1.9)  # never below 2
+
+
+def test_one_run_per_side_is_unchanged() -> None:
+    a, b = build(0.050, seed=1), build(0.053, seed=2)
+    row = ttft_p50(a, b, resamples=300, seed=7)
+    # Pinned from the comparison before sides could hold several runs (commit 6c6dd42).
+    assert row.ci == pytest.approx((0.055077485430067234, 0.07024488375841821), rel=1e-12)
+    assert row.verdict == "worse" and row.spread is None and not row.spread_dominates
+    assert ttft_p50([a], RunGroup([b]), resamples=300, seed=7) == row
+
+
 # Tests about figures loosen the validity limits (see tests/cli/test_run.py): a shared 2-core
 # machine delays the client's loop now and then. The SLOs are loosened too: the simulator's
 # 100 ms TTFT sits on the default 100 ms target, so a busy moment would swing goodput between
 # 0 and 100 %.
 LOOSE = (
-    "validity: {loop_lag_p99: 2s, queue_delay_p99: 2s, client_cpu: 8}\n"
+    "validity: {loop_lag_p99: 2s, queue_delay_p99: 2s, client_cpu: 8, ttft_tolerance: 1s,\n"
+    " itl_tolerance: 1s}\n"
     "slos: [ttft:p99<=1s, itl:p99<=1s, tpot:p99<=1s]\n"
 )
 

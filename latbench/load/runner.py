@@ -55,7 +55,7 @@ from latbench.records.record import Phase, Record, RunFooter
 from latbench.shared.errors import ErrorKind, LatbenchError
 from latbench.sinks import Sink
 from latbench.spec import LoadSpec
-from latbench.summary.samples import last_instant
+from latbench.summary.samples import derived_window
 from latbench.summary.validity import ClientStats
 from latbench.workload import Workload
 
@@ -385,20 +385,13 @@ class Runner:
         )
 
     def _window(self) -> tuple[int, int]:
-        """[start, end) of the measurement. Time-based bounds where the spec gives them; otherwise
-        from the measured requests themselves: first intended send to last finish."""
-        measured = [r for r in self.records if r.phase == "measure"]
-        first = min((r.t_intended for r in measured), default=self._start)
-        last = max((last_instant(r) for r in measured), default=first)
-        ld = self.load
-        start = (
-            self._start + int(ld.warmup * 1e9) if ld.warmup and not ld.warmup_requests else first
-        )
-        end = last
-        if ld.duration is not None and ld.cooldown and not ld.cooldown_requests:
-            end = self._start + int((ld.duration - ld.cooldown) * 1e9)
-        if self._stopped_at is not None and self._stopped_at < end and self._aborted:
-            end = self._stopped_at
+        """[start, end) of the measurement: the records' own (`summary.samples.derived_window`,
+        which a summary of a file without this footer derives too, so both read the same), cut
+        where a stop ended the sending: after it the load drains, and a rate over the drain
+        would not be the load's. Without a measured request, an empty window at the start."""
+        start, end = derived_window(self.records, self.load) or (self._start, self._start)
+        if self._stopped_at is not None:
+            end = min(end, self._stopped_at)
         return start, max(end, start)
 
 

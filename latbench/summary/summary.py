@@ -29,11 +29,19 @@ from latbench.spec.slo import (
     ValidityLimits,
 )
 from latbench.summary.bound import error_bounds
-from latbench.summary.samples import NS_PER_S, Samples, derived_window, event_kinds
+from latbench.summary.samples import (
+    NS_PER_S,
+    Delivered,
+    Samples,
+    delivered,
+    delivered_by,
+    derived_window,
+    event_kinds,
+)
 from latbench.summary.validity import ClientStats, Failures, Validity, judge_validity, rounded
 
 if TYPE_CHECKING:
-    from latbench.spec import RunSpec
+    from latbench.spec import LoadSpec, RunSpec
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
 
@@ -178,13 +186,17 @@ class Tokens:
 
 @dataclass(frozen=True)
 class Rates:
-    """Rates over the window; None when there is no window of positive length."""
+    """Throughput over the window: what the server delivered inside it to succeeded requests of
+    any phase (`samples.delivered`, docs/metrics.md "Rates"); None when there is no window of
+    positive length. `good` and `goodput_fraction` are of the measure-phase requests."""
 
-    requests_per_s: float | None  # succeeded measure-phase requests
+    requests_per_s: float | None
     output_tokens_per_s: float | None
-    goodput_per_s: float | None  # measure-phase requests that met every SLO
-    good: int
+    goodput_per_s: float | None  # requests/s of those that met every SLO
+    good: int  # measure-phase requests that met every SLO
     goodput_fraction: float | None  # good / measured (failed requests included)
+    requests_in_window: float  # each counted for the share of its output inside the window
+    output_tokens_in_window: float
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -193,6 +205,8 @@ class Rates:
             "goodput_per_s": rounded(self.goodput_per_s, 6),
             "good": self.good,
             "goodput_fraction": rounded(self.goodput_fraction, 6),
+            "requests_in_window": rounded(self.requests_in_window, 6),
+            "output_tokens_in_window": rounded(self.output_tokens_in_window, 6),
         }
 
 
@@ -288,24 +302,27 @@ def summarize(
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     client: ClientStats | None = None,
     limits: ValidityLimits = DEFAULT_LIMITS,
+    load: LoadSpec | None = None,
 ) -> Summary:
     """Summarize a run.
 
     `window` is [start, end) in monotonic ns, as the runner's footer gives it. When None it is
-    derived from the measure-phase records, failed ones included: from the earliest `t_intended`
-    to the latest instant any of them holds (`t_end`, last event or `t_sent`). Which requests
-    are measured is decided by their `phase`, not by the window.
+    derived from the records and the run's `load` as the runner derives it
+    (`samples.derived_window`). Which requests are measured (the latency distributions, the
+    counts) is decided by their `phase`; the rates are what the window held, whatever the phase.
     """
     pcts = _check_percentiles(percentiles)
     measured: list[Record] = []
+    others: list[Record] = []
     outside: Counter[str] = Counter()
     for r in records:
         if r.phase == "measure":
             measured.append(r)
         else:
+            others.append(r)
             outside[r.phase] += 1
     ok = [r for r in measured if r.error is None]
-    win = _window(measured, window)
+    win = _window([*measured, *others], window, load)
     duration = win.duration_s if win is not None and win.end_ns > win.start_ns else None
 
     s = Samples.build(ok)
@@ -314,17 +331,26 @@ def summarize(
     decode_rate = Stats.of(1.0 / tpot[tpot > 0], pcts)  # a zero TPOT has no finite rate
 
     slo_results = tuple(_slo_result(slo, s.samples(slo.metric)) for slo in slos)
-    good = int(s.meets_all(slos).sum())
+    meets = s.meets_all(slos)
+    good = int(meets.sum())
 
     def per_s(n: float) -> float | None:
         return None if duration is None else n / duration
 
+    span = None if win is None or duration is None else (win.start_ns, win.end_ns)
+    inside = (
+        Delivered()
+        if span is None
+        else delivered(s, ok, span, meets) + delivered_by(others, span, slos)
+    )
     rates = Rates(
-        requests_per_s=per_s(len(ok)),
-        output_tokens_per_s=per_s(int(s.n_out.sum())),
-        goodput_per_s=per_s(good),
+        requests_per_s=per_s(inside.requests),
+        output_tokens_per_s=per_s(inside.tokens),
+        goodput_per_s=per_s(inside.good),
         good=good,
         goodput_fraction=good / len(measured) if measured else None,
+        requests_in_window=inside.requests,
+        output_tokens_in_window=inside.tokens,
     )
     return Summary(
         window=win,
@@ -353,6 +379,7 @@ def summarize_file(f: RecordsFile, spec: RunSpec) -> Summary:
         percentiles=spec.percentiles,
         client=ClientStats.from_dict(footer.validity) if footer and footer.validity else None,
         limits=spec.validity.limits(),
+        load=spec.load,
     )
 
 
@@ -366,10 +393,12 @@ def _check_percentiles(percentiles: Sequence[float]) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _window(measured: Sequence[Record], given: tuple[int, int] | None) -> Window | None:
+def _window(
+    records: Sequence[Record], given: tuple[int, int] | None, load: LoadSpec | None
+) -> Window | None:
     if given is not None:
         return Window(int(given[0]), int(given[1]), derived=False)
-    derived = derived_window(measured)
+    derived = derived_window(records, load)
     return None if derived is None else Window(*derived, derived=True)
 
 

@@ -38,6 +38,7 @@ from latbench.records import Record, RunFooter
 from latbench.records.record import counts, instants
 from latbench.sim import SimProcess
 from latbench.spec import LoadSpec
+from latbench.summary.samples import derived_window, last_instant
 from latbench.workload import SyntheticWorkload
 
 
@@ -136,6 +137,8 @@ async def test_closed_loop_over_two_workers_sends_every_request_once(
     assert {x.seq for x in out.records if x.phase == "warmup"} == {0, 1, 2, 3}
     assert out.client.cpu_s > 0 and out.client.wall_s > 0
     assert r.inflight == 0
+    # The footer's window is the records' own, as a summary of a file without it derives it.
+    assert (out.footer.window_start, out.footer.window_end) == derived_window(out.records, r.load)
 
 
 async def test_open_loop_shards_keep_the_single_process_schedule(
@@ -195,6 +198,29 @@ async def test_stop_lets_streams_finish_and_abort_cancels_them(
     cancelled = [x for x in aborted if x.error is ErrorKind.CANCELLED]
     assert len(cancelled) == 4  # the four in flight, each with what it had measured
     assert all(x.t_headers is not None for x in cancelled)
+
+
+async def test_a_stopped_run_is_measured_up_to_its_stop(
+    sim: Callable[..., SimProcess], session: aiohttp.ClientSession
+) -> None:
+    # After a stop no request is sent and the streams drain: a rate over the drain would not be
+    # the load's, so the window ends at the stop, not at the last stream's end.
+    s = sim(ttft=0.01, itl=0.02)  # 8 events: about 0.15 s per request
+    load = LoadSpec(concurrency=4, duration=30.0, warmup=0.1)
+    r = runner(s.url, load, 2, Collect())
+    task = asyncio.create_task(r.run(session))
+    deadline = monotonic_ns() + 10_000_000_000
+    while sum(x.phase == "measure" for x in r.records) < 8 and monotonic_ns() < deadline:
+        await asyncio.sleep(0.01)
+    before = monotonic_ns()
+    r.stop()
+    after = monotonic_ns()
+    out = await asyncio.wait_for(task, 10)
+    derived = derived_window(out.records, load)
+    assert derived is not None
+    assert out.footer.window_start == derived[0]
+    assert before <= out.footer.window_end <= after
+    assert max(last_instant(x) for x in out.records) > after  # the drain, left out
 
 
 async def test_a_worker_that_dies_leaves_an_incomplete_run_with_its_records_kept(

@@ -212,15 +212,19 @@ def test_the_failed_share_counts_overtime_cuts_and_leaves_out_cancelled_ones() -
 def test_warmup_and_cooldown_are_left_out() -> None:
     warm = rec(0, phase="warmup", ev_ms=[500], t_intended_ms=-1000, t_sent_ms=-1000)
     measured = rec(1, ev_ms=[50, 60], t_end_ms=70)
-    cool = rec(2, phase="cooldown", ev_ms=[5000], t_sent_ms=4000, t_end_ms=6000)
+    cool = rec(
+        2, phase="cooldown", ev_ms=[5000], t_intended_ms=4000, t_sent_ms=4000, t_end_ms=6000
+    )
     s = summarize([warm, measured, cool])
     assert only(s, "ttft") == 0.05
     assert (s.requests.measured, s.requests.warmup, s.requests.cooldown) == (1, 1, 1)
+    # Without the run's load the phases place the edges: the first measured send, the first
+    # cool-down send.
     assert s.window is not None
-    assert (s.window.start_ns, s.window.end_ns) == (0, 70 * MS)
+    assert (s.window.start_ns, s.window.end_ns) == (0, 4000 * MS)
 
 
-def test_window_is_derived_from_measured_records_when_not_given() -> None:
+def test_window_is_derived_from_the_records_when_not_given() -> None:
     records = [
         rec(0, t_intended_ms=100, t_sent_ms=105, ev_ms=[150, 160], t_end_ms=170),
         rec(1, t_intended_ms=200, t_sent_ms=200, ev_ms=[260], t_end_ms=1100),
@@ -229,8 +233,8 @@ def test_window_is_derived_from_measured_records_when_not_given() -> None:
     ]
     s = summarize(records)
     assert s.window is not None and s.window.derived
-    assert (s.window.start_ns, s.window.end_ns) == (50 * MS, 1100 * MS)
-    assert s.window.duration_s == 1.05
+    # From the first intended send to just after the last instant, so that [start, end) holds it.
+    assert (s.window.start_ns, s.window.end_ns) == (50 * MS, 1100 * MS + 1)
     given_window = summarize(records, window=(0, 2 * NS)).window
     assert given_window is not None and not given_window.derived
     assert given_window.duration_s == 2.0
@@ -239,7 +243,7 @@ def test_window_is_derived_from_measured_records_when_not_given() -> None:
 def test_window_falls_back_to_the_last_event_without_t_end() -> None:
     r = Record("t", 0, "measure", "chat", t_intended=0, t_sent=0, ev_t=(50 * MS, 80 * MS))
     s = summarize([r])
-    assert s.window is not None and s.window.end_ns == 80 * MS
+    assert s.window is not None and s.window.end_ns == 80 * MS + 1
 
 
 def test_rates_over_the_window() -> None:

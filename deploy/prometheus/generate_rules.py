@@ -57,7 +57,10 @@ BURN_ALERTS = (
 )
 SLO_WINDOWS = ("5m", "30m", "1h", "6h")
 
-# Client validity (METRICS.md, "Validity of the measurement"; limits: latbench.spec.slo).
+# Client validity (METRICS.md, "Validity of the measurement"; limits: latbench.spec.slo). The
+# verdict is the measured error bound against its tolerance; loop lag and CPU judge only runs
+# that measured no bound (no kernel stamps), as proxies.
+TOLERANCES = {"ttft": ("TTFT", 0.005), "itl": ("ITL", 0.001)}
 LOOP_LAG_LIMIT_S = 0.001
 QUEUE_DELAY_LIMIT_S = 0.010
 CPU_LIMIT = 0.9
@@ -120,7 +123,7 @@ def recording_groups() -> list[dict[str, Any]]:
 def validity_rules(window: str) -> list[dict[str, Any]]:
     out = [
         rule(quantile_rule(key, 0.99, window), quantile_expr(key, 0.99, window))
-        for key in ("event_loop_lag", "queue_delay")
+        for key in ("event_loop_lag", "queue_delay", "ttft_error_bound", "itl_error_bound")
     ]
     # CPU seconds per second: the share of one core (asyncio runs on one).
     out.append(
@@ -162,14 +165,20 @@ def alert_groups() -> list[dict[str, Any]]:
     lag = quantile_rule("event_loop_lag", 0.99, SATURATION_WINDOW)
     qd = quantile_rule("queue_delay", 0.99, SATURATION_WINDOW)
     cpu = cpu_rule(SATURATION_WINDOW)
+    # Series that measured an error bound in the window: there the bound judges, not the proxies.
+    bounded = (
+        f"unless on ({BY}) "
+        f"(sum by ({BY}) (rate({hist('ttft_error_bound')}_count[{SATURATION_WINDOW}])) > 0)"
+    )
     saturated = {
         "alert": "LatbenchClientSaturated",
         # One series per signal (the `signal` label), so two signals at once are two alerts
         # rather than two series with one label set.
         "expr": (
-            f'label_replace({lag} > {LOOP_LAG_LIMIT_S:g}, "signal", "event_loop_lag", "", "")'
+            f'label_replace({lag} > {LOOP_LAG_LIMIT_S:g} {bounded}, "signal", "event_loop_lag",'
+            ' "", "")'
             f' or label_replace({qd} > {QUEUE_DELAY_LIMIT_S:g}, "signal", "queue_delay", "", "")'
-            f' or label_replace({cpu} > {CPU_LIMIT:g}, "signal", "client_cpu", "", "")'
+            f' or label_replace({cpu} > {CPU_LIMIT:g} {bounded}, "signal", "client_cpu", "", "")'
         ),
         "for": SATURATION_FOR,
         "labels": {"severity": "ticket"},
@@ -177,15 +186,38 @@ def alert_groups() -> list[dict[str, Any]]:
             "summary": "The benchmark client, not the server, is setting the pace",
             "description": (
                 "{{ $labels.scenario }} at {{ $labels.target }}: {{ $labels.signal }} is "
-                "{{ $value | humanize }} over 5m (limits: loop lag p99 1ms, queue delay p99 "
-                "10ms, CPU 0.9 core). Its latencies are the client's; add clients or lower "
-                "the load."
+                "{{ $value | humanize }} over 5m (limits: loop lag p99 1ms and CPU 0.9 core, "
+                "proxies while no error bound is measured; queue delay p99 10ms). Its latencies "
+                "may be the client's; add clients or lower the load."
+            ),
+        },
+    }
+    over = " or ".join(
+        f"label_replace({quantile_rule(f'{key}_error_bound', 0.99, SATURATION_WINDOW)}"
+        f' > {tol:g}, "metric", "{key}", "", "")'
+        for key, (_, tol) in TOLERANCES.items()
+    )
+    bound = {
+        "alert": "LatbenchMeasurementErrorOverTolerance",
+        "expr": over,
+        "for": SATURATION_FOR,
+        "labels": {"severity": "ticket"},
+        "annotations": {
+            "summary": "The measured error bound of the client's figures exceeds its tolerance",
+            "description": (
+                "{{ $labels.scenario }} at {{ $labels.target }}: the {{ $labels.metric }} error "
+                "bound p99 is {{ $value | humanizeDuration }} over 5m (tolerances: TTFT 5ms, "
+                "ITL 1ms). Its {{ $labels.metric }} may be off by that much; add clients or "
+                "lower the load."
             ),
         },
     }
     return [
         {"name": "latbench-slo", "rules": burn},
-        {"name": "latbench-client", "rules": [*validity_rules(SATURATION_WINDOW), saturated]},
+        {
+            "name": "latbench-client",
+            "rules": [*validity_rules(SATURATION_WINDOW), saturated, bound],
+        },
     ]
 
 

@@ -63,7 +63,7 @@ def test_every_panel_is_read_against_its_target() -> None:
             assert p["targets"] and p["description"], where
             assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
             unit = p["fieldConfig"]["defaults"]["unit"]
-            validity = any(w in p["title"].lower() for w in ("lag", "queue"))
+            validity = any(w in p["title"].lower() for w in ("lag", "queue", "error bound"))
             if unit == "s" and not validity:
                 # A latency: green up to 100 ms, red above, the line drawn on time series.
                 assert steps[1:] == [{"color": "red", "value": 0.1}], where
@@ -90,6 +90,8 @@ def test_the_panels_the_issue_asks_for_are_there() -> None:
         "latbench_event_loop_lag_seconds_bucket",
         "latbench_queue_delay_seconds_bucket",
         "latbench_client_cpu_seconds_total",
+        "latbench_ttft_error_bound_seconds_bucket",
+        "latbench_itl_error_bound_seconds_bucket",
         "$__range",
     ):
         assert needle in latency, needle

@@ -44,12 +44,12 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     out = Outputs.choose(results_dir(results), ns.html, ns.md, ns.csv)
     write_report(results, out)
     for p in out.written():
-        console.print(f"wrote {p}", highlight=False)
+        console.print(f"wrote {p}", highlight=False, soft_wrap=True)
     if ns.vllm_json is not None:
         metrics = parse_percentile_metrics(ns.percentile_metrics)
         pcts = parse_percentiles(ns.metric_percentiles, None)
         runs = results.runs if isinstance(results, Sweep) else [results]
         docs = [vllm_result(r.file, percentile_metrics=metrics, percentiles=pcts) for r in runs]
         write_vllm_result(ns.vllm_json, docs if isinstance(results, Sweep) else docs[0])  # type: ignore[arg-type]
-        console.print(f"wrote {ns.vllm_json}", highlight=False)
+        console.print(f"wrote {ns.vllm_json}", highlight=False, soft_wrap=True)
     return int(Exit.OK)

@@ -180,7 +180,11 @@ async def finish(
                   f"{run['error']}", highlight=False)  # fmt: skip
     if not as_json:
         console.print(f"run {run['id']}: {state}", highlight=False)
-        console.print(f"records: {client.server}{API}/runs/{run['id']}/records", highlight=False)
+        console.print(
+            f"records: {client.server}{API}/runs/{run['id']}/records",
+            highlight=False,
+            soft_wrap=True,
+        )
     if state == "failed":
         return Exit.ERROR
     if state in ("cancelled", "interrupted"):

@@ -22,6 +22,7 @@ from latbench.cli.common import (
     new_loop,
     on_loop_signals,
     print_error,
+    repeated,
     set_path,
     show_summary,
     signals_handled_by,
@@ -56,6 +57,10 @@ def metrics_export(ns: argparse.Namespace) -> MetricsExport | None:
 
 
 def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
+    return repeated(ns, run_once, console, err, "run")
+
+
+def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
     data = spec_from_args(ns)
     launch: VllmServer | None = None
     if ns.launch_vllm is not None:

@@ -21,6 +21,7 @@ from latbench.cli.common import (
     on_loop_signals,
     parse_fraction,
     print_error,
+    repeated,
     signals_handled_by,
     spec_from_args,
 )
@@ -143,6 +144,12 @@ def _plan(ns: argparse.Namespace) -> AutoPlan | FindMaxPlan | ListPlan:
 
 
 def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
+    # The whole sweep N times, not each step N times in a row: a drift of the server over the
+    # sweep then spreads over every step alike instead of landing on the later steps.
+    return repeated(ns, sweep_once, console, err, "sweep")
+
+
+def sweep_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
     plan = _plan(ns)
     if ns.metrics_port is not None or ns.pushgateway is not None:
         raise SpecError(

@@ -11,6 +11,9 @@ apply that one table, the vectorised one to flat arrays of instants. Spans are s
 integer nanoseconds first and divided once, so an exact instant stays exact. Samples are flat
 numpy arrays (one entry per request, one per gap), never per-token Python objects: a run can hold
 100k requests of 1k events each.
+
+The measurement window and what it held (`derived_window`, `delivered`) are here too: the
+runner's footer, a summary of a file without one, and the rates all take them from one place.
 """
 
 from __future__ import annotations
@@ -439,11 +442,16 @@ def delivered(
     if n == 0:
         return Delivered()
     ws, we = window
-    owner = np.repeat(np.arange(n), s.n_events)
-    weight = s.event_tokens().astype(np.float64)
+    # Per-request sums over each request's run of events, as `Samples.build` takes them: no
+    # per-event index array (a run can hold 10^8 events).
     inside = (s.event_t >= ws) & (s.event_t < we)
-    total = np.bincount(owner, weights=weight, minlength=n)
-    within = np.bincount(owner[inside], weights=weight[inside], minlength=n)
+    weight = inside if s.ev_tokens is None else np.where(inside, s.ev_tokens, 0)
+    with_events = s.n_events > 0
+    starts = (np.cumsum(s.n_events) - s.n_events)[with_events]
+    within = np.zeros(n)
+    if starts.size:
+        within[with_events] = np.add.reduceat(weight, starts, dtype=np.float64)
+    total = s.ev_n_sum.astype(np.float64)  # the events' tokens: counts, else one an event
     ends = np.fromiter(map(last_instant, records), dtype=np.int64, count=n)
     has = total > 0
     share = np.where(has, within / np.where(has, total, 1.0), (ends >= ws) & (ends < we))

@@ -3,8 +3,12 @@
 `summarize(records)` reads only what the records hold, so the summary of a replayed records file
 equals the live one. The measurement is the `measure` phase; latency distributions use the
 requests in it that succeeded, while failed ones count in the errors and in the goodput
-denominator. The samples themselves, and what each metric is, come from `summary.samples`; this
-module turns them into statistics, rates, token accounting and SLO verdicts.
+denominator. Rates are what the server delivered inside the measurement window, whatever the
+phase of the request it went to (`samples.delivered`; why, with the numbers, in
+docs/metrics.md "Rates"), over the window the runner's footer records or, in a file without one,
+the same window derived from the records and the load. The samples themselves, and what each
+metric is, come from `summary.samples`; this module turns them into statistics, rates, token
+accounting and SLO verdicts.
 
 Percentiles are `np.percentile` with its default linear method over the raw samples, the same
 computation as vLLM's `vllm bench serve`, so figures compare one to one.

@@ -83,7 +83,7 @@ ALWAYS_WRITTEN: frozenset[str] = frozenset({"latencies", "queue_times"})
 
 def add_vllm_arguments(p: argparse.ArgumentParser) -> None:
     """The vLLM-only flags of `run` and `sweep` (the aliases sit on our own flags)."""
-    g = p.add_argument_group("vllm bench serve compatibility (docs/sweeps.md)")
+    g = p.add_argument_group("vllm bench serve compatibility (docs/vllm.md)")
     g.add_argument(
         "--max-concurrency",
         type=int,

@@ -9,8 +9,9 @@ figures of two runs of one client differ by more than the two clients do):
   printed: TTFT, TPOT, ITL and E2E mean the same on both sides;
 - both clients count the same output tokens (every request exactly max_tokens) and the same
   prompt tokens (the server's usage; latbench sends the prompts vLLM's random dataset makes);
-- the ITL samples per request: N - 1 on both sides for completions; on chat vLLM has N, since
-  it stamps vLLM's role-only first chunk as the first token (docs/vllm.md).
+- the ITL samples per request: at most N - 1 on both sides for completions (fewer where the
+  server merged tokens into one chunk); on chat vLLM may have N, since it stamps vLLM's
+  role-only first chunk as the first token (docs/vllm.md).
 
 Whether the figures agree within the noise is bench/vllm_parity.py's question (many runs).
 
@@ -135,14 +136,17 @@ def test_vllm_bench_serve_and_latbench_agree_on_definitions(
             assert set(gaps) == {"ttft", "tpot", "itl", "e2el"}
             assert all(abs(g) < 1e-6 for g in gaps.values()), gaps
             assert v["completed"] == REQUESTS and v["output_lens"] == [OUTPUT] * REQUESTS
+            # One gap a chunk after the first: fewer when the server merged tokens into one
+            # chunk (it does when its API server falls behind); on chat, one more for the
+            # role-only first chunk, which vLLM stamps as its first token.
             role_chunk = 1 if api == "chat" else 0
-            assert [len(itl) for itl in v["itls"]] == [OUTPUT - 1 + role_chunk] * REQUESTS
+            assert all(1 <= len(itl) <= OUTPUT - 1 + role_chunk for itl in v["itls"])
         for run in ours:
             r = run["result"]
             # vLLM's arithmetic over our per-request arrays gives what latbench wrote.
             same_definitions(r, bench.metrics(r, PCTS))
             assert r["completed"] == REQUESTS and r["output_lens"] == [OUTPUT] * REQUESTS
-            assert [len(itl) for itl in r["itls"]] == [OUTPUT - 1] * REQUESTS
+            assert all(1 <= len(itl) <= OUTPUT - 1 for itl in r["itls"])
         # The same prompts cost the same prompt tokens (the server's usage on both sides).
         theirs = sorted(n for v in vllm_runs for n in v["input_lens"])
         mine = sorted(n for run in ours for n in run["result"]["input_lens"])

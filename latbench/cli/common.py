@@ -201,6 +201,7 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "output_tokens": ("workload", "output_tokens"),
     "ignore_eos": ("workload", "ignore_eos"),
     "seed": ("workload", "seed"),
+    "tokenizer": ("workload", "tokenizer"),
     "out": ("output_dir",),
 }
 
@@ -324,6 +325,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--sharegpt", type=Path, metavar="FILE.json", help="ShareGPT conversations")
     g.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--seed", type=int)
+    g.add_argument(
+        "--tokenizer",
+        metavar="PATH_OR_NAME",
+        help="count synthetic prompts with this tokenizer.json (or folder, or Hugging Face name) "
+        "where the server has no /tokenize; 'words': a word is a token (docs/spec.md)",
+    )
     g.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
     g.add_argument("--top-p", type=float, help="nucleus sampling (default: the server's)")
     g.add_argument("--top-k", type=int, help="top-k sampling (default: the server's)")

@@ -438,3 +438,4 @@ async def _with_retries(
         last = await attempt()
         attempts += 1
     return fold(first, last, attempts)
+        prompt_tokens=item.prompt_tokens,

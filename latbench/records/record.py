@@ -53,6 +53,9 @@ class Record:
     usage_prompt_tokens: int | None = None
     usage_completion_tokens: int | None = None
     max_tokens: int | None = None
+    # The prompt length the request asked for, in the target's tokens (workload.WorkItem); None
+    # when it asked for none (a prompt file). The summary sets usage_prompt_tokens against it.
+    prompt_tokens: int | None = None
     error: ErrorKind | None = None
     error_detail: str | None = None
     # The server's Retry-After (or retry-after-ms), seconds, when it turned the request away.
@@ -119,12 +122,14 @@ _RECORD_FIELDS = tuple(f.name for f in fields(Record))
 # is read, before it can reach an array or a total.
 INT_FIELDS: tuple[str, ...] = (
     "seq", "t_intended", "t_sent", "t_headers", "t_end", "status", "usage_prompt_tokens",
-    "usage_completion_tokens", "max_tokens", "attempts", "first_status", "t_first_end",
+    "usage_completion_tokens", "max_tokens", "prompt_tokens", "attempts", "first_status",
+    "t_first_end",
     "t_last_sent",
 )  # fmt: skip
 # Of those, the counts: a negative one would subtract from totals.
 _COUNT_FIELDS = frozenset(
-    {"status", "usage_prompt_tokens", "usage_completion_tokens", "max_tokens", "attempts",
+    {"status", "usage_prompt_tokens", "usage_completion_tokens", "max_tokens", "prompt_tokens",
+     "attempts",
      "first_status"}
 )  # fmt: skip
 _I64 = 1 << 63
@@ -213,6 +218,7 @@ def _decode_record(d: dict[str, Any]) -> Record:
         usage_prompt_tokens=d.get("usage_prompt_tokens"),
         usage_completion_tokens=d.get("usage_completion_tokens"),
         max_tokens=d.get("max_tokens"),
+        prompt_tokens=d.get("prompt_tokens"),
         error=None if err is None else ErrorKind(err),
         error_detail=d.get("error_detail"),
         # Absent from records written before retries existed; the defaults describe them.

@@ -52,6 +52,8 @@ def render_summary(summary: Summary, console: Console) -> None:
     for table in _latency_tables(summary, console):
         console.print(table)
     console.print(_throughput_table(summary))
+    if (prompt_warning := summary.tokens.prompt.warning) is not None:
+        console.print(Text(f"warning: {prompt_warning}", style="yellow"))
     if summary.requests.failed:
         console.print(_errors_table(summary))
         console.print(_failures_line(summary))
@@ -141,6 +143,16 @@ def _throughput_table(s: Summary) -> Table:
             f"{_requests(tok.requested)} set max_tokens: {tok.received_exact:,} got exactly "
             f"that many, {tok.received_fewer:,} fewer, {tok.received_more:,} more",
         )
+    pr = tok.prompt
+    table.add_row(
+        "prompt tokens asked vs got",
+        "not requested (a prompt file)"
+        if not pr.requested
+        else f"{_requests(pr.requested)} asked, none in the server's usage"
+        if not pr.reported
+        else f"{pr.exact:,} exact, {pr.fewer:,} fewer, {pr.more:,} more; "
+        f"mean got/asked {pr.mean_ratio:.3f} of {_requests(pr.reported)}",
+    )
     if any(tok.disagreements.values()):
         table.add_row(
             "token counts differ",

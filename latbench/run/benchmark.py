@@ -29,6 +29,8 @@ from rich.console import Console
 
 from latbench import __version__
 from latbench.client.preflight import redact_headers, resolve_endpoint
+from latbench.client.stream import Endpoint
+from latbench.client.tokenize import calibrate
 from latbench.exporter import LatbenchMetrics, RunLabels
 from latbench.load.cpus import usable_cpus
 from latbench.load.runner import Runner, make_connector
@@ -47,7 +49,8 @@ from latbench.spec import RunSpec, WorkloadSpec
 from latbench.summary.scraper import ServerMetricsScraper, default_metrics_url
 from latbench.summary.server_metrics import Reconciliation, ServerMetricsError, reconcile
 from latbench.summary.summary import Summary, summarize
-from latbench.workload import FileWorkload, SyntheticWorkload, Workload
+from latbench.workload import DEFAULT_VOCABULARY, FileWorkload, SyntheticWorkload, Workload
+from latbench.workload.tokens import TokenScale
 
 DEFAULT_OUTPUT_TOKENS = 128
 
@@ -63,14 +66,27 @@ class BenchResult:
     incomplete: str | None = None  # why the run is incomplete (a worker died), when it is
 
 
-def make_workload(w: WorkloadSpec) -> Workload:
+def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload:
+    """The spec's workload; synthetic prompts are counted with `scale` (None: a word a token)."""
     if w.source == "synthetic":
         out = w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS)
-        return SyntheticWorkload(w.input_tokens, out, seed=w.seed)
+        return SyntheticWorkload(w.input_tokens, out, seed=w.seed, scale=scale)
     assert w.path is not None
     if w.source == "jsonl":
         return FileWorkload.from_jsonl(w.path, w.output_tokens, seed=w.seed)
     return FileWorkload.from_sharegpt(w.path, w.output_tokens, seed=w.seed)
+
+
+async def calibrate_prompts(
+    session: aiohttp.ClientSession, endpoint: Endpoint, w: WorkloadSpec
+) -> tuple[TokenScale | None, list[str]]:
+    """The target's token scale for synthetic prompts, measured once before the run, and what
+    the user should be told about it (client/tokenize.py); a prompt file asks for no length."""
+    if w.source != "synthetic":
+        return None, []
+    return await calibrate(
+        session, endpoint, w.tokenizer, DEFAULT_VOCABULARY, lambda s: make_workload(w, s).item
+    )
 
 
 def public_spec(spec: RunSpec) -> dict[str, Any]:
@@ -145,7 +161,14 @@ async def run_benchmark(
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.target.timeouts.connect)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         endpoint = await resolve_endpoint(session, spec.target, base_url, spec.workload)
+        scale, calibration = await calibrate_prompts(session, endpoint, spec.workload)
+        for note in calibration:
+            console.print(f"[yellow]warning:[/] {note}", highlight=False)
+        if scale is not None:
+            workload = make_workload(spec.workload, scale)
         env = environment(spec, base_url, endpoint.options.model)
+        # Which tokens the prompt lengths are in, for every reader of the records file too.
+        env["prompt_tokens"] = workload.describe().get("prompt_tokens")
         header = RunHeader(
             run_id=run_id,
             latbench_version=__version__,
@@ -232,7 +255,7 @@ async def run_benchmark(
         "run_id": run_id,
         "ended": outcome.ended,
         "incomplete": outcome.incomplete,
-        "warnings": outcome.warnings,
+        "warnings": [*calibration, *outcome.warnings, *_prompt_warning(summary)],
         "spec": header.spec,
         "environment": env,
         "workload": workload.describe(),
@@ -252,6 +275,12 @@ async def run_benchmark(
         recon,
         incomplete=outcome.incomplete,
     )
+
+
+def _prompt_warning(summary: Summary) -> list[str]:
+    """The summary's warning that prompts were not the length asked, for results.json's list."""
+    warning = summary.tokens.prompt.warning
+    return [] if warning is None else [warning]
 
 
 async def _start_scraper(

@@ -141,6 +141,14 @@ def _chat_prompt_tokens(body: dict[str, Any]) -> int:
     return total
 
 
+def tokenize_count(body: Any) -> int:
+    """The prompt tokens of a `/tokenize` body as vLLM's takes it (a `prompt`, or chat
+    `messages`), counted as the generation routes count them."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return (_chat_prompt_tokens if "messages" in body else _prompt_tokens)(body)
+
+
 _PROMPT_TOKENS = {
     "completions": _prompt_tokens,
     "chat": _chat_prompt_tokens,

@@ -9,6 +9,10 @@ instead, in that API's format (`latbench.sim.anthropic_format`, `latbench.sim.re
 with `SimConfig.replay`, the routes are those of the transcripts, replayed byte for byte
 (`latbench.sim.replay`).
 
+The vLLM personality also serves `POST /tokenize` as vLLM does (`{"count", "max_model_len",
+"tokens"}`, by the simulator's count: a word is a token), so latbench calibrates its prompts
+against the simulator as against vLLM (client/tokenize.py).
+
 This module wires the app and serves the small routes; a request's validation is in request.py,
 its generation in generate.py, the wire formats in vllm_format.py, anthropic_format.py and
 responses_format.py (what they share in formats.py), the replies and errors in replies.py.
@@ -16,6 +20,7 @@ responses_format.py (what they share in formats.py), the replies and errors in r
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -24,11 +29,12 @@ from latbench.sim.anthropic_format import anthropic_models
 from latbench.sim.arrival import arrival_middleware
 from latbench.sim.config import SimConfig
 from latbench.sim.engine import Engine, Truth
-from latbench.sim.formats import PATHS, PERSONALITY_APIS
+from latbench.sim.formats import PATHS, PERSONALITY_APIS, ApiError
 from latbench.sim.generate import ROUTES
 from latbench.sim.ratelimit import TokenBucket
 from latbench.sim.replay import Replayer, load_all, replay
 from latbench.sim.replies import check_auth, error_response, json_response
+from latbench.sim.request import tokenize_count
 from latbench.sim.state import STATE, SimState
 from latbench.sim.vllm_metrics import ServerMetrics
 
@@ -59,6 +65,8 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     else:
         for api in PERSONALITY_APIS[cfg.api]:
             app.router.add_post(PATHS[api], ROUTES[api])
+        if cfg.api == "openai":  # vLLM's; the hosted APIs the others play serve none
+            app.router.add_post("/tokenize", _tokenize)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
@@ -91,6 +99,21 @@ async def _models(request: web.Request) -> web.Response:
         "max_model_len": state.config.max_model_len,
     }
     return json_response({"object": "list", "data": [model]})
+
+
+async def _tokenize(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if (refused := check_auth(request, state.config)) is not None:
+        return refused
+    try:
+        n = tokenize_count(await request.json(loads=orjson.loads))
+    except ValueError as e:  # orjson.JSONDecodeError and bad UTF-8 are both ValueErrors
+        return error_response(400, f"Invalid JSON body: {e}")
+    except ApiError as e:
+        return error_response(e.status, e.message, e.param)
+    # Token ids are not simulated: zeros, as many as the count.
+    body = {"count": n, "max_model_len": state.config.max_model_len, "tokens": [0] * n}
+    return json_response(body)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -49,6 +49,15 @@ class WorkloadSpec(StrictModel):
         "(CONTROLLED_BODY_KEYS), at most 64 KiB as JSON",
     )
     seed: int = Field(default=0, ge=0, lt=MAX_SEED)
+    # Synthetic prompt lengths are in the target's tokens (latbench/client/tokenize.py).
+    tokenizer: str | None = Field(
+        default=None,
+        description="how synthetic prompts are counted: unset, the server's /tokenize, else the "
+        "usage of two probe requests; a tokenizer.json, a folder holding one or a Hugging Face "
+        "name, for servers without /tokenize; 'words' for a word as a token (no calibration)",
+        min_length=1,
+        max_length=4096,
+    )
 
     @field_validator("input_tokens", "output_tokens")
     @classmethod
@@ -83,6 +92,10 @@ class WorkloadSpec(StrictModel):
             raise ValueError("path is only for source jsonl or sharegpt")
         if self.path is not None and "\x00" in str(self.path):
             raise ValueError("path holds a NUL character")
+        if self.tokenizer is not None and self.source != "synthetic":
+            raise ValueError("tokenizer is for synthetic prompts; a prompt file is sent as it is")
+        if self.tokenizer is not None and "\x00" in self.tokenizer:
+            raise ValueError("tokenizer holds a NUL character")
         return self
 
 

@@ -166,6 +166,7 @@ class Tokens:
     by_kind: Mapping[str, int]
     tool_call_requests: int  # requests with a tool-call event
     ttft_tool_call: Stats  # time to first tool-call token, seconds
+    prompt: PromptTokens  # prompt tokens asked for against those the server reported
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -185,6 +186,52 @@ class Tokens:
                 "tokens": self.by_kind["tool_call"],
                 "ttft": self.ttft_tool_call.to_dict(),
             },
+            "prompt": self.prompt.to_dict(),
+        }
+
+
+# How far the mean of reported/asked prompt tokens may stray before a run is warned about: TTFT
+# grows with the prompt (prefill is linear in its tokens once past the fixed costs), so a 5 %
+# longer prompt answers a question up to 5 % away from the one asked, which is about the
+# run-to-run spread of TTFT on a quiet server; a chat template that a local tokenizer cannot
+# count (~5-10 tokens) crosses it at 128-token prompts, which is meant.
+PROMPT_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """Prompt tokens asked for (the workload's lengths, in the target's tokens) against those the
+    server's usage reported, over the succeeded measure-phase requests; METRICS.md "Requested vs
+    measured workload". A prompt file asks for none: `requested` is 0, "not requested"."""
+
+    requested: int  # requests that asked for a prompt length
+    reported: int  # of those, the ones whose usage gave prompt tokens: the rest are compared
+    exact: int
+    fewer: int
+    more: int
+    mean_ratio: float | None  # mean of reported / asked over the compared requests
+
+    @property
+    def warning(self) -> str | None:
+        r = self.mean_ratio
+        if r is None or abs(r - 1) <= PROMPT_TOLERANCE:
+            return None
+        return (
+            f"prompts held {r:.2f}x the prompt tokens asked for (server usage, mean over "
+            f"{self.reported} requests; {self.fewer} fewer, {self.more} more): the latencies "
+            "answer for other prompt lengths than asked (docs/metrics.md)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requested": self.requested,
+            "reported": self.reported,
+            "exact": self.exact,
+            "fewer": self.fewer,
+            "more": self.more,
+            "mean_ratio": rounded(self.mean_ratio, 6),
+            "tolerance": PROMPT_TOLERANCE,
+            "warning": self.warning,
         }
 
 
@@ -449,6 +496,22 @@ def _tokens(s: Samples, ok: Sequence[Record], pcts: Sequence[float]) -> Tokens:
         by_kind=by_kind,
         tool_call_requests=int(ttft_tool_call.size),
         ttft_tool_call=Stats.of(ttft_tool_call, pcts),
+        prompt=_prompt_tokens(ok),
+    )
+
+
+def _prompt_tokens(ok: Sequence[Record]) -> PromptTokens:
+    pairs = [(r.prompt_tokens, r.usage_prompt_tokens) for r in ok if r.prompt_tokens is not None]
+    both = np.array([p for p in pairs if p[1] is not None], dtype=np.int64).reshape(-1, 2)
+    asked, got = both[:, 0], both[:, 1]
+    return PromptTokens(
+        requested=len(pairs),
+        reported=len(both),
+        exact=int((got == asked).sum()),
+        fewer=int((got < asked).sum()),
+        more=int((got > asked).sum()),
+        # An asked length is at least 1 (workload.item.draw_count), so the ratio is defined.
+        mean_ratio=float((got / np.maximum(asked, 1)).mean()) if len(both) else None,
     )
 
 

@@ -236,14 +236,11 @@ def _jsonl_item(obj: object, where: str) -> WorkItem:
                 f'{where}: "{key}" must be an integer from 1 to {MAX_TOKENS}, found {v!r:.40}'
             )
         max_tokens = v
-    # A chat API sends the messages, so when the line has both they are what gets counted.
-    if "messages" in obj:
-        prompt_tokens = sum(_words(m["content"]) for m in messages)
-    else:
-        prompt_tokens = _words(prompt)
-    if prompt_tokens == 0:
+    # A chat API sends the messages, so when the line has both they are what gets checked.
+    if "messages" in obj and not any(_words(m["content"]) for m in messages):
         raise SpecError(f"{where}: the messages hold no text")
-    return WorkItem(prompt, messages, prompt_tokens, max_tokens)
+    # A file's prompt asks for no length: it is sent as it is (see WorkItem.prompt_tokens).
+    return WorkItem(prompt, messages, None, max_tokens)
 
 
 def _messages(v: object, where: str) -> tuple[dict[str, str], ...]:
@@ -286,4 +283,4 @@ def _sharegpt_item(entry: object, where: str) -> WorkItem | None:
     n_prompt, n_reply = _words(prompt), _words(reply)
     if n_prompt == 0 or n_reply == 0:
         return None
-    return WorkItem(prompt, user_turn(prompt), n_prompt, n_reply)
+    return WorkItem(prompt, user_turn(prompt), None, n_reply)

@@ -5,12 +5,11 @@ asks for the same thing in every run with the same seed, however the runner inte
 This module holds the item, the protocol every workload meets, and the seeded draws that the
 synthetic (synthetic.py) and file (files.py) workloads share, so both mean the same by a seed.
 
-Lengths are counted in words. Synthetic prompts use common one-syllable English words, which
-most BPE tokenizers (GPT, Llama, Qwen, Mistral) encode as one token each when preceded by a
-space, and the built-in simulator counts one word as one token. A real tokenizer may still
-differ slightly (a leading word without its space, a BOS token, a chat template), so the
-server's reported `usage.prompt_tokens` is the measured truth and `prompt_tokens` here is the
-intent.
+`prompt_tokens` is the prompt length a request asks for, in the target's tokens: synthetic
+prompts are built to it with the target's tokenizer (workload/tokens.py; without one a word
+counts as a token, as the built-in simulator counts). A prompt file asks for none (None): its
+texts are what they are. The server's `usage.prompt_tokens` is the measured truth, and the
+summary sets one against the other.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ class WorkItem:
 
     prompt: str
     messages: tuple[dict[str, str], ...]
-    prompt_tokens: int  # expected input length, in words (see the module docstring)
+    prompt_tokens: int | None  # asked-for input length, target tokens; None: not asked
     max_tokens: int
 
 

@@ -1,4 +1,8 @@
-"""Synthetic prompts: random common words, with input and output lengths drawn per request."""
+"""Synthetic prompts: random common words, with input and output lengths drawn per request.
+
+Lengths are in the target's tokens when the workload has a `TokenScale` (workload/tokens.py,
+measured before the run by client/tokenize.py); without one a word counts as a token.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from latbench.workload.item import (
     rng_for,
     user_turn,
 )
+from latbench.workload.tokens import TokenScale, pick_words
 
 # Frequent one-syllable words, letters only, no repeats. Any edit to this list, even appending,
 # changes every synthetic prompt for a given seed, so published results could not be rerun.
@@ -51,8 +56,9 @@ DEFAULT_VOCABULARY: tuple[str, ...] = tuple(_VOCABULARY_TEXT.split())
 class SyntheticWorkload:
     """Prompts of random words, with input and output lengths drawn per request.
 
-    Each request draws its own words, so prompts differ from their first words on and a
-    server's prefix cache cannot serve them from one another.
+    Each request draws its own words, so a server's prefix cache cannot serve prompts from one
+    another. With `scale`, each prompt holds its drawn count of the target's tokens (see
+    workload/tokens.py) and starts with the scale's lead word; without, it is that many words.
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class SyntheticWorkload:
         output_tokens: Dist | float | str,
         seed: int = 0,
         vocabulary: Sequence[str] = DEFAULT_VOCABULARY,
+        scale: TokenScale | None = None,
     ) -> None:
         self.input_tokens = as_dist("input_tokens", input_tokens)
         self.output_tokens = as_dist("output_tokens", output_tokens)
@@ -73,6 +80,12 @@ class SyntheticWorkload:
             raise ValueError(f"vocabulary words must be non-empty and without spaces: {bad[:5]!r}")
         self.vocabulary = tuple(vocabulary)
         self._words = np.array(self.vocabulary, dtype=object)
+        if scale is not None and len(scale.costs) != len(self.vocabulary):
+            raise ValueError(
+                f"the token scale prices {len(scale.costs)} words, the vocabulary has "
+                f"{len(self.vocabulary)}"
+            )
+        self.scale = scale
 
     def item(self, n: int) -> WorkItem:
         check_n(n)
@@ -80,7 +93,11 @@ class SyntheticWorkload:
         # Draw order (input length, output length, words) is part of what a seed means.
         n_in = draw_count(self.input_tokens, rng)
         n_out = draw_count(self.output_tokens, rng)
-        prompt = " ".join(self._words[rng.integers(0, len(self._words), n_in)])
+        if self.scale is None:
+            prompt = " ".join(self._words[rng.integers(0, len(self._words), n_in)])
+        else:
+            picked, _ = pick_words(self.scale, n_in, rng)
+            prompt = " ".join((self.scale.lead_word, *self._words[picked]))
         return WorkItem(
             prompt=prompt, messages=user_turn(prompt), prompt_tokens=n_in, max_tokens=n_out
         )
@@ -92,4 +109,5 @@ class SyntheticWorkload:
             "output_tokens": dist_json(self.output_tokens),
             "seed": self.seed,
             "vocabulary_size": len(self.vocabulary),
+            "prompt_tokens": {"source": "words"} if self.scale is None else self.scale.describe(),
         }

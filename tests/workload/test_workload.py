@@ -137,11 +137,12 @@ def test_negative_index_rejected() -> None:
 
 # --- JSONL ----------------------------------------------------------------------------------
 
+# A prompt file asks for no prompt length: its texts are sent as they are.
 _JSONL_ITEMS = [
     WorkItem(
         "Write a haiku about the sea.",
         ({"role": "user", "content": "Write a haiku about the sea."},),
-        6,
+        None,
         32,
     ),
     WorkItem(
@@ -150,16 +151,16 @@ _JSONL_ITEMS = [
             {"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Name three primes."},
         ),
-        6,
+        None,
         16,
     ),
     WorkItem(
         "Explain what a mutex is in two sentences.",
         ({"role": "user", "content": "Explain what a mutex is in two sentences."},),
-        8,
+        None,
         64,
     ),
-    WorkItem("Say hello.", ({"role": "user", "content": "Say hello."},), 2, DEFAULT_MAX_TOKENS),
+    WorkItem("Say hello.", ({"role": "user", "content": "Say hello."},), None, DEFAULT_MAX_TOKENS),
 ]
 
 
@@ -283,9 +284,9 @@ def test_sharegpt_first_human_turn_and_reply_length() -> None:
     w = FileWorkload.from_sharegpt(SHAREGPT, shuffle=False)
     got = [(i.prompt, i.prompt_tokens, i.max_tokens) for i in (w.item(n) for n in range(3))]
     assert got == [
-        ("What is the capital of France?", 6, 6),
-        ("Count to five.", 3, 5),  # a system turn before the human one is passed over
-        ("Tell me a joke about cats please.", 7, 15),  # so is an opening gpt greeting
+        ("What is the capital of France?", None, 6),
+        ("Count to five.", None, 5),  # a system turn before the human one is passed over
+        ("Tell me a joke about cats please.", None, 15),  # so is an opening gpt greeting
     ]
     assert w.item(0).messages == ({"role": "user", "content": "What is the capital of France?"},)
     assert w.item(3) == w.item(0)

@@ -1,0 +1,116 @@
+"""Prompt lengths in the target's tokens: what each vocabulary word costs, and prompts built to
+a drawn count.
+
+A synthetic prompt is random vocabulary words, and the target's tokenizer decides what they
+cost. Taken as one token a word, `--input-tokens 128` sent 468 prompt tokens to the e2e stage's
+vLLM (its byte-level BPE, trained on 46 words, splits the default vocabulary into 3.6 tokens a
+word, 1 to 7), while `vllm bench serve --random-input-len 128` sends 128. A `TokenScale` holds
+what the target charges: the tokens of a prompt that is only the lead word (with whatever the
+server adds around a prompt: a BOS token, a chat template), and what each vocabulary word adds
+after a space. Tokenizers that split text at spaces before merging (byte-level BPE as in GPT-2,
+Llama 3 or Qwen; SentencePiece, which splits at whitespace too) are additive in such words: the
+count of "lead w1 w2 ..." is the lead's count plus the words' costs (exact on the e2e tokenizer
+over the whole vocabulary), so a prompt is built to its drawn count exactly, and
+`client.tokenize` checks a few built prompts against the tokenizer to say so.
+
+Every calibrated prompt starts with the same lead word, because the first word of a text is
+tokenised without a leading space (the e2e tokenizer takes " the" and "the" apart) and a known
+first word keeps the count exact. Prompts share that word and the template: a prefix far shorter
+than a cache block (16 tokens in vLLM), so a prefix cache still cannot serve one from another.
+
+Without a scale (`None`: a workload made in code, or `--tokenizer words`) a word is a token, as
+the built-in simulator counts, and prompts are the same words as before calibration existed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Where a scale's costs come from, as results.json names it.
+SERVER = "server"  # the target's /tokenize (vLLM, SGLang, the built-in simulator)
+TOKENIZER = "tokenizer"  # a local tokenizer (--tokenizer)
+PROBE = "probe"  # the usage of requests with max_tokens=1: a mean cost, not each word's
+WORDS = "words"  # no calibration: a word is a token
+
+
+@dataclass(frozen=True, slots=True)
+class TokenScale:
+    """What the target charges for a synthetic prompt, in its tokens."""
+
+    source: str  # SERVER, TOKENIZER or PROBE
+    lead_word: str
+    lead: float  # tokens of a prompt that is the lead word alone, everything around it included
+    costs: tuple[float, ...]  # tokens each vocabulary word adds after a space, in its order
+    exact: bool  # every cost measured for its word (a whole number); False: one mean for all
+    detail: str = ""  # the tokenizer's path or name, the endpoint, why it is approximate
+    checked: tuple[int, int] = (0, 0)  # built prompts counted by the tokenizer: (exact, of)
+    _by_cost: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.exact:
+            costs = np.asarray(self.costs, dtype=np.int64)
+            for c in np.unique(costs):
+                self._by_cost[int(c)] = np.flatnonzero(costs == c)
+
+    def describe(self) -> dict[str, Any]:
+        costs = np.asarray(self.costs, dtype=np.float64)
+        return {
+            "source": self.source,
+            "detail": self.detail,
+            "exact": self.exact,
+            "lead_word": self.lead_word,
+            "lead_tokens": self.lead,
+            "tokens_per_word": round(float(costs.mean()), 4),
+            "checked": {"exact": self.checked[0], "of": self.checked[1]},
+        }
+
+
+def pick_words(
+    scale: TokenScale, target: int, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """Indices of the vocabulary words that follow the lead word so that the prompt holds
+    `target` tokens, and the count the scale expects (below `target` only when no word is cheap
+    enough to fill the rest, or when the lead alone is over it)."""
+    rest = target - scale.lead
+    if rest <= 0:
+        return np.empty(0, dtype=np.int64), scale.lead
+    vocab = len(scale.costs)
+    if not scale.exact:
+        n = max(0, round(rest / scale.costs[0]))
+        return rng.integers(0, vocab, n), scale.lead + n * scale.costs[0]
+    costs = np.asarray(scale.costs, dtype=np.int64)
+    # Candidates in one draw, taken in order while they fit; enough for the cheapest words.
+    cand = rng.integers(0, vocab, int(rest // costs.min()) + 1)
+    spent = np.cumsum(costs[cand])
+    taken = cand[: int(np.searchsorted(spent, rest, side="right"))]
+    left = int(rest - (costs[taken].sum() if taken.size else 0))
+    fill: list[int] = []
+    # The rest, with the dearest words that still fit (one of exactly that cost when there is).
+    while left > 0:
+        fits = [c for c in scale._by_cost if c <= left]
+        if not fits:
+            break
+        c = max(fits)
+        words = scale._by_cost[c]
+        fill.append(int(words[rng.integers(0, words.size)]))
+        left -= c
+    return np.concatenate([taken, np.asarray(fill, dtype=np.int64)]), float(target - left)
+
+
+def probe_scale(
+    vocabulary: Sequence[str], lead_word: str, lead: int, sample: int, sample_tokens: int
+) -> TokenScale:
+    """A mean cost from two counts: the lead alone, and the lead with `sample` words after it."""
+    mean = max((sample_tokens - lead) / sample, 1e-3)
+    return TokenScale(
+        PROBE,
+        lead_word,
+        float(lead),
+        (mean,) * len(vocabulary),
+        exact=False,
+        detail=f"mean of {sample} words from the usage of 2 requests",
+    )

@@ -93,6 +93,14 @@ EVENTS = [
         },
         Event(None, 30, 7, "max_output_tokens", done=True, usage_only=True),
     ),
+    # vLLM 0.32 ends a cut response with response.completed, status incomplete.
+    (
+        {
+            "type": "response.completed",
+            "response": completed("incomplete", incomplete_details={"reason": "max_output_tokens"}),
+        },
+        Event(None, 30, 7, "max_output_tokens", done=True, usage_only=True),
+    ),
     (
         {
             "type": "response.failed",

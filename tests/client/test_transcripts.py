@@ -104,6 +104,8 @@ EXPECT = {
     "responses_failed": Expect("c", (70,), error=ErrorKind.SERVER_ERROR_EVENT),
     "responses_error": Expect("cc", (60, 85), error=ErrorKind.SERVER_ERROR_EVENT),
     "responses_incomplete": Expect("cc", (50, 75), 11, 2, "max_output_tokens"),
+    # vLLM's: response.completed with status incomplete; the finish is its reason.
+    "responses_vllm_incomplete": Expect("cc", (60, 85), 11, 4, "max_output_tokens"),
     "responses_function_call": Expect(
         "tttttt", (50, 70, 90, 110, 130, 150), 62, 18, "completed", tool_tokens=6
     ),

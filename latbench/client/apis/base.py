@@ -95,9 +95,11 @@ class RequestOptions(NamedTuple):
 
 
 def finish_body(body: dict[str, Any], item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
-    """The end of every kind's body: vLLM's sampling extensions where the server takes them (its
-    /v1/messages and /v1/responses do too; Anthropic and OpenAI get none), so that each request
-    generates exactly max_tokens; then the spec's extra_body, last, over everything."""
+    """The end of every kind's body: vLLM's sampling extensions where the server takes them
+    (Anthropic and OpenAI get none), so that each request generates exactly max_tokens; then the
+    spec's extra_body, last, over everything. vLLM 0.32's /v1/responses reads `ignore_eos`; its
+    /v1/messages drops both fields unread, so there the model stops when it likes and the
+    summary's requested-vs-received says so (tests/e2e/test_vllm_apis.py)."""
     if opts.vllm_extensions and opts.ignore_eos:
         body["ignore_eos"] = True
         body["min_tokens"] = item.max_tokens

@@ -94,12 +94,15 @@ def _terminal(obj: dict[str, Any], kind: str) -> Event:
         usage = {}
     elif not isinstance(usage, dict):
         raise MalformedEvent(f"{kind} with a usage that is not an object: {usage!r:.120}")
-    if kind == "response.completed":
-        finish = reason(response.get("status"), "response.status") or "completed"
-    else:
+    status = reason(response.get("status"), "response.status")
+    # vLLM (0.32) ends a response cut short with `response.completed` whose status is
+    # `incomplete`, where OpenAI sends `response.incomplete`: the reason is the finish either way.
+    if kind == "response.incomplete" or status == "incomplete":
         details = response.get("incomplete_details")
         why = details.get("reason") if isinstance(details, dict) else None
         finish = reason(why, "response.incomplete_details.reason") or "incomplete"
+    else:
+        finish = status or "completed"
     # output_tokens includes reasoning tokens, streamed or hidden (output_tokens_details).
     return Event(
         None,

@@ -8,7 +8,7 @@ Exit codes (one table; CI gates on them):
         is incomplete (a worker process died: its in-flight requests are recorded as lost)
     2   usage: invalid flags or spec
     3   an SLO given with --slo was missed
-    4   the run is not valid: the client, not the server, set the pace (client-bound)
+    4   the run is not valid: its measured error bound exceeds the tolerance (client-bound)
     5   compare --fail-on-regression: a metric got worse by more than the limit
     6   too many requests failed: over validity.max_failed_fraction of the measured ones
         (default 1%; requests cut at the overtime count, a stop's cancelled ones do not), or

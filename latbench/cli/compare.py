@@ -149,8 +149,8 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     bound = [label for label, run in cmp.runs if run.summary.client_bound]
     if bound:
         err.print(
-            f"[red]client-bound:[/] {', '.join(bound)}: its latencies are the client's, so the "
-            "comparison cannot be trusted",
+            f"[red]client-bound:[/] {', '.join(bound)}: its measured error bound exceeds the "
+            "tolerance (see its validity reasons), so the comparison cannot be trusted",
             highlight=False,
         )
         return int(Exit.CLIENT_BOUND)

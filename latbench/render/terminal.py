@@ -23,7 +23,7 @@ LABELS = {
     "itl_per_token": "ITL/token",
     "tpot": "TPOT",
     "e2e": "E2E",
-    "queue_delay": "queue delay",
+    "queue_delay": "send lag",  # t_sent - t_intended: the queue delay (METRICS.md)
     "ttft_from_schedule": "TTFT sched.",
     "e2e_from_schedule": "E2E sched.",
 }

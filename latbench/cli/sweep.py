@@ -235,7 +235,9 @@ def sweep_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
         # (or where --result-dir/--result-filename say).
         metrics = parse_percentile_metrics(ns.percentile_metrics)
         docs = [
-            vllm_result(read_records(st.records_path), percentile_metrics=metrics)
+            vllm_result(
+                read_records(st.records_path), percentile_metrics=metrics, detailed=ns.save_detailed
+            )
             for st in result.steps
         ]
         target = (ns.result_dir or result.directory) / (

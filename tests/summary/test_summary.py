@@ -212,9 +212,7 @@ def test_the_failed_share_counts_overtime_cuts_and_leaves_out_cancelled_ones() -
 def test_warmup_and_cooldown_are_left_out() -> None:
     warm = rec(0, phase="warmup", ev_ms=[500], t_intended_ms=-1000, t_sent_ms=-1000)
     measured = rec(1, ev_ms=[50, 60], t_end_ms=70)
-    cool = rec(
-        2, phase="cooldown", ev_ms=[5000], t_intended_ms=4000, t_sent_ms=4000, t_end_ms=6000
-    )
+    cool = rec(2, phase="cooldown", ev_ms=[5000], t_intended_ms=4000, t_sent_ms=4000, t_end_ms=6000)
     s = summarize([warm, measured, cool])
     assert only(s, "ttft") == 0.05
     assert (s.requests.measured, s.requests.warmup, s.requests.cooldown) == (1, 1, 1)

@@ -183,6 +183,13 @@ def admit(body: Any, config: ServiceConfig, urls: Mapping[str, str]) -> Admitted
             "workload.path: the service does not read files named by API callers; use the "
             "synthetic workload (input_tokens, output_tokens)",
         )
+    if isinstance(workload, Mapping) and workload.get("tokenizer") not in (None, "words"):
+        # A path would be read, and a name fetched from the Hub, on the service's host.
+        raise Refused(
+            403,
+            "workload.tokenizer: the service does not load tokenizers named by API callers; "
+            "prompts are counted by the target's /tokenize (or 'words')",
+        )
     extra = workload.get("extra_body") if isinstance(workload, Mapping) else None
     if isinstance(extra, Mapping):
         for key in AMPLIFYING_BODY_KEYS:

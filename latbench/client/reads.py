@@ -14,6 +14,21 @@ they came.
 
 A response the protocol did not stamp (a session built elsewhere, as in some tests) falls back
 to the time the task reads the piece, which is never earlier than the truth, only later.
+
+Each stamp also carries how late it may be (METRICS.md, "Validity of the measurement"). A read's
+kernel stamp is the arrival of its newest segment, so the byte that ends a read is exact; any
+other byte arrived after the read's floor (shared/rxstamp.py: the start of the last read that
+emptied the queue, or of the request's send), so its stamp is late by at most the stamp minus
+that floor. A piece of body that spans reads is bounded from the floor of its first read. That
+the last body byte of a read shares the newest segment assumes a server writes each HTTP chunk
+(size line, data, end) in one write, as aiohttp, h11 (uvicorn, vLLM) and the simulator do. The
+last token event of a stream is also exact when the read that brought it holds nothing after it
+but the stream's closing events (usage, the end marker): that assumes the server writes those
+right after the last token, as vLLM, OpenAI, Anthropic and the simulator do; without it the last
+event of nearly every stream would share its read with the closing chunk written microseconds
+later, and be bounded by a whole inter-token gap. The
+protocol also notes, at the first read of each response, when its request left
+(`rxstamp.StampedSocket.sent_stamp`), before the connection can be handed to another request.
 """
 
 from __future__ import annotations
@@ -30,7 +45,10 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from latbench.shared import rxstamp
 
-_Marks = deque[tuple[int, int]]  # (read's monotonic_ns, body bytes the response had by then)
+# (read's monotonic_ns, body bytes the response had by then, the read's floor: -1 where the read
+# had no kernel stamp, so nothing bounds it; whether its stamp is exact for its last byte)
+_Marks = deque[tuple[int, int, int, bool]]
+_Sent = tuple[int, int] | None  # (when the request's last byte left, how late that may be)
 
 
 async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytearray:
@@ -61,17 +79,27 @@ class StampedResponseHandler(ResponseHandler):
 
     def __init__(self, loop: Any) -> None:
         super().__init__(loop)
-        self.reads: tuple[object, _Marks] | None = None  # (the response's payload, its marks)
-        self._sock: rxstamp.StampedSocket | None = None
+        # (the response's payload, its marks, when its request left)
+        self.reads: tuple[object, _Marks, _Sent] | None = None
+        self.sock: rxstamp.StampedSocket | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self._sock = rxstamp.of(transport)
+        self.sock = sock = rxstamp.of(transport)
+        if sock is not None:
+            sock.start_tx()
 
     def data_received(self, data: bytes) -> None:
         t = monotonic_ns()
-        if self._sock is not None and 0 < self._sock.rx_ns <= t:
-            t = self._sock.rx_ns  # the kernel's arrival stamp of this read (shared/rxstamp.py)
+        ref = -1
+        whole = False
+        sock = self.sock
+        if sock is not None:
+            if 0 < sock.rx_ns <= t:
+                t = sock.rx_ns  # the kernel's arrival stamp of this read (shared/rxstamp.py)
+                ref = sock.ref_ns
+                whole = sock.whole
+            sock.ref_ns = 0  # taken: the next delivery's floor starts at its own first read
         body = self._payload
         # `_exception` is what `exception()` returns (aiohttp's DataQueue), read without two
         # method calls on every read; tests/client/test_stream.py fails if it ever goes.
@@ -86,9 +114,11 @@ class StampedResponseHandler(ResponseHandler):
         reads = self.reads
         if reads is None or reads[0] is not payload:
             # A new response on this connection: a new deque, so that a reader still holding the
-            # last response's marks keeps its own.
-            reads = self.reads = (payload, deque())
-        reads[1].append((t, payload.total_bytes))
+            # last response's marks keeps its own; and its request's send, read now, before the
+            # connection can carry another request.
+            sent = sock.sent_stamp() if sock is not None else None
+            reads = self.reads = (payload, deque(), sent)
+        reads[1].append((t, payload.total_bytes, ref, whole))
 
     def _fail_body(self, body: object) -> None:
         """Hand a parse error in the middle of a body to that body's reader.
@@ -124,9 +154,10 @@ class StampingConnector(aiohttp.TCPConnector):
 
 
 class ReadClock:
-    """The read times of one response's body, consumed in order as the body is."""
+    """The read times of one response's body, consumed in order as the body is, with how late
+    each can be (`late`, `exact`), and when the request left (`sent`)."""
 
-    __slots__ = ("_consumed", "_marks", "headers_ns")
+    __slots__ = ("_consumed", "_marks", "exact", "headers_ns", "late", "read", "sent")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         # The body's own reference to its protocol: a response that was already whole when its
@@ -135,18 +166,40 @@ class ReadClock:
         reads = getattr(proto, "reads", None)
         self._marks: _Marks | None = None
         self.headers_ns: int | None = None  # the read that completed the status and headers
+        self.sent: _Sent = None
         if reads is not None and reads[0] is resp.content and reads[1]:
             self._marks = reads[1]
             self.headers_ns = reads[1][0][0]
+            self.sent = reads[2]
         self._consumed = 0
+        # Of the last piece stamped: how late its stamp may be for any of its bytes (-1: not
+        # known), whether its last byte ended its read (so that byte's stamp is exact), and which
+        # read that was (its end, in body bytes; -1 when the piece spans reads).
+        self.late = -1
+        self.exact = False
+        self.read = -1
 
     def stamp(self, n: int) -> int:
         """When the read that brought the last of the next `n` body bytes happened."""
-        self._consumed += n
+        start = self._consumed
+        end = self._consumed = start + n
         marks = self._marks
         if marks is not None:
-            while marks and marks[0][1] < self._consumed:
+            while marks and marks[0][1] <= start:
                 marks.popleft()
             if marks:
-                return marks[0][0]
+                first = marks[0]
+                ref = first[2]  # the floor of the read that brought the piece's first byte
+                while marks[0][1] < end and len(marks) > 1:
+                    marks.popleft()
+                t, total, last_ref, whole = marks[0]
+                if total >= end:
+                    self.read = total if marks[0] is first else -1
+                    if ref < 0 or last_ref < 0:
+                        self.late, self.exact = -1, False
+                    else:
+                        self.late = t - ref if t > ref else 0
+                        self.exact = whole and total == end
+                    return t
+        self.late, self.exact, self.read = -1, False, -1
         return monotonic_ns()

@@ -44,6 +44,8 @@ from latbench.workload import WorkItem
 BODY_WAIT_S = 0.5
 DETAIL_LIMIT = 1000  # characters of an error detail kept in a record (a server writes them)
 IDLE_SLACK = 1 / 64  # how late (a fraction of it) the idle timeout may fire; see the loop
+# A piece that ends with one of these ends with the blank line that completes an SSE event.
+_BLANK_LINE_ENDS = (b"\n\n", b"\n\r\n", b"\r\r")
 _PEER_GONE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionResetError)
 
 
@@ -101,11 +103,13 @@ class _Exchange:
         "detail",
         "error",
         "ev_kind",
+        "ev_late",
         "ev_n",
         "ev_t",
         "finish_reason",
         "n_known",
         "retry_after",
+        "sent",
         "status",
         "t_headers",
         "usage_completion",
@@ -119,6 +123,8 @@ class _Exchange:
         self.ev_t: list[int] = []
         self.ev_kind: list[str] = []
         self.ev_n: list[int] = []
+        self.ev_late: list[int] | None = None  # per event, when every read had a kernel stamp
+        self.sent: tuple[int, int] | None = None  # (t_sent, sent_late) from the kernel or write
         self.n_known = True  # every token event so far had a usage delta
         self.usage_completion: int | None = None
         self.usage_prompt: int | None = None
@@ -162,6 +168,8 @@ async def stream_request(
             run_id, seq, phase, api.name, t_intended, now, ErrorKind.CLIENT_ERROR,
             detail[:DETAIL_LIMIT], t_end=now, max_tokens=item.max_tokens,
         )  # fmt: skip
+    # Where the connection's socket says when the request left (client/reads.py), that replaces
+    # this instant; it stays only for a request that got no response to read.
     t_sent = monotonic_ns()
     start = loop.time()
     total_at = start + ep.timeouts.total
@@ -173,6 +181,7 @@ async def stream_request(
                 ep.url, data=body, headers=ep.headers, allow_redirects=False
             ) as resp:
                 clock = ReadClock(resp)
+                got.sent = clock.sent
                 if await _read_head(resp, clock, cm, got, total_at):
                     await _read_events(resp, clock, cm, ep, got, total_at)
     except (Exception, asyncio.CancelledError) as e:
@@ -224,12 +233,21 @@ async def _read_events(
     """Read the event stream to its end marker, stamping each event with its read's time.
 
     This is the hot path: per read and per event it works on locals only (no call, await or
-    allocation beyond the parse itself), and hands them to `got` once, however it ends."""
+    allocation beyond the parse itself), and hands them to `got` once, however it ends.
+
+    Each event's error bound (`ev_late`) is the bound of the piece that completed it
+    (`clock.late`), except that an event ending its piece, where the piece ends its read, is
+    exact, and so is the last token event when the end marker came in its read. Whether an event
+    ends its piece is read off the piece: the last payload of the piece made an event, and the
+    piece ends with the blank line that completes one."""
     api = ep.api
     to = ep.timeouts
     loop = asyncio.get_running_loop()
     parser = SSEParser(ep.limits.max_line_bytes, ep.limits.max_event_bytes)
     ev_t, ev_kind, ev_n = got.ev_t, got.ev_kind, got.ev_n
+    ev_late: list[int] | None = []
+    late = 0
+    tok_read = -1  # the read that completed the last token event, when one piece of one read
     n_known = True
     typed = False  # an event with a kind of its own has come
     last_completion = 0
@@ -247,6 +265,8 @@ async def _read_events(
             if not piece:
                 continue
             now = clock.stamp(len(piece))
+            late = clock.late
+            first = last = len(ev_t)
             try:
                 datas = parser.feed(piece)
                 over = None
@@ -254,6 +274,7 @@ async def _read_events(
                 # The events completed before it in this piece still count.
                 datas, over = e.events, e
             for data in datas:
+                last = len(ev_t)
                 ev = api.parse(data)
                 delta = 0
                 if ev.completion_tokens is not None:
@@ -294,6 +315,23 @@ async def _read_events(
                 if ev.done:
                     done = True
                     break
+            if ev_late is not None and len(ev_t) > first:
+                if late < 0:
+                    ev_late = None  # a read without a kernel stamp: no bound for this record
+                else:
+                    ev_late.extend([late] * (len(ev_t) - first))
+                    if (
+                        clock.exact
+                        and over is None
+                        and len(ev_t) > last
+                        and piece.endswith(_BLANK_LINE_ENDS)
+                    ):
+                        ev_late[-1] = 0
+                tok_read = clock.read
+            if done and ev_late and tok_read >= 0 and clock.read == tok_read:
+                # The end marker came in the read of the last token: closing events written
+                # right after it (client/reads.py), so that token arrived with the read's stamp.
+                ev_late[-1] = 0
             if done or error is not None:
                 break
             if over is not None:
@@ -320,6 +358,10 @@ async def _read_events(
                 "" if finish_reason is None else f" (after finish_reason {finish_reason!r})"
             )
     finally:
+        if ev_late is not None and len(ev_late) < len(ev_t):
+            # A parse that failed mid-piece: its events so far have the piece's bound.
+            ev_late = ev_late + [late] * (len(ev_t) - len(ev_late)) if late >= 0 else None
+        got.ev_late = ev_late
         got.n_known = n_known
         got.usage_completion = usage_completion
         got.usage_prompt = usage_prompt
@@ -388,6 +430,9 @@ def _finish(
     if detail is not None and len(detail) > DETAIL_LIMIT:
         detail = detail[: DETAIL_LIMIT - 3] + "..."
     t_end = monotonic_ns()
+    sent_late = None
+    if got.sent is not None:
+        t_sent, sent_late = got.sent
     return Record(
         run_id=run_id,
         seq=seq,
@@ -405,9 +450,12 @@ def _finish(
         usage_prompt_tokens=got.usage_prompt,
         usage_completion_tokens=got.usage_completion,
         max_tokens=item.max_tokens,
+        prompt_tokens=item.prompt_tokens,
         error=got.error,
         error_detail=detail,
         retry_after_s=got.retry_after,
+        sent_late=sent_late,
+        ev_late=tuple(got.ev_late) if got.ev_late is not None and got.ev_t else None,
     )
 
 
@@ -437,5 +485,6 @@ async def _with_retries(
             break
         last = await attempt()
         attempts += 1
-    return fold(first, last, attempts)
-        prompt_tokens=item.prompt_tokens,
+    # The first attempt's send is the record's, and so is its bound.
+    folded = fold(first, last, attempts)
+    return folded if attempts == 1 else replace(folded, sent_late=first.sent_late)

@@ -66,6 +66,7 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
 _FIELDS = tuple(f.name for f in fields(Record) if f.name != "run_id")
 _EV_T = _FIELDS.index("ev_t")
 _EV_N = _FIELDS.index("ev_n")
+_EV_LATE = _FIELDS.index("ev_late")
 _T_SENT = _FIELDS.index("t_sent")
 _SEQ = _FIELDS.index("seq")
 # Every latency is a difference of these: a non-integer one is a frame to refuse, and so is a
@@ -89,6 +90,7 @@ def unsendable(r: Record, e: Exception) -> Record:
         ev_t=(),
         ev_kind="",
         ev_n=None,
+        ev_late=None,
         usage_prompt_tokens=None,
         usage_completion_tokens=None,
         finish_reason=None,
@@ -115,6 +117,8 @@ def pack_record(r: Record) -> list[Any]:
     m[1 + _EV_T] = [t - base for t in r.ev_t]
     if r.ev_n is not None:
         m[1 + _EV_N] = list(r.ev_n)
+    if r.ev_late is not None:
+        m[1 + _EV_LATE] = list(r.ev_late)
     return m
 
 
@@ -132,6 +136,8 @@ def unpack_record(run_id: str, m: list[Any]) -> Record:
     v[_EV_T] = array("q", [base + t for t in v[_EV_T]])  # a float or past int64: raises
     if v[_EV_N] is not None:
         v[_EV_N] = array("q", v[_EV_N])
+    if v[_EV_LATE] is not None:
+        v[_EV_LATE] = array("q", v[_EV_LATE])
     for i in _ERROR_KINDS:
         if v[i] is not None:
             v[i] = ErrorKind(v[i])

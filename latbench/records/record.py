@@ -68,6 +68,15 @@ class Record:
     first_error: ErrorKind | None = None
     t_first_end: int | None = None
     t_last_sent: int | None = None
+    # The measured error bound (METRICS.md, "Validity of the measurement"), ns. `sent_late`: how
+    # much later `t_sent` may be than the moment the request's last byte left (0 with the
+    # kernel's transmit stamp; with the fallback, the write's own duration). `ev_late`: per
+    # token-bearing event (as ev_t), how much later its stamp may be than the arrival of the
+    # bytes that complete it. None: not measured (no kernel stamps, or an older record). So
+    # TTFT's true value lies in [TTFT - ev_late[0], TTFT + sent_late], and ITL gap i's in
+    # [gap - ev_late[i], gap + ev_late[i-1]].
+    sent_late: int | None = None
+    ev_late: Sequence[int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -124,13 +133,14 @@ INT_FIELDS: tuple[str, ...] = (
     "seq", "t_intended", "t_sent", "t_headers", "t_end", "status", "usage_prompt_tokens",
     "usage_completion_tokens", "max_tokens", "prompt_tokens", "attempts", "first_status",
     "t_first_end",
-    "t_last_sent",
+    "t_last_sent", "sent_late",
 )  # fmt: skip
-# Of those, the counts: a negative one would subtract from totals.
+# Of those, the ones that cannot be negative: counts (a negative one would subtract from totals)
+# and the send's error bound.
 _COUNT_FIELDS = frozenset(
     {"status", "usage_prompt_tokens", "usage_completion_tokens", "max_tokens", "prompt_tokens",
      "attempts",
-     "first_status"}
+     "first_status", "sent_late"}
 )  # fmt: skip
 _I64 = 1 << 63
 
@@ -161,6 +171,8 @@ def encode_record(rec: Record) -> bytes:
     d["ev_t"] = list(rec.ev_t)  # orjson writes lists and tuples, not arrays
     if rec.ev_n is not None:
         d["ev_n"] = list(rec.ev_n)
+    if rec.ev_late is not None:
+        d["ev_late"] = list(rec.ev_late)
     d["type"] = "request"
     d["schema"] = SCHEMA_VERSION
     return orjson.dumps(d) + b"\n"
@@ -199,6 +211,12 @@ def _decode_record(d: dict[str, Any]) -> Record:
     ev_n = _event_array(d, "ev_n", None)
     if ev_n and min(ev_n) < 0:  # one pass in C, not a Python generator over every count
         raise ValueError("ev_n holds a count that is not a non-negative integer")
+    ev_late = _event_array(d, "ev_late", None)
+    if ev_late is not None:
+        if len(ev_late) != len(ev_t):
+            raise ValueError(f"ev_late holds {len(ev_late)} values for {len(ev_t)} events")
+        if ev_late and min(ev_late) < 0:
+            raise ValueError("ev_late holds a bound that is not a non-negative integer")
     err = d.get("error")
     first_err = d.get("first_error")
     return Record(
@@ -228,6 +246,9 @@ def _decode_record(d: dict[str, Any]) -> Record:
         first_error=None if first_err is None else ErrorKind(first_err),
         t_first_end=d.get("t_first_end"),
         t_last_sent=d.get("t_last_sent"),
+        # Absent from records written before the error bound was measured: not known.
+        sent_late=d.get("sent_late"),
+        ev_late=ev_late,
     )
 
 

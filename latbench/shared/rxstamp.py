@@ -1,18 +1,35 @@
-"""Kernel receive timestamps (SO_TIMESTAMPNS) for TCP sockets that the stdlib event loop reads.
+"""Kernel timestamps (SO_TIMESTAMPING) for TCP sockets that the stdlib event loop reads and writes.
 
-The kernel stamps each segment as it arrives; `recvmsg` hands the stamp of the newest segment a
-read consumed to user space. An arrival stamped that way does not depend on when the process got
-round to reading: a worker descheduled for 5 ms still stamps the event at its arrival. The
-stdlib loop's transports read through the socket object's own `recv`/`recv_into`, so a socket
-subclass can take the stamp; uvloop reads the descriptor in C and cannot (which is why a process
-that wants these stamps runs the stdlib loop: see docs/performance.md for what that costs).
+Receive: the kernel stamps each segment as it arrives; `recvmsg` hands the stamp of the newest
+segment a read consumed to user space. An arrival stamped that way does not depend on when the
+process got round to reading: a worker descheduled for 5 ms still stamps the event at its
+arrival. The stdlib loop's transports read and write through the socket object's own `recv` and
+`send`, so a socket subclass can take the stamps; uvloop reads the descriptor in C and cannot
+(which is why a process that wants these stamps runs the stdlib loop: see docs/performance.md).
 
-Stamps are CLOCK_REALTIME; `rx_ns` gives them on the monotonic clock of every other stamp, by
-the offset between the two clocks read at the same moment. NTP's slewing changes that offset by
-parts per million, nothing over a read's microseconds; a step of the wall clock between a
-segment's arrival and its read would move that one stamp by the step (callers refuse one later
-than their own clock). A read that carried no stamp leaves `rx_ns` at 0, and callers fall back to
-the time they read.
+Each read also notes a floor (`ref_ns`): an instant no byte it brought can have arrived before.
+It is the start of the last read that left the receive queue empty (a read that did not fill its
+buffer, or one that found nothing), or of the last send (on an HTTP/1.1 connection no response
+byte comes before its request went out). The stamp minus that floor is how late the stamp can be
+for any byte of the read but its last: client/reads.py turns it into each event's error bound.
+
+Transmit: a client socket (`start_tx`, once connected: the kernel refuses byte-counted ids on an
+unconnected TCP socket) asks for the kernel's software transmit stamp of the last byte of every
+send (SOF_TIMESTAMPING_TX_SOFTWARE with OPT_ID: the stamp's id is that byte's offset in the
+stream, OPT_TSONLY: no copy of the packet). The stamp is taken as the packet is handed to the
+device (loopback included), so it is when the request left, after any wait in the event loop,
+aiohttp or the kernel's own queue. Stamps come back on the socket's error queue, which the kernel
+reports to epoll as an error condition, level-triggered: an undrained one would wake the loop on
+every turn. So the queue is drained after each send (on loopback the stamp is already there) and
+whenever a read finds no data (a wake for a stamp that came later); tests/client/test_send_stamp.py
+checks that an idle stamped connection does not keep the loop busy.
+
+Stamps are CLOCK_REALTIME; they are given on the monotonic clock of every other stamp by the
+offset between the two clocks read at the same moment. NTP's slewing changes that offset by parts
+per million, nothing over a read's microseconds; a step of the wall clock between a segment's
+arrival and its read would move that one stamp by the step (callers refuse one later than their
+own clock). A read that carried no stamp leaves `rx_ns` at 0, and callers fall back to the time
+they read.
 """
 
 from __future__ import annotations
@@ -26,56 +43,180 @@ import weakref
 from time import monotonic_ns, time_ns
 from typing import Any
 
-_TIMESPEC = struct.Struct("@ll")  # struct timespec: time_t and long, both native longs on Linux
+# struct scm_timestamping: three timespecs (software, deprecated, hardware), native longs on Linux.
+_TIMESPEC = struct.Struct("@ll")
+# struct sock_extended_err: errno, origin, type, code, pad, info, data (the OPT_ID key).
+_EXT_ERR = struct.Struct("=IBBBBII")
+_SO_TIMESTAMPING = 37  # Linux's asm-generic numbering (x86, ARM, RISC-V); Python does not name it
+_RX_SOFTWARE = 1 << 3
+_SOFTWARE = 1 << 4
+_TX = (1 << 1) | (1 << 7) | (1 << 11)  # TX_SOFTWARE | OPT_ID | OPT_TSONLY
+_ORIGIN_TIMESTAMPING = 4  # SO_EE_ORIGIN_TIMESTAMPING
+_RECVERR = {(0, 11), (41, 25)}  # (SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR)
 
 
 def _probe() -> int | None:
-    """SO_TIMESTAMPNS where the kernel takes it (Python's socket module does not name it): 35 in
-    Linux's asm-generic numbering, which x86, ARM and RISC-V use."""
+    """SO_TIMESTAMPING where the kernel takes software receive stamps, else None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, 35, 1)
+            s.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPING, _RX_SOFTWARE | _SOFTWARE)
     except OSError:
         return None
-    return 35
+    return _SO_TIMESTAMPING
 
 
-_SO_TIMESTAMPNS = _probe()
-_CMSG = socket.CMSG_SPACE(_TIMESPEC.size)
+_STAMPING = _probe()
+_SO_TIMESTAMPNS = _STAMPING  # the name tests/cli/test_run.py asks whether the kernel stamps by
+_CMSG = socket.CMSG_SPACE(3 * _TIMESPEC.size)
+_ERR_CMSG = _CMSG + socket.CMSG_SPACE(_EXT_ERR.size + 28)  # + the offender's sockaddr_in6
+_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 
 # `LATBENCH_KERNEL_STAMPS=0` turns them off, for bench/ab.py's side-by-side comparison.
-AVAILABLE = _SO_TIMESTAMPNS is not None and os.environ.get("LATBENCH_KERNEL_STAMPS") != "0"
+AVAILABLE = _STAMPING is not None and os.environ.get("LATBENCH_KERNEL_STAMPS") != "0"
 
 # Sockets by descriptor, for the protocol to find its own in `connection_made` (the transport
 # hides the socket object behind a read-only wrapper).
 _BY_FD: weakref.WeakValueDictionary[int, StampedSocket] = weakref.WeakValueDictionary()
 
 
-class StampedSocket(socket.socket):
-    """A socket whose reads note the kernel's arrival stamp of the newest segment they read."""
+def _realtime(raw: bytes) -> int:
+    """A cmsg's software stamp (the first timespec) on the monotonic clock; 0 when absent."""
+    sec, nsec = _TIMESPEC.unpack_from(raw)
+    if not sec and not nsec:
+        return 0
+    # The clocks' offset, from readings bracketed by the monotonic clock: a process preempted
+    # between two readings (a starved worker, the case these stamps exist for) would otherwise
+    # shift the stamp by the whole preemption. A bracket over 20 us is read again.
+    while True:
+        m0 = monotonic_ns()
+        wall = time_ns()
+        m1 = monotonic_ns()
+        if m1 - m0 < 20_000:
+            return sec * 1_000_000_000 + nsec - wall + ((m0 + m1) >> 1)
 
-    __slots__ = ("rx_ns",)
+
+class StampedSocket(socket.socket):
+    """A socket whose reads note the kernel's arrival stamp of the newest segment they read and
+    the floor under it, and whose sends (once `start_tx` ran) get the kernel's transmit stamp."""
+
+    __slots__ = (
+        "_floor",
+        "ref_ns",
+        "rx_ns",
+        "sent",
+        "tx_key",
+        "tx_ns",
+        "tx_on",
+        "whole",
+        "write0_ns",
+        "write1_ns",
+    )
 
     def _stamp(self, ancdata: list[tuple[int, int, bytes]]) -> None:
         for level, kind, raw in ancdata:
-            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
-                sec, nsec = _TIMESPEC.unpack_from(raw)
-                self.rx_ns = sec * 1_000_000_000 + nsec - (time_ns() - monotonic_ns())
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPING:
+                self.rx_ns = _realtime(raw)
                 return
         self.rx_ns = 0
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data, ancdata, _, _ = self.recvmsg(bufsize, _CMSG, flags)
+        t0 = monotonic_ns()
+        try:
+            data, ancdata, _, _ = self.recvmsg(bufsize, _CMSG, flags)
+        except BlockingIOError:
+            self._empty(t0)
+            raise
         self._stamp(ancdata)
+        self._read(t0, len(data) < bufsize)
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         view = memoryview(buffer)
-        n, ancdata, _, _ = self.recvmsg_into([view[:nbytes] if nbytes else view], _CMSG, flags)
+        if nbytes:
+            view = view[:nbytes]
+        t0 = monotonic_ns()
+        try:
+            n, ancdata, _, _ = self.recvmsg_into([view], _CMSG, flags)
+        except BlockingIOError:
+            self._empty(t0)
+            raise
         self._stamp(ancdata)
+        self._read(t0, n < len(view))
         return n
+
+    def _read(self, t0: int, drained: bool) -> None:
+        # The floor of the first read the protocol has not taken yet: under TLS several socket
+        # reads can make one delivery, whose bytes are no later than the first read's floor.
+        if not self.ref_ns:
+            self.ref_ns = self._floor
+        # A read that filled its buffer may have split a segment, whose stamp (of its newest
+        # part, as segments merge in the queue) may then be later than the read's last byte.
+        self.whole = drained
+        if drained:
+            # It took everything queued: whatever the next read brings arrived after this one
+            # began. A read that filled its buffer may have left older bytes behind.
+            self._floor = t0
+
+    def _empty(self, t0: int) -> None:
+        """A read that found nothing: the queue was empty at `t0`; and the wake that led to it
+        may have been a transmit stamp's (an error condition to epoll)."""
+        self._floor = t0
+        if self.tx_on:
+            self.drain_tx()
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        t0 = monotonic_ns()
+        n = super().send(data, flags)
+        self.write1_ns = monotonic_ns()
+        self.write0_ns = self._floor = t0
+        self.sent += n
+        if self.tx_on:
+            self.drain_tx()
+        return n
+
+    def start_tx(self) -> bool:
+        """Transmit stamps from now on (a connected socket); False where the kernel refuses."""
+        if _STAMPING is None:
+            return False
+        try:
+            self.setsockopt(socket.SOL_SOCKET, _STAMPING, _RX_SOFTWARE | _SOFTWARE | _TX)
+        except OSError:
+            return False
+        # OPT_ID counts bytes from here (nothing sent yet on a fresh connection).
+        self.sent, self.tx_key, self.tx_on = 0, -1, True
+        return True
+
+    def drain_tx(self) -> None:
+        """Take every transmit stamp waiting on the error queue; keep the newest (highest id)."""
+        while True:
+            try:
+                _, ancdata, _, _ = self.recvmsg(0, _ERR_CMSG, _ERRQUEUE)
+            except OSError:  # BlockingIOError: empty; anything else is the reads' to report
+                return
+            ts = key = -1
+            for level, kind, raw in ancdata:
+                if kind == _SO_TIMESTAMPING and level == socket.SOL_SOCKET:
+                    ts = _realtime(raw)
+                elif (level, kind) in _RECVERR and len(raw) >= _EXT_ERR.size:
+                    _, origin, _, _, _, _, data = _EXT_ERR.unpack_from(raw)
+                    if origin == _ORIGIN_TIMESTAMPING:
+                        key = data
+            if ts > 0 and key > self.tx_key:
+                self.tx_ns, self.tx_key = ts, key
+
+    def sent_stamp(self) -> tuple[int, int] | None:
+        """(when the last byte sent so far left, how late that instant may be): the kernel's
+        transmit stamp of that byte (exact: 0), else the moment the last send returned (late by
+        at most that send's duration); None before any send."""
+        if self.tx_on:
+            self.drain_tx()
+            if self.tx_key == self.sent - 1 and self.tx_ns:
+                return self.tx_ns, 0
+        if not self.write1_ns:
+            return None
+        return self.write1_ns, self.write1_ns - self.write0_ns
 
     def accept(self) -> tuple[socket.socket, Any]:
         fd, addr = self._accept()  # type: ignore[attr-defined]
@@ -83,9 +224,13 @@ class StampedSocket(socket.socket):
 
 
 def adopt(sock: StampedSocket) -> StampedSocket:
-    sock.rx_ns = 0
-    if _SO_TIMESTAMPNS is not None:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    sock.rx_ns = sock.ref_ns = sock._floor = 0
+    sock.whole = False
+    sock.sent = sock.tx_ns = sock.write0_ns = sock.write1_ns = 0
+    sock.tx_key = -1
+    sock.tx_on = False
+    if _STAMPING is not None:
+        sock.setsockopt(socket.SOL_SOCKET, _STAMPING, _RX_SOFTWARE | _SOFTWARE)
     _BY_FD[sock.fileno()] = sock
     return sock
 

@@ -49,6 +49,10 @@ PROBE_WORDS = 128  # words of the longer probe prompt
 PROBE_TIMEOUT_S = 30.0  # a probe that takes longer is no use before a run
 MAX_TOKENIZE_BYTES = 16 << 20  # a /tokenize answer for a calibration prompt is far smaller
 CHAT_SHAPED = ("chat", "anthropic", "responses")
+# A word of the vocabulary costs at least a token (tokenizers split at spaces) and far fewer than
+# its letters' bytes; probes whose usage says otherwise (a fixed count, a server that does not
+# tokenize) would build prompts of absurd lengths.
+MIN_PER_WORD, MAX_PER_WORD = 0.5, 16.0
 
 
 class Uncountable(Exception):
@@ -136,9 +140,15 @@ async def measure(
         counted = await asyncio.gather(*(after_lead((vocabulary[i],)) for i in alone))
         for i, n in zip(alone, counted, strict=True):
             costs[i] = n - lead
-    exact = min(costs) >= 1  # a word that costs nothing: not additive, the counts are guesses
-    why = "" if exact else "; a word counted 0 tokens after the lead, so counts are approximate"
-    return TokenScale(source, lead_word, float(lead), tuple(map(float, costs)), exact, detail + why)
+    if min(costs) >= 1:
+        return TokenScale(source, lead_word, float(lead), tuple(map(float, costs)), True, detail)
+    # A word that costs nothing after the lead: the counts do not add up word by word, so
+    # only their mean is of use (built prompts are then right on average, as with probes).
+    per_word = sum(costs) / len(costs)
+    if not MIN_PER_WORD <= per_word <= MAX_PER_WORD:
+        raise Uncountable(f"{detail} gave {per_word:.3g} tokens a word, no count of words")
+    why = "; words did not add up one by one, so a mean cost is used"
+    return TokenScale(source, lead_word, float(lead), (per_word,) * len(costs), False, detail + why)
 
 
 async def check(scale: TokenScale, build: Callable[[int], WorkItem], count: Count) -> TokenScale:
@@ -171,6 +181,12 @@ async def probe(
             why = rec.error_detail or rec.error or "no usage.prompt_tokens in the answer"
             raise Uncountable(f"a probe request: {why}")
         counts.append(rec.usage_prompt_tokens)
+    per_word = (counts[1] - counts[0]) / PROBE_WORDS
+    if not MIN_PER_WORD <= per_word <= MAX_PER_WORD:
+        raise Uncountable(
+            f"the probes' usage ({counts[0]} and {counts[1]} prompt tokens for 1 and "
+            f"{PROBE_WORDS + 1} words) is no count of their words"
+        )
     return probe_scale(vocabulary, lead_word, counts[0], PROBE_WORDS, counts[1])
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from kit import hostile
 from kit.cli import latbench
 from kit.client import options
 
 from latbench.client import API_KINDS, Endpoint, Timeouts
-from latbench.client.tokenize import calibrate, check, local_counter, measure
+from latbench.client.tokenize import Uncountable, calibrate, check, local_counter, measure
 from latbench.records import read_records
 from latbench.sim import SimProcess
 from latbench.workload import DEFAULT_VOCABULARY, SyntheticWorkload
@@ -208,3 +209,36 @@ async def test_nothing_to_count_with_falls_back_to_words_and_says_so(
     (note,) = notes
     assert note.startswith("prompt lengths are in words, not the target's tokens")
     assert "/tokenize" in note and "a probe request" in note
+
+
+def test_probes_whose_usage_counts_no_words_are_not_believed(tmp_path: Path) -> None:
+    # The hostile server serves no /tokenize and reports 3 prompt tokens whatever the prompt:
+    # the probes' usage gives no cost a word, so the run goes on in words and says so.
+    running, srv, _ = hostile.start()
+    try:
+        results, records = run(tmp_path, "--target", srv.url, "--model", hostile.MODEL)
+    finally:
+        running.close()
+    assert results["environment"]["prompt_tokens"] == {"source": "words"}
+    (note, *_) = results["warnings"]
+    assert note.startswith("prompt lengths are in words, not the target's tokens")
+    assert "3 and 3 prompt tokens for 1 and 129 words" in note
+    assert all(r.usage_prompt_tokens == 3 for r in records)
+    # The server's fixed count is far below what was asked: the summary warns of that too.
+    assert results["summary"]["tokens"]["prompt"]["warning"] in results["warnings"]
+
+
+def scale_from(counts: Callable[[str], int]) -> TokenScale:
+    async def count(text: str) -> int:
+        return counts(text)
+
+    return asyncio.run(measure(count, V, V[0], SERVER, "test"))
+
+
+def test_counts_that_do_not_add_up_give_a_mean_and_no_count_at_all_gives_none() -> None:
+    # Two tokens a word, but a "the" after the first word costs nothing.
+    scale = scale_from(lambda t: 2 * len(t.split()) - 2 * t.split()[1:].count("the"))
+    assert not scale.exact and "mean cost" in scale.detail
+    assert len(set(scale.costs)) == 1 and 1.9 < scale.costs[0] < 2
+    with pytest.raises(Uncountable, match="no count of words"):
+        scale_from(lambda t: 7)  # a fixed count: every word costs nothing

@@ -52,7 +52,16 @@ import numpy as np
 
 from latbench.records.record import Record
 from latbench.spec.slo import Slo
-from latbench.summary.samples import GAP_METRICS, NS_PER_S, Samples, derived_window, last_instant
+from latbench.summary.samples import (
+    GAP_METRICS,
+    NS_PER_S,
+    Delivered,
+    Samples,
+    delivered,
+    delivered_by,
+    derived_window,
+    last_instant,
+)
 
 Verdict = Literal["better", "worse", "same"]
 DEFAULT_MARGIN = 0.05
@@ -120,14 +129,30 @@ class RunSamples:
         s = Samples.build(ok)
         self.n = len(measured)
         if window is None:
-            window = derived_window(measured)
+            window = derived_window(records)
         self.duration_s = (window[1] - window[0]) / NS_PER_S if window else 0.0
+        # A rate's estimate is the summary's: what the window held, whatever the phase
+        # (`samples.delivered`), so compare and the summary give one figure; the time blocks
+        # below only spread it for the interval.
+        span = window if window is not None and window[1] > window[0] else None
+        others = [r for r in records if r.phase != "measure"]
+        meets = s.meets_all(slos)
+        inside = (
+            Delivered()
+            if span is None
+            else delivered(s, ok, span, meets) + delivered_by(others, span, slos)
+        )
+        self.in_window = {
+            "requests_per_s": inside.requests,
+            "output_tokens_per_s": inside.tokens,
+            "goodput_per_s": inside.good,
+        }
         self.succeeded = np.zeros(self.n)
         self.succeeded[ok_idx] = 1.0
         self.out_tokens = np.zeros(self.n)
         self.out_tokens[ok_idx] = s.n_out
         self.good = np.zeros(self.n)
-        self.good[ok_idx] = s.meets_all(slos).astype(np.float64)
+        self.good[ok_idx] = meets.astype(np.float64)
         # Rates are resampled by time blocks of the window, not by requests: a resample of n
         # requests always holds n requests, which would make a rate's interval zero wide. Each
         # request's weight is spread evenly over its own lifetime (send to last event), so the
@@ -169,7 +194,7 @@ class RunSamples:
             d = self.duration_s
             per_block = per @ self.spread
             total = float(per_block.sum())
-            point = float(per.sum()) / d if d > 0 else math.nan
+            point = self.in_window[name] / d if d > 0 else math.nan
 
             def rate(counts: np.ndarray) -> np.ndarray:
                 # `counts` are draws of time blocks (see `replicates`); the replicate scales the

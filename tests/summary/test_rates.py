@@ -14,8 +14,9 @@ import pytest
 from latbench import ErrorKind
 from latbench.load.pacers import PoissonPacer, phase_of
 from latbench.records import Record
-from latbench.spec import LoadSpec, Slo
+from latbench.spec import DEFAULT_SLOS, LoadSpec, Slo
 from latbench.summary import Summary, summarize
+from latbench.summary.compare import RunSamples
 from latbench.summary.samples import derived_window
 
 MS = 1_000_000  # ns
@@ -259,3 +260,15 @@ def test_the_derived_window_needs_a_measured_request() -> None:
     load = LoadSpec(concurrency=1, duration=5.0, warmup=1.0)
     assert derived_window([rec(0, [50], phase="warmup")], load) is None
     assert derived_window([], load) is None
+
+
+def test_compare_estimates_the_rates_the_summary_gives() -> None:
+    # One file, one answer: `latbench compare` reads a run's rates as its summary does. (It
+    # counted the 16 measured requests here: 6.4/s for a steady 8.)
+    load = LoadSpec(concurrency=8, duration=3.75, warmup=1.25)
+    records = closed_loop(load)
+    window = derived_window(records, load)
+    s = summarize(records, window=window)
+    run = RunSamples(records, window, DEFAULT_SLOS)
+    for name in ("requests_per_s", "output_tokens_per_s", "goodput_per_s"):
+        assert run.estimate(name, "") == pytest.approx(getattr(s.rates, name), rel=1e-12)

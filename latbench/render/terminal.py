@@ -146,7 +146,7 @@ def _throughput_table(s: Summary) -> Table:
     pr = tok.prompt
     table.add_row(
         "prompt tokens asked vs got",
-        "not requested (a prompt file)"
+        "not requested"
         if not pr.requested
         else f"{_requests(pr.requested)} asked, none in the server's usage"
         if not pr.reported

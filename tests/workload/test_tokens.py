@@ -15,6 +15,7 @@ import pytest
 from kit import hostile
 from kit.cli import latbench
 from kit.client import options
+from kit.paths import DATA
 
 from latbench.client import API_KINDS, Endpoint, Timeouts
 from latbench.client.tokenize import Uncountable, calibrate, check, local_counter, measure
@@ -159,6 +160,18 @@ def test_against_the_simulator_the_prompts_are_exact_by_its_tokenize(
     (records_path,) = (tmp_path / "out").glob("*/records.jsonl")
     replay = latbench("summary", str(records_path), "--json")
     assert json.loads(replay.stdout)["tokens"]["prompt"] == prompt
+    shown = latbench("summary", str(records_path)).stdout
+    assert "prompt tokens asked vs got" in shown and "12 exact, 0 fewer, 0 more" in shown
+
+
+def test_a_prompt_file_asks_for_no_length(sim_url: str, tmp_path: Path) -> None:
+    results, records = run(tmp_path, "--target", sim_url, "--prompts", str(DATA / "prompts.jsonl"))
+    assert results["environment"]["prompt_tokens"] is None
+    assert all(r.prompt_tokens is None and r.usage_prompt_tokens for r in records)
+    assert results["summary"]["tokens"]["prompt"]["requested"] == 0
+    (records_path,) = (tmp_path / "out").glob("*/records.jsonl")
+    shown = " ".join(latbench("summary", str(records_path)).stdout.split())
+    assert "prompt tokens asked vs got not requested" in shown
 
 
 def test_a_server_without_tokenize_is_probed(

@@ -8,6 +8,7 @@ the socket read that brought it, and the whole turned into one `Record`.
     apis/       one module per API kind: build the body, parse one event
     retry       refusals for load and the opt-in retry policy
     preflight   the API key, `/v1/models`, the model check: a spec's target -> an `Endpoint`
+    tokenize    what the target's tokenizer charges a word (/tokenize, a local tokenizer, probes)
     looplag     how late the sending loop runs (every worker measures it; runs are judged by it)
 """
 

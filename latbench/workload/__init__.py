@@ -1,8 +1,9 @@
 """What each request asks for: a `WorkItem` per request index, the same for the same seed.
 
 item.py holds the item, the `Workload` protocol and the seeded draws; synthetic.py the random-word
-prompts; files.py the prompt files (JSON Lines, ShareGPT) with their size caps; reading.py reads
-those files a line or an entry at a time.
+prompts; tokens.py what the target charges for their words (`TokenScale`) and prompts built to a
+count of its tokens; files.py the prompt files (JSON Lines, ShareGPT) with their size caps;
+reading.py reads those files a line or an entry at a time.
 """
 
 from latbench.workload.files import MAX_PROMPT_ITEMS, MAX_PROMPT_TEXT_BYTES, FileWorkload

@@ -42,6 +42,7 @@ _FLAG_FIELDS = (
     "itl",
     "tokens_per_event",
     "reasoning_tokens",
+    "tool_call_tokens",
     "eos_probability",
     "seed",
     "max_batch",
@@ -100,6 +101,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     a("--itl", type=_dist, metavar="DIST", help="time between events, s (default 0.01)")
     a("--tokens-per-event", type=int, metavar="K", help="tokens per SSE event (default 1)")
     a("--reasoning-tokens", type=int, metavar="N", help="chat: reasoning tokens before content")
+    a("--tool-call-tokens", type=int, metavar="N", help="tokens of a tool call after content")
     a("--eos-probability", type=float, metavar="P", help="chance each token is the last")
     a("--seed", type=int, help="RNG seed for latency and length draws")
     a("--max-batch", type=int, metavar="B", help="streams decoding at once; more wait FIFO")

@@ -13,7 +13,9 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from latbench.sim.formats import ApiError, content_words, named_event
+import orjson
+
+from latbench.sim.formats import TOOL_NAME, ApiError, content_words, named_event
 
 if TYPE_CHECKING:
     from latbench.sim.engine import Plan
@@ -61,8 +63,10 @@ def anthropic_prompt_tokens(body: dict[str, Any]) -> int:
     return total
 
 
-def _anthropic_stop(finish: str) -> str:
-    return "max_tokens" if finish == "length" else "end_turn"
+def _anthropic_stop(finish: str, tool_call: bool = False) -> str:
+    if finish == "length":
+        return "max_tokens"
+    return "tool_use" if tool_call else "end_turn"
 
 
 class AnthropicStream:
@@ -98,11 +102,25 @@ class AnthropicStream:
             out += self._close_block()
             self._block += 1
             self._kind = kind
-            block = (
+            block: dict[str, Any] = (
                 {"type": "thinking", "thinking": ""} if thinking else {"type": "text", "text": ""}
             )
+            if kind == "tool_call":
+                # The name comes in the block's start, the arguments in input_json_delta events.
+                block = {
+                    "type": "tool_use",
+                    "id": f"toolu_{uuid.uuid4().hex[:24]}",
+                    "name": TOOL_NAME,
+                    "input": {},
+                }
             start = {"type": "content_block_start", "index": self._block, "content_block": block}
             out += named_event("content_block_start", start)
+        if kind == "tool_call":
+            if not text:
+                return out
+            piece = {"type": "input_json_delta", "partial_json": text}
+            body = {"type": "content_block_delta", "index": self._block, "delta": piece}
+            return out + named_event("content_block_delta", body)
         delta = (
             {"type": "thinking_delta", "thinking": text}
             if thinking
@@ -125,7 +143,10 @@ class AnthropicStream:
     def closing(self, completion: int, finish: str) -> bytes:
         delta = {
             "type": "message_delta",
-            "delta": {"stop_reason": _anthropic_stop(finish), "stop_sequence": None},
+            "delta": {
+                "stop_reason": _anthropic_stop(finish, self._kind == "tool_call"),
+                "stop_sequence": None,
+            },
             "usage": {"output_tokens": completion},
         }
         return (
@@ -142,9 +163,21 @@ class AnthropicStream:
     def end(self) -> bytes:
         return named_event("message_stop", {"type": "message_stop"})
 
-    def full(self, plan: Plan, reasoning: str, content: str) -> dict[str, Any]:
+    def full(
+        self, plan: Plan, reasoning: str, content: str, tool_args: str | None
+    ) -> dict[str, Any]:
         blocks: list[dict[str, Any]] = []
         if reasoning:
             blocks.append({"type": "thinking", "thinking": reasoning, "signature": _SIGNATURE})
         blocks.append({"type": "text", "text": content})
-        return self._message(blocks, _anthropic_stop(plan.finish_reason), plan.completion_tokens)
+        if tool_args is not None:
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{uuid.uuid4().hex[:24]}",
+                    "name": TOOL_NAME,
+                    "input": orjson.loads(tool_args),
+                }
+            )
+        stop = _anthropic_stop(plan.finish_reason, tool_args is not None)
+        return self._message(blocks, stop, plan.completion_tokens)

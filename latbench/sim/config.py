@@ -87,6 +87,12 @@ class SimConfig(BaseModel):
     reasoning_tokens: int = Field(
         default=0, ge=0, description="chat, anthropic, responses: part of max_tokens"
     )
+    tool_call_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="chat, anthropic, responses: the last of max_tokens, after the answer, are "
+        "one tool call (its name in the first event, then its JSON arguments)",
+    )
     eos_probability: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int | None = None
 

@@ -4,8 +4,9 @@ Latency model
 -------------
 Each request draws a TTFT from `ttft` and one step per later event from `itl` (seconds, seeded
 RNG). It is planned as `E` events of at most `k = tokens_per_event` tokens each (reasoning tokens
-first, then content), so `E = ceil(R / k) + ceil((N - R) / k)` for `N` output tokens of which
-`R = min(reasoning_tokens, N)` are reasoning (chat only; `R = 0` for completions).
+first, then content, then a tool call), so `E = ceil(R / k) + ceil((N - R - T) / k) + ceil(T / k)`
+for `N` output tokens of which `R = min(reasoning_tokens, N)` are reasoning and
+`T = min(tool_call_tokens, N - R)` a tool call (`R = T = 0` for completions).
 
 Load model
 ----------
@@ -62,7 +63,7 @@ import numpy as np
 
 from latbench.sim.config import SimConfig
 
-EventKind = Literal["reasoning", "content"]
+EventKind = Literal["reasoning", "content", "tool_call"]
 FinishReason = Literal["stop", "length"]
 FINISH_REASONS: tuple[FinishReason, ...] = get_args(FinishReason)
 
@@ -125,8 +126,13 @@ class Engine:
             if last <= max_tokens:
                 n, finish = last, "stop"
         r = min(self.config.reasoning_tokens, n) if reasoning else 0
+        t = min(self.config.tool_call_tokens, n - r) if reasoning else 0
         k = self.config.tokens_per_event
-        events = [*_chunks("reasoning", r, k), *_chunks("content", n - r, k)]
+        events = [
+            *_chunks("reasoning", r, k),
+            *_chunks("content", n - r - t, k),
+            *_chunks("tool_call", t, k),
+        ]
         return Plan(events=tuple(events), completion_tokens=n, finish_reason=finish)
 
     @asynccontextmanager
@@ -246,10 +252,12 @@ def _stats(ns: np.ndarray) -> dict[str, float | int | None]:
     }
 
 
-def events_for(tokens: int, reasoning: int, k: int) -> int:
-    """`E` in the module docstring: events carrying `tokens` tokens, `reasoning` of them first."""
+def events_for(tokens: int, reasoning: int, k: int, tool_call: int = 0) -> int:
+    """`E` in the module docstring: events carrying `tokens` tokens, `reasoning` of them first
+    and `tool_call` of them last."""
     r = min(reasoning, tokens)
-    return math.ceil(r / k) + math.ceil((tokens - r) / k)
+    t = min(tool_call, tokens - r)
+    return math.ceil(r / k) + math.ceil((tokens - r - t) / k) + math.ceil(t / k)
 
 
 def service_time_s(config: SimConfig, n: int, events: int) -> float:

@@ -34,6 +34,8 @@ PERSONALITY_APIS: dict[Personality, tuple[str, ...]] = {
     "anthropic": ("anthropic",),
     "responses": ("responses",),
 }
+# The one tool a simulated response calls (SimConfig.tool_call_tokens).
+TOOL_NAME = "lookup"
 
 
 class ApiError(Exception):
@@ -57,7 +59,9 @@ class Encoder(Protocol):
 
     def end(self) -> bytes: ...
 
-    def full(self, plan: Plan, reasoning: str, content: str) -> dict[str, Any]: ...
+    def full(
+        self, plan: Plan, reasoning: str, content: str, tool_args: str | None
+    ) -> dict[str, Any]: ...
 
 
 def named_event(name: str, obj: dict[str, Any]) -> bytes:

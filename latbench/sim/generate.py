@@ -37,14 +37,28 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contr
 
 
 def _texts(plan: Plan) -> list[str]:
-    """Each event's text: one vocabulary word, with its leading space, per token."""
+    """Each event's text: one vocabulary word, with its leading space, per token. A tool call's
+    first event is its name (the encoder writes it: its text is empty), and the rest are pieces
+    of its arguments, which put together are the JSON object {"query": "<words>"}."""
     out: list[str] = []
     i = 0
     for kind, n in plan.events:
         words = _REASONING_WORDS if kind == "reasoning" else _CONTENT_WORDS
         out.append("".join(words[(i + j) % len(words)] for j in range(n)))
         i += n
+    calls = [e for e, (kind, _) in enumerate(plan.events) if kind == "tool_call"]
+    if calls:
+        out[calls[0]] = ""
+        if len(calls) > 1:
+            out[calls[1]] = '{"query":"' + out[calls[1]]
+            out[calls[-1]] += '"}'
     return out
+
+
+def tool_arguments(plan: Plan, texts: list[str]) -> str | None:
+    """The tool call's arguments as a whole (None without a call; {} when it had no pieces)."""
+    args = [t for t, (k, _) in zip(texts, plan.events, strict=True) if k == "tool_call"]
+    return None if not args else "".join(args) or "{}"
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
@@ -240,7 +254,9 @@ async def _answer(g: _Generation) -> web.StreamResponse:
     texts = _texts(plan)
     reasoning = "".join(t for t, (k, _) in zip(texts, plan.events, strict=True) if k == "reasoning")
     content = "".join(t for t, (k, _) in zip(texts, plan.events, strict=True) if k == "content")
-    body = orjson.dumps(make_encoder(req).full(plan, reasoning, content))
+    body = orjson.dumps(
+        make_encoder(req).full(plan, reasoning, content, tool_arguments(plan, texts))
+    )
     if fault is not None and fault.kind == "malformed":
         return web.Response(body=b"{not json", content_type="application/json")
     if fault is not None and fault.kind == "truncate":

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from latbench.sim.formats import ApiError, content_words, named_event
+from latbench.sim.formats import TOOL_NAME, ApiError, content_words, named_event
 
 if TYPE_CHECKING:
     from latbench.sim.engine import Plan
@@ -107,6 +107,16 @@ class ResponsesStream:
             out += self._close_item() + self._open_item(kind)
         self._text.append(text)
         index = len(self._done)
+        if kind == "tool_call":
+            # The name went out in the item's opening; an empty first piece sends nothing more.
+            if not text:
+                return out
+            return out + self._ev(
+                "response.function_call_arguments.delta",
+                item_id=self._item["id"],
+                output_index=index,
+                delta=text,
+            )
         if kind == "reasoning":
             return out + self._ev(
                 "response.reasoning_summary_text.delta",
@@ -128,6 +138,9 @@ class ResponsesStream:
         self._kind = kind
         self._text = []
         index = len(self._done)
+        if kind == "tool_call":
+            self._item = _call_item("in_progress", "")
+            return self._ev("response.output_item.added", output_index=index, item=self._item)
         if kind == "reasoning":
             self._item = {"id": f"rs_{uuid.uuid4().hex}", "type": "reasoning", "summary": []}
             part = {"type": "summary_text", "text": ""}
@@ -164,7 +177,16 @@ class ResponsesStream:
         text = "".join(self._text)
         item_id = self._item["id"]
         index = len(self._done)
-        if self._kind == "reasoning":
+        if self._kind == "tool_call":
+            args = text or "{}"
+            item = {**self._item, "status": "completed", "arguments": args}
+            out = self._ev(
+                "response.function_call_arguments.done",
+                item_id=item_id,
+                output_index=index,
+                arguments=args,
+            )
+        elif self._kind == "reasoning":
             part = {"type": "summary_text", "text": text}
             item = {**self._item, "summary": [part]}
             out = self._ev(
@@ -219,7 +241,9 @@ class ResponsesStream:
     def end(self) -> bytes:
         return b""  # the Responses stream has no end marker apart from its final event
 
-    def full(self, plan: Plan, reasoning: str, content: str) -> dict[str, Any]:
+    def full(
+        self, plan: Plan, reasoning: str, content: str, tool_args: str | None
+    ) -> dict[str, Any]:
         if reasoning:
             part = {"type": "summary_text", "text": reasoning}
             self._done.append(
@@ -235,8 +259,22 @@ class ResponsesStream:
             "content": [{"type": "output_text", "text": content, "annotations": []}],
         }
         self._done.append(message)
+        if tool_args is not None:
+            self._done.append(_call_item("completed", tool_args))
         usage = self._usage(plan.completion_tokens)
         if plan.finish_reason == "length":
             details = {"reason": "max_output_tokens"}
             return self._response("incomplete", incomplete_details=details, usage=usage)
         return self._response("completed", usage=usage)
+
+
+def _call_item(status: str, arguments: str) -> dict[str, Any]:
+    """A function_call output item: the simulator's one tool, by name."""
+    return {
+        "id": f"fc_{uuid.uuid4().hex}",
+        "type": "function_call",
+        "status": status,
+        "call_id": f"call_{uuid.uuid4().hex}",
+        "name": TOOL_NAME,
+        "arguments": arguments,
+    }

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from latbench.sim.formats import TOOL_NAME
 from latbench.sim.replies import error_type
 
 if TYPE_CHECKING:
@@ -25,11 +26,12 @@ _DONE = b"data: [DONE]\n\n"
 class Chunks:
     """Builds one request's SSE events and JSON bodies, shaped like vLLM's (an `Encoder`)."""
 
-    __slots__ = ("_chat", "_head", "_prompt", "_req", "_started")
+    __slots__ = ("_call_id", "_chat", "_head", "_prompt", "_req", "_started")
 
     def __init__(self, req: GenRequest) -> None:
         self._req = req
         self._started = False
+        self._call_id: str | None = None  # the tool call's, once it has begun
         self._chat = req.api == "chat"
         self._prompt = req.prompt_tokens
         kind = ("chatcmpl", "chat.completion.chunk") if self._chat else ("cmpl", "text_completion")
@@ -55,7 +57,12 @@ class Chunks:
 
     def token(self, kind: str, text: str, finish: str | None, completion: int) -> bytes:
         if self._chat:
-            delta = {"reasoning_content": text} if kind == "reasoning" else {"content": text}
+            if kind == "tool_call":
+                delta = self._tool_call(text)
+            else:
+                delta = {"reasoning_content": text} if kind == "reasoning" else {"content": text}
+            if finish == "stop" and self._call_id is not None:
+                finish = "tool_calls"
             choice: dict[str, Any] = {
                 "index": 0,
                 "delta": delta,
@@ -71,6 +78,21 @@ class Chunks:
                 "stop_reason": None,
             }
         return self._event(choice, completion)
+
+    def _tool_call(self, text: str) -> dict[str, Any]:
+        """A tool_calls delta: the call's id, type and name first (as OpenAI's, with empty
+        arguments), then pieces of its arguments."""
+        if self._call_id is None:
+            self._call_id = f"chatcmpl-tool-{uuid.uuid4().hex}"
+            call: dict[str, Any] = {
+                "id": self._call_id,
+                "type": "function",
+                "index": 0,
+                "function": {"name": TOOL_NAME, "arguments": text},
+            }
+        else:
+            call = {"index": 0, "function": {"arguments": text}}
+        return {"tool_calls": [call]}
 
     def final_usage(self, completion: int) -> bytes:
         return _sse({**self._head, "choices": [], "usage": self.usage(completion)})
@@ -105,19 +127,33 @@ class Chunks:
             obj["usage"] = None
         return _sse(obj)
 
-    def full(self, plan: Plan, reasoning: str, content: str) -> dict[str, Any]:
+    def full(
+        self, plan: Plan, reasoning: str, content: str, tool_args: str | None
+    ) -> dict[str, Any]:
         head = {**self._head, "object": "chat.completion" if self._chat else "text_completion"}
+        finish: str = plan.finish_reason
         if self._chat:
+            calls = []
+            if tool_args is not None:
+                function = {"name": TOOL_NAME, "arguments": tool_args}
+                calls = [
+                    {
+                        "id": f"chatcmpl-tool-{uuid.uuid4().hex}",
+                        "type": "function",
+                        "function": function,
+                    }
+                ]
+                finish = "tool_calls" if finish == "stop" else finish
             message = {
                 "role": "assistant",
                 "content": content,
                 "reasoning_content": reasoning or None,
-                "tool_calls": [],
+                "tool_calls": calls,
             }
             choice: dict[str, Any] = {"index": 0, "message": message}
         else:
             choice = {"index": 0, "text": content}
-        choice.update(logprobs=None, finish_reason=plan.finish_reason, stop_reason=None)
+        choice.update(logprobs=None, finish_reason=finish, stop_reason=None)
         return {**head, "choices": [choice], "usage": self.usage(plan.completion_tokens)}
 
 

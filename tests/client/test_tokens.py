@@ -8,7 +8,7 @@ single events, the stream's on transcripts replayed by the simulator over a real
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -156,3 +156,34 @@ async def test_a_stream_that_ends_before_its_end_marker_is_cut_and_keeps_its_eve
     assert rec.error is ErrorKind.STREAM_TRUNCATED
     assert rec.error_detail == "the stream closed before its end marker"
     assert rec.ev_kind == "cc" and rec.usage_completion_tokens == 2
+
+
+@pytest.mark.parametrize("api", ["chat", "anthropic", "responses"])
+async def test_the_simulators_tool_call_is_counted_apart_in_every_api(
+    sim: Callable[..., SimProcess], http: aiohttp.ClientSession, api: str
+) -> None:
+    # 8 tokens: 5 of answer, then a call of 3 (its name, two argument pieces), 10 ms apart.
+    personality = {"chat": "openai"}.get(api, api)
+    proc = sim(api=personality, tool_call_tokens=3, ttft=0.02, itl=0.01)
+    ep = Endpoint(
+        base_url=proc.url,
+        api=API_KINDS[api],
+        options=RequestOptions(model="sim-model", vllm_extensions=True, ignore_eos=True,
+                               extra_body={}),
+        headers={"anthropic-version": "2023-06-01"},
+        timeouts=Timeouts(first_token=5, idle=5, total=10),
+    )  # fmt: skip
+    rec = await one(http, ep, ITEM)
+    assert rec.ok, rec.error_detail
+    assert rec.ev_kind == "ccccc" + "ttt"
+    assert rec.usage_completion_tokens == 8
+    s = summarize([rec])
+    assert dict(s.tokens.by_kind) == {"reasoning": 0, "content": 5, "tool_call": 3}
+    assert s.tokens.tool_call_requests == 1
+    # TTFO is the answer's first token; the call's first token is the sixth event (50 ms later
+    # on the simulator's timetable; the same instant at worst, had one read brought both).
+    ttfo, first_call = s.latency["ttfo"].mean, s.tokens.ttft_tool_call.mean
+    assert ttfo is not None and first_call is not None
+    assert first_call * 1e9 == pytest.approx(rec.ev_t[5] - rec.t_sent, abs=1)
+    assert first_call >= ttfo
+    assert s.latency["ttft"].mean == ttfo

@@ -33,6 +33,7 @@ from latbench.sim import SimConfig
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:table -->", "<!-- /bench:table -->"
+CAL_BEGIN, CAL_END = "<!-- bench:calibration -->", "<!-- /bench:calibration -->"
 
 
 def points(duration: float, warmup: float) -> dict[str, Point]:
@@ -118,8 +119,9 @@ def pair(d: dict[Any, float], digits: int = 1) -> str:
 def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "| point | tool | TTFT error p50 / p99 (ms) | ITL error p50 / p99 (ms) | ingest (tok/s) "
+        "| send leg p50 / p99 (ms) | receive leg p50 / p99 (ms) "
         "| client CPU (cores) | client RSS (MB) | simulator CPU, busiest process (cores) | notes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         notes = []
@@ -129,9 +131,15 @@ def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             notes.append("ITL = per-request mean gap")
         if r["extra"].get("client_bound"):
             notes.append("flagged client-bound")
+        # Where latbench's error sits (its records matched to the server's requests): the send
+        # leg, t_sent to the server's kernel arrival; the receive leg, each event's server write
+        # to latbench's stamp. The peers keep no per-request stamps to split.
+        legs = r.get("decomposition")
+        send = pair(legs["send_to_arrival_ms"], 3) if legs else "-"
+        receive = pair(legs["write_to_read_ms"], 3) if legs else "-"
         lines.append(
             f"| {r['point']} | {r['tool']} | {pair(r['ttft_err_ms'])} | {pair(r['itl_err_ms'], 2)} "
-            f"| {fmt(r['ingest_tok_s'], 0)} | {fmt(r['client_cores'], 2)} "
+            f"| {fmt(r['ingest_tok_s'], 0)} | {send} | {receive} | {fmt(r['client_cores'], 2)} "
             f"| {fmt(r['client_rss_mb'], 0)} | {fmt(r['sim_busiest_cores'], 2)} "
             f"| {'; '.join(notes)} |"
         )
@@ -182,11 +190,13 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else f"{BEGIN}\n{END}\n"
-    head, _, rest = doc.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+def write_doc(text: str, begin: str = BEGIN, end: str = END) -> None:
+    doc = DOC.read_text() if DOC.exists() else ""
+    if begin not in doc:
+        doc += f"\n{begin}\n{end}\n"
+    head, _, rest = doc.partition(begin)
+    _, _, tail = rest.partition(end)
+    DOC.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--calibrate",
         action="store_true",
-        help="also run latbench under graded starvation (c64 point) for the validity limits",
+        help="also run latbench under graded starvation (the c64 point's load, at each of "
+        "--calibrate-streams) against the measured error bound",
     )
+    ap.add_argument("--calibrate-streams", default="16,64,256")
+    ap.add_argument("--calibrate-levels", default="", help="starvation levels (default: all)")
     ns = ap.parse_args(argv)
     pts = points(ns.duration, ns.warmup)
     tools = [t for t in ns.tools.split(",") if t]
@@ -218,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(run_point(pts[name], tools, ns.sim_procs, ns.workers, out))
     calibration: list[dict[str, Any]] = []
     if ns.calibrate:
-        calibration = calibrate(pts["c64"], out)
+        calibration = calibrate(
+            pts["c64"],
+            out,
+            tuple(int(k) for k in ns.calibrate_streams.split(",") if k),
+            tuple(lv for lv in ns.calibrate_levels.split(",") if lv),
+        )
     load_after = os.getloadavg()
     meta = {
         "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -231,15 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     results = {"meta": meta, "rows": rows, "calibration": calibration}
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    text = table(rows, meta)
+    text = table(rows, meta) if rows else ""
+    cal = ""
     if calibration:
-        text += (
-            "\n\nCalibration (latbench alone, c64, client pinned to CPU 0 with a busy process):\n\n"
-        )
-        text += calibration_table(calibration)
-    print(text)
+        cal = calibration_table(calibration)
+        cal += "\n\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items())
+    print(text + ("\n\n" if text and cal else "") + cal)
     if ns.write_doc:
-        write_doc(text)
+        if rows:
+            write_doc(text)
+        if cal:
+            write_doc(cal, CAL_BEGIN, CAL_END)
     return 0
 
 

@@ -130,6 +130,7 @@ def run_latbench(
             "reasons": s["validity"]["reasons"],
             "loop_lag_p99_ms": (s["validity"]["loop_lag_p99_s"] or 0) * 1e3,
             "client_cpu": s["validity"]["client_cpu"],
+            "error_bound": s["validity"].get("error_bound"),
         },
         records=records,
     )

@@ -3,6 +3,7 @@ table is made of, on hand-made truth whose answers are known."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -66,3 +67,31 @@ def test_decomposition_splits_send_delay_from_receive_delay() -> None:
     # A record whose event count differs from the server's request is not paired with it.
     short = [*records[:-1], record(19, records[-1].t_sent, list(records[-1].ev_t[:2]))]
     assert decompose(short, entries, None).matched == 19
+
+
+def test_the_bound_check_sets_the_true_error_against_the_records_bound() -> None:
+    from bench._truth import check_bound
+
+    entries = [entry(1000 + i * 100, 50, [10, 10]) for i in range(20)]
+
+    def records(late_ms: float, bound_ms: float) -> list[Record]:
+        # Every second event is stamped `late_ms` late (read with the next one): its bound says
+        # by how much it may be.
+        out = []
+        for i, e in enumerate(entries):
+            lates = [int(late_ms * MS) if k == 1 else 0 for k in range(3)]
+            stamps = [t + d for t, d in zip(e["events_ns"], lates, strict=True)]
+            r = record(i, e["arrival_ns"], stamps)
+            out.append(dataclasses.replace(r, sent_late=0, ev_late=(0, int(bound_ms * MS), 0)))
+        return out
+
+    c = check_bound(records(4, 5), entries, None)
+    assert c.matched == 20
+    assert c.ttft_err_ms == {50.0: pytest.approx(0), 99.0: pytest.approx(0)}
+    assert c.itl_err_ms[99.0] == pytest.approx(4)  # 10 + 4 ms where the truth has 10
+    assert c.itl_bound_ms is not None and c.itl_bound_ms[99.0] == pytest.approx(5)
+    assert c.holds() is True
+    assert check_bound(records(4, 1), entries, None).holds() is False  # a bound below the error
+    assert check_bound(records(4, 0), entries, None).itl_bound_ms == {50.0: 0, 99.0: 0}
+    unbounded = [dataclasses.replace(r, ev_late=None) for r in records(4, 5)]
+    assert check_bound(unbounded, entries, None).holds() is None

@@ -141,12 +141,8 @@ def _metric(
 
 def _ev_late(r: Record) -> Sequence[int] | None:
     """The record's per-event bound, None unless it has one for every event."""
-    late = getattr(r, "ev_late", None)
+    late = r.ev_late
     return late if late is not None and len(late) == len(r.ev_t) else None
-
-
-def _sent_late(r: Record) -> int | None:
-    return getattr(r, "sent_late", None)
 
 
 def error_bounds(ok: Sequence[Record], s: Samples) -> ErrorBounds:
@@ -155,8 +151,8 @@ def error_bounds(ok: Sequence[Record], s: Samples) -> ErrorBounds:
     nreq = len(ok)
     ev_late = [_ev_late(r) for r in ok]
     has_ev = np.fromiter((x is not None for x in ev_late), dtype=bool, count=nreq)
-    has_sent = np.fromiter((_sent_late(r) is not None for r in ok), dtype=bool, count=nreq)
-    sent = np.fromiter((_sent_late(r) or 0 for r in ok), dtype=np.int64, count=nreq)
+    has_sent = np.fromiter((r.sent_late is not None for r in ok), dtype=bool, count=nreq)
+    sent = np.fromiter((r.sent_late or 0 for r in ok), dtype=np.int64, count=nreq)
     # Per event, aligned with `s.event_t`; 0 where the record has no bound (it is then missing).
     late = np.fromiter(
         itertools.chain.from_iterable(
@@ -190,6 +186,6 @@ def record_bounds_s(r: Record) -> tuple[float | None, np.ndarray | None]:
     late = _ev_late(r)
     if late is None or not late:
         return None, None
-    ttft = None if _sent_late(r) is None else max(late[0], _sent_late(r)) / NS_PER_S
+    ttft = None if r.sent_late is None else max(late[0], r.sent_late) / NS_PER_S
     arr = np.asarray(late, dtype=np.int64)
     return ttft, np.maximum(arr[1:], arr[:-1]) / NS_PER_S

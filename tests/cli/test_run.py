@@ -213,7 +213,11 @@ def test_a_starved_client_says_its_run_is_client_bound(tmp_path: Path) -> None:
             h.wait()
     assert code == 4, err
     assert s["client_bound"] is True
-    assert any("event-loop lag" in r for r in s["validity"]["reasons"])
+    # The verdict is the measured error bound; the loop lag is named as what explains it.
+    reasons = s["validity"]["reasons"]
+    assert s["validity"]["judged_by"] == "error_bound", s["validity"]
+    assert any(r.startswith(("TTFT may be", "ITL may be")) for r in reasons), reasons
+    assert any("event-loop lag" in r for r in reasons)
 
 
 def test_wrong_model_is_refused_before_any_load(tmp_path: Path) -> None:

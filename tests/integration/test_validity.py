@@ -50,5 +50,9 @@ def test_a_client_starved_on_its_core_is_flagged_client_bound(
     assert summary["client_bound"] is True
     reasons = summary["validity"]["reasons"]
     # Sharing a core three ways, the client's loop waits whole scheduler slices (milliseconds)
-    # for its turn: far above the lag limit, whatever else the machine is doing.
-    assert any("event-loop lag" in r for r in reasons), reasons
+    # for its turn: events queue in its sockets and share a late read's stamp, so the measured
+    # error bound of ITL (2 ms gaps) passes its 1 ms tolerance; the reason states the bound,
+    # with the loop lag that explains it.
+    assert summary["validity"]["judged_by"] == "error_bound", summary["validity"]
+    assert any(r.startswith(("TTFT may be", "ITL may be")) for r in reasons), reasons
+    assert any("event-loop lag p99" in r for r in reasons), reasons

@@ -121,7 +121,11 @@ def cdf_figure(runs: Sequence[tuple[str, Run]], metric: str) -> go.Figure:
         if values.size == 0:
             continue
         ms = np.percentile(values, CDF_GRID) * 1e3
-        lo_ms, hi_ms = min(lo_ms, float(ms[0])), max(hi_ms, float(ms[-1]))
+        # A log axis cannot show 0 (an ITL between two events of one read), so the axis starts
+        # at the smallest positive value, as Plotly's would.
+        positive = ms[ms > 0]
+        if positive.size:
+            lo_ms, hi_ms = min(lo_ms, float(positive[0])), max(hi_ms, float(ms[-1]))
         attained = float(np.count_nonzero(values <= threshold) / values.size)
         fig.add_trace(
             go.Scatter(

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 from plotly.offline import get_plotlyjs_version
 
-from latbench.render.charts import log_axis
+from latbench.records import Record
+from latbench.records.record import RecordsFile
+from latbench.render.charts import cdf_figure, log_axis
 from latbench.render.page import plotly_js
+from latbench.render.readback import Run
+from latbench.spec import load_spec
+from latbench.summary import summarize
+
+MS = 1_000_000
 
 
 @pytest.mark.parametrize(
@@ -55,3 +64,24 @@ def test_the_inlined_bundle_is_plotly_js_basic_of_the_version_plotly_py_builds_f
     # version may not read them.
     assert head.group(1) == get_plotlyjs_version().split(".")[0]
     assert len(js) < 1_300_000  # the full bundle is 4.8 MB
+
+
+def test_a_cdf_with_zero_gaps_starts_its_axis_at_its_smallest_positive_point() -> None:
+    # Two events of one read share their instant: an ITL of exactly 0, which a log axis cannot
+    # show. The axis starts at the curve's smallest positive point, not at a stand-in for 0
+    # decades below every sample.
+    records = [
+        Record(
+            run_id="t", seq=i, phase="measure", api="chat", t_intended=0, t_sent=0,
+            t_end=40 * MS, ev_t=(20 * MS, 20 * MS, 25 * MS, 35 * MS), ev_kind="cccc",
+        )
+        for i in range(4)
+    ]  # fmt: skip
+    file = RecordsFile(None, records, None)
+    run = Run("t", Path("records.jsonl"), file, load_spec({}), summarize(records))
+    fig = cdf_figure([("t", run)], "itl")
+    curve = np.asarray(fig.data[0].x)
+    assert curve[0] == 0  # drawn from 0, as the samples are
+    lo, hi = fig.layout.xaxis.range
+    assert 10**lo == pytest.approx(curve[curve > 0].min() / 1.15)
+    assert 10**hi == pytest.approx(100 * 1.15)  # the 100 ms target

@@ -78,11 +78,14 @@ def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload:
 
 
 async def calibrate_prompts(
-    session: aiohttp.ClientSession, endpoint: Endpoint, w: WorkloadSpec
+    session: aiohttp.ClientSession, endpoint: Endpoint, spec: RunSpec
 ) -> tuple[TokenScale | None, list[str]]:
     """The target's token scale for synthetic prompts, measured once before the run, and what
-    the user should be told about it (client/tokenize.py); a prompt file asks for no length."""
-    if w.source != "synthetic":
+    the user should be told about it (client/tokenize.py); a prompt file asks for no length.
+    The built-in simulator counts a word as a token, so its runs need no request to know it
+    (and its faults, dealt to requests in turn, see only the run's)."""
+    w = spec.workload
+    if w.source != "synthetic" or spec.target.base_url is None:
         return None, []
     return await calibrate(
         session, endpoint, w.tokenizer, DEFAULT_VOCABULARY, lambda s: make_workload(w, s).item
@@ -161,7 +164,7 @@ async def run_benchmark(
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.target.timeouts.connect)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         endpoint = await resolve_endpoint(session, spec.target, base_url, spec.workload)
-        scale, calibration = await calibrate_prompts(session, endpoint, spec.workload)
+        scale, calibration = await calibrate_prompts(session, endpoint, spec)
         for note in calibration:
             console.print(f"[yellow]warning:[/] {note}", highlight=False)
         if scale is not None:

@@ -32,7 +32,14 @@ from latbench.sim import SimConfig, SimProcess
 
 TOKEN = "bench-token-0123456789abcdef"
 READY = "latbench serve listening on "
-LOOSE = {"validity": {"loop_lag_p99": "50ms", "queue_delay_p99": "50ms"}}
+LOOSE = {
+    "validity": {
+        "ttft_tolerance": "50ms",
+        "itl_tolerance": "50ms",
+        "loop_lag_p99": "50ms",
+        "queue_delay_p99": "50ms",
+    }
+}
 
 
 def http(method: str, url: str, body: Any = None) -> tuple[Any, float]:

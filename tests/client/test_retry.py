@@ -258,7 +258,8 @@ def test_a_run_with_retries_records_them_and_counts_requests_once(tmp_path: Path
     and refuses every third request with a 429; every request succeeds on its retry."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(
-        "validity: {loop_lag_p99: 50ms, queue_delay_p99: 50ms}\n"
+        "validity: {ttft_tolerance: 50ms, itl_tolerance: 50ms, loop_lag_p99: 50ms,"
+        " queue_delay_p99: 50ms}\n"
         "sim: {faults: [{kind: http_status, status: 429, every: 3, retry_after: 0}]}\n"
     )
     args = ["--spec", str(spec), "--out", str(tmp_path), "--json", "--requests", "12"]

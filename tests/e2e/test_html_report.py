@@ -212,7 +212,10 @@ def check_page(
 
 
 CDFS = {"cdf-ttft", "cdf-ttfo", "cdf-itl", "cdf-tpot", "cdf-e2e"}
-LOOSE = "validity: {loop_lag_p99: 2s, queue_delay_p99: 2s, client_cpu: 8}\n"
+LOOSE = (
+    "validity: {ttft_tolerance: 2s, itl_tolerance: 2s, "
+    "loop_lag_p99: 2s, queue_delay_p99: 2s, client_cpu: 8}\n"
+)
 
 
 @pytest.fixture(scope="module")

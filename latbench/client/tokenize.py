@@ -104,6 +104,9 @@ def local_counter(name: str) -> Count:
     path = Path(name).expanduser()
     if path.is_dir():
         path = path / "tokenizer.json"
+    if not path.exists() and (name.endswith(".json") or ("/" in name and path.parent.exists())):
+        # A file that is not there, not a Hub name ("org/model" has no folder "org" here).
+        raise SpecError(f"workload.tokenizer {name!r}: no such file")
     try:
         tok = Tokenizer.from_file(str(path)) if path.exists() else Tokenizer.from_pretrained(name)
     except Exception as e:  # the library raises plain Exceptions for a bad file or name

@@ -126,6 +126,8 @@ def test_a_tokenizer_that_cannot_be_loaded_is_a_named_error(tmp_path: Path) -> N
     bad.write_text("{not json")
     with pytest.raises(SpecError, match=r"workload.tokenizer .*tokenizer.json.*cannot load it"):
         local_counter(str(bad))
+    with pytest.raises(SpecError, match=r"workload.tokenizer .*missing.json': no such file$"):
+        local_counter(str(tmp_path / "missing.json"))
 
 
 # --- whole runs against the simulator -------------------------------------------------------

@@ -41,7 +41,8 @@ FIELDS = [
     "source", "path", "input_tokens", "output_tokens", "ignore_eos", "extra_body", "seed",
     "mode", "concurrency", "rate", "burstiness", "duration", "requests", "warmup", "cooldown",
     "warmup_requests", "cooldown_requests", "workers", "overtime", "loop_lag_p99",
-    "queue_delay_p99", "client_cpu", "max_failed_fraction", "kind", "mean", "std", "min", "max",
+    "queue_delay_p99", "client_cpu", "max_failed_fraction", "ttft_tolerance", "itl_tolerance",
+    "kind", "mean", "std", "min", "max",
     "ttft", "itl", "faults", "stream",
 ]  # fmt: skip
 SCALARS = st.one_of(

@@ -78,7 +78,10 @@ class Capacity:
     def headline(self) -> str:
         v = self.variable
         if self.value is None and self.limited_by == "client":
-            return f"no capacity measured: the client could not generate the first {v} tried"
+            return (
+                f"no capacity measured: the client could not measure the first {v} tried "
+                "within its error tolerance"
+            )
         if self.value is None:
             return f"no {v} met the SLOs: even the lowest step tried failed"
         text = f"capacity: {format_value(v, self.value)}"
@@ -164,8 +167,9 @@ def find_capacity(steps: Sequence[Step], variable: Variable) -> Capacity | None:
     elif first_bound is not None and (lowest_fail is None or first_bound.value < lowest_fail.value):
         limited_by = "client"
         notes.append(
-            f"step at {format_value(variable, first_bound.value)} was client-bound: the client "
-            "set the pace there, so the server's limit lies above what was measured"
+            f"step at {format_value(variable, first_bound.value)} was client-bound: its "
+            "measured error exceeded the tolerance there, so the server's limit lies above what "
+            "was measured"
         )
     elif lowest_fail is None:
         limited_by = "never-failed"

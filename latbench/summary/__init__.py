@@ -4,7 +4,10 @@ samples    each metric's arithmetic, once: per record (the Prometheus sink, prog
            vectorised over a run (`Samples`: the summary, compare, charts)
 summary    `summarize`: the distributions, token counts, rates, SLO attainment, goodput;
            `summarize_file`: the same from a records file and its spec
-validity   whether the client could be trusted (loop lag, queue delay, CPU) and the failed share
+bound      the measured error bound of the TTFT and ITL percentiles, from each record's own
+           late-stamp bounds (`error_bounds`; `record_bounds_s` for the Prometheus sink)
+validity   the client-bound verdict (the bound against its tolerance; loop lag and CPU as
+           diagnostics, or proxies without a bound) and the failed share
 compare    two runs: bootstrap intervals over requests and a better/worse/same verdict
 server     the server's own account (vLLM's /metrics) and its reconciliation with the records
 scraper    reading that account over HTTP before, during and after a run

@@ -67,6 +67,7 @@ def throughput_table(s: Summary) -> str:
         ["left out", f"{req.warmup:,} warm-up, {req.cooldown:,} cool-down"],
         ["window", "–" if s.window is None else f"{s.window.duration_s:,.3f} s"],
         ["output tokens", f"{s.tokens.output_total:,}"],
+        ["prompt tokens asked vs got", s.tokens.prompt.describe()],
     ]
     return table(["figure", "value"], rows)
 

@@ -143,16 +143,7 @@ def _throughput_table(s: Summary) -> Table:
             f"{_requests(tok.requested)} set max_tokens: {tok.received_exact:,} got exactly "
             f"that many, {tok.received_fewer:,} fewer, {tok.received_more:,} more",
         )
-    pr = tok.prompt
-    table.add_row(
-        "prompt tokens asked vs got",
-        "not requested"
-        if not pr.requested
-        else f"{_requests(pr.requested)} asked, none in the server's usage"
-        if not pr.reported
-        else f"{pr.exact:,} exact, {pr.fewer:,} fewer, {pr.more:,} more; "
-        f"mean got/asked {pr.mean_ratio:.3f} of {_requests(pr.reported)}",
-    )
+    table.add_row("prompt tokens asked vs got", tok.prompt.describe())
     if any(tok.disagreements.values()):
         table.add_row(
             "token counts differ",

@@ -222,6 +222,17 @@ class PromptTokens:
             "answer for other prompt lengths than asked (docs/metrics.md)"
         )
 
+    def describe(self) -> str:
+        """One line for people (the terminal's table and the HTML report's)."""
+        if not self.requested:
+            return "not requested"
+        if not self.reported or self.mean_ratio is None:
+            return f"{self.requested:,} asked, none in the server's usage"
+        return (
+            f"{self.exact:,} exact, {self.fewer:,} fewer, {self.more:,} more; mean got/asked "
+            f"{self.mean_ratio:.3f} over {self.reported:,}"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "requested": self.requested,

@@ -19,8 +19,9 @@ from kit.paths import DATA
 
 from latbench.client import API_KINDS, Endpoint, Timeouts
 from latbench.client.tokenize import Uncountable, calibrate, check, local_counter, measure
-from latbench.records import read_records
+from latbench.records import Record, read_records
 from latbench.sim import SimProcess
+from latbench.summary import summarize
 from latbench.workload import DEFAULT_VOCABULARY, SyntheticWorkload
 from latbench.workload.item import ITEM_STREAM, as_dist, draw_count, rng_for
 from latbench.workload.tokens import PROBE, SERVER, TOKENIZER, TokenScale, pick_words
@@ -257,3 +258,28 @@ def test_counts_that_do_not_add_up_give_a_mean_and_no_count_at_all_gives_none() 
     assert len(set(scale.costs)) == 1 and 1.9 < scale.costs[0] < 2
     with pytest.raises(Uncountable, match="no count of words"):
         scale_from(lambda t: 7)  # a fixed count: every word costs nothing
+
+
+# --- the summary's comparison ----------------------------------------------------------------
+
+
+def asked_got(pairs: list[tuple[int | None, int | None]]) -> dict:
+    base = {"run_id": "t", "phase": "measure", "api": "chat", "t_intended": 0, "t_sent": 0}
+    records = [
+        Record(seq=i, ev_t=(5,), t_end=9, prompt_tokens=a, usage_prompt_tokens=g, **base)
+        for i, (a, g) in enumerate(pairs)
+    ]
+    return summarize(records).tokens.prompt.to_dict()
+
+
+def test_asked_and_reported_prompt_tokens_are_set_side_by_side() -> None:
+    # One exact, one short, one long, one with no usage, one that asked for no length.
+    got = asked_got([(100, 100), (100, 90), (100, 120), (100, None), (None, 55)])
+    assert got == {
+        "requested": 4, "reported": 3, "exact": 1, "fewer": 1, "more": 1,
+        "mean_ratio": pytest.approx((1 + 0.9 + 1.2) / 3), "tolerance": 0.05, "warning": None,
+    }  # fmt: skip
+    # Past the tolerance (a mean 6 % over), the summary warns, naming the ratio.
+    got = asked_got([(100, 106), (200, 212)])
+    assert got["warning"].startswith("prompts held 1.06x the prompt tokens asked for")
+    assert asked_got([(None, 10)])["requested"] == 0

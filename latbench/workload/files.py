@@ -239,8 +239,17 @@ def _jsonl_item(obj: object, where: str) -> WorkItem:
     # A chat API sends the messages, so when the line has both they are what gets checked.
     if "messages" in obj and not any(_words(m["content"]) for m in messages):
         raise SpecError(f"{where}: the messages hold no text")
-    # A file's prompt asks for no length: it is sent as it is (see WorkItem.prompt_tokens).
-    return WorkItem(prompt, messages, None, max_tokens)
+    # A file's prompt is sent as it is: it asks for a length only when the line says which
+    # (its count in the target's tokens), to be set against the server's (WorkItem.prompt_tokens).
+    asked = obj.get("prompt_tokens")
+    if asked is not None and (
+        isinstance(asked, bool) or not isinstance(asked, int) or not 1 <= asked <= MAX_TOKENS
+    ):
+        raise SpecError(
+            f'{where}: "prompt_tokens" must be an integer from 1 to {MAX_TOKENS}, found '
+            f"{asked!r:.40}"
+        )
+    return WorkItem(prompt, messages, asked, max_tokens)
 
 
 def _messages(v: object, where: str) -> tuple[dict[str, str], ...]:

@@ -277,6 +277,19 @@ def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
     assert FileWorkload.from_jsonl(p).item(0).prompt == "hi there"
 
 
+def test_a_jsonl_line_may_ask_for_its_prompt_length(tmp_path: Path) -> None:
+    # A dataset built with the target's tokenizer can say how long each prompt is meant to be;
+    # the summary then sets it against the server's count. Without it, nothing is asked.
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(b'{"prompt": "a b c", "prompt_tokens": 7}\n{"prompt": "d e"}\n')
+    w = FileWorkload.from_jsonl(p, shuffle=False)
+    assert [w.item(n).prompt_tokens for n in range(2)] == [7, None]
+    for bad in ("0", "true", '"7"', "4194305"):
+        p.write_bytes(b'{"prompt": "a", "prompt_tokens": ' + bad.encode() + b"}\n")
+        with pytest.raises(SpecError, match=r'line 1: "prompt_tokens" must be an integer from 1'):
+            FileWorkload.from_jsonl(p)
+
+
 # --- ShareGPT -------------------------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ _SO_TIMESTAMPING = 37  # Linux's asm-generic numbering (x86, ARM, RISC-V); Pytho
 _RX_SOFTWARE = 1 << 3
 _SOFTWARE = 1 << 4
 _TX = (1 << 1) | (1 << 7) | (1 << 11)  # TX_SOFTWARE | OPT_ID | OPT_TSONLY
+_OPT_ID_TCP = 1 << 16
 _ORIGIN_TIMESTAMPING = 4  # SO_EE_ORIGIN_TIMESTAMPING
 _RECVERR = {(0, 11), (41, 25)}  # (SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR)
 
@@ -180,13 +181,18 @@ class StampedSocket(socket.socket):
         """Transmit stamps from now on (a connected socket); False where the kernel refuses."""
         if _STAMPING is None:
             return False
-        try:
-            self.setsockopt(socket.SOL_SOCKET, _STAMPING, _RX_SOFTWARE | _SOFTWARE | _TX)
-        except OSError:
-            return False
-        # OPT_ID counts bytes from here (nothing sent yet on a fresh connection).
-        self.sent, self.tx_key, self.tx_on = 0, -1, True
-        return True
+        # OPT_ID_TCP (Linux 6.2) counts ids from the next byte written; plain OPT_ID from the
+        # first byte not yet acknowledged, the same on a fresh connection, but not after a TLS
+        # handshake whose last bytes are still in flight (the ids then never match `sent`, and
+        # the send falls back to the write's return).
+        for flags in (_RX_SOFTWARE | _SOFTWARE | _TX | _OPT_ID_TCP, _RX_SOFTWARE | _SOFTWARE | _TX):
+            try:
+                self.setsockopt(socket.SOL_SOCKET, _STAMPING, flags)
+            except OSError:
+                continue
+            self.sent, self.tx_key, self.tx_on = 0, -1, True
+            return True
+        return False
 
     def drain_tx(self) -> None:
         """Take every transmit stamp waiting on the error queue; keep the newest (highest id)."""

@@ -116,6 +116,8 @@ def run_latbench(
     except ValueError:
         return ToolRun("latbench", code, wall, {}, {}, "pooled", mon, log=text[-2000:])
     lat = s["latency"]
+    if lat["ttft"].get("p50") is None:  # no request succeeded: nothing to score
+        return ToolRun("latbench", code, wall, {}, {}, "pooled", mon, log=text[-2000:])
     records = read_records(next(out_dir.glob("*/records.jsonl"))).records
     return ToolRun(
         "latbench",

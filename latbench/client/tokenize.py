@@ -3,7 +3,7 @@
 `calibrate` returns the `TokenScale` that synthetic prompts are built with (workload/tokens.py),
 from the first of these that answers:
 
-1. the server's `POST /tokenize` (vLLM, SGLang, the built-in simulator): `{"model", "prompt"}`,
+1. the server's `POST /tokenize` (vLLM, SGLang, `latbench sim`): `{"model", "prompt"}`,
    or `{"model", "messages", "add_generation_prompt": true}` for the chat-shaped APIs so the
    chat template is counted as the server will count it; the answer's `count` (vLLM) or the
    length of its `tokens` (both);
@@ -20,15 +20,18 @@ tokenizers of large models, so words are counted in groups first (a group whose 
 size is all single tokens) and one at a time only inside the groups that are not: 2 requests for
 the simulator, 397 for the e2e stage's tiny tokenizer (0.2-0.4 s against its vLLM on 2 shared
 cores). Then CHECKED built prompts are counted whole, and the scale says how many came out exact.
+The built-in simulator of a run without a target is not asked (run/benchmark.py): it counts a
+word as a token, which is what uncalibrated prompts are.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from time import monotonic_ns
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -119,6 +122,17 @@ def local_counter(name: str) -> Count:
     return count
 
 
+async def _all(counts: Iterable[Coroutine[Any, Any, int]]) -> list[int]:
+    """Every count, or the first Uncountable with the other requests cancelled (a gather would
+    leave them running against a server that has already said it cannot count)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in counts]
+    except ExceptionGroup as eg:
+        raise eg.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
 async def measure(
     count: Count, vocabulary: Sequence[str], lead_word: str, source: str, detail: str
 ) -> TokenScale:
@@ -133,14 +147,14 @@ async def measure(
     costs: list[int] = [1] * len(vocabulary)
     if await after_lead(vocabulary) - lead != len(vocabulary):
         starts = range(0, len(vocabulary), GROUP)
-        sums = await asyncio.gather(*(after_lead(vocabulary[i : i + GROUP]) for i in starts))
+        sums = await _all(after_lead(vocabulary[i : i + GROUP]) for i in starts)
         alone = [
             i
             for start, total in zip(starts, sums, strict=True)
             if total - lead != len(vocabulary[start : start + GROUP])
             for i in range(start, min(start + GROUP, len(vocabulary)))
         ]
-        counted = await asyncio.gather(*(after_lead((vocabulary[i],)) for i in alone))
+        counted = await _all(after_lead((vocabulary[i],)) for i in alone)
         for i, n in zip(alone, counted, strict=True):
             costs[i] = n - lead
     if min(costs) >= 1:
@@ -157,7 +171,7 @@ async def measure(
 async def check(scale: TokenScale, build: Callable[[int], WorkItem], count: Count) -> TokenScale:
     """The scale, with how many of the first CHECKED built prompts hold what they asked for."""
     items = [build(n) for n in range(CHECKED)]
-    got = await asyncio.gather(*(count(it.prompt) for it in items))
+    got = await _all(count(it.prompt) for it in items)
     hits = sum(n == it.prompt_tokens for n, it in zip(got, items, strict=True))
     return replace(scale, checked=(hits, len(items)), exact=scale.exact and hits == len(items))
 

@@ -143,7 +143,7 @@ def validity_rows(v: Validity) -> list[list[str]]:
     else:
         missing = "–" if v.bounds is None else f"{v.bounds.missing:,} requests without one"
         rows.append(["error bound", f"unknown: {missing}", "judged by proxies"])
-    closed = "closed loop: diagnostic"
+    closed = "diagnostic"  # closed loop: a late send is the concurrency limit at work
     proxy = "proxy" if v.proxy else "diagnostic"
     unsent = "–" if v.unsent is None else f"{v.unsent:,}"
     cpu = "–" if v.client_cpu is None else f"{v.client_cpu:.0%} of one core"

@@ -48,13 +48,15 @@ class TokenScale:
     exact: bool  # every cost measured for its word (a whole number); False: one mean for all
     detail: str = ""  # the tokenizer's path or name, the endpoint, why it is approximate
     checked: tuple[int, int] = (0, 0)  # built prompts counted by the tokenizer: (exact, of)
-    _by_cost: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    # The words of each cost, to fill a prompt's last tokens (exact scales only); derived.
+    _by_cost: dict[int, np.ndarray] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        by_cost: dict[int, np.ndarray] = {}
         if self.exact:
             costs = np.asarray(self.costs, dtype=np.int64)
-            for c in np.unique(costs):
-                self._by_cost[int(c)] = np.flatnonzero(costs == c)
+            by_cost = {int(c): np.flatnonzero(costs == c) for c in np.unique(costs)}
+        object.__setattr__(self, "_by_cost", by_cost)
 
     def describe(self) -> dict[str, Any]:
         costs = np.asarray(self.costs, dtype=np.float64)

@@ -8,10 +8,15 @@ arrival. The stdlib loop's transports read and write through the socket object's
 (which is why a process that wants these stamps runs the stdlib loop: see docs/performance.md).
 
 Each read also notes a floor (`ref_ns`): an instant no byte it brought can have arrived before.
-It is the start of the last read that left the receive queue empty (a read that did not fill its
-buffer, or one that found nothing), or of the last send (on an HTTP/1.1 connection no response
-byte comes before its request went out). The stamp minus that floor is how late the stamp can be
-for any byte of the read but its last: client/reads.py turns it into each event's error bound.
+It is the latest of: the start of the last read that left the receive queue empty (a read that
+did not fill its buffer, or one that found nothing); the start of the last send (on an HTTP/1.1
+connection no response byte comes before its request went out); and, on a loop built by
+`new_event_loop`, the start of the last `select` that did not report the socket while it was
+registered for reading (epoll is level-triggered: the queue was empty when it looked). The last
+keeps the floor close behind the read wherever the loop turns often, as it does with many
+streams, so only the time the worker truly missed widens the bound, not the time it idled. The
+stamp minus the floor is how late the stamp can be for any byte of the read but its last:
+client/reads.py turns it into each event's error bound.
 
 Transmit: a client socket (`start_tx`, once connected: the kernel refuses byte-counted ids on an
 unconnected TCP socket) asks for the kernel's software transmit stamp of the last byte of every
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import socket
 import struct
 import sys
@@ -98,14 +104,54 @@ def _realtime(raw: bytes) -> int:
             return sec * 1_000_000_000 + nsec - wall + ((m0 + m1) >> 1)
 
 
+class TurnSelector(selectors.EpollSelector):
+    """The loop's selector, numbering its turns: when each `select` began (`start`, and `prev` for
+    the one before), and from which turn each descriptor has been registered for reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turn = 0
+        self.start = self.prev = 0
+        self.reading: dict[int, int] = {}
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self.prev = self.start
+        self.start = monotonic_ns()
+        self.turn += 1
+        return super().select(timeout)
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        key = super().register(fileobj, events, data)
+        if events & selectors.EVENT_READ:
+            self.reading[key.fd] = self.turn
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        was = self.get_key(fileobj).events
+        key = super().modify(fileobj, events, data)
+        if not events & selectors.EVENT_READ:
+            self.reading.pop(key.fd, None)
+        elif not was & selectors.EVENT_READ:
+            self.reading[key.fd] = self.turn
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        key = super().unregister(fileobj)
+        self.reading.pop(key.fd, None)
+        return key
+
+
 class StampedSocket(socket.socket):
     """A socket whose reads note the kernel's arrival stamp of the newest segment they read and
     the floor under it, and whose sends (once `start_tx` ran) get the kernel's transmit stamp."""
 
     __slots__ = (
+        "_fd",
         "_floor",
+        "_turn",
         "ref_ns",
         "rx_ns",
+        "sel",
         "sent",
         "tx_key",
         "tx_ns",
@@ -148,6 +194,16 @@ class StampedSocket(socket.socket):
         return n
 
     def _read(self, t0: int, drained: bool) -> None:
+        sel = self.sel
+        if sel is not None:
+            turn = sel.turn
+            # Not read in the previous turn, so that turn's select did not report it: if it was
+            # registered for reading by then, its queue was empty when that select looked.
+            if self._turn < turn - 1 and sel.prev > self._floor:
+                since = sel.reading.get(self._fd)
+                if since is not None and since < turn - 1:
+                    self._floor = sel.prev
+            self._turn = turn
         # The floor of the first read the protocol has not taken yet: under TLS several socket
         # reads can make one delivery, whose bytes are no later than the first read's floor.
         if not self.ref_ns:
@@ -164,6 +220,8 @@ class StampedSocket(socket.socket):
         """A read that found nothing: the queue was empty at `t0`; and the wake that led to it
         may have been a transmit stamp's (an error condition to epoll)."""
         self._floor = t0
+        if self.sel is not None:
+            self._turn = self.sel.turn
         if self.tx_on:
             self.drain_tx()
 
@@ -230,8 +288,10 @@ class StampedSocket(socket.socket):
 
 
 def adopt(sock: StampedSocket) -> StampedSocket:
-    sock.rx_ns = sock.ref_ns = sock._floor = 0
+    sock.rx_ns = sock.ref_ns = sock._floor = sock._turn = 0
     sock.whole = False
+    sock.sel = None
+    sock._fd = sock.fileno()
     sock.sent = sock.tx_ns = sock.write0_ns = sock.write1_ns = 0
     sock.tx_key = -1
     sock.tx_on = False
@@ -244,7 +304,14 @@ def adopt(sock: StampedSocket) -> StampedSocket:
 def client_socket(addr_info: Any) -> socket.socket:
     """aiohttp's `socket_factory`: a stamped socket for each connection it opens."""
     family, type_, proto, _, _ = addr_info
-    return adopt(StampedSocket(family, type_, proto))
+    sock = adopt(StampedSocket(family, type_, proto))
+    try:
+        sel = getattr(asyncio.get_running_loop(), "_selector", None)
+    except RuntimeError:  # made outside a loop
+        sel = None
+    if isinstance(sel, TurnSelector):
+        sock.sel = sel
+    return sock
 
 
 def of(transport: Any) -> StampedSocket | None:
@@ -258,7 +325,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     stamps are available, since its transports read through the socket object; else uvloop,
     when installed."""
     if AVAILABLE:
-        return asyncio.new_event_loop()
+        return asyncio.SelectorEventLoop(TurnSelector())
     try:
         import uvloop
     except ImportError:

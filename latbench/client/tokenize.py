@@ -17,9 +17,10 @@ from the first of these that answers:
 With a tokenizer at hand the cost of each word is measured, so the counts are exact for
 tokenizers that split at spaces; most words of common-English vocabularies are one token for the
 tokenizers of large models, so words are counted in groups first (a group whose count equals its
-size is all single tokens) and one at a time only inside the groups that are not: 2 requests for
-the simulator, 397 for the e2e stage's tiny tokenizer (0.2-0.4 s against its vLLM on 2 shared
-cores). Then CHECKED built prompts are counted whole, and the scale says how many came out exact.
+size is all single tokens) and one at a time only inside the groups that are not; with the LEADS
+lead words counted alone, 17 requests for `latbench sim`, 412 for the e2e stage's tiny tokenizer
+(0.2-0.4 s against its vLLM on 2 shared cores). Then CHECKED built prompts are counted whole,
+and the scale says how many came out exact.
 The built-in simulator of a run without a target is not asked (run/benchmark.py): it counts a
 word as a token, which is what uncalibrated prompts are.
 """
@@ -46,6 +47,7 @@ from latbench.workload.tokens import SERVER, TOKENIZER, TokenScale, probe_scale
 Count = Callable[[str], Awaitable[int]]
 
 GROUP = 16  # words counted together before any is counted alone
+LEADS = 16  # the first words of the vocabulary that prompts may start with (workload/tokens.py)
 CONCURRENT = 8  # /tokenize requests in flight: a short burst, not a load
 CHECKED = 4  # built prompts counted whole to check the scale
 PROBE_WORDS = 128  # words of the longer probe prompt
@@ -134,16 +136,21 @@ async def _all(counts: Iterable[Coroutine[Any, Any, int]]) -> list[int]:
 
 
 async def measure(
-    count: Count, vocabulary: Sequence[str], lead_word: str, source: str, detail: str
+    count: Count, vocabulary: Sequence[str], leads: Sequence[str], source: str, detail: str
 ) -> TokenScale:
-    """Each word's cost after a space: the count of "lead w..." less the lead's, by groups."""
+    """Each lead word's count alone, and each word's cost after a space: the count of
+    "lead w..." less the first lead's, by groups."""
     gate = asyncio.Semaphore(CONCURRENT)
 
-    async def after_lead(words: Sequence[str]) -> int:
+    async def counted(text: str) -> int:
         async with gate:
-            return await count(" ".join((lead_word, *words)))
+            return await count(text)
 
-    lead = await after_lead(())
+    async def after_lead(words: Sequence[str]) -> int:
+        return await counted(" ".join((leads[0], *words)))
+
+    lead_costs = tuple(map(float, await _all(counted(w) for w in leads)))
+    lead = int(lead_costs[0])
     costs: list[int] = [1] * len(vocabulary)
     if await after_lead(vocabulary) - lead != len(vocabulary):
         starts = range(0, len(vocabulary), GROUP)
@@ -158,14 +165,15 @@ async def measure(
         for i, n in zip(alone, counted, strict=True):
             costs[i] = n - lead
     if min(costs) >= 1:
-        return TokenScale(source, lead_word, float(lead), tuple(map(float, costs)), True, detail)
+        return TokenScale(source, tuple(leads), lead_costs, tuple(map(float, costs)), True, detail)
     # A word that costs nothing after the lead: the counts do not add up word by word, so
     # only their mean is of use (built prompts are then right on average, as with probes).
     per_word = sum(costs) / len(costs)
     if not MIN_PER_WORD <= per_word <= MAX_PER_WORD:
         raise Uncountable(f"{detail} gave {per_word:.3g} tokens a word, no count of words")
     why = "; words did not add up one by one, so a mean cost is used"
-    return TokenScale(source, lead_word, float(lead), (per_word,) * len(costs), False, detail + why)
+    costs_all = (per_word,) * len(costs)
+    return TokenScale(source, tuple(leads), lead_costs, costs_all, False, detail + why)
 
 
 async def check(scale: TokenScale, build: Callable[[int], WorkItem], count: Count) -> TokenScale:
@@ -222,7 +230,7 @@ async def calibrate(
     in words, and the notes say so."""
     if tokenizer == "words":
         return None, []
-    lead_word = vocabulary[0]
+    leads = vocabulary[:LEADS]
     base = ep.base_url.rstrip("/")
     sources: list[tuple[str, Count, str]] = [
         (SERVER, server_counter(session, ep, ep.api.name), f"{base}/tokenize")
@@ -232,7 +240,7 @@ async def calibrate(
     misses: list[str] = []
     for source, count, detail in sources:
         try:
-            scale = await measure(count, vocabulary, lead_word, source, detail)
+            scale = await measure(count, vocabulary, leads, source, detail)
             scale = await check(scale, build(scale), count)
         except Uncountable as e:
             misses.append(str(e))
@@ -242,7 +250,7 @@ async def calibrate(
             notes.append(f"prompt lengths from the server's own {detail}, not {tokenizer!r}")
         return scale, notes
     try:
-        return await probe(session, ep, vocabulary, lead_word), []
+        return await probe(session, ep, vocabulary, leads[0]), []
     except Uncountable as e:
         misses.append(str(e))
     return None, [

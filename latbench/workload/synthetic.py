@@ -58,7 +58,8 @@ class SyntheticWorkload:
 
     Each request draws its own words, so a server's prefix cache cannot serve prompts from one
     another. With `scale`, each prompt holds its drawn count of the target's tokens (see
-    workload/tokens.py) and starts with the scale's lead word; without, it is that many words.
+    workload/tokens.py) and starts with one of the scale's lead words; without, it is that many
+    words.
     """
 
     def __init__(
@@ -96,8 +97,8 @@ class SyntheticWorkload:
         if self.scale is None:
             prompt = " ".join(self._words[rng.integers(0, len(self._words), n_in)])
         else:
-            picked, _ = pick_words(self.scale, n_in, rng)
-            prompt = " ".join((self.scale.lead_word, *self._words[picked]))
+            lead, picked, _ = pick_words(self.scale, n_in, rng)
+            prompt = " ".join((lead, *self._words[picked]))
         return WorkItem(
             prompt=prompt, messages=user_turn(prompt), prompt_tokens=n_in, max_tokens=n_out
         )

@@ -5,18 +5,21 @@ A synthetic prompt is random vocabulary words, and the target's tokenizer decide
 cost. Taken as one token a word, `--input-tokens 128` sent 468 prompt tokens to the e2e stage's
 vLLM (its byte-level BPE, trained on 46 words, splits the default vocabulary into 3.6 tokens a
 word, 1 to 7), while `vllm bench serve --random-input-len 128` sends 128. A `TokenScale` holds
-what the target charges: the tokens of a prompt that is only the lead word (with whatever the
+what the target charges: the tokens of a prompt that is only a lead word (with whatever the
 server adds around a prompt: a BOS token, a chat template), and what each vocabulary word adds
 after a space. Tokenizers that split text at spaces before merging (byte-level BPE as in GPT-2,
 Llama 3 or Qwen; SentencePiece, which splits at whitespace too) are additive in such words: the
 count of "lead w1 w2 ..." is the lead's count plus the words' costs (exact on the e2e tokenizer
-over the whole vocabulary), so a prompt is built to its drawn count exactly, and
+over the whole vocabulary, 0 of 4,500 prompts off), so a prompt is built to its drawn count
+exactly, and
 `client.tokenize` checks a few built prompts against the tokenizer to say so.
 
-Every calibrated prompt starts with the same lead word, because the first word of a text is
-tokenised without a leading space (the e2e tokenizer takes " the" and "the" apart) and a known
-first word keeps the count exact. Prompts share that word and the template: a prefix far shorter
-than a cache block (16 tokens in vLLM), so a prefix cache still cannot serve one from another.
+Every calibrated prompt starts with one of a few lead words whose count alone was measured,
+because the first word of a text is tokenised without a leading space (the e2e tokenizer takes
+" the" and "the" apart) and a known first word keeps the count exact. There are 16 (one for
+probes), drawn per request, so two prompts share their first word once in 16: a prefix cache
+keeps blocks of 16 tokens (vLLM), and one shared lead word beside a shared chat template could
+complete a block that random prompts would not share.
 
 Without a scale (`None`: a workload made in code, or `--tokenizer words`) a word is a token, as
 the built-in simulator counts, and prompts are the same words as before calibration existed.
@@ -42,8 +45,10 @@ class TokenScale:
     """What the target charges for a synthetic prompt, in its tokens."""
 
     source: str  # SERVER, TOKENIZER or PROBE
-    lead_word: str
-    lead: float  # tokens of a prompt that is the lead word alone, everything around it included
+    leads: tuple[str, ...]  # the words a prompt may start with
+    # Tokens of a prompt that is each lead word alone, everything around it included (a BOS, a
+    # chat template).
+    lead_costs: tuple[float, ...]
     costs: tuple[float, ...]  # tokens each vocabulary word adds after a space, in its order
     exact: bool  # every cost measured for its word (a whole number); False: one mean for all
     detail: str = ""  # the tokenizer's path or name, the endpoint, why it is approximate
@@ -64,8 +69,8 @@ class TokenScale:
             "source": self.source,
             "detail": self.detail,
             "exact": self.exact,
-            "lead_word": self.lead_word,
-            "lead_tokens": self.lead,
+            "lead_words": list(self.leads),
+            "lead_tokens": [min(self.lead_costs), max(self.lead_costs)],
             "tokens_per_word": round(float(costs.mean()), 4),
             "checked": {"exact": self.checked[0], "of": self.checked[1]},
         }
@@ -73,17 +78,21 @@ class TokenScale:
 
 def pick_words(
     scale: TokenScale, target: int, rng: np.random.Generator
-) -> tuple[np.ndarray, float]:
-    """Indices of the vocabulary words that follow the lead word so that the prompt holds
-    `target` tokens, and the count the scale expects (below `target` only when no word is cheap
+) -> tuple[str, np.ndarray, float]:
+    """A prompt of `target` tokens: its lead word, the indices of the vocabulary words that
+    follow it, and the count the scale expects (below `target` only when no word is cheap
     enough to fill the rest, or when the lead alone is over it)."""
-    rest = target - scale.lead
+    i = int(rng.integers(0, len(scale.leads)))
+    if scale.lead_costs[i] > target:  # a very short prompt: the cheapest lead comes closest
+        i = int(np.argmin(scale.lead_costs))
+    lead, lead_cost = scale.leads[i], scale.lead_costs[i]
+    rest = target - lead_cost
     if rest <= 0:
-        return np.empty(0, dtype=np.int64), scale.lead
+        return lead, np.empty(0, dtype=np.int64), lead_cost
     vocab = len(scale.costs)
     if not scale.exact:
         n = max(0, round(rest / scale.costs[0]))
-        return rng.integers(0, vocab, n), scale.lead + n * scale.costs[0]
+        return lead, rng.integers(0, vocab, n), lead_cost + n * scale.costs[0]
     costs = np.asarray(scale.costs, dtype=np.int64)
     # Candidates in one draw, taken in order while they fit; enough for the cheapest words.
     cand = rng.integers(0, vocab, int(rest // costs.min()) + 1)
@@ -100,7 +109,7 @@ def pick_words(
         words = scale._by_cost[c]
         fill.append(int(words[rng.integers(0, words.size)]))
         left -= c
-    return np.concatenate([taken, np.asarray(fill, dtype=np.int64)]), float(target - left)
+    return lead, np.concatenate([taken, np.asarray(fill, dtype=np.int64)]), float(target - left)
 
 
 def probe_scale(
@@ -110,8 +119,8 @@ def probe_scale(
     mean = max((sample_tokens - lead) / sample, 1e-3)
     return TokenScale(
         PROBE,
-        lead_word,
-        float(lead),
+        (lead_word,),
+        (float(lead),),
         (mean,) * len(vocabulary),
         exact=False,
         detail=f"mean of {sample} words from the usage of 2 requests",

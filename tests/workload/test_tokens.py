@@ -29,27 +29,33 @@ from latbench.workload.tokens import PROBE, SERVER, TOKENIZER, TokenScale, pick_
 V = DEFAULT_VOCABULARY
 
 
-def scale_of(costs: list[int], lead: int = 1) -> TokenScale:
-    return TokenScale(TOKENIZER, "lead", float(lead), tuple(map(float, costs)), exact=True)
+def scale_of(costs: list[int], leads: dict[str, int]) -> TokenScale:
+    lead_costs = tuple(map(float, leads.values()))
+    return TokenScale(TOKENIZER, tuple(leads), lead_costs, tuple(map(float, costs)), exact=True)
 
 
 def test_built_prompts_cost_exactly_what_they_asked_for() -> None:
     costs = [int(c) for c in np.random.default_rng(1).integers(1, 8, len(V))]
-    scale = scale_of(costs, lead=3)
+    leads = {"a": 3, "b": 4, "c": 2}
+    scale = scale_of(costs, leads)
     rng = np.random.default_rng(2)
-    for target in [*range(3, 60), 128, 1000, 5000]:
-        picked, expected = pick_words(scale, target, rng)
+    seen = set()
+    for target in [*range(4, 60), 128, 1000, 5000]:
+        lead, picked, expected = pick_words(scale, target, rng)
         assert expected == target
-        assert 3 + sum(costs[i] for i in picked) == target, target
+        assert leads[lead] + sum(costs[i] for i in picked) == target, target
+        seen.add(lead)
+    assert seen == set(leads)  # each prompt draws its lead word
 
 
 def test_a_remainder_no_word_fits_is_left_short_and_said() -> None:
     # Every word costs 3 after a 2-token lead: 10 tokens cannot be made, 8 can.
-    scale = scale_of([3] * len(V), lead=2)
+    scale = scale_of([3] * len(V), {"x": 2})
     rng = np.random.default_rng(0)
-    picked, expected = pick_words(scale, 10, rng)
+    _, picked, expected = pick_words(scale, 10, rng)
     assert (len(picked), expected) == (2, 8.0)
-    assert pick_words(scale, 1, rng) == (pytest.approx([]), 2.0)  # the lead alone is over
+    _, picked, expected = pick_words(scale, 1, rng)
+    assert (len(picked), expected) == (0, 2.0)  # the lead alone is over
 
 
 def test_without_a_scale_prompts_are_the_words_they_always_were() -> None:
@@ -62,7 +68,7 @@ def test_without_a_scale_prompts_are_the_words_they_always_were() -> None:
 
 
 def test_a_probe_scale_builds_prompts_from_the_mean() -> None:
-    scale = TokenScale(PROBE, "the", 2.0, (2.5,) * len(V), exact=False)
+    scale = TokenScale(PROBE, ("the",), (2.0,), (2.5,) * len(V), exact=False)
     w = SyntheticWorkload(102, 4, scale=scale)
     assert len(w.item(0).prompt.split()) == 1 + 40  # (102 - 2) / 2.5 words after the lead
 
@@ -101,7 +107,7 @@ def test_a_local_tokenizer_calibrates_every_prompt_to_its_count(tokenizer_json: 
     count = local_counter(str(tokenizer_json.parent))  # the folder that holds it works too
 
     async def calibrated() -> TokenScale:
-        scale = await measure(count, V, V[0], TOKENIZER, str(tokenizer_json))
+        scale = await measure(count, V, V[:16], TOKENIZER, str(tokenizer_json))
         w = SyntheticWorkload("normal:256,80", 4, scale=scale)
         return await check(scale, w.item, count)
 
@@ -248,7 +254,7 @@ def scale_from(counts: Callable[[str], int]) -> TokenScale:
     async def count(text: str) -> int:
         return counts(text)
 
-    return asyncio.run(measure(count, V, V[0], SERVER, "test"))
+    return asyncio.run(measure(count, V, V[:16], SERVER, "test"))
 
 
 def test_counts_that_do_not_add_up_give_a_mean_and_no_count_at_all_gives_none() -> None:

@@ -11,8 +11,7 @@ after a space. Tokenizers that split text at spaces before merging (byte-level B
 Llama 3 or Qwen; SentencePiece, which splits at whitespace too) are additive in such words: the
 count of "lead w1 w2 ..." is the lead's count plus the words' costs (exact on the e2e tokenizer
 over the whole vocabulary, 0 of 4,500 prompts off), so a prompt is built to its drawn count
-exactly, and
-`client.tokenize` checks a few built prompts against the tokenizer to say so.
+exactly, and `client.tokenize` checks a few built prompts against the tokenizer to say so.
 
 Every calibrated prompt starts with one of a few lead words whose count alone was measured,
 because the first word of a text is tokenised without a leading space (the e2e tokenizer takes
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 # Where a scale's costs come from, as results.json names it.
-SERVER = "server"  # the target's /tokenize (vLLM, SGLang, the built-in simulator)
+SERVER = "server"  # the target's /tokenize (vLLM, SGLang, latbench sim)
 TOKENIZER = "tokenizer"  # a local tokenizer (--tokenizer)
 PROBE = "probe"  # the usage of requests with max_tokens=1: a mean cost, not each word's
 WORDS = "words"  # no calibration: a word is a token

@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = ""
     if calibration:
         cal = calibration_table(calibration)
-        cal += "\n\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items())
+        cal_meta = {**meta, "simulator processes": "1, pinned to CPU 1 (latbench on CPU 0)"}
+        cal += "\n\n" + "\n".join(f"- {k}: {v}" for k, v in cal_meta.items())
     print(text + ("\n\n" if text and cal else "") + cal)
     if ns.write_doc:
         if rows:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -192,3 +193,40 @@ def test_the_bound_is_never_below_the_true_error_under_starvation(
     if stall_ms:
         # The stalls did batch events into shared reads: the check above had work to do.
         assert sum(late > 1_000_000 for late in lates) >= STREAMS, sorted(lates)
+
+
+def test_a_select_is_a_floor_only_while_the_socket_is_registered_for_reading() -> None:
+    # A loop's select that did not report a socket proves its queue empty only if the socket
+    # was registered for reading then: while reading is paused (flow control), bytes wait in
+    # the queue unseen, and the read after the pause must not take a later select as its floor.
+    loop = rxstamp.new_event_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    async def scenario() -> tuple[int, int, int]:
+        client = rxstamp.client_socket((socket.AF_INET, socket.SOCK_STREAM, 0, "", ()))
+        assert isinstance(client, rxstamp.StampedSocket) and client.sel is not None
+        client.setblocking(False)
+        await loop.sock_connect(client, listener.getsockname())
+        server, _ = listener.accept()
+        got = loop.create_future()
+        loop.add_reader(client, lambda: got.done() or got.set_result(client.recv(100)))
+        loop.remove_reader(client)  # paused
+        sent = monotonic_ns()
+        server.send(b"waiting")
+        for _ in range(5):  # turns of the loop while the bytes wait unseen
+            await asyncio.sleep(0.002)
+        loop.add_reader(client, lambda: got.done() or got.set_result(client.recv(100)))
+        assert await got == b"waiting"
+        loop.remove_reader(client)
+        ref, rx = client.ref_ns, client.rx_ns
+        client.close()
+        server.close()
+        return sent, ref, rx
+
+    try:
+        sent, ref, rx = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+        listener.close()
+    assert sent <= rx  # the kernel's stamp of the bytes' arrival
+    assert ref <= rx, "the floor came after the bytes arrived: a paused select was taken"

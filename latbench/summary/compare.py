@@ -23,21 +23,24 @@ gates on any `worse`.
 
 Several runs per side (`RunGroup`): a replicate draws the side's runs with replacement, then
 resamples each drawn run as above (a hierarchical bootstrap), and computes the statistic over
-the pooled draws (a rate: the mean of the drawn runs' rates). A bootstrap over the requests of
-one run sees only the noise inside that run; on a real server two runs of one configuration
-differ by more than that (a cache, a clock, a neighbour), and against the e2e stage's vLLM two
-runs back to back came out "worse" on 6 of 19 rows. Resampling runs puts that run-to-run spread
-in the interval. Measured with bench/aa.py against the simulator with TTFT and ITL drawn afresh
-for each run (5 % standard deviation between runs, 24 runs, 200 A/A pairs, 19 rows each, 95 %):
-one run per side called 13.2 % of rows worse, three runs per side 0.5 % (docs/performance.md).
-With one run per side the interval is today's, and the comparison says that it leaves out
-run-to-run variation.
+the pooled draws (a rate: the mean of the drawn runs' rates); the replicates are then widened
+about the estimate by sqrt(k/(k-1)), since drawing from k runs as if they were all there is
+spreads a mean of them by only (k-1)/k of its variance. A bootstrap over the requests of one run
+sees only the noise inside that run; on a real server two runs of one configuration differ by
+more than that (a cache, a clock, a neighbour), and against the e2e stage's vLLM two runs back
+to back came out "worse" on 6 of 19 rows. Resampling runs puts that run-to-run spread in the
+interval. Measured with bench/aa.py (docs/performance.md, "A/A comparisons"): 24 runs against
+the simulator with TTFT and ITL drawn afresh for each run (5 % standard deviation), 200 A/A pairs
+of 18 rows at 95 % and a 5 % margin. One run per side called 16.1 % of rows worse; three runs per
+side 3.7 % without the widening and 1.7 % with it, two 2.8 %, five 2.3 %. With one run per side
+the interval is as it always was, and the comparison says that it leaves out run-to-run
+variation.
 
 Per row and side of several runs, `spread` is the variance of the runs' own estimates over the
 mean of their within-run bootstrap variances. Without run-to-run variation it is about 1 (the
-estimates scatter as the bootstrap says); at 2 or more, run-to-run variation is at least as
-large as the sampling noise inside a run (`SPREAD_DOMINATES`), so more runs, not longer ones,
-would narrow the interval.
+estimates scatter as the bootstrap says); it dominates (`dominates_at`) at 2 or more, where the
+run-to-run variance is at least the sampling noise inside a run, and beyond what k runs scatter
+by sampling alone 97.5 % of the time: then more runs, not longer ones, narrow the interval.
 """
 
 from __future__ import annotations
@@ -332,7 +335,11 @@ class RunGroup:
                 for j, u in enumerate(units)
             ]
             out[start : start + b] = f(np.hstack(parts))
-        return out
+        # A bootstrap of k runs spreads a mean of them by (k-1)/k of its variance (it draws from
+        # the k runs as if they were all there is); scaling the replicates about the estimate by
+        # sqrt(k/(k-1)) restores it, as the unbiased variance does (bench/aa.py measured why).
+        est = self.estimate(name, stat)
+        return est + math.sqrt(self.k / (self.k - 1)) * (out - est)
 
     def spread(self, name: str, stat: str, rng: np.random.Generator) -> float | None:
         """Between-run variance of the runs' estimates over their mean within-run bootstrap
@@ -340,9 +347,10 @@ class RunGroup:
         if self.k < 2:
             return None
         est = np.array([r.estimate(name, stat) for r in self.runs])
-        within = [np.nanvar(r.replicates(name, stat, SPREAD_RESAMPLES, rng)) for r in self.runs]
-        if not np.all(np.isfinite(est)) or not np.all(np.isfinite(within)):
+        reps = [r.replicates(name, stat, SPREAD_RESAMPLES, rng) for r in self.runs]
+        if not np.all(np.isfinite(est)) or not all(np.isfinite(x).all() for x in reps):
             return None
+        within = [np.var(x) for x in reps]
         w = float(np.mean(within))
         between = float(np.var(est, ddof=1))
         if w <= 0:

@@ -59,10 +59,13 @@ def rows(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f"{r['metric']} {r['stat']}".strip(): r for r in doc["comparisons"][0]["rows"]}
 
 
-def test_repeat_writes_n_runs_that_compare_takes_as_one_side(sides: dict[str, Path]) -> None:
+def test_repeat_writes_n_runs_that_compare_takes_as_one_side(
+    sides: dict[str, Path], tmp_path: Path
+) -> None:
     runs = sorted(d for d in sides["a"].iterdir() if d.is_dir())
     assert len(runs) == 2 and all((d / "records.jsonl").is_file() for d in runs)
-    code, doc, err = compare_json(str(sides["a"]), str(sides["slow"]))
+    md = tmp_path / "cmp.md"
+    code, doc, err = compare_json(str(sides["a"]), str(sides["slow"]), "--md", str(md))
     assert code == 0, err
     assert doc["baseline_runs"] == [d.name for d in runs]
     assert len(doc["comparisons"][0]["runs"]) == 2
@@ -72,6 +75,10 @@ def test_repeat_writes_n_runs_that_compare_takes_as_one_side(sides: dict[str, Pa
     assert r["itl p50"]["verdict"] == "worse" and r["tpot p50"]["verdict"] == "worse"
     judged = [x for x in r.values() if x["ci_low"] is not None]
     assert judged and all(x["run_spread"] is not None for x in judged)
+    # The Markdown says how the intervals were made and gives each row's spread.
+    text = md.read_text()
+    assert text.startswith(doc["method"]) and "| spread |" in text
+    assert "run-to-run spread dominates" in text  # the legend
 
 
 def test_the_sides_as_lists_of_runs_give_the_same_comparison(sides: dict[str, Path]) -> None:
@@ -86,6 +93,8 @@ def test_the_sides_as_lists_of_runs_give_the_same_comparison(sides: dict[str, Pa
     assert single["run_to_run_accounted"] is False
     assert "run-to-run variation is not accounted for" in single["method"]
     assert all(x["run_spread"] is None for x in single["comparisons"][0]["rows"])
+    p = latbench("compare", a[0], b[0], env={"COLUMNS": "80"})
+    assert "run-to-run variation is not accounted for" in " ".join(p.stdout.split())
 
 
 @pytest.mark.parametrize("several", [True, False])

@@ -13,7 +13,9 @@ as dominating. `--run-spread 0` measures the simulator's own run-to-run variatio
     python -m bench.aa --runs 24 --pairs 200 --k 1,2,3,5 --run-spread 0.05 --duration 3s
     python -m bench.aa --k 1,3,5 --metrics ttft,itl,tpot --percentiles 50,90 --keep POOL
 
-`--metrics`/`--percentiles` score a gate on fewer rows, as `compare --percentile-metrics
+`--shift 0.15` also scores A/B comparisons against a second pool whose TTFT and ITL are 15 %
+higher: a gate that never says "worse" would pass the A/A test too. `--metrics`/`--percentiles`
+score a gate on fewer rows, as `compare --percentile-metrics
 --metric-percentiles` would (the rates always come along); `--margins` the margins to score; the
 results are in docs/performance.md ("A/A comparisons").
 
@@ -44,14 +46,22 @@ SPEC = (
 )
 
 
-def make_pool(root: Path, runs: int, spread: float, duration: str, seed: int) -> list[Path]:
+def make_pool(
+    root: Path, runs: int, spread: float, duration: str, seed: int, scale: float = 1.0
+) -> list[Path]:
+    """`runs` runs under `root` (reused when it has them), TTFT and ITL `scale` times the base."""
+    have = sorted(p.parent for p in root.glob("run*/*/records.jsonl"))
+    if have:
+        print(f"{len(have)} runs reused from {root}", file=sys.stderr)
+        return have
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     spec = root / "spec.yaml"
     spec.write_text(SPEC)
     pool = []
     for i in range(runs):
         ttft, itl = (
-            base * max(0.5, 1 + spread * rng.standard_normal()) for base in (TTFT_S, ITL_S)
+            scale * base * max(0.5, 1 + spread * rng.standard_normal()) for base in (TTFT_S, ITL_S)
         )
         out = root / f"run{i:03d}"
         cmd = [sys.executable, "-m", "latbench", "run", "--spec", str(spec), "--out", str(out),
@@ -85,14 +95,20 @@ def aa_rates(
     margins: list[float],
     metrics: list[str],
     stats: list[str],
+    shifted: list[RunSamples] | None = None,
 ) -> dict[str, Any]:
+    """A/A: both sides from `samples`; with `shifted`, B's runs come from it (A/B: power)."""
     rng = np.random.default_rng(seed)
     rows = judged = dominated = 0
     worse = dict.fromkeys(margins, 0)
     failed = dict.fromkeys(margins, 0)
     for i in range(pairs):
-        pick = rng.choice(len(samples), size=2 * k, replace=False)
-        a, b = [samples[j] for j in pick[:k]], [samples[j] for j in pick[k:]]
+        if shifted is None:
+            pick = rng.choice(len(samples), size=2 * k, replace=False)
+            a, b = [samples[j] for j in pick[:k]], [samples[j] for j in pick[k:]]
+        else:
+            a = [samples[j] for j in rng.choice(len(samples), size=k, replace=False)]
+            b = [shifted[j] for j in rng.choice(len(shifted), size=k, replace=False)]
         result = compare_runs(a, b, metrics=metrics, stats=stats, seed=i)
         rows += len(result)
         judged += sum(r.ci is not None for r in result)
@@ -134,6 +150,12 @@ def main() -> None:
     ap.add_argument(
         "--keep", type=Path, help="keep the pool here; runs already in it are reused, not rerun"
     )
+    ap.add_argument(
+        "--shift",
+        type=float,
+        help="also A/B: B's runs from a second pool with TTFT and ITL this much higher (0.15)",
+    )
+    ap.add_argument("--shift-runs", type=int, default=12, help="runs in that pool (default 12)")
     ns = ap.parse_args()
     ks = [int(x) for x in ns.k.split(",")]
     margins = [float(x.strip().rstrip("%")) / 100 for x in ns.margins.split(",")]
@@ -144,14 +166,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = ns.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        pool = sorted(root.glob("run*/*/records.jsonl"))
-        if pool:
-            pool = [p.parent for p in pool]
-            print(f"{len(pool)} runs reused from {root}", file=sys.stderr)
-        else:
-            pool = make_pool(root, ns.runs, ns.run_spread, ns.duration, ns.seed)
+        pool = make_pool(root, ns.runs, ns.run_spread, ns.duration, ns.seed)
         samples = [load_run(p).samples for p in pool]
-        out = {
+        out: dict[str, Any] = {
             "command": " ".join(["python -m bench.aa", *sys.argv[1:]]),
             "runs": len(pool),
             "run_spread": ns.run_spread,
@@ -159,15 +176,28 @@ def main() -> None:
                 aa_rates(samples, k, ns.pairs, ns.seed + k, margins, metrics, stats) for k in ks
             ],
         }
-    for r in out["results"]:
-        for m, v in r["margins"].items():
-            judged = v["worse_share_of_judged_rows"]
-            print(
-                f"k={r['k']} margin {m}: worse {v['worse_share_of_rows']:.1%} of {r['rows']} "
-                f"rows ({'-' if judged is None else f'{judged:.1%}'} of {r['judged_rows']} "
-                f"judged), gate fails {v['gate_fails_share_of_pairs']:.1%} of {r['pairs']} "
-                f"pairs; spread dominates {r['spread_dominates_share_of_rows']:.1%} of rows"
+        if ns.shift is not None:
+            b_root = root / f"shift{ns.shift:g}"
+            b_pool = make_pool(
+                b_root, ns.shift_runs, ns.run_spread, ns.duration, ns.seed + 1, 1 + ns.shift
             )
+            shifted = [load_run(p).samples for p in b_pool]
+            out["shift"] = ns.shift
+            out["shifted_results"] = [
+                aa_rates(samples, k, ns.pairs, ns.seed + k, margins, metrics, stats, shifted)
+                for k in ks
+            ]
+    for label, results in (("A/A", out["results"]), ("A/B", out.get("shifted_results", []))):
+        for r in results:
+            for m, v in r["margins"].items():
+                judged = v["worse_share_of_judged_rows"]
+                print(
+                    f"{label} k={r['k']} margin {m}: worse {v['worse_share_of_rows']:.1%} of "
+                    f"{r['rows']} rows ({'-' if judged is None else f'{judged:.1%}'} of "
+                    f"{r['judged_rows']} judged), gate fails {v['gate_fails_share_of_pairs']:.1%} "
+                    f"of {r['pairs']} pairs; spread dominates "
+                    f"{r['spread_dominates_share_of_rows']:.1%} of rows"
+                )
     print(json.dumps(out))
 
 

@@ -34,8 +34,10 @@ def add_arguments(sub: Any) -> None:
     cmp = sub.add_parser(
         "compare",
         help="per-metric differences with bootstrap intervals and a better/worse/same verdict",
-        description="Compare runs B, C, ... against baseline A. Exit status 5 when "
-        "--fail-on-regression is given and a metric got worse by more than it.",
+        description="Compare B, C, ... against baseline A. A side is one run or several runs "
+        "of one configuration (a directory of runs, or --a/--b), bootstrapped over runs and then "
+        "requests, so that run-to-run variation counts. Exit status 5 when --fail-on-regression "
+        "is given and a metric got worse by more than it (docs/sweeps.md).",
     )
     cmp.add_argument(
         "runs",

@@ -64,12 +64,7 @@ class Run:
 
     @cached_property
     def samples(self) -> RunSamples:
-        window = (
-            (self.file.footer.window_start, self.file.footer.window_end)
-            if self.file.footer
-            else None
-        )
-        return RunSamples(self.file.records, window, self.spec.slos)
+        return RunSamples.of_file(self.file, self.spec)
 
 
 def load_run(path: str | Path, label: str | None = None) -> Run:

@@ -49,11 +49,11 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from latbench.records.record import Record
+from latbench.records.record import Record, RecordsFile
 from latbench.spec.slo import Slo
 from latbench.summary.samples import (
     GAP_METRICS,
@@ -65,6 +65,9 @@ from latbench.summary.samples import (
     derived_window,
     last_instant,
 )
+
+if TYPE_CHECKING:
+    from latbench.spec import LoadSpec, RunSpec
 
 Verdict = Literal["better", "worse", "same"]
 DEFAULT_MARGIN = 0.05
@@ -121,10 +124,28 @@ class _Metric:
 
 
 class RunSamples:
-    """A run's measured requests as flat arrays, ready for resampling."""
+    """A run's measured requests as flat arrays, ready for resampling.
+
+    Without a `window`, it is derived from the records and `load` as the summary derives it
+    (`samples.derived_window`); without the load too, warm-up is read from the phases, which
+    in a closed loop opens the window late: a caller that has the run's spec passes its load,
+    or builds from the file with `of_file`, so compare's rates are the summary's.
+    """
+
+    @classmethod
+    def of_file(cls, f: RecordsFile, spec: RunSpec) -> RunSamples:
+        """A records file judged by `spec`, windowed as `summary.summarize_file` windows it: the
+        footer's window, else one derived with the spec's load (a run that was killed)."""
+        window = None if f.footer is None else (f.footer.window_start, f.footer.window_end)
+        return cls(f.records, window, spec.slos, load=spec.load)
 
     def __init__(
-        self, records: Sequence[Record], window: tuple[int, int] | None, slos: Sequence[Slo]
+        self,
+        records: Sequence[Record],
+        window: tuple[int, int] | None,
+        slos: Sequence[Slo],
+        *,
+        load: LoadSpec | None = None,
     ) -> None:
         measured = [r for r in records if r.phase == "measure"]
         ok_idx = np.array([i for i, r in enumerate(measured) if r.error is None], dtype=np.int64)
@@ -132,7 +153,7 @@ class RunSamples:
         s = Samples.build(ok)
         self.n = len(measured)
         if window is None:
-            window = derived_window(records)
+            window = derived_window(records, load)
         self.duration_s = (window[1] - window[0]) / NS_PER_S if window else 0.0
         # A rate's estimate is the summary's: what the window held, whatever the phase
         # (`samples.delivered`), so compare and the summary give one figure; the time blocks

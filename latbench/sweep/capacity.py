@@ -227,8 +227,7 @@ def _per_value(steps: Sequence[Step]) -> list[Step]:
 def _samples(step: Step) -> tuple[RunSamples, RunSpec]:
     f = read_records(step.records_path)
     spec = load_spec(f.header.spec if f.header else {}, source=str(step.records_path))
-    window = (f.footer.window_start, f.footer.window_end) if f.footer else None
-    return RunSamples(f.records, window, spec.slos), spec
+    return RunSamples.of_file(f, spec), spec
 
 
 def _evidence(passing: Step | None, failing: Step | None) -> tuple[SloEvidence, ...]:

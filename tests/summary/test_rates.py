@@ -14,10 +14,12 @@ import pytest
 from latbench import ErrorKind
 from latbench.load.pacers import PoissonPacer, phase_of
 from latbench.records import Record
-from latbench.spec import DEFAULT_SLOS, LoadSpec, Slo
+from latbench.records.record import RecordsFile
+from latbench.spec import DEFAULT_SLOS, LoadSpec, RunSpec, Slo
 from latbench.summary import Summary, summarize
 from latbench.summary.compare import RunSamples
 from latbench.summary.samples import derived_window
+from latbench.summary.summary import summarize_file
 
 MS = 1_000_000  # ns
 S = 1_000_000_000
@@ -270,5 +272,20 @@ def test_compare_estimates_the_rates_the_summary_gives() -> None:
     window = derived_window(records, load)
     s = summarize(records, window=window)
     run = RunSamples(records, window, DEFAULT_SLOS)
+    for name in ("requests_per_s", "output_tokens_per_s", "goodput_per_s"):
+        assert run.estimate(name, "") == pytest.approx(getattr(s.rates, name), rel=1e-12)
+
+
+def test_compare_estimates_the_rates_the_summary_gives_without_a_footer() -> None:
+    # A killed run's file: both derive the window from the records and the spec's load (it
+    # opens at start + warm-up). Derived from the phases alone, compare's opened at the first
+    # measured send, after the warm-up requests ended: 8.042/s against the summary's 8.067.
+    load = LoadSpec(concurrency=8, duration=3.75, warmup=1.25)
+    spec = RunSpec(load=load)
+    f = RecordsFile(header=None, records=closed_loop(load), footer=None)
+    s = summarize_file(f, spec)
+    assert s.window is not None and s.window.derived
+    assert s.rates.requests_per_s == pytest.approx(8.0, rel=0.05)
+    run = RunSamples.of_file(f, spec)
     for name in ("requests_per_s", "output_tokens_per_s", "goodput_per_s"):
         assert run.estimate(name, "") == pytest.approx(getattr(s.rates, name), rel=1e-12)

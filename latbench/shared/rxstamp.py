@@ -4,7 +4,8 @@ Receive: the kernel stamps each segment as it arrives; `recvmsg` hands the stamp
 segment a read consumed to user space. An arrival stamped that way does not depend on when the
 process got round to reading: a worker descheduled for 5 ms still stamps the event at its
 arrival. The stdlib loop's transports read and write through the socket object's own `recv` and
-`send`, so a socket subclass can take the stamps; uvloop reads the descriptor in C and cannot
+`send` (and `sendmsg`: Python 3.12+ flushes a transport's buffer and writes `writelines` with it),
+so a socket subclass can take the stamps; uvloop reads the descriptor in C and cannot
 (which is why a process that wants these stamps runs the stdlib loop: see docs/performance.md).
 
 Each read also notes a floor (`ref_ns`): an instant no byte it brought can have arrived before.
@@ -27,7 +28,11 @@ aiohttp or the kernel's own queue. Stamps come back on the socket's error queue,
 reports to epoll as an error condition, level-triggered: an undrained one would wake the loop on
 every turn. So the queue is drained after each send (on loopback the stamp is already there) and
 whenever a read finds no data (a wake for a stamp that came later); tests/client/test_send_stamp.py
-checks that an idle stamped connection does not keep the loop busy.
+checks that an idle stamped connection does not keep the loop busy. A stamp counts only when its
+id is the last byte `send`/`sendmsg` counted; any other is no one's: before `sendmsg` was counted,
+the writes of Python 3.12+ left `sent` short, and the fallback to the last counted write's return
+dated a request's send to the previous request's, a whole request early, while claiming
+microseconds of doubt. So where transmit stamps are on and none matches, the send is unknown.
 
 Stamps are CLOCK_REALTIME; they are given on the monotonic clock of every other stamp by the
 offset between the two clocks read at the same moment. NTP's slewing changes that offset by parts
@@ -228,12 +233,24 @@ class StampedSocket(socket.socket):
     def send(self, data: Any, flags: int = 0) -> int:
         t0 = monotonic_ns()
         n = super().send(data, flags)
+        self._wrote(t0, n)
+        return n
+
+    def sendmsg(self, buffers: Any, *args: Any) -> int:
+        # Python 3.12+ transports flush their buffer, and `writelines` writes (aiohttp: headers
+        # and a body of 2 KiB or more), with one sendmsg of all the buffers: those bytes count too.
+        t0 = monotonic_ns()
+        n = super().sendmsg(buffers, *args)
+        self._wrote(t0, n)
+        return n
+
+    def _wrote(self, t0: int, n: int) -> None:
+        """A write that began at `t0` and handed `n` bytes to the kernel."""
         self.write1_ns = monotonic_ns()
         self.write0_ns = self._floor = t0
         self.sent += n
         if self.tx_on:
             self.drain_tx()
-        return n
 
     def start_tx(self) -> bool:
         """Transmit stamps from now on (a connected socket); False where the kernel refuses."""
@@ -242,7 +259,7 @@ class StampedSocket(socket.socket):
         # OPT_ID_TCP (Linux 6.2) counts ids from the next byte written; plain OPT_ID from the
         # first byte not yet acknowledged, the same on a fresh connection, but not after a TLS
         # handshake whose last bytes are still in flight (the ids then never match `sent`, and
-        # the send falls back to the write's return).
+        # `sent_stamp` says unknown).
         for flags in (_RX_SOFTWARE | _SOFTWARE | _TX | _OPT_ID_TCP, _RX_SOFTWARE | _SOFTWARE | _TX):
             try:
                 self.setsockopt(socket.SOL_SOCKET, _STAMPING, flags)
@@ -272,12 +289,16 @@ class StampedSocket(socket.socket):
 
     def sent_stamp(self) -> tuple[int, int] | None:
         """(when the last byte sent so far left, how late that instant may be): the kernel's
-        transmit stamp of that byte (exact: 0), else the moment the last send returned (late by
-        at most that send's duration); None before any send."""
+        transmit stamp of that byte (exact: 0); without transmit stamps, the moment the last send
+        returned (late by at most that send's duration); None before any send, and None where
+        transmit stamps are on but none is of the last byte counted: bytes written past this
+        class's `send`/`sendmsg` would leave the last counted send's return a whole request early
+        while claiming to be late by microseconds, so unknown is the honest answer."""
         if self.tx_on:
             self.drain_tx()
             if self.tx_key == self.sent - 1 and self.tx_ns:
                 return self.tx_ns, 0
+            return None
         if not self.write1_ns:
             return None
         return self.write1_ns, self.write1_ns - self.write0_ns

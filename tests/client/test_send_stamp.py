@@ -5,6 +5,7 @@ aiohttp; and that error queue never keeps the event loop awake."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -46,7 +47,20 @@ async def arrivals(session: aiohttp.ClientSession, url: str) -> list[int]:
         return [e["arrival_ns"] for e in (await t.json())["requests"]]
 
 
-async def test_t_sent_is_when_the_bytes_left_not_when_the_task_asked(sim, stamping) -> None:
+# A request of 2 KiB or more: aiohttp 3.14 on Python 3.12.9+/3.13.2+ writes its head and body with
+# `writelines`, which the transport sends with one `sendmsg`.
+LONG = WorkItem(
+    prompt="word " * 600,
+    messages=({"role": "user", "content": "word " * 600},),
+    prompt_tokens=600,
+    max_tokens=4,
+)
+
+
+@pytest.mark.parametrize("item", [ITEM, LONG], ids=["short", "long"])
+async def test_t_sent_is_when_the_bytes_left_not_when_the_task_asked(
+    sim, stamping, item: WorkItem
+) -> None:
     server = sim(ttft=0.01, itl=0.002)
     ep = endpoint(server.url)
     loop = asyncio.get_running_loop()
@@ -56,7 +70,7 @@ async def test_t_sent_is_when_the_bytes_left_not_when_the_task_asked(sim, stampi
         before = monotonic_ns()
         loop.call_soon(time.sleep, STALL_S)
         rec = await stream_request(
-            stamping, ep, ITEM, run_id="t", seq=i, phase="measure", t_intended=before
+            stamping, ep, item, run_id="t", seq=i, phase="measure", t_intended=before
         )
         assert rec.ok, rec.error_detail
         arrived = (await arrivals(stamping, server.url))[i]
@@ -97,6 +111,74 @@ def test_without_a_transmit_stamp_t_sent_is_the_write_return_bounded_by_its_dura
         after = monotonic_ns()
         t, late = client.sent_stamp() or (0, -1)
         assert late == 0 and client.tx_key == 3000 and before - 100_000 <= t <= after + 100_000
+
+
+def test_bytes_written_with_sendmsg_count_as_sent() -> None:
+    # Python 3.12+ transports flush their buffer, and write `writelines`, with sendmsg: a request
+    # written so is this socket's own send, not the previous request's write return.
+    client, server = connected_pair()
+    with client, server:
+        assert client.start_tx()
+        client.send(b"GET / HTTP/1.1\r\n\r\n")  # an earlier request: 18 bytes
+        before = monotonic_ns()
+        assert client.sendmsg([b"x" * 3000, memoryview(b"y" * 3000)]) == 6000
+        after = monotonic_ns()
+        assert client.sent == 6018
+        t, late = client.sent_stamp() or (0, -1)
+        assert late == 0 and client.tx_key == 6017 and before - 100_000 <= t <= after + 100_000
+
+
+def test_bytes_written_past_the_count_leave_the_send_unknown() -> None:
+    # A write this class does not see (here the descriptor's own): the newest transmit stamp is
+    # of a byte it never counted, and the last counted write's return would date this send to an
+    # earlier one. Unknown, not wrong.
+    client, server = connected_pair()
+    with client, server:
+        assert client.start_tx()
+        client.send(b"a" * 100)
+        assert os.write(client.fileno(), b"b" * 100) == 100
+        assert client.sent_stamp() is None
+
+
+async def test_a_request_the_transport_buffers_and_flushes_is_stamped_at_its_last_byte() -> None:
+    # More than the kernel takes at once (a small send buffer, a receiver that has not read): the
+    # transport keeps the rest and flushes it as the receiver reads, with sendmsg on Python 3.12+.
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        client = rxstamp.client_socket((socket.AF_INET, socket.SOCK_STREAM, 0, "", ()))
+        assert isinstance(client, rxstamp.StampedSocket)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client.setblocking(False)
+        await loop.sock_connect(client, listener.getsockname())
+        server, _ = await loop.sock_accept(listener)
+    assert client.start_tx()
+    transport, _ = await loop.create_connection(asyncio.Protocol, sock=client)
+    got = 0
+
+    async def receive(n: int) -> None:
+        nonlocal got
+        async with asyncio.timeout(10):
+            while got < n:
+                got += len(await loop.sock_recv(server, 1 << 16))
+
+    try:
+        transport.write(b"GET / HTTP/1.1\r\n\r\n")  # an earlier request, sent whole
+        await receive(18)
+        before = monotonic_ns()
+        body = [b"POST / HTTP/1.1\r\n\r\n", b"x" * (4 << 20)]
+        transport.writelines(body)
+        assert transport.get_write_buffer_size() > 0  # the rest waits in the transport
+        await receive(18 + sum(map(len, body)))
+        async with asyncio.timeout(10):
+            while transport.get_write_buffer_size():
+                await asyncio.sleep(0)
+        assert client.sent == got
+        t, late = client.sent_stamp() or (0, -1)
+        assert late == 0 and before <= t <= monotonic_ns()
+    finally:
+        transport.close()
+        server.close()
 
 
 async def test_a_stamped_connection_waiting_for_its_answer_does_not_wake_the_loop(

@@ -8,7 +8,8 @@ Exit codes (one table; CI gates on them):
         is incomplete (a worker process died: its in-flight requests are recorded as lost)
     2   usage: invalid flags or spec
     3   an SLO given with --slo was missed
-    4   the run is not valid: its measured error bound exceeds the tolerance (client-bound)
+    4   client-bound: the TTFT or ITL error bound exceeds its tolerance, or (open loop) the
+        send lag or unsent requests exceed their limits; loop lag and CPU only without a bound
     5   compare --fail-on-regression: a metric got worse by more than the limit
     6   too many requests failed: over validity.max_failed_fraction of the measured ones
         (default 1%; requests cut at the overtime count, a stop's cancelled ones do not), or

@@ -148,11 +148,14 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
         _print_comparison(cmp, console)
     for p in out.written():
         (err if ns.json else console).print(f"wrote {p}", highlight=False)  # stdout: the JSON
-    bound = [label for label, run in cmp.runs if run.summary.client_bound]
+    bound = [(label, run) for label, run in cmp.runs if run.summary.client_bound]
     if bound:
+        # Each run's own headline: the checks that fired there, not one stock sentence.
+        for label, run in bound:
+            err.print(f"[red]{label}:[/] {run.summary.validity.verdict_line()}", highlight=False)
         err.print(
-            f"[red]client-bound:[/] {', '.join(bound)}: its measured error bound exceeds the "
-            "tolerance (see its validity reasons), so the comparison cannot be trusted",
+            f"[red]client-bound:[/] {', '.join(label for label, _ in bound)}: "
+            "the comparison cannot be trusted (see each run's validity reasons)",
             highlight=False,
         )
         return int(Exit.CLIENT_BOUND)

@@ -92,6 +92,9 @@ class Validity:
     bounds: ErrorBounds | None = None  # None: not computed (no records given)
     # The verdict came from loop lag and CPU, because some record had no bound
     proxy: bool = False
+    # The headline of a client-bound run, built from the checks that fired (`judge_validity`),
+    # so a run flagged only for its open-loop schedule does not read as an error-bound verdict
+    headline: str = ""
 
     @property
     def bound_known(self) -> bool:
@@ -101,10 +104,10 @@ class Validity:
         """The verdict in one sentence, for every report; the reasons follow it when bound."""
         if not self.known:
             return "validity: unknown (no error bound and no client statistics were recorded)"
+        if self.client_bound:
+            return self.headline
         if not self.proxy:
             assert self.bounds is not None
-            if self.client_bound:
-                return "client-bound: the measured error may exceed its tolerance"
             return "measured within tolerance: " + ", ".join(
                 f"{name} p99 off by at most {ms_bound(b)} (tolerance {ms(tol, unit=True)})"
                 for b, name, tol in (
@@ -113,14 +116,7 @@ class Validity:
                 )
                 if b.p99 is not None
             )
-        missing = (
-            "no kernel stamps"
-            if self.bounds is None
-            else (f"{self.bounds.missing:,} requests carried no error bound")
-        )
-        if self.client_bound:
-            return f"client-bound by proxies ({missing}): these figures may be the client's"
-        return f"client kept up by proxies, loop lag and CPU ({missing})"
+        return f"client kept up by proxies, loop lag and CPU ({unbounded(self.bounds)})"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"known": self.known, "open_loop": self.open_loop}
@@ -144,6 +140,17 @@ def ms_bound(b: MetricBound, p: str = "p99") -> str:
     """A metric's bound at `p` ("p50", "p99") in ms, the dash when there is none."""
     q = getattr(b, p)
     return ms(None if q is None else q.bound_ns / NS_PER_S, unit=True)
+
+
+def unbounded(bounds: ErrorBounds | None) -> str:
+    """Why a run has no error bound, in plain words: requests that carried none (no kernel
+    stamps, a records file older than the bound), or no first token to bound at all."""
+    if bounds is None:
+        return "no error bound was computed"
+    if bounds.missing:
+        n = bounds.missing
+        return f"{n:,} request{'' if n == 1 else 's'} carried no error bound"
+    return "no request received a first token, so there is no error bound"
 
 
 def _pct(fraction: float) -> str:
@@ -278,7 +285,8 @@ def judge_validity(
         lag = np.asarray(client.loop_lag_ns, dtype=np.int64) / NS_PER_S
         lag_p50, lag_p99, lag_max = _p50_p99_max(lag)
         cpu = client.cpu_s / client.wall_s if client.wall_s > 0 else None
-    reasons: list[str] = []
+    # (cause, reason): the cause is the headline's short clause, the reason its full sentence
+    fired: list[tuple[str, str]] = []
     if by_bound:
         assert bounds is not None
         why = _diagnostics(lag_p99, qd_p99, cpu)
@@ -288,35 +296,57 @@ def judge_validity(
         ):
             reason = _bound_reason(b, name, tol)
             if reason is not None:
-                reasons.append(reason + why)
+                cause = (
+                    f"the {name} error bound, {ms_bound(b)} at p99, exceeds its "
+                    f"{ms(tol, unit=True)} tolerance"
+                )
+                fired.append((cause, reason + why))
     else:
         assert client is not None
-        missing = "" if bounds is None else f"{bounds.missing:,} requests carried no error bound, "
-        proxy = f"a proxy for the error ({missing}no kernel stamps)"
+        proxy = f"a proxy for the error ({unbounded(bounds)})"
         if lag_p99 is not None and lag_p99 > limits.loop_lag_p99_s:
-            reasons.append(
-                f"event-loop lag p99 is {ms(lag_p99, unit=True)}, "
-                f"above the {ms(limits.loop_lag_p99_s, unit=True)} limit, {proxy}: "
-                "the client woke up late, so its sends may trail the schedule and events that "
-                "queued while it was not reading may be stamped together"
+            fired.append(
+                (
+                    f"event-loop lag p99 {ms(lag_p99, unit=True)} exceeds its "
+                    f"{ms(limits.loop_lag_p99_s, unit=True)} limit",
+                    f"event-loop lag p99 is {ms(lag_p99, unit=True)}, "
+                    f"above the {ms(limits.loop_lag_p99_s, unit=True)} limit, {proxy}: "
+                    "the client woke up late, so its sends may trail the schedule and events "
+                    "that queued while it was not reading may be stamped together",
+                )
             )
         if cpu is not None and cpu > limits.client_cpu:
-            reasons.append(
-                f"client CPU use is {cpu:.0%} of one core, above the {limits.client_cpu:.0%} "
-                f"limit, {proxy}: the client had no time to spare"
+            fired.append(
+                (
+                    f"client CPU {cpu:.0%} of one core exceeds its {limits.client_cpu:.0%} limit",
+                    f"client CPU use is {cpu:.0%} of one core, above the "
+                    f"{limits.client_cpu:.0%} limit, {proxy}: the client had no time to spare",
+                )
             )
+    # A proxy judged only when one of the two checks above fired; the schedule's are measured.
+    by_proxy = bool(fired) and not by_bound
     open_loop = client is not None and client.open_loop
     if open_loop and qd_p99 is not None and qd_p99 > limits.queue_delay_p99_s:
-        reasons.append(
-            f"send lag: queue delay p99 is {ms(qd_p99, unit=True)}, "
-            f"above the {ms(limits.queue_delay_p99_s, unit=True)} limit: "
-            "requests left later than the schedule said"
+        fired.append(
+            (
+                f"open-loop send lag p99 {ms(qd_p99, unit=True)} exceeds its "
+                f"{ms(limits.queue_delay_p99_s, unit=True)} limit",
+                f"send lag: queue delay p99 is {ms(qd_p99, unit=True)}, "
+                f"above the {ms(limits.queue_delay_p99_s, unit=True)} limit: "
+                "requests left later than the schedule said",
+            )
         )
     if open_loop and client is not None and client.unsent > 0:
-        reasons.append(
-            f"{client.unsent} scheduled requests were never sent (limit 0): "
-            "the client fell behind the schedule"
+        fired.append(
+            (
+                f"{client.unsent:,} scheduled requests were never sent",
+                f"{client.unsent:,} scheduled requests were never sent (limit 0): "
+                "the client fell behind the schedule",
+            )
         )
+    head = f"client-bound by proxies ({unbounded(bounds)})" if by_proxy else "client-bound"
+    headline = f"{head}: {'; '.join(c for c, _ in fired)}" if fired else ""
+    reasons = [r for _, r in fired]
     return Validity(
         known=True,
         open_loop=None if client is None else client.open_loop,
@@ -328,5 +358,6 @@ def judge_validity(
         client_bound=bool(reasons),
         reasons=tuple(reasons),
         proxy=not by_bound,
+        headline=headline,
         **figures,
     )

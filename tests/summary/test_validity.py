@@ -11,6 +11,7 @@ import pytest
 from kit.cli import latbench
 
 from latbench.records import Record
+from latbench.shared.errors import ErrorKind
 from latbench.spec import ValidityLimits, load_spec
 from latbench.summary import ClientStats, Summary, summarize
 
@@ -80,7 +81,9 @@ def test_a_ttft_bound_over_its_tolerance_is_client_bound_and_says_by_how_much() 
         "TTFT may be overstated by up to 7.00 ms at p99 (tolerance 5.00 ms) (send lag p99 0.00 ms"
     )
     assert "event-loop lag p99 3.00 ms" in reason  # the diagnostic that explains it
-    assert "not the server's" not in s.validity.verdict_line()
+    assert s.validity.verdict_line() == (
+        "client-bound: the TTFT error bound, 7.00 ms at p99, exceeds its 5.00 ms tolerance"
+    )
 
 
 def test_a_late_send_stamp_understates_ttft() -> None:
@@ -127,9 +130,12 @@ def test_without_a_bound_loop_lag_judges_and_the_verdict_says_it_is_a_proxy() ->
     assert v.proxy and s.client_bound
     (reason,) = v.reasons
     assert "event-loop lag p99 is 3.00 ms, above the 1.00 ms limit, a proxy for the error" in reason
-    assert "1 requests carried no error bound" in reason
+    assert "(1 request carried no error bound)" in reason
     assert s.to_dict()["validity"]["judged_by"] == "proxy"
-    assert v.verdict_line().startswith("client-bound by proxies")
+    assert v.verdict_line() == (
+        "client-bound by proxies (1 request carried no error bound): "
+        "event-loop lag p99 3.00 ms exceeds its 1.00 ms limit"
+    )
     # ... and passes by the proxy when the lag is low, saying so.
     kept = judge(records, client())
     assert not kept.client_bound
@@ -145,6 +151,53 @@ def test_the_open_loop_schedule_is_still_judged_with_a_bound() -> None:
     (reason,) = s.validity.reasons
     assert reason.startswith("send lag: queue delay p99 is 20.00 ms, above the 10.00 ms limit")
     assert not judge(late, client(open_loop=False)).client_bound  # closed loop: a diagnostic
+
+
+def test_the_headline_names_only_the_checks_that_fired() -> None:
+    # Judged by the bound, which is exact here, but flagged for the open-loop schedule: the
+    # headline is about the schedule, not about an error the bound rules out.
+    late = [rec(i, sent_ms=20) for i in range(5)]
+    s = judge(late, client(open_loop=True))
+    assert not s.validity.proxy and s.validity.bound_known
+    assert s.validity.verdict_line() == (
+        "client-bound: open-loop send lag p99 20.00 ms exceeds its 10.00 ms limit"
+    )
+    unsent = ClientStats(loop_lag_ns=[0] * 10, cpu_s=1, wall_s=10, open_loop=True, unsent=3)
+    s = judge([rec(i) for i in range(5)], unsent)
+    assert s.validity.verdict_line() == "client-bound: 3 scheduled requests were never sent"
+    # Without a bound, a schedule check alone is not a proxy's verdict.
+    s = judge([rec(0), rec(1, bounded=False)], unsent)
+    assert s.validity.proxy
+    assert s.validity.verdict_line() == "client-bound: 3 scheduled requests were never sent"
+    # Both bounds over, with the send lag: every cause, in order. (A first event 7 ms late may
+    # also make the first gap 7 ms longer: ITL's bound is 7 ms, not the second event's 2 ms.)
+    both = [rec(i, first_late_ns=7 * MS, gap_late_ns=2 * MS, sent_ms=20) for i in range(20)]
+    assert judge(both, client(open_loop=True)).validity.verdict_line() == (
+        "client-bound: the TTFT error bound, 7.00 ms at p99, exceeds its 5.00 ms tolerance; "
+        "the ITL error bound, 7.00 ms at p99, exceeds its 1.00 ms tolerance; "
+        "open-loop send lag p99 20.00 ms exceeds its 10.00 ms limit"
+    )
+
+
+def test_without_a_first_token_the_proxy_wording_says_so() -> None:
+    # Every request failed: no TTFT sample, so no bound, though none lacked one.
+    failed = [
+        Record(run_id="t", seq=i, phase="measure", api="chat", t_intended=0, t_sent=0,
+               t_end=MS, error=ErrorKind.HTTP_STATUS, status=500, sent_late=0, ev_late=())
+        for i in range(3)
+    ]  # fmt: skip
+    v = judge(failed, client()).validity
+    assert v.proxy and v.bounds is not None and v.bounds.missing == 0
+    assert v.verdict_line() == (
+        "client kept up by proxies, loop lag and CPU "
+        "(no request received a first token, so there is no error bound)"
+    )
+    lagging = judge(failed, client(lag_ns=3 * MS)).validity
+    assert lagging.verdict_line() == (
+        "client-bound by proxies (no request received a first token, so there is no error "
+        "bound): event-loop lag p99 3.00 ms exceeds its 1.00 ms limit"
+    )
+    assert "0 requests" not in " ".join(lagging.reasons)
 
 
 def test_old_spec_keys_still_load_and_the_tolerances_are_new_keys() -> None:

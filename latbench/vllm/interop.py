@@ -308,18 +308,26 @@ def vllm_result(
 
 def request_arrays(measured: Sequence[Record]) -> dict[str, list[Any]]:
     """vLLM's per-request arrays, one entry per measured request, in seconds: a failed request
-    has zeros where it measured nothing (vLLM's output_lens is 0 for every failed one)."""
+    has zeros where it measured nothing (vLLM's output_lens is 0 for every failed one).
+
+    `input_lens` is the server's usage count, else the prompt length asked for, else 0 (a
+    prompt file's prompt): vLLM starts each request's prompt_len at the length it asked for
+    and overwrites it with usage.prompt_tokens when a chunk carries it, failed requests too
+    (vllm/benchmarks/lib/endpoint_request_func.py)."""
     cols: dict[str, list[Any]] = {k: [] for k in PER_REQUEST_FIELDS}
     for r in measured:
         s = record_samples(r)
         ok = r.error is None
-        cols["input_lens"].append(r.usage_prompt_tokens or 0)
+        asked = r.prompt_tokens if r.prompt_tokens is not None else 0
+        cols["input_lens"].append(
+            r.usage_prompt_tokens if r.usage_prompt_tokens is not None else asked
+        )
         cols["output_lens"].append(s.n_out if ok else 0)
         cols["ttfts"].append(s.per_request["ttft"] or 0.0)
         cols["itls"].append(s.itl.tolist())
         cols["latencies"].append(s.per_request["e2e"] or 0.0)
         cols["start_times"].append(r.t_sent / NS_PER_S)
-        cols["queue_times"].append((r.t_sent - r.t_intended) / NS_PER_S)
+        cols["queue_times"].append(s.per_request["queue_delay"])
         cols["errors"].append("" if ok else _error_text(r))
     return cols
 

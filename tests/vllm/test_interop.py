@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from kit.cli import latbench
 
-from latbench import SpecError
+from latbench import ErrorKind, SpecError
 from latbench.cli.common import spec_from_args
 from latbench.cli.main import build_parser
+from latbench.records import Record
 from latbench.spec import RunSpec, load_spec
+from latbench.vllm.interop import request_arrays
 
 # A loaded test machine must not turn these runs client-bound (exit 4): their figures are not
 # what is tested.
@@ -178,3 +180,29 @@ def test_save_detailed_writes_vllms_per_request_arrays(tmp_path: Path) -> None:
     header = json.loads((run_dir / "records.jsonl").read_text().splitlines()[0])
     assert header["spec"]["workload"]["extra_body"] == {"temperature": 0.0, "top_k": 1}
     assert header["spec"]["target"]["headers"] == {"x-run": "7"}
+
+
+def test_input_lens_are_the_usage_count_else_the_length_asked_for() -> None:
+    # As vLLM writes them: prompt_len starts at the length it asked for and takes
+    # usage.prompt_tokens when the server reports it, failed requests included.
+    ms = 1_000_000
+
+    def rec(seq: int, **kw: object) -> Record:
+        return Record(
+            run_id="r", seq=seq, phase="measure", api="chat", t_intended=seq * ms,
+            t_sent=seq * ms + (seq + 1) * 250_000, t_end=(seq + 40) * ms,
+            ev_t=((seq + 20) * ms, (seq + 30) * ms), ev_kind="cc", **kw,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    arrays = request_arrays(
+        [
+            rec(0, prompt_tokens=128, usage_prompt_tokens=131),  # the server's count wins
+            rec(1, prompt_tokens=128),  # no usage: the length asked for
+            rec(2, prompt_tokens=64, error=ErrorKind.CONNECTION_RESET),
+            rec(3),  # a prompt file's prompt without usage: nothing known
+        ]
+    )
+    assert arrays["input_lens"] == [131, 128, 64, 0]
+    assert arrays["output_lens"] == [2, 2, 0, 2]
+    # The queue delay, t_sent - t_intended: 0.25, 0.5, 0.75 and 1 ms.
+    assert arrays["queue_times"] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3], abs=1e-15)

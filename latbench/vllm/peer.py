@@ -113,18 +113,20 @@ def vllm_records(result: Mapping[str, Any], run_id: str = "vllm") -> list[Record
             f"vLLM's results lack {', '.join(missing)}: run vllm bench serve with --save-detailed"
         )
     api = VLLM_APIS.get(str(result.get("backend")), str(result.get("backend")))
-    queue = result.get("queue_times") or [0.0] * len(result["start_times"])
+    arrays = {k: result[k] for k in need}
+    arrays["queue_times"] = result.get("queue_times") or [0.0] * len(result["start_times"])
+    not_lists = [k for k, v in arrays.items() if not isinstance(v, list)]
+    if not_lists:
+        raise LatbenchError(f"vLLM's results: {', '.join(not_lists)} not a list")
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        # One entry a request in every array, or a request's stamps would be another's.
+        raise LatbenchError(
+            "vLLM's per-request arrays differ in length: "
+            + ", ".join(f"{k} {n}" for k, n in lengths.items())
+        )
     out = []
-    rows = zip(
-        result["start_times"],
-        result["ttfts"],
-        result["itls"],
-        result["output_lens"],
-        result["input_lens"],
-        result["errors"],
-        queue,
-        strict=True,
-    )
+    rows = zip(*arrays.values(), strict=True)
     for seq, (start, ttft, itl, n_out, n_in, error, q) in enumerate(rows):
         t_sent = round(start * NS_PER_S)
         t_intended = t_sent - round(q * NS_PER_S)

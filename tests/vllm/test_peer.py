@@ -72,6 +72,21 @@ def test_results_without_per_request_arrays_are_named() -> None:
         vllm_records({"backend": "openai", "latencies": [0.1], "queue_times": [0.0]})
 
 
+def test_per_request_arrays_of_different_lengths_are_named() -> None:
+    doc = vllm_like([[0.01], [0.02], [0.03]], ["", "", ""])
+    doc["ttfts"] = [0.05, 0.06]  # one request's TTFT lost: the rest would shift onto others
+    with pytest.raises(LatbenchError, match=r"differ in length: start_times 3, ttfts 2, "):
+        vllm_records(doc)
+    doc = vllm_like([[0.01], [0.02]], ["", ""])
+    doc["queue_times"] = [0.0]
+    with pytest.raises(LatbenchError, match=r"queue_times 1$"):
+        vllm_records(doc)
+    doc = vllm_like([[0.01]], [""])
+    doc["itls"] = 7
+    with pytest.raises(LatbenchError, match="itls not a list"):
+        vllm_records(doc)
+
+
 def test_latbenchs_detailed_results_read_back_give_its_figures(tmp_path: Path) -> None:
     spec = tmp_path / "loose.yaml"
     spec.write_text(LOOSE)

@@ -161,8 +161,8 @@ async def measure(
             if total - lead != len(vocabulary[start : start + GROUP])
             for i in range(start, min(start + GROUP, len(vocabulary)))
         ]
-        counted = await _all(after_lead((vocabulary[i],)) for i in alone)
-        for i, n in zip(alone, counted, strict=True):
+        singles = await _all(after_lead((vocabulary[i],)) for i in alone)
+        for i, n in zip(alone, singles, strict=True):
             costs[i] = n - lead
     if min(costs) >= 1:
         return TokenScale(source, tuple(leads), lead_costs, tuple(map(float, costs)), True, detail)

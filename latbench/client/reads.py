@@ -26,9 +26,11 @@ last token event of a stream is also exact when the read that brought it holds n
 but the stream's closing events (usage, the end marker): that assumes the server writes those
 right after the last token, as vLLM, OpenAI, Anthropic and the simulator do; without it the last
 event of nearly every stream would share its read with the closing chunk written microseconds
-later, and be bounded by a whole inter-token gap. The
-protocol also notes, at the first read of each response, when its request left
-(`rxstamp.StampedSocket.sent_stamp`), before the connection can be handed to another request.
+later, and be bounded by a whole inter-token gap. Neither holds under TLS, where a delivery ends
+at a record's end but its stamp may be of the start of the next record: nothing read over TLS is
+exact (`ReadClock`). The protocol also notes, at the first read of each response, when its
+request left (`rxstamp.StampedSocket.sent_stamp`), before the connection can be handed to
+another request.
 """
 
 from __future__ import annotations
@@ -82,9 +84,13 @@ class StampedResponseHandler(ResponseHandler):
         # (the response's payload, its marks, when its request left)
         self.reads: tuple[object, _Marks, _Sent] | None = None
         self.sock: rxstamp.StampedSocket | None = None
+        self.tls = False
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        # aiohttp builds a new protocol for a connection it upgrades (HTTPS through a proxy), and
+        # calls this with the TLS transport: the flag is the connection's whole life.
+        self.tls = transport.get_extra_info("ssl_object") is not None
         self.sock = sock = rxstamp.of(transport)
         if sock is not None:
             sock.start_tx()
@@ -157,7 +163,7 @@ class ReadClock:
     """The read times of one response's body, consumed in order as the body is, with how late
     each can be (`late`, `exact`), and when the request left (`sent`)."""
 
-    __slots__ = ("_consumed", "_marks", "exact", "headers_ns", "late", "read", "sent")
+    __slots__ = ("_consumed", "_marks", "_tls", "exact", "headers_ns", "late", "read", "sent")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         # The body's own reference to its protocol: a response that was already whole when its
@@ -172,9 +178,15 @@ class ReadClock:
             self.headers_ns = reads[1][0][0]
             self.sent = reads[2]
         self._consumed = 0
+        # Under TLS a delivery ends at the last complete record, while its stamp is of the newest
+        # segment read, which may hold the start of the next record: written later (the next
+        # token's, an inter-token gap later), so no byte of a TLS delivery is known to have come
+        # with its stamp. Its events keep the read's bound and are never exact (conservative: a
+        # delivery that happened to end on a segment's end is not told apart).
+        self._tls: bool = getattr(proto, "tls", False)
         # Of the last piece stamped: how late its stamp may be for any of its bytes (-1: not
         # known), whether its last byte ended its read (so that byte's stamp is exact), and which
-        # read that was (its end, in body bytes; -1 when the piece spans reads).
+        # read that was (its end, in body bytes; -1 when the piece spans reads, or under TLS).
         self.late = -1
         self.exact = False
         self.read = -1
@@ -194,12 +206,12 @@ class ReadClock:
                     marks.popleft()
                 t, total, last_ref, whole = marks[0]
                 if total >= end:
-                    self.read = total if marks[0] is first else -1
+                    self.read = total if marks[0] is first and not self._tls else -1
                     if ref < 0 or last_ref < 0:
                         self.late, self.exact = -1, False
                     else:
                         self.late = t - ref if t > ref else 0
-                        self.exact = whole and total == end
+                        self.exact = whole and total == end and not self._tls
                     return t
         self.late, self.exact, self.read = -1, False, -1
         return monotonic_ns()

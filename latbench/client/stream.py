@@ -237,7 +237,8 @@ async def _read_events(
 
     Each event's error bound (`ev_late`) is the bound of the piece that completed it
     (`clock.late`), except that an event ending its piece, where the piece ends its read, is
-    exact, and so is the last token event when the end marker came in its read. Whether an event
+    exact, and so is the last token event when the end marker came in its read (neither under TLS:
+    `clock.exact` is never set there, nor `clock.read`, client/reads.py). Whether an event
     ends its piece is read off the piece: the last payload of the piece made an event, and the
     piece ends with the blank line that completes one."""
     api = ep.api

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,11 +20,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
+from aiohttp import web
 from kit.client import options
 
 from latbench.client import API_KINDS, Endpoint, StampingConnector, Timeouts, stream_request
 from latbench.records import Record
 from latbench.shared import rxstamp
+from latbench.sim import SimConfig, create_app
 from latbench.workload import WorkItem
 
 pytestmark = pytest.mark.skipif(
@@ -230,3 +234,31 @@ def test_a_select_is_a_floor_only_while_the_socket_is_registered_for_reading() -
         listener.close()
     assert sent <= rx  # the kernel's stamp of the bytes' arrival
     assert ref <= rx, "the floor came after the bytes arrived: a paused select was taken"
+
+
+async def test_nothing_read_over_tls_is_exact() -> None:
+    # Under TLS a delivery ends at a record's end, and its stamp, of the newest segment read, may
+    # be of the next record's start, written later: no event is marked exact there. The same
+    # simulator over plain TCP shows what would otherwise be exact.
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    runner = web.AppRunner(create_app(SimConfig(ttft=0.01, itl=0.005)))
+    await runner.setup()
+    plain = web.TCPSite(runner, "127.0.0.1", 0)
+    tls = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await plain.start()
+    await tls.start()
+    (_, plain_port), (_, tls_port) = runner.addresses[:2]
+    try:
+        async with aiohttp.ClientSession(connector=StampingConnector(ssl=client_ctx)) as session:
+            plain_recs = await run(session, f"http://127.0.0.1:{plain_port}")
+            tls_recs = await run(session, f"https://127.0.0.1:{tls_port}")
+    finally:
+        await runner.cleanup()
+    for recs in (plain_recs, tls_recs):
+        assert all(r.ok and r.ev_late is not None for r in recs), [r.error_detail for r in recs]
+    assert any(0 in (r.ev_late or ()) for r in plain_recs)
+    assert not any(0 in (r.ev_late or ()) for r in tls_recs), [r.ev_late for r in tls_recs]

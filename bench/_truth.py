@@ -160,26 +160,29 @@ def check_bound(
     records: Sequence[Any], entries: Sequence[dict[str, Any]], window: tuple[int, int] | None
 ) -> BoundCheck:
     from latbench.summary.bound import error_bounds
-    from latbench.summary.samples import Samples
+    from latbench.summary.samples import NS_PER_S, Samples
 
     matched = [(r, e) for r, e in pairs(records, entries, window) if r.ok]
     nan = {p: float("nan") for p in PCTS}
     if not matched:
         return BoundCheck(0, nan, nan, None, None)
     recs = [r for r, _ in matched]
-    ttft = np.array([r.ev_t[0] - r.t_sent for r in recs], dtype=np.int64)
+    # latbench's side is the summary's own samples (seconds): each metric's arithmetic lives in
+    # latbench.summary.samples only. Every matched record has events, so none is left out.
+    samples = Samples.build(recs)
     true_ttft = np.array([e["events_ns"][0] - e["arrival_ns"] for _, e in matched], np.int64)
-    gaps = np.concatenate([np.diff(np.asarray(r.ev_t, dtype=np.int64)) for r in recs])
     true_gaps = np.concatenate([np.diff(np.asarray(e["events_ns"], np.int64)) for _, e in matched])
-    b = error_bounds(recs, Samples.build(recs))
+    b = error_bounds(recs, samples)
 
     def ms(metric: Any) -> dict[float, float] | None:
         if not metric.known:
             return None
         return {50.0: metric.p50.bound_ns / 1e6, 99.0: metric.p99.bound_ns / 1e6}
 
-    def err(m: np.ndarray, t: np.ndarray) -> dict[float, float]:
-        qm, qt = np.percentile(m, PCTS), np.percentile(t, PCTS)
-        return {p: (a - b) / 1e6 for p, a, b in zip(PCTS, qm, qt, strict=True)}
+    def err(metric: str, truth_ns: np.ndarray) -> dict[float, float]:
+        qm = np.percentile(samples.samples(metric), PCTS)
+        qt = np.percentile(truth_ns / NS_PER_S, PCTS)
+        return {p: (a - b) * 1e3 for p, a, b in zip(PCTS, qm, qt, strict=True)}
 
-    return BoundCheck(len(recs), err(ttft, true_ttft), err(gaps, true_gaps), ms(b.ttft), ms(b.itl))
+    ttft_err, itl_err = err("ttft", true_ttft), err("itl", true_gaps)
+    return BoundCheck(len(recs), ttft_err, itl_err, ms(b.ttft), ms(b.itl))

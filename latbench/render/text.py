@@ -111,7 +111,7 @@ def _bound_md(v: Validity) -> str:
     """The error bound and the send lag that explains it, in one sentence."""
     lag = f"send lag (queue delay) p99 {ms(v.queue_delay_p99_s, unit=True)}"
     if not v.bound_known:
-        missing = "" if v.bounds is None else f" ({v.bounds.missing} requests without one)"
+        missing = "" if v.bounds is None else f" ({_without(v)})"
         return f"Error bound: unknown{missing}; {lag}."
     assert v.bounds is not None
     b = v.bounds
@@ -119,6 +119,13 @@ def _bound_md(v: Validity) -> str:
         f"Error bound (p50 / p99): TTFT {ms_bound(b.ttft, 'p50')} / {ms_bound(b.ttft)}, "
         f"ITL {ms_bound(b.itl, 'p50')} / {ms_bound(b.itl)}; {lag}."
     )
+
+
+def _without(v: Validity) -> str:
+    """Why the bound is unknown, short: requests without one, or no first token to bound."""
+    assert v.bounds is not None
+    n = v.bounds.missing
+    return f"{n:,} requests without one" if n else "no first token to bound"
 
 
 def validity_rows(v: Validity) -> list[list[str]]:
@@ -141,7 +148,7 @@ def validity_rows(v: Validity) -> list[list[str]]:
                 ]
             )
     else:
-        missing = "–" if v.bounds is None else f"{v.bounds.missing:,} requests without one"
+        missing = "–" if v.bounds is None else _without(v)
         rows.append(["error bound", f"unknown: {missing}", "judged by proxies"])
     closed = "diagnostic"  # closed loop: a late send is the concurrency limit at work
     proxy = "proxy" if v.proxy else "diagnostic"

@@ -11,6 +11,7 @@ from latbench.records import Record
 from latbench.render.sections import slo_badges, validity_html
 from latbench.render.terminal import render_summary
 from latbench.render.text import bound_p99, validity_rows
+from latbench.shared.errors import ErrorKind
 from latbench.summary import ClientStats, Summary, summarize
 
 MS = 1_000_000
@@ -90,6 +91,18 @@ def test_without_a_bound_the_table_says_the_proxies_judge() -> None:
     out = " ".join(text(s).split())
     assert "client-bound by proxies (20 requests carried no error bound)" in out
     assert bound_p99(s.validity, "ttft") == "–"
+
+
+def test_without_a_first_token_the_table_says_so_plainly() -> None:
+    failed = [
+        Record(run_id="t", seq=i, phase="measure", api="chat", t_intended=0, t_sent=0,
+               t_end=MS, error=ErrorKind.HTTP_STATUS, status=500, sent_late=0, ev_late=())
+        for i in range(3)
+    ]  # fmt: skip
+    s = summarize(failed, client=client())
+    rows = {r[0]: r[1:] for r in validity_rows(s.validity)}
+    assert rows["error bound"] == ["unknown: no first token to bound", "judged by proxies"]
+    assert "requests without one" not in text(s)
 
 
 def test_open_loop_send_lag_has_its_limit() -> None:

@@ -101,10 +101,7 @@ def validity_html(s: Summary) -> str:
     out = table(["figure", "value", "limit"], validity_rows(v))
     if v.client_bound:
         reasons = "".join(f"<li>{esc(x)}</li>" for x in v.reasons)
-        out += (
-            f'<div class="banner"><b>CLIENT-BOUND</b>: {esc(v.verdict_line())}.'
-            f"<ul>{reasons}</ul></div>"
-        )
+        out += f'<div class="banner"><b>{esc(v.verdict_line())}</b>.<ul>{reasons}</ul></div>'
     else:
         out += f'<p class="pass">{esc(v.verdict_line())}.</p>'
     return out

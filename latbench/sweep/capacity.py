@@ -167,9 +167,9 @@ def find_capacity(steps: Sequence[Step], variable: Variable) -> Capacity | None:
     elif first_bound is not None and (lowest_fail is None or first_bound.value < lowest_fail.value):
         limited_by = "client"
         notes.append(
-            f"step at {format_value(variable, first_bound.value)} was client-bound: its "
-            "measured error exceeded the tolerance there, so the server's limit lies above what "
-            "was measured"
+            f"step at {format_value(variable, first_bound.value)} was client-bound (its "
+            "validity verdict says which check fired), so the server's limit lies above what was "
+            "measured"
         )
     elif lowest_fail is None:
         limited_by = "never-failed"

@@ -76,7 +76,7 @@ def test_over_tolerance_the_banner_states_the_bound() -> None:
     assert "event-loop lag p99 3.00 ms" in out
     assert "not the server's" not in out
     html = validity_html(s)
-    assert "<b>CLIENT-BOUND</b>: client-bound: the TTFT error bound, 8.00 ms at p99" in html
+    assert "<b>client-bound: the TTFT error bound, 8.00 ms at p99" in html
     assert "TTFT may be overstated by up to 8.00 ms at p99 (tolerance 5.00 ms)" in html
     assert "not the server&#x27;s" not in html and "not the server's" not in html
     assert bound_p99(s.validity, "ttft") == "8.00"

@@ -10,7 +10,6 @@ the client/server reconciliation, not timings.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -21,35 +20,18 @@ from pathlib import Path
 import pytest
 from kit import cli
 from kit.promql import wait_for
+from kit.vllm import VLLM_ENV, VLLM_PYTHON, base_args, needs_vllm, serve
 
 from latbench.exporter.series import TTFT_BUCKETS
 from latbench.records import read_records
 from latbench.vllm import VllmServer
-from latbench.vllm.launch import free_port
 
-VLLM_PYTHON = os.environ.get("LATBENCH_VLLM_PYTHON")
-VLLM_MODEL = os.environ.get("LATBENCH_VLLM_MODEL")
-pytestmark = pytest.mark.skipif(
-    not (VLLM_PYTHON and VLLM_MODEL),
-    reason='no vLLM here: run `eval "$(tests/vllm/setup.sh)"` first (as .ci/run does)',
-)
-VLLM_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-}
+pytestmark = needs_vllm
 OUTPUT_TOKENS = 24
 LOOSE = (
     "validity: {ttft_tolerance: 10s, itl_tolerance: 10s, "
     "loop_lag_p99: 10s, queue_delay_p99: 10s, client_cpu: 1.0}\n"
 )
-
-
-def vllm_args() -> str:
-    return (
-        f"--model {VLLM_MODEL} --served-model-name tiny --max-model-len 2048 "
-        "--dtype float32 --enforce-eager"
-    )
 
 
 # The shared server reports TTFT in latbench's own (finer) buckets, as docs/vllm.md suggests; the
@@ -63,13 +45,8 @@ def latbench(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in VLLM_ENV.items():
-            mp.setenv(k, v)
-        args = [*vllm_args().split(), *CUSTOM_BUCKETS]
-        with VllmServer(args, free_port(), log, python=VLLM_PYTHON) as server:
-            yield server
+    with serve(tmp_path_factory.mktemp("vllm") / "vllm.log", *CUSTOM_BUCKETS) as server:
+        yield server
 
 
 def run_dir(out: Path) -> Path:
@@ -178,7 +155,7 @@ def test_launch_vllm_runs_and_stops_it_on_ctrl_c(tmp_path: Path) -> None:
     spec.write_text(LOOSE)
     out = tmp_path / "out"
     proc = cli.spawn(
-        "run", "--launch-vllm", vllm_args(), "--vllm-python", str(VLLM_PYTHON),
+        "run", "--launch-vllm", " ".join(base_args()), "--vllm-python", str(VLLM_PYTHON),
         "--api", "completions", "--concurrency", "2", "--duration", "300s",
         "--output-tokens", "16", "--spec", str(spec), "--out", str(out), env=VLLM_ENV,
     )  # fmt: skip

@@ -20,24 +20,17 @@ exactly `max_tokens` tokens when, and only when, it stopped for `max_tokens`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kit import cli
+from kit.vllm import VLLM_ENV, needs_vllm, serve
 
 from latbench.records import read_records
 from latbench.vllm import VllmServer
-from latbench.vllm.launch import free_port
 
-VLLM_PYTHON = os.environ.get("LATBENCH_VLLM_PYTHON")
-VLLM_MODEL = os.environ.get("LATBENCH_VLLM_MODEL")
-pytestmark = pytest.mark.skipif(
-    not (VLLM_PYTHON and VLLM_MODEL),
-    reason='no vLLM here: run `eval "$(tests/vllm/setup.sh)"` first (as .ci/run does)',
-)
-VLLM_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+pytestmark = needs_vllm
 REQUESTS = 8
 OUTPUT_TOKENS = 24
 # No SLOs, and validity limits no 2-core machine under vLLM's busy-polling can miss: the exit
@@ -51,15 +44,8 @@ SPEC = (
 
 @pytest.fixture(scope="module")
 def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    args = f"--model {VLLM_MODEL} --served-model-name tiny --max-model-len 2048 --dtype float32"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in VLLM_ENV.items():
-            mp.setenv(k, v)
-        with VllmServer(
-            [*args.split(), "--enforce-eager"], free_port(), log, python=VLLM_PYTHON
-        ) as s:
-            yield s
+    with serve(tmp_path_factory.mktemp("vllm") / "vllm.log") as s:
+        yield s
 
 
 def run(vllm: VllmServer, tmp_path: Path, api: str) -> tuple[dict, list]:

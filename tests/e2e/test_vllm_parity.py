@@ -21,26 +21,19 @@ Skipped without the e2e stage's vLLM (`eval "$(tests/vllm/setup.sh)"`).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kit import cli
+from kit.vllm import VLLM_ENV, VLLM_MODEL, VLLM_PYTHON, needs_vllm, serve
 
 from latbench.records import read_records
 from latbench.vllm import VllmServer
-from latbench.vllm.launch import free_port
 from latbench.vllm.peer import VllmBench, definition_gaps, vllm_records
 
-VLLM_PYTHON = os.environ.get("LATBENCH_VLLM_PYTHON")
-VLLM_MODEL = os.environ.get("LATBENCH_VLLM_MODEL")
-pytestmark = pytest.mark.skipif(
-    not (VLLM_PYTHON and VLLM_MODEL),
-    reason='no vLLM here: run `eval "$(tests/vllm/setup.sh)"` first (as .ci/run does)',
-)
-VLLM_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+pytestmark = needs_vllm
 REQUESTS, CONCURRENCY, INPUT, OUTPUT = 16, 4, 64, 16
 PCTS = [50.0, 90.0, 99.0]
 LOOSE = (
@@ -57,19 +50,14 @@ ENDPOINTS = {
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VllmServer, VllmBench]]:
     assert VLLM_PYTHON is not None
     d = tmp_path_factory.mktemp("parity")
-    args = f"--model {VLLM_MODEL} --served-model-name tiny --max-model-len 2048 --dtype float32 "
-    # Prefix caching off: the two clients' prompts must cost the server the same prefill.
-    args += "--enforce-eager --no-enable-prefix-caching"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in VLLM_ENV.items():
-            mp.setenv(k, v)
-        # vLLM's client imports (seconds) while its server loads.
-        with (
-            (d / "bench.log").open("w") as log,
-            VllmBench(VLLM_PYTHON, log) as bench,
-            VllmServer(args.split(), free_port(), d / "vllm.log", python=VLLM_PYTHON) as server,
-        ):
-            yield server, bench
+    # vLLM's client imports (seconds) while its server loads. Prefix caching off: the two
+    # clients' prompts must cost the server the same prefill.
+    with (
+        (d / "bench.log").open("w") as log,
+        VllmBench(VLLM_PYTHON, log) as bench,
+        serve(d / "vllm.log", "--no-enable-prefix-caching") as server,
+    ):
+        yield server, bench
 
 
 def vllm_argv(server: VllmServer, api: str, seed: int) -> list[str]:

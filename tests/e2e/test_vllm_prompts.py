@@ -10,24 +10,17 @@ part of what the server's /tokenize counts and the prompt must hold.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kit import cli
+from kit.vllm import VLLM_ENV, needs_vllm, serve
 
 from latbench.records import read_records
 from latbench.vllm import VllmServer
-from latbench.vllm.launch import free_port
 
-VLLM_PYTHON = os.environ.get("LATBENCH_VLLM_PYTHON")
-VLLM_MODEL = os.environ.get("LATBENCH_VLLM_MODEL")
-pytestmark = pytest.mark.skipif(
-    not (VLLM_PYTHON and VLLM_MODEL),
-    reason='no vLLM here: run `eval "$(tests/vllm/setup.sh)"` first (as .ci/run does)',
-)
-VLLM_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+pytestmark = needs_vllm
 ASKED = 128
 # A request's prompt may be off by a token or two where vLLM's generation path and its /tokenize
 # part ways (a special token); the calibration is checked exactly by /tokenize itself below.
@@ -36,16 +29,8 @@ TOLERANCE = 2
 
 @pytest.fixture(scope="module")
 def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    args = f"--model {VLLM_MODEL} --served-model-name tiny --max-model-len 2048 --dtype float32 "
-    args += "--enforce-eager"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in VLLM_ENV.items():
-            mp.setenv(k, v)
-        with VllmServer(
-            [*args.split(), "--enforce-eager"], free_port(), log, python=VLLM_PYTHON
-        ) as s:
-            yield s
+    with serve(tmp_path_factory.mktemp("vllm") / "vllm.log") as s:
+        yield s
 
 
 def test_input_tokens_are_the_servers_tokens(vllm: VllmServer, tmp_path: Path) -> None:

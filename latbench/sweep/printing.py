@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from latbench.shared.units import ms
+from latbench.shared.units import ms_short
 from latbench.sweep.steps import Step
 
 
@@ -13,7 +13,8 @@ def print_step(console: Console, s: Step) -> None:
     lat = sm.latency
 
     def p99(metric: str) -> str:
-        return ms(lat[metric].p(99.0), 1, unit=True)
+        v = lat[metric].p(99.0)
+        return ms_short(v) + ("" if v is None else " ms")
 
     style = {"pass": "green", "fail": "red", "client-bound": "bold red"}[s.verdict.outcome]
     rps = sm.rates.requests_per_s

@@ -124,7 +124,8 @@ def test_a_sweep_at_80_columns(tmp_path: Path) -> None:
     doc = json.loads(sweep.read_text())
     assert len(doc["steps"]) == 2
     # Each step's line, whatever the shared machine made of the step.
-    steps = re.findall(r"^  (pass|fail|client-bound): [\d.]+ req/s, p99 TTFT [\d.,]+ ms", text, re.M)
+    step = r"^  (pass|fail|client-bound): [\d.]+ req/s, p99 TTFT [\d.,]+ ms"
+    steps = re.findall(step, text, re.M)
     assert len(steps) == 2, text
     assert f"sweep: {sweep}\n" in text
 

@@ -95,6 +95,7 @@ def fold(first: Record, last: Record, attempts: int) -> Record:
     return dataclasses.replace(
         last,
         t_sent=first.t_sent,
+        sent_late=first.sent_late,  # the bound of that t_sent
         attempts=attempts,
         first_status=first.status,
         first_error=first.error,

@@ -486,6 +486,4 @@ async def _with_retries(
             break
         last = await attempt()
         attempts += 1
-    # The first attempt's send is the record's, and so is its bound.
-    folded = fold(first, last, attempts)
-    return folded if attempts == 1 else replace(folded, sent_late=first.sent_late)
+    return fold(first, last, attempts)

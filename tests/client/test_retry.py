@@ -115,11 +115,16 @@ def test_only_refusals_without_output_are_retried() -> None:
 
 
 def test_fold_keeps_the_first_send_and_outcome() -> None:
-    first = rec(t_sent=10, t_headers=20, t_end=25, status=429, error=ErrorKind.RATE_LIMITED)
-    last = rec(t_sent=1000, t_headers=1010, t_end=1100, ev_t=(1050,), ev_kind="c", status=200)
+    first = rec(
+        t_sent=10, sent_late=3, t_headers=20, t_end=25, status=429, error=ErrorKind.RATE_LIMITED
+    )
+    last = rec(
+        t_sent=1000, sent_late=0, t_headers=1010, t_end=1100, ev_t=(1050,), ev_kind="c", status=200
+    )
     assert fold(first, first, 1) is first
     assert fold(first, last, 1) is last
     r = fold(first, last, 3)
+    assert r.sent_late == 3  # the bound of the t_sent it keeps
     assert (r.t_sent, r.t_headers, r.t_end, r.ev_t, r.status, r.error) == (
         10,
         1010,

@@ -162,7 +162,7 @@ def error_bounds(ok: Sequence[Record], s: Samples) -> ErrorBounds:
         dtype=np.int64,
         count=int(s.n_events.sum()),
     )
-    starts = np.cumsum(s.n_events) - s.n_events
+    starts = s.event_starts
 
     ttft_s = s.per_request["ttft"]
     with_ttft = ~np.isnan(ttft_s)

@@ -224,6 +224,11 @@ class Samples:
     ev_tokens: np.ndarray | None  # per event; 1 where its request gave no counts
     gap_keep: np.ndarray  # over consecutive pairs of `event_t`: the pair is a gap of one request
 
+    @property
+    def event_starts(self) -> np.ndarray:
+        """Per request, the index in `event_t` of its first event."""
+        return np.cumsum(self.n_events) - self.n_events
+
     @classmethod
     def build(cls, records: Sequence[Record]) -> Samples:
         nreq = len(records)
@@ -447,7 +452,7 @@ def delivered(
     inside = (s.event_t >= ws) & (s.event_t < we)
     weight = inside if s.ev_tokens is None else np.where(inside, s.ev_tokens, 0)
     with_events = s.n_events > 0
-    starts = (np.cumsum(s.n_events) - s.n_events)[with_events]
+    starts = s.event_starts[with_events]
     within = np.zeros(n)
     if starts.size:
         within[with_events] = np.add.reduceat(weight, starts, dtype=np.float64)

@@ -80,7 +80,6 @@ def _probe() -> int | None:
 
 
 _STAMPING = _probe()
-_SO_TIMESTAMPNS = _STAMPING  # the name tests/cli/test_run.py asks whether the kernel stamps by
 _CMSG = socket.CMSG_SPACE(3 * _TIMESPEC.size)
 _ERR_CMSG = _CMSG + socket.CMSG_SPACE(_EXT_ERR.size + 28)  # + the offender's sockaddr_in6
 _ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)

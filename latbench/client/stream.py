@@ -143,18 +143,23 @@ async def stream_request(
     seq: int,
     phase: Phase,
     t_intended: int,
+    keep: list[bytes] | None = None,
 ) -> Record:
     """Send `item`, read the head, read the body into events, and record it all: one record,
-    whatever happened."""
+    whatever happened. `keep`, when given, receives the body's event payloads (the last
+    attempt's), for a session's next turn to read the reply from (`ApiKind.reply`)."""
     if ep.retry.max_retries:
         once = replace(ep, retry=NO_RETRY)
         return await _with_retries(
             lambda: stream_request(
-                session, once, item, run_id=run_id, seq=seq, phase=phase, t_intended=t_intended
+                session, once, item, run_id=run_id, seq=seq, phase=phase, t_intended=t_intended,
+                keep=keep,
             ),
             ep.retry,
             ep.timeouts.total,
-        )
+        )  # fmt: skip
+    if keep is not None:
+        keep.clear()
     api = ep.api
     got = _Exchange()
     loop = asyncio.get_running_loop()
@@ -183,7 +188,7 @@ async def stream_request(
                 clock = ReadClock(resp)
                 got.sent = clock.sent
                 if await _read_head(resp, clock, cm, got, total_at):
-                    await _read_events(resp, clock, cm, ep, got, total_at)
+                    await _read_events(resp, clock, cm, ep, got, total_at, keep)
     except (Exception, asyncio.CancelledError) as e:
         before_total = loop.time() < total_at - 1e-3
         got.error, got.detail = _failure(e, got, ep.timeouts, before_total)
@@ -229,6 +234,7 @@ async def _read_events(
     ep: Endpoint,
     got: _Exchange,
     total_at: float,
+    keep: list[bytes] | None = None,
 ) -> None:
     """Read the event stream to its end marker, stamping each event with its read's time.
 
@@ -274,6 +280,8 @@ async def _read_events(
             except OversizedEvent as e:
                 # The events completed before it in this piece still count.
                 datas, over = e.events, e
+            if keep is not None:
+                keep.extend(datas)
             for data in datas:
                 last = len(ev_t)
                 ev = api.parse(data)
@@ -457,6 +465,10 @@ def _finish(
         retry_after_s=got.retry_after,
         sent_late=sent_late,
         ev_late=tuple(got.ev_late) if got.ev_late is not None and got.ev_t else None,
+        session=item.session,
+        turn=item.turn,
+        images=item.images,
+        image_bytes=item.image_bytes,
     )
 
 

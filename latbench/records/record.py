@@ -77,6 +77,13 @@ class Record:
     # [gap - ev_late[i], gap + ev_late[i-1]].
     sent_late: int | None = None
     ev_late: Sequence[int] | None = None
+    # A multi-turn session's index and this request's turn in it (0 first; tool-answer steps
+    # count as turns), None for a single request; the images its messages carried and their
+    # decoded bytes.
+    session: int | None = None
+    turn: int | None = None
+    images: int = 0
+    image_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -133,14 +140,14 @@ INT_FIELDS: tuple[str, ...] = (
     "seq", "t_intended", "t_sent", "t_headers", "t_end", "status", "usage_prompt_tokens",
     "usage_completion_tokens", "max_tokens", "prompt_tokens", "attempts", "first_status",
     "t_first_end",
-    "t_last_sent", "sent_late",
+    "t_last_sent", "sent_late", "session", "turn", "images", "image_bytes",
 )  # fmt: skip
 # Of those, the ones that cannot be negative: counts (a negative one would subtract from totals)
 # and the send's error bound.
 _COUNT_FIELDS = frozenset(
     {"status", "usage_prompt_tokens", "usage_completion_tokens", "max_tokens", "prompt_tokens",
      "attempts",
-     "first_status", "sent_late"}
+     "first_status", "sent_late", "session", "turn", "images", "image_bytes"}
 )  # fmt: skip
 _I64 = 1 << 63
 
@@ -249,6 +256,11 @@ def _decode_record(d: dict[str, Any]) -> Record:
         # Absent from records written before the error bound was measured: not known.
         sent_late=d.get("sent_late"),
         ev_late=ev_late,
+        # Absent from records written before sessions and images: single text requests.
+        session=d.get("session"),
+        turn=d.get("turn"),
+        images=d.get("images", 0),
+        image_bytes=d.get("image_bytes", 0),
     )
 
 

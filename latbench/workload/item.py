@@ -35,12 +35,25 @@ ITEM_STREAM = 0x5EED_0002
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
-    """One request's input. `prompt` feeds completions APIs, `messages` chat APIs."""
+    """One request's input. `prompt` feeds completions APIs, `messages` chat APIs.
+
+    `messages` are in the Chat Completions format, the neutral form every chat-like API kind
+    converts from (client/apis): a string or a list of content parts (text, `image_url` with a
+    data URL) as content, an assistant's `tool_calls`, `tool` messages answering them. `tools`
+    are function definitions in the same format. `session` and `turn` place the request in a
+    multi-turn session (workload/session.py), None for single requests; `images` and
+    `image_bytes` count the images the messages carry (their decoded bytes), for the record.
+    """
 
     prompt: str
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
     prompt_tokens: int | None  # asked-for input length, target tokens; None: not asked
     max_tokens: int
+    tools: tuple[dict[str, Any], ...] = ()
+    session: int | None = None
+    turn: int | None = None
+    images: int = 0
+    image_bytes: int = 0
 
 
 @runtime_checkable
@@ -87,7 +100,7 @@ def draw_count(dist: Dist, rng: np.random.Generator) -> int:
     return min(MAX_TOKENS, max(1, round(x)))
 
 
-def user_turn(prompt: str) -> tuple[dict[str, str], ...]:
+def user_turn(prompt: str) -> tuple[dict[str, Any], ...]:
     return ({"role": "user", "content": prompt},)
 
 

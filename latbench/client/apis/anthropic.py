@@ -12,6 +12,7 @@ Unknown event types are ignored, as Anthropic's versioning policy asks of client
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from latbench.client.apis.base import (
@@ -30,6 +31,7 @@ from latbench.client.apis.base import (
 )
 from latbench.shared.errors import ErrorKind
 from latbench.workload import WorkItem
+from latbench.workload.session import Reply
 
 _DONE = Event(done=True)
 # Anthropic error types that say "turned away for load", as its HTTP 429 and 529 do.
@@ -70,6 +72,19 @@ class Messages:
         if system:
             body["system"] = "\n\n".join(system)
         return finish_body(body, item, opts)
+
+    def reply(self, payloads: Sequence[bytes]) -> Reply:
+        # Text only, for now; tool calls (tool_use blocks) come with the agent workload.
+        text = []
+        for data in payloads:
+            try:
+                obj = load_object(data)
+            except MalformedEvent:
+                continue
+            delta = obj.get("delta") if obj.get("type") == "content_block_delta" else None
+            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                text.append(str(delta.get("text") or ""))
+        return Reply("".join(text))
 
     def parse(self, data: bytes) -> Event:
         obj = load_object(data)

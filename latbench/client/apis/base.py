@@ -6,6 +6,7 @@ loop needs to know about one event, and the loop does the timing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -13,6 +14,7 @@ import orjson
 from latbench.records.record import CONTENT, REASONING, TOOL_CALL
 from latbench.shared.errors import ErrorKind
 from latbench.workload import WorkItem
+from latbench.workload.session import Reply
 
 
 class MalformedEvent(Exception):
@@ -114,3 +116,8 @@ class ApiKind(Protocol):
     def body(self, item: WorkItem, opts: RequestOptions) -> dict[str, Any]: ...
 
     def parse(self, data: bytes) -> Event: ...
+
+    def reply(self, payloads: Sequence[bytes]) -> Reply:
+        """What the response said (its answer text and tool calls), from its event payloads as
+        the stream delivered them: for the next turn of a session, never on the timed path."""
+        ...

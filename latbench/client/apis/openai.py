@@ -9,7 +9,7 @@ answer's `content`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from latbench.client.apis.base import (
@@ -26,6 +26,7 @@ from latbench.client.apis.base import (
 )
 from latbench.records.record import CONTENT, REASONING, TOOL_CALL
 from latbench.workload import WorkItem
+from latbench.workload.session import Reply, ToolCall
 
 DONE = b"[DONE]"
 
@@ -128,6 +129,22 @@ def _tool_call_kind(calls: object) -> str | None:
     return None
 
 
+def _choices(payloads: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Each chunk's first choice, skipping the end marker and what is not a JSON object (the
+    record already says how the stream failed)."""
+    out = []
+    for data in payloads:
+        if data == DONE:
+            continue
+        try:
+            c = _first_choice(load_object(data))
+        except MalformedEvent:
+            continue
+        if c is not None:
+            out.append(c)
+    return out
+
+
 class Completions:
     name = "completions"
     path = "/v1/completions"
@@ -138,13 +155,47 @@ class Completions:
     def parse(self, data: bytes) -> Event:
         return _parse(data, _completion_kind)
 
+    def reply(self, payloads: Sequence[bytes]) -> Reply:
+        return Reply("".join(str(c.get("text") or "") for c in _choices(payloads)))
+
 
 class Chat:
     name = "chat"
     path = "/v1/chat/completions"
 
     def body(self, item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
-        return {"messages": list(item.messages), **_common(item, opts)}
+        body: dict[str, Any] = {"messages": list(item.messages)}
+        if item.tools:
+            body["tools"] = list(item.tools)
+        return {**body, **_common(item, opts)}
 
     def parse(self, data: bytes) -> Event:
         return _parse(data, _chat_kind)
+
+    def reply(self, payloads: Sequence[bytes]) -> Reply:
+        text: list[str] = []
+        calls: dict[int, list[str]] = {}  # tool call index -> [id, name, arguments]
+        for c in _choices(payloads):
+            delta = c.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            if isinstance(delta.get("content"), str):
+                text.append(delta["content"])
+            for i, call in enumerate(delta.get("tool_calls") or ()):
+                if not isinstance(call, dict):
+                    continue
+                index = call.get("index", i)
+                got = calls.setdefault(index if isinstance(index, int) else i, ["", "", ""])
+                if isinstance(call.get("id"), str):
+                    got[0] = call["id"]
+                fn = call.get("function")
+                if isinstance(fn, dict):
+                    if isinstance(fn.get("name"), str):
+                        got[1] += fn["name"]
+                    if isinstance(fn.get("arguments"), str):
+                        got[2] += fn["arguments"]
+        tool_calls = tuple(
+            ToolCall(got[0] or f"call_{index}", got[1], got[2])
+            for index, got in sorted(calls.items())
+        )
+        return Reply("".join(text), tool_calls)

@@ -14,6 +14,7 @@ events. There is no `[DONE]`; every other event type (lifecycle, item and part b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from latbench.client.apis.base import (
@@ -31,6 +32,7 @@ from latbench.client.apis.base import (
 )
 from latbench.shared.errors import ErrorKind
 from latbench.workload import WorkItem
+from latbench.workload.session import Reply
 
 _TOKEN_EVENTS = {
     "response.output_text.delta": CONTENT_EVENT,
@@ -61,6 +63,19 @@ class Responses:
             "store": False,
         }
         return finish_body(body, item, opts)
+
+    def reply(self, payloads: Sequence[bytes]) -> Reply:
+        # Text only, for now; tool calls (function_call items) come with the agent workload.
+        text = []
+        for data in payloads:
+            try:
+                obj = load_object(data)
+            except MalformedEvent:
+                continue
+            delta = obj.get("delta")
+            if obj.get("type") == "response.output_text.delta" and isinstance(delta, str):
+                text.append(delta)
+        return Reply("".join(text))
 
     def parse(self, data: bytes) -> Event:
         obj = load_object(data)

@@ -50,7 +50,7 @@ from latbench.client.looplag import LoopLagMonitor
 from latbench.client.reads import StampingConnector
 from latbench.client.stream import Endpoint, stream_request
 from latbench.load.eager import install as install_eager_writes
-from latbench.load.pacers import ConstantPacer, Pacer, PoissonPacer, phase_of
+from latbench.load.pacers import ConstantPacer, Pacer, PoissonPacer, phase_of, shaped_pacer
 from latbench.load.wire import message, pack_record, read_frame, unsendable
 from latbench.records.record import Phase, Record
 from latbench.shared import rxstamp
@@ -69,6 +69,8 @@ def make_pacer(load: LoadSpec, seed: int) -> Pacer | None:
         assert load.rate is not None
         return PoissonPacer(load.rate, burstiness=load.burstiness, seed=seed)
     return None
+    if load.mode in ("ramp", "steps"):
+        return shaped_pacer(load, seed)
 
 
 def raise_fd_limit() -> None:

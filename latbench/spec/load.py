@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from latbench.spec.fields import Span, StrictModel, UpToADay
+from latbench.spec.ramp import SHAPED_MODES, Arrivals, RampSpec, StepSpec, check_shape
+from latbench.spec.saturation import OversaturationSpec
 
 MAX_CONCURRENCY = 65_536
 MAX_RATE = 1e6
@@ -16,7 +18,7 @@ MAX_REQUESTS = 10**9
 
 
 class LoadSpec(StrictModel):
-    mode: Literal["closed", "constant", "poisson"] = "closed"
+    mode: Literal["closed", "constant", "poisson", "ramp", "steps"] = "closed"
     concurrency: int | None = Field(
         default=None,
         ge=1,
@@ -35,6 +37,7 @@ class LoadSpec(StrictModel):
     cooldown: Span = 0.0
     warmup_requests: int = Field(default=0, ge=0, le=MAX_REQUESTS)
     cooldown_requests: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    oversaturation: OversaturationSpec = Field(default_factory=OversaturationSpec)
     workers: int | None = Field(
         default=None,
         ge=1,
@@ -46,15 +49,21 @@ class LoadSpec(StrictModel):
         description="with a duration: how long requests still in flight when it ends may go on; "
         "then they are cut and recorded as `overtime`, a failure in the failed share",
     )
+    ramp: RampSpec | None = Field(default=None, description="mode ramp: docs/workloads.md")
+    steps: list[StepSpec] | None = Field(default=None, description="mode steps: the stairs")
+    arrivals: Arrivals = Field(
+        default="even", description="ramp, steps: even gaps, or poisson (gamma with burstiness)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LoadSpec:
+        check_shape(self)
         if self.mode == "closed":
             if self.rate is not None:
                 raise ValueError("rate is for open-loop modes (constant, poisson), not closed")
             if self.concurrency is None:
                 self.concurrency = 8
-        elif self.rate is None:
+        elif self.rate is None and self.mode not in SHAPED_MODES:
             raise ValueError(f"mode {self.mode!r} needs a rate (requests per second)")
         if self.duration is None and self.requests is None:
             raise ValueError("give a duration or a number of requests to stop the run")
@@ -70,6 +79,7 @@ class LoadSpec(StrictModel):
                 f"warmup_requests + cooldown_requests leave none of the {self.requests} requests "
                 "to measure"
             )
+        self.oversaturation.check(self.open_loop)
         return self
 
     @property

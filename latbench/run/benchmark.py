@@ -50,6 +50,7 @@ from latbench.summary.scraper import ServerMetricsScraper, default_metrics_url
 from latbench.summary.server_metrics import Reconciliation, ServerMetricsError, reconcile
 from latbench.summary.summary import Summary, summarize
 from latbench.workload import DEFAULT_VOCABULARY, FileWorkload, SyntheticWorkload, Workload
+from latbench.workload.prefix import SharedPrefixWorkload
 from latbench.workload.tokens import TokenScale
 
 DEFAULT_OUTPUT_TOKENS = 128
@@ -71,6 +72,21 @@ def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload:
     if w.source == "synthetic":
         out = w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS)
         return SyntheticWorkload(w.input_tokens, out, seed=w.seed, scale=scale)
+    if w.source == "shared_prefix":
+        p = w.shared_prefix
+        assert p is not None and p.prefix_as is not None  # the spec fills both in
+        return SharedPrefixWorkload(
+            p.groups,
+            p.prefix_tokens,
+            p.suffix_tokens,
+            w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS),
+            share=p.share,
+            weights=p.weights,
+            prefix_as=p.prefix_as,
+            seed=w.seed,
+            preset=p.preset,
+            scale=scale,
+        )
     assert w.path is not None
     if w.source == "jsonl":
         return FileWorkload.from_jsonl(w.path, w.output_tokens, seed=w.seed)
@@ -85,7 +101,7 @@ async def calibrate_prompts(
     The built-in simulator counts a word as a token, so its runs need no request to know it
     (and its faults, dealt to requests in turn, see only the run's)."""
     w = spec.workload
-    if w.source != "synthetic" or spec.target.base_url is None:
+    if w.source not in ("synthetic", "shared_prefix") or spec.target.base_url is None:
         return None, []
     return await calibrate(
         session, endpoint, w.tokenizer, DEFAULT_VOCABULARY, lambda s: make_workload(w, s).item

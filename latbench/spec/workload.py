@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from latbench.shared.dist import Dist
 from latbench.spec.fields import StrictModel
+from latbench.spec.prefix import SharedPrefixSpec
 from latbench.workload import MAX_TOKENS
 
 MAX_SEED = 2**63  # exclusive: numpy's SeedSequence takes any int, but a seed must fit int64
@@ -37,12 +38,14 @@ CONTROLLED_BODY_KEYS = (
 
 
 class WorkloadSpec(StrictModel):
-    source: Literal["synthetic", "jsonl", "sharegpt"] = "synthetic"
+    source: Literal["synthetic", "jsonl", "sharegpt", "shared_prefix"] = "synthetic"
     path: Path | None = Field(default=None, description="prompt file, for jsonl and sharegpt")
     input_tokens: Dist = Field(default_factory=lambda: Dist(mean=128))
     # None: from the file (jsonl max_tokens, sharegpt reply length); synthetic uses 128.
     output_tokens: Dist | None = None
     ignore_eos: bool = True
+    # With source shared_prefix (unset: its defaults, vLLM's prefix_repetition lengths).
+    shared_prefix: SharedPrefixSpec | None = None
     extra_body: dict[str, Any] = Field(
         default_factory=dict,
         description="fields added to every request body; not those latbench sets "
@@ -86,14 +89,25 @@ class WorkloadSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadSpec:
-        if self.source != "synthetic" and self.path is None:
+        if self.source not in ("synthetic", "shared_prefix") and self.path is None:
             raise ValueError(f"source {self.source!r} needs a path to the prompt file")
-        if self.source == "synthetic" and self.path is not None:
-            raise ValueError("path is only for source jsonl or sharegpt")
+        if self.source in ("synthetic", "shared_prefix") and self.path is not None:
+            raise ValueError(f"path is not for source {self.source!r}: its prompts are generated")
         if self.path is not None and "\x00" in str(self.path):
             raise ValueError("path holds a NUL character")
-        if self.tokenizer is not None and self.source != "synthetic":
+        if self.tokenizer is not None and self.source not in ("synthetic", "shared_prefix"):
             raise ValueError("tokenizer is for synthetic prompts; a prompt file is sent as it is")
+        if self.source == "shared_prefix":
+            # Compared with the default, not "was it set": a stored spec (the records header)
+            # spells every field out.
+            if self.input_tokens != Dist(mean=128):
+                raise ValueError(
+                    "input_tokens is not for source shared_prefix: its prompts are "
+                    "shared_prefix.prefix_tokens + suffix_tokens"
+                )
+            self.shared_prefix = self.shared_prefix or SharedPrefixSpec()
+        elif self.shared_prefix is not None:
+            raise ValueError("shared_prefix is for source shared_prefix")
         if self.tokenizer is not None and "\x00" in self.tokenizer:
             raise ValueError("tokenizer holds a NUL character")
         return self

@@ -85,13 +85,23 @@ def pick_words(
     if scale.lead_costs[i] > target:  # a very short prompt: the cheapest lead comes closest
         i = int(np.argmin(scale.lead_costs))
     lead, lead_cost = scale.leads[i], scale.lead_costs[i]
-    rest = target - lead_cost
+    picked, spent = fill_words(scale, target - lead_cost, rng)
+    return lead, picked, lead_cost + spent
+
+
+def fill_words(
+    scale: TokenScale, rest: float, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """Vocabulary words that cost `rest` tokens after a space (each word's cost adds, see the
+    module's docstring): their indices and what they cost (below `rest` only when no word is
+    cheap enough to fill it). A prompt's words after its lead, or a suffix after a shared
+    prefix (workload/prefix.py)."""
     if rest <= 0:
-        return lead, np.empty(0, dtype=np.int64), lead_cost
+        return np.empty(0, dtype=np.int64), 0.0
     vocab = len(scale.costs)
     if not scale.exact:
         n = max(0, round(rest / scale.costs[0]))
-        return lead, rng.integers(0, vocab, n), lead_cost + n * scale.costs[0]
+        return rng.integers(0, vocab, n), n * scale.costs[0]
     costs = np.asarray(scale.costs, dtype=np.int64)
     # Candidates in one draw, taken in order while they fit; enough for the cheapest words.
     cand = rng.integers(0, vocab, int(rest // costs.min()) + 1)
@@ -108,7 +118,7 @@ def pick_words(
         words = scale._by_cost[c]
         fill.append(int(words[rng.integers(0, words.size)]))
         left -= c
-    return lead, np.concatenate([taken, np.asarray(fill, dtype=np.int64)]), float(target - left)
+    return np.concatenate([taken, np.asarray(fill, dtype=np.int64)]), float(rest - left)
 
 
 def probe_scale(

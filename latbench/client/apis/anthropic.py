@@ -8,12 +8,19 @@ point. There is no `[DONE]`. A `thinking_delta` is reasoning, a `text_delta` is 
 tool call (a `tool_use` block: the name in its start, the arguments in `input_json_delta`s) is
 a tool-call event; the `signature_delta` that closes a thinking block carries no generated text.
 Unknown event types are ignored, as Anthropic's versioning policy asks of clients.
+
+Requests are converted from the neutral Chat Completions messages (`convert_messages`): the
+system prompt to the top level, images to base64 `image` blocks, tool calls to `tool_use` blocks
+and tool results to `tool_result` blocks, as https://docs.anthropic.com/en/docs/build-with-claude/
+tool-use and vLLM 0.32's /v1/messages (which converts them back to chat messages) read them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from latbench.client.apis.base import (
     CONTENT_EVENT,
@@ -29,9 +36,19 @@ from latbench.client.apis.base import (
     load_object,
     reason,
 )
+from latbench.client.apis.convert import (
+    ConversionError,
+    arguments,
+    arguments_object,
+    function,
+    image_url,
+    parts_of,
+    split_data_url,
+    text_of,
+)
 from latbench.shared.errors import ErrorKind
 from latbench.workload import WorkItem
-from latbench.workload.session import Reply
+from latbench.workload.session import Reply, ToolCall
 
 _DONE = Event(done=True)
 # Anthropic error types that say "turned away for load", as its HTTP 429 and 529 do.
@@ -61,30 +78,54 @@ class Messages:
     path = "/v1/messages"
 
     def body(self, item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
-        # The Messages API takes system prompts as a top-level field, not as a message role.
-        system = [m["content"] for m in item.messages if m["role"] == "system"]
+        system, messages = convert_messages(item.messages)
         body: dict[str, Any] = {
             "model": opts.model,
             "max_tokens": item.max_tokens,
-            "messages": [m for m in item.messages if m["role"] != "system"],
+            "messages": messages,
             "stream": True,
         }
         if system:
-            body["system"] = "\n\n".join(system)
+            body["system"] = system
+        if item.tools:
+            body["tools"] = [convert_tool(t) for t in item.tools]
         return finish_body(body, item, opts)
 
     def reply(self, payloads: Sequence[bytes]) -> Reply:
-        # Text only, for now; tool calls (tool_use blocks) come with the agent workload.
-        text = []
+        text: list[str] = []
+        calls: dict[int, list[str]] = {}  # content block index -> [id, name, arguments]
         for data in payloads:
             try:
                 obj = load_object(data)
             except MalformedEvent:
                 continue
-            delta = obj.get("delta") if obj.get("type") == "content_block_delta" else None
-            if isinstance(delta, dict) and delta.get("type") == "text_delta":
-                text.append(str(delta.get("text") or ""))
-        return Reply("".join(text))
+            kind, index = obj.get("type"), obj.get("index")
+            if kind == "content_block_start":
+                block = obj.get("content_block")
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    # A start normally holds `input: {}` and the deltas the arguments; a start
+                    # that holds them whole (no deltas follow) is read the same.
+                    given = block.get("input")
+                    calls[index if isinstance(index, int) else len(calls)] = [
+                        str(block.get("id") or ""),
+                        str(block.get("name") or ""),
+                        orjson.dumps(given).decode() if given else "",
+                    ]
+                elif isinstance(block, dict) and block.get("type") == "text":
+                    text.append(str(block.get("text") or ""))
+            elif kind == "content_block_delta":
+                delta = obj.get("delta")
+                if not isinstance(delta, dict):
+                    continue
+                if delta.get("type") == "text_delta":
+                    text.append(str(delta.get("text") or ""))
+                elif delta.get("type") == "input_json_delta" and index in calls:
+                    calls[index][2] += str(delta.get("partial_json") or "")
+        tool_calls = tuple(
+            ToolCall(got[0] or f"toolu_{index}", got[1], got[2])
+            for index, got in sorted(calls.items())
+        )
+        return Reply("".join(text), tool_calls)
 
     def parse(self, data: bytes) -> Event:
         obj = load_object(data)
@@ -157,3 +198,91 @@ def _error(err: object) -> Event:
         error=f"{etype}: {err.get('message', '')}",
         error_kind=ERROR_KINDS.get(etype, ErrorKind.SERVER_ERROR_EVENT),
     )
+
+
+def convert_messages(messages: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The system prompt and the Messages API's `messages`, from the neutral (Chat Completions)
+    format. System messages go to the top-level `system`. Content parts become blocks (`text`;
+    `image_url` becomes an `image` block with a base64 source, or a url source). An assistant's
+    `tool_calls` become `tool_use` blocks after its text, and `tool` messages become
+    `tool_result` blocks of a user message. Consecutive messages of one role are merged into one:
+    the API wants every `tool_result` answering a turn's calls in the one user message right
+    after it, results first, and a user message following tool results is one role twice."""
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role = m.get("role")
+        if role == "system" or role == "developer":
+            system.append(text_of(m.get("content")))
+            continue
+        if role == "tool":
+            role, content = "user", [_tool_result(m)]
+        elif role == "assistant":
+            content = _assistant(m)
+        elif role == "user":
+            content = m.get("content")
+            content = content if isinstance(content, str) else _blocks(content)
+        else:
+            raise ConversionError(f"a message with role {role!r}, which the Messages API lacks")
+        if out and out[-1]["role"] == role:
+            prev = out[-1]
+            prev["content"] = _as_blocks(prev["content"]) + _as_blocks(content)
+        else:
+            out.append({"role": role, "content": content})
+    return "\n\n".join(system), out
+
+
+def convert_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    name, description, schema = function(tool)
+    out: dict[str, Any] = {"name": name, "input_schema": schema}
+    if description is not None:
+        out["description"] = description
+    return out
+
+
+def _as_blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
+def _blocks(content: object) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for part in parts_of(content):
+        ptype = part.get("type")
+        if ptype == "text":
+            blocks.append({"type": "text", "text": str(part.get("text") or "")})
+        elif ptype == "image_url":
+            url = image_url(part)
+            data = split_data_url(url)
+            source = (
+                {"type": "url", "url": url}
+                if data is None
+                else {"type": "base64", "media_type": data[0], "data": data[1]}
+            )
+            blocks.append({"type": "image", "source": source})
+        else:
+            raise ConversionError(f"a content part of type {ptype!r}, which latbench cannot send")
+    return blocks
+
+
+def _assistant(m: dict[str, Any]) -> str | list[dict[str, Any]]:
+    calls = m.get("tool_calls") or ()
+    content = m.get("content")
+    if not calls:
+        return content if isinstance(content, str) else _blocks(content)
+    # The API refuses an empty text block: a reply that was only a tool call has none.
+    blocks = [b for b in _blocks(content) if b["type"] != "text" or b["text"]]
+    for call in calls:
+        call_id, name, args = arguments(call)
+        blocks.append(
+            {"type": "tool_use", "id": call_id, "name": name, "input": arguments_object(args)}
+        )
+    return blocks
+
+
+def _tool_result(m: dict[str, Any]) -> dict[str, Any]:
+    content = m.get("content")
+    return {
+        "type": "tool_result",
+        "tool_use_id": str(m.get("tool_call_id") or ""),
+        "content": content if isinstance(content, str) else _blocks(content),
+    }

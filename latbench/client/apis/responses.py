@@ -10,6 +10,12 @@ with `response.completed` or `response.incomplete`, which carry the usage, or fa
 `response.function_call_arguments.delta` (and the MCP and custom-tool equivalents) are tool-call
 events. There is no `[DONE]`; every other event type (lifecycle, item and part boundaries,
 `*.done` repeats of the text) carries no new tokens.
+
+Requests are converted from the neutral Chat Completions messages (`convert_input`) to input
+items as https://platform.openai.com/docs/api-reference/responses and vLLM 0.32's
+/v1/responses (entrypoints/openai/responses/utils.py) read them: messages with `input_text` and
+`input_image` parts, an assistant's tool calls as `function_call` items and tool results as
+`function_call_output` items; tools as `{"type": "function", "name", ...}`.
 """
 
 from __future__ import annotations
@@ -30,9 +36,17 @@ from latbench.client.apis.base import (
     load_object,
     reason,
 )
+from latbench.client.apis.convert import (
+    ConversionError,
+    arguments,
+    function,
+    image_url,
+    parts_of,
+    text_of,
+)
 from latbench.shared.errors import ErrorKind
 from latbench.workload import WorkItem
-from latbench.workload.session import Reply
+from latbench.workload.session import Reply, ToolCall
 
 _TOKEN_EVENTS = {
     "response.output_text.delta": CONTENT_EVENT,
@@ -56,26 +70,47 @@ class Responses:
     def body(self, item: WorkItem, opts: RequestOptions) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": opts.model,
-            "input": list(item.messages),
+            "input": convert_input(item.messages),
             "max_output_tokens": item.max_tokens,
             "stream": True,
             # A benchmark's responses are not worth keeping on the provider's side.
             "store": False,
         }
+        if item.tools:
+            body["tools"] = [convert_tool(t) for t in item.tools]
         return finish_body(body, item, opts)
 
     def reply(self, payloads: Sequence[bytes]) -> Reply:
-        # Text only, for now; tool calls (function_call items) come with the agent workload.
-        text = []
+        text: list[str] = []
+        calls: dict[object, list[str]] = {}  # output index -> [call_id, name, arguments]
         for data in payloads:
             try:
                 obj = load_object(data)
             except MalformedEvent:
                 continue
-            delta = obj.get("delta")
-            if obj.get("type") == "response.output_text.delta" and isinstance(delta, str):
-                text.append(delta)
-        return Reply("".join(text))
+            kind, at = obj.get("type"), obj.get("output_index")
+            if kind == "response.output_text.delta" and isinstance(obj.get("delta"), str):
+                text.append(obj["delta"])
+            elif kind == "response.output_item.added":
+                item = obj.get("item")
+                if isinstance(item, dict) and item.get("type") == "function_call":
+                    calls[at] = [
+                        str(item.get("call_id") or ""),
+                        str(item.get("name") or ""),
+                        str(item.get("arguments") or ""),
+                    ]
+            elif kind == "response.function_call_arguments.delta" and at in calls:
+                calls[at][2] += str(obj.get("delta") or "")
+            elif (
+                kind == "response.function_call_arguments.done"
+                and at in calls
+                and isinstance(obj.get("arguments"), str)
+            ):
+                calls[at][2] = obj["arguments"]  # the whole arguments: they win over the pieces
+        tool_calls = tuple(
+            ToolCall(got[0] or f"call_{n}", got[1], got[2]) for n, got in enumerate(calls.values())
+        )
+        return Reply("".join(text), tool_calls)
 
     def parse(self, data: bytes) -> Event:
         obj = load_object(data)
@@ -135,3 +170,58 @@ def _error(err: dict[str, Any]) -> Event:
         error=f"{code or 'error'}: {err.get('message', '')}",
         error_kind=ERROR_KINDS.get(str(code), ErrorKind.SERVER_ERROR_EVENT),
     )
+
+
+def convert_input(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Responses API's `input` items, from the neutral (Chat Completions) messages."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role, content = m.get("role"), m.get("content")
+        if role == "tool":
+            out.append(
+                {
+                    "type": "function_call_output",
+                    "call_id": str(m.get("tool_call_id") or ""),
+                    "output": text_of(content),
+                }
+            )
+        elif role == "assistant":
+            # The assistant's earlier output is resent as text (vLLM reads its first part only);
+            # a reply that was only a tool call has none, and sends no empty message.
+            if text := text_of(content):
+                out.append({"role": "assistant", "content": text})
+            for call in m.get("tool_calls") or ():
+                call_id, name, args = arguments(call)
+                out.append(
+                    {"type": "function_call", "call_id": call_id, "name": name, "arguments": args}
+                )
+        elif role in ("system", "developer", "user"):
+            out.append(
+                {"role": role, "content": content if isinstance(content, str) else _parts(content)}
+            )
+        else:
+            raise ConversionError(f"a message with role {role!r}, which the Responses API lacks")
+    return out
+
+
+def convert_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    name, description, schema = function(tool)
+    # strict: false says so outright: OpenAI's strict mode wants every property required and
+    # no additional ones, which a workload's schemas need not meet.
+    out: dict[str, Any] = {"type": "function", "name": name, "parameters": schema, "strict": False}
+    if description is not None:
+        out["description"] = description
+    return out
+
+
+def _parts(content: object) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for part in parts_of(content):
+        ptype = part.get("type")
+        if ptype == "text":
+            parts.append({"type": "input_text", "text": str(part.get("text") or "")})
+        elif ptype == "image_url":
+            parts.append({"type": "input_image", "image_url": image_url(part), "detail": "auto"})
+        else:
+            raise ConversionError(f"a content part of type {ptype!r}, which latbench cannot send")
+    return parts

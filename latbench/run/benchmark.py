@@ -50,6 +50,7 @@ from latbench.summary.scraper import ServerMetricsScraper, default_metrics_url
 from latbench.summary.server_metrics import Reconciliation, ServerMetricsError, reconcile
 from latbench.summary.summary import Summary, summarize
 from latbench.workload import DEFAULT_VOCABULARY, FileWorkload, SyntheticWorkload, Workload
+from latbench.workload.images import with_images
 from latbench.workload.prefix import SharedPrefixWorkload
 from latbench.workload.tokens import TokenScale
 
@@ -185,6 +186,8 @@ async def run_benchmark(
             console.print(f"[yellow]warning:[/] {note}", highlight=False)
         if scale is not None:
             workload = make_workload(spec.workload, scale)
+        if spec.workload.images is not None:  # after calibration, which counts the text alone
+            workload = with_images(workload, spec.workload.images.maker(spec.workload.seed))
         env = environment(spec, base_url, endpoint.options.model)
         # Which tokens the prompt lengths are in, for every reader of the records file too.
         env["prompt_tokens"] = workload.describe().get("prompt_tokens")

@@ -96,6 +96,15 @@ class RunSpec(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _images_need_chat(self) -> RunSpec:
+        if self.workload.images is not None and self.target.api == "completions":
+            raise ValueError(
+                "workload.images: target.api 'completions' sends one prompt string, which "
+                "carries no images; use chat, anthropic or responses"
+            )
+        return self
+
 
 def format_validation_error(e: ValidationError, source: str) -> str:
     lines = [f"invalid run spec ({source}):"]

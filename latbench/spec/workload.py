@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from latbench.shared.dist import Dist
 from latbench.spec.fields import StrictModel
+from latbench.spec.images import ImagesSpec
 from latbench.spec.prefix import SharedPrefixSpec
 from latbench.workload import MAX_TOKENS
 
@@ -52,6 +53,8 @@ class WorkloadSpec(StrictModel):
         "(CONTROLLED_BODY_KEYS), at most 64 KiB as JSON",
     )
     seed: int = Field(default=0, ge=0, lt=MAX_SEED)
+    # Generated images in each chat request (each turn of a session); None: text only.
+    images: ImagesSpec | None = None
     # Synthetic prompt lengths are in the target's tokens (latbench/client/tokenize.py).
     tokenizer: str | None = Field(
         default=None,

@@ -68,9 +68,9 @@ def make_pacer(load: LoadSpec, seed: int) -> Pacer | None:
     if load.mode == "poisson":
         assert load.rate is not None
         return PoissonPacer(load.rate, burstiness=load.burstiness, seed=seed)
-    return None
     if load.mode in ("ramp", "steps"):
         return shaped_pacer(load, seed)
+    return None
 
 
 def raise_fd_limit() -> None:

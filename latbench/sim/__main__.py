@@ -43,11 +43,19 @@ _FLAG_FIELDS = (
     "tokens_per_event",
     "reasoning_tokens",
     "tool_call_tokens",
+    "tool_steps",
     "eos_probability",
     "seed",
     "max_batch",
     "ttft_per_stream",
     "itl_per_stream",
+    "prefix_cache",
+    "block_tokens",
+    "prefix_cache_blocks",
+    "prefill_per_token",
+    "itl_per_context_token",
+    "image_tokens",
+    "ttft_per_image",
     "rate_limit",
     "truth_capacity",
 )
@@ -102,11 +110,35 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     a("--tokens-per-event", type=int, metavar="K", help="tokens per SSE event (default 1)")
     a("--reasoning-tokens", type=int, metavar="N", help="chat: reasoning tokens before content")
     a("--tool-call-tokens", type=int, metavar="N", help="tokens of a tool call after content")
+    a(
+        "--tool-steps",
+        type=int,
+        metavar="N",
+        help="a request offering tools gets a tool call until N tool results follow its last "
+        "user message (default 1)",
+    )
     a("--eos-probability", type=float, metavar="P", help="chance each token is the last")
     a("--seed", type=int, help="RNG seed for latency and length draws")
     a("--max-batch", type=int, metavar="B", help="streams decoding at once; more wait FIFO")
     a("--ttft-per-stream", type=float, metavar="S", help="TTFT added per active stream, s")
     a("--itl-per-stream", type=float, metavar="S", help="step time added per other stream, s")
+    a(
+        "--prefix-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cache prompt blocks as vLLM does (default on)",
+    )
+    a("--block-tokens", type=int, metavar="N", help="tokens per cached block (default 16)")
+    a("--prefix-cache-blocks", type=int, metavar="N", help="blocks cached (default 32768)")
+    a("--prefill-per-token", type=float, metavar="S", help="TTFT per uncached prompt token, s")
+    a(
+        "--itl-per-context-token",
+        type=float,
+        metavar="S",
+        help="step time added per token of context (prompt and generated), s",
+    )
+    a("--image-tokens", type=int, metavar="N", help="prompt tokens per image (default 0)")
+    a("--ttft-per-image", type=float, metavar="S", help="TTFT added per image, s")
     a(
         "--rate-limit",
         type=float,

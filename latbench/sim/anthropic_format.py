@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from latbench.sim.formats import TOOL_NAME, ApiError, content_words, named_event
+from latbench.sim.formats import TOOL_NAME, ApiError, named_event
+from latbench.sim.prompt import Prompt, name_of, object_of, text_of
 
 if TYPE_CHECKING:
     from latbench.sim.engine import Plan
@@ -44,11 +45,15 @@ def anthropic_models(model: str, created: int) -> dict[str, Any]:
     return {"data": [entry], "has_more": False, "first_id": model, "last_id": model}
 
 
-def anthropic_prompt_tokens(body: dict[str, Any]) -> int:
+def anthropic_prompt(body: dict[str, Any], prompt: Prompt) -> None:
+    """Read a Messages API body into `prompt` (prompt.py): tools, system, then the messages'
+    text, images (`image` blocks with a base64 source), `tool_use` and `tool_result` blocks."""
+    _tools(body.get("tools"), prompt)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages: Field required, a non-empty list", "messages")
-    total = 0 if body.get("system") is None else content_words(body["system"], "system")
+    if body.get("system") is not None:
+        _content(body["system"], "system", prompt)
     for i, m in enumerate(messages):
         role = m.get("role") if isinstance(m, dict) else None
         if role not in ("user", "assistant"):
@@ -59,8 +64,66 @@ def anthropic_prompt_tokens(body: dict[str, Any]) -> int:
                 "the Messages API takes a top-level `system` parameter",
                 "messages",
             )
-        total += content_words(m.get("content"), f"messages.{i}.content")
-    return total
+        content = m.get("content")
+        # A user message of tool results only answers the last call; any other starts a turn.
+        if role == "user" and not (
+            isinstance(content, list)
+            and content
+            and all(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+        ):
+            prompt.user_turn()
+        _content(content, f"messages.{i}.content", prompt, role)
+
+
+def _content(value: object, where: str, prompt: Prompt, role: str | None = None) -> None:
+    if isinstance(value, str):
+        prompt.words(value)
+        return
+    if not isinstance(value, list):
+        raise ApiError(400, f"{where}: must be a string or a list of content blocks", where)
+    for j, block in enumerate(value):
+        at = f"{where}.{j}"
+        if not isinstance(block, dict):
+            raise ApiError(400, f"{at}: each content block must be an object", at)
+        kind = block.get("type")
+        if kind == "image":
+            source = object_of(block.get("source"), f"{at}.source")
+            if source.get("type") != "base64":
+                raise ApiError(
+                    400,
+                    f"{at}.source.type: the simulator takes base64 images only, got "
+                    f"{source.get('type')!r}; it fetches no URLs",
+                    f"{at}.source.type",
+                )
+            prompt.image(source.get("media_type"), source.get("data"), f"{at}.source")
+        elif kind == "tool_use":
+            if role != "assistant":
+                raise ApiError(400, f"{at}: tool_use blocks belong to assistant messages", at)
+            text_of(block.get("id"), f"{at}.id")
+            prompt.words(name_of(block.get("name"), f"{at}.name"))
+            prompt.json_words(object_of(block.get("input"), f"{at}.input"))
+        elif kind == "tool_result":
+            if role != "user":
+                raise ApiError(400, f"{at}: tool_result blocks belong to user messages", at)
+            text_of(block.get("tool_use_id"), f"{at}.tool_use_id")
+            if block.get("content") is not None:
+                _content(block["content"], f"{at}.content", prompt)
+            prompt.tool_result()
+        elif isinstance(block.get("text"), str):
+            prompt.words(block["text"])
+
+
+def _tools(tools: object, prompt: Prompt) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise ApiError(400, "tools: Input should be a valid list", "tools")
+    for i, tool in enumerate(tools):
+        at = f"tools.{i}"
+        tool = object_of(tool, at)
+        name = name_of(tool.get("name"), f"{at}.name")
+        schema = object_of(tool.get("input_schema"), f"{at}.input_schema")
+        prompt.tool(name, tool.get("description"), schema)
 
 
 def _anthropic_stop(finish: str, tool_call: bool = False) -> str:
@@ -110,7 +173,7 @@ class AnthropicStream:
                 block = {
                     "type": "tool_use",
                     "id": f"toolu_{uuid.uuid4().hex[:24]}",
-                    "name": TOOL_NAME,
+                    "name": self._req.tool_name or TOOL_NAME,
                     "input": {},
                 }
             start = {"type": "content_block_start", "index": self._block, "content_block": block}
@@ -175,7 +238,7 @@ class AnthropicStream:
                 {
                     "type": "tool_use",
                     "id": f"toolu_{uuid.uuid4().hex[:24]}",
-                    "name": TOOL_NAME,
+                    "name": self._req.tool_name or TOOL_NAME,
                     "input": orjson.loads(tool_args),
                 }
             )

@@ -14,6 +14,9 @@ FaultKind = Literal[
     "http_status", "malformed", "truncate", "stall_first", "stall_mid", "error_event"
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+# A tool call's tokens when a request offers tools and `tool_call_tokens` is 0: a short call,
+# the name's event and a few words of arguments.
+TOOL_CALL_TOKENS = 8
 
 
 class FaultSpec(BaseModel):
@@ -93,8 +96,37 @@ class SimConfig(BaseModel):
         description="chat, anthropic, responses: the last of max_tokens, after the answer, are "
         "one tool call (its name in the first event, then its JSON arguments)",
     )
+    tool_steps: int = Field(
+        default=1,
+        ge=0,
+        description="a request that offers tools gets a reply ending with a call of the first "
+        "tool, unless this many tool results follow its last user message; then a text answer",
+    )
     eos_probability: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int | None = None
+
+    # What a prompt costs; see `latbench.sim.engine` and `latbench.sim.prefix`.
+    prefix_cache: bool = Field(
+        default=True,
+        description="cache prompt blocks as vLLM's automatic prefix caching does (on by "
+        "default, as in vLLM); hits cost no prefill_per_token",
+    )
+    block_tokens: int = Field(default=16, ge=1, description="tokens per cached block (vLLM's 16)")
+    prefix_cache_blocks: int = Field(
+        default=32768, ge=1, description="blocks the prefix cache holds; the LRU is evicted"
+    )
+    prefill_per_token: float = Field(
+        default=0.0, ge=0.0, description="TTFT added per prompt token not found in the cache, s"
+    )
+    itl_per_context_token: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="time added to each step per token of context (prompt and generated so far), s",
+    )
+    image_tokens: int = Field(
+        default=0, ge=0, description="prompt tokens each image counts for (and caches as)"
+    )
+    ttft_per_image: float = Field(default=0.0, ge=0.0, description="TTFT added per image, s")
 
     # The load model; see `latbench.sim.engine` for the formula.
     max_batch: int | None = Field(default=None, ge=1, description="None: no limit, no queue")

@@ -6,7 +6,25 @@ Each request draws a TTFT from `ttft` and one step per later event from `itl` (s
 RNG). It is planned as `E` events of at most `k = tokens_per_event` tokens each (reasoning tokens
 first, then content, then a tool call), so `E = ceil(R / k) + ceil((N - R - T) / k) + ceil(T / k)`
 for `N` output tokens of which `R = min(reasoning_tokens, N)` are reasoning and
-`T = min(tool_call_tokens, N - R)` a tool call (`R = T = 0` for completions).
+`T = min(tool_call_tokens, N - R)` a tool call (`R = T = 0` for completions). A request that
+offers tools sets `T` itself (request.py: a call of its first tool, or none once `tool_steps` tool
+results answer its last user message); a call it gets whole ends the reply as the model's own
+stop (finish reason `stop`: chat's `tool_calls`, Anthropic's `tool_use`).
+
+What a prompt costs
+-------------------
+A request of `P` prompt tokens (prompt.py), `H` of them found in the prefix cache (prefix.py,
+looked up when the request is admitted; `H = 0` with `prefix_cache: false`) and `I` images adds
+
+    prefill = prefill_per_token * (P - H) + ttft_per_image * I
+
+to its TTFT, and each of its steps grows with its context, the prompt and the `c_i` tokens
+generated through event `i`:
+
+    context_i = itl_per_context_token * (P + c_i)
+
+All default to 0, so by default a prompt costs nothing. There is no batch-level interference:
+one request's prefill does not slow the others' decoding.
 
 Load model
 ----------
@@ -15,8 +33,8 @@ order (no limit when `max_batch` is None). A request is *admitted* at `t_admit` 
 slot. Let `a` be the number of other requests holding a slot at that moment and `n_i` the number
 holding one (itself included) when its event `i` is written. Its events are due at
 
-    t_1     = t_admit + TTFT_draw + ttft_per_stream * a
-    t_(i+1) = t_i + ITL_draw_i + itl_per_stream * (n_i - 1)
+    t_1     = t_admit + TTFT_draw + ttft_per_stream * a + prefill
+    t_(i+1) = t_i + ITL_draw_i + itl_per_stream * (n_i - 1) + context_i
 
 Each `t_i` is an absolute deadline on the event loop's clock: it is computed from the previous
 deadline, never from when the previous event was actually written, so scheduling jitter never
@@ -41,8 +59,14 @@ so below the knee TTFT is `ttft + ttft_per_stream * (n - 1)` and ITL is
 Truth
 -----
 `Truth` keeps, per generation request, the arrival instant (`time.monotonic_ns()` at handler
-entry) and the instant each token event was written, for `/sim/truth`. On Linux that clock is
-shared by all processes, so a client on the same host can compare its own instants with these.
+entry) and the instant each token event was written, for `/sim/truth`, with what the model made of
+it: its prompt tokens, how many of them were cached, its images, the tool its reply called, and
+`ttft_model_s`, the TTFT the model planned from admission (`t_1 - t_admit`: the draw, the load and
+the prefill) and `decode_model_s`, the steps it planned after the first event (`t_E - t_1`: the
+draws and the context term; the `itl_per_stream` term, which depends on the streams running at
+each event, left out), so a test can check each cost exactly, free of the event loop's timing.
+On Linux that clock is shared by all processes, so a client on the same host can compare its own
+instants with these.
 
 vLLM's own Prometheus metrics, observed from the same instants, are in vllm_metrics.py.
 """
@@ -62,6 +86,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from latbench.sim.config import SimConfig
+from latbench.sim.prefix import ImageCache, PrefixCache, Token, block_hashes
+from latbench.sim.prompt import Prompt
 
 EventKind = Literal["reasoning", "content", "tool_call"]
 FinishReason = Literal["stop", "length"]
@@ -80,15 +106,37 @@ class Plan:
 class Pacer:
     """Sleeps until each of one request's event deadlines (see the module docstring)."""
 
-    __slots__ = ("_deadline", "_engine", "_loop", "_sent", "_steps", "admit_ns")
+    __slots__ = (
+        "_deadline",
+        "_engine",
+        "_hashes",
+        "_loop",
+        "_prompt",
+        "_sent",
+        "_steps",
+        "admit_ns",
+        "cached_tokens",
+    )
 
-    def __init__(self, engine: Engine, ttft: float, steps: list[float], admit_ns: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        ttft: float,
+        steps: list[float],
+        admit_ns: int,
+        prompt: Prompt | None = None,
+        hashes: list[int] | None = None,
+        cached_tokens: int = 0,
+    ) -> None:
         self.admit_ns = admit_ns  # t_admit: when the request got its slot (monotonic_ns)
+        self.cached_tokens = cached_tokens  # prompt tokens the prefix cache held at admission
         self._engine = engine
         self._loop = asyncio.get_running_loop()
         self._deadline = self._loop.time() + ttft
         self._steps = steps
         self._sent = 0
+        self._prompt = prompt
+        self._hashes = hashes  # the prompt's block keys, cached once its prefill is done
 
     async def next_event(self) -> None:
         """Return when the next event is due."""
@@ -99,6 +147,14 @@ class Pacer:
         delay = self._deadline - self._loop.time()
         # A late event still yields, so one stream that fell behind cannot starve the others.
         await asyncio.sleep(delay if delay > 0 else 0)
+        if self._sent == 1 and self._hashes and self._engine.cache is not None:
+            self._engine.cache.insert(self._hashes)  # prefill done: its blocks are computed
+
+    def answered(self, tokens: list[Token]) -> None:
+        """The request ended with this answer: cache the blocks it filled (prefix.py)."""
+        cache = self._engine.cache
+        if cache is not None and self._prompt is not None and self._hashes is not None:
+            cache.extend(self._prompt.tokens, self._hashes, tokens)
 
 
 class Engine:
@@ -109,14 +165,28 @@ class Engine:
         self.active = 0  # requests holding a slot
         self._rng = np.random.default_rng(config.seed)
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.cache = (
+            PrefixCache(config.block_tokens, config.prefix_cache_blocks)
+            if config.prefix_cache
+            else None
+        )
+        self.images = ImageCache()
 
     @property
     def queued(self) -> int:
         return len(self._waiters)
 
     def plan(
-        self, *, max_tokens: int, min_tokens: int = 0, ignore_eos: bool = False, reasoning: bool
+        self,
+        *,
+        max_tokens: int,
+        min_tokens: int = 0,
+        ignore_eos: bool = False,
+        reasoning: bool,
+        tool_call: int | None = None,
     ) -> Plan:
+        """`tool_call`: the tokens of the call ending the reply (None: `tool_call_tokens` for the
+        chat-like APIs, none for completions)."""
         n, finish = max_tokens, "length"
         p = self.config.eos_probability
         if p > 0 and not ignore_eos:
@@ -126,7 +196,12 @@ class Engine:
             if last <= max_tokens:
                 n, finish = last, "stop"
         r = min(self.config.reasoning_tokens, n) if reasoning else 0
-        t = min(self.config.tool_call_tokens, n - r) if reasoning else 0
+        if tool_call is None:
+            t = min(self.config.tool_call_tokens, n - r) if reasoning else 0
+        else:
+            t = min(tool_call, n - r)
+            if t and t == tool_call:
+                finish = "stop"  # the model ended its turn with the call
         k = self.config.tokens_per_event
         events = [
             *_chunks("reasoning", r, k),
@@ -136,16 +211,36 @@ class Engine:
         return Plan(events=tuple(events), completion_tokens=n, finish_reason=finish)
 
     @asynccontextmanager
-    async def admit(self, plan: Plan) -> AsyncIterator[Pacer]:
-        """Hold a decoding slot (waiting FIFO for one) while generating `plan`."""
+    async def admit(
+        self, plan: Plan, prompt: Prompt | None = None, entry: TruthEntry | None = None
+    ) -> AsyncIterator[Pacer]:
+        """Hold a decoding slot (waiting FIFO for one) while generating `plan` for `prompt`,
+        noting in `entry` what the model made of it."""
         await self._acquire()
         admit_ns = time.monotonic_ns()
         try:
+            cfg = self.config
             others = self.active - 1
-            ttft = self.config.ttft.sample_one(self._rng) + self.config.ttft_per_stream * others
+            ttft = cfg.ttft.sample_one(self._rng) + cfg.ttft_per_stream * others
             # All steps drawn at once: one numpy call per request, not one per event.
-            steps = self.config.itl.sample(self._rng, max(len(plan.events) - 1, 0)).tolist()
-            yield Pacer(self, ttft, steps, admit_ns)
+            steps = cfg.itl.sample(self._rng, max(len(plan.events) - 1, 0)).tolist()
+            hashes: list[int] | None = None
+            cached = 0
+            if prompt is not None:
+                p = len(prompt.tokens)
+                if self.cache is not None:
+                    hashes = block_hashes(prompt.tokens, self.cache.block_tokens)
+                    cached = self.cache.lookup(hashes, p)
+                ttft += cfg.prefill_per_token * (p - cached) + cfg.ttft_per_image * prompt.images
+                self.images.lookup(prompt.image_keys)
+                if cfg.itl_per_context_token and steps:
+                    steps = _with_context(steps, plan, p, cfg.itl_per_context_token)
+                if entry is not None:
+                    entry.prompt(p, cached, prompt.images)
+            if entry is not None:
+                entry.ttft_model_s = ttft
+                entry.decode_model_s = sum(steps)
+            yield Pacer(self, ttft, steps, admit_ns, prompt, hashes, cached)
         finally:
             self._release()
 
@@ -175,6 +270,13 @@ class Engine:
         self.active -= 1
 
 
+def _with_context(steps: list[float], plan: Plan, prompt: int, per_token: float) -> list[float]:
+    """Each step after event `i` lengthened by `per_token * (prompt + c_i)`, `c_i` the tokens
+    generated through event `i`."""
+    generated = np.cumsum([n for _, n in plan.events[:-1]])
+    return (np.asarray(steps) + per_token * (prompt + generated)).tolist()
+
+
 def _chunks(kind: EventKind, tokens: int, k: int) -> list[tuple[EventKind, int]]:
     full, rest = divmod(tokens, k)
     return [(kind, k)] * full + ([(kind, rest)] if rest else [])
@@ -183,7 +285,19 @@ def _chunks(kind: EventKind, tokens: int, k: int) -> list[tuple[EventKind, int]]
 class TruthEntry:
     """One request as the server saw it. Recording an event appends one int."""
 
-    __slots__ = ("arrival_ns", "events_ns", "fault", "handler_ns", "tokens")
+    __slots__ = (
+        "arrival_ns",
+        "cached_tokens",
+        "decode_model_s",
+        "events_ns",
+        "fault",
+        "handler_ns",
+        "images",
+        "prompt_tokens",
+        "tokens",
+        "tool_call",
+        "ttft_model_s",
+    )
 
     def __init__(self, arrival_ns: int, handler_ns: int, fault: str | None) -> None:
         self.arrival_ns = arrival_ns  # the read that brought its first bytes (sim/arrival.py)
@@ -191,6 +305,15 @@ class TruthEntry:
         self.events_ns = array("q")
         self.fault = fault
         self.tokens = 0
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.images = 0
+        self.tool_call: str | None = None  # the tool its reply called
+        self.ttft_model_s: float | None = None  # t_1 - t_admit as planned (None: never admitted)
+        self.decode_model_s: float | None = None  # t_E - t_1 as planned, the load term left out
+
+    def prompt(self, tokens: int, cached: int, images: int) -> None:
+        self.prompt_tokens, self.cached_tokens, self.images = tokens, cached, images
 
     def event(self, tokens: int) -> None:
         self.events_ns.append(time.monotonic_ns())
@@ -220,6 +343,10 @@ class Truth:
         out: dict[str, Any] = {
             "count": len(entries),
             "tokens": sum(e.tokens for e in entries),
+            "prompt_tokens": sum(e.prompt_tokens for e in entries),
+            "cached_tokens": sum(e.cached_tokens for e in entries),
+            "images": sum(e.images for e in entries),
+            "tool_calls": sum(e.tool_call is not None for e in entries),
             "ttft": _stats(ttft),
             "itl": _stats(itl),
         }
@@ -231,6 +358,12 @@ class Truth:
                     "events_ns": e.events_ns.tolist(),
                     "tokens": e.tokens,
                     "fault": e.fault,
+                    "prompt_tokens": e.prompt_tokens,
+                    "cached_tokens": e.cached_tokens,
+                    "images": e.images,
+                    "tool_call": e.tool_call,
+                    "ttft_model_s": e.ttft_model_s,
+                    "decode_model_s": e.decode_model_s,
                 }
                 for e in entries
             ]

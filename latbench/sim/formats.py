@@ -34,7 +34,7 @@ PERSONALITY_APIS: dict[Personality, tuple[str, ...]] = {
     "anthropic": ("anthropic",),
     "responses": ("responses",),
 }
-# The one tool a simulated response calls (SimConfig.tool_call_tokens).
+# The tool a response calls when its request offers none (SimConfig.tool_call_tokens).
 TOOL_NAME = "lookup"
 
 
@@ -67,19 +67,3 @@ class Encoder(Protocol):
 def named_event(name: str, obj: dict[str, Any]) -> bytes:
     """Anthropic's and the Responses API's streams name each SSE event after its JSON `type`."""
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
-
-
-def content_words(value: object, where: str) -> int:
-    """Words in a string, or in the `text` of each part of a list of content parts."""
-    if isinstance(value, str):
-        return len(value.split())
-    if isinstance(value, list):
-        total = 0
-        for part in value:
-            if not isinstance(part, dict):
-                raise ApiError(400, f"{where}: each content part must be an object", where)
-            text = part.get("text")
-            if isinstance(text, str):
-                total += len(text.split())
-        return total
-    raise ApiError(400, f"{where}: must be a string or a list of content parts", where)

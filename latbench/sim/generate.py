@@ -22,7 +22,7 @@ from latbench.sim.anthropic_format import AnthropicStream
 from latbench.sim.arrival import arrival_ns
 from latbench.sim.config import FaultSpec
 from latbench.sim.engine import FinishReason, Pacer, Plan, TruthEntry
-from latbench.sim.formats import ApiError, Encoder
+from latbench.sim.formats import TOOL_NAME, ApiError, Encoder
 from latbench.sim.replies import api_error, check_auth
 from latbench.sim.request import Api, GenRequest, parse_request
 from latbench.sim.responses_format import ResponsesStream
@@ -53,6 +53,20 @@ def _texts(plan: Plan) -> list[str]:
             out[calls[1]] = '{"query":"' + out[calls[1]]
             out[calls[-1]] += '"}'
     return out
+
+
+def answer_tokens(plan: Plan, texts: list[str], tool_name: str) -> list[str]:
+    """The tokens of the answer as a client resends it in the next turn: its text, then the
+    call's name and arguments (prompt.py reads a resent answer in that order), so the prefix
+    cache can hold the blocks the answer filled."""
+    parts: list[str] = []
+    called = False
+    for (kind, _), text in zip(plan.events, texts, strict=True):
+        if kind == "tool_call" and not called:
+            parts.append(f" {tool_name} ")
+            called = True
+        parts.append(text)
+    return "".join(parts).split()
 
 
 def tool_arguments(plan: Plan, texts: list[str]) -> str | None:
@@ -154,7 +168,10 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
         min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos,
         reasoning=api != "completions",
+        tool_call=req.tool_call,
     )
+    if any(kind == "tool_call" for kind, _ in plan.events):
+        entry.tool_call = req.tool_name or TOOL_NAME
     g = _Generation(request, state, req, plan, fault, entry)
     return await (_stream(g) if req.stream else _respond(g))
 
@@ -178,7 +195,7 @@ async def _stream(g: _Generation) -> web.StreamResponse:
     pacer: Pacer | None = None
     done: FinishReason | None = None  # set once the stream has ended as it should
     try:
-        async with state.engine.admit(plan) as pacer:
+        async with state.engine.admit(plan, req.prompt, entry) as pacer:
             for i, (kind, count) in enumerate(plan.events):
                 if i == strike:
                     break
@@ -193,6 +210,7 @@ async def _stream(g: _Generation) -> web.StreamResponse:
             if strike >= 0:
                 assert fault is not None
                 return await _strike(request, state, resp, fault, encoder)
+        pacer.answered(answer_tokens(plan, texts, req.tool_name or TOOL_NAME))
         await resp.write(encoder.closing(completion, plan.finish_reason))
         await resp.write_eof()
         done = plan.finish_reason
@@ -231,10 +249,12 @@ async def _respond(g: _Generation) -> web.StreamResponse:
     if fault is not None and fault.kind == "stall_first":
         await _stall(state, fault.stall_s)
         return _cut(request)
-    async with state.engine.admit(plan) as pacer:
+    async with state.engine.admit(plan, req.prompt, entry) as pacer:
         for _, count in plan.events:
             await pacer.next_event()
             entry.event(count)  # for a non-stream request, truth is when each event was generated
+    if fault is None:
+        pacer.answered(answer_tokens(plan, _texts(plan), req.tool_name or TOOL_NAME))
     try:
         return await _answer(g)
     finally:

@@ -13,28 +13,84 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from latbench.sim.formats import TOOL_NAME, ApiError, content_words, named_event
+from latbench.sim.formats import TOOL_NAME, ApiError, named_event
+from latbench.sim.prompt import Prompt, name_of, object_of, text_of
 
 if TYPE_CHECKING:
     from latbench.sim.engine import Plan
     from latbench.sim.request import GenRequest
 
 
-def responses_prompt_tokens(body: dict[str, Any]) -> int:
+def responses_prompt(body: dict[str, Any], prompt: Prompt) -> None:
+    """Read a Responses API body into `prompt` (prompt.py): tools, instructions, then the input
+    items: messages (text and `input_image` parts), `function_call` and `function_call_output`."""
+    _tools(body.get("tools"), prompt)
     items = body.get("input")
     if items is None:
         raise ApiError(400, "Missing required parameter: 'input'.", "input")
     instructions = body.get("instructions")
-    total = 0 if instructions is None else content_words(instructions, "instructions")
+    if instructions is not None:
+        _content(instructions, "instructions", prompt)
     if isinstance(items, str):
-        return total + len(items.split())
+        prompt.user_turn()
+        prompt.words(items)
+        return
     if not isinstance(items, list) or not items:
         raise ApiError(400, "input must be a string or a non-empty list of items", "input")
     for i, item in enumerate(items):
+        at = f"input[{i}]"
         if not isinstance(item, dict):
-            raise ApiError(400, f"input[{i}] must be an object", "input")
-        total += content_words(item.get("content", ""), f"input[{i}].content")
-    return total
+            raise ApiError(400, f"{at} must be an object", "input")
+        kind = item.get("type", "message")
+        if kind == "function_call":
+            text_of(item.get("call_id"), f"{at}.call_id")
+            prompt.words(name_of(item.get("name"), f"{at}.name"))
+            prompt.words(text_of(item.get("arguments"), f"{at}.arguments"))
+        elif kind == "function_call_output":
+            text_of(item.get("call_id"), f"{at}.call_id")
+            prompt.words(text_of(item.get("output"), f"{at}.output"))
+            prompt.tool_result()
+        else:
+            if item.get("role") == "user":
+                prompt.user_turn()
+            _content(item.get("content", ""), f"{at}.content", prompt)
+
+
+def _content(value: object, where: str, prompt: Prompt) -> None:
+    if isinstance(value, str):
+        prompt.words(value)
+        return
+    if not isinstance(value, list):
+        raise ApiError(400, f"{where}: must be a string or a list of content parts", where)
+    for j, part in enumerate(value):
+        at = f"{where}[{j}]"
+        if not isinstance(part, dict):
+            raise ApiError(400, f"{at}: each content part must be an object", at)
+        if part.get("type") == "input_image":
+            prompt.data_url(part.get("image_url"), f"{at}.image_url")
+        elif isinstance(part.get("text"), str):
+            prompt.words(part["text"])
+
+
+def _tools(tools: object, prompt: Prompt) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise ApiError(400, "tools must be a list", "tools")
+    for i, tool in enumerate(tools):
+        at = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise ApiError(
+                400,
+                f'{at} must be an object with "type": "function" (the simulator calls '
+                "function tools only)",
+                at,
+            )
+        name = name_of(tool.get("name"), f"{at}.name")
+        schema = tool.get("parameters")
+        if schema is not None:
+            object_of(schema, f"{at}.parameters")
+        prompt.tool(name, tool.get("description"), schema)
 
 
 class ResponsesStream:
@@ -139,7 +195,7 @@ class ResponsesStream:
         self._text = []
         index = len(self._done)
         if kind == "tool_call":
-            self._item = _call_item("in_progress", "")
+            self._item = _call_item("in_progress", "", self._req.tool_name)
             return self._ev("response.output_item.added", output_index=index, item=self._item)
         if kind == "reasoning":
             self._item = {"id": f"rs_{uuid.uuid4().hex}", "type": "reasoning", "summary": []}
@@ -260,7 +316,7 @@ class ResponsesStream:
         }
         self._done.append(message)
         if tool_args is not None:
-            self._done.append(_call_item("completed", tool_args))
+            self._done.append(_call_item("completed", tool_args, self._req.tool_name))
         usage = self._usage(plan.completion_tokens)
         if plan.finish_reason == "length":
             details = {"reason": "max_output_tokens"}
@@ -268,13 +324,13 @@ class ResponsesStream:
         return self._response("completed", usage=usage)
 
 
-def _call_item(status: str, arguments: str) -> dict[str, Any]:
-    """A function_call output item: the simulator's one tool, by name."""
+def _call_item(status: str, arguments: str, name: str | None) -> dict[str, Any]:
+    """A function_call output item: the tool the request offered, else the simulator's own."""
     return {
         "id": f"fc_{uuid.uuid4().hex}",
         "type": "function_call",
         "status": status,
         "call_id": f"call_{uuid.uuid4().hex}",
-        "name": TOOL_NAME,
+        "name": name or TOOL_NAME,
         "arguments": arguments,
     }

@@ -106,7 +106,7 @@ async def _tokenize(request: web.Request) -> web.Response:
     if (refused := check_auth(request, state.config)) is not None:
         return refused
     try:
-        n = tokenize_count(await request.json(loads=orjson.loads))
+        n = tokenize_count(await request.json(loads=orjson.loads), state.config)
     except ValueError as e:  # orjson.JSONDecodeError and bad UTF-8 are both ValueErrors
         return error_response(400, f"Invalid JSON body: {e}")
     except ApiError as e:

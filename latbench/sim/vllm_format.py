@@ -88,7 +88,7 @@ class Chunks:
                 "id": self._call_id,
                 "type": "function",
                 "index": 0,
-                "function": {"name": TOOL_NAME, "arguments": text},
+                "function": {"name": self._req.tool_name or TOOL_NAME, "arguments": text},
             }
         else:
             call = {"index": 0, "function": {"arguments": text}}
@@ -135,7 +135,7 @@ class Chunks:
         if self._chat:
             calls = []
             if tool_args is not None:
-                function = {"name": TOOL_NAME, "arguments": tool_args}
+                function = {"name": self._req.tool_name or TOOL_NAME, "arguments": tool_args}
                 calls = [
                     {
                         "id": f"chatcmpl-tool-{uuid.uuid4().hex}",

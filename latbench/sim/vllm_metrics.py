@@ -2,7 +2,9 @@
 
 `ServerMetrics` is what vLLM itself would export (vLLM v1's names, labels and bucket boundaries),
 from the instants the engine and the truth record already keep: arrival, `t_admit`
-(`Pacer.admit_ns`), and the first and last event write. It keeps running totals since the
+(`Pacer.admit_ns`), and the first and last event write; and the prefix cache's and the
+multi-modal cache's query and hit counters (prefix.py), counted at admission as vLLM counts them,
+whether or not the request then succeeds. It keeps running totals since the
 simulator started, observed once per request when it ends, so it survives `/sim/truth/reset` and
 does not depend on `truth_capacity`. It is kept apart from engine.py because it is vLLM's
 metrics page, not part of the latency model.
@@ -127,7 +129,28 @@ class ServerMetrics:
             cumulative, total = self._hist[key].snapshot()
             fam.add_metric(labels, list(zip(self._les[key], cumulative, strict=True)), total)
             yield fam
+        cache, images = self._engine.cache, self._engine.images
         for name, help_text, value in (
+            (
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                cache.queries if cache is not None else 0,
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                cache.hits if cache is not None else 0,
+            ),
+            (
+                "vllm:mm_cache_queries",
+                "Multi-modal cache queries, in terms of number of queried items.",
+                images.queries,
+            ),
+            (
+                "vllm:mm_cache_hits",
+                "Multi-modal cache hits, in terms of number of cached items.",
+                images.hits,
+            ),
             ("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens),
             (
                 "vllm:generation_tokens",

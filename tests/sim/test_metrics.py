@@ -51,7 +51,15 @@ PHASES = (
     "vllm:request_prefill_time_seconds",
     "vllm:request_inference_time_seconds",
 )
-COUNTERS = ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success")
+COUNTERS = (
+    "vllm:prompt_tokens",
+    "vllm:generation_tokens",
+    "vllm:request_success",
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
+    "vllm:mm_cache_queries",
+    "vllm:mm_cache_hits",
+)
 GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 # Each API's finish reason as the client records it -> the simulator's (vLLM's) own.
 FINISH = {

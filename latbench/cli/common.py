@@ -341,6 +341,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help='fields added to every request body, e.g. \'{"chat_template_kwargs": '
         '{"enable_thinking": false}}\'; they win over --temperature/--top-p/--top-k',
     )
+    g.add_argument(
+        "--tools",
+        metavar="N|FILE.json",
+        help="each request carries N built-in tool definitions, or those of a JSON file; with "
+        "sessions, agent sessions answer each tool call (docs/workloads.md)",
+    )
+    g.add_argument("--tool-latency", metavar="DIST", help="seconds a tool runs, e.g. 0.2")
+    g.add_argument("--tool-steps", type=int, metavar="N", help="tool calls answered per turn")
+    g.add_argument("--tool-result-tokens", type=int, metavar="N", help="canned result length")
     g = p.add_argument_group("verdict and output")
     g.add_argument(
         "--slo",
@@ -440,9 +449,34 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
             raise SpecError(
                 f"--percentiles {ns.percentiles!r}: give numbers, e.g. 50,90,99"
             ) from None
+    tool_flags(ns, data)
     apply_vllm_flags(ns, data)
     # Durations given as flags stay strings; the spec parses units ("30s", "2m").
     return data
+
+
+def tool_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
+    """--tools N or FILE, and the --tool-* flags, which need tools (from --tools or the spec)."""
+    tools = data.get("workload", {}).get("tools")
+    if ns.tools is not None:
+        # The flag's choice replaces the spec's; the spec's latency, steps and result stay.
+        tools = {k: v for k, v in (tools or {}).items() if k not in ("count", "path")}
+        if ns.tools.strip().isdigit():
+            tools["count"] = int(ns.tools)
+        else:
+            tools["path"] = ns.tools
+        set_path(data, ("workload", "tools"), tools)
+    flags = {
+        "--tool-latency": ("latency", ns.tool_latency),
+        "--tool-steps": ("max_steps", ns.tool_steps),
+        "--tool-result-tokens": ("result_tokens", ns.tool_result_tokens),
+    }
+    for flag, (key, value) in flags.items():
+        if value is None:
+            continue
+        if not isinstance(tools, dict):
+            raise SpecError(f"{flag} needs tools: add --tools N (or workload.tools in the spec)")
+        tools[key] = value
 
 
 def repeated(

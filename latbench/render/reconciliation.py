@@ -95,6 +95,8 @@ def render_reconciliation(r: Reconciliation, console: Console) -> None:
                 f"{_ms(s['outside_server'])} (HTTP, network, tokenising, client)"
             )
         )
+    if (line := prefix_cache_line(r)) is not None:
+        console.print(Text(line))
     if r.phases:
         console.print(
             Text(
@@ -131,6 +133,34 @@ def render_reconciliation(r: Reconciliation, console: Console) -> None:
         )
     for note in r.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def prefix_cache_line(r: Reconciliation) -> str | None:
+    """The server's prefix-cache hit rate over the run, in words (terminal, HTML, Markdown);
+    None when the server has no such counters, which is not a cache that never hit."""
+    c = r.prefix_cache
+    if c is None:
+        return None
+    if c["hit_rate"] is None:
+        return "prefix cache: no prompt tokens looked up during the run"
+    return (
+        f"prefix cache: {c['hit_rate']:.1%} of prompt tokens hit ({_count(c['hits'])} of "
+        f"{_count(c['queries'])} looked up, the server's counters over the run)"
+    )
+
+
+def summary_line(r: Reconciliation) -> str | None:
+    """The server's TTFT and its prefix cache in one line, for reports that carry no tables of
+    the reconciliation (Markdown)."""
+    parts = []
+    ttft = r.pairs.get("ttft")
+    if ttft is not None and ttft.server.mean_s is not None:
+        parts.append(
+            f"server's mean TTFT {_ms(ttft.server.mean_s)} ms (client {_ms(ttft.client.mean_s)} ms)"
+        )
+    if (line := prefix_cache_line(r)) is not None:
+        parts.append(line)
+    return None if not parts else "Server metrics: " + "; ".join(parts) + "."
 
 
 def _count(x: float | None) -> str:

@@ -53,6 +53,7 @@ from latbench.workload import DEFAULT_VOCABULARY, FileWorkload, SyntheticWorkloa
 from latbench.workload.images import with_images
 from latbench.workload.prefix import SharedPrefixWorkload
 from latbench.workload.tokens import TokenScale
+from latbench.workload.tools import with_tools
 
 DEFAULT_OUTPUT_TOKENS = 128
 
@@ -191,6 +192,8 @@ async def run_benchmark(
         env = environment(spec, base_url, endpoint.options.model)
         # Which tokens the prompt lengths are in, for every reader of the records file too.
         env["prompt_tokens"] = workload.describe().get("prompt_tokens")
+        if spec.workload.tools is not None:  # after calibration: its probes carry no tools
+            workload = with_tools(workload, spec.workload.tools.build(spec.workload.seed))
         header = RunHeader(
             run_id=run_id,
             latbench_version=__version__,

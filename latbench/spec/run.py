@@ -82,6 +82,15 @@ class RunSpec(StrictModel):
     )
 
     @model_validator(mode="after")
+    def _tools_need_chat(self) -> RunSpec:
+        if self.workload.tools is not None and self.target.api == "completions":
+            raise ValueError(
+                "workload.tools: target.api 'completions' sends one prompt string, which "
+                "carries no tool definitions; use chat, anthropic or responses"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sim_speaks_the_api(self) -> RunSpec:
         if self.target.base_url is not None:
             return self

@@ -14,6 +14,7 @@ from latbench.shared.dist import Dist
 from latbench.spec.fields import StrictModel
 from latbench.spec.images import ImagesSpec
 from latbench.spec.prefix import SharedPrefixSpec
+from latbench.spec.tools import ToolsSpec
 from latbench.workload import MAX_TOKENS
 
 MAX_SEED = 2**63  # exclusive: numpy's SeedSequence takes any int, but a seed must fit int64
@@ -64,6 +65,8 @@ class WorkloadSpec(StrictModel):
         min_length=1,
         max_length=4096,
     )
+    # Tool definitions in every request; with sessions, agent sessions answering tool calls.
+    tools: ToolsSpec | None = None
 
     @field_validator("input_tokens", "output_tokens")
     @classmethod

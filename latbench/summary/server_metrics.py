@@ -51,6 +51,10 @@ COUNTERS: dict[str, str] = {
     "prompt_tokens": "vllm:prompt_tokens_total",
     "generation_tokens": "vllm:generation_tokens_total",
     "requests": "vllm:request_success_total",  # summed over finished_reason
+    # Prompt tokens looked up in the prefix cache, and those found there (vLLM counts both in
+    # tokens, over every request it scheduled, hits in whole blocks).
+    "prefix_cache_queries": "vllm:prefix_cache_queries_total",
+    "prefix_cache_hits": "vllm:prefix_cache_hits_total",
 }
 GAUGES: dict[str, str] = {
     "running": "vllm:num_requests_running",
@@ -249,6 +253,9 @@ class Reconciliation:
     # Mean client TTFT split into the server's parts and what lies outside the server.
     ttft_split_s: dict[str, float] | None
     notes: tuple[str, ...]
+    # The server's prefix cache over the run: tokens queried, tokens hit, hits / queries (None
+    # with no query); None when the server has no such counters (not a cache that never hit).
+    prefix_cache: dict[str, float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -381,7 +388,20 @@ def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliatio
         peak=peak,
         ttft_split_s=_ttft_split(pairs, phases),
         notes=tuple(notes) + tuple(server.errors),
+        prefix_cache=prefix_cache(before, after),
     )
+
+
+def prefix_cache(before: Snapshot, after: Snapshot) -> dict[str, float | None] | None:
+    """The prefix cache's hit rate over the run, in tokens: the hits counter's growth over the
+    queries counter's, between the scrapes before and after it (vLLM's own dashboards divide the
+    same two counters). Other traffic on the server in the meantime counts too, as it does in
+    every server figure here."""
+    names = ("prefix_cache_queries", "prefix_cache_hits")
+    if not all(n in before.counters and n in after.counters for n in names):
+        return None
+    queries, hits = (after.counters[n] - before.counters[n] for n in names)
+    return {"queries": queries, "hits": hits, "hit_rate": hits / queries if queries > 0 else None}
 
 
 def _ttft_split(pairs: dict[str, Pair], phases: dict[str, Side]) -> dict[str, float] | None:

@@ -21,8 +21,11 @@ from hypothesis import strategies as st
 from kit import paths
 from kit.cli import latbench
 from kit.promql import free_port
+from rich.console import Console
 
 from latbench.records import read_records
+from latbench.render.reconciliation import prefix_cache_line, render_reconciliation, summary_line
+from latbench.render.sections import reconciliation_html
 from latbench.summary.server_metrics import (
     Histogram,
     ServerMetrics,
@@ -276,3 +279,74 @@ def test_a_bad_server_metrics_value_is_a_usage_error(tmp_path: Path) -> None:
     p, _ = run(tmp_path, "--requests", "1", "--server-metrics", "sometimes")
     assert p.returncode == 2
     assert "server_metrics 'sometimes'" in p.stderr
+
+
+# --- the prefix cache's hit rate -------------------------------------------------------------
+
+
+def with_prefix_counters(page: str, queries: float, hits: float) -> str:
+    """The recorded page with its prefix-cache counters set to these values."""
+    out = []
+    for line in page.splitlines():
+        if line.startswith("vllm:prefix_cache_queries_total{"):
+            line = line.rsplit(" ", 1)[0] + f" {queries}"
+        elif line.startswith("vllm:prefix_cache_hits_total{"):
+            line = line.rsplit(" ", 1)[0] + f" {hits}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_the_prefix_cache_hit_rate_is_the_counters_growth_over_the_run() -> None:
+    records, server = recorded()
+    r = reconcile(records, server)
+    # The recorded run's 6 prompts were each their own: 720 tokens looked up, none found. A
+    # cache that never hit says 0 %, not nothing.
+    assert r is not None and r.prefix_cache == {"queries": 720.0, "hits": 0.0, "hit_rate": 0.0}
+    page = (DATA / "metrics-after.txt").read_text()
+    before = parse_metrics(with_prefix_counters(page, 1000, 400), "tiny", t_ns=0)
+    after = parse_metrics(with_prefix_counters(page, 1800, 1000), "tiny", t_ns=1)
+    r = reconcile(records, ServerMetrics("u", before, after))
+    assert r is not None and r.prefix_cache is not None
+    assert r.prefix_cache == {"queries": 800.0, "hits": 600.0, "hit_rate": 0.75}
+    assert r.to_dict()["prefix_cache"]["hit_rate"] == 0.75
+    # No lookups during the run: no rate, said as such.
+    r = reconcile(records, ServerMetrics("u", before, before))
+    assert r is not None and r.prefix_cache == {"queries": 0.0, "hits": 0.0, "hit_rate": None}
+    assert prefix_cache_line(r) == "prefix cache: no prompt tokens looked up during the run"
+    # A counter that went down: the server restarted.
+    with pytest.raises(ServerMetricsError, match="prefix_cache_queries_total went down"):
+        reconcile(records, ServerMetrics("u", after, before))
+
+
+def test_a_server_without_prefix_cache_counters_says_nothing_of_it() -> None:
+    records, _ = recorded()
+    page = "\n".join(
+        line
+        for line in (DATA / "metrics-after.txt").read_text().splitlines()
+        if "prefix_cache" not in line
+    )
+    snap = parse_metrics(page, "tiny")
+    r = reconcile(records, ServerMetrics("u", snap, snap))
+    assert r is not None and r.prefix_cache is None and r.to_dict()["prefix_cache"] is None
+    assert prefix_cache_line(r) is None
+    console = Console(record=True, width=200)
+    render_reconciliation(r, console)
+    assert "prefix cache" not in console.export_text()
+    assert "prefix cache" not in reconciliation_html(r)
+
+
+def test_the_hit_rate_is_shown_next_to_ttft_in_terminal_and_html() -> None:
+    records, _ = recorded()
+    page = (DATA / "metrics-before.txt").read_text()
+    before = parse_metrics(with_prefix_counters(page, 100, 0), "tiny", t_ns=0)
+    page = (DATA / "metrics-after.txt").read_text()
+    after = parse_metrics(with_prefix_counters(page, 4100, 2500), "tiny", t_ns=1)
+    r = reconcile(records, ServerMetrics("u", before, after))
+    assert r is not None
+    line = "prefix cache: 62.5% of prompt tokens hit (2,500 of 4,000 looked up"
+    console = Console(record=True, width=200)
+    render_reconciliation(r, console)
+    text = console.export_text()
+    assert line in text and text.index("TTFT, mean") < text.index(line)
+    assert line in reconciliation_html(r)
+    assert summary_line(r) is not None and line in summary_line(r)

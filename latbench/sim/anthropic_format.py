@@ -64,19 +64,16 @@ def anthropic_prompt(body: dict[str, Any], prompt: Prompt) -> None:
                 "the Messages API takes a top-level `system` parameter",
                 "messages",
             )
-        content = m.get("content")
-        # A user message of tool results only answers the last call; any other starts a turn.
-        if role == "user" and not (
-            isinstance(content, list)
-            and content
-            and all(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
-        ):
-            prompt.user_turn()
-        _content(content, f"messages.{i}.content", prompt, role)
+        _content(m.get("content"), f"messages.{i}.content", prompt, role)
 
 
 def _content(value: object, where: str, prompt: Prompt, role: str | None = None) -> None:
+    """Blocks of a message (`role`), of `system` or of a tool result (None). In a user message,
+    tool results answer the last call and anything else is the user's turn: results count from
+    the last such block, as an agent sends them (results first, then any new text)."""
     if isinstance(value, str):
+        if role == "user":
+            prompt.user_turn()
         prompt.words(value)
         return
     if not isinstance(value, list):
@@ -86,6 +83,8 @@ def _content(value: object, where: str, prompt: Prompt, role: str | None = None)
         if not isinstance(block, dict):
             raise ApiError(400, f"{at}: each content block must be an object", at)
         kind = block.get("type")
+        if role == "user" and kind != "tool_result":
+            prompt.user_turn()
         if kind == "image":
             source = object_of(block.get("source"), f"{at}.source")
             if source.get("type") != "base64":

@@ -14,7 +14,6 @@ from latbench.render import charts
 from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run, Sweep
 from latbench.render.reconciliation import prefix_cache_line
-from latbench.render.reconciliation import prefix_cache_line
 from latbench.render.text import STEP_COLUMNS, spread_text, validity_rows
 from latbench.shared.units import ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
@@ -178,8 +177,6 @@ def reconciliation_html(r: Reconciliation) -> str:
             f"{ms_short(s['prefill'])} + front end and output {ms_short(s['server_other'])}) + "
             f"outside the server {ms_short(s['outside_server'])}.</p>"
         )
-    if (line := prefix_cache_line(r)) is not None:
-        parts.append(f"<p>{esc(line)}.</p>")
     if (line := prefix_cache_line(r)) is not None:
         parts.append(f"<p>{esc(line)}.</p>")
     tokens = [

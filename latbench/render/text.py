@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from latbench.render.charts import LABELS
 from latbench.render.readback import Run, Sweep
 from latbench.render.reconciliation import summary_line
-from latbench.render.reconciliation import summary_line
 from latbench.shared.units import ms, ms_interval, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
@@ -104,8 +103,6 @@ def run_markdown(run: Run) -> str:
         errs = ", ".join(f"{k} {v}" for k, v in s.requests.errors_by_kind.items())
         lines += ["", f"Errors: {errs}."]
     lines += ["", _bound_md(s.validity)]
-    if run.reconciliation is not None and (line := summary_line(run.reconciliation)) is not None:
-        lines += ["", line]
     if run.reconciliation is not None and (line := summary_line(run.reconciliation)) is not None:
         lines += ["", line]
     if s.client_bound:

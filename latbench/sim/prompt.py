@@ -109,7 +109,11 @@ class Prompt:
         if not raw.startswith(IMAGE_MAGIC[media]) or (
             media == "image/webp" and raw[8:12] != b"WEBP"
         ):
-            raise ApiError(400, f"{where}: the image data is not a {media} image", where)
+            raise ApiError(
+                400,
+                f"{where}: the image data is not {media} (its first bytes are not that format's)",
+                where,
+            )
         key = hash(data)
         self.images += 1
         self.image_keys.append(key)

@@ -56,7 +56,8 @@ from latbench.records.record import Phase, Record
 from latbench.shared import rxstamp
 from latbench.shared.errors import ErrorKind
 from latbench.spec import LoadSpec
-from latbench.workload import Workload
+from latbench.workload import WorkItem, Workload
+from latbench.workload.session import Conversation, SessionWorkload
 
 HEARTBEAT_S = 0.1  # how stale the parent's in-flight count and live lag histogram may be
 
@@ -91,7 +92,7 @@ class Shard:
     index: int  # k: this shard sends requests n = k (mod count)
     count: int  # W
     endpoint: Endpoint
-    workload: Workload
+    workload: Workload | SessionWorkload
     load: LoadSpec
     seed: int = 0
     verify_tls: bool = True
@@ -136,12 +137,18 @@ class ShardRun:
         self._aborted = False
         self._duration_end: int | None = None  # set when the overtime ran out
         self._tasks: set[asyncio.Task[None]] = set()
+        # Sessions: this worker's next request number (k, k + W, ...), taken as each is sent,
+        # and what wakes sessions waiting out a think time when the run stops.
+        self._seq = shard.index
+        self._wake: asyncio.Event | None = None
 
     def stop(self) -> None:
         self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
 
     def abort(self) -> None:
-        self._stopping = True
+        self.stop()
         self._aborted = True
         for t in list(self._tasks):
             t.cancel()
@@ -156,9 +163,15 @@ class ShardRun:
 
     async def run(self, session: aiohttp.ClientSession, start: int) -> None:
         self.start = start
+        self._wake = asyncio.Event()
+        if self._stopping:
+            self._wake.set()
         pacer = make_pacer(self.shard.load, self.shard.seed)
+        sessions = isinstance(self.shard.workload, SessionWorkload)
         if pacer is None:
-            await self._closed_loop(session)
+            await (self._closed_sessions if sessions else self._closed_loop)(session)
+        elif sessions:
+            await self._open_sessions(session, pacer)
         else:
             await self._open_loop(session, pacer)
 
@@ -181,7 +194,18 @@ class ShardRun:
             return True
         return ld.duration is not None and offset_ns >= ld.duration * 1e9
 
-    async def _one(self, session: aiohttp.ClientSession, n: int, t_intended: int) -> None:
+    async def _one(
+        self,
+        session: aiohttp.ClientSession,
+        n: int,
+        t_intended: int,
+        build: Callable[[], WorkItem] | None = None,
+        keep: list[bytes] | None = None,
+        place: tuple[int, int] | None = None,
+    ) -> Record:
+        """Request n, its item from `build` (default: the workload's item n), sent and read: its
+        record, not yet emitted. `keep` receives the reply's event payloads; `place` is the
+        (session, turn) a record of a request that never got an answer still belongs to."""
         sh = self.shard
         phase: Phase = self._phase(n, t_intended - self.start)  # type: ignore[assignment]
         self.inflight += 1
@@ -189,10 +213,10 @@ class ShardRun:
         try:
             if self.on_send is not None:
                 self.on_send(n, t_intended, t_sent, phase)
-            item = sh.workload.item(n)
+            item = sh.workload.item(n) if build is None else build()  # type: ignore[union-attr]
             rec = await stream_request(
                 session, sh.endpoint, item, run_id=sh.run_id, seq=n, phase=phase,
-                t_intended=t_intended,
+                t_intended=t_intended, keep=keep,
             )  # fmt: skip
         except Exception as e:  # a bug or bad input on latbench's side: still a record
             rec = Record.unanswered(
@@ -202,11 +226,13 @@ class ShardRun:
             )  # fmt: skip
         finally:
             self.inflight -= 1
+        if place is not None and rec.session is None:
+            rec = replace(rec, session=place[0], turn=place[1])
         if self._duration_end is not None and rec.error == ErrorKind.CANCELLED:
             ago = ((rec.t_end or monotonic_ns()) - self._duration_end) / 1e9
             detail = f"the run's duration ended {ago:.3g} s ago (overtime)"
             rec = replace(rec, error=ErrorKind.OVERTIME, error_detail=detail)
-        self.emit(rec)
+        return rec
 
     async def _closed_loop(self, session: aiohttp.ClientSession) -> None:
         k, w = self.shard.index, self.shard.count
@@ -223,7 +249,7 @@ class ShardRun:
                 t_intended = max(monotonic_ns(), self.start)
                 if self._out_of_budget(n, t_intended - self.start):
                     return
-                await self._one(session, n, t_intended)
+                self.emit(await self._one(session, n, t_intended))
 
         users = [asyncio.create_task(user()) for _ in range(self.shard.users)]
         self._tasks.update(users)
@@ -235,13 +261,13 @@ class ShardRun:
 
         async def capped(n: int, t_intended: int) -> None:
             if cap is None:
-                await self._one(session, n, t_intended)
+                self.emit(await self._one(session, n, t_intended))
                 return
             async with cap:
                 if self._stopping:
                     self.unsent += 1  # stopped while queued for a slot: never sent
                     return
-                await self._one(session, n, t_intended)
+                self.emit(await self._one(session, n, t_intended))
 
         n = self.shard.index
         while not self._stopping:
@@ -260,6 +286,120 @@ class ShardRun:
             n += self.shard.count
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    # Multi-turn sessions. A session runs on one worker, as one task: worker k runs the
+    # sessions s = k, k + W, ... and numbers its requests k, k + W, ... as it sends them, so
+    # request numbers stay unique across workers. Every request keeps an absolute t_intended:
+    # a session's first at its pacer offset (open loop) or when its user is free (closed loop),
+    # each later one at the previous reply's end plus the think (or tool) time, so a late send
+    # is send lag like any other. `load.requests` counts requests (every turn and tool step);
+    # a session the budget, the duration or a stop reaches stops there, unsent.
+
+    async def _session(self, http: aiohttp.ClientSession, s: int, t_first: int) -> bool:
+        """Session s, its first request intended at `t_first`; False when the run's budget (or a
+        stop) cut it, so that a closed-loop user starts no other."""
+        sh = self.shard
+        conv: Conversation | None = None
+        unreadable: str | None = None  # why the last reply could not be read back
+
+        def build() -> WorkItem:
+            nonlocal conv
+            if unreadable is not None:
+                raise ValueError(f"the previous turn's reply cannot be read back: {unreadable}")
+            if conv is None:
+                conv = Conversation(sh.workload.session(s), s)  # type: ignore[union-attr]
+            return conv.item()
+
+        t_intended = t_first
+        while True:
+            if not await self._wait_until(t_intended):
+                return False
+            n = self._seq
+            if self._out_of_budget(n, t_intended - self.start):
+                return False
+            self._seq += sh.count
+            keep: list[bytes] = []
+            turn = 0 if conv is None else conv.turn
+            rec = await self._one(http, n, t_intended, build, keep, place=(s, turn))
+            wait: float | None = None
+            if rec.ok and conv is not None:
+                try:
+                    wait = conv.replied(sh.endpoint.api.reply(keep), rec.usage_completion_tokens)
+                except Exception as e:  # the request stands; the session's next one fails
+                    unreadable, wait = f"{type(e).__name__}: {e}", 0.0
+            elif not rec.ok and (conv is None or conv.turns_left):
+                # A failed turn ends its session: the conversation it would resend is broken.
+                n = 0 if conv is None else conv.turns_left
+                left = f" ({n} more user turn{'' if n == 1 else 's'} not sent)" if n else ""
+                detail = f"{rec.error_detail or rec.error}; session {s} ends here{left}"
+                rec = replace(rec, error_detail=detail)
+            self.emit(rec)
+            if wait is None:
+                return True
+            t_intended = (rec.t_end or monotonic_ns()) + round(wait * 1e9)
+
+    async def _wait_until(self, t: int) -> bool:
+        """Sleep until t (monotonic ns) unless the run stops first; False when it stopped, or
+        when t is past the run's duration (nothing is intended after it)."""
+        ld = self.shard.load
+        if ld.duration is not None and t - self.start >= ld.duration * 1e9:
+            return False
+        delay = t - monotonic_ns()
+        if delay > 0 and not self._stopping:
+            assert self._wake is not None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay / 1e9):
+                    await self._wake.wait()
+        return not self._stopping
+
+    async def _closed_sessions(self, http: aiohttp.ClientSession) -> None:
+        """Closed loop: the shard's users each run sessions back to back (sessions are users)."""
+        k, w = self.shard.index, self.shard.count
+        numbers = (i * w + k for i in itertools.count())
+
+        async def user() -> None:
+            while not self._stopping:
+                # As with single requests: nothing is intended before the start.
+                if not await self._session(http, next(numbers), max(monotonic_ns(), self.start)):
+                    return
+
+        users = [asyncio.create_task(user()) for _ in range(self.shard.users)]
+        self._tasks.update(users)
+        await asyncio.gather(*users, return_exceptions=True)
+
+    async def _open_sessions(self, http: aiohttp.ClientSession, pacer: Pacer) -> None:
+        """Open loop: session s arrives at the pacer's offset s; the in-flight cap counts
+        sessions, each holding its slot from its first request to its last reply."""
+        sh = self.shard
+        cap_n = sh.cap
+        cap = asyncio.Semaphore(cap_n) if cap_n else None
+        # Each session sends at least one request, so past this many no more could be sent.
+        most = None if sh.load.requests is None else split(sh.load.requests, sh.count, sh.index)
+
+        async def capped(s: int, t_intended: int) -> None:
+            if cap is None:
+                await self._session(http, s, t_intended)
+                return
+            async with cap:
+                if self._stopping:
+                    self.unsent += 1  # stopped while queued for a slot: never sent
+                    return
+                await self._session(http, s, t_intended)
+
+        s, started = sh.index, 0
+        while not self._stopping and (most is None or started < most):
+            offset = pacer.offset_ns(s)
+            if self._out_of_budget(self._seq, offset):
+                break
+            t_intended = self.start + offset
+            if not await self._wait_until(t_intended):
+                break
+            task = asyncio.create_task(capped(s, t_intended))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            s += sh.count
+            started += 1
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Run the shard the parent sends on `reader`, reporting on `writer`."""
@@ -271,7 +411,11 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     # Pay first-use costs (lazy imports, RNG set-up, JSON encoder) before the clock starts. An
     # item that cannot be built fails again in its request, which records it.
     with contextlib.suppress(Exception):
-        ep.api.body(shard.workload.item(shard.index), ep.options)
+        w = shard.workload
+        if isinstance(w, SessionWorkload):
+            ep.api.body(Conversation(w.session(shard.index), shard.index).item(), ep.options)
+        else:
+            ep.api.body(w.item(shard.index), ep.options)
 
     loop = asyncio.get_running_loop()
     # `s` frames wait for the end of the loop turn that sent their requests: written at once,

@@ -46,12 +46,14 @@ from latbench.sinks.jsonl import JsonlSink
 from latbench.sinks.progress import Progress, ProgressSink
 from latbench.sinks.prometheus import PrometheusSink, run_labels
 from latbench.spec import RunSpec, WorkloadSpec
+from latbench.spec.sessions import session_workload
 from latbench.summary.scraper import ServerMetricsScraper, default_metrics_url
 from latbench.summary.server_metrics import Reconciliation, ServerMetricsError, reconcile
 from latbench.summary.summary import Summary, summarize
 from latbench.workload import DEFAULT_VOCABULARY, FileWorkload, SyntheticWorkload, Workload
 from latbench.workload.images import with_images
 from latbench.workload.prefix import SharedPrefixWorkload
+from latbench.workload.session import SessionWorkload
 from latbench.workload.tokens import TokenScale
 from latbench.workload.tools import with_tools
 
@@ -69,8 +71,10 @@ class BenchResult:
     incomplete: str | None = None  # why the run is incomplete (a worker died), when it is
 
 
-def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload:
+def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload | SessionWorkload:
     """The spec's workload; synthetic prompts are counted with `scale` (None: a word a token)."""
+    if w.sessions is not None:
+        return session_workload(w, w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS), scale)
     if w.source == "synthetic":
         out = w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS)
         return SyntheticWorkload(w.input_tokens, out, seed=w.seed, scale=scale)
@@ -105,8 +109,9 @@ async def calibrate_prompts(
     w = spec.workload
     if w.source not in ("synthetic", "shared_prefix") or spec.target.base_url is None:
         return None, []
+    single = w.model_copy(update={"sessions": None})  # a session's messages are built alike
     return await calibrate(
-        session, endpoint, w.tokenizer, DEFAULT_VOCABULARY, lambda s: make_workload(w, s).item
+        session, endpoint, w.tokenizer, DEFAULT_VOCABULARY, lambda s: make_workload(single, s).item
     )
 
 

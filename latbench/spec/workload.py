@@ -14,6 +14,7 @@ from latbench.shared.dist import Dist
 from latbench.spec.fields import StrictModel
 from latbench.spec.images import ImagesSpec
 from latbench.spec.prefix import SharedPrefixSpec
+from latbench.spec.sessions import SessionsSpec, check_sessions
 from latbench.spec.tools import ToolsSpec
 from latbench.workload import MAX_TOKENS
 
@@ -67,6 +68,8 @@ class WorkloadSpec(StrictModel):
     )
     # Tool definitions in every request; with sessions, agent sessions answering tool calls.
     tools: ToolsSpec | None = None
+    # Multi-turn sessions (spec/sessions.py); None: single requests.
+    sessions: SessionsSpec | None = None
 
     @field_validator("input_tokens", "output_tokens")
     @classmethod
@@ -116,6 +119,7 @@ class WorkloadSpec(StrictModel):
             raise ValueError("shared_prefix is for source shared_prefix")
         if self.tokenizer is not None and "\x00" in self.tokenizer:
             raise ValueError("tokenizer holds a NUL character")
+        check_sessions(self)
         return self
 
 

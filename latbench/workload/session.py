@@ -54,14 +54,28 @@ class Turn:
 
 @dataclass(frozen=True, slots=True)
 class SessionPlan:
-    """A session's turns and what every request of it carries besides them."""
+    """A session's turns and what every request of it carries besides them.
+
+    `tool_latency_s` is how long the client's tool takes before its result is sent: one figure
+    for every step, or one per tool step of the session in order (the last repeated past the
+    end), so an agent workload can draw each step's latency from (seed, s) ahead of time and
+    the loop stays deterministic. `system_tokens` is the system prompt's length when it was
+    built to one (target tokens), so each turn can state the length it asks for."""
 
     turns: tuple[Turn, ...]
     system: str | None = None
     tools: tuple[dict[str, Any], ...] = ()
-    tool_latency_s: float = 0.0
+    tool_latency_s: float | tuple[float, ...] = 0.0
     tool_result: str = ""
     max_tool_steps: int = 0
+    system_tokens: int | None = None
+
+    def tool_latency(self, step: int) -> float:
+        """The latency of the session's `step`th tool step (0, 1, ...), in seconds."""
+        lat = self.tool_latency_s
+        if isinstance(lat, tuple):
+            return lat[min(step, len(lat) - 1)] if lat else 0.0
+        return lat
 
 
 @runtime_checkable
@@ -73,6 +87,22 @@ class SessionWorkload(Protocol):
     def describe(self) -> dict[str, Any]:
         """JSON-able description, stored in results files."""
         ...
+
+
+class FixedSessions:
+    """Session workload of given plans: session s is plan s, cycling past the end (hand-built
+    sessions, for tests and for callers that plan their own)."""
+
+    def __init__(self, plans: tuple[SessionPlan, ...] | list[SessionPlan]) -> None:
+        if not plans:
+            raise ValueError("FixedSessions needs at least one plan")
+        self.plans = tuple(plans)
+
+    def session(self, s: int) -> SessionPlan:
+        return self.plans[s % len(self.plans)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "fixed_sessions", "sessions": len(self.plans)}
 
 
 def assistant_message(reply: Reply) -> dict[str, Any]:
@@ -131,3 +161,88 @@ def conversation_item(
         images=images,
         image_bytes=image_bytes,
     )
+
+
+class Conversation:
+    """One session as it runs: the history it resends (with the replies actually received) and
+    what its next request is. The worker (load/worker.py) asks `item()` for each request and
+    hands `replied()` what came back, which says how long to wait before the next one (the
+    user's think time, or the tool's latency) or that the session is over.
+
+    Each request states the prompt length it asks for (`WorkItem.prompt_tokens`) while every
+    part is known in the target's tokens: the system prompt's and each user message's asked
+    lengths plus each reply's `usage.completion_tokens` (the reply as the server counted it).
+    After a tool step it is unknown (the tool calls' and results' lengths are not counted)."""
+
+    def __init__(self, plan: SessionPlan, session: int) -> None:
+        if not plan.turns:
+            raise ValueError(f"session {session} has no turns")
+        self.plan = plan
+        self.session = session
+        self.history: list[dict[str, Any]] = []
+        self.turn = 0  # the next request's index in the session; tool steps count
+        self._user = 0  # the plan's next user turn
+        self._steps = 0  # tool steps answered since the last user message
+        self._tool_steps = 0  # in the whole session: which of the plan's latencies comes next
+        self._answering = False  # the next request answers tool calls, with no user message
+        self._max_tokens = plan.turns[0].max_tokens
+        self._asked: int | None = 0 if plan.system is None else plan.system_tokens
+        self._images = 0
+        self._image_bytes = 0
+
+    @property
+    def turns_left(self) -> int:
+        """User turns of the plan not sent yet."""
+        return len(self.plan.turns) - self._user
+
+    def item(self) -> WorkItem:
+        """The next request: the conversation so far plus a new user message, or plus the tool
+        results it answers."""
+        if not self._answering:
+            t = self.plan.turns[self._user]
+            self._user += 1
+            self.history.append({"role": "user", "content": t.content})
+            self._asked = _plus(self._asked, t.prompt_tokens)
+            # A history resends every image it holds: the request carries them all.
+            self._images += t.images
+            self._image_bytes += t.image_bytes
+            self._max_tokens = t.max_tokens
+        item = conversation_item(
+            self.history,
+            self.plan,
+            session=self.session,
+            turn=self.turn,
+            max_tokens=self._max_tokens,
+            prompt_tokens=self._asked,
+            images=self._images,
+            image_bytes=self._image_bytes,
+        )
+        self.turn += 1
+        return item
+
+    def replied(self, reply: Reply, completion_tokens: int | None) -> float | None:
+        """The last request's reply, into the history; the wait before the next request in
+        seconds (counted from the reply's end), or None when the session is over."""
+        plan = self.plan
+        if reply.tool_calls and plan.tools and self._steps < plan.max_tool_steps:
+            self.history.append(assistant_message(reply))
+            self.history.extend(tool_messages(reply, plan.tool_result))
+            wait = plan.tool_latency(self._tool_steps)
+            self._steps += 1
+            self._tool_steps += 1
+            self._answering = True
+            self._asked = None
+            return wait
+        # A tool call left unanswered is not resent: a chat API refuses an assistant's tool call
+        # that no tool result follows.
+        self.history.append(assistant_message(Reply(reply.text)))
+        self._asked = None if reply.tool_calls else _plus(self._asked, completion_tokens)
+        self._answering = False
+        self._steps = 0
+        if self._user >= len(plan.turns):
+            return None
+        return plan.turns[self._user].think_s
+
+
+def _plus(total: int | None, part: int | None) -> int | None:
+    return None if total is None or part is None else total + part

@@ -1,0 +1,218 @@
+"""The worker's session loop over real sockets: each turn resends the conversation with the
+replies actually received, later turns are intended at the previous reply's end plus the think
+time, closed loop runs sessions as users, open loop starts sessions on the pacer, request
+numbers stay unique across workers, and a failed turn ends its session and nothing else."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from kit.sim import base_url
+
+from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
+from latbench.load.pacers import ConstantPacer
+from latbench.load.runner import Runner
+from latbench.records import Record, RunFooter
+from latbench.sim import SimConfig, SimProcess, create_app
+from latbench.spec import LoadSpec
+from latbench.workload.session import FixedSessions, SessionPlan, SessionWorkload, Turn
+from latbench.workload.sessions import SyntheticSessions
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def add(self, record: Record) -> None:
+        self.records.append(record)
+
+    def close(self, footer: RunFooter | None) -> None:
+        pass
+
+
+def endpoint(url: str) -> Endpoint:
+    return Endpoint(
+        base_url=url,
+        api=API_KINDS["chat"],
+        options=RequestOptions(
+            model="sim-model", vllm_extensions=True, ignore_eos=True, extra_body={}
+        ),
+        headers={},
+        timeouts=Timeouts(first_token=5, idle=5, total=20),
+    )
+
+
+async def run(
+    url: str, workload: SessionWorkload, load: LoadSpec, workers: int = 1
+) -> list[Record]:
+    sink = Collect()
+    runner = Runner(
+        run_id="sessions",
+        endpoint=endpoint(url),
+        workload=workload,  # type: ignore[arg-type]
+        load=load,
+        sinks=[sink],
+        seed=5,
+        workers=workers,
+    )
+    async with aiohttp.ClientSession() as http:
+        outcome = await runner.run(http)
+    assert outcome.ended == "completed"
+    return sink.records
+
+
+def by_session(records: list[Record]) -> dict[int, list[Record]]:
+    out: dict[int, list[Record]] = {}
+    for r in sorted(records, key=lambda r: (r.session, r.turn)):
+        assert r.session is not None
+        out.setdefault(r.session, []).append(r)
+    return out
+
+
+@pytest.fixture
+async def recording() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """The simulator's app in this process with every request body it read kept, in order."""
+    bodies: list[dict[str, Any]] = []
+
+    @web.middleware
+    async def keep(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        if request.path.endswith("/chat/completions"):
+            bodies.append(await request.json())
+        return await handler(request)
+
+    app = create_app(SimConfig(ttft=0.002, itl=0.001))
+    app.middlewares.append(keep)
+    server = TestServer(app)
+    await server.start_server()
+    yield base_url(server), bodies
+    await server.close()
+
+
+async def test_each_turn_resends_the_conversation_with_the_replies_received(
+    recording: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, bodies = recording
+    workload = SyntheticSessions(3, 5, 4, think_time=0.01, seed=2, system_tokens=6)
+    records = await run(url, workload, LoadSpec(concurrency=2, requests=12), workers=2)
+    assert len(records) == 12 and all(r.ok for r in records)
+    assert len({r.seq for r in records}) == 12  # unique across the two workers
+    sessions = by_session(records)
+    assert sorted(sessions) == [0, 1, 2, 3]
+    for recs in sessions.values():
+        assert [r.turn for r in recs] == [0, 1, 2]
+        # The server saw the history grow by each reply and the next message, as asked.
+        prompts = [r.usage_prompt_tokens for r in recs]
+        assert prompts == [6 + 5, 6 + 5 + 4 + 5, 6 + 5 + 4 + 5 + 4 + 5]
+        assert [r.prompt_tokens for r in recs] == prompts
+    # Every request's conversation is the previous one's, then the reply it got, then the next
+    # message: the server's own reply text, not a recorded or made-up one.
+    assert len(bodies) == 12
+    sent = [b["messages"] for b in bodies]
+    for msgs in sent:
+        assert msgs[0]["role"] == "system" and len(msgs[0]["content"].split()) == 6
+        roles = [m["role"] for m in msgs[1:]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
+        if len(msgs) > 2:
+            assert msgs[:-2] in sent
+            assert len(msgs[-2]["content"].split()) == 4
+
+
+async def test_later_turns_are_intended_at_the_reply_end_plus_the_think_time(
+    sim_url: str,
+) -> None:
+    think = 0.03
+    workload = SyntheticSessions(3, 4, 3, think_time=think, seed=1)
+    records = await run(sim_url, workload, LoadSpec(concurrency=2, requests=9))
+    for recs in by_session(records).values():
+        for prev, nxt in itertools.pairwise(recs):
+            assert prev.t_end is not None
+            assert nxt.t_intended - prev.t_end == round(think * 1e9)
+            assert nxt.t_sent >= nxt.t_intended
+
+
+async def test_closed_loop_runs_sessions_as_users(sim_url: str) -> None:
+    workload = SyntheticSessions("uniform:1,4", 4, 3, think_time=0.005, seed=7)
+    records = await run(sim_url, workload, LoadSpec(concurrency=3, requests=30), workers=2)
+    assert len(records) == 30
+    spans = []
+    for recs in by_session(records).values():
+        # A session's requests go one after another, never two at once.
+        for prev, nxt in itertools.pairwise(recs):
+            assert prev.t_end is not None and nxt.t_sent > prev.t_end
+        last = recs[-1].t_end
+        assert last is not None
+        spans.append((recs[0].t_intended, last))
+    # Never more sessions under way than users.
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    under_way = most = 0
+    for _, step in edges:
+        under_way += step
+        most = max(most, under_way)
+    assert most <= 3
+    assert len(spans) > 3  # users went on to further sessions
+
+
+async def test_open_loop_sessions_arrive_on_the_pacer(sim_url: str) -> None:
+    rate = 20.0
+    workload = SyntheticSessions(2, 4, 3, think_time=0.01, seed=3)
+    load = LoadSpec(mode="constant", rate=rate, duration=0.5)
+    records = await run(sim_url, workload, load, workers=2)
+    sessions = by_session(records)
+    firsts = {s: recs[0] for s, recs in sessions.items()}
+    assert all(r.turn == 0 for r in firsts.values())
+    start = firsts[0].t_intended
+    pacer = ConstantPacer(rate)
+    assert sorted(firsts) == list(range(len(firsts)))  # no session skipped
+    assert len(firsts) == 10  # offsets 0, 50, ..., 450 ms lie within the 0.5 s
+    for s, r in firsts.items():
+        assert r.t_intended - start == pacer.offset_ns(s)
+    # Later turns come after their reply, within the run's duration.
+    for recs in sessions.values():
+        for r in recs[1:]:
+            assert r.t_intended - start < 0.5e9
+
+
+async def test_requests_count_requests_and_cut_the_last_sessions(sim_url: str) -> None:
+    workload = SyntheticSessions(4, 3, 2, seed=4)
+    records = await run(sim_url, workload, LoadSpec(concurrency=2, requests=10))
+    assert sorted(r.seq for r in records) == list(range(10))
+    sessions = by_session(records)
+    # 10 requests at 4 a session: two whole sessions, the rest cut short by the budget.
+    assert sum(len(recs) == 4 for recs in sessions.values()) >= 2
+    assert all(r.ok for r in records)
+
+
+async def test_a_failed_turn_ends_its_session_and_the_run_goes_on(
+    sim: Callable[..., SimProcess],
+) -> None:
+    # Every 5th request fails: with one user and 3-turn sessions, requests 5 and 10 (session 1's
+    # and session 3's second turns).
+    proc = sim(ttft=0.002, itl=0.001, faults=[{"kind": "http_status", "every": 5}])
+    workload = SyntheticSessions(3, 4, 2, seed=6)
+    records = await run(proc.url, workload, LoadSpec(concurrency=1, requests=10))
+    turns = {s: [r.turn for r in recs] for s, recs in by_session(records).items()}
+    assert turns == {0: [0, 1, 2], 1: [0, 1], 2: [0, 1, 2], 3: [0, 1]}
+    failed = [r for r in records if not r.ok]
+    assert [(r.session, r.turn) for r in failed] == [(1, 1), (3, 1)]
+    for r in failed:
+        assert r.error_detail is not None
+        assert f"session {r.session} ends here (1 more user turn not sent)" in r.error_detail
+
+
+async def test_a_plan_that_cannot_be_built_is_its_first_request_record(sim_url: str) -> None:
+    plans = [SessionPlan(turns=(Turn("one two", 2),)), SessionPlan(turns=())]
+    records = await run(sim_url, FixedSessions(plans), LoadSpec(concurrency=1, requests=4))
+    assert [(r.session, r.turn, r.ok) for r in sorted(records, key=lambda r: r.seq)] == [
+        (0, 0, True),
+        (1, 0, False),
+        (2, 0, True),
+        (3, 0, False),
+    ]
+    for r in records:
+        assert r.ok or f"session {r.session} has no turns" in (r.error_detail or "")

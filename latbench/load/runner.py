@@ -20,6 +20,12 @@ in flight `load.overtime` seconds after it ended are cut the same way, recorded 
 failure of the server to finish, which the failed share counts), so an endless stream cannot hold
 a run past its duration for longer than that.
 
+An open-loop run is watched for over-saturation (`load.oversaturation`, `summary.saturation`):
+once a second the runner judges the last window from the records and the requests in flight, and
+when in-flight and TTFT have both grown steadily for long enough it stops sending and cuts what
+is in flight (an over-saturated server's queue would take as long to drain as it took to build;
+those records say `cancelled`), and the run ends `oversaturated` with the evidence in its footer.
+
 The run outlives its parts: each worker tells the runner of every request it sends, so when a
 worker process dies its in-flight requests are recorded as `lost`, the other workers go on, and
 the run ends `incomplete` with every record kept. A record frame the runner cannot decode becomes
@@ -56,6 +62,7 @@ from latbench.shared.errors import ErrorKind, LatbenchError
 from latbench.sinks import Sink
 from latbench.spec import LoadSpec
 from latbench.summary.samples import derived_window
+from latbench.summary.saturation import Oversaturation, Watch
 from latbench.summary.validity import ClientStats
 from latbench.workload import Workload
 
@@ -67,6 +74,7 @@ __all__ = ["RunOutcome", "Runner", "make_connector"]
 STREAMS_PER_WORKER = 64
 _PHASES = frozenset(get_args(Phase))
 START_LEAD_NS = 20_000_000  # schedule the first send a little ahead, so it is not born late
+WATCH_S = 1.0  # how often an open-loop run is judged for over-saturation
 # The directory that holds the `latbench` package, so workers import this same copy.
 _IMPORT_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -105,8 +113,9 @@ class RunOutcome:
     records: list[Record]
     footer: RunFooter
     client: ClientStats
-    ended: str  # completed | stopped | aborted | incomplete (a worker died)
+    ended: str  # completed | stopped | aborted | oversaturated | incomplete (a worker died)
     incomplete: str | None = None  # why, when it is
+    oversaturation: Oversaturation | None = None  # the verdict that stopped it, when one did
     warnings: list[str] = field(default_factory=list)  # nothing lost, but worth saying
 
 
@@ -159,6 +168,8 @@ class Runner:
         self._lag_ticks = array("q")
         self._lags = array("q")
         self._dropped: list[tuple[int, int]] = []  # (worker, seq) of unreadable unknown records
+        self.watch: Watch | None = None
+        self.oversaturation: Oversaturation | None = None
 
     @property
     def inflight(self) -> int:
@@ -184,6 +195,7 @@ class Runner:
     async def run(self, session: aiohttp.ClientSession) -> RunOutcome:
         """Run the load. `session` is the caller's (preflight) session; workers open their own."""
         overtime: asyncio.TimerHandle | None = None
+        watcher: asyncio.Task[None] | None = None
         try:
             await self._start_workers()
             if not self._stopping:
@@ -191,10 +203,13 @@ class Runner:
                 for w in self._workers:
                     w.send(message("go", self._start))
                 overtime = self._arm_overtime()
+                watcher = self._start_watch()
             await asyncio.gather(*(self._drain(w) for w in self._workers))
         finally:
             if overtime is not None:
                 overtime.cancel()
+            if watcher is not None:
+                watcher.cancel()
             for w in self._workers:
                 # The end of its stream is an abort to a worker still running: one that failed
                 # to start, or a run cancelled from outside.
@@ -217,6 +232,31 @@ class Runner:
                 w.send(message("overtime", duration_end))
 
         return asyncio.get_running_loop().call_later((at - monotonic_ns()) / 1e9, expire)
+
+    def _start_watch(self) -> asyncio.Task[None] | None:
+        """Open loop, unless the spec turns it off: judge the run once a second, and stop it when
+        it is over-saturated."""
+        spec = self.load.oversaturation
+        if not spec.applies(self.load.open_loop):
+            return None
+        watch = self.watch = Watch(spec, self._start)
+        for rec in self.records:
+            watch.add(rec)
+
+        async def judge() -> None:
+            while not self._stopping:
+                await asyncio.sleep(WATCH_S)
+                if self._stopping:
+                    return
+                now = monotonic_ns()
+                flying = [p[1] for w in self._workers for p in w.pending.values()]
+                verdict = watch.check(now, flying)
+                if verdict is not None:
+                    self.oversaturation = verdict
+                    self.abort()
+                    return
+
+        return asyncio.create_task(judge())
 
     async def _start_workers(self) -> None:
         env = dict(os.environ)
@@ -260,6 +300,8 @@ class Runner:
 
     def _add(self, rec: Record) -> None:
         self.records.append(rec)
+        if self.watch is not None:
+            self.watch.add(rec)
         for sink in self._sinks:
             sink.add(rec)
 
@@ -364,9 +406,18 @@ class Runner:
         ended = "aborted" if self._aborted else ("stopped" if self._stopped_at else "completed")
         deaths = [w.death for w in self._workers if w.death is not None]
         incomplete = "; ".join(deaths) if deaths else None
+        verdict = self.oversaturation
+        if verdict is not None:
+            ended = "oversaturated"
         if incomplete is not None:
             ended = "incomplete"
-        footer = RunFooter(window_start=ws, window_end=we, ended=ended, validity=client.to_dict())
+        footer = RunFooter(
+            window_start=ws,
+            window_end=we,
+            ended=ended,
+            validity=client.to_dict(),
+            oversaturation=None if verdict is None else verdict.to_dict(),
+        )
         warnings = []
         if self._dropped:
             named = ", ".join(f"seq {seq} (worker {k})" for k, seq in self._dropped[:5])
@@ -382,6 +433,7 @@ class Runner:
             ended=ended,
             incomplete=incomplete,
             warnings=warnings,
+            oversaturation=verdict,
         )
 
     def _window(self) -> tuple[int, int]:

@@ -128,8 +128,10 @@ class RunFooter:
     # [start, end) of the measurement window, monotonic ns; warm-up and cool-down lie outside.
     window_start: int
     window_end: int
-    ended: str  # "completed" | "stopped" | "aborted"
+    ended: str  # "completed" | "stopped" | "aborted" | "oversaturated" | "incomplete"
     validity: dict[str, Any] = field(default_factory=dict)
+    # What stopped an over-saturated run (summary.saturation.Oversaturation.to_dict), else None.
+    oversaturation: dict[str, Any] | None = None
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))

@@ -272,6 +272,7 @@ async def run_benchmark(
         percentiles=spec.percentiles,
         client=outcome.client,
         limits=spec.validity.limits(),
+        oversaturation=outcome.oversaturation,
     )
     recon = None
     if scraper is not None:

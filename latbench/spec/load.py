@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from latbench.spec.fields import Span, StrictModel, UpToADay
 from latbench.spec.ramp import SHAPED_MODES, Arrivals, RampSpec, StepSpec, check_shape
+from latbench.spec.saturation import OversaturationSpec
 
 MAX_CONCURRENCY = 65_536
 MAX_RATE = 1e6
@@ -36,6 +37,7 @@ class LoadSpec(StrictModel):
     cooldown: Span = 0.0
     warmup_requests: int = Field(default=0, ge=0, le=MAX_REQUESTS)
     cooldown_requests: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    oversaturation: OversaturationSpec = Field(default_factory=OversaturationSpec)
     workers: int | None = Field(
         default=None,
         ge=1,
@@ -77,6 +79,7 @@ class LoadSpec(StrictModel):
                 f"warmup_requests + cooldown_requests leave none of the {self.requests} requests "
                 "to measure"
             )
+        self.oversaturation.check(self.open_loop)
         return self
 
     @property

@@ -42,6 +42,7 @@ from latbench.summary.samples import (
     derived_window,
     event_kinds,
 )
+from latbench.summary.saturation import Oversaturation
 from latbench.summary.validity import ClientStats, Failures, Validity, judge_validity, rounded
 
 if TYPE_CHECKING:
@@ -308,6 +309,8 @@ class Summary:
     rates: Rates
     slos: tuple[SloResult, ...]
     validity: Validity
+    # The verdict that stopped an over-saturated open-loop run, with its evidence (the footer's).
+    oversaturation: Oversaturation | None = None
 
     @property
     def slo_passed(self) -> bool:
@@ -349,6 +352,7 @@ class Summary:
             "validity": self.validity.to_dict(),
             "client_bound": self.client_bound,
             "failures": self.failures.to_dict(),
+            "oversaturation": self.oversaturation and self.oversaturation.to_dict(),
         }
 
 
@@ -365,6 +369,7 @@ def summarize(
     client: ClientStats | None = None,
     limits: ValidityLimits = DEFAULT_LIMITS,
     load: LoadSpec | None = None,
+    oversaturation: Oversaturation | None = None,
 ) -> Summary:
     """Summarize a run.
 
@@ -424,6 +429,7 @@ def summarize(
         rates=rates,
         slos=slo_results,
         validity=judge_validity(measured, client, limits, error_bounds(ok, s)),
+        oversaturation=oversaturation,
     )
 
 
@@ -442,6 +448,7 @@ def summarize_file(f: RecordsFile, spec: RunSpec) -> Summary:
         client=ClientStats.from_dict(footer.validity) if footer and footer.validity else None,
         limits=spec.validity.limits(),
         load=spec.load,
+        oversaturation=Oversaturation.from_dict(footer.oversaturation) if footer else None,
     )
 
 

@@ -1,0 +1,105 @@
+"""Over-saturation over real sockets: the simulator with `max_batch` B serves at most B / S(B)
+requests/s (sim/engine.py); an open loop past that builds a queue without bound, and the run
+must stop early with the verdict and its evidence in results.json, the footer and the summary
+read back from the records file. Below the knee the same watch judges the run and never fires.
+
+A short window (4 s) so the tests take seconds; the rest as the defaults judge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from latbench.load.runner import Runner
+from latbench.records import read_records
+from latbench.run import BenchResult, run_benchmark
+from latbench.sim import SimConfig, SimProcess, capacity_rps, events_for
+from latbench.spec import RunSpec, load_spec
+from latbench.summary import summarize_file
+
+SIM = {"max_batch": 4, "ttft": 0.02, "itl": 0.01}
+TOKENS = 20  # S(4) = 0.02 + 19 x 0.01 = 0.21 s: the knee is 4 / 0.21 = 19 requests/s
+WATCH = {"window": 4, "hold": 1, "min_requests": 20, "min_ttft": 0.3}
+DURATION = 60.0  # what an undetected over-saturated run would burn
+
+
+def bench(url: str, out: Path, rate: float, duration: float) -> tuple[BenchResult, RunSpec, Any]:
+    spec = load_spec(
+        {
+            "name": "oversaturation",
+            "target": {"base_url": url, "api": "chat"},
+            "workload": {"input_tokens": 8, "output_tokens": TOKENS},
+            "load": {
+                "mode": "constant",
+                "rate": rate,
+                "duration": duration,
+                "oversaturation": WATCH,
+            },
+            "validity": {"ttft_tolerance": "2s", "itl_tolerance": "2s", "loop_lag_p99": "2s"},
+            "output_dir": str(out),
+        }
+    )
+    runners: list[Runner] = []
+    result = asyncio.run(
+        run_benchmark(spec, url, Console(file=io.StringIO()), on_runner=runners.append)
+    )
+    return result, spec, runners[0]
+
+
+def knee() -> float:
+    return capacity_rps(SimConfig.model_validate(SIM), events_for(TOKENS, 0, 1))
+
+
+def test_a_run_past_the_knee_stops_early_with_the_verdict_and_its_evidence(
+    tmp_path: Path, sim: Callable[..., SimProcess]
+) -> None:
+    assert 18 < knee() < 20
+    s = sim(**SIM)
+    result, spec, _ = bench(s.url, tmp_path, 2 * knee(), DURATION)
+    assert result.ended == "oversaturated"
+    v = result.summary.oversaturation
+    assert v is not None
+    assert v.after_s < DURATION / 3  # stopped early, not at the end
+    assert v.window_s == 4
+    # The queue grows at about rate - knee (19/s) and the wait with it, at 1 - 1/2 s a second.
+    assert v.inflight.slope > 5
+    assert v.inflight.end > v.inflight.start
+    assert v.ttft.slope > 0.2 and v.ttft.end >= 0.3
+    assert v.first_tokens >= 20
+    # The run's window ends where sending stopped, and the cut requests are cancelled, not
+    # failed.
+    assert result.summary.window is not None
+    assert result.summary.window.duration_s < v.after_s + 1
+    assert result.summary.requests.failed == result.summary.failures.cancelled
+
+    results = json.loads(result.results_path.read_text())
+    assert results["ended"] == "oversaturated"
+    assert results["summary"]["oversaturation"]["after_s"] == pytest.approx(v.after_s, abs=1e-3)
+    assert "over-saturated after" in results["summary"]["oversaturation"]["summary"]
+
+    # The footer carries it, so a summary of the records file says the same.
+    f = read_records(result.records_path)
+    assert f.footer is not None and f.footer.ended == "oversaturated"
+    again = summarize_file(f, spec)
+    assert again.oversaturation == v
+
+
+def test_a_run_under_the_knee_is_judged_and_never_stopped(
+    tmp_path: Path, sim: Callable[..., SimProcess]
+) -> None:
+    s = sim(**SIM)
+    result, _, runner = bench(s.url, tmp_path, 0.5 * knee(), 12.0)
+    assert result.ended == "completed"
+    assert result.summary.oversaturation is None
+    # It was judged on a full window, not skipped for want of evidence.
+    assert runner.watch is not None and runner.watch.last is not None
+    assert runner.watch.last.inflight is not None
+    assert "in-flight grew" in runner.watch.last.why

@@ -223,6 +223,25 @@ def parse_extra_body(text: str | None) -> dict[str, Any]:
     return body
 
 
+def image_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
+    """--images, --image-size, --image-format into workload.images (over the spec's)."""
+    if ns.images is None and ns.image_size is None and ns.image_format is None:
+        return
+    images = dict(data.get("workload", {}).get("images") or {})
+    if ns.images is not None:
+        images["count"] = ns.images
+    if ns.image_size is not None:
+        w, sep, h = ns.image_size.lower().partition("x")
+        if not (sep and w.strip().isdigit() and h.strip().isdigit()):
+            raise SpecError(
+                f"--image-size {ns.image_size!r}: write it as WIDTHxHEIGHT, e.g. 512x512"
+            )
+        images["width"], images["height"] = int(w), int(h)
+    if ns.image_format is not None:
+        images["format"] = ns.image_format
+    set_path(data, ("workload", "images"), images)
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", type=Path, help="run spec file (YAML or JSON); flags override it")
     p.add_argument("--name", "--label", help="scenario name (a label in results and metrics)")
@@ -332,6 +351,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="count synthetic prompts with this tokenizer.json (or folder, or Hugging Face name) "
         "where the server has no /tokenize; 'words': a word is a token (docs/spec.md)",
     )
+    g.add_argument(
+        "--images",
+        metavar="DIST",
+        help="generated images per chat request, e.g. 2 or uniform:0,4 (docs/workloads.md)",
+    )
+    g.add_argument("--image-size", metavar="WxH", help="their resolution (default 512x512)")
+    g.add_argument("--image-format", choices=["png", "jpeg"], help="default png; jpeg needs Pillow")
     g.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
     g.add_argument("--top-p", type=float, help="nucleus sampling (default: the server's)")
     g.add_argument("--top-k", type=int, help="top-k sampling (default: the server's)")
@@ -430,6 +456,7 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.sharegpt:
         set_path(data, ("workload", "source"), "sharegpt")
         set_path(data, ("workload", "path"), str(ns.sharegpt))
+    image_flags(ns, data)
     for kv in ns.sim:
         key, sep, value = kv.partition("=")
         if not sep:

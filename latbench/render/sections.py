@@ -70,6 +70,8 @@ def throughput_table(s: Summary) -> str:
         ["output tokens", f"{s.tokens.output_total:,}"],
         ["prompt tokens asked vs got", s.tokens.prompt.describe()],
     ]
+    if s.images is not None:
+        rows.append(["images", s.images.describe()])
     return table(["figure", "value"], rows)
 
 

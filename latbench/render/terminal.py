@@ -144,6 +144,8 @@ def _throughput_table(s: Summary) -> Table:
             f"that many, {tok.received_fewer:,} fewer, {tok.received_more:,} more",
         )
     table.add_row("prompt tokens asked vs got", tok.prompt.describe())
+    if s.images is not None:
+        table.add_row("images", s.images.describe())
     if any(tok.disagreements.values()):
         table.add_row(
             "token counts differ",

@@ -99,6 +99,8 @@ def run_markdown(run: Run) -> str:
         f"tok/s; goodput {_rate(r.goodput_per_s)} req/s "
         f"({num(r.goodput_fraction, '.1%')} of measured met every SLO).",
     ]
+    if s.images is not None:
+        lines += ["", f"Images: {s.images.describe()}."]
     if s.requests.errors_by_kind:
         errs = ", ".join(f"{k} {v}" for k, v in s.requests.errors_by_kind.items())
         lines += ["", f"Errors: {errs}."]

@@ -33,6 +33,7 @@ from latbench.spec.slo import (
     ValidityLimits,
 )
 from latbench.summary.bound import error_bounds
+from latbench.summary.images import ImageCounts, image_counts
 from latbench.summary.samples import (
     NS_PER_S,
     Delivered,
@@ -309,6 +310,7 @@ class Summary:
     rates: Rates
     slos: tuple[SloResult, ...]
     validity: Validity
+    images: ImageCounts | None = None  # what the requests carried; None: no images
     # The verdict that stopped an over-saturated open-loop run, with its evidence (the footer's).
     oversaturation: Oversaturation | None = None
 
@@ -347,6 +349,7 @@ class Summary:
             "latency": {name: s.to_dict() for name, s in self.latency.items()},
             "decode_rate": self.decode_rate.to_dict(digits=6),
             "tokens": self.tokens.to_dict(),
+            "images": None if self.images is None else self.images.to_dict(),
             "rates": self.rates.to_dict(),
             "slo": {"passed": self.slo_passed, "results": [r.to_dict() for r in self.slos]},
             "validity": self.validity.to_dict(),
@@ -426,6 +429,7 @@ def summarize(
         latency=latency,
         decode_rate=decode_rate,
         tokens=_tokens(s, ok, pcts),
+        images=image_counts(measured),
         rates=rates,
         slos=slo_results,
         validity=judge_validity(measured, client, limits, error_bounds(ok, s)),

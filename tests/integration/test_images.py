@@ -1,0 +1,175 @@
+"""Image requests end to end, in every chat-like API kind: a spec with `workload.images` runs
+against the simulator, which counts each request's images and adds `ttft_per_image` to its TTFT.
+The simulator's own account (`/sim/truth`) must see each request's images as the client's record
+counts them, its planned TTFT must grow by exactly `ttft_per_image` per image, and the client's
+TTFT must lie above that plan and below the next image count's (a step of 200 ms, far above any
+scheduling noise); the summary's image counts are the records' and survive a replay of the
+records file."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kit.cli import latbench
+from rich.console import Console
+
+from latbench.records.record import read_records
+from latbench.run import run_benchmark
+from latbench.sim import SimConfig, SimProcess
+from latbench.spec import load_spec
+from latbench.spec.target import SIM_API
+from latbench.summary.summary import summarize_file
+
+TTFT, PER_IMAGE = 0.02, 0.2
+REQUESTS = 10
+# Seed 3 draws 0, 1, 2 and 3 images among the first 10 requests.
+IMAGES = {"count": {"kind": "uniform", "min": 0, "max": 3}, "width": 48, "height": 32}
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, SimProcess]]:
+    """One simulator per personality, each charging PER_IMAGE of TTFT for every image."""
+    procs = {
+        p: SimProcess(SimConfig(api=p, ttft=TTFT, itl=0.002, ttft_per_image=PER_IMAGE))
+        for p in ("openai", "anthropic", "responses")
+    }
+    try:
+        for proc in procs.values():
+            proc.start()
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+def truth(url: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(url + "/sim/truth?raw=1", timeout=10) as r:
+        return [e for e in json.load(r)["requests"] if e["events_ns"]]
+
+
+def mm_cache(url: str) -> tuple[float, float]:
+    """The simulator's multi-modal cache counters (vLLM's names): images queried, images hit."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+
+    def value(name: str) -> float:
+        (line,) = [x for x in lines if x.startswith(name + "{")]
+        return float(line.rsplit(" ", 1)[1])
+
+    return value("vllm:mm_cache_queries_total"), value("vllm:mm_cache_hits_total")
+
+
+def reset(url: str) -> None:
+    req = urllib.request.Request(url + "/sim/truth/reset", method="POST")
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+@pytest.mark.parametrize("api", ["chat", "anthropic", "responses"])
+async def test_ttft_grows_by_the_per_image_cost_the_server_charged(
+    servers: dict[str, SimProcess], api: str, tmp_path: Path
+) -> None:
+    sim = servers[SIM_API[api]]
+    reset(sim.url)
+    spec = load_spec(
+        {
+            "target": {"base_url": sim.url, "api": api},
+            # One user: requests one after another, in the simulator's order too. "words": no
+            # calibration probes among the served requests.
+            "load": {"concurrency": 1, "requests": REQUESTS},
+            "workload": {
+                "input_tokens": 8,
+                "output_tokens": 4,
+                "tokenizer": "words",
+                "seed": 3,
+                "images": IMAGES,
+            },
+            "output_dir": str(tmp_path),
+        }
+    )
+    result = await run_benchmark(spec, sim.url, Console(file=io.StringIO()))
+    records = sorted(read_records(result.records_path).records, key=lambda r: r.seq)
+    assert [r.error_detail for r in records if r.error] == []
+    counts = [r.images for r in records]
+    assert set(counts) == {0, 1, 2, 3}, counts
+
+    served = truth(sim.url)
+    assert [e["images"] for e in served] == counts  # the server saw what the client counted
+    for r, e in zip(records, served, strict=True):
+        planned = TTFT + PER_IMAGE * r.images
+        assert e["ttft_model_s"] == pytest.approx(planned, abs=1e-6)
+        ttft = (r.ev_t[0] - r.t_sent) / 1e9
+        assert planned <= ttft < planned + PER_IMAGE / 2, (r.images, ttft)
+
+    s = result.summary.images
+    assert s is not None
+    assert (s.requests, s.images) == (REQUESTS, sum(counts))
+    assert s.with_images == sum(1 for c in counts if c)
+    assert s.bytes == sum(r.image_bytes for r in records) > 0
+    # PNG of 48x32 noise: 3 bytes a pixel and a filter byte a row, plus headers.
+    assert all(r.image_bytes >= r.images * 32 * (1 + 3 * 48) for r in records)
+    results = json.loads(result.results_path.read_text())
+    assert results["summary"]["images"] == s.to_dict()
+    replayed = summarize_file(read_records(result.records_path), spec).images
+    assert replayed == s
+
+
+def test_every_image_is_new_to_the_server_and_the_same_again_with_the_seed(
+    sim: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    """The server keys images by their data, as vLLM's multi-modal cache does: a run's images
+    never hit one another (no request can be served from another's image), and a second run with
+    the same seed sends the same images, every one a hit."""
+    proc = sim(ttft=TTFT, itl=0.002)
+
+    async def run() -> None:
+        spec = load_spec(
+            {
+                "target": {"base_url": proc.url, "api": "chat"},
+                "load": {"concurrency": 2, "requests": 8},
+                "workload": {
+                    "input_tokens": 8,
+                    "output_tokens": 4,
+                    "tokenizer": "words",
+                    "images": {"count": 2, "width": 16, "height": 16, "format": "jpeg"},
+                },
+                "output_dir": str(tmp_path),
+            }
+        )
+        result = await run_benchmark(spec, proc.url, Console(file=io.StringIO()))
+        assert result.summary.requests.succeeded == 8
+
+    asyncio.run(run())
+    assert mm_cache(proc.url) == (16, 0)
+    asyncio.run(run())
+    assert mm_cache(proc.url) == (32, 16)
+
+
+def test_the_flags_run_images_and_the_summaries_state_them(tmp_path: Path) -> None:
+    """`latbench run --images ...` against the built-in simulator: the terminal summary and
+    `latbench summary` of its records state the same image counts as results.json."""
+    out = tmp_path / "out"
+    flags = ["--requests", "6", "--concurrency", "2", "--warmup", "0", "--out", str(out)]
+    done = latbench(
+        "run", *flags, "--images", "2", "--image-size", "24x16", "--image-format", "jpeg"
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = out.iterdir()
+    images = json.loads((run / "results.json").read_text())["summary"]["images"]
+    assert (images["total"], images["with_images"], images["requests"]) == (12, 6, 6)
+    line = "12 images in 6 of 6 requests (mean 2.00 a"
+    assert line in done.stdout
+    again = latbench("summary", str(run / "records.jsonl"))
+    assert again.returncode == 0 and line in again.stdout, again.stderr
+
+    bad = latbench("run", *flags, "--images", "1", "--image-size", "24")
+    assert bad.returncode != 0 and "--image-size '24': write it as WIDTHxHEIGHT" in bad.stderr
+    bad = latbench("run", *flags, "--api", "completions", "--images", "1")
+    assert bad.returncode != 0
+    assert "workload.images: target.api 'completions'" in bad.stderr

@@ -7,6 +7,7 @@ vLLM metrics page, never against timing: the model's figures are exact, whatever
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import aiohttp
@@ -14,6 +15,7 @@ import pytest
 from conftest import Serve
 from prometheus_client.parser import text_string_to_metric_families
 
+from latbench.sim.__main__ import add_sim_arguments, config_from_args
 from latbench.sim.prefix import PrefixCache, block_hashes
 
 TTFT = 0.002  # tests/kit/sim.FAST's
@@ -182,3 +184,26 @@ async def test_a_prompt_over_the_context_length_is_refused_as_vllm_does(serve: S
         message = (await r.json())["error"]["message"]
     assert message.startswith("This model's maximum context length is 16 tokens. However, you")
     assert "(12 in the messages, 5 in the completion)" in message
+
+
+def test_the_flags_set_the_knobs() -> None:
+    parser = argparse.ArgumentParser()
+    add_sim_arguments(parser)
+    flags = ["--no-prefix-cache", "--block-tokens", "8", "--prefill-per-token", "0.001"]
+    flags += ["--itl-per-context-token", "1e-5", "--image-tokens", "3", "--ttft-per-image", "0.1"]
+    flags += ["--tool-steps", "2", "--prefix-cache-blocks", "10"]
+    config = config_from_args(parser.parse_args(flags))
+    assert config.model_dump(include=set(KNOBS)) == KNOBS
+    assert config_from_args(parser.parse_args([])).prefix_cache  # on by default, as in vLLM
+
+
+KNOBS = {
+    "prefix_cache": False,
+    "block_tokens": 8,
+    "prefill_per_token": 0.001,
+    "itl_per_context_token": 1e-5,
+    "image_tokens": 3,
+    "ttft_per_image": 0.1,
+    "tool_steps": 2,
+    "prefix_cache_blocks": 10,
+}

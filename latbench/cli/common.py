@@ -343,6 +343,23 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     src = g.add_mutually_exclusive_group()
     src.add_argument("--prompts", type=Path, metavar="FILE.jsonl", help="prompts, one per line")
     src.add_argument("--sharegpt", type=Path, metavar="FILE.json", help="ShareGPT conversations")
+    g.add_argument(
+        "--prefix-groups",
+        type=int,
+        metavar="G",
+        help="shared-prefix prompts: G groups, each repeating one prefix before each request's "
+        "own suffix (any --prefix-*/--suffix-tokens flag selects them; docs/workloads.md)",
+    )
+    g.add_argument("--prefix-tokens", type=int, metavar="N", help="each prefix (default 256)")
+    g.add_argument("--suffix-tokens", metavar="DIST", help="each request's suffix (default 256)")
+    g.add_argument(
+        "--prefix-share", type=float, metavar="F", help="fraction of requests sharing (default 1)"
+    )
+    g.add_argument(
+        "--prefix-as",
+        choices=["system", "user"],
+        help="the prefix as a system message (default) or the start of the user message",
+    )
     g.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--seed", type=int)
     g.add_argument(
@@ -477,6 +494,7 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
                 f"--percentiles {ns.percentiles!r}: give numbers, e.g. 50,90,99"
             ) from None
     tool_flags(ns, data)
+    prefix_flags(ns, data)
     apply_vllm_flags(ns, data)
     # Durations given as flags stay strings; the spec parses units ("30s", "2m").
     return data
@@ -504,6 +522,26 @@ def tool_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
         if not isinstance(tools, dict):
             raise SpecError(f"{flag} needs tools: add --tools N (or workload.tools in the spec)")
         tools[key] = value
+
+
+def prefix_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
+    """--prefix-groups, --prefix-tokens, --suffix-tokens, --prefix-share, --prefix-as: a
+    shared-prefix workload, over the spec's workload.shared_prefix."""
+    given = {
+        key: value
+        for key, value in (
+            ("groups", ns.prefix_groups),
+            ("prefix_tokens", ns.prefix_tokens),
+            ("suffix_tokens", ns.suffix_tokens),
+            ("share", ns.prefix_share),
+            ("prefix_as", ns.prefix_as),
+        )
+        if value is not None
+    }
+    if given:
+        w = data.setdefault("workload", {})
+        w["source"] = "shared_prefix"
+        w["shared_prefix"] = {**(w.get("shared_prefix") or {}), **given}
 
 
 def repeated(

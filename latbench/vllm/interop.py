@@ -14,6 +14,13 @@ Flags, and what they become here:
     --burstiness B           --burstiness B (the same gamma shape)
     --base-url URL           --target URL
     --input-len/--output-len --input-tokens/--output-tokens
+    --dataset-name NAME      random: synthetic prompts (the default); prefix_repetition:
+                             workload.source shared_prefix with preset vllm, and
+      --prefix-repetition-prefix-len N    shared_prefix.prefix_tokens (default 256)
+      --prefix-repetition-suffix-len N    shared_prefix.suffix_tokens (default 256)
+      --prefix-repetition-num-prefixes N  shared_prefix.groups (default 10)
+      --prefix-repetition-output-len N    --output-tokens (default 128; --output-len wins,
+                                          as in vLLM)
     --header KEY=VALUE       --header 'KEY: VALUE' (both spellings are accepted)
     --label L                --name L (a scenario name: letters, digits, _ . -)
     --metadata KEY=VALUE ..  the spec's `metadata`, written as top-level keys of the results
@@ -117,6 +124,25 @@ def add_vllm_arguments(p: argparse.ArgumentParser) -> None:
         help="kept in the spec and written as top-level keys of the --save-result file",
     )
     g.add_argument(
+        "--dataset-name",
+        metavar="NAME",
+        help="random (synthetic prompts, the default) or prefix_repetition (shared prefixes, "
+        "workload.shared_prefix preset vllm; docs/workloads.md)",
+    )
+    for what, default in (("prefix-len", 256), ("suffix-len", 256), ("num-prefixes", 10)):
+        g.add_argument(
+            f"--prefix-repetition-{what}",
+            type=int,
+            metavar="N",
+            help=f"with --dataset-name prefix_repetition (default {default})",
+        )
+    g.add_argument(
+        "--prefix-repetition-output-len",
+        type=int,
+        metavar="N",
+        help="with --dataset-name prefix_repetition: output tokens (default 128)",
+    )
+    g.add_argument(
         "--save-result", action="store_true", help="also write the results with vLLM's field names"
     )
     g.add_argument(
@@ -212,10 +238,47 @@ def apply_vllm_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
                     "(or --max-concurrency)"
                 )
             load["concurrency"] = load["requests"]
+    dataset_flags(ns, data)
     if getattr(ns, "goodput", None):
         data["slos"] = goodput_slos(ns.goodput)
     # Fail before the run, not after it.
     parse_percentile_metrics(getattr(ns, "percentile_metrics", None))
+
+
+# vLLM's --dataset-name values we take; its others name files or hubs (--sharegpt, --prompts).
+DATASETS = ("random", "prefix_repetition")
+
+
+def dataset_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
+    """--dataset-name and the --prefix-repetition-* flags (vLLM's PrefixRepetitionRandomDataset)
+    into workload.shared_prefix with preset vllm, over what the spec and our flags set there."""
+    name = getattr(ns, "dataset_name", None)
+    # --prefix-repetition-X -> its shared_prefix key ("": the output length, not one of them).
+    keys = {
+        "prefix_len": "prefix_tokens",
+        "suffix_len": "suffix_tokens",
+        "num_prefixes": "groups",
+        "output_len": "",
+    }
+    values = {k: getattr(ns, f"prefix_repetition_{k}", None) for k in keys}
+    given = [k for k, v in values.items() if v is not None]
+    if name is not None and name not in DATASETS:
+        raise SpecError(
+            f"--dataset-name {name!r}: latbench takes {' or '.join(DATASETS)}; for ShareGPT "
+            "give --sharegpt FILE, for a prompt file --prompts FILE"
+        )
+    if name != "prefix_repetition":
+        if given:
+            flag = "--prefix-repetition-" + given[0].replace("_", "-")
+            raise SpecError(f"{flag} is for --dataset-name prefix_repetition")
+        return
+    w = data.setdefault("workload", {})
+    w["source"] = "shared_prefix"
+    shape = {keys[k]: values[k] for k in given if keys[k]}
+    w["shared_prefix"] = {**(w.get("shared_prefix") or {}), "preset": "vllm", **shape}
+    out = values["output_len"]
+    if out is not None and getattr(ns, "output_tokens", None) is None:  # vLLM: --output-len wins
+        w["output_tokens"] = out
 
 
 def result_path(ns: argparse.Namespace, run_dir: Path) -> Path | None:

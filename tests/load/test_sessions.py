@@ -6,7 +6,7 @@ numbers stay unique across workers, and a failed turn ends its session and nothi
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -75,29 +75,40 @@ def by_session(records: list[Record]) -> dict[int, list[Record]]:
     return out
 
 
+Recording = Callable[..., Awaitable[tuple[str, list[dict[str, Any]]]]]
+
+
 @pytest.fixture
-async def recording() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """The simulator's app in this process with every request body it read kept, in order."""
-    bodies: list[dict[str, Any]] = []
+async def recording() -> AsyncIterator[Recording]:
+    """`await recording(**SimConfig fields)`: the simulator's app in this process, its URL and
+    every chat request body it read, in order."""
+    servers: list[TestServer] = []
 
-    @web.middleware
-    async def keep(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
-        if request.path.endswith("/chat/completions"):
-            bodies.append(await request.json())
-        return await handler(request)
+    async def start(**fields: Any) -> tuple[str, list[dict[str, Any]]]:
+        bodies: list[dict[str, Any]] = []
 
-    app = create_app(SimConfig(ttft=0.002, itl=0.001))
-    app.middlewares.append(keep)
-    server = TestServer(app)
-    await server.start_server()
-    yield base_url(server), bodies
-    await server.close()
+        @web.middleware
+        async def keep(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+            if request.path.endswith("/chat/completions"):
+                bodies.append(await request.json())
+            return await handler(request)
+
+        app = create_app(SimConfig.model_validate({"ttft": 0.002, "itl": 0.001, **fields}))
+        app.middlewares.append(keep)
+        server = TestServer(app)
+        await server.start_server()
+        servers.append(server)
+        return base_url(server), bodies
+
+    yield start
+    for server in servers:
+        await server.close()
 
 
 async def test_each_turn_resends_the_conversation_with_the_replies_received(
-    recording: tuple[str, list[dict[str, Any]]],
+    recording: Recording,
 ) -> None:
-    url, bodies = recording
+    url, bodies = await recording()
     workload = SyntheticSessions(3, 5, 4, think_time=0.01, seed=2, system_tokens=6)
     records = await run(url, workload, LoadSpec(concurrency=2, requests=12), workers=2)
     assert len(records) == 12 and all(r.ok for r in records)
@@ -216,3 +227,92 @@ async def test_a_plan_that_cannot_be_built_is_its_first_request_record(sim_url: 
     ]
     for r in records:
         assert r.ok or f"session {r.session} has no turns" in (r.error_detail or "")
+
+
+LOOKUP = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "description": "Look a word up",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+    },
+}
+
+
+async def test_tool_calls_are_answered_after_the_tool_latency_up_to_the_step_limit(
+    recording: Recording,
+) -> None:
+    # The simulator calls the tool until 5 results follow the user's message; the plan answers
+    # 2 calls a user turn, so each turn takes 3 requests and its third call goes unanswered.
+    url, bodies = await recording(tool_steps=5)
+    plan = SessionPlan(
+        turns=(Turn("look this up", 6), Turn("and that", 6, think_s=0.015)),
+        tools=(LOOKUP,),
+        tool_latency_s=(0.02, 0.03, 0.04),
+        tool_result="sunny and warm",
+        max_tool_steps=2,
+    )
+    records = await run(url, FixedSessions([plan]), LoadSpec(concurrency=1, requests=6))
+    recs = by_session(records)[0]
+    assert [r.turn for r in recs] == [0, 1, 2, 3, 4, 5] and all(r.ok for r in recs)
+    gaps = [nxt.t_intended - (prev.t_end or 0) for prev, nxt in itertools.pairwise(recs)]
+    # Tool steps wait their own latencies in order (the last repeated), a new turn the think.
+    assert gaps == [round(x * 1e9) for x in (0.02, 0.03, 0.015, 0.04, 0.04)]
+    roles = [[m["role"] for m in b["messages"]] for b in bodies]
+    assert roles[:4] == [
+        ["user"],
+        ["user", "assistant", "tool"],
+        ["user", "assistant", "tool", "assistant", "tool"],
+        # The third call went unanswered: resent as text alone, then the next message.
+        ["user", "assistant", "tool", "assistant", "tool", "assistant", "user"],
+    ]
+    answered = bodies[2]["messages"]
+    for call, result in ((answered[1], answered[2]), (answered[3], answered[4])):
+        (tc,) = call["tool_calls"]
+        assert tc["function"]["name"] == "lookup"
+        assert result == {"role": "tool", "tool_call_id": tc["id"], "content": "sunny and warm"}
+    assert "tool_calls" not in bodies[3]["messages"][5]
+    assert all(b["tools"] == [LOOKUP] for b in bodies)
+
+
+async def truth(url: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(url + "/sim/truth?raw=1") as r:
+        return list((await r.json())["requests"])
+
+
+async def test_later_turns_are_cheaper_with_the_prefix_cache_and_not_without(
+    sim: Callable[..., SimProcess],
+) -> None:
+    # 40 tokens of new message a turn and 24 of reply, at 1 ms per uncached prompt token; the
+    # same sessions (same seed) against a simulator with its prefix cache on, then off.
+    prefill, ttft = 0.001, 0.002
+    served = {}
+    for cache in (True, False):
+        proc = sim(
+            ttft=ttft, itl=0.001, prefill_per_token=prefill, block_tokens=8, prefix_cache=cache
+        )
+        workload = SyntheticSessions(4, 40, 24, seed=8)
+        records = await run(proc.url, workload, LoadSpec(concurrency=1, requests=4))
+        recs = by_session(records)[0]
+        served[cache] = await truth(proc.url)  # one user: the requests in turn order
+        assert [t["prompt_tokens"] for t in served[cache]] == [r.usage_prompt_tokens for r in recs]
+        # What latbench measured contains what the server planned.
+        for r, t in zip(recs, served[cache], strict=True):
+            assert r.ev_t[0] - r.t_sent >= t["ttft_model_s"] * 1e9
+    on, off = served[True], served[False]
+    assert [t["prompt_tokens"] for t in on] == [t["prompt_tokens"] for t in off]
+    # Without the cache each turn prefills its whole history, so later turns grow slower;
+    assert [t["cached_tokens"] for t in off] == [0, 0, 0, 0]
+    model_off = [t["ttft_model_s"] for t in off]
+    assert model_off == pytest.approx([ttft + prefill * t["prompt_tokens"] for t in off])
+    assert model_off == sorted(model_off)
+    # with it, a later turn finds its history (messages and the replies resent) cached and
+    # prefills little more than its new message: faster than the same turn without.
+    assert on[0]["cached_tokens"] == 0
+    assert on[0]["ttft_model_s"] == pytest.approx(model_off[0])
+    for t, t_off in zip(on[1:], off[1:], strict=True):
+        assert t["prompt_tokens"] - t["cached_tokens"] <= 40 + 2 * 8
+        assert t["ttft_model_s"] == pytest.approx(
+            ttft + prefill * (t["prompt_tokens"] - t["cached_tokens"])
+        )
+        assert t["ttft_model_s"] < t_off["ttft_model_s"]

@@ -2,8 +2,11 @@
 
 It streams like vLLM (or, with `api`, like Anthropic's Messages or OpenAI's Responses API, or
 replays recorded streams byte for byte), paces tokens on a seeded latency model (see
-`latbench.sim.engine` for the load formula), injects faults on request, and reports what it
-actually did at `/sim/truth`, so latbench can be tested against a server whose behaviour is known.
+`latbench.sim.engine` for the load formula), charges prompts for what a real server does (a
+vLLM-style prefix cache, context length, images: `latbench.sim.prefix`, `latbench.sim.prompt`),
+answers requests that offer tools with tool calls as an agent's model does, injects faults on
+request, and reports what it actually did at `/sim/truth`, so latbench can be tested against a
+server whose behaviour is known.
 It also serves vLLM's own Prometheus metrics at `/metrics`, from the same instants.
 """
 

@@ -115,7 +115,6 @@ class Pacer:
         "_sent",
         "_steps",
         "admit_ns",
-        "cached_tokens",
     )
 
     def __init__(
@@ -126,10 +125,8 @@ class Pacer:
         admit_ns: int,
         prompt: Prompt | None = None,
         hashes: list[int] | None = None,
-        cached_tokens: int = 0,
     ) -> None:
         self.admit_ns = admit_ns  # t_admit: when the request got its slot (monotonic_ns)
-        self.cached_tokens = cached_tokens  # prompt tokens the prefix cache held at admission
         self._engine = engine
         self._loop = asyncio.get_running_loop()
         self._deadline = self._loop.time() + ttft
@@ -240,7 +237,7 @@ class Engine:
             if entry is not None:
                 entry.ttft_model_s = ttft
                 entry.decode_model_s = sum(steps)
-            yield Pacer(self, ttft, steps, admit_ns, prompt, hashes, cached)
+            yield Pacer(self, ttft, steps, admit_ns, prompt, hashes)
         finally:
             self._release()
 

@@ -103,6 +103,12 @@ class HistogramDef:
 HISTOGRAMS: tuple[HistogramDef, ...] = (
     HistogramDef("ttft", "Time to first token: first token event minus send.", TTFT_BUCKETS),
     HistogramDef("ttfo", "Time to first output: first content event minus send.", TTFT_BUCKETS),
+    HistogramDef(
+        "ttft_tool_call",
+        "Time to first tool-call token: first tool-call event minus send (requests that called "
+        "a tool).",
+        TTFT_BUCKETS,
+    ),
     HistogramDef("itl", "Inter-token latency: each gap between token events.", ITL_BUCKETS),
     HistogramDef(
         "itl_per_token", "Each gap between token events over the later event's tokens.", ITL_BUCKETS
@@ -196,6 +202,7 @@ class RunSeries:
         self.excluded: dict[str, int] = dict.fromkeys(EXCLUDED_PHASES, 0)
         self.good = 0
         self.output_tokens = 0
+        self.tool_call_tokens = 0
         self.prompt_tokens = 0
         self.start_time = 0.0
         self.ended_at = 0.0  # time.monotonic() when a run of this label set last ended
@@ -355,6 +362,13 @@ SCALARS: tuple[ScalarDef, ...] = (
         "counter",
         "Output tokens (N_out) of succeeded measured requests.",
         lambda s: s.output_tokens,
+    ),
+    ScalarDef(
+        "tool_call_tokens",
+        "counter",
+        "Tool-call tokens (a tool's name and arguments) of succeeded measured requests: in "
+        "output_tokens, but not the answer.",
+        lambda s: s.tool_call_tokens,
     ),
     ScalarDef(
         "prompt_tokens",

@@ -14,7 +14,7 @@ from latbench.render import charts
 from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run, Sweep
 from latbench.render.reconciliation import prefix_cache_line
-from latbench.render.text import STEP_COLUMNS, spread_text, validity_rows
+from latbench.render.text import STEP_COLUMNS, spread_text, tool_calls_line, validity_rows
 from latbench.shared.units import ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
@@ -72,6 +72,8 @@ def throughput_table(s: Summary) -> str:
     ]
     if s.images is not None:
         rows.append(["images", s.images.describe()])
+    if (tools := tool_calls_line(s)) is not None:
+        rows.append(["tool calls", tools])
     return table(["figure", "value"], rows)
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from latbench.render.fit import Column, fitted
-from latbench.render.text import validity_rows
+from latbench.render.text import tool_calls_line, validity_rows
 from latbench.shared.units import Unit, ms_short, num, row_unit, short
 from latbench.spec.slo import DEFAULT_SLOS, METRICS
 from latbench.summary.summary import Stats, Summary, pct_key
@@ -146,6 +146,8 @@ def _throughput_table(s: Summary) -> Table:
     table.add_row("prompt tokens asked vs got", tok.prompt.describe())
     if s.images is not None:
         table.add_row("images", s.images.describe())
+    if (tools := tool_calls_line(s)) is not None:
+        table.add_row("tool calls", tools)
     if any(tok.disagreements.values()):
         table.add_row(
             "token counts differ",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from latbench.render.charts import LABELS
 from latbench.render.readback import Run, Sweep
 from latbench.render.reconciliation import summary_line
-from latbench.shared.units import ms, ms_interval, num
+from latbench.shared.units import ms, ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
 from latbench.summary.samples import NS_PER_S
@@ -101,6 +101,8 @@ def run_markdown(run: Run) -> str:
     ]
     if s.images is not None:
         lines += ["", f"Images: {s.images.describe()}."]
+    if (tools := tool_calls_line(s)) is not None:
+        lines += ["", f"Tool calls: {tools}."]
     if s.requests.errors_by_kind:
         errs = ", ".join(f"{k} {v}" for k, v in s.requests.errors_by_kind.items())
         lines += ["", f"Errors: {errs}."]
@@ -346,3 +348,18 @@ def compare_csv(cmp: Comparison) -> str:
                 }
             )
     return _csv(rows)
+
+
+def tool_calls_line(s: Summary) -> str | None:
+    """The tool calls the replies made (METRICS.md: their argument tokens are generated but are
+    not the answer, so they are counted apart), or None when no reply called a tool."""
+    tok = s.tokens
+    if not tok.tool_call_requests:
+        return None
+    t = tok.ttft_tool_call
+    return (
+        f"{tok.tool_call_requests:,} of {s.requests.succeeded:,} replies called a tool: "
+        f"{tok.by_kind['tool_call']:,} tool-call tokens, apart from {tok.by_kind['content']:,} "
+        f"answer tokens; time to first tool-call token p50 {ms_short(t.p(50))} ms, "
+        f"p99 {ms_short(t.p(99))} ms"
+    )

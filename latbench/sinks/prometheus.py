@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 
 from latbench.client.looplag import add_lag_listener
 from latbench.exporter import LatbenchMetrics, RunLabels, target_label
-from latbench.records.record import Record, RunFooter
+from latbench.records.record import TOOL_CALL, Record, RunFooter
 from latbench.spec.slo import Slo
 from latbench.summary.bound import record_bounds_s
-from latbench.summary.samples import NS_PER_S, record_meets_all, record_samples
+from latbench.summary.samples import NS_PER_S, kind_tokens, record_meets_all, record_samples
 
 
 def run_labels(spec_base_url: str | None, model: str, api: str, scenario: str) -> RunLabels:
@@ -75,7 +75,7 @@ class PrometheusSink:
             return
         s.requests["ok"] += 1
         samples = record_samples(record)
-        for key in ("queue_delay", "ttft", "ttfo", "tpot", "e2e"):
+        for key in ("queue_delay", "ttft", "ttfo", "ttft_tool_call", "tpot", "e2e"):
             v = samples.per_request[key]
             if v is not None:
                 s.hist[key].observe(v)
@@ -87,6 +87,7 @@ class PrometheusSink:
         if gap_bounds is not None:
             s.hist["itl_error_bound"].observe_many(gap_bounds)
         s.output_tokens += samples.n_out
+        s.tool_call_tokens += kind_tokens(record, TOOL_CALL)
         if record.usage_prompt_tokens is not None:
             s.prompt_tokens += record.usage_prompt_tokens
         if record_meets_all(samples, self._slos):

@@ -147,6 +147,16 @@ def event_kinds(records: Sequence[Record]) -> np.ndarray:
     return np.frombuffer(kinds.encode("ascii", "replace"), dtype=np.uint8)
 
 
+def kind_tokens(r: Record, kind: str) -> int:
+    """One record's tokens of one event kind (TOOL_CALL, ...), as the summary's `by_kind` counts
+    them: each event's reported count, else one an event; kinds aligned as `event_kinds` does."""
+    kinds = r.ev_kind[: len(r.ev_t)].ljust(len(r.ev_t), CONTENT)
+    if kind not in kinds:
+        return 0
+    counts = r.ev_n if ev_n_known(r) else None
+    return sum(1 if counts is None else counts[i] for i, k in enumerate(kinds) if k == kind)
+
+
 def last_instant(r: Record) -> int:
     """The latest instant a request holds. Normally t_end; a record cut short may lack it, and
     its events still happened."""

@@ -210,7 +210,8 @@ async def _stream(g: _Generation) -> web.StreamResponse:
             if strike >= 0:
                 assert fault is not None
                 return await _strike(request, state, resp, fault, encoder)
-        pacer.answered(answer_tokens(plan, texts, req.tool_name or TOOL_NAME))
+        if state.engine.cache is not None:
+            pacer.answered(answer_tokens(plan, texts, req.tool_name or TOOL_NAME))
         await resp.write(encoder.closing(completion, plan.finish_reason))
         await resp.write_eof()
         done = plan.finish_reason
@@ -253,7 +254,7 @@ async def _respond(g: _Generation) -> web.StreamResponse:
         for _, count in plan.events:
             await pacer.next_event()
             entry.event(count)  # for a non-stream request, truth is when each event was generated
-    if fault is None:
+    if fault is None and state.engine.cache is not None:
         pacer.answered(answer_tokens(plan, _texts(plan), req.tool_name or TOOL_NAME))
     try:
         return await _answer(g)

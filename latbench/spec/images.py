@@ -8,6 +8,8 @@ error naming the field, not a worker building gigabytes of noise.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field, field_validator, model_validator
 
 from latbench.shared.dist import Dist
@@ -22,6 +24,9 @@ from latbench.workload.images import (
     count_bound,
     has_jpeg,
 )
+
+if TYPE_CHECKING:
+    from latbench.spec.workload import WorkloadSpec
 
 MIB = 1024**2
 
@@ -55,20 +60,48 @@ class ImagesSpec(StrictModel):
         if most is None:
             raise ValueError(
                 f"count {self.count}: set count.max, the most images a request may carry "
-                f"(at most {MAX_IMAGES}), so its bytes are bounded"
+                f"(at most {MAX_IMAGES}), so its bytes are bounded (on the command line: a "
+                "fixed count or uniform:MIN,MAX)"
             )
-        most = round(most)
-        if most > MAX_IMAGES:
-            raise ValueError(f"count: up to {most} images a request, over the cap of {MAX_IMAGES}")
+        if round(most) > MAX_IMAGES:
+            raise ValueError(
+                f"count: up to {round(most)} images a request, over the cap of {MAX_IMAGES}"
+            )
+        self.check_bytes(1)
+        return self
+
+    def most_images(self) -> int:
+        most = count_bound(self.count)
+        assert most is not None  # the model's check refuses an unbounded count
+        return round(most)
+
+    def check_bytes(self, turns: int) -> None:
+        """A request's images within the cap, when it resends those of `turns` user turns."""
+        most = turns * self.most_images()
         each = bytes_bound(self.width, self.height, self.format)
         if most * each > MAX_REQUEST_IMAGE_BYTES:
+            resent = "" if turns == 1 else f" (a session's last turn resends {turns} turns')"
             raise ValueError(
-                f"up to {most} {self.format} images of {self.width}x{self.height} "
+                f"up to {most} {self.format} images of {self.width}x{self.height}{resent} "
                 f"({each / MIB:.1f} MiB each) is {most * each / MIB:.1f} MiB a request, over the "
-                f"cap of {MAX_REQUEST_IMAGE_BYTES // MIB} MiB: lower count (its max) or the "
-                "resolution"
+                f"cap of {MAX_REQUEST_IMAGE_BYTES // MIB} MiB: lower count (its max), the "
+                "resolution" + ("" if turns == 1 else " or the turns")
             )
-        return self
 
     def maker(self, seed: int) -> ImageMaker:
         return ImageMaker(self.count, self.width, self.height, self.format, seed)
+
+
+def check_session_images(w: WorkloadSpec) -> None:
+    """With synthetic sessions, a turn's request resends every earlier turn's images: the most
+    turns a session has times the images a turn may add must stay within the cap. A ShareGPT
+    conversation's turns are known only once read: its sessions check their own plan
+    (workload/images.py)."""
+    if w.images is None or w.sessions is None or w.sessions.turns is None:
+        return
+    turns = count_bound(w.sessions.turns)
+    if turns is not None:
+        try:
+            w.images.check_bytes(max(1, round(turns)))
+        except ValueError as e:
+            raise ValueError(f"images: {e}") from None

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from latbench.shared.dist import Dist
 from latbench.spec.fields import StrictModel
-from latbench.spec.images import ImagesSpec
+from latbench.spec.images import ImagesSpec, check_session_images
 from latbench.spec.prefix import SharedPrefixSpec
 from latbench.spec.sessions import SessionsSpec, check_sessions
 from latbench.spec.tools import ToolsSpec
@@ -120,6 +120,7 @@ class WorkloadSpec(StrictModel):
         if self.tokenizer is not None and "\x00" in self.tokenizer:
             raise ValueError("tokenizer holds a NUL character")
         check_sessions(self)
+        check_session_images(self)
         return self
 
 

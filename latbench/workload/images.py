@@ -251,8 +251,16 @@ class SessionsWithImages:
     def session(self, s: int) -> SessionPlan:
         plan = self.inner.session(s)
         turns: list[Turn] = []
+        carried = 0  # what the last turn's request resends
         for t, turn in enumerate(plan.turns):
             parts, size = self.images.parts((_SESSION, s, t))
+            carried += size
+            if carried > MAX_REQUEST_IMAGE_BYTES:
+                raise ValueError(
+                    f"session {s}: turn {t} would resend {carried / 1024**2:.1f} MiB of images, "
+                    f"over the cap of {MAX_REQUEST_IMAGE_BYTES // 1024**2} MiB a request: fewer "
+                    "images a turn, or a lower resolution"
+                )
             if parts:
                 turn = replace(
                     turn,

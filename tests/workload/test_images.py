@@ -161,6 +161,14 @@ def test_sessions_get_images_on_each_turn() -> None:
     assert w.describe()["images"]["width"] == 12 and w.describe()["source"] == "conversations"
 
 
+def test_a_session_whose_last_turn_would_resend_too_much_is_refused() -> None:
+    # 3 MiB a 1024x1024 PNG, one a turn: the 11th turn would resend 33 MiB.
+    w = with_images(Conversations(11), ImageMaker(Dist(mean=1), 1024, 1024, seed=0))
+    with pytest.raises(ValueError, match=r"session 0: turn 10 would resend 33\.0 MiB"):
+        w.session(0)
+    assert len(with_images(Conversations(10), w.images).session(0).turns) == 10
+
+
 def test_a_single_request_workload_is_not_taken_for_a_session_one() -> None:
     w = with_images(SyntheticWorkload(8, 4), ImageMaker(Dist(mean=1), 8, 8))
     assert isinstance(w, WithImages) and not isinstance(w, SessionWorkload)
@@ -195,6 +203,15 @@ def test_spec_builds_the_images() -> None:
 def test_spec_errors_name_the_field(images: dict[str, Any], api: str, says: str) -> None:
     with pytest.raises(SpecError, match=says.replace(".", r"\.").replace("(", r"\(")):
         load_spec(spec(images, api))
+
+
+def test_sessions_resending_more_than_the_cap_are_refused() -> None:
+    data = spec({"count": 2, "width": 1024, "height": 1024})  # 6 MiB a turn
+    data["workload"]["sessions"] = {"turns": {"kind": "uniform", "min": 1, "max": 6}}
+    with pytest.raises(SpecError, match=r"workload: images: up to 12 png images .* last turn"):
+        load_spec(data)
+    data["workload"]["sessions"] = {"turns": 5}
+    load_spec(data)
 
 
 def test_the_cap_is_on_the_format_bytes() -> None:

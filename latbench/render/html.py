@@ -14,6 +14,7 @@ from latbench.render.sections import (
     compare_table,
     errors_html,
     latency_table,
+    oversaturation_html,
     reconciliation_html,
     slo_badges,
     spec_html,
@@ -40,6 +41,7 @@ def run_report(run: Run) -> str:
         )
     )
     page.add(f'<p class="meta">{esc(what)}</p>' + slo_badges(run.summary))
+    page.add(oversaturation_html(run.summary))
     page.section("summary", "Summary")
     page.add(latency_table(run) + throughput_table(run.summary))
     page.section("cdf", "Latency distributions (CDF)")

@@ -267,3 +267,12 @@ def compare_table(rows: Sequence[Row], spread: bool = False) -> str:
         out.append([*cells, *([esc(spread_text(r))] if spread else []), esc(r.note)])
     headers = ["metric", "A", "B", "change", "95 % interval", "verdict"]
     return table([*headers, *(["spread"] if spread else []), "note"], out, raw=True)
+
+
+def oversaturation_html(s: Summary) -> str:
+    """The verdict that stopped an over-saturated run, with its evidence; empty when none did."""
+    v = s.oversaturation
+    if v is None:
+        return ""
+    head = f"<b>{esc(v.HEADLINE)}</b>: {esc(v.MEANING)}"
+    return f'<div class="banner">{head}{table(["evidence", "value"], v.evidence())}</div>'

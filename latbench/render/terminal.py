@@ -49,6 +49,8 @@ _DEFAULT_COLOURED = frozenset(
 
 def render_summary(summary: Summary, console: Console) -> None:
     console.print(_headline(summary))
+    if (over := _oversaturation(summary)) is not None:
+        console.print(over)
     for table in _latency_tables(summary, console):
         console.print(table)
     console.print(_throughput_table(summary))
@@ -220,3 +222,12 @@ def _validity(s: Summary) -> Group | Text:
     body = [v.verdict_line()] + [f"• {reason}" for reason in v.reasons]
     banner = Panel(Text("\n".join(body)), title="CLIENT-BOUND", style="bold white on red")
     return Group(table, banner)
+
+
+def _oversaturation(s: Summary) -> Panel | None:
+    """The verdict that stopped an over-saturated run, with its evidence rows."""
+    v = s.oversaturation
+    if v is None:
+        return None
+    body = [v.MEANING] + [f"• {name}: {value}" for name, value in v.evidence()]
+    return Panel(Text("\n".join(body)), title=v.HEADLINE, style="bold white on red")

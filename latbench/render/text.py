@@ -93,6 +93,7 @@ def run_markdown(run: Run) -> str:
         "",
         _verdict_line(s),
         "",
+        *_oversaturation_md(s),
         _latency_md(s),
         "",
         f"Throughput: {_rate(r.requests_per_s)} req/s, {num(r.output_tokens_per_s, '.1f')} output "
@@ -363,3 +364,15 @@ def tool_calls_line(s: Summary) -> str | None:
         f"answer tokens; time to first tool-call token p50 {ms_short(t.p(50))} ms, "
         f"p99 {ms_short(t.p(99))} ms"
     )
+
+
+def _oversaturation_md(s: Summary) -> list[str]:
+    v = s.oversaturation
+    if v is None:
+        return []
+    return [
+        f"**{v.HEADLINE}**: {v.MEANING}",
+        "",
+        md_table(["evidence", "value"], v.evidence()),
+        "",
+    ]

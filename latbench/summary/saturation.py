@@ -44,7 +44,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -93,6 +93,30 @@ class Oversaturation:
     sent: int  # requests sent inside the window
     first_tokens: int  # first tokens inside the window (the TTFT samples)
     oldest_s: float | None  # age of the oldest request still in flight when it fired
+
+    HEADLINE: ClassVar[str] = "OVER-SATURATED: the run was stopped early"
+    MEANING: ClassVar[str] = (
+        "the server finished fewer requests than were sent, so its queue and TTFT grew without "
+        "bound; the figures are of that queue, cut short."
+    )
+
+    def evidence(self) -> list[list[str]]:
+        """(figure, value) rows, as every report shows them."""
+        i, t = self.inflight, self.ttft
+        return [
+            ["stopped", f"{self.after_s:.1f} s into the run, judging its last {self.window_s:g} s"],
+            [
+                "in flight",
+                f"{i.start:.0f} -> {i.end:.0f} requests ({i.slope:+.2f}/s; {self.sent} sent in "
+                f"the window; growth {i.sigmas:.1f} sigma of a critically loaded queue)",
+            ],
+            [
+                "TTFT by first token",
+                f"{t.start:.3f} -> {t.end:.3f} s ({t.slope:+.3f} s/s; {self.first_tokens} first "
+                f"tokens; slope {t.sigmas:.1f} standard errors)",
+            ],
+            ["oldest in flight", "-" if self.oldest_s is None else f"{self.oldest_s:.1f} s"],
+        ]
 
     def describe(self) -> str:
         """One line: what grew, over which window, and when it fired."""

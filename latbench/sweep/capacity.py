@@ -1,5 +1,6 @@
 """The capacity a sweep found: the highest passing value below the lowest failing one, with the
-evidence for it (each SLO's percentile and its bootstrap interval on both sides of the bracket).
+evidence for it (each SLO's percentile and its bootstrap interval on both sides of the bracket,
+and, when the failing step was stopped as over-saturated, a note that says so).
 
 A pure function of the steps, so of their records: `latbench report` recomputes it from the
 records files alone.
@@ -182,9 +183,16 @@ def find_capacity(steps: Sequence[Step], variable: Variable) -> Capacity | None:
             "its threshold: a rerun could fail there"
         )
     # The failing step is clear when some SLO it missed was missed beyond doubt, or when it
-    # failed on errors rather than on a percentile.
+    # failed on errors rather than on a percentile, or its server's queue grew without bound.
+    over = None if ceiling is None else ceiling.summary.oversaturation
+    if over is not None:
+        notes.append(
+            f"the failing step was stopped as over-saturated after {over.after_s:.0f} s (its "
+            "in-flight requests and TTFT grew without bound): the capacity lies below it"
+        )
     fail_clear = (
         ceiling is None
+        or over is not None
         or any(e.fail_clear for e in evidence)
         or not any("missed" in r for r in ceiling.verdict.reasons)
     )

@@ -4,6 +4,10 @@ A step is one `run_benchmark` (its own warm-up, records file and results file) a
 or one request rate. The plan (sweep/plans.py) says which; for find-max, the capacity search
 (sweep/search.py) picks each next value from the verdicts so far. sweep.json is rewritten after
 every step (sweep/file.py).
+
+A step stopped as over-saturated (`ended: oversaturated`) failed: its server could not keep up
+with the rate. The search takes it as any failure and looks lower; a list or automatic plan runs
+no later step at that rate or above, which could only over-saturate too.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from latbench.sweep.search import CapacitySearch
 from latbench.sweep.steps import DEFAULT_MAX_ERROR_RATE, Role, Step, judge_step
 
 StepRunner = Callable[[RunSpec, str], Awaitable[BenchResult]]
+# How a step may end and still be read: an over-saturated one stopped early on its own verdict.
+RAN_THROUGH = ("completed", "oversaturated")
 
 
 async def run_sweep(
@@ -78,7 +84,7 @@ async def run_sweep(
         )
         result.steps.append(s)
         print_step(console, s)
-        if bench.ended != "completed":
+        if bench.ended not in RAN_THROUGH:
             result.ended = "stopped"
         write_sweep(result, started, settings)
         return s
@@ -86,11 +92,29 @@ async def run_sweep(
     def stopping() -> bool:
         return result.ended != "completed" or should_stop()
 
+    def over(var: Variable, v: float) -> bool:
+        """An earlier step at this rate or below over-saturated: this one would too."""
+        return var == "rate" and any(
+            s.ended == "oversaturated" and s.variable == "rate" and s.value <= v
+            for s in result.steps
+        )
+
+    def skip(var: Variable, v: float) -> bool:
+        if not over(var, v):
+            return False
+        console.print(
+            f"[yellow]skipping {var} {format_value(var, v)}: a lower rate already "
+            "over-saturated the server[/]",
+            highlight=False,
+        )
+        return True
+
     if isinstance(plan, ListPlan):
         for v in plan.values:
             if stopping():
                 break
-            await step("step", plan.variable, v)
+            if not skip(plan.variable, v):
+                await step("step", plan.variable, v)
     elif isinstance(plan, AutoPlan):
         base_step = await step("baseline", "concurrency", 1)
         sat = None if stopping() else await step("throughput", "concurrency", plan.saturation)
@@ -98,7 +122,7 @@ async def run_sweep(
         r1 = None if sat is None else sat.summary.rates.requests_per_s
         if r0 and r1 and r1 > r0:
             for v in np.linspace(r0, r1, plan.steps + 2)[1:-1]:
-                if stopping():
+                if stopping() or skip("rate", float(round(v, 6))):
                     break
                 await step("step", "rate", float(round(v, 6)))
         elif r0 and r1 and not stopping():
@@ -130,7 +154,7 @@ async def run_sweep(
                     # taken as the server's limit until a second try at the same load fails too.
                     console.print("  confirming the failure with a second try", highlight=False)
                     s = await step("step", plan.variable, v)
-                if s.ended == "completed":
+                if s.ended in RAN_THROUGH:
                     search.record(v, s.verdict.outcome)
     result.capacity = find_capacity(result.steps, variable)
     write_sweep(result, started, settings)

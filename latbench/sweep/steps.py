@@ -1,8 +1,10 @@
 """One finished step of a sweep and its verdict.
 
-A step passes when it kept up (not client-bound), every SLO held and at most `max_error_rate`
-of its measured requests failed. A client-bound step is never read as a server limit: the search
-stops there and reports the capacity as "at least" the last pass.
+A step passes when it kept up (not client-bound), every SLO held, at most `max_error_rate`
+of its measured requests failed, and it was not stopped as over-saturated (an open loop whose
+server's queue grew without bound, `summary.saturation`: above capacity whatever its SLOs say,
+and its figures are of a queue cut short). A client-bound step is never read as a server limit:
+the search stops there and reports the capacity as "at least" the last pass.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ def judge_step(summary: Summary, max_error_rate: float = DEFAULT_MAX_ERROR_RATE)
     for r in summary.slos:
         if r.passed is False:
             reasons.append(f"{r.slo} missed: {r.value_s * 1e3:.1f} ms")  # type: ignore[operator]
+    if summary.oversaturation is not None:
+        reasons.append(summary.oversaturation.describe())
     req = summary.requests
+    # Requests latbench cut when it stopped the step (over-saturated) are cancelled, not failed.
+    failed = summary.failures.failed
     if req.succeeded == 0:
         reasons.append("no request succeeded")
-    elif req.measured and req.failed / req.measured > max_error_rate:
-        reasons.append(
-            f"{req.failed} of {req.measured} requests failed (limit {max_error_rate:.1%})"
-        )
+    elif req.measured and failed / req.measured > max_error_rate:
+        reasons.append(f"{failed} of {req.measured} requests failed (limit {max_error_rate:.1%})")
     return StepVerdict("fail" if reasons else "pass", tuple(reasons))
 
 

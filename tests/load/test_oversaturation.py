@@ -20,6 +20,8 @@ from rich.console import Console
 
 from latbench.load.runner import Runner
 from latbench.records import read_records
+from latbench.render import Outputs, load_results, write_report
+from latbench.render.terminal import render_summary
 from latbench.run import BenchResult, run_benchmark
 from latbench.sim import SimConfig, SimProcess, capacity_rps, events_for
 from latbench.spec import RunSpec, load_spec
@@ -90,6 +92,18 @@ def test_a_run_past_the_knee_stops_early_with_the_verdict_and_its_evidence(
     assert f.footer is not None and f.footer.ended == "oversaturated"
     again = summarize_file(f, spec)
     assert again.oversaturation == v
+
+    # Every report leads with it: the terminal, and HTML and Markdown recomputed from the files.
+    console = Console(file=io.StringIO(), width=160, record=True)
+    render_summary(result.summary, console)
+    shown = console.export_text()
+    assert v.HEADLINE in shown and "TTFT by first token" in shown
+    out = Outputs.choose(tmp_path / "report", None, None, None)
+    write_report(load_results(result.results_path), out)
+    assert out.html is not None and out.md is not None
+    for path in (out.html, out.md):
+        text = path.read_text()
+        assert v.HEADLINE in text and f"{v.after_s:.1f} s into the run" in text
 
 
 def test_a_run_under_the_knee_is_judged_and_never_stopped(

@@ -533,7 +533,7 @@ class TracePacer:
 def trace_pacer(workload: object) -> TracePacer:
     """The pacer of a trace replay (load.mode trace): the offsets of the trace inside the
     workload, through the wrappers that decorate it (images, tools)."""
-    from latbench.workload.trace import trace_of
+    from latbench.workload.trace import trace_of  # only a trace replay reads one
 
     trace = trace_of(workload)
     if trace is None:

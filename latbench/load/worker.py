@@ -49,6 +49,7 @@ import orjson
 from latbench.client.looplag import LoopLagMonitor
 from latbench.client.reads import StampingConnector
 from latbench.client.stream import Endpoint, stream_request
+from latbench.load import pacers
 from latbench.load.eager import install as install_eager_writes
 from latbench.load.pacers import ConstantPacer, Pacer, PoissonPacer, phase_of, shaped_pacer
 from latbench.load.wire import message, pack_record, read_frame, unsendable
@@ -62,7 +63,9 @@ from latbench.workload.session import Conversation, SessionWorkload
 HEARTBEAT_S = 0.1  # how stale the parent's in-flight count and live lag histogram may be
 
 
-def make_pacer(load: LoadSpec, seed: int) -> Pacer | None:
+def make_pacer(load: LoadSpec, seed: int, workload: object = None) -> Pacer | None:
+    if load.mode == "trace":  # the trace's own instants, from its rows (workload/trace.py)
+        return pacers.trace_pacer(workload)
     if load.mode == "constant":
         assert load.rate is not None
         return ConstantPacer(load.rate)
@@ -166,7 +169,7 @@ class ShardRun:
         self._wake = asyncio.Event()
         if self._stopping:
             self._wake.set()
-        pacer = make_pacer(self.shard.load, self.shard.seed)
+        pacer = make_pacer(self.shard.load, self.shard.seed, self.shard.workload)
         sessions = isinstance(self.shard.workload, SessionWorkload)
         if pacer is None:
             await (self._closed_sessions if sessions else self._closed_loop)(session)

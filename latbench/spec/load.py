@@ -18,7 +18,7 @@ MAX_REQUESTS = 10**9
 
 
 class LoadSpec(StrictModel):
-    mode: Literal["closed", "constant", "poisson", "ramp", "steps"] = "closed"
+    mode: Literal["closed", "constant", "poisson", "ramp", "steps", "trace"] = "closed"
     concurrency: int | None = Field(
         default=None,
         ge=1,
@@ -63,9 +63,15 @@ class LoadSpec(StrictModel):
                 raise ValueError("rate is for open-loop modes (constant, poisson), not closed")
             if self.concurrency is None:
                 self.concurrency = 8
+        elif self.mode == "trace":  # the trace's own instants (workload.trace), to its end
+            if self.rate is not None:
+                raise ValueError(
+                    "rate: mode 'trace' sends at the trace's own instants; leave rate out "
+                    "(workload.trace.speed scales them)"
+                )
         elif self.rate is None and self.mode not in SHAPED_MODES:
             raise ValueError(f"mode {self.mode!r} needs a rate (requests per second)")
-        if self.duration is None and self.requests is None:
+        if self.duration is None and self.requests is None and self.mode != "trace":
             raise ValueError("give a duration or a number of requests to stop the run")
         if self.duration is not None and self.warmup + self.cooldown >= self.duration:
             raise ValueError(

@@ -106,6 +106,16 @@ class RunSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _trace_both_ways(self) -> RunSpec:
+        # A trace's instants are its load, and its rows its requests: neither without the other.
+        if (self.load.mode == "trace") != (self.workload.source == "trace"):
+            raise ValueError(
+                "load.mode 'trace' and workload.source 'trace' go together: a trace replay "
+                "sends its rows at their own instants"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _images_need_chat(self) -> RunSpec:
         if self.workload.images is not None and self.target.api == "completions":
             raise ValueError(

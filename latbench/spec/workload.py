@@ -16,6 +16,7 @@ from latbench.spec.images import ImagesSpec, check_session_images
 from latbench.spec.prefix import SharedPrefixSpec
 from latbench.spec.sessions import SessionsSpec, check_sessions
 from latbench.spec.tools import ToolsSpec
+from latbench.spec.trace import TraceSpec
 from latbench.workload import MAX_TOKENS
 
 MAX_SEED = 2**63  # exclusive: numpy's SeedSequence takes any int, but a seed must fit int64
@@ -41,7 +42,7 @@ CONTROLLED_BODY_KEYS = (
 
 
 class WorkloadSpec(StrictModel):
-    source: Literal["synthetic", "jsonl", "sharegpt", "shared_prefix"] = "synthetic"
+    source: Literal["synthetic", "jsonl", "sharegpt", "shared_prefix", "trace"] = "synthetic"
     path: Path | None = Field(default=None, description="prompt file, for jsonl and sharegpt")
     input_tokens: Dist = Field(default_factory=lambda: Dist(mean=128))
     # None: from the file (jsonl max_tokens, sharegpt reply length); synthetic uses 128.
@@ -49,6 +50,8 @@ class WorkloadSpec(StrictModel):
     ignore_eos: bool = True
     # With source shared_prefix (unset: its defaults, vLLM's prefix_repetition lengths).
     shared_prefix: SharedPrefixSpec | None = None
+    # With source trace: the trace file's format, replay speed and window (unset: defaults).
+    trace: TraceSpec | None = None
     extra_body: dict[str, Any] = Field(
         default_factory=dict,
         description="fields added to every request body; not those latbench sets "
@@ -104,7 +107,7 @@ class WorkloadSpec(StrictModel):
             raise ValueError(f"path is not for source {self.source!r}: its prompts are generated")
         if self.path is not None and "\x00" in str(self.path):
             raise ValueError("path holds a NUL character")
-        if self.tokenizer is not None and self.source not in ("synthetic", "shared_prefix"):
+        if self.tokenizer is not None and self.source in ("jsonl", "sharegpt"):
             raise ValueError("tokenizer is for synthetic prompts; a prompt file is sent as it is")
         if self.source == "shared_prefix":
             # Compared with the default, not "was it set": a stored spec (the records header)
@@ -117,6 +120,14 @@ class WorkloadSpec(StrictModel):
             self.shared_prefix = self.shared_prefix or SharedPrefixSpec()
         elif self.shared_prefix is not None:
             raise ValueError("shared_prefix is for source shared_prefix")
+        if self.source == "trace":
+            if self.output_tokens is not None:
+                raise ValueError(
+                    "output_tokens is not for source trace: each request asks for its row's"
+                )
+            self.trace = self.trace or TraceSpec()
+        elif self.trace is not None:
+            raise ValueError("trace is for source trace")
         if self.tokenizer is not None and "\x00" in self.tokenizer:
             raise ValueError("tokenizer holds a NUL character")
         check_sessions(self)

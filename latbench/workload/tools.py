@@ -278,6 +278,9 @@ class SessionsWithTools:
         draws = t.latency.sample(rng_for(t.seed, TOOLS_STREAM, s), steps)
         return replace(
             plan,
+            # As for single requests: the definitions' length is the server's to count.
+            turns=tuple(replace(turn, prompt_tokens=None) for turn in plan.turns),
+            system_tokens=None,
             tools=t.definitions,
             tool_result=t.result,
             max_tool_steps=t.max_steps,

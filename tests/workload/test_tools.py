@@ -97,7 +97,8 @@ def test_single_requests_carry_the_tools_and_nothing_else_changes() -> None:
 
 class TwoTurns:
     def session(self, s: int) -> SessionPlan:
-        return SessionPlan((Turn("a", 8), Turn("b", 8, think_s=1.0)), system="sys")
+        turns = (Turn("a", 8, prompt_tokens=1), Turn("b", 8, think_s=1.0, prompt_tokens=1))
+        return SessionPlan(turns, system="sys", system_tokens=1)
 
     def describe(self) -> dict:
         return {"source": "two turns"}
@@ -110,6 +111,9 @@ def test_sessions_become_agent_sessions_with_seeded_latencies() -> None:
     plan = w.session(4)
     assert plan.tools == TOOLS.definitions
     assert (plan.tool_result, plan.max_tool_steps, plan.system) == ("ok", 3, "sys")
+    assert [t.content for t in plan.turns] == ["a", "b"] and plan.turns[1].think_s == 1.0
+    # No length asked: the definitions in every request are the server's to count.
+    assert {t.prompt_tokens for t in plan.turns} == {None} and plan.system_tokens is None
     lat = plan.tool_latency_s
     assert isinstance(lat, tuple) and len(lat) == 2 * 3  # one per step the session may take
     assert all(0.1 <= x <= 0.5 for x in lat) and len(set(lat)) == len(lat)

@@ -326,3 +326,16 @@ def test_unreadable_and_unknown_files(tmp_path: Path) -> None:
     p.write_bytes(b"TIMESTAMP,ContextTokens,GeneratedTokens\n\xff\xfe,1,1\n")
     with pytest.raises(SpecError, match=r"x\.csv, line 2: not UTF-8 text"):
         TraceWorkload.from_file(p)
+
+
+def test_rows_never_share_words_by_accident() -> None:
+    # A row's own words are keyed by its file line: the second half of a trace replayed as its
+    # own window does not resend the first half's prompts, nor does another format's row n.
+    whole = TraceWorkload.from_file(AZURE)
+    later = TraceWorkload.from_file(AZURE, start_s=0.8)
+    skipped = len(whole) - len(later)
+    assert skipped > 0
+    assert later.item(0).prompt == whole.item(skipped).prompt
+    assert later.item(0).prompt.split()[:16] != whole.item(0).prompt.split()[:16]
+    burst = TraceWorkload.from_file(BURSTGPT)
+    assert burst.item(0).prompt.split()[:16] != whole.item(0).prompt.split()[:16]

@@ -20,6 +20,7 @@ from latbench.render.sections import (
     spec_html,
     steps_table,
     throughput_table,
+    turns_html,
     validity_html,
 )
 from latbench.render.text import SPREAD_LEGEND, bound_p99
@@ -44,6 +45,9 @@ def run_report(run: Run) -> str:
     page.add(oversaturation_html(run.summary))
     page.section("summary", "Summary")
     page.add(latency_table(run) + throughput_table(run.summary))
+    if run.summary.sessions is not None:
+        page.section("turns", "TTFT by turn")
+        page.add(turns_html(run.summary))
     page.section("cdf", "Latency distributions (CDF)")
     page.add(cdf_grid(page, [(run.run_id, run)]))
     page.section("time", "Over the run's time")

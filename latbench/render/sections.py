@@ -14,7 +14,14 @@ from latbench.render import charts
 from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run, Sweep
 from latbench.render.reconciliation import prefix_cache_line
-from latbench.render.text import STEP_COLUMNS, spread_text, tool_calls_line, validity_rows
+from latbench.render.text import (
+    STEP_COLUMNS,
+    TURN_HEADERS,
+    spread_text,
+    tool_calls_line,
+    turns_rows,
+    validity_rows,
+)
 from latbench.shared.units import ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
@@ -276,3 +283,11 @@ def oversaturation_html(s: Summary) -> str:
         return ""
     head = f"<b>{esc(v.HEADLINE)}</b>: {esc(v.MEANING)}"
     return f'<div class="banner">{head}{table(["evidence", "value"], v.evidence())}</div>'
+
+
+def turns_html(s: Summary) -> str:
+    """A multi-turn run's sessions and TTFT by turn index, or nothing for any other run."""
+    rows = turns_rows(s)
+    if rows is None or s.sessions is None:
+        return ""
+    return f"<p>{esc(s.sessions.describe())}</p>" + table(list(TURN_HEADERS), rows)

@@ -95,6 +95,7 @@ def run_markdown(run: Run) -> str:
         "",
         *_oversaturation_md(s),
         _latency_md(s),
+        *_turns_md(s),
         "",
         f"Throughput: {_rate(r.requests_per_s)} req/s, {num(r.output_tokens_per_s, '.1f')} output "
         f"tok/s; goodput {_rate(r.goodput_per_s)} req/s "
@@ -375,4 +376,39 @@ def _oversaturation_md(s: Summary) -> list[str]:
         "",
         md_table(["evidence", "value"], v.evidence()),
         "",
+    ]
+
+
+TURN_HEADERS: tuple[str, ...] = (
+    "turn", "n (fail)", "prompt tok", "TTFT p50", "TTFT p99", "TTFT mean",
+)  # fmt: skip
+
+
+def turns_rows(s: Summary) -> list[list[str]] | None:
+    """A multi-turn run's TTFT by turn index (summary.sessions), one row a turn, for every
+    report; None for a run without sessions."""
+    if s.sessions is None:
+        return None
+    return [
+        [
+            t.label,
+            f"{t.requests:,} ({t.requests - t.succeeded:,})",
+            num(t.prompt_tokens_mean, ",.0f"),
+            ms_short(t.ttft_p50),
+            ms_short(t.ttft_p99),
+            ms_short(t.ttft_mean),
+        ]
+        for t in s.sessions.by_turn
+    ]
+
+
+def _turns_md(s: Summary) -> list[str]:
+    rows = turns_rows(s)
+    if rows is None or s.sessions is None:
+        return []
+    return [
+        "",
+        f"Sessions: {s.sessions.describe()}. TTFT by turn (ms):",
+        "",
+        md_table(TURN_HEADERS, rows),
     ]

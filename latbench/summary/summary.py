@@ -44,6 +44,7 @@ from latbench.summary.samples import (
     event_kinds,
 )
 from latbench.summary.saturation import Oversaturation
+from latbench.summary.turns import SessionStats, session_stats
 from latbench.summary.validity import ClientStats, Failures, Validity, judge_validity, rounded
 
 if TYPE_CHECKING:
@@ -313,6 +314,7 @@ class Summary:
     images: ImageCounts | None = None  # what the requests carried; None: no images
     # The verdict that stopped an over-saturated open-loop run, with its evidence (the footer's).
     oversaturation: Oversaturation | None = None
+    sessions: SessionStats | None = None  # TTFT by turn index; None: no multi-turn sessions
 
     @property
     def slo_passed(self) -> bool:
@@ -356,6 +358,7 @@ class Summary:
             "client_bound": self.client_bound,
             "failures": self.failures.to_dict(),
             "oversaturation": self.oversaturation and self.oversaturation.to_dict(),
+            "sessions": None if self.sessions is None else self.sessions.to_dict(),
         }
 
 
@@ -434,6 +437,7 @@ def summarize(
         slos=slo_results,
         validity=judge_validity(measured, client, limits, error_bounds(ok, s)),
         oversaturation=oversaturation,
+        sessions=session_stats(measured, ok, s),
     )
 
 

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from kit.paths import DATA
 from kit.sim import base_url
 
 from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
@@ -22,7 +23,7 @@ from latbench.records import Record, RunFooter
 from latbench.sim import SimConfig, SimProcess, create_app
 from latbench.spec import LoadSpec
 from latbench.workload.session import FixedSessions, SessionPlan, SessionWorkload, Turn
-from latbench.workload.sessions import SyntheticSessions
+from latbench.workload.sessions import ShareGPTSessions, SyntheticSessions
 
 
 class Collect:
@@ -316,3 +317,25 @@ async def test_later_turns_are_cheaper_with_the_prefix_cache_and_not_without(
             ttft + prefill * (t["prompt_tokens"] - t["cached_tokens"])
         )
         assert t["ttft_model_s"] < t_off["ttft_model_s"]
+
+
+async def test_sharegpt_conversations_are_replayed_whole_with_the_servers_replies(
+    recording: Recording,
+) -> None:
+    url, bodies = await recording()
+    workload = ShareGPTSessions.from_file(DATA / "sharegpt_tiny.json", think_time=0.01, seed=1)
+    # One user through the file's three usable conversations (4 human turns), then around again.
+    records = await run(url, workload, LoadSpec(concurrency=1, requests=8))
+    assert all(r.ok for r in records)
+    sessions = by_session(records)
+    assert sorted(len(sessions[s]) for s in range(3)) == [1, 1, 2]  # each conversation whole
+    two = next(recs for recs in sessions.values() if len(recs) == 2)
+    # "Count to five." (3 words) asked for the recorded reply's 5 words, then "Now backwards."
+    # (2) after the server's own 5-word reply.
+    assert [r.max_tokens for r in two] == [5, 5]
+    assert [r.usage_prompt_tokens for r in two] == [3, 3 + 5 + 2]
+    second = next(b["messages"] for b in bodies if len(b["messages"]) == 3)
+    assert [m["content"] for m in second][::2] == ["Count to five.", "Now backwards."]
+    assert second[1]["role"] == "assistant"
+    assert second[1]["content"] != "one two three four five"  # the server's, not the file's
+    assert len(second[1]["content"].split()) == 5

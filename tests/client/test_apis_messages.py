@@ -10,13 +10,17 @@ wants `input_text`/`input_image` parts and `function_call`/`function_call_output
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from time import monotonic_ns
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from kit import paths
+from kit.vllm import VLLM_ENV, VLLM_PYTHON, needs_vllm
 
 from latbench.client import (
     API_KINDS,
@@ -252,3 +256,52 @@ def test_parallel_calls_are_read_apart() -> None:
     ]  # fmt: skip
     got = API_KINDS["responses"].reply(responses)
     assert got.tool_calls == (ToolCall("c0", "a", "{}"), ToolCall("c1", "b", '{"y":2}'))
+
+
+# vLLM's own reading of both formats (its /v1/messages and /v1/responses convert them back to
+# chat messages before the chat template): the conversation must come back out as it went in.
+VLLM_READS = """
+import json, sys
+from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
+from vllm.entrypoints.anthropic.serving import AnthropicServingMessages
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+from vllm.entrypoints.openai.responses.utils import construct_input_messages
+bodies = json.load(sys.stdin)
+a = AnthropicMessagesRequest.model_validate(bodies["anthropic"])
+anthropic = []
+AnthropicServingMessages._convert_messages(a.messages, anthropic)
+r = ResponsesRequest.model_validate(bodies["responses"])
+responses = construct_input_messages(request_input=r.input)
+tools = {"anthropic": [t.name for t in a.tools], "responses": [t.name for t in r.tools]}
+print(json.dumps({"anthropic": anthropic, "responses": responses, "tools": tools}, default=str))
+"""
+
+
+@needs_vllm
+def test_vllm_reads_both_formats_back_as_the_conversation_sent() -> None:
+    bodies = {api: API_KINDS[api].body(item(), OPTS) for api in ("anthropic", "responses")}
+    assert VLLM_PYTHON is not None
+    out = subprocess.run(
+        [VLLM_PYTHON, "-c", VLLM_READS],
+        input=orjson.dumps(bodies),
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, **VLLM_ENV},
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    got = orjson.loads(out.stdout.splitlines()[-1])
+    names = ["get_weather", "search_web"]
+    assert got["tools"] == {"anthropic": names, "responses": names}
+    sent = [dict(m) for m in CONVERSATION]
+    # Anthropic's input is an object: the call whose arguments were not JSON comes back as {}.
+    sent[2] = {**sent[2], "tool_calls": [*sent[2]["tool_calls"][:1], _args(sent[2], 1, "{}")]}
+    assert got["anthropic"] == sent[1:]  # its system prompt travels at the top level
+    # The Responses parts keep their own type names; the rest is the conversation as sent.
+    user = got["responses"][1]
+    assert [p["type"] for p in user["content"]] == ["input_text", "input_image"]
+    assert got["responses"][:1] + got["responses"][2:] == sent[:1] + list(CONVERSATION[2:])
+
+
+def _args(msg: dict[str, Any], i: int, arguments: str) -> dict[str, Any]:
+    call = msg["tool_calls"][i]
+    return {**call, "function": {**call["function"], "arguments": arguments}}

@@ -81,11 +81,11 @@ class ImagesSpec(StrictModel):
         each = bytes_bound(self.width, self.height, self.format)
         if most * each > MAX_REQUEST_IMAGE_BYTES:
             resent = "" if turns == 1 else f" (a session's last turn resends {turns} turns')"
+            lower = "count (its max) or resolution" if turns == 1 else "count, resolution or turns"
             raise ValueError(
                 f"up to {most} {self.format} images of {self.width}x{self.height}{resent} "
                 f"({each / MIB:.1f} MiB each) is {most * each / MIB:.1f} MiB a request, over the "
-                f"cap of {MAX_REQUEST_IMAGE_BYTES // MIB} MiB: lower count (its max), the "
-                "resolution" + ("" if turns == 1 else " or the turns")
+                f"cap of {MAX_REQUEST_IMAGE_BYTES // MIB} MiB: lower the {lower}"
             )
 
     def maker(self, seed: int) -> ImageMaker:

@@ -152,8 +152,9 @@ def test_every_image_is_new_to_the_server_and_the_same_again_with_the_seed(
 
 
 def test_the_flags_run_images_and_the_summaries_state_them(tmp_path: Path) -> None:
-    """`latbench run --images ...` against the built-in simulator: the terminal summary and
-    `latbench summary` of its records state the same image counts as results.json."""
+    """`latbench run --images ...` against the built-in simulator: the terminal summary,
+    `latbench summary` of its records and the HTML and Markdown reports state the same image
+    counts as results.json."""
     out, spec_file = tmp_path / "out", tmp_path / "spec.yaml"
     # Validity limits a shared 2-core machine meets: the exit status is not what this tests.
     spec_file.write_text("validity: {ttft_tolerance: 50ms, itl_tolerance: 50ms}\n")
@@ -170,6 +171,12 @@ def test_the_flags_run_images_and_the_summaries_state_them(tmp_path: Path) -> No
     assert line in done.stdout
     again = latbench("summary", str(run / "records.jsonl"))
     assert again.returncode == 0 and line in again.stdout, again.stderr
+    html, md = tmp_path / "r.html", tmp_path / "r.md"
+    report = latbench("report", str(run), "--html", str(html), "--md", str(md))
+    assert report.returncode == 0, report.stderr
+    whole = "12 images in 6 of 6 requests (mean 2.00 a request, "
+    assert f"<td>images</td><td>{whole}" in html.read_text()
+    assert f"Images: {whole}" in md.read_text()
 
     bad = latbench("run", *flags, "--images", "1", "--image-size", "24")
     assert bad.returncode != 0 and "--image-size '24': write it as WIDTHxHEIGHT" in bad.stderr

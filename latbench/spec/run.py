@@ -88,6 +88,11 @@ class RunSpec(StrictModel):
                 "workload.tools: target.api 'completions' sends one prompt string, which "
                 "carries no tool definitions; use chat, anthropic or responses"
             )
+        if self.workload.tools is not None and "tools" in self.workload.extra_body:
+            raise ValueError(
+                "workload.extra_body: 'tools' would replace the definitions workload.tools "
+                "sends; give them in one place (workload.tools.path takes a JSON file of them)"
+            )
         return self
 
     @model_validator(mode="after")

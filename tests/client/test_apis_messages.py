@@ -101,6 +101,17 @@ def test_anthropic_body_of_a_plain_chat_is_unchanged() -> None:
     assert "system" not in body and "tools" not in body
 
 
+def test_anthropic_leaves_out_an_empty_reply_and_merges_the_user_turns() -> None:
+    history = (
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": ""},  # e.g. every token was reasoning
+        {"role": "user", "content": "two"},
+    )
+    body = API_KINDS["anthropic"].body(WorkItem("", history, None, 4), OPTS)
+    text = [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]
+    assert body["messages"] == [{"role": "user", "content": text}]
+
+
 def test_responses_body_converts_an_agent_conversation() -> None:
     body = API_KINDS["responses"].body(item(), OPTS)
     url = f"data:image/png;base64,{PNG_B64}"

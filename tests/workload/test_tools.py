@@ -150,11 +150,12 @@ def test_the_spec_builds_the_tools(tmp_path: Path) -> None:
         ({"latency": 1e6}, {}, "workload.tools: latency: mean 1e+06 s is over a day"),
         ({"turns": 3}, {}, "workload.tools.turns"),
         ({}, {"target": {"api": "completions"}}, "workload.tools: target.api 'completions'"),
+        ({}, {"workload": {"tools": {}, "extra_body": {"tools": []}}}, "'tools' would replace"),
     ],
 )
 def test_spec_errors_name_the_field(tools: dict, extra: dict, needle: str) -> None:
     with pytest.raises(SpecError) as e:
-        load_spec({"workload": {"tools": tools}, **extra})
+        load_spec({"workload": {"tools": tools}} | extra)
     assert needle in str(e.value)
     assert "Traceback" not in str(e.value)
 

@@ -219,6 +219,10 @@ def convert_messages(messages: Sequence[dict[str, Any]]) -> tuple[str, list[dict
             role, content = "user", [_tool_result(m)]
         elif role == "assistant":
             content = _assistant(m)
+            if not content:
+                # A reply with no text and no call (its tokens all reasoning, or none): the API
+                # refuses an empty message anywhere but last, and the user turns around it merge.
+                continue
         elif role == "user":
             content = m.get("content")
             content = content if isinstance(content, str) else _blocks(content)

@@ -25,7 +25,7 @@ class TraceSpec(StrictModel):
         "header Azure's or BurstGPT's)",
     )
     speed: float = Field(
-        default=1.0, gt=0, le=1e4, description="replay speed: 2 sends the trace twice as fast"
+        default=1.0, ge=1e-3, le=1e4, description="replay speed: 2 sends the trace twice as fast"
     )
     start: TraceSeconds = Field(
         default=0.0,

@@ -67,6 +67,8 @@ MOONCAKE_BLOCK_TOKENS = 512
 MAX_TRACE_ROWS = 1_000_000
 MAX_TRACE_HASH_IDS = 8_000_000
 MAX_HASH_ID = 2**63 - 1
+MAX_REPLAY_NS = 366 * 86_400 * 1_000_000_000  # a year: offsets stay far inside int64
+MAX_INSTANT_NS = 2**62  # a trace instant, in ns (Azure's are since 1970: ~1.7e18)
 NS_PER_S = 1_000_000_000
 _ROW_STREAM = 0x5EED_0016  # a row's own words
 _BLOCK_STREAM = 0x5EED_0017  # a hash id's block
@@ -133,10 +135,11 @@ def _seconds_ns(text: str, scale_ns: int, path: Path, lineno: int, column: str) 
         d = Decimal(text.strip())
     except InvalidOperation:
         d = Decimal("NaN")
-    if not d.is_finite() or d < 0:
+    if not d.is_finite() or d < 0 or d * scale_ns >= MAX_INSTANT_NS:
         unit = "seconds" if scale_ns == NS_PER_S else "milliseconds"
         raise SpecError(
-            f"{_where(path, lineno, column)}: expected a number of {unit} >= 0, found {text!r:.40}"
+            f"{_where(path, lineno, column)}: expected a number of {unit} from 0 to "
+            f"{MAX_INSTANT_NS // scale_ns:.3g}, found {text!r:.40}"
         )
     return int(d * scale_ns)
 
@@ -372,6 +375,13 @@ def offsets_ns(times_ns: np.ndarray, speed: float) -> np.ndarray:
         raise ValueError(f"speed must be above 0, got {speed!r}")
     t0 = int(times_ns[0])
     num, den = frac.numerator, frac.denominator
+    span = (int(times_ns[-1]) - t0) * den // num
+    if span > MAX_REPLAY_NS:
+        raise SpecError(
+            f"the replay would last {span / NS_PER_S / 86_400:.4g} days at speed {speed:g}, "
+            f"over the {MAX_REPLAY_NS // NS_PER_S // 86_400} a run may; raise trace.speed or "
+            "narrow trace.start/trace.end"
+        )
     return np.fromiter(
         ((int(t) - t0) * den // num for t in times_ns.tolist()), dtype=np.int64, count=len(times_ns)
     )

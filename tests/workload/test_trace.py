@@ -296,7 +296,7 @@ def test_mooncake_errors_name_the_line_and_column(tmp_path: Path, text: str, err
             "burstgpt",
             "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
             "-5,GPT-4,10,2,12,API log\n",
-            r"c\.csv, line 2, column Timestamp: expected a number of seconds >= 0",
+            r"c\.csv, line 2, column Timestamp: expected a number of seconds from 0 to",
         ),
         (
             "burstgpt",
@@ -339,3 +339,19 @@ def test_rows_never_share_words_by_accident() -> None:
     assert later.item(0).prompt.split()[:16] != whole.item(0).prompt.split()[:16]
     burst = TraceWorkload.from_file(BURSTGPT)
     assert burst.item(0).prompt.split()[:16] != whole.item(0).prompt.split()[:16]
+
+
+def test_instants_and_replays_out_of_range(tmp_path: Path) -> None:
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"timestamp": 1e300, "input_length": 5, "output_length": 1}\n')
+    with pytest.raises(SpecError, match=r"line 1, column timestamp: expected a number of milli"):
+        read_trace(p)
+    forty_days = tmp_path / "b.csv"
+    forty_days.write_text(
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+        "0,GPT-4,10,2,12,API log\n"
+        "3456000,GPT-4,10,2,12,API log\n"
+    )
+    with pytest.raises(SpecError, match=r"would last 400 days at speed 0\.1, over the 366"):
+        TraceWorkload.from_file(forty_days, speed=0.1)
+    assert TraceWorkload.from_file(forty_days, speed=1).offsets_ns[-1] == 3456000 * S

@@ -111,9 +111,11 @@ def jpeg(rgb: np.ndarray) -> bytes:
 
 
 def has_jpeg() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("PIL") is not None
+    try:
+        import PIL.Image  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def bytes_bound(width: int, height: int, fmt: ImageFormat) -> int:

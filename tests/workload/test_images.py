@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import pickle
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,3 +220,32 @@ def test_the_cap_is_on_the_format_bytes() -> None:
     # Four 2048x2048 images: 48 MiB of PNG is refused, ~16 MiB of JPEG is not.
     load_spec(spec({"count": 4, "width": 2048, "height": 2048, "format": "jpeg"}))
     assert bytes_bound(2048, 2048, "jpeg") * 4 < bytes_bound(2048, 2048, "png") * 4 / 2
+
+
+def test_without_pillow_png_works_and_jpeg_is_a_spec_error() -> None:
+    """The plain install has no Pillow (it is the `images` extra): PNG images are still made, and
+    a spec asking for JPEG says what to install. Pillow is hidden from a child Python."""
+    script = """
+import sys
+sys.modules["PIL"] = None  # import PIL now raises ImportError, as where it is not installed
+from latbench.shared.dist import Dist
+from latbench.shared.errors import SpecError
+from latbench.spec import load_spec
+from latbench.workload import SyntheticWorkload
+from latbench.workload.images import ImageMaker, WithImages
+item = WithImages(SyntheticWorkload(8, 4), ImageMaker(Dist(mean=1), 8, 8, "png")).item(0)
+print("png", item.images, item.image_bytes)
+try:
+    load_spec({"workload": {"images": {"format": "jpeg"}}})
+except SpecError as e:
+    print(e)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "png 1 " in done.stdout
+    assert (
+        "workload.images.format: jpeg needs Pillow, which is not installed: "
+        "pip install 'latbench[images]'" in done.stdout
+    )

@@ -68,7 +68,9 @@ class RunRow:
     spec: dict[str, Any]  # the spec run, as results.json shows it (no secrets)
     started_at: float | None = None
     ended_at: float | None = None
-    ended: str | None = None  # how the runner ended: completed, stopped, aborted
+    # How the runner ended: completed, stopped, aborted, oversaturated (stopped on its verdict,
+    # the evidence in summary.oversaturation), incomplete.
+    ended: str | None = None
     error: str | None = None
     summary: dict[str, Any] | None = None
     seq: int | None = field(default=None, compare=False)

@@ -49,6 +49,7 @@ from latbench.render.terminal import render_summary
 from latbench.shared.errors import SpecError
 from latbench.shared.yamlfile import load_yaml
 from latbench.spec import RunSpec, read_spec_file
+from latbench.spec.ramp import parse_steps
 from latbench.summary.server_metrics import Reconciliation
 from latbench.summary.summary import Summary
 from latbench.vllm.interop import add_vllm_arguments, apply_vllm_flags
@@ -191,6 +192,7 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "concurrency": ("load", "concurrency"),
     "rate": ("load", "rate"),
     "burstiness": ("load", "burstiness"),
+    "arrivals": ("load", "arrivals"),
     "duration": ("load", "duration"),
     "requests": ("load", "requests"),
     "warmup": ("load", "warmup"),
@@ -203,10 +205,6 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "ignore_eos": ("workload", "ignore_eos"),
     "seed": ("workload", "seed"),
     "tokenizer": ("workload", "tokenizer"),
-    "trace_format": ("workload", "trace", "format"),
-    "trace_speed": ("workload", "trace", "speed"),
-    "trace_start": ("workload", "trace", "start"),
-    "trace_end": ("workload", "trace", "end"),
     "out": ("output_dir",),
 }
 
@@ -320,12 +318,23 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("load")
     g.add_argument(
         "--mode",
-        choices=["closed", "constant", "poisson"],
+        choices=["closed", "constant", "poisson", "ramp", "steps"],
         help="default: closed, or poisson when --rate is given",
     )
     g.add_argument("--concurrency", type=int, help="closed loop: users; open loop: a cap")
     g.add_argument("--rate", "--request-rate", type=float, help="open loop: requests per second")
     g.add_argument("--burstiness", type=float, help="poisson: gamma shape (1 = Poisson)")
+    g.add_argument(
+        "--staircase",
+        metavar="RATE:DURATION,..",
+        help="a staircase in one run, e.g. 10:30s,20:30s,40:30s (mode steps; "
+        "docs/workloads.md); ramps: --ramp-up-strategy",
+    )
+    g.add_argument(
+        "--arrivals",
+        choices=["even", "poisson"],
+        help="ramp, steps: even gaps (default) or poisson (gamma with --burstiness)",
+    )
     g.add_argument("--duration", metavar="DURATION", help="e.g. 30s, 2m")
     g.add_argument("--requests", "--num-prompts", type=int, help="stop after this many requests")
     g.add_argument("--warmup", metavar="DURATION")
@@ -347,19 +356,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     src = g.add_mutually_exclusive_group()
     src.add_argument("--prompts", type=Path, metavar="FILE.jsonl", help="prompts, one per line")
     src.add_argument("--sharegpt", type=Path, metavar="FILE.json", help="ShareGPT conversations")
-    src.add_argument(
-        "--trace",
-        type=Path,
-        metavar="FILE",
-        help="replay a Mooncake (JSONL), Azure or BurstGPT (CSV) trace at its own instants "
-        "(load mode trace; docs/workloads.md)",
-    )
-    g.add_argument(
-        "--trace-format", choices=["auto", "mooncake", "azure", "burstgpt"], help="default: auto"
-    )
-    g.add_argument("--trace-speed", type=float, metavar="X", help="2: twice as fast (default 1)")
-    g.add_argument("--trace-start", metavar="DURATION", help="replay from this far into the trace")
-    g.add_argument("--trace-end", metavar="DURATION", help="replay up to this far into it")
     g.add_argument(
         "--prefix-groups",
         type=int,
@@ -410,16 +406,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tool-latency", metavar="DIST", help="seconds a tool runs, e.g. 0.2")
     g.add_argument("--tool-steps", type=int, metavar="N", help="tool calls answered per turn")
     g.add_argument("--tool-result-tokens", type=int, metavar="N", help="canned result length")
-    g.add_argument(
-        "--sessions",
-        action="store_true",
-        default=None,
-        help="multi-turn sessions, each turn resending the conversation: synthetic ones "
-        "(--turns), or with --sharegpt its conversations whole (docs/workloads.md)",
-    )
-    g.add_argument("--turns", metavar="DIST", help="user turns a synthetic session (default 4)")
-    g.add_argument("--think-time", metavar="DIST", help="seconds from a reply to the next turn")
-    g.add_argument("--system-tokens", type=int, metavar="N", help="a synthetic system prompt")
     g = p.add_argument_group("verdict and output")
     g.add_argument(
         "--slo",
@@ -479,6 +465,9 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
             set_path(data, path, value)
     if ns.rate is not None and ns.mode is None and "mode" not in data.get("load", {}):
         set_path(data, ("load", "mode"), "poisson")
+    if ns.staircase:
+        set_path(data, ("load", "steps"), parse_steps(ns.staircase))
+        set_path(data, ("load", "mode"), ns.mode or "steps")
     if ns.insecure:
         set_path(data, ("target", "verify_tls"), False)
     for h in ns.header:
@@ -500,10 +489,6 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.sharegpt:
         set_path(data, ("workload", "source"), "sharegpt")
         set_path(data, ("workload", "path"), str(ns.sharegpt))
-    if ns.trace:  # its rows are the requests and its instants the load
-        set_path(data, ("workload", "source"), "trace")
-        set_path(data, ("workload", "path"), str(ns.trace))
-        set_path(data, ("load", "mode"), "trace")
     image_flags(ns, data)
     for kv in ns.sim:
         key, sep, value = kv.partition("=")
@@ -526,7 +511,6 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
             ) from None
     tool_flags(ns, data)
     prefix_flags(ns, data)
-    session_flags(ns, data)
     apply_vllm_flags(ns, data)
     # Durations given as flags stay strings; the spec parses units ("30s", "2m").
     return data
@@ -554,23 +538,6 @@ def tool_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
         if not isinstance(tools, dict):
             raise SpecError(f"{flag} needs tools: add --tools N (or workload.tools in the spec)")
         tools[key] = value
-
-
-def session_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
-    """--sessions, --turns, --think-time, --system-tokens: multi-turn sessions, over the spec's
-    workload.sessions; any of them turns sessions on."""
-    given = {
-        key: value
-        for key, value in (
-            ("turns", ns.turns),
-            ("think_time", ns.think_time),
-            ("system_tokens", ns.system_tokens),
-        )
-        if value is not None
-    }
-    if given or ns.sessions:
-        w = data.setdefault("workload", {})
-        w["sessions"] = {**(w.get("sessions") or {}), **given}
 
 
 def prefix_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:

@@ -93,9 +93,8 @@ def run_markdown(run: Run) -> str:
         "",
         _verdict_line(s),
         "",
-        *_oversaturation_md(s),
         _latency_md(s),
-        *_turns_md(s),
+        *_stairs_md(s),
         "",
         f"Throughput: {_rate(r.requests_per_s)} req/s, {num(r.output_tokens_per_s, '.1f')} output "
         f"tok/s; goodput {_rate(r.goodput_per_s)} req/s "
@@ -367,48 +366,32 @@ def tool_calls_line(s: Summary) -> str | None:
     )
 
 
-def _oversaturation_md(s: Summary) -> list[str]:
-    v = s.oversaturation
-    if v is None:
-        return []
-    return [
-        f"**{v.HEADLINE}**: {v.MEANING}",
-        "",
-        md_table(["evidence", "value"], v.evidence()),
-        "",
-    ]
-
-
-TURN_HEADERS: tuple[str, ...] = (
-    "turn", "n (fail)", "prompt tok", "TTFT p50", "TTFT p99", "TTFT mean",
+# Latencies in ms; "req/s" is the rate the stair offered, "sent/s" the rate the client sent at.
+STAIR_HEADERS: tuple[str, ...] = (
+    "stair", "from s", "req/s", "sent/s", "n (fail)", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
 )  # fmt: skip
 
 
-def turns_rows(s: Summary) -> list[list[str]] | None:
-    """A multi-turn run's TTFT by turn index (summary.sessions), one row a turn, for every
-    report; None for a run without sessions."""
-    if s.sessions is None:
+def stairs_rows(s: Summary) -> list[list[str]] | None:
+    """A `steps` run's stairs, one row each (summary.stairs), for every report; None otherwise."""
+    if not s.stairs:
         return None
     return [
         [
-            t.label,
-            f"{t.requests:,} ({t.requests - t.succeeded:,})",
-            num(t.prompt_tokens_mean, ",.0f"),
-            ms_short(t.ttft_p50),
-            ms_short(t.ttft_p99),
-            ms_short(t.ttft_mean),
+            f"{st.index + 1}",
+            f"{st.start_s:g}",
+            f"{st.rate:g}",
+            num(st.sent_per_s),
+            f"{st.requests:,} ({st.failed:,})",
+            ms_short(st.ttft.p(50)),
+            ms_short(st.ttft.p(99)),
+            ms_short(st.itl.p(50)),
+            ms_short(st.itl.p(99)),
         ]
-        for t in s.sessions.by_turn
+        for st in s.stairs
     ]
 
 
-def _turns_md(s: Summary) -> list[str]:
-    rows = turns_rows(s)
-    if rows is None or s.sessions is None:
-        return []
-    return [
-        "",
-        f"Sessions: {s.sessions.describe()}. TTFT by turn (ms):",
-        "",
-        md_table(TURN_HEADERS, rows),
-    ]
+def _stairs_md(s: Summary) -> list[str]:
+    rows = stairs_rows(s)
+    return [] if rows is None else ["", "Stairs (ms):", "", md_table(STAIR_HEADERS, rows)]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
+from latbench.shared.errors import SpecError
 from latbench.spec.fields import Span, StrictModel
 
 if TYPE_CHECKING:
@@ -84,3 +85,33 @@ def check_shape(load: LoadSpec) -> None:
 def stairs(load: LoadSpec) -> list[tuple[float, float]]:
     """(rate, duration s) of each stair, for the pacer and the per-stair summary."""
     return [(s.rate, s.duration) for s in load.steps or []]
+
+
+def parse_steps(text: str) -> list[dict[str, object]]:
+    """`--staircase 10:30s,20:30s` -> the `load.steps` list (rate:duration, comma-separated)."""
+    out: list[dict[str, object]] = []
+    for part in text.split(","):
+        rate, sep, duration = part.strip().partition(":")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = float("nan")
+        if not sep or not duration.strip() or value != value:
+            raise SpecError(
+                f"--staircase {text!r}: write RATE:DURATION stairs separated by commas, "
+                "e.g. 10:30s,20:30s"
+            )
+        out.append({"rate": value, "duration": duration.strip()})
+    return out
+
+
+def describe(load: LoadSpec) -> str:
+    """The shape in a few words, for reports: `ramp linear 1 -> 20 req/s over 60 s`."""
+    if load.mode == "ramp" and load.ramp is not None:
+        r = load.ramp
+        over = f"over {load.duration:g} s" if load.duration else f"over {load.requests} requests"
+        return f"ramp {r.strategy} {r.start_rate:g} -> {r.end_rate:g} req/s {over}"
+    if load.mode == "steps" and load.steps:
+        rates = ", ".join(f"{s.rate:g}" for s in load.steps)
+        return f"steps of {rates} req/s over {load.duration:g} s"
+    return load.mode

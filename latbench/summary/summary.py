@@ -44,7 +44,7 @@ from latbench.summary.samples import (
     event_kinds,
 )
 from latbench.summary.saturation import Oversaturation
-from latbench.summary.turns import SessionStats, session_stats
+from latbench.summary.stairs import Stair, stair_stats
 from latbench.summary.validity import ClientStats, Failures, Validity, judge_validity, rounded
 
 if TYPE_CHECKING:
@@ -311,10 +311,10 @@ class Summary:
     rates: Rates
     slos: tuple[SloResult, ...]
     validity: Validity
+    stairs: tuple[Stair, ...] | None = None  # a `steps` run's stairs, each on its own
     images: ImageCounts | None = None  # what the requests carried; None: no images
     # The verdict that stopped an over-saturated open-loop run, with its evidence (the footer's).
     oversaturation: Oversaturation | None = None
-    sessions: SessionStats | None = None  # TTFT by turn index; None: no multi-turn sessions
 
     @property
     def slo_passed(self) -> bool:
@@ -357,8 +357,8 @@ class Summary:
             "validity": self.validity.to_dict(),
             "client_bound": self.client_bound,
             "failures": self.failures.to_dict(),
+            "stairs": None if self.stairs is None else [st.to_dict() for st in self.stairs],
             "oversaturation": self.oversaturation and self.oversaturation.to_dict(),
-            "sessions": None if self.sessions is None else self.sessions.to_dict(),
         }
 
 
@@ -436,8 +436,8 @@ def summarize(
         rates=rates,
         slos=slo_results,
         validity=judge_validity(measured, client, limits, error_bounds(ok, s)),
+        stairs=stair_stats([*measured, *others], load),
         oversaturation=oversaturation,
-        sessions=session_stats(measured, ok, s),
     )
 
 

@@ -12,6 +12,12 @@ Flags, and what they become here:
                              are sent and left out of the figures (vLLM sends N copies of its
                              first prompt and waits for them; here the load does not pause)
     --burstiness B           --burstiness B (the same gamma shape)
+    --ramp-up-strategy S     --mode ramp, load.ramp.strategy (linear | exponential), with
+    --ramp-up-start-rps R    load.ramp.start_rate and
+    --ramp-up-end-rps R      load.ramp.end_rate: over --num-prompts as vLLM ramps (the rate
+                             of the gap before request j is the rate at j / (N - 1)), or over
+                             --duration when given; gamma gaps (--burstiness) as vLLM draws
+                             them, unless --arrivals even
     --base-url URL           --target URL
     --input-len/--output-len --input-tokens/--output-tokens
     --dataset-name NAME      random: synthetic prompts (the default); prefix_repetition:
@@ -58,7 +64,7 @@ from latbench.records.record import Record, RecordsFile
 from latbench.records.rundir import RunDir
 from latbench.shared.errors import SpecError
 from latbench.shared.units import to_ms
-from latbench.spec import load_spec
+from latbench.spec import LoadSpec, load_spec
 from latbench.spec.slo import DEFAULT_SLOS
 from latbench.summary.samples import NS_PER_S, record_samples
 from latbench.summary.summary import summarize_file
@@ -153,6 +159,14 @@ def add_vllm_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--result-dir", type=Path, metavar="DIR", help="where --save-result writes")
     g.add_argument(
+        "--ramp-up-strategy",
+        choices=["linear", "exponential"],
+        help="ramp the request rate from --ramp-up-start-rps to --ramp-up-end-rps over the run "
+        "(its requests, or its --duration); mode ramp, docs/workloads.md",
+    )
+    g.add_argument("--ramp-up-start-rps", type=float, metavar="R", help="the ramp's first rate")
+    g.add_argument("--ramp-up-end-rps", type=float, metavar="R", help="the ramp's last rate")
+    g.add_argument(
         "--result-filename",
         metavar="NAME",
         help=f"file name for --save-result (default {DEFAULT_RESULT_FILENAME} in the run's "
@@ -239,6 +253,7 @@ def apply_vllm_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
                 )
             load["concurrency"] = load["requests"]
     dataset_flags(ns, data)
+    ramp_flags(ns, load, data)
     if getattr(ns, "goodput", None):
         data["slos"] = goodput_slos(ns.goodput)
     # Fail before the run, not after it.
@@ -279,6 +294,57 @@ def dataset_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
     out = values["output_len"]
     if out is not None and getattr(ns, "output_tokens", None) is None:  # vLLM: --output-len wins
         w["output_tokens"] = out
+
+
+def ramp_flags(ns: argparse.Namespace, load: dict[str, Any], data: dict[str, Any]) -> None:
+    """vLLM's --ramp-up-* flags into `load.ramp`, refused as vLLM refuses them (main_async's
+    "Validate ramp-up arguments"), in its words where they fit."""
+    strategy = getattr(ns, "ramp_up_strategy", None)
+    start, end = getattr(ns, "ramp_up_start_rps", None), getattr(ns, "ramp_up_end_rps", None)
+    if strategy is None:
+        if start is not None or end is not None:
+            raise SpecError(
+                "--ramp-up-start-rps and --ramp-up-end-rps need --ramp-up-strategy "
+                "(linear or exponential)"
+            )
+        return
+    rate = getattr(ns, "rate", None)
+    if rate is not None and not (math.isinf(rate) and rate > 0):  # inf is vLLM's default
+        raise SpecError(
+            "When using ramp-up, do not specify --request-rate. The request rate will be "
+            "controlled by ramp-up parameters. Please remove the --request-rate argument."
+        )
+    if start is None or end is None:
+        raise SpecError(
+            "When using --ramp-up-strategy, both --ramp-up-start-rps and --ramp-up-end-rps "
+            "must be specified"
+        )
+    if start < 0 or end < 0:
+        raise SpecError("Ramp-up start and end RPS must be non-negative")
+    if start > end:
+        raise SpecError("Ramp-up start RPS must be less than end RPS")
+    if strategy == "exponential" and start == 0:
+        raise SpecError("For exponential ramp-up, the start RPS cannot be 0.")
+    load.pop("rate", None)  # a spec file's rate gives way to the flags, as the flags win
+    load["mode"] = "ramp"
+    load["ramp"] = {"strategy": strategy, "start_rate": start, "end_rate": end}
+    # vLLM draws each gap from a gamma of --burstiness (1: Poisson) at the ramp's rate.
+    load.setdefault("arrivals", "poisson")
+    data["load"] = load
+
+
+def ramp_fields(load: LoadSpec) -> dict[str, Any]:
+    """The ramp keys of vLLM's results JSON, which it writes only for a ramp."""
+    if load.mode != "ramp" or load.ramp is None:
+        return {}
+    r = load.ramp
+    return {
+        # Written in its place above (a key given again keeps its place in the dict).
+        "burstiness": load.burstiness if load.arrivals == "poisson" else None,
+        "ramp_up_strategy": r.strategy,
+        "ramp_up_start_rps": r.start_rate,
+        "ramp_up_end_rps": r.end_rate,
+    }
 
 
 def result_path(ns: argparse.Namespace, run_dir: Path) -> Path | None:
@@ -329,9 +395,10 @@ def vllm_result(
         "num_prompts": num_prompts,
         # vLLM writes --metadata here, so the figures below win a clash of names.
         **spec.metadata,
-        "request_rate": load.rate if load.open_loop else "inf",
+        "request_rate": load.rate if load.open_loop and load.rate else "inf",
         "burstiness": load.burstiness if load.mode == "poisson" else None,
         "max_concurrency": load.concurrency,
+        **ramp_fields(load),
         "duration": duration,
         "completed": summary.requests.succeeded,
         "failed": summary.requests.failed,

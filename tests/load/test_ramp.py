@@ -5,15 +5,20 @@ asked for (counted from `t_intended`, never timed)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from fractions import Fraction
+from pathlib import Path
 
 import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from kit.cli import latbench
 
+from latbench.cli.common import spec_from_args
+from latbench.cli.main import build_parser
 from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
 from latbench.load.pacers import (
     ProgressRampPacer,
@@ -297,3 +302,70 @@ async def test_a_vllm_ramp_run_sends_its_requests_on_the_ramp(
         span = (recs[hi].t_intended - recs[lo].t_intended) / S
         mean_rate = (hi - lo) / sum(1 / pacer.rate_of(j) for j in range(lo + 1, hi + 1))
         assert (hi - lo) / span == pytest.approx(mean_rate, rel=1e-6)
+
+
+# --- vLLM's flags ----------------------------------------------------------------------------
+
+
+def flags(*argv: str) -> LoadSpec:
+    ns = build_parser().parse_args(["run", *argv])
+    return load_spec(spec_from_args(ns), source="flags").load
+
+
+def test_vllms_ramp_flags_ramp_over_the_prompts_with_vllms_gamma_gaps() -> None:
+    load = flags(
+        "--ramp-up-strategy", "exponential", "--ramp-up-start-rps", "2", "--ramp-up-end-rps", "20",
+        "--num-prompts", "100", "--burstiness", "0.5",
+    )  # fmt: skip
+    assert load.mode == "ramp" and load.rate is None and load.requests == 100
+    assert load.ramp is not None and (load.ramp.strategy, load.ramp.start_rate) == (
+        "exponential",
+        2,
+    )
+    assert (load.arrivals, load.burstiness) == ("poisson", 0.5)
+    pacer = shaped_pacer(load, 0)
+    assert isinstance(pacer, ProgressRampPacer) and pacer.rate_of(99) == pytest.approx(20)
+    # With a duration the ramp runs over the clock instead, and --arrivals even is kept.
+    timed = flags("--ramp-up-strategy", "linear", "--ramp-up-start-rps", "0",
+                  "--ramp-up-end-rps", "8", "--duration", "30s", "--arrivals", "even")  # fmt: skip
+    assert timed.arrivals == "even" and isinstance(shaped_pacer(timed, 0), RampPacer)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ramp-up-start-rps", "1", "--ramp-up-end-rps", "5"], "need --ramp-up-strategy"),
+        (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1"],
+         "both --ramp-up-start-rps and --ramp-up-end-rps must be specified"),
+        (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "5",
+          "--request-rate", "3"], "do not specify --request-rate"),
+        (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "9", "--ramp-up-end-rps", "5"],
+         "Ramp-up start RPS must be less than end RPS"),
+        (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "-1", "--ramp-up-end-rps", "5"],
+         "must be non-negative"),
+        (["--ramp-up-strategy", "exponential", "--ramp-up-start-rps", "0",
+          "--ramp-up-end-rps", "5"], "For exponential ramp-up, the start RPS cannot be 0."),
+    ],
+)  # fmt: skip
+def test_vllms_ramp_flags_are_refused_as_vllm_refuses_them(argv: list[str], message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        flags(*argv, "--num-prompts", "10")
+    assert message in str(err.value)
+
+
+def test_a_ramp_run_writes_vllms_ramp_keys(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("validity: {ttft_tolerance: 2s, itl_tolerance: 2s, queue_delay_p99: 2s}\n")
+    run = latbench(
+        "run", "--spec", str(spec), "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "20",
+        "--ramp-up-end-rps", "60", "--num-prompts", "40", "--input-len", "4", "--output-len", "4",
+        "--sim", "ttft=0.002", "--sim", "itl=0.001", "--out", str(tmp_path), "--save-result",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (path,) = tmp_path.glob("*/vllm-results.json")
+    doc = json.loads(path.read_text())
+    assert (doc["request_rate"], doc["burstiness"]) == ("inf", 1.0)
+    assert (doc["ramp_up_strategy"], doc["ramp_up_start_rps"], doc["ramp_up_end_rps"]) == (
+        "linear", 20.0, 60.0,
+    )  # fmt: skip
+    assert doc["completed"] == 40

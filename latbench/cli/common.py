@@ -205,6 +205,10 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "ignore_eos": ("workload", "ignore_eos"),
     "seed": ("workload", "seed"),
     "tokenizer": ("workload", "tokenizer"),
+    "trace_format": ("workload", "trace", "format"),
+    "trace_speed": ("workload", "trace", "speed"),
+    "trace_start": ("workload", "trace", "start"),
+    "trace_end": ("workload", "trace", "end"),
     "out": ("output_dir",),
 }
 
@@ -356,6 +360,19 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     src = g.add_mutually_exclusive_group()
     src.add_argument("--prompts", type=Path, metavar="FILE.jsonl", help="prompts, one per line")
     src.add_argument("--sharegpt", type=Path, metavar="FILE.json", help="ShareGPT conversations")
+    src.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="replay a Mooncake (JSONL), Azure or BurstGPT (CSV) trace at its own instants "
+        "(load mode trace; docs/workloads.md)",
+    )
+    g.add_argument(
+        "--trace-format", choices=["auto", "mooncake", "azure", "burstgpt"], help="default: auto"
+    )
+    g.add_argument("--trace-speed", type=float, metavar="X", help="2: twice as fast (default 1)")
+    g.add_argument("--trace-start", metavar="DURATION", help="replay from this far into the trace")
+    g.add_argument("--trace-end", metavar="DURATION", help="replay up to this far into it")
     g.add_argument(
         "--prefix-groups",
         type=int,
@@ -489,6 +506,10 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.sharegpt:
         set_path(data, ("workload", "source"), "sharegpt")
         set_path(data, ("workload", "path"), str(ns.sharegpt))
+    if ns.trace:  # its rows are the requests and its instants the load
+        set_path(data, ("workload", "source"), "trace")
+        set_path(data, ("workload", "path"), str(ns.trace))
+        set_path(data, ("load", "mode"), "trace")
     image_flags(ns, data)
     for kv in ns.sim:
         key, sep, value = kv.partition("=")

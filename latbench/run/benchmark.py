@@ -39,6 +39,7 @@ from latbench.records.record import RunHeader
 from latbench.records.rundir import RunDir
 from latbench.shared import rxstamp
 from latbench.shared.dist import Dist
+from latbench.shared.errors import SpecError
 from latbench.sim import SimProcess
 from latbench.sim.replay import check_replay
 from latbench.sinks import Sink
@@ -56,6 +57,7 @@ from latbench.workload.prefix import SharedPrefixWorkload
 from latbench.workload.session import SessionWorkload
 from latbench.workload.tokens import TokenScale
 from latbench.workload.tools import with_tools
+from latbench.workload.trace import TraceWorkload, trace_of
 
 DEFAULT_OUTPUT_TOKENS = 128
 
@@ -93,10 +95,39 @@ def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload 
             preset=p.preset,
             scale=scale,
         )
+    if w.source == "trace":
+        t = w.trace
+        assert w.path is not None and t is not None  # the spec fills trace in
+        return TraceWorkload.from_file(
+            w.path,
+            t.format,
+            speed=t.speed,
+            start_s=t.start,
+            end_s=t.end,
+            block_tokens=t.block_tokens,
+            seed=w.seed,
+            scale=scale,
+        )
     assert w.path is not None
     if w.source == "jsonl":
         return FileWorkload.from_jsonl(w.path, w.output_tokens, seed=w.seed)
     return FileWorkload.from_sharegpt(w.path, w.output_tokens, seed=w.seed)
+
+
+def trace_bounds(spec: RunSpec, workload: object) -> RunSpec:
+    """A trace replay ends with its rows: load.requests becomes the rows in its window (or
+    fewer, when the spec asks for fewer), so every worker stops at the trace's end."""
+    trace = trace_of(workload)
+    if trace is None:
+        return spec
+    ld = spec.load
+    requests = len(trace) if ld.requests is None else min(ld.requests, len(trace))
+    if ld.warmup_requests + ld.cooldown_requests >= requests:
+        raise SpecError(
+            f"load: warmup_requests + cooldown_requests leave none of the trace's {requests} "
+            "requests to measure"
+        )
+    return spec.model_copy(update={"load": ld.model_copy(update={"requests": requests})})
 
 
 async def calibrate_prompts(
@@ -107,7 +138,7 @@ async def calibrate_prompts(
     The built-in simulator counts a word as a token, so its runs need no request to know it
     (and its faults, dealt to requests in turn, see only the run's)."""
     w = spec.workload
-    if w.source not in ("synthetic", "shared_prefix") or spec.target.base_url is None:
+    if w.source not in ("synthetic", "shared_prefix", "trace") or spec.target.base_url is None:
         return None, []
     single = w.model_copy(update={"sessions": None})  # a session's messages are built alike
     return await calibrate(
@@ -183,6 +214,7 @@ async def run_benchmark(
         run_id = new_run_id()
     run_dir = RunDir(spec.output_dir / run_id)
     workload = make_workload(spec.workload)
+    spec = trace_bounds(spec, workload)
     connector = make_connector(spec.load, spec.target.verify_tls)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.target.timeouts.connect)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

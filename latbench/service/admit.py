@@ -190,6 +190,13 @@ def admit(body: Any, config: ServiceConfig, urls: Mapping[str, str]) -> Admitted
             "workload.tokenizer: the service does not load tokenizers named by API callers; "
             "prompts are counted by the target's /tokenize (or 'words')",
         )
+    tools = workload.get("tools") if isinstance(workload, Mapping) else None
+    if isinstance(tools, Mapping) and tools.get("path") is not None:
+        raise Refused(
+            403,
+            "workload.tools.path: the service does not read files named by API callers; use "
+            "workload.tools.count (built-in tool definitions)",
+        )
     extra = workload.get("extra_body") if isinstance(workload, Mapping) else None
     if isinstance(extra, Mapping):
         for key in AMPLIFYING_BODY_KEYS:

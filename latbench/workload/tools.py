@@ -192,11 +192,12 @@ def read_tools(path: Path) -> tuple[dict[str, Any], ...]:
     (`{"type": "function", "function": {"name", "description", "parameters"}}`; a bare
     function object is accepted too). ValueError names what is wrong."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_TOOLS_FILE_BYTES + 1)  # never more, whatever the file holds
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
     if len(raw) > MAX_TOOLS_FILE_BYTES:
-        raise ValueError(f"{path} is {len(raw):,} bytes, over {MAX_TOOLS_FILE_BYTES:,}")
+        raise ValueError(f"{path} is over {MAX_TOOLS_FILE_BYTES:,} bytes")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:

@@ -160,6 +160,7 @@ def test_auth_failures_change_nothing(svc: Service, token: str | None, why: str)
         ({"sim": {"ttft": 1}}, 403, "sim"),
         ({"workload": {"source": "jsonl", "path": "/etc/passwd"}}, 403, "workload.path"),
         ({"workload": {"tokenizer": "/etc/passwd"}}, 403, "workload.tokenizer"),
+        ({"workload": {"tools": {"path": "/etc/passwd"}}}, 403, "workload.tools.path"),
     ],
 )
 def test_catalogue_refusals(svc: Service, change: dict[str, Any], status: int, says: str) -> None:

@@ -423,6 +423,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tool-latency", metavar="DIST", help="seconds a tool runs, e.g. 0.2")
     g.add_argument("--tool-steps", type=int, metavar="N", help="tool calls answered per turn")
     g.add_argument("--tool-result-tokens", type=int, metavar="N", help="canned result length")
+    g.add_argument(
+        "--sessions",
+        action="store_true",
+        default=None,
+        help="multi-turn sessions, each turn resending the conversation: synthetic ones "
+        "(--turns), or with --sharegpt its conversations whole (docs/workloads.md)",
+    )
+    g.add_argument("--turns", metavar="DIST", help="user turns a synthetic session (default 4)")
+    g.add_argument("--think-time", metavar="DIST", help="seconds from a reply to the next turn")
+    g.add_argument("--system-tokens", type=int, metavar="N", help="a synthetic system prompt")
     g = p.add_argument_group("verdict and output")
     g.add_argument(
         "--slo",
@@ -532,6 +542,7 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
             ) from None
     tool_flags(ns, data)
     prefix_flags(ns, data)
+    session_flags(ns, data)
     apply_vllm_flags(ns, data)
     # Durations given as flags stay strings; the spec parses units ("30s", "2m").
     return data
@@ -559,6 +570,23 @@ def tool_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
         if not isinstance(tools, dict):
             raise SpecError(f"{flag} needs tools: add --tools N (or workload.tools in the spec)")
         tools[key] = value
+
+
+def session_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
+    """--sessions, --turns, --think-time, --system-tokens: multi-turn sessions, over the spec's
+    workload.sessions; any of them turns sessions on."""
+    given = {
+        key: value
+        for key, value in (
+            ("turns", ns.turns),
+            ("think_time", ns.think_time),
+            ("system_tokens", ns.system_tokens),
+        )
+        if value is not None
+    }
+    if given or ns.sessions:
+        w = data.setdefault("workload", {})
+        w["sessions"] = {**(w.get("sessions") or {}), **given}
 
 
 def prefix_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:

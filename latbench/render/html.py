@@ -14,12 +14,14 @@ from latbench.render.sections import (
     compare_table,
     errors_html,
     latency_table,
+    oversaturation_html,
     reconciliation_html,
     slo_badges,
     spec_html,
     stairs_html,
     steps_table,
     throughput_table,
+    turns_html,
     validity_html,
 )
 from latbench.render.text import SPREAD_LEGEND, bound_p99
@@ -45,11 +47,15 @@ def run_report(run: Run) -> str:
         )
     )
     page.add(f'<p class="meta">{esc(what)}</p>' + slo_badges(run.summary))
+    page.add(oversaturation_html(run.summary))
     page.section("summary", "Summary")
     page.add(latency_table(run) + throughput_table(run.summary))
     if run.summary.stairs:
         page.section("stairs", "Stairs")
         page.add(stairs_html(run.summary))
+    if run.summary.sessions is not None:
+        page.section("turns", "TTFT by turn")
+        page.add(turns_html(run.summary))
     page.section("cdf", "Latency distributions (CDF)")
     page.add(cdf_grid(page, [(run.run_id, run)]))
     page.section("time", "Over the run's time")

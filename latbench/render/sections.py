@@ -17,9 +17,11 @@ from latbench.render.reconciliation import prefix_cache_line
 from latbench.render.text import (
     STAIR_HEADERS,
     STEP_COLUMNS,
+    TURN_HEADERS,
     spread_text,
     stairs_rows,
     tool_calls_line,
+    turns_rows,
     validity_rows,
 )
 from latbench.shared.units import ms_interval, ms_short, num
@@ -274,6 +276,23 @@ def compare_table(rows: Sequence[Row], spread: bool = False) -> str:
         out.append([*cells, *([esc(spread_text(r))] if spread else []), esc(r.note)])
     headers = ["metric", "A", "B", "change", "95 % interval", "verdict"]
     return table([*headers, *(["spread"] if spread else []), "note"], out, raw=True)
+
+
+def oversaturation_html(s: Summary) -> str:
+    """The verdict that stopped an over-saturated run, with its evidence; empty when none did."""
+    v = s.oversaturation
+    if v is None:
+        return ""
+    head = f"<b>{esc(v.HEADLINE)}</b>: {esc(v.MEANING)}"
+    return f'<div class="banner">{head}{table(["evidence", "value"], v.evidence())}</div>'
+
+
+def turns_html(s: Summary) -> str:
+    """A multi-turn run's sessions and TTFT by turn index, or nothing for any other run."""
+    rows = turns_rows(s)
+    if rows is None or s.sessions is None:
+        return ""
+    return f"<p>{esc(s.sessions.describe())}</p>" + table(list(TURN_HEADERS), rows)
 
 
 def stairs_html(s: Summary) -> str:

@@ -11,7 +11,14 @@ from rich.table import Table
 from rich.text import Text
 
 from latbench.render.fit import Column, fitted
-from latbench.render.text import STAIR_HEADERS, stairs_rows, tool_calls_line, validity_rows
+from latbench.render.text import (
+    STAIR_HEADERS,
+    TURN_HEADERS,
+    stairs_rows,
+    tool_calls_line,
+    turns_rows,
+    validity_rows,
+)
 from latbench.shared.units import Unit, ms_short, num, row_unit, short
 from latbench.spec.slo import DEFAULT_SLOS, METRICS
 from latbench.summary.summary import Stats, Summary, pct_key
@@ -49,11 +56,15 @@ _DEFAULT_COLOURED = frozenset(
 
 def render_summary(summary: Summary, console: Console) -> None:
     console.print(_headline(summary))
+    if (over := _oversaturation(summary)) is not None:
+        console.print(over)
     for table in _latency_tables(summary, console):
         console.print(table)
     console.print(_throughput_table(summary))
     if (stairs := _stairs_table(summary)) is not None:
         console.print(stairs)
+    if (turns := _turns_table(summary)) is not None:
+        console.print(turns)
     if (prompt_warning := summary.tokens.prompt.warning) is not None:
         console.print(Text(f"warning: {prompt_warning}", style="yellow"))
     if summary.requests.failed:
@@ -222,6 +233,29 @@ def _validity(s: Summary) -> Group | Text:
     body = [v.verdict_line()] + [f"• {reason}" for reason in v.reasons]
     banner = Panel(Text("\n".join(body)), title="CLIENT-BOUND", style="bold white on red")
     return Group(table, banner)
+
+
+def _oversaturation(s: Summary) -> Panel | None:
+    """The verdict that stopped an over-saturated run, with its evidence rows."""
+    v = s.oversaturation
+    if v is None:
+        return None
+    body = [v.MEANING] + [f"• {name}: {value}" for name, value in v.evidence()]
+    return Panel(Text("\n".join(body)), title=v.HEADLINE, style="bold white on red")
+
+
+def _turns_table(s: Summary) -> Table | None:
+    """A multi-turn run's TTFT by turn index, titled with how its sessions went."""
+    rows = turns_rows(s)
+    if rows is None or s.sessions is None:
+        return None
+    title = f"TTFT by turn (ms): {s.sessions.describe()}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for h in TURN_HEADERS:
+        table.add_column(h, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _stairs_table(s: Summary) -> Table | None:

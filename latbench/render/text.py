@@ -93,8 +93,10 @@ def run_markdown(run: Run) -> str:
         "",
         _verdict_line(s),
         "",
+        *_oversaturation_md(s),
         _latency_md(s),
         *_stairs_md(s),
+        *_turns_md(s),
         "",
         f"Throughput: {_rate(r.requests_per_s)} req/s, {num(r.output_tokens_per_s, '.1f')} output "
         f"tok/s; goodput {_rate(r.goodput_per_s)} req/s "
@@ -364,6 +366,53 @@ def tool_calls_line(s: Summary) -> str | None:
         f"answer tokens; time to first tool-call token p50 {ms_short(t.p(50))} ms, "
         f"p99 {ms_short(t.p(99))} ms"
     )
+
+
+def _oversaturation_md(s: Summary) -> list[str]:
+    v = s.oversaturation
+    if v is None:
+        return []
+    return [
+        f"**{v.HEADLINE}**: {v.MEANING}",
+        "",
+        md_table(["evidence", "value"], v.evidence()),
+        "",
+    ]
+
+
+TURN_HEADERS: tuple[str, ...] = (
+    "turn", "n (fail)", "prompt tok", "TTFT p50", "TTFT p99", "TTFT mean",
+)  # fmt: skip
+
+
+def turns_rows(s: Summary) -> list[list[str]] | None:
+    """A multi-turn run's TTFT by turn index (summary.sessions), one row a turn, for every
+    report; None for a run without sessions."""
+    if s.sessions is None:
+        return None
+    return [
+        [
+            t.label,
+            f"{t.requests:,} ({t.requests - t.succeeded:,})",
+            num(t.prompt_tokens_mean, ",.0f"),
+            ms_short(t.ttft_p50),
+            ms_short(t.ttft_p99),
+            ms_short(t.ttft_mean),
+        ]
+        for t in s.sessions.by_turn
+    ]
+
+
+def _turns_md(s: Summary) -> list[str]:
+    rows = turns_rows(s)
+    if rows is None or s.sessions is None:
+        return []
+    return [
+        "",
+        f"Sessions: {s.sessions.describe()}. TTFT by turn (ms):",
+        "",
+        md_table(TURN_HEADERS, rows),
+    ]
 
 
 # Latencies in ms; "req/s" is the rate the stair offered, "sent/s" the rate the client sent at.

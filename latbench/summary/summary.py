@@ -45,6 +45,7 @@ from latbench.summary.samples import (
 )
 from latbench.summary.saturation import Oversaturation
 from latbench.summary.stairs import Stair, stair_stats
+from latbench.summary.turns import SessionStats, session_stats
 from latbench.summary.validity import ClientStats, Failures, Validity, judge_validity, rounded
 
 if TYPE_CHECKING:
@@ -315,6 +316,7 @@ class Summary:
     images: ImageCounts | None = None  # what the requests carried; None: no images
     # The verdict that stopped an over-saturated open-loop run, with its evidence (the footer's).
     oversaturation: Oversaturation | None = None
+    sessions: SessionStats | None = None  # TTFT by turn index; None: no multi-turn sessions
 
     @property
     def slo_passed(self) -> bool:
@@ -359,6 +361,7 @@ class Summary:
             "failures": self.failures.to_dict(),
             "stairs": None if self.stairs is None else [st.to_dict() for st in self.stairs],
             "oversaturation": self.oversaturation and self.oversaturation.to_dict(),
+            "sessions": None if self.sessions is None else self.sessions.to_dict(),
         }
 
 
@@ -438,6 +441,7 @@ def summarize(
         validity=judge_validity(measured, client, limits, error_bounds(ok, s)),
         stairs=stair_stats([*measured, *others], load),
         oversaturation=oversaturation,
+        sessions=session_stats(measured, ok, s),
     )
 
 

@@ -33,14 +33,16 @@ WATCH = {"window": 4, "hold": 1, "min_requests": 20, "min_ttft": 0.3}
 DURATION = 60.0  # what an undetected over-saturated run would burn
 
 
-def bench(url: str, out: Path, rate: float, duration: float) -> tuple[BenchResult, RunSpec, Any]:
+def bench(
+    url: str, out: Path, rate: float, duration: float, mode: str = "constant"
+) -> tuple[BenchResult, RunSpec, Any]:
     spec = load_spec(
         {
             "name": "oversaturation",
             "target": {"base_url": url, "api": "chat"},
             "workload": {"input_tokens": 8, "output_tokens": TOKENS},
             "load": {
-                "mode": "constant",
+                "mode": mode,
                 "rate": rate,
                 "duration": duration,
                 "oversaturation": WATCH,
@@ -60,12 +62,13 @@ def knee() -> float:
     return capacity_rps(SimConfig.model_validate(SIM), events_for(TOKENS, 0, 1))
 
 
+@pytest.mark.parametrize("mode", ["constant", "poisson"])
 def test_a_run_past_the_knee_stops_early_with_the_verdict_and_its_evidence(
-    tmp_path: Path, sim: Callable[..., SimProcess]
+    tmp_path: Path, sim: Callable[..., SimProcess], mode: str
 ) -> None:
     assert 18 < knee() < 20
     s = sim(**SIM)
-    result, spec, _ = bench(s.url, tmp_path, 2 * knee(), DURATION)
+    result, spec, _ = bench(s.url, tmp_path, 2 * knee(), DURATION, mode)
     assert result.ended == "oversaturated"
     v = result.summary.oversaturation
     assert v is not None

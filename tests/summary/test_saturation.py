@@ -34,13 +34,21 @@ def timeline(
     seed: int = 0,
     poisson: bool = True,
     prefill_s: float = 0.05,
+    end_rate: float | None = None,
 ) -> list[Req]:
     """Requests of an open loop at `rate` into a FIFO server of `slots` slots; service times
-    exponential with mean `service_s` (or fixed when not `poisson`)."""
+    exponential with mean `service_s` (or fixed when not `poisson`). With `end_rate`, the rate
+    ramps linearly from `rate` to it over `seconds` (arrivals even in the ramp's own count)."""
     rng = np.random.default_rng(seed)
-    n = int(rate * seconds)
-    gaps = rng.exponential(1 / rate, n) if poisson else np.full(n, 1 / rate)
-    sends = np.cumsum(gaps)
+    if end_rate is not None:
+        # Request n goes where the ramp's cumulative count reaches n.
+        t = np.linspace(0, seconds, 100_000)
+        count = rate * t + (end_rate - rate) * t**2 / (2 * seconds)
+        sends = np.interp(np.arange(1, int(count[-1])), count, t)
+    else:
+        n = int(rate * seconds)
+        gaps = rng.exponential(1 / rate, n) if poisson else np.full(n, 1 / rate)
+        sends = np.cumsum(gaps)
     free = [0.0] * slots
     heapq.heapify(free)
     out = []
@@ -117,6 +125,20 @@ def test_constant_rate_overload_fires() -> None:
     reqs = timeline(12, 8, 1.0, 120, poisson=False)
     verdict, _ = watch_over(reqs, SPEC, 120)
     assert verdict is not None
+
+
+def test_a_ramp_fires_only_once_it_has_crossed_the_knee() -> None:
+    # 8 slots of 1 s (capacity 8/s); the rate ramps from 2/s to 16/s over 240 s, crossing the
+    # knee at 103 s. A ramp's in-flight count rises with its rate below the knee too, by
+    # rate x latency: bounded, and with TTFT flat, so no verdict until the queue builds.
+    reqs = timeline(2, 8, 1.0, 240, end_rate=16)
+    verdict, _ = watch_over(reqs, OversaturationSpec(), 240)
+    assert verdict is not None
+    assert verdict.after_s > 103
+    # A ramp that stays under the knee never fires.
+    reqs = timeline(1, 8, 1.0, 240, end_rate=7.2)
+    verdict, _ = watch_over(reqs, OversaturationSpec(min_ttft=0.2), 240)
+    assert verdict is None
 
 
 def test_too_little_evidence_does_not_fire() -> None:

@@ -516,10 +516,10 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.sharegpt:
         set_path(data, ("workload", "source"), "sharegpt")
         set_path(data, ("workload", "path"), str(ns.sharegpt))
-    if ns.trace:  # its rows are the requests and its instants the load
+    if ns.trace:  # its rows are the requests and its instants the load (another --mode: refused)
         set_path(data, ("workload", "source"), "trace")
         set_path(data, ("workload", "path"), str(ns.trace))
-        set_path(data, ("load", "mode"), "trace")
+        set_path(data, ("load", "mode"), ns.mode or "trace")
     image_flags(ns, data)
     for kv in ns.sim:
         key, sep, value = kv.partition("=")

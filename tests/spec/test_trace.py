@@ -84,6 +84,11 @@ def test_the_trace_flags() -> None:
     assert (t.format, t.speed, t.start, t.end) == ("mooncake", 2.5, 30.0, 120.0)
     with pytest.raises(SystemExit):  # one prompt source at a time
         build_parser().parse_args(["run", "--trace", TRACE, "--prompts", TRACE])
+    closed = build_parser().parse_args(
+        ["run", "--trace", TRACE, "--mode", "closed", "--requests", "5"]
+    )
+    with pytest.raises(SpecError, match="go together"):  # not silently replaced
+        load_spec(spec_from_args(closed))
 
 
 def test_a_malformed_trace_is_one_line_naming_its_place(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ def test_an_azure_window_at_twice_the_speed(sim_url: str, tmp_path: Path) -> Non
 
 
 def test_burstgpt_fast_with_its_failures_left_out(sim_url: str, tmp_path: Path) -> None:
-    result = bench(sim_url, tmp_path, {"file": "burstgpt.csv", "speed": 20}, requests=20)
+    result = bench(sim_url, tmp_path, {"file": "burstgpt.csv", "speed": 20}, requests=20, workers=2)
     w = TraceWorkload.from_file(TRACES / "burstgpt.csv", speed=20)
     recs = records(result)
     assert len(w) == 27 and len(recs) == 20  # load.requests stops it before the trace's end

@@ -190,7 +190,8 @@ def builtin_tools(count: int) -> tuple[dict[str, Any], ...]:
 def read_tools(path: Path) -> tuple[dict[str, Any], ...]:
     """Tool definitions from a JSON file: a list of Chat Completions tools
     (`{"type": "function", "function": {"name", "description", "parameters"}}`; a bare
-    function object is accepted too). ValueError names what is wrong."""
+    function object is accepted too, and so is a request body's `{"tools": [...]}`, as copied
+    from a real agent's traffic). ValueError names what is wrong."""
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_TOOLS_FILE_BYTES + 1)  # never more, whatever the file holds

@@ -141,6 +141,15 @@ def test_responses_body_converts_an_agent_conversation() -> None:
     }
 
 
+def test_a_schema_without_a_type_is_an_object_and_none_is_empty() -> None:
+    bare = ({"type": "function", "function": {"name": "a", "parameters": {"properties": {}}}},)
+    bare += ({"type": "function", "function": {"name": "b"}},)
+    item = WorkItem("", ({"role": "user", "content": "x"},), None, 4, tools=bare)
+    for api, key in (("anthropic", "input_schema"), ("responses", "parameters")):
+        schemas = [t[key] for t in API_KINDS[api].body(item, OPTS)["tools"]]
+        assert schemas == [{"type": "object", "properties": {}}] * 2, api
+
+
 def test_chat_body_sends_the_neutral_format_as_is() -> None:
     body = API_KINDS["chat"].body(item(), OPTS)
     assert body["messages"] == list(CONVERSATION)

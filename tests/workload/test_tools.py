@@ -53,6 +53,8 @@ def test_read_tools_takes_chat_tools_or_bare_functions(tmp_path: Path) -> None:
     assert names(got) == ["get_weather", "ping"]
     ping = {"name": "ping", "parameters": {"type": "object"}}
     assert got[1] == {"type": "function", "function": ping}
+    f.write_bytes(orjson.dumps({"model": "m", "tools": [BUILTIN[2]]}))  # a request body's
+    assert read_tools(f) == (BUILTIN[2],)
 
 
 @pytest.mark.parametrize(

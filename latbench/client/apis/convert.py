@@ -94,8 +94,8 @@ def function(tool: dict[str, Any]) -> tuple[str, str | None, dict[str, Any]]:
         raise ConversionError(f"a tool definition without a function name: {tool!r:.120}")
     desc = fn.get("description")
     params = fn.get("parameters")
-    return (
-        name,
-        desc if isinstance(desc, str) else None,
-        params if isinstance(params, dict) else EMPTY_SCHEMA,
-    )
+    if not isinstance(params, dict):
+        params = EMPTY_SCHEMA
+    elif "type" not in params:  # chat servers assume an object; Anthropic's schema must say it
+        params = {"type": "object", **params}
+    return name, desc if isinstance(desc, str) else None, params

@@ -50,6 +50,7 @@ from latbench.client.looplag import LoopLagMonitor
 from latbench.client.reads import StampingConnector
 from latbench.client.stream import Endpoint, stream_request
 from latbench.load import pacers
+from latbench.load.affinity import SESSION, Affinity, SessionConnector
 from latbench.load.eager import install as install_eager_writes
 from latbench.load.pacers import ConstantPacer, Pacer, PoissonPacer, phase_of, shaped_pacer
 from latbench.load.wire import message, pack_record, read_frame, unsendable
@@ -115,7 +116,9 @@ class Shard:
     def connector(self) -> aiohttp.TCPConnector:
         # aiohttp's default pool (100) would silently cap concurrency; size it from the load.
         limit = (self.users if not self.load.open_loop else self.cap) or 0
-        return StampingConnector(
+        # A session's turns keep to one connection where they can (load/affinity.py).
+        kind = SessionConnector if isinstance(self.workload, SessionWorkload) else StampingConnector
+        return kind(
             limit=limit, limit_per_host=0, ssl=None if self.verify_tls else False, ttl_dns_cache=300
         )
 
@@ -300,6 +303,16 @@ class ShardRun:
     async def _session(self, http: aiohttp.ClientSession, s: int, t_first: int) -> bool:
         """Session s, its first request intended at `t_first`; False when the run's budget (or a
         stop) cut it, so that a closed-loop user starts no other."""
+        affinity = Affinity()
+        token = SESSION.set(affinity)  # its requests prefer the connection it last used
+        try:
+            return await self._turns(http, s, t_first)
+        finally:
+            SESSION.reset(token)
+            if isinstance(http.connector, SessionConnector):
+                http.connector.release_session(affinity)
+
+    async def _turns(self, http: aiohttp.ClientSession, s: int, t_first: int) -> bool:
         sh = self.shard
         conv: Conversation | None = None
         unreadable: str | None = None  # why the last reply could not be read back

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from time import monotonic_ns
 from typing import Any
 
 import aiohttp
@@ -17,8 +18,10 @@ from kit.paths import DATA
 from kit.sim import base_url
 
 from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
+from latbench.client.reads import StampingConnector
 from latbench.load.pacers import ConstantPacer
 from latbench.load.runner import Runner
+from latbench.load.worker import Shard, ShardRun
 from latbench.records import Record, RunFooter
 from latbench.sim import SimConfig, SimProcess, create_app
 from latbench.spec import LoadSpec
@@ -82,7 +85,8 @@ Recording = Callable[..., Awaitable[tuple[str, list[dict[str, Any]]]]]
 @pytest.fixture
 async def recording() -> AsyncIterator[Recording]:
     """`await recording(**SimConfig fields)`: the simulator's app in this process, its URL and
-    every chat request body it read, in order."""
+    every chat request body it read, in order, with the client's port (its connection) as
+    `_port`."""
     servers: list[TestServer] = []
 
     async def start(**fields: Any) -> tuple[str, list[dict[str, Any]]]:
@@ -91,7 +95,11 @@ async def recording() -> AsyncIterator[Recording]:
         @web.middleware
         async def keep(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
             if request.path.endswith("/chat/completions"):
-                bodies.append(await request.json())
+                body = await request.json()
+                body["_port"] = (
+                    request.transport and request.transport.get_extra_info("peername")[1]
+                )
+                bodies.append(body)
             return await handler(request)
 
         app = create_app(SimConfig.model_validate({"ttft": 0.002, "itl": 0.001, **fields}))
@@ -339,3 +347,30 @@ async def test_sharegpt_conversations_are_replayed_whole_with_the_servers_replie
     assert second[1]["role"] == "assistant"
     assert second[1]["content"] != "one two three four five"  # the server's, not the file's
     assert len(second[1]["content"].split()) == 5
+
+
+async def test_a_session_keeps_to_its_connection(recording: Recording) -> None:
+    # The worker's loop in this process (ShardRun), so that the only thing that differs
+    # between the two runs is the connector.
+    url, bodies = await recording()
+    # Three users, think times between turns: left to aiohttp's pool (the connection idle
+    # longest goes next), later turns move to another user's connection.
+    workload = SyntheticSessions(4, 4, 3, think_time="uniform:0.005,0.03", seed=11)
+    load = LoadSpec(concurrency=3, requests=36)
+    shard = Shard(
+        run_id="affinity", index=0, count=1, endpoint=endpoint(url), workload=workload, load=load
+    )
+    moves = []
+    for connector in (shard.connector(), StampingConnector(limit=3, limit_per_host=0)):
+        bodies.clear()
+        records: list[Record] = []
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await ShardRun(shard, records.append).run(http, monotonic_ns())
+        assert len(records) == 36 and all(r.ok for r in records)
+        ports: dict[str, list[int]] = {}
+        for b in bodies:  # a session's requests, in order, by its first message
+            ports.setdefault(b["messages"][0]["content"], []).append(b["_port"])
+        moves.append(sum(a != b for p in ports.values() for a, b in itertools.pairwise(p)))
+        assert len({port for p in ports.values() for port in p}) == 3  # no connection lost
+    assert moves[0] == 0  # each session on one connection throughout
+    assert moves[1] > 0  # aiohttp's own choice: 17 or 18 of the 27 later turns moved

@@ -28,7 +28,10 @@ from rich.console import Console
 
 from latbench.exporter import LatbenchMetrics
 from latbench.records import read_records
+from latbench.render.html import run_report
+from latbench.render.readback import load_run
 from latbench.render.terminal import render_summary
+from latbench.render.text import run_markdown
 from latbench.run import run_benchmark
 from latbench.run.benchmark import make_workload
 from latbench.sim import SimConfig, SimProcess
@@ -107,6 +110,10 @@ async def test_tools_requests_measure_the_call_apart_from_the_answer(
     out = io.StringIO()
     render_summary(result.summary, Console(file=out, width=200))
     assert f"6 of 6 replies called a tool: {6 * CALL} tool-call tokens" in out.getvalue()
+    # The HTML and Markdown reports, from the run directory as `latbench report` reads it.
+    run = load_run(result.results_path.parent)
+    assert "6 of 6 replies called a tool" in run_report(run)
+    assert f"Tool calls: 6 of 6 replies called a tool: {6 * CALL}" in run_markdown(run)
     text = generate_latest(registry).decode()
     assert f"latbench_tool_call_tokens_total{{{_labels(text)}}} {6 * CALL}.0" in text
     assert f"latbench_ttft_tool_call_seconds_count{{{_labels(text)}}} 6.0" in text

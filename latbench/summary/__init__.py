@@ -11,6 +11,8 @@ validity   the client-bound verdict (the bound against its tolerance; loop lag a
 compare    two runs: bootstrap intervals over requests and a better/worse/same verdict
 server     the server's own account (vLLM's /metrics) and its reconciliation with the records
 scraper    reading that account over HTTP before, during and after a run
+saturation the over-saturation verdict of an open-loop run (`assess`, pure; `Watch`, which the
+           runner feeds once a second) and its evidence (`Oversaturation`, in the footer)
 """
 
 from latbench.summary.samples import RecordSamples, Samples, record_samples

@@ -34,7 +34,10 @@ id is always the same `block_tokens` run of words (seeded by (seed, id)), so row
 share a prefix on the server, as they did in production; the rest of a row beyond its blocks
 (and an Azure or BurstGPT row's whole prompt) is seeded by (seed, format, the row's line), so
 no two rows, windows or traces share words by accident. Memory: the kept rows are five integer
-arrays (~40 bytes a row) plus the hash ids (8 bytes each), capped below.
+arrays (~40 bytes a row) plus the hash ids (8 bytes each), capped below. Measured on this
+project's 2-core machine: 200,000 Azure rows read in 0.7 s (9.6 MB pickled for the workers),
+100,000 Mooncake rows with 2M hash ids in 0.8 s (21 MB), and a 20,000-token Mooncake prompt
+built in 0.7 ms when its blocks are new (a shared block is built once and kept).
 """
 
 from __future__ import annotations

@@ -472,9 +472,40 @@ def latency_dashboard() -> db.Dashboard:
         )
     )
 
+    d = offered_rate_panels(d)
     d = d.with_row(db.Row("Client validity: a slow server or a saturated client?"))
     d = validity_panels(d)
     return d
+
+
+def offered_rate_panels(d: db.Dashboard) -> db.Dashboard:
+    """TTFT against the rate the schedule offers: a ramp or a staircase (`load.mode: ramp`,
+    `steps`) read as the load rises, where TTFT leaves the 100 ms line."""
+    d = d.with_row(db.Row("Latency against the offered rate (ramps and staircases)"))
+    panel = series_panel(
+        "TTFT p99 against the offered rate",
+        "TTFT p99 over each $__rate_interval (left axis, red above 100 ms) beside the rate the "
+        "open-loop schedule offers at each instant, latbench_offered_rate (a ramp's or a "
+        "stair's rate; 0 in closed loop), and the measured requests finishing per second "
+        "(right axis). Where finished falls below offered, the server no longer keeps up.",
+        [
+            Q(quantile_rate("ttft", 0.99), f"TTFT p99 {WHO}"),
+            Q(f"sum by ({BY}) (latbench_offered_rate{{{SEL}}})", f"offered req/s {WHO}"),
+            Q(rate("latbench_requests_total"), f"finished req/s {WHO}"),
+        ],
+        "s",
+        over(TARGET_S),
+        width=24,
+    )
+    # The rates on their own axis, in req/s, without the latency target's shading.
+    rate_axis = [
+        dm.DynamicConfigValue(id_val="unit", value="reqps"),
+        dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+        dm.DynamicConfigValue(id_val="custom.thresholdsStyle", value={"mode": "off"}),
+    ]
+    for ref in ("B", "C"):
+        panel = panel.override_by_query(ref, rate_axis)
+    return d.with_panel(panel)
 
 
 def validity_panels(d: db.Dashboard) -> db.Dashboard:

@@ -211,11 +211,15 @@ class RunSeries:
         self._next_id = 0
         self._lock = threading.Lock()
 
-    def start_run(self, inflight: Callable[[], int] | None) -> int:
+    def start_run(
+        self,
+        inflight: Callable[[], int] | None,
+        offered: Callable[[], float | None] | None = None,
+    ) -> int:
         with self._lock:
             run = self._next_id
             self._next_id += 1
-            self._active[run] = _ActiveRun(inflight, time.process_time())
+            self._active[run] = _ActiveRun(inflight, time.process_time(), offered)
         self.start_time = time.time()
         return run
 
@@ -236,6 +240,13 @@ class RunSeries:
             fns = [a.inflight for a in self._active.values() if a.inflight is not None]
         return sum(fn() for fn in fns)
 
+    def offered_rate(self) -> float:
+        """Requests per second the active runs' open-loop schedules intend now; 0 when none does
+        (closed loop, or between runs)."""
+        with self._lock:
+            fns = [a.offered for a in self._active.values() if a.offered is not None]
+        return sum(rate for fn in fns if (rate := fn()) is not None)
+
     def cpu_seconds(self) -> float:
         """Process CPU time spent while runs of this label set were active. The client is one
         process with one event loop, so this over that time is the share of a core it used."""
@@ -248,6 +259,7 @@ class RunSeries:
 class _ActiveRun:
     inflight: Callable[[], int] | None
     cpu0: float
+    offered: Callable[[], float | None] | None = None
 
 
 class LatbenchMetrics:
@@ -384,6 +396,13 @@ SCALARS: tuple[ScalarDef, ...] = (
     ),
     ScalarDef(
         "inflight_requests", "gauge", "Requests sent and not yet finished.", lambda s: s.inflight()
+    ),
+    ScalarDef(
+        "offered_rate",
+        "gauge",
+        "Requests per second the open-loop schedule intends now (a ramp's or a stair's rate at "
+        "this instant); 0 in closed loop and between runs.",
+        lambda s: s.offered_rate(),
     ),
     ScalarDef("run_active", "gauge", "Runs of this label set in progress.", lambda s: s.active),
     ScalarDef(

@@ -10,6 +10,7 @@ Because offsets come from n and not from the previous send, the schedule cannot 
 from __future__ import annotations
 
 import math
+import threading
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -350,6 +351,8 @@ class ProgressRampPacer:
         self.arrivals = arrivals or UnitArrivals()
         self._offsets = _Cursor(self._gap_ns)
         self._due = _Cursor(self._gap_ns)  # rate_at's own walk, so it never rewinds the other
+        # rate_at is read by the exporter's scrape thread while the loop may read it too.
+        self._due_lock = threading.Lock()
 
     def rate_of(self, j: int) -> float:
         """The rate of the gap before request j."""
@@ -368,11 +371,12 @@ class ProgressRampPacer:
 
     def rate_at(self, offset_ns: int) -> float:
         """The rate of the gap running at that offset: after request m, the gap before m + 1."""
-        if offset_ns < self._due.ns:
-            self._due.to(0)
-        while self._due.ns + self._gap_ns(self._due.n + 1) <= offset_ns:
-            self._due.to(self._due.n + 1)
-        return self.rate_of(self._due.n + 1)
+        with self._due_lock:
+            if offset_ns < self._due.ns:
+                self._due.to(0)
+            while self._due.ns + self._gap_ns(self._due.n + 1) <= offset_ns:
+                self._due.to(self._due.n + 1)
+            return self.rate_of(self._due.n + 1)
 
     def __str__(self) -> str:
         kind = "" if self.strategy == "linear" else "exp-"

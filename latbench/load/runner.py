@@ -56,7 +56,7 @@ from latbench.client.looplag import publish_lag
 from latbench.client.stream import Endpoint
 from latbench.load.cpus import usable_cpus
 from latbench.load.wire import frame, message, read_frame, record_seq, unpack_record
-from latbench.load.worker import Shard
+from latbench.load.worker import Shard, make_pacer
 from latbench.records.record import Phase, Record, RunFooter
 from latbench.shared.errors import ErrorKind, LatbenchError
 from latbench.sinks import Sink
@@ -168,6 +168,7 @@ class Runner:
         self._lag_ticks = array("q")
         self._lags = array("q")
         self._dropped: list[tuple[int, int]] = []  # (worker, seq) of unreadable unknown records
+        self._pacer = make_pacer(load, seed, workload)  # the workers' schedule, for the gauge
         self.watch: Watch | None = None
         self.oversaturation: Oversaturation | None = None
 
@@ -175,6 +176,17 @@ class Runner:
     def inflight(self) -> int:
         """Requests in flight, as of each worker's last heartbeat (at most 0.1 s old)."""
         return sum(w.inflight for w in self._workers)
+
+    def offered_rate(self) -> float | None:
+        """Requests per second the open-loop schedule intends now (`Pacer.rate_at`: a ramp's or a
+        stair's rate at this instant), for the live gauge; None in closed loop, before the start,
+        once stopped and past the duration."""
+        if self._pacer is None or not self._start or self._stopping:
+            return None
+        offset = monotonic_ns() - self._start
+        if offset < 0 or (self.load.duration is not None and offset >= self.load.duration * 1e9):
+            return None
+        return self._pacer.rate_at(offset)
 
     def stop(self) -> None:
         """Stop scheduling; in-flight requests finish."""

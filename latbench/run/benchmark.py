@@ -247,6 +247,9 @@ async def run_benchmark(
             # can be handed to it once; until it exists nothing is in flight.
             return 0 if runner is None else runner.inflight
 
+        def offered() -> float | None:
+            return None if runner is None else runner.offered_rate()
+
         terminal = progress is None
         if progress is None:
             progress = ProgressSink(console, inflight, spec.load.requests, spec.load.duration)
@@ -263,7 +266,9 @@ async def run_benchmark(
                 target=target_label or labels.target,
                 scenario=scenario_label or labels.scenario,
             )
-            all_sinks.append(PrometheusSink(metrics, labels, spec.slos, inflight=inflight))
+            all_sinks.append(
+                PrometheusSink(metrics, labels, spec.slos, inflight=inflight, offered=offered)
+            )
             if on_labels is not None:
                 on_labels(labels)
         runner = Runner(

@@ -41,7 +41,8 @@ def run_labels(spec_base_url: str | None, model: str, api: str, scenario: str) -
 
 class PrometheusSink:
     """Sink protocol (`add`, `close`) over `LatbenchMetrics`. Create it on the event loop that
-    runs the benchmark: it listens to that loop's lag monitor."""
+    runs the benchmark: it listens to that loop's lag monitor. `inflight` and `offered` (the
+    open-loop schedule's rate now, None when there is none) are read at each scrape."""
 
     def __init__(
         self,
@@ -49,11 +50,12 @@ class PrometheusSink:
         labels: RunLabels,
         slos: Sequence[Slo],
         inflight: Callable[[], int] | None = None,
+        offered: Callable[[], float | None] | None = None,
     ) -> None:
         self.labels = labels
         self._slos = tuple(slos)
         self._s = metrics.series(labels)
-        self._run = self._s.start_run(inflight)
+        self._run = self._s.start_run(inflight, offered)
         lag = self._s.hist["event_loop_lag"]
         self._detach: Callable[[], None] | None = None
         try:

@@ -92,6 +92,7 @@ def test_the_panels_the_issue_asks_for_are_there() -> None:
         "latbench_client_cpu_seconds_total",
         "latbench_ttft_error_bound_seconds_bucket",
         "latbench_itl_error_bound_seconds_bucket",
+        "latbench_offered_rate",  # latency against the offered rate (ramps, staircases)
         "$__range",
     ):
         assert needle in latency, needle

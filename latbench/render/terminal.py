@@ -61,8 +61,8 @@ def render_summary(summary: Summary, console: Console) -> None:
     for table in _latency_tables(summary, console):
         console.print(table)
     console.print(_throughput_table(summary))
-    if (stairs := _stairs_table(summary)) is not None:
-        console.print(stairs)
+    for table in _stairs_tables(summary, console):
+        console.print(table)
     if (turns := _turns_table(summary)) is not None:
         console.print(turns)
     if (prompt_warning := summary.tokens.prompt.warning) is not None:
@@ -258,14 +258,10 @@ def _turns_table(s: Summary) -> Table | None:
     return table
 
 
-def _stairs_table(s: Summary) -> Table | None:
-    """A `steps` run's stairs, each with the rate it offered and what it got."""
+def _stairs_tables(s: Summary, console: Console) -> list[Table]:
+    """A `steps` run's stairs, each with the rate it offered and what it got (split to fit)."""
     rows = stairs_rows(s)
     if rows is None:
-        return None
-    table = Table(title="stairs (ms)", box=box.SIMPLE_HEAD, title_justify="left")
-    for h in STAIR_HEADERS:
-        table.add_column(h, justify="right")
-    for row in rows:
-        table.add_row(*row)
-    return table
+        return []
+    keys, values = [Column(STAIR_HEADERS[0])], [Column(h) for h in STAIR_HEADERS[1:]]
+    return fitted(console, "stairs (ms)", keys, values, rows)

@@ -82,6 +82,21 @@ def by_session(records: list[Record]) -> dict[int, list[Record]]:
 Recording = Callable[..., Awaitable[tuple[str, list[dict[str, Any]]]]]
 
 
+def under_way(records: list[Record]) -> int:
+    """The most sessions under way at once: from a session's first send to its last reply's
+    end."""
+    edges = []
+    for recs in by_session(records).values():
+        end = recs[-1].t_end
+        assert end is not None
+        edges += [(recs[0].t_sent, 1), (end, -1)]
+    now = most = 0
+    for _, step in sorted(edges):
+        now += step
+        most = max(most, now)
+    return most
+
+
 @pytest.fixture
 async def recording() -> AsyncIterator[Recording]:
     """`await recording(**SimConfig fields)`: the simulator's app in this process, its URL and
@@ -160,22 +175,13 @@ async def test_closed_loop_runs_sessions_as_users(sim_url: str) -> None:
     workload = SyntheticSessions("uniform:1,4", 4, 3, think_time=0.005, seed=7)
     records = await run(sim_url, workload, LoadSpec(concurrency=3, requests=30), workers=2)
     assert len(records) == 30
-    spans = []
-    for recs in by_session(records).values():
+    sessions = by_session(records)
+    for recs in sessions.values():
         # A session's requests go one after another, never two at once.
         for prev, nxt in itertools.pairwise(recs):
             assert prev.t_end is not None and nxt.t_sent > prev.t_end
-        last = recs[-1].t_end
-        assert last is not None
-        spans.append((recs[0].t_intended, last))
-    # Never more sessions under way than users.
-    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
-    under_way = most = 0
-    for _, step in edges:
-        under_way += step
-        most = max(most, under_way)
-    assert most <= 3
-    assert len(spans) > 3  # users went on to further sessions
+    assert under_way(records) <= 3  # never more sessions under way than users
+    assert len(sessions) > 3  # users went on to further sessions
 
 
 async def test_open_loop_sessions_arrive_on_the_pacer(sim_url: str) -> None:
@@ -374,3 +380,47 @@ async def test_a_session_keeps_to_its_connection(recording: Recording) -> None:
         assert len({port for p in ports.values() for port in p}) == 3  # no connection lost
     assert moves[0] == 0  # each session on one connection throughout
     assert moves[1] > 0  # aiohttp's own choice: 17 or 18 of the 27 later turns moved
+
+
+async def test_the_open_loop_cap_counts_sessions(sim_url: str) -> None:
+    # 40 sessions a second of 3 turns, 20 ms apart: uncapped, several are under way at once;
+    # capped at 2, the others wait their turn (queue delay, in their first send's lag).
+    workload = SyntheticSessions(3, 4, 3, think_time=0.02, seed=12)
+    free = await run(sim_url, workload, LoadSpec(mode="constant", rate=40, requests=24))
+    assert under_way(free) > 2
+    capped = await run(
+        sim_url, workload, LoadSpec(mode="constant", rate=40, requests=24, concurrency=2)
+    )
+    assert under_way(capped) <= 2
+    assert len(capped) == 24 and {len(recs) for recs in by_session(capped).values()} == {3}
+
+
+async def test_a_seed_gives_the_same_sessions_in_every_run(sim_url: str) -> None:
+    def asked(records: list[Record]) -> dict[int, list[tuple[int, int | None, int | None]]]:
+        return {
+            s: [(r.turn or 0, r.prompt_tokens, r.max_tokens) for r in recs]
+            for s, recs in by_session(records).items()
+        }
+
+    load = LoadSpec(concurrency=3, requests=18)
+    workload = SyntheticSessions("uniform:1,5", "uniform:2,9", "uniform:1,4", seed=21)
+    first = asked(await run(sim_url, workload, load, workers=2))
+    again = asked(await run(sim_url, workload, load, workers=1))
+    # The same sessions, whichever worker ran them and in whatever order: the budget may cut a
+    # session at another turn, never change one.
+    common = set(first) & set(again)
+    assert len(common) >= 4
+    for s in common:
+        n = min(len(first[s]), len(again[s]))
+        assert first[s][:n] == again[s][:n]
+    reseeded = SyntheticSessions("uniform:1,5", "uniform:2,9", "uniform:1,4", seed=22)
+    other = asked(await run(sim_url, reseeded, load))
+    assert any(other[s][:1] != first[s][:1] for s in set(other) & set(first))
+
+
+async def test_nothing_is_intended_after_the_duration(sim_url: str) -> None:
+    # A minute's think time after each first turn: every later turn would be intended after the
+    # 0.5 s duration, so none is sent and no user waits for it.
+    workload = SyntheticSessions(3, 4, 3, think_time=60, seed=13)
+    records = await run(sim_url, workload, LoadSpec(concurrency=2, duration=0.5))
+    assert records and all(r.turn == 0 for r in records)

@@ -27,7 +27,10 @@ sends it at the end). Indexed by send time, the window's recent requests would h
 when the queue is longest (censored), and those that had one would be the ones that finished
 fastest. Indexed by the first token, what is missing at the window's end is only the requests
 still decoding, which the server's batch bounds; and those are missing whatever their TTFT, so
-what remains is not biased toward either regime. A request still waiting is not a TTFT sample
+what remains is not biased toward either regime. When decoding takes longer than the window
+(long answers), even that would leave the window empty, so TTFT is judged over a window of the
+same length that ends the median decode time (of requests that finished in the last window) ago,
+at most two windows: `ttft_lag_s` in the evidence. A request still waiting is not a TTFT sample
 (its first token may have come); it counts in the in-flight growth, and the age of the oldest
 one is reported with the verdict, the lower bound on what the next TTFT can be.
 
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from array import array
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -56,6 +60,7 @@ __all__ = ["Assessment", "Oversaturation", "Trend", "View", "Watch", "assess"]
 NOT_ENDED = np.iinfo(np.int64).max
 GRID_S = 0.25  # in-flight sample spacing: fine beside any window worth judging (>= 1 s)
 THIRDS = 3
+MAX_LAG_WINDOWS = 2  # TTFT's window may end at most this many windows before the in-flight one's
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class Oversaturation:
     sent: int  # requests sent inside the window
     first_tokens: int  # first tokens inside the window (the TTFT samples)
     oldest_s: float | None  # age of the oldest request still in flight when it fired
+    ttft_lag_s: float = 0.0  # how far before the in-flight window TTFT's window ends
 
     HEADLINE: ClassVar[str] = "OVER-SATURATED: the run was stopped early"
     MEANING: ClassVar[str] = (
@@ -113,7 +119,9 @@ class Oversaturation:
             [
                 "TTFT by first token",
                 f"{t.start:.3f} -> {t.end:.3f} s ({t.slope:+.3f} s/s; {self.first_tokens} first "
-                f"tokens; slope {t.sigmas:.1f} standard errors)",
+                f"tokens; slope {t.sigmas:.1f} standard errors"
+                + (f"; {self.ttft_lag_s:.1f} s behind" if self.ttft_lag_s >= 0.5 else "")
+                + ")",
             ],
             ["oldest in flight", "-" if self.oldest_s is None else f"{self.oldest_s:.1f} s"],
         ]
@@ -122,6 +130,8 @@ class Oversaturation:
         """One line: what grew, over which window, and when it fired."""
         i, t = self.inflight, self.ttft
         oldest = "" if self.oldest_s is None else f"; oldest in flight {self.oldest_s:.1f} s"
+        if self.ttft_lag_s >= 0.5:
+            oldest += f"; TTFT judged {self.ttft_lag_s:.1f} s behind (the median decode time)"
         return (
             f"over-saturated after {self.after_s:.1f} s: over the last {self.window_s:g} s "
             f"in-flight {i.start:.0f} -> {i.end:.0f} ({i.slope:+.2f}/s, {self.sent} sent) and "
@@ -139,6 +149,7 @@ class Oversaturation:
             "sent": self.sent,
             "first_tokens": self.first_tokens,
             "oldest_in_flight_s": None if self.oldest_s is None else round(self.oldest_s, 3),
+            "ttft_lag_s": round(self.ttft_lag_s, 3),
             "summary": self.describe(),
         }
 
@@ -157,6 +168,7 @@ class Oversaturation:
             sent=int(d["sent"]),
             first_tokens=int(d["first_tokens"]),
             oldest_s=None if oldest is None else float(oldest),
+            ttft_lag_s=float(d.get("ttft_lag_s", 0.0)),
         )
 
 
@@ -167,7 +179,9 @@ class View:
     `t_sent`/`t_end`: requests sent by then that may overlap the window (ones that ended before
     it add nothing, and may be left out), `t_end` NOT_ENDED for those still in flight;
     `first_ns`/`ttft_s`: the first tokens known by then (of requests whose record had come);
-    `settle_s`: the fill time, None while too few requests have finished to know it."""
+    `decode_s`: the median decode time (end minus first token) of requests that ended in the
+    last window, 0 without any; `settle_s`: the fill time, None while too few requests have
+    finished to know it."""
 
     start_ns: int
     t_sent: np.ndarray
@@ -175,6 +189,7 @@ class View:
     first_ns: np.ndarray
     ttft_s: np.ndarray
     settle_s: float | None
+    decode_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +202,7 @@ class Assessment:
     ttft: Trend | None = None
     sent: int = 0
     first_tokens: int = 0
+    ttft_lag_s: float = 0.0
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -238,13 +254,16 @@ def assess(view: View, now_ns: int, spec: OversaturationSpec) -> Assessment:
     if not _rising_thirds(x, counts.astype(np.float64), w):
         return _with(base, "in-flight did not rise from third to third of the window")
 
-    # TTFT by the instant of the first token.
-    m = (view.first_ns >= ws) & (view.first_ns <= now_ns)
+    # TTFT by the instant of the first token, over the window that ends the decode time ago.
+    lag = min(view.decode_s, MAX_LAG_WINDOWS * w)
+    t_end = now_ns - int(lag * 1e9)
+    t_ws = t_end - int(w * 1e9)
+    m = (view.first_ns >= t_ws) & (view.first_ns <= t_end)
     n = int(np.count_nonzero(m))
-    base = Assessment(False, "", inflight, None, sent, n)
+    base = Assessment(False, "", inflight, None, sent, n, lag)
     if n < spec.min_requests:
         return _with(base, f"{n} first tokens in the window, under the {spec.min_requests} needed")
-    tx = (view.first_ns[m] - ws) / 1e9
+    tx = (view.first_ns[m] - t_ws) / 1e9
     ty = view.ttft_s[m].astype(np.float64)
     ta, tb, resid = _fit(tx, ty)
     dx = tx - tx.mean()
@@ -254,7 +273,7 @@ def assess(view: View, now_ns: int, spec: OversaturationSpec) -> Assessment:
     se = resid / math.sqrt(sxx) * math.sqrt((n - 2) / max(n_eff - 2, 1)) if sxx > 0 else math.inf
     score = tb / se if se > 0 else (math.inf if tb > 0 else 0.0)
     ttft = Trend(ta, ta + tb * w, tb, score)
-    base = Assessment(False, "", inflight, ttft, sent, n)
+    base = Assessment(False, "", inflight, ttft, sent, n, lag)
     if score < spec.sigmas:
         return _with(base, f"TTFT slope {tb:+.4f} s/s is {score:.1f} standard errors above 0")
     if ttft.end < spec.min_ttft:
@@ -265,20 +284,21 @@ def assess(view: View, now_ns: int, spec: OversaturationSpec) -> Assessment:
 
 
 def _with(a: Assessment, why: str, holds: bool = False) -> Assessment:
-    return Assessment(holds, why, a.inflight, a.ttft, a.sent, a.first_tokens)
+    return Assessment(holds, why, a.inflight, a.ttft, a.sent, a.first_tokens, a.ttft_lag_s)
 
 
 class Watch:
     """A live run's view, fed each record as it arrives; `check` once a second fires the verdict
-    once it has held for `spec.hold` seconds. Keeps only what the window can still reach."""
+    once it has held for `spec.hold` seconds. Keeps only what the windows can still reach."""
 
     def __init__(self, spec: OversaturationSpec, start_ns: int) -> None:
         self.spec = spec
         self.start_ns = start_ns
-        self._sent: list[int] = []
-        self._end: list[int] = []
-        self._first: list[int] = []
-        self._ttft: list[int] = []
+        # Per finished request: sent, ended, first token (-1: none). Typed arrays, read by numpy
+        # without a copy.
+        self._sent = array("q")
+        self._end = array("q")
+        self._first = array("q")
         self._early_e2e: list[int] = []  # end-to-end of the first `min_requests` to finish
         self._since: int | None = None  # since when the verdict has held
         self.last: Assessment | None = None
@@ -287,36 +307,38 @@ class Watch:
         end = r.t_end if r.t_end is not None else r.t_sent
         self._sent.append(r.t_sent)
         self._end.append(end)
+        self._first.append(r.ev_t[0] if len(r.ev_t) else -1)
         if len(self._early_e2e) < self.spec.min_requests:
             self._early_e2e.append(end - r.t_sent)
-        if len(r.ev_t):
-            self._first.append(r.ev_t[0])
-            self._ttft.append(r.ev_t[0] - r.t_sent)
 
     def view(self, now_ns: int, in_flight_sent: list[int]) -> View:
-        cutoff = now_ns - int(self.spec.window * 1e9)
-        ended = np.array(self._end, dtype=np.int64)
-        keep = ended >= cutoff
-        if not keep.all():  # forget what the window can no longer reach
-            sent = np.array(self._sent, dtype=np.int64)
-            self._sent, self._end = sent[keep].tolist(), ended[keep].tolist()
-            first = np.array(self._first, dtype=np.int64)
-            keep_first = first >= cutoff
-            self._first = first[keep_first].tolist()
-            self._ttft = np.array(self._ttft, dtype=np.int64)[keep_first].tolist()
+        w_ns = int(self.spec.window * 1e9)
+        # The in-flight window reaches back one window, TTFT's up to MAX_LAG_WINDOWS more.
+        horizon = now_ns - (1 + MAX_LAG_WINDOWS) * w_ns
+        ended = np.frombuffer(self._end, dtype=np.int64)
+        if len(ended) and ended.min() < horizon:
+            keep = ended >= horizon
+            for name in ("_sent", "_end", "_first"):
+                kept = np.frombuffer(getattr(self, name), dtype=np.int64)[keep]
+                setattr(self, name, array("q", kept.tobytes()))
+            ended = np.frombuffer(self._end, dtype=np.int64)
+        sent = np.frombuffer(self._sent, dtype=np.int64)
+        first = np.frombuffer(self._first, dtype=np.int64)
+        has = first >= 0
+        recent = has & (ended >= now_ns - w_ns)
+        decode = float(np.median(ended[recent] - first[recent])) / 1e9 if recent.any() else 0.0
         settle = None
         if len(self._early_e2e) >= self.spec.min_requests:
             settle = float(np.median(self._early_e2e)) / 1e9
         flying = np.array(in_flight_sent, dtype=np.int64)
         return View(
             start_ns=self.start_ns,
-            t_sent=np.concatenate([np.array(self._sent, dtype=np.int64), flying]),
-            t_end=np.concatenate(
-                [np.array(self._end, dtype=np.int64), np.full(len(flying), NOT_ENDED)]
-            ),
-            first_ns=np.array(self._first, dtype=np.int64),
-            ttft_s=np.array(self._ttft, dtype=np.int64) / 1e9,
+            t_sent=np.concatenate([sent, flying]),
+            t_end=np.concatenate([ended, np.full(len(flying), NOT_ENDED)]),
+            first_ns=first[has],
+            ttft_s=(first[has] - sent[has]) / 1e9,
             settle_s=settle,
+            decode_s=decode,
         )
 
     def check(self, now_ns: int, in_flight_sent: list[int]) -> Oversaturation | None:
@@ -340,6 +362,7 @@ class Watch:
             sent=a.sent,
             first_tokens=a.first_tokens,
             oldest_s=(now_ns - min(in_flight_sent)) / 1e9 if in_flight_sent else None,
+            ttft_lag_s=a.ttft_lag_s,
         )
         # Rounded as the footer keeps it, so the live summary equals one read back from the file.
         return Oversaturation.from_dict(verdict.to_dict())

@@ -35,9 +35,11 @@ def timeline(
     poisson: bool = True,
     prefill_s: float = 0.05,
     end_rate: float | None = None,
+    spread: float | None = None,
 ) -> list[Req]:
     """Requests of an open loop at `rate` into a FIFO server of `slots` slots; service times
-    exponential with mean `service_s` (or fixed when not `poisson`). With `end_rate`, the rate
+    exponential with mean `service_s` (or fixed when not `poisson`; or uniform within
+    `service_s` +- `spread` of it, when given). With `end_rate`, the rate
     ramps linearly from `rate` to it over `seconds` (arrivals even in the ramp's own count)."""
     rng = np.random.default_rng(seed)
     if end_rate is not None:
@@ -54,7 +56,10 @@ def timeline(
     out = []
     for t in sends:
         admit = max(t, heapq.heappop(free))
-        service = rng.exponential(service_s) if poisson else service_s
+        if spread is not None:
+            service = service_s * rng.uniform(1 - spread, 1 + spread)
+        else:
+            service = rng.exponential(service_s) if poisson else service_s
         first = admit + min(prefill_s * rng.uniform(0.5, 1.5), service)
         end = admit + max(service, prefill_s * 1.5)
         heapq.heappush(free, end)
@@ -139,6 +144,24 @@ def test_a_ramp_fires_only_once_it_has_crossed_the_knee() -> None:
     reqs = timeline(1, 8, 1.0, 240, end_rate=7.2)
     verdict, _ = watch_over(reqs, OversaturationSpec(min_ttft=0.2), 240)
     assert verdict is None
+
+
+def test_long_decodes_still_fire_on_the_ttft_they_let_be_known() -> None:
+    # Reasoning-length answers: each request holds its slot 36-44 s, longer than the 30 s
+    # window, so no request whose first token came in the last window has finished: TTFT is
+    # judged over the window that ends the median decode time ago, where first tokens are known.
+    # 128 slots of 40 s: the knee is 3.2 requests/s.
+    for seed in range(3):
+        reqs = timeline(6.4, 128, 40.0, 400, seed=seed, spread=0.1, prefill_s=0.5)
+        verdict, _ = watch_over(reqs, OversaturationSpec(), 400)
+        assert verdict is not None
+        assert verdict.ttft_lag_s > 30  # every TTFT sample came from the earlier window
+        assert verdict.ttft.slope > 0
+        # Under the knee with the same decodes (half of it, and 90 %), never.
+        for rate in (1.6, 2.9):
+            reqs = timeline(rate, 128, 40.0, 400, seed=seed, spread=0.1, prefill_s=0.5)
+            quiet, _ = watch_over(reqs, OversaturationSpec(min_ttft=0.2), 400)
+            assert quiet is None
 
 
 def test_too_little_evidence_does_not_fire() -> None:

@@ -5,6 +5,7 @@ numbers stay unique across workers, and a failed turn ends its session and nothi
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from time import monotonic_ns
@@ -424,3 +425,29 @@ async def test_nothing_is_intended_after_the_duration(sim_url: str) -> None:
     workload = SyntheticSessions(3, 4, 3, think_time=60, seed=13)
     records = await run(sim_url, workload, LoadSpec(concurrency=2, duration=0.5))
     assert records and all(r.turn == 0 for r in records)
+
+
+async def test_a_stop_ends_the_sessions_thinking_at_once(sim_url: str) -> None:
+    # A minute's think time after each first turn, and a stop once both users' first replies
+    # are in: the users waiting out their think time wake and end, rather than hold the run.
+    sink = Collect()
+    runner = Runner(
+        run_id="stop",
+        endpoint=endpoint(sim_url),
+        workload=SyntheticSessions(3, 4, 3, think_time=60, seed=14),  # type: ignore[arg-type]
+        load=LoadSpec(concurrency=2, duration=600),
+        sinks=[sink],
+        workers=1,
+    )
+    add = sink.add
+
+    def stop_after_two(record: Record) -> None:
+        add(record)
+        if len(sink.records) == 2:
+            runner.stop()
+
+    sink.add = stop_after_two  # type: ignore[method-assign]
+    async with aiohttp.ClientSession() as http:
+        outcome = await asyncio.wait_for(runner.run(http), timeout=30)
+    assert outcome.ended == "stopped"
+    assert [r.turn for r in sink.records] == [0, 0]

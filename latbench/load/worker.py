@@ -4,7 +4,10 @@ A run with W workers splits its schedule by request number: worker k sends the r
 n = k, k + W, k + 2W, ... Open loop, request n still leaves at `start + pacer.offset_ns(n)`, so
 the W shards together send exactly the single-process schedule; closed loop, worker k runs every
 W-th user and numbers its requests the same way. Every worker reads CLOCK_MONOTONIC, which all
-processes on a machine share, so instants from different workers compare directly.
+processes on a machine share, so instants from different workers compare directly. A session
+workload (workload/session.py) splits by session instead: worker k runs the sessions s = k,
+k + W, ..., each as one task on one connection where it can (load/affinity.py), and numbers its
+requests k, k + W, ... as it sends them (`ShardRun._session`).
 
 A shard (`Shard`) holds everything its worker needs and nothing of the parent's, and the worker
 talks to the parent only through frames on a byte stream (`load.wire`): the same shard could run in

@@ -5,7 +5,8 @@ request carries the conversation so far, and the replies in it are the ones the 
 sent, known only at run time. So a session workload maps a session index s to a `SessionPlan`
 (its turns' new user messages, output lengths and think times, drawn deterministically from
 (seed, s)), and the worker that runs the session (load/worker.py) builds each turn's request
-from the plan and the replies it has read, with `conversation_item`.
+from the plan and the replies it has read: `Conversation` holds a running session's history and
+says what its next request is (`conversation_item`) and how long to wait for it.
 
 Messages are in the Chat Completions format, the neutral form the API kinds convert from
 (workload/item.py). A tool-calling session (`SessionPlan.tools`) answers each tool call in a

@@ -34,19 +34,15 @@ DURATION = 60.0  # what an undetected over-saturated run would burn
 
 
 def bench(
-    url: str, out: Path, rate: float, duration: float, mode: str = "constant"
+    url: str, out: Path, rate: float, duration: float, mode: str = "constant", **load: Any
 ) -> tuple[BenchResult, RunSpec, Any]:
+    shape = load or {"rate": rate}
     spec = load_spec(
         {
             "name": "oversaturation",
             "target": {"base_url": url, "api": "chat"},
             "workload": {"input_tokens": 8, "output_tokens": TOKENS},
-            "load": {
-                "mode": mode,
-                "rate": rate,
-                "duration": duration,
-                "oversaturation": WATCH,
-            },
+            "load": {"mode": mode, "duration": duration, "oversaturation": WATCH, **shape},
             "validity": {"ttft_tolerance": "2s", "itl_tolerance": "2s", "loop_lag_p99": "2s"},
             "output_dir": str(out),
         }
@@ -120,3 +116,18 @@ def test_a_run_under_the_knee_is_judged_and_never_stopped(
     assert runner.watch is not None and runner.watch.last is not None
     assert runner.watch.last.inflight is not None
     assert "in-flight grew" in runner.watch.last.why
+
+
+def test_a_ramp_stops_once_it_has_crossed_the_knee(
+    tmp_path: Path, sim: Callable[..., SimProcess]
+) -> None:
+    # Half the knee to three times it over 30 s: the rate crosses the knee 6 s in.
+    start, end, seconds = 0.5 * knee(), 3 * knee(), 30.0
+    crossing = (knee() - start) / (end - start) * seconds
+    s = sim(**SIM)
+    ramp = {"strategy": "linear", "start_rate": start, "end_rate": end}
+    result, _, _ = bench(s.url, tmp_path, 0, seconds, "ramp", ramp=ramp)
+    assert result.ended == "oversaturated"
+    v = result.summary.oversaturation
+    assert v is not None
+    assert crossing < v.after_s < seconds

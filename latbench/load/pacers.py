@@ -31,6 +31,7 @@ __all__ = [
     "StepsPacer",
     "UnitArrivals",
     "phase_of",
+    "planned_length_s",
     "shaped_pacer",
 ]
 
@@ -455,6 +456,16 @@ def shaped_pacer(load: LoadSpec, seed: int) -> Pacer:
         return RampPacer(ramp.start_rate, ramp.end_rate, load.duration, ramp.strategy, arrivals)
     assert load.requests is not None
     return ProgressRampPacer(ramp.start_rate, ramp.end_rate, load.requests, ramp.strategy, arrivals)
+
+
+def planned_length_s(load: LoadSpec) -> float | None:
+    """How long a ramp over the request count plans to take (its last request's offset, even
+    arrivals), which nothing else bounds; None for every other load."""
+    ramp = load.ramp
+    if load.mode != "ramp" or ramp is None or load.duration is not None or not load.requests:
+        return None
+    pacer = ProgressRampPacer(ramp.start_rate, ramp.end_rate, load.requests, ramp.strategy)
+    return pacer.offset_ns(load.requests - 1) / NS_PER_S
 
 
 def phase_of(

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from latbench.client.preflight import read_api_key
+from latbench.load.pacers import planned_length_s
 from latbench.service.config import ServiceConfig, TargetEntry
 from latbench.shared.dist import Dist
 from latbench.shared.errors import SpecError
 from latbench.shared.yamlfile import MAX_DEPTH
 from latbench.spec import RunSpec, TargetSpec, load_spec
+from latbench.spec.ramp import shaped_rates
 from latbench.spec.run import nesting_depth_over as too_deep
 from latbench.spec.workload import check_token_dist
 from latbench.workload import DEFAULT_MAX_TOKENS
@@ -113,11 +115,15 @@ def _fill_stop_conditions(data: dict[str, Any], config: ServiceConfig) -> None:
     if not isinstance(load, dict):
         return  # the spec's validation names it
     lim = config.limits
-    load.setdefault("duration", lim.max_duration)
+    mode = load.get("mode")
+    # A staircase lasts its stairs; a ramp given only a request count ramps over it (vLLM's
+    # way), its planned length capped in check_caps.
+    if mode != "steps" and not (mode == "ramp" and "requests" in load and "duration" not in load):
+        load.setdefault("duration", lim.max_duration)
     load.setdefault("requests", lim.max_requests)
     # A hung stream holds its target's queue until the overtime is spent: shorter than a CLI run's.
     load.setdefault("overtime", min(SERVICE_OVERTIME_S, lim.max_duration))
-    if load.get("mode") in ("constant", "poisson"):
+    if load.get("mode") in ("constant", "poisson", "ramp", "steps"):
         load.setdefault("concurrency", lim.max_concurrency)
 
 
@@ -131,6 +137,8 @@ def check_caps(spec: RunSpec, config: ServiceConfig) -> None:
         ("load.overtime", ld.overtime, lim.max_duration, "max_duration"),
         ("load.requests", ld.requests, lim.max_requests, "max_requests"),
         ("load.workers", ld.workers, lim.max_workers, "max_workers"),
+        ("load.ramp (its planned length)", planned_length_s(ld), lim.max_duration, "max_duration"),
+        *((field, rate, lim.max_rate, "max_rate") for field, rate in shaped_rates(ld)),
     ]
     for field, value, cap, name in over:
         if value is not None and value > cap:

@@ -115,3 +115,13 @@ def describe(load: LoadSpec) -> str:
         rates = ", ".join(f"{s.rate:g}" for s in load.steps)
         return f"steps of {rates} req/s over {load.duration:g} s"
     return load.mode
+
+
+def shaped_rates(load: LoadSpec) -> list[tuple[str, float]]:
+    """Each rate a ramp or a staircase asks for, named by its field (caps check them as `rate`)."""
+    if load.ramp is not None:
+        return [
+            ("load.ramp.start_rate", load.ramp.start_rate),
+            ("load.ramp.end_rate", load.ramp.end_rate),
+        ]
+    return [(f"load.steps.{i}.rate", s.rate) for i, s in enumerate(load.steps or [])]

@@ -281,6 +281,7 @@ def _summary_columns(s: Summary) -> dict[str, Any]:
         "goodput_per_s": s.rates.goodput_per_s,
         "slo_passed": s.slo_passed,
         "client_bound": s.client_bound,
+        "oversaturated_after_s": None if s.oversaturation is None else s.oversaturation.after_s,
     }
     for m in METRICS:
         st = s.latency[m]

@@ -59,3 +59,6 @@ def test_a_step_past_the_knee_stops_early_and_bounds_the_capacity(tmp_path: Path
     report = (sweep_file.parent / "report.md").read_text()
     assert "over-saturated after" in report
     assert "over-saturated after" in (sweep_file.parent / "report.html").read_text()
+    header, *rows = (sweep_file.parent / "report.csv").read_text().splitlines()
+    at = header.split(",").index("oversaturated_after_s")
+    assert [r.split(",")[at] for r in rows] == ["", f"{over['after_s']}"]

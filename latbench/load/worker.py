@@ -347,8 +347,9 @@ class ShardRun:
                     unreadable, wait = f"{type(e).__name__}: {e}", 0.0
             elif not rec.ok and (conv is None or conv.turns_left):
                 # A failed turn ends its session: the conversation it would resend is broken.
-                n = 0 if conv is None else conv.turns_left
-                left = f" ({n} more user turn{'' if n == 1 else 's'} not sent)" if n else ""
+                unsent = 0 if conv is None else conv.turns_left
+                plural = "" if unsent == 1 else "s"
+                left = f" ({unsent} more user turn{plural} not sent)" if unsent else ""
                 detail = f"{rec.error_detail or rec.error}; session {s} ends here{left}"
                 rec = replace(rec, error_detail=detail)
             self.emit(rec)

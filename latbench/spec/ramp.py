@@ -61,15 +61,25 @@ def check_shape(load: LoadSpec) -> None:
     if load.steps is not None and load.mode != "steps":
         raise ValueError(f"steps is for mode 'steps', not {load.mode!r}")
     if load.mode not in SHAPED_MODES:
+        if load.arrivals != "even":
+            raise ValueError(
+                f"arrivals: for modes ramp and steps, not {load.mode!r} (mode poisson draws "
+                "gamma gaps itself)"
+            )
         return
     if load.rate is not None:
         # vLLM's rule too: the ramp (or the stairs) sets the rate.
         raise ValueError(f"rate: mode {load.mode!r} sets the rate itself; leave rate out")
     if load.mode == "ramp" and load.ramp is None:
-        raise ValueError("ramp: mode 'ramp' needs ramp: {strategy, start_rate, end_rate}")
+        raise ValueError(
+            "ramp: mode 'ramp' needs ramp: {strategy, start_rate, end_rate} (flags: "
+            "--ramp-up-strategy, --ramp-up-start-rps, --ramp-up-end-rps)"
+        )
     if load.mode == "steps":
         if not load.steps:
-            raise ValueError("steps: mode 'steps' needs steps: [{rate, duration}, ...]")
+            raise ValueError(
+                "steps: mode 'steps' needs steps: [{rate, duration}, ...] (flag: --staircase)"
+            )
         if len(load.steps) > MAX_STEPS:
             raise ValueError(f"steps: at most {MAX_STEPS} stairs, got {len(load.steps)}")
         total = sum(s.duration for s in load.steps)

@@ -218,6 +218,10 @@ def test_poisson_arrivals_follow_the_shape_and_the_seed(make: Callable[..., obje
             "steps is for mode 'steps', not 'poisson'",
         ),
         ({"mode": "constant", "rate": 3, "duration": 3, "arrivals": "bursty"}, "load.arrivals"),
+        (
+            {"mode": "constant", "rate": 3, "duration": 3, "arrivals": "poisson"},
+            "arrivals: for modes ramp and steps, not 'constant'",
+        ),
     ],
 )
 def test_spec_errors_name_the_field(load: dict[str, object], names: str) -> None:

@@ -10,7 +10,8 @@ Counted over the measure-phase requests that carry a session (records `session`,
 percentiles over the succeeded ones, as the run's own TTFT is (summary/samples.py); failed
 requests in each turn's count. A failed request ends its session (load/worker.py: the later
 turns are not sent), so `ended_by_failure` counts the sessions whose last measured request
-failed. Turns from MAX_TURN_ROWS on share one row, so a long conversation keeps the table short.
+failed; one cancelled by an abort is not counted (as in the failed share, summary/validity.py).
+Turns from MAX_TURN_ROWS on share one row, so a long conversation keeps the table short.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from latbench.records.record import Record
+from latbench.shared.errors import ErrorKind
 from latbench.summary.samples import Samples
 from latbench.summary.validity import rounded
 
@@ -134,6 +136,8 @@ def session_stats(
     return SessionStats(
         sessions=len(last),
         requests=len(in_sessions),
-        ended_by_failure=sum(not r.ok for r in last.values()),
+        ended_by_failure=sum(
+            r.error is not None and r.error != ErrorKind.CANCELLED for r in last.values()
+        ),
         by_turn=tuple(by_turn),
     )

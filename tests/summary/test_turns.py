@@ -45,14 +45,15 @@ def test_ttft_by_turn_is_counted_from_the_records() -> None:
         rec(3, 1, 1, 0, error=ErrorKind.HTTP_STATUS),  # ends session 1
         rec(4, 0, 2, 20, prompt=50),
         rec(5, 2, 0, 50, prompt=10, phase="warmup"),  # not measured
+        rec(6, 3, 0, 0, error=ErrorKind.CANCELLED),  # an abort: no failure of the session
     ]
     s = summarize(records).sessions
     assert s is not None
-    assert (s.sessions, s.requests, s.ended_by_failure) == (2, 5, 1)
-    assert s.requests_per_session == 2.5
+    assert (s.sessions, s.requests, s.ended_by_failure) == (3, 6, 1)
+    assert s.requests_per_session == 2.0
     rows = {t.turn: t for t in s.by_turn}
     assert sorted(rows) == [0, 1, 2]
-    assert (rows[0].requests, rows[0].succeeded) == (2, 2)
+    assert (rows[0].requests, rows[0].succeeded) == (3, 2)
     assert rows[0].ttft_p50 == pytest.approx(0.050)
     assert rows[0].ttft_p99 == pytest.approx(0.040 + 0.99 * 0.020)
     assert rows[0].ttft_mean == pytest.approx(0.050)
@@ -71,7 +72,7 @@ def test_ttft_by_turn_is_counted_from_the_records() -> None:
         "prompt_tokens_mean": 30.0,
     }
     assert summarize(records).to_dict()["sessions"] == d
-    assert s.describe() == "2 sessions, 5 requests (mean 2.50 a session; 1 ended by a failed turn)"
+    assert s.describe() == "3 sessions, 6 requests (mean 2.00 a session; 1 ended by a failed turn)"
 
 
 def test_single_requests_have_no_session_figures() -> None:

@@ -423,14 +423,15 @@ STAIR_HEADERS: tuple[str, ...] = (
 
 
 def stairs_rows(s: Summary) -> list[list[str]] | None:
-    """A `steps` run's stairs, one row each (summary.stairs), for every report; None otherwise."""
+    """A `steps` or `ramp` run's stairs, one row each (summary.stairs), for every report; None
+    otherwise."""
     if not s.stairs:
         return None
     return [
         [
             f"{st.index + 1}",
             f"{st.start_s:g}",
-            f"{st.rate:g}",
+            num(st.rate),
             num(st.sent_per_s),
             f"{st.requests:,} ({st.failed:,})",
             ms_short(st.ttft.p(50)),

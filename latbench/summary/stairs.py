@@ -1,5 +1,7 @@
 """Each stair of a staircase run (`load.mode: steps`) on its own: the rate it offered, the rate
-the client sent at, and the TTFT and ITL it got, so one run reads like a sweep's steps.
+the client sent at, and the TTFT and ITL it got, so one run reads like a sweep's steps. A ramp
+(`load.mode: ramp`) is read the same way in `RAMP_STAIRS` stairs of equal time, each offering
+what its schedule planned on it: the requests intended on it (every phase) over its duration.
 
 A pure function of the records and the spec's stairs: a request belongs to the stair its
 `t_intended` falls on, counted from the run's start, which is request 0's `t_intended` (every
@@ -26,12 +28,13 @@ if TYPE_CHECKING:
     from latbench.summary.summary import Stats
 
 STAIR_PERCENTILES: tuple[float, ...] = (50.0, 99.0)
+RAMP_STAIRS = 10  # a ramp is read in this many stairs of equal time
 
 
 @dataclass(frozen=True)
 class Stair:
     index: int
-    rate: float  # offered, requests/s
+    rate: float  # offered, requests/s (a ramp's: planned on the stair over its duration)
     start_s: float  # from the run's start
     duration_s: float
     requests: int  # measured requests intended on the stair
@@ -56,22 +59,31 @@ class Stair:
 
 
 def stair_stats(records: Sequence[Record], load: LoadSpec | None) -> tuple[Stair, ...] | None:
-    """The stairs of a `steps` run (None for any other load, or without records)."""
+    """The stairs of a `steps` run, or a ramp read as `RAMP_STAIRS` stairs of equal time; None
+    for any other load, or without records."""
     # Imported here: summary.py imports this module for its `stairs` field.
     from latbench.summary.summary import Stats
 
-    if load is None or load.mode != "steps" or not load.steps or not records:
+    if load is None or load.mode not in ("steps", "ramp") or not records:
         return None
     start = min(r.t_intended for r in records)
-    edges = np.cumsum([0.0, *(s.duration for s in load.steps)])
-    bounds = [start + round(e * NS_PER_S) for e in edges]
     intended = np.fromiter((r.t_intended for r in records), dtype=np.int64, count=len(records))
     sent = np.fromiter((r.t_sent for r in records), dtype=np.int64, count=len(records))
+    if load.mode == "steps":
+        durations = [s.duration for s in load.steps or []]
+        rates: list[float | None] = [s.rate for s in load.steps or []]
+    else:
+        # Over the ramp's duration, or (over its requests) up to its last intended send.
+        span = load.duration or (int(intended.max()) - start + 1) / NS_PER_S
+        durations = [span / RAMP_STAIRS] * RAMP_STAIRS
+        rates = [None] * RAMP_STAIRS  # what the schedule planned on each: counted below
+    edges = np.cumsum([0.0, *durations])
+    bounds = [start + round(e * NS_PER_S) for e in edges]
     # The last stair is closed at its end too: nothing is intended after the run's duration.
-    on_stair = np.clip(np.searchsorted(bounds, intended, side="right") - 1, 0, len(load.steps) - 1)
+    on_stair = np.clip(np.searchsorted(bounds, intended, side="right") - 1, 0, len(durations) - 1)
     out = []
-    for k, step in enumerate(load.steps):
-        here = (r for r, i in zip(records, on_stair, strict=True) if i == k)
+    for k, (rate, duration) in enumerate(zip(rates, durations, strict=True)):
+        here = [r for r, i in zip(records, on_stair, strict=True) if i == k]
         mine = [r for r in here if r.phase == "measure"]
         ok = [r for r in mine if r.error is None]
         s = Samples.build(ok)
@@ -79,13 +91,13 @@ def stair_stats(records: Sequence[Record], load: LoadSpec | None) -> tuple[Stair
         out.append(
             Stair(
                 index=k,
-                rate=step.rate,
+                rate=len(here) / duration if rate is None else rate,
                 start_s=float(edges[k]),
-                duration_s=step.duration,
+                duration_s=duration,
                 requests=len(mine),
                 succeeded=len(ok),
                 failed=len(mine) - len(ok),
-                sent_per_s=n_sent / step.duration,
+                sent_per_s=n_sent / duration,
                 ttft=Stats.of(s.samples("ttft"), STAIR_PERCENTILES),
                 itl=Stats.of(s.samples("itl"), STAIR_PERCENTILES),
             )

@@ -69,6 +69,32 @@ def test_warmup_requests_are_left_out_and_other_loads_have_no_stairs() -> None:
     assert summarize(records, load=other).to_dict()["stairs"] is None
 
 
+def test_a_ramp_reads_as_ten_stairs_each_offering_what_it_planned() -> None:
+    ramp = LoadSpec.model_validate(
+        {"mode": "ramp", "duration": 2, "ramp": {"strategy": "linear", "start_rate": 5,
+                                                  "end_rate": 45}}
+    )  # fmt: skip
+    # 0.2 s stairs; k + 1 requests planned on stair k (a warm-up one among the first's).
+    planned = [(k * 200 + i * 200 / (k + 1), k) for k in range(10) for i in range(k + 1)]
+    records = [
+        rec(n, t, 20 + k, phase="warmup" if n == 0 else "measure")
+        for n, (t, k) in enumerate(planned)
+    ]
+    stairs = summarize(records, load=ramp).stairs
+    assert stairs is not None and len(stairs) == 10
+    assert [round(s.rate, 9) for s in stairs] == [5.0 * (k + 1) for k in range(10)]
+    assert [s.requests for s in stairs] == [0, *range(2, 11)]  # the warm-up left out
+    assert [s.start_s for s in stairs] == pytest.approx([0.2 * k for k in range(10)])
+    assert stairs[9].ttft.p(50) == pytest.approx(0.029)
+    # Over its requests (no duration), up to the last intended send.
+    counted = LoadSpec.model_validate(
+        {"mode": "ramp", "requests": 55, "ramp": {"strategy": "linear", "start_rate": 5,
+                                                   "end_rate": 45}}
+    )  # fmt: skip
+    by_count = summarize(records, load=counted).stairs
+    assert by_count is not None and sum(s.requests for s in by_count) == 54
+
+
 def test_the_staircase_flag_and_its_errors() -> None:
     ns = build_parser().parse_args(["run", "--staircase", "5:2s,10:500ms", "--arrivals", "poisson"])
     load = load_spec(spec_from_args(ns), source="flags").load
@@ -102,4 +128,4 @@ def test_a_staircase_run_reports_its_stairs_everywhere(tmp_path: Path) -> None:
     html = (records.parent / "report.html").read_text()
     assert "Stairs</h2>" in html and "steps of 15, 45 req/s over 2 s" in html
     md = (records.parent / "report.md").read_text()
-    assert "| 2 | 1 | 45 |" in md
+    assert "| 2 | 1 | 45.00 | 45.00 | 45 (0) |" in md

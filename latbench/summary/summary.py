@@ -312,7 +312,7 @@ class Summary:
     rates: Rates
     slos: tuple[SloResult, ...]
     validity: Validity
-    stairs: tuple[Stair, ...] | None = None  # a `steps` run's stairs, each on its own
+    stairs: tuple[Stair, ...] | None = None  # a `steps` or `ramp` run's stairs
     images: ImageCounts | None = None  # what the requests carried; None: no images
     # The verdict that stopped an over-saturated open-loop run, with its evidence (the footer's).
     oversaturation: Oversaturation | None = None

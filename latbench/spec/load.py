@@ -9,11 +9,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from latbench.spec.fields import Span, StrictModel, UpToADay
-from latbench.spec.ramp import SHAPED_MODES, Arrivals, RampSpec, StepSpec, check_shape
+from latbench.spec.ramp import MAX_RATE, SHAPED_MODES, Arrivals, RampSpec, StepSpec, check_shape
 from latbench.spec.saturation import OversaturationSpec
 
 MAX_CONCURRENCY = 65_536
-MAX_RATE = 1e6
 MAX_REQUESTS = 10**9
 
 

@@ -20,6 +20,8 @@ from latbench.spec.fields import Span, StrictModel
 if TYPE_CHECKING:
     from latbench.spec.load import LoadSpec
 
+# Requests per second, for every rate in `load` (rate, a ramp's, a stair's): defined here, below
+# load.py, which imports this module.
 MAX_RATE = 1e6
 MAX_STEPS = 1000
 SHAPED_MODES = ("ramp", "steps")

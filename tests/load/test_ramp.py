@@ -21,10 +21,12 @@ from latbench.cli.common import spec_from_args
 from latbench.cli.main import build_parser
 from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
 from latbench.load.pacers import (
+    EXACT_GAPS,
     ProgressRampPacer,
     RampPacer,
     StepsPacer,
     UnitArrivals,
+    planned_length_s,
     shaped_pacer,
 )
 from latbench.load.runner import Runner
@@ -32,6 +34,7 @@ from latbench.records import Record, RunFooter
 from latbench.shared.errors import SpecError
 from latbench.sim import SimProcess
 from latbench.spec import LoadSpec, load_spec
+from latbench.spec.ramp import RampSpec
 from latbench.workload import SyntheticWorkload
 
 S = 1_000_000_000
@@ -120,6 +123,27 @@ def test_a_linear_request_count_ramp_may_start_at_zero() -> None:
     for n in range(10):
         harmonic = sum(Fraction(1, j) for j in range(1, n + 1))
         assert abs(p.offset_ns(n) - float(harmonic) * 0.9 * S) <= n
+
+
+@pytest.mark.parametrize(
+    ("strategy", "s", "e"),
+    [("linear", 0, 20), ("linear", 20, 1), ("linear", 5, 5), ("exponential", 1, 1000)],
+)
+def test_a_request_count_ramps_planned_length_is_its_walked_sum_in_closed_form(
+    strategy: str, s: float, e: float
+) -> None:
+    # The service checks it on its event loop: past EXACT_GAPS gaps it is not walked.
+    total = 30_000
+    ramp = RampSpec(strategy=strategy, start_rate=s, end_rate=e)
+    load = LoadSpec(mode="ramp", requests=total, ramp=ramp)
+    walked = ProgressRampPacer(s, e, total, strategy).offset_ns(total - 1) / S
+    assert planned_length_s(load) == pytest.approx(walked, rel=1e-10)
+    assert total > EXACT_GAPS * 5
+    # 10^9 requests (the spec's cap) in closed form: ~ (N / 20) ln N s from 0 to 20 req/s.
+    ramp = RampSpec(strategy="linear", start_rate=0, end_rate=20)
+    huge = LoadSpec(mode="ramp", requests=10**9, ramp=ramp)
+    harmonic = math.log(10**9 - 1) + 0.5772156649
+    assert planned_length_s(huge) == pytest.approx((10**9 - 1) / 20 * harmonic, rel=1e-9)
 
 
 # --- staircases ---------------------------------------------------------------------------------

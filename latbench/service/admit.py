@@ -25,6 +25,7 @@ from latbench.spec.ramp import shaped_rates
 from latbench.spec.run import nesting_depth_over as too_deep
 from latbench.spec.workload import check_token_dist
 from latbench.workload import DEFAULT_MAX_TOKENS
+from latbench.workload.sessions import MAX_TURNS
 
 # What a caller may say about the target beyond its name.
 CALLER_TARGET_KEYS = frozenset({"name", "timeouts"})
@@ -33,6 +34,8 @@ SERVICE_KEYS = {
     "sim": "the service benchmarks its catalogue targets; it starts no simulator for a run",
 }
 ADHOC_SCENARIO = "adhoc"
+# Workload sources that read workload.path; shared_prefix and synthetic generate their prompts.
+FILE_SOURCES = ("jsonl", "sharegpt", "trace")
 # In-flight requests get this long after a run's duration unless the caller says (load.overtime).
 SERVICE_OVERTIME_S = 30.0
 # Request fields that multiply the work one request asks of the target (OpenAI's and vLLM's `n`
@@ -127,6 +130,13 @@ def _fill_stop_conditions(data: dict[str, Any], config: ServiceConfig) -> None:
         load.setdefault("concurrency", lim.max_concurrency)
 
 
+def _cap(field: str, value: float | None, cap: float, name: str) -> None:
+    if value is not None and value > cap:
+        raise Refused(
+            400, f"{field}: {value:g} is over this service's cap of {cap:g} (limits.{name})"
+        )
+
+
 def check_caps(spec: RunSpec, config: ServiceConfig) -> None:
     lim = config.limits
     ld = spec.load
@@ -137,28 +147,81 @@ def check_caps(spec: RunSpec, config: ServiceConfig) -> None:
         ("load.overtime", ld.overtime, lim.max_duration, "max_duration"),
         ("load.requests", ld.requests, lim.max_requests, "max_requests"),
         ("load.workers", ld.workers, lim.max_workers, "max_workers"),
-        ("load.ramp (its planned length)", planned_length_s(ld), lim.max_duration, "max_duration"),
         *((field, rate, lim.max_rate, "max_rate") for field, rate in shaped_rates(ld)),
     ]
     for field, value, cap, name in over:
-        if value is not None and value > cap:
-            raise Refused(
-                400, f"{field}: {value:g} is over this service's cap of {cap:g} (limits.{name})"
-            )
+        _cap(field, value, cap, name)
+    # After the request cap, which bounds its cost (a few ms whatever the count, pacers.py).
+    length = planned_length_s(ld)
+    _cap("load.ramp (its planned length)", length, lim.max_duration, "max_duration")
+    check_token_caps(spec, config)
+    check_session_length(spec, config)
+
+
+def check_token_caps(spec: RunSpec, config: ServiceConfig) -> None:
+    """A request's prompt (a synthetic one, or a shared prefix and its suffix) and max_tokens
+    within the caps; a distribution's unbounded tail is clamped to its cap."""
+    lim = config.limits
     w = spec.workload
-    # Synthetic is the only workload a caller can choose; without output_tokens it asks 128.
+    # Generated prompts are the only ones a caller can choose; without output_tokens: 128.
     out = w.output_tokens if w.output_tokens is not None else Dist(mean=DEFAULT_MAX_TOKENS)
-    for field, dist, cap, name in (
-        ("input_tokens", w.input_tokens, lim.max_input_tokens, "max_input_tokens"),
-        ("output_tokens", out, lim.max_output_tokens, "max_output_tokens"),
-    ):
+    whose = "this service's cap (limits.max_input_tokens)"
+    # (owner, its field, its distribution, the field's name in errors, the cap, whose cap).
+    checks: list[tuple[Any, str, Dist, str, float, str]] = [
+        (w, "output_tokens", out, "workload.output_tokens", lim.max_output_tokens,
+         "this service's cap (limits.max_output_tokens)"),
+    ]  # fmt: skip
+    p = w.shared_prefix
+    if p is None:
+        checks.append(
+            (w, "input_tokens", w.input_tokens, "workload.input_tokens", lim.max_input_tokens,
+             whose)
+        )  # fmt: skip
+    else:
+        field = "workload.shared_prefix.prefix_tokens"
+        _cap(field, p.prefix_tokens, lim.max_input_tokens, "max_input_tokens")
+        checks.append(
+            (p, "suffix_tokens", p.suffix_tokens, "workload.shared_prefix.suffix_tokens",
+             lim.max_input_tokens - p.prefix_tokens,
+             f"{whose} less prefix_tokens ({p.prefix_tokens})")
+        )  # fmt: skip
+    for owner, attr, dist, field, cap, why in checks:
         try:
-            check_token_dist(dist, cap, f"this service's cap (limits.{name})")
+            check_token_dist(dist, cap, why)
         except ValueError as e:
-            raise Refused(400, f"workload.{field}: {e}") from None
+            raise Refused(400, f"{field}: {e}") from None
         if dist.std > 0 and dist.kind in ("normal", "lognormal") and dist.max is None:
             # A tail can draw past any cap: every draw is clamped to it, as the spec shows.
-            setattr(w, field, dist.model_copy(update={"max": float(cap)}))
+            setattr(owner, attr, dist.model_copy(update={"max": float(cap)}))
+
+
+def check_session_length(spec: RunSpec, config: ServiceConfig) -> None:
+    """A session resends its conversation every turn: its system prompt, and its context at the
+    end of its longest session (system + turns x (message + reply + tool results), the means),
+    within limits.max_input_tokens. Each turn's own message is capped by check_token_caps."""
+    w = spec.workload
+    s = w.sessions
+    if s is None or s.turns is None:  # sharegpt sessions read a file: refused before
+        return
+    cap = config.limits.max_input_tokens
+    _cap("workload.sessions.system_tokens", s.system_tokens, cap, "max_input_tokens")
+    t = s.turns
+    # Draws are clamped to MAX_TURNS: an unbounded tail reaches it.
+    most = t.max if t.max is not None else t.mean if t.std == 0 else MAX_TURNS
+    turns = min(MAX_TURNS, max(1, round(most)))
+    out = w.output_tokens.mean if w.output_tokens is not None else DEFAULT_MAX_TOKENS
+    tools = w.tools.max_steps * w.tools.result_tokens if w.tools is not None else 0
+    per_turn = w.input_tokens.mean + out + tools
+    context = s.system_tokens + turns * per_turn
+    if context > cap:
+        results = f" + {tools} of tool results" if tools else ""
+        raise Refused(
+            400,
+            f"workload.sessions: a session's context grows to {context:,.0f} tokens by its "
+            f"last turn (system_tokens {s.system_tokens} + {turns} turns x (input "
+            f"{w.input_tokens.mean:g} + output {out:g}{results})), over this service's cap of "
+            f"{cap} (limits.max_input_tokens): fewer turns (turns.max) or shorter messages",
+        )
 
 
 def admit(body: Any, config: ServiceConfig, urls: Mapping[str, str]) -> Admitted:
@@ -183,13 +246,18 @@ def admit(body: Any, config: ServiceConfig, urls: Mapping[str, str]) -> Admitted
         if key in body:
             raise Refused(403, f"{key}: {why}")
     workload = body.get("workload")
-    if isinstance(workload, Mapping) and (
-        workload.get("path") is not None or workload.get("source", "synthetic") != "synthetic"
-    ):
+    if isinstance(workload, Mapping) and workload.get("path") is not None:
         raise Refused(
             403,
-            "workload.path: the service does not read files named by API callers; use the "
-            "synthetic workload (input_tokens, output_tokens)",
+            "workload.path: the service does not read files named by API callers; use "
+            "generated prompts (source synthetic or shared_prefix)",
+        )
+    if isinstance(workload, Mapping) and workload.get("source") in FILE_SOURCES:
+        raise Refused(
+            403,
+            f"workload.source {workload['source']}: it reads a file, and the service does not "
+            "read files named by API callers; use synthetic (input_tokens, output_tokens) or "
+            "shared_prefix",
         )
     if isinstance(workload, Mapping) and workload.get("tokenizer") not in (None, "words"):
         # A path would be read, and a name fetched from the Hub, on the service's host.

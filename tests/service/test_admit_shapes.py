@@ -64,6 +64,12 @@ def test_a_ramp_over_requests_stays_one_and_a_bare_ramp_runs_over_the_cap() -> N
              "ramp": {"strategy": "exponential", "start_rate": 0.5, "end_rate": 2}},
             "load.ramp (its planned length): 430.977 is over this service's cap of 300",
         ),
+        # The request cap comes first: the spec allows 10^9, whose gaps no one walks.
+        (
+            {"mode": "ramp", "requests": 10**9,
+             "ramp": {"strategy": "linear", "start_rate": 1, "end_rate": 2}},
+            "load.requests: 1e+09 is over this service's cap of 500 (limits.max_requests)",
+        ),
     ],
 )  # fmt: skip
 def test_the_caps_hold_for_every_rate_and_length_a_shape_asks_for(

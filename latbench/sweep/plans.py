@@ -111,6 +111,11 @@ def step_data(
     if variable == "concurrency":
         load["mode"] = "closed"
         load["concurrency"] = int(value)
+        over = load.get("oversaturation")
+        if isinstance(over, dict) and "enabled" in over:
+            # A base spec's `enabled: true` is for its open-loop steps; a closed loop cannot
+            # over-saturate, and the spec refuses to be asked to watch one.
+            load["oversaturation"] = {k: v for k, v in over.items() if k != "enabled"}
     else:
         if load.get("mode", "closed") == "closed":
             load["mode"] = "poisson"

@@ -10,6 +10,8 @@ from kit.cli import latbench
 
 from latbench.render import Sweep, load_results
 from latbench.sim import SimConfig, capacity_rps, events_for
+from latbench.spec import load_spec
+from latbench.sweep import step_data
 
 SIM = {"max_batch": 4, "ttft": 0.02, "itl": 0.01}
 TOKENS = 20
@@ -62,3 +64,17 @@ def test_a_step_past_the_knee_stops_early_and_bounds_the_capacity(tmp_path: Path
     header, *rows = (sweep_file.parent / "report.csv").read_text().splitlines()
     at = header.split(",").index("oversaturated_after_s")
     assert [r.split(",")[at] for r in rows] == ["", f"{over['after_s']}"]
+
+
+def test_a_base_spec_that_turns_the_watch_on_leaves_closed_steps_unwatched() -> None:
+    # `enabled: true` is for the open-loop steps; a closed step asked to watch is refused
+    # ("a closed loop cannot over-saturate"), which broke --auto's baseline and concurrency lists.
+    over = {"enabled": True, "window": "4s"}
+    base = {"load": {"mode": "constant", "duration": "5s", "oversaturation": over}}
+    closed = load_spec(step_data(base, "concurrency", 4, None)).load
+    assert (closed.mode, closed.concurrency) == ("closed", 4)
+    assert closed.oversaturation.enabled is None and closed.oversaturation.window == 4
+    assert not closed.oversaturation.applies(closed.open_loop)
+    opened = load_spec(step_data(base, "rate", 5, None)).load
+    assert opened.oversaturation.enabled is True and opened.open_loop
+    assert base["load"]["oversaturation"] == {"enabled": True, "window": "4s"}  # not changed

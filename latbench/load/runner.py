@@ -429,6 +429,7 @@ class Runner:
             ended=ended,
             validity=client.to_dict(),
             oversaturation=None if verdict is None else verdict.to_dict(),
+            stopped_ns=self._stopped_at,
         )
         warnings = []
         if self._dropped:

@@ -132,6 +132,8 @@ class RunFooter:
     validity: dict[str, Any] = field(default_factory=dict)
     # What stopped an over-saturated run (summary.saturation.Oversaturation.to_dict), else None.
     oversaturation: dict[str, Any] | None = None
+    # When a stop (over-saturation's too) ended the sending, monotonic ns; None: nothing did.
+    stopped_ns: int | None = None
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
@@ -296,6 +298,7 @@ def iter_lines(
             elif kind == "header":
                 yield RunHeader(**d)
             elif kind == "footer":
+                check_int("stopped_ns", d.get("stopped_ns"))  # the stairs do arithmetic on it
                 yield RunFooter(**d)
             else:
                 raise RecordsError(f"{source}:{lineno}: unknown line type {kind!r}")

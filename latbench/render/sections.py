@@ -15,10 +15,10 @@ from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run, Sweep
 from latbench.render.reconciliation import prefix_cache_line
 from latbench.render.text import (
-    STAIR_HEADERS,
     STEP_COLUMNS,
     TURN_HEADERS,
     spread_text,
+    stair_headers,
     stairs_rows,
     tool_calls_line,
     turns_rows,
@@ -298,4 +298,4 @@ def turns_html(s: Summary) -> str:
 def stairs_html(s: Summary) -> str:
     """A `steps` run's stairs (summary.stairs), or nothing for any other run."""
     rows = stairs_rows(s)
-    return "" if rows is None else table(list(STAIR_HEADERS), rows)
+    return "" if rows is None else table(list(stair_headers(s)), rows)

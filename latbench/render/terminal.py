@@ -12,8 +12,8 @@ from rich.text import Text
 
 from latbench.render.fit import Column, fitted
 from latbench.render.text import (
-    STAIR_HEADERS,
     TURN_HEADERS,
+    stair_headers,
     stairs_rows,
     tool_calls_line,
     turns_rows,
@@ -76,7 +76,7 @@ def render_summary(summary: Summary, console: Console) -> None:
 
 
 def _headline(s: Summary) -> Text:
-    req = s.requests
+    req, f = s.requests, s.failures
     if s.window is None:
         span = "no measurement window"
     else:
@@ -87,8 +87,10 @@ def _headline(s: Summary) -> Text:
         f"  {span} · {req.measured:,} measured: ",
         (f"{req.succeeded:,} ok", "green"),
         ", ",
-        (f"{req.failed:,} failed", "red" if req.failed else ""),
+        (f"{f.failed:,} failed", "red" if f.failed else ""),
     )
+    if f.cancelled:  # a stop's cancels did not fail: the run ended under them
+        text.append(f", {f.cancelled:,} cut by the stop", "yellow")
     if req.warmup or req.cooldown:
         text.append(f" · left out: {req.warmup:,} warm-up, {req.cooldown:,} cool-down", "dim")
     return text
@@ -259,9 +261,11 @@ def _turns_table(s: Summary) -> Table | None:
 
 
 def _stairs_tables(s: Summary, console: Console) -> list[Table]:
-    """A `steps` run's stairs, each with the rate it offered and what it got (split to fit)."""
+    """A `steps` or `ramp` run's stairs, each with the rate it offered and what it got (split to
+    fit)."""
     rows = stairs_rows(s)
     if rows is None:
         return []
-    keys, values = [Column(STAIR_HEADERS[0])], [Column(h) for h in STAIR_HEADERS[1:]]
+    headers = stair_headers(s)
+    keys, values = [Column(headers[0])], [Column(h) for h in headers[1:]]
     return fitted(console, "stairs (ms)", keys, values, rows)

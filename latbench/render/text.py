@@ -88,7 +88,7 @@ def run_markdown(run: Run) -> str:
         f"### latbench run `{run.run_id}`",
         "",
         f"{env.get('target', '?')} · model `{env.get('model', '?')}` · "
-        f"{s.requests.measured} measured ({s.requests.failed} failed) over "
+        f"{s.requests.measured} measured ({_failed_words(s)}) over "
         f"{num(s.window.duration_s if s.window else None, '.1f')} s",
         "",
         _verdict_line(s),
@@ -416,33 +416,48 @@ def _turns_md(s: Summary) -> list[str]:
     ]
 
 
-# Latencies in ms; "req/s" is the rate the stair offered, "sent/s" the rate the client sent at.
-STAIR_HEADERS: tuple[str, ...] = (
-    "stair", "from s", "req/s", "sent/s", "n (fail)", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
-)  # fmt: skip
+def _failed_words(s: Summary) -> str:
+    """`3 failed`, with the requests a stop cancelled apart: they did not fail, the run ended."""
+    f = s.failures
+    return f"{f.failed} failed" + (f", {f.cancelled} cut by the stop" if f.cancelled else "")
+
+
+def stair_headers(s: Summary) -> tuple[str, ...]:
+    """Latencies in ms; the offered rate is the schedule's, in sessions/s when it paced sessions
+    (then "sent" still counts requests), "sent/s" the rate the client sent at."""
+    sessions = any(st.rate_unit == "sessions" for st in s.stairs or ())
+    offered, sent = ("sessions/s", "sent req/s") if sessions else ("req/s", "sent/s")
+    return (
+        "stair", "from s", offered, sent, "n (fail)", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
+    )  # fmt: skip
 
 
 def stairs_rows(s: Summary) -> list[list[str]] | None:
     """A `steps` or `ramp` run's stairs, one row each (summary.stairs), for every report; None
-    otherwise."""
+    otherwise. A stair a stop cut short says so, and one after the stop says it did not run."""
     if not s.stairs:
         return None
-    return [
-        [
-            f"{st.index + 1}",
-            f"{st.start_s:g}",
-            num(st.rate),
-            num(st.sent_per_s),
-            f"{st.requests:,} ({st.failed:,})",
-            ms_short(st.ttft.p(50)),
-            ms_short(st.ttft.p(99)),
-            ms_short(st.itl.p(50)),
-            ms_short(st.itl.p(99)),
-        ]
-        for st in s.stairs
-    ]
+    rows = []
+    for st in s.stairs:
+        label = f"{st.index + 1}" + (" cut" if st.cut else "" if st.ran else " not run")
+        n = f"{st.requests:,} ({st.failed:,}"
+        n += f", {st.cancelled:,} cut)" if st.cancelled else ")"
+        rows.append(
+            [
+                label,
+                f"{st.start_s:.2f}",
+                num(st.rate),
+                num(st.sent_per_s) if st.ran else "-",
+                n if st.ran or st.requests else "-",
+                ms_short(st.ttft.p(50)),
+                ms_short(st.ttft.p(99)),
+                ms_short(st.itl.p(50)),
+                ms_short(st.itl.p(99)),
+            ]
+        )
+    return rows
 
 
 def _stairs_md(s: Summary) -> list[str]:
     rows = stairs_rows(s)
-    return [] if rows is None else ["", "Stairs (ms):", "", md_table(STAIR_HEADERS, rows)]
+    return [] if rows is None else ["", "Stairs (ms):", "", md_table(stair_headers(s), rows)]

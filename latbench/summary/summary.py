@@ -379,6 +379,7 @@ def summarize(
     limits: ValidityLimits = DEFAULT_LIMITS,
     load: LoadSpec | None = None,
     oversaturation: Oversaturation | None = None,
+    stopped_ns: int | None = None,
 ) -> Summary:
     """Summarize a run.
 
@@ -386,6 +387,7 @@ def summarize(
     derived from the records and the run's `load` as the runner derives it
     (`samples.derived_window`). Which requests are measured (the latency distributions, the
     counts) is decided by their `phase`; the rates are what the window held, whatever the phase.
+    `stopped_ns` is the footer's: when a stop ended the sending (the stairs after it did not run).
     """
     pcts = _check_percentiles(percentiles)
     measured: list[Record] = []
@@ -439,7 +441,7 @@ def summarize(
         rates=rates,
         slos=slo_results,
         validity=judge_validity(measured, client, limits, error_bounds(ok, s)),
-        stairs=stair_stats([*measured, *others], load),
+        stairs=stair_stats([*measured, *others], load, stopped_ns),
         oversaturation=oversaturation,
         sessions=session_stats(measured, ok, s),
     )
@@ -461,6 +463,7 @@ def summarize_file(f: RecordsFile, spec: RunSpec) -> Summary:
         limits=spec.validity.limits(),
         load=spec.load,
         oversaturation=Oversaturation.from_dict(footer.oversaturation) if footer else None,
+        stopped_ns=footer.stopped_ns if footer else None,
     )
 
 

@@ -1,6 +1,8 @@
 """A staircase run's stairs, each on its own: which stair a request belongs to (its
 `t_intended` from the run's start), and each stair's counts, sent rate and TTFT/ITL, as a pure
-function of the records; the same figures live, from the records file, and in every report."""
+function of the records; its offered rate from the schedule (a ramp's own formula, vLLM's gaps),
+whatever was sent, and what a stop left unrun; the same figures live, from the records file, and
+in every report."""
 
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ from kit.cli import latbench
 
 from latbench.cli.common import spec_from_args
 from latbench.cli.main import build_parser
+from latbench.load.pacers import ProgressRampPacer
 from latbench.records import Record
+from latbench.render.text import stair_headers, stairs_rows
 from latbench.shared.errors import ErrorKind, SpecError
 from latbench.spec import LoadSpec, load_spec
 from latbench.summary import summarize
 
 MS = 1_000_000
+S = 1_000_000_000
 START = 7_000 * MS  # any monotonic instant: stairs are counted from request 0's t_intended
 STEPS = LoadSpec.model_validate(
     {"mode": "steps", "steps": [{"rate": 10, "duration": "1s"}, {"rate": 20, "duration": "1s"}]}
@@ -69,12 +74,13 @@ def test_warmup_requests_are_left_out_and_other_loads_have_no_stairs() -> None:
     assert summarize(records, load=other).to_dict()["stairs"] is None
 
 
-def test_a_ramp_reads_as_ten_stairs_each_offering_what_it_planned() -> None:
+def test_a_ramp_reads_as_ten_stairs_each_offering_what_its_schedule_planned() -> None:
     ramp = LoadSpec.model_validate(
         {"mode": "ramp", "duration": 2, "ramp": {"strategy": "linear", "start_rate": 5,
                                                   "end_rate": 45}}
     )  # fmt: skip
-    # 0.2 s stairs; k + 1 requests planned on stair k (a warm-up one among the first's).
+    # 0.2 s stairs; k + 1 requests intended on stair k (a warm-up one among the first's): not
+    # what the schedule planned (as Poisson draws would not be), and not what the stair offers.
     planned = [(k * 200 + i * 200 / (k + 1), k) for k in range(10) for i in range(k + 1)]
     records = [
         rec(n, t, 20 + k, phase="warmup" if n == 0 else "measure")
@@ -82,17 +88,74 @@ def test_a_ramp_reads_as_ten_stairs_each_offering_what_it_planned() -> None:
     ]
     stairs = summarize(records, load=ramp).stairs
     assert stairs is not None and len(stairs) == 10
-    assert [round(s.rate, 9) for s in stairs] == [5.0 * (k + 1) for k in range(10)]
+    # The ramp's own mean rate on each fifth of a second: 5 + 40 (k + 1/2) / 10 = 7 + 4k.
+    assert [s.rate for s in stairs] == pytest.approx([7 + 4 * k for k in range(10)])
     assert [s.requests for s in stairs] == [0, *range(2, 11)]  # the warm-up left out
     assert [s.start_s for s in stairs] == pytest.approx([0.2 * k for k in range(10)])
+    assert all(s.ran_s == pytest.approx(0.2) and s.rate_unit == "requests" for s in stairs)
     assert stairs[9].ttft.p(50) == pytest.approx(0.029)
-    # Over its requests (no duration), up to the last intended send.
+
+
+def test_a_ramp_over_its_requests_offers_what_vllms_gaps_plan() -> None:
     counted = LoadSpec.model_validate(
         {"mode": "ramp", "requests": 55, "ramp": {"strategy": "linear", "start_rate": 5,
                                                    "end_rate": 45}}
     )  # fmt: skip
-    by_count = summarize(records, load=counted).stairs
-    assert by_count is not None and sum(s.requests for s in by_count) == 54
+    pacer = ProgressRampPacer(5, 45, 55)
+    offsets = [pacer.offset_ns(n) for n in range(55)]
+    # Only the first 20 requests were recorded (a stop): the stairs still span the whole plan.
+    records = [rec(n, offsets[n] / MS, 20) for n in range(20)]
+    stairs = summarize(records, load=counted).stairs
+    assert stairs is not None
+    span = offsets[-1] / S
+    assert sum(s.duration_s for s in stairs) == pytest.approx(span, rel=1e-3)
+    # Each stair's rate against the pacer's own plan: its requests there, give or take the one
+    # each boundary splits, over the stair.
+    for st in stairs:
+        lo, hi = st.start_s * S, (st.start_s + st.duration_s) * S
+        n = sum(1 for o in offsets if lo <= o < hi)
+        assert abs(st.rate * st.duration_s - n) <= 1.5, (st.index, st.rate, n)
+    assert sum(s.rate * s.duration_s for s in stairs) == pytest.approx(54, rel=1e-6)
+    assert sum(s.requests for s in stairs) == 20
+
+
+def test_a_stop_leaves_the_later_stairs_not_run_and_its_cancels_apart() -> None:
+    # Stopped 1.5 s into the 10/s then 20/s staircase: stair 2 ran half, a third never did.
+    three = LoadSpec.model_validate(
+        {"mode": "steps", "steps": [{"rate": 10, "duration": "1s"}, {"rate": 20, "duration": "1s"},
+                                     {"rate": 40, "duration": "1s"}]}
+    )  # fmt: skip
+    records = [
+        *(rec(n, n * 100, 20) for n in range(10)),
+        *(rec(10 + n, 1000 + n * 50, 60) for n in range(10)),
+    ]
+    cut = records[19]
+    records[19] = Record.unanswered(
+        "t", 19, "measure", "chat", cut.t_intended, cut.t_sent, ErrorKind.CANCELLED, "stopped"
+    )
+    records[18] = Record.unanswered(
+        "t", 18, "measure", "chat", cut.t_intended, cut.t_sent, ErrorKind.HTTP_STATUS, "503"
+    )
+    stairs = summarize(records, load=three, stopped_ns=START + 1500 * MS).stairs
+    assert stairs is not None
+    one, two, three_ = stairs
+    assert (one.ran_s, one.ran, one.cut) == (1.0, True, False)
+    assert (two.ran_s, two.cut, three_.ran_s, three_.ran) == (0.5, True, 0.0, False)
+    assert (two.requests, two.succeeded, two.failed, two.cancelled) == (10, 8, 1, 1)
+    assert two.sent_per_s == 20.0  # 10 sent over the half second that ran
+    assert (three_.rate, three_.requests, three_.sent_per_s) == (40, 0, 0.0)
+    rows = stairs_rows(summarize(records, load=three, stopped_ns=START + 1500 * MS))
+    assert rows is not None
+    assert rows[1][:5] == ["2 cut", "1.00", "20.00", "20.00", "10 (1, 1 cut)"]
+    assert rows[2][:5] == ["3 not run", "2.00", "40.00", "-", "-"]
+
+
+def test_a_session_workloads_stairs_offer_sessions() -> None:
+    records = [rec(n, n * 100, 20, session=n // 2, turn=n % 2) for n in range(10)]
+    s = summarize(records, load=STEPS)
+    assert s.stairs is not None and s.stairs[0].rate_unit == "sessions"
+    assert stair_headers(s)[2:4] == ("sessions/s", "sent req/s")
+    assert stair_headers(summarize([rec(0, 0, 20)], load=STEPS))[2] == "req/s"
 
 
 def test_the_staircase_flag_and_its_errors() -> None:
@@ -128,4 +191,4 @@ def test_a_staircase_run_reports_its_stairs_everywhere(tmp_path: Path) -> None:
     html = (records.parent / "report.html").read_text()
     assert "Stairs</h2>" in html and "steps of 15, 45 req/s over 2 s" in html
     md = (records.parent / "report.md").read_text()
-    assert "| 2 | 1 | 45.00 | 45.00 | 45 (0) |" in md
+    assert "| 2 | 1.00 | 45.00 | 45.00 | 45 (0) |" in md

@@ -326,6 +326,7 @@ async def run_benchmark(
         "incomplete": outcome.incomplete,
         "warnings": [*calibration, *outcome.warnings, *_prompt_warning(summary)],
         "spec": header.spec,
+        stopped_ns=footer.stopped_ns,
         "environment": env,
         "workload": workload.describe(),
         "clock": {"monotonic_ns": header.clock_monotonic_ns, "wall_ns": header.clock_wall_ns},

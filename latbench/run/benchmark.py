@@ -311,6 +311,7 @@ async def run_benchmark(
         limits=spec.validity.limits(),
         load=spec.load,  # a `steps` run's stairs come from it
         oversaturation=outcome.oversaturation,
+        stopped_ns=footer.stopped_ns,
     )
     recon = None
     if scraper is not None:
@@ -326,7 +327,6 @@ async def run_benchmark(
         "incomplete": outcome.incomplete,
         "warnings": [*calibration, *outcome.warnings, *_prompt_warning(summary)],
         "spec": header.spec,
-        stopped_ns=footer.stopped_ns,
         "environment": env,
         "workload": workload.describe(),
         "clock": {"monotonic_ns": header.clock_monotonic_ns, "wall_ns": header.clock_wall_ns},

@@ -63,12 +63,19 @@ class Exit(IntEnum):
     CLIENT_BOUND = 4
     REGRESSION = 5
     FAILED = 6
+    OVERSATURATED = 7
     INTERRUPTED = 130
 
 
 def verdict_exit(summary: Summary, gate_slos: bool) -> Exit:
+    """The exit status a run's verdict gives: client-bound first (its latencies cannot be
+    trusted), then over-saturated (stopped early: its figures are of a growing queue, cut short,
+    and its failures that queue's; the summary's panel and JSON say why), then too many failed
+    requests, then SLOs."""
     if summary.client_bound:
         return Exit.CLIENT_BOUND
+    if summary.oversaturation is not None:
+        return Exit.OVERSATURATED
     if not summary.failures.passed:
         return Exit.FAILED
     if gate_slos and not summary.slo_passed:

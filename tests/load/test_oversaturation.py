@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit.cli import latbench
 from rich.console import Console
 
+from latbench.cli.common import Exit, verdict_exit
 from latbench.load.runner import Runner
 from latbench.records import read_records
 from latbench.render import Outputs, load_results, write_report
@@ -97,6 +99,13 @@ def test_a_run_past_the_knee_stops_early_with_the_verdict_and_its_evidence(
     render_summary(result.summary, console)
     shown = console.export_text()
     assert v.HEADLINE in shown and "TTFT by first token" in shown
+    # The stop's cancels are not failures in the headline either.
+    cut = result.summary.failures.cancelled
+    assert cut > 0 and f"0 failed, {cut:,} cut by the stop" in shown
+    # It exits 7, live and from the records file, whatever its SLOs.
+    assert verdict_exit(result.summary, gate_slos=False) == Exit.OVERSATURATED == 7
+    replay = latbench("summary", str(result.records_path))
+    assert replay.returncode == 7, replay.stderr
     out = Outputs.choose(tmp_path / "report", None, None, None)
     write_report(load_results(result.results_path), out)
     assert out.html is not None and out.md is not None
@@ -126,8 +135,24 @@ def test_a_ramp_stops_once_it_has_crossed_the_knee(
     crossing = (knee() - start) / (end - start) * seconds
     s = sim(**SIM)
     ramp = {"strategy": "linear", "start_rate": start, "end_rate": end}
-    result, _, _ = bench(s.url, tmp_path, 0, seconds, "ramp", ramp=ramp)
+    result, spec, _ = bench(s.url, tmp_path, 0, seconds, "ramp", ramp=ramp)
     assert result.ended == "oversaturated"
     v = result.summary.oversaturation
     assert v is not None
     assert crossing < v.after_s < seconds
+    # Its stairs offer what the ramp planned (its mean rate on each tenth), whatever was sent;
+    # those after the stop did not run, and the one it fell on ran until it.
+    stairs = result.summary.stairs
+    assert stairs is not None
+    mean = [start + (end - start) * (k + 0.5) / 10 for k in range(10)]
+    assert [st.rate for st in stairs] == pytest.approx(mean)
+    stop = v.after_s
+    for st in stairs:
+        if st.start_s >= stop + 0.1:
+            assert (st.ran, st.requests, st.sent_per_s) == (False, 0, 0.0)
+        elif st.start_s + st.duration_s <= stop - 0.1:
+            assert st.ran_s == st.duration_s
+    assert sum(st.cancelled for st in stairs) == result.summary.failures.cancelled
+    assert not stairs[-1].ran
+    again = summarize_file(read_records(result.records_path), spec)
+    assert again.stairs == stairs

@@ -401,7 +401,8 @@ SCALARS: tuple[ScalarDef, ...] = (
         "offered_rate",
         "gauge",
         "Requests per second the open-loop schedule intends now (a ramp's or a stair's rate at "
-        "this instant); 0 in closed loop and between runs.",
+        "this instant; sessions per second when it paces sessions); 0 in closed loop and between "
+        "runs.",
         lambda s: s.offered_rate(),
     ),
     ScalarDef("run_active", "gauge", "Runs of this label set in progress.", lambda s: s.active),

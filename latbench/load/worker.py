@@ -150,6 +150,12 @@ class ShardRun:
         # and what wakes sessions waiting out a think time when the run stops.
         self._seq = shard.index
         self._wake: asyncio.Event | None = None
+        # Sessions: the worker's share of `load.requests` not yet reserved or sent (None: no
+        # such budget), whether a session found it too short, and how many have started.
+        ld = shard.load
+        self._left = None if ld.requests is None else split(ld.requests, shard.count, shard.index)
+        self._full = False
+        self._sessions = 0
 
     def stop(self) -> None:
         self._stopping = True
@@ -203,18 +209,28 @@ class ShardRun:
             return True
         return ld.duration is not None and offset_ns >= ld.duration * 1e9
 
+    def _item(self, n: int) -> WorkItem | Exception:
+        """Request n's item, built ahead of its instant (see `_one`); what it raised, if it
+        raised, to become the request's record."""
+        try:
+            return self.shard.workload.item(n)  # type: ignore[union-attr]
+        except Exception as e:
+            return e
+
     async def _one(
         self,
         session: aiohttp.ClientSession,
         n: int,
         t_intended: int,
-        build: Callable[[], WorkItem] | None = None,
+        item: WorkItem | Exception,
         keep: list[bytes] | None = None,
         place: tuple[int, int] | None = None,
     ) -> Record:
-        """Request n, its item from `build` (default: the workload's item n), sent and read: its
-        record, not yet emitted. `keep` receives the reply's event payloads; `place` is the
-        (session, turn) a record of a request that never got an answer still belongs to."""
+        """Request n, sent and read: its record, not yet emitted. `item` was built before
+        t_intended (the client's own work ahead of the schedule is no send lag: an item with two
+        1024x1024 images takes 32 ms to encode); an exception raised building it becomes the
+        record. `keep` receives the reply's event payloads; `place` is the (session, turn) a
+        record of a request that never got an answer still belongs to."""
         sh = self.shard
         phase: Phase = self._phase(n, t_intended - self.start)  # type: ignore[assignment]
         self.inflight += 1
@@ -222,7 +238,8 @@ class ShardRun:
         try:
             if self.on_send is not None:
                 self.on_send(n, t_intended, t_sent, phase)
-            item = sh.workload.item(n) if build is None else build()  # type: ignore[union-attr]
+            if isinstance(item, Exception):
+                raise item
             rec = await stream_request(
                 session, sh.endpoint, item, run_id=sh.run_id, seq=n, phase=phase,
                 t_intended=t_intended, keep=keep,
@@ -253,12 +270,17 @@ class ShardRun:
         async def user() -> None:
             while not self._stopping:
                 n = next(numbers)
+                ld = self.shard.load
+                if ld.requests is not None and n >= ld.requests:
+                    return
+                # Built before the user is taken to be free: the user had the message ready.
+                item = self._item(n)
                 # The loop's timers fire to the millisecond, sometimes just before the start;
                 # nothing is intended before it (an offset below 0 would count as warm-up).
                 t_intended = max(monotonic_ns(), self.start)
                 if self._out_of_budget(n, t_intended - self.start):
                     return
-                self.emit(await self._one(session, n, t_intended))
+                self.emit(await self._one(session, n, t_intended, item))
 
         users = [asyncio.create_task(user()) for _ in range(self.shard.users)]
         self._tasks.update(users)
@@ -268,31 +290,37 @@ class ShardRun:
         cap_n = self.shard.cap
         cap = asyncio.Semaphore(cap_n) if cap_n else None
 
-        async def capped(n: int, t_intended: int) -> None:
+        async def capped(n: int, t_intended: int, item: WorkItem | Exception) -> None:
             if cap is None:
-                self.emit(await self._one(session, n, t_intended))
+                self.emit(await self._one(session, n, t_intended, item))
                 return
             async with cap:
                 if self._stopping:
                     self.unsent += 1  # stopped while queued for a slot: never sent
                     return
-                self.emit(await self._one(session, n, t_intended))
+                self.emit(await self._one(session, n, t_intended, item))
 
         n = self.shard.index
         while not self._stopping:
             offset = pacer.offset_ns(n)
             if self._out_of_budget(n, offset):
                 break
+            # Built while waiting for its instant, not after it: built at its instant, one
+            # 512x512 image's encoding (~3 ms) lay between t_intended and the request's write
+            # (5 req/s: stream_request began 4.5-4.7 ms after t_intended at p50, max 12-14;
+            # built ahead, 0.8-1.0, max 2: the loop's timer).
+            item = self._item(n)
             t_intended = self.start + offset
             delay = t_intended - monotonic_ns()
             if delay > 0:
                 await asyncio.sleep(delay / 1e9)
                 if self._stopping:
                     break
-            task = asyncio.create_task(capped(n, t_intended))
+            task = asyncio.create_task(capped(n, t_intended, item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             n += self.shard.count
+            await asyncio.sleep(0)  # the request goes out before the next item is built
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     # Multi-turn sessions. A session runs on one worker, as one task: worker k runs the
@@ -300,62 +328,99 @@ class ShardRun:
     # request numbers stay unique across workers. Every request keeps an absolute t_intended:
     # a session's first at its pacer offset (open loop) or when its user is free (closed loop),
     # each later one at the previous reply's end plus the think (or tool) time, so a late send
-    # is send lag like any other. `load.requests` counts requests (every turn and tool step);
-    # a session the budget, the duration or a stop reaches stops there, unsent.
+    # is send lag like any other. `load.requests` counts requests (every turn and tool step),
+    # and a session is run whole or not at all: one that starts reserves its planned user turns
+    # from the worker's share of the budget, none starts that what is left cannot cover, and
+    # tool steps (unplanned: a reply decides) draw on what is left unreserved, so only they can
+    # cut a session short. The duration or a stop cuts a session where it reaches it, unsent.
 
-    async def _session(self, http: aiohttp.ClientSession, s: int, t_first: int) -> bool:
-        """Session s, its first request intended at `t_first`; False when the run's budget (or a
-        stop) cut it, so that a closed-loop user starts no other."""
+    def _prepare(self, s: int) -> _Start:
+        """Session s's plan, conversation and first request, built before its first instant
+        (a plan's images are encoded with it, all its turns'); a failure is that request's
+        record."""
+        try:
+            conv = Conversation(self.shard.workload.session(s), s)  # type: ignore[union-attr]
+            return _Start(s, conv, conv.item(), len(conv.plan.turns))
+        except Exception as e:
+            return _Start(s, None, e, 1)
+
+    def _reserve(self, start: _Start) -> bool:
+        """Take the session's user turns from the worker's budget; False when what is left
+        cannot cover them, and from then on for every session. The worker's first session runs
+        even so, cut where its budget ends: a budget shorter than one session sends something."""
+        if self._left is None:
+            return True
+        if self._full or (start.turns > self._left and self._sessions):
+            self._full = True
+            return False
+        start.held = min(start.turns, self._left)
+        self._left -= start.held
+        self._sessions += 1
+        return True
+
+    async def _session(self, http: aiohttp.ClientSession, start: _Start, t_first: int) -> bool:
+        """A reserved session, its first request intended at `t_first`; False when a stop, the
+        duration or the budget cut it, so that a closed-loop user starts no other."""
         affinity = Affinity()
         token = SESSION.set(affinity)  # its requests prefer the connection it last used
         try:
-            return await self._turns(http, s, t_first)
+            return await self._turns(http, start, t_first)
         finally:
             SESSION.reset(token)
             if isinstance(http.connector, SessionConnector):
                 http.connector.release_session(affinity)
+            if self._left is not None:
+                self._left += start.held  # user turns reserved and never sent
 
-    async def _turns(self, http: aiohttp.ClientSession, s: int, t_first: int) -> bool:
+    def _take(self, start: _Start) -> bool:
+        """One request of the budget for the session's next request: a user turn's from its
+        reservation, a tool step's from what is left; False when there is none."""
+        if self._left is None:
+            return True
+        if start.conv is not None and start.conv.answering:
+            if self._left == 0:
+                return False
+            self._left -= 1
+            return True
+        if start.held == 0:  # only the worker's first session, cut by its budget
+            return False
+        start.held -= 1
+        return True
+
+    async def _turns(self, http: aiohttp.ClientSession, start: _Start, t_first: int) -> bool:
         sh = self.shard
-        conv: Conversation | None = None
-        unreadable: str | None = None  # why the last reply could not be read back
-
-        def build() -> WorkItem:
-            nonlocal conv
-            if unreadable is not None:
-                raise ValueError(f"the previous turn's reply cannot be read back: {unreadable}")
-            if conv is None:
-                conv = Conversation(sh.workload.session(s), s)  # type: ignore[union-attr]
-            return conv.item()
-
-        t_intended = t_first
+        s, conv, item = start.s, start.conv, start.first
+        turn, t_intended = 0, t_first
         while True:
-            if not await self._wait_until(t_intended):
+            if not await self._wait_until(t_intended) or not self._take(start):
                 return False
             n = self._seq
-            if self._out_of_budget(n, t_intended - self.start):
-                return False
             self._seq += sh.count
             keep: list[bytes] = []
-            turn = 0 if conv is None else conv.turn
-            rec = await self._one(http, n, t_intended, build, keep, place=(s, turn))
+            rec = await self._one(http, n, t_intended, item, keep, place=(s, turn))
             wait: float | None = None
             if rec.ok and conv is not None:
                 try:
                     wait = conv.replied(sh.endpoint.api.reply(keep), rec.usage_completion_tokens)
-                except Exception as e:  # the request stands; the session's next one fails
-                    unreadable, wait = f"{type(e).__name__}: {e}", 0.0
+                except Exception as e:  # the request stands; nothing more can be resent
+                    why = f"its reply cannot be read back ({type(e).__name__}: {e})"
+                    rec = replace(rec, error_detail=_ended(why, s, conv.turns_left))
             elif not rec.ok and (conv is None or conv.turns_left):
                 # A failed turn ends its session: the conversation it would resend is broken.
-                unsent = 0 if conv is None else conv.turns_left
-                plural = "" if unsent == 1 else "s"
-                left = f" ({unsent} more user turn{plural} not sent)" if unsent else ""
-                detail = f"{rec.error_detail or rec.error}; session {s} ends here{left}"
-                rec = replace(rec, error_detail=detail)
+                why = str(rec.error_detail or rec.error)
+                rec = replace(
+                    rec, error_detail=_ended(why, s, 0 if conv is None else conv.turns_left)
+                )
             self.emit(rec)
-            if wait is None:
+            if wait is None or conv is None:
                 return True
             t_intended = (rec.t_end or monotonic_ns()) + round(wait * 1e9)
+            # Built during the think (or tool) time: only the reply had to be known.
+            turn = conv.turn
+            try:
+                item = conv.item()
+            except Exception as e:
+                item = e
 
     async def _wait_until(self, t: int) -> bool:
         """Sleep until t (monotonic ns) unless the run stops first; False when it stopped, or
@@ -378,8 +443,11 @@ class ShardRun:
 
         async def user() -> None:
             while not self._stopping:
+                start = self._prepare(next(numbers))  # before the user is free, as for requests
+                if not self._reserve(start):
+                    return
                 # As with single requests: nothing is intended before the start.
-                if not await self._session(http, next(numbers), max(monotonic_ns(), self.start)):
+                if not await self._session(http, start, max(monotonic_ns(), self.start)):
                     return
 
         users = [asyncio.create_task(user()) for _ in range(self.shard.users)]
@@ -392,33 +460,50 @@ class ShardRun:
         sh = self.shard
         cap_n = sh.cap
         cap = asyncio.Semaphore(cap_n) if cap_n else None
-        # Each session sends at least one request, so past this many no more could be sent.
-        most = None if sh.load.requests is None else split(sh.load.requests, sh.count, sh.index)
 
-        async def capped(s: int, t_intended: int) -> None:
+        async def capped(start: _Start, t_intended: int) -> None:
             if cap is None:
-                await self._session(http, s, t_intended)
+                await self._session(http, start, t_intended)
                 return
             async with cap:
                 if self._stopping:
                     self.unsent += 1  # stopped while queued for a slot: never sent
                     return
-                await self._session(http, s, t_intended)
+                await self._session(http, start, t_intended)
 
-        s, started = sh.index, 0
-        while not self._stopping and (most is None or started < most):
+        s = sh.index
+        while not self._stopping:
             offset = pacer.offset_ns(s)
-            if self._out_of_budget(self._seq, offset):
+            ld = sh.load
+            if ld.duration is not None and offset >= ld.duration * 1e9:
                 break
-            t_intended = self.start + offset
-            if not await self._wait_until(t_intended):
+            start = self._prepare(s)  # while waiting for its instant, as for single requests
+            if not await self._wait_until(self.start + offset) or not self._reserve(start):
                 break
-            task = asyncio.create_task(capped(s, t_intended))
+            task = asyncio.create_task(capped(start, self.start + offset))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             s += sh.count
-            started += 1
+            await asyncio.sleep(0)  # its first request goes out before the next is built
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Start:
+    """A session ready to start: its conversation and first request (or what building them
+    raised), its planned user turns, and how many of them the budget still holds for it."""
+
+    s: int
+    conv: Conversation | None
+    first: WorkItem | Exception
+    turns: int
+    held: int = 0
+
+
+def _ended(why: str, s: int, unsent: int) -> str:
+    plural = "" if unsent == 1 else "s"
+    left = f" ({unsent} more user turn{plural} not sent)" if unsent else ""
+    return f"{why}; session {s} ends here{left}"
 
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -200,6 +200,11 @@ class Conversation:
         """The next request: the conversation so far plus a new user message, or plus the tool
         results it answers."""
         if not self._answering:
+    @property
+    def answering(self) -> bool:
+        """The next request answers tool calls (a tool step), with no new user message."""
+        return self._answering
+
             t = self.plan.turns[self._user]
             self._user += 1
             self.history.append({"role": "user", "content": t.content})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from time import monotonic_ns
 from typing import Any
 
@@ -175,7 +176,8 @@ async def test_later_turns_are_intended_at_the_reply_end_plus_the_think_time(
 async def test_closed_loop_runs_sessions_as_users(sim_url: str) -> None:
     workload = SyntheticSessions("uniform:1,4", 4, 3, think_time=0.005, seed=7)
     records = await run(sim_url, workload, LoadSpec(concurrency=3, requests=30), workers=2)
-    assert len(records) == 30
+    # Each worker's 15 sent whole sessions only: at most 3 short of them (sessions of 1-4).
+    assert 24 <= len(records) <= 30
     sessions = by_session(records)
     for recs in sessions.values():
         # A session's requests go one after another, never two at once.
@@ -205,24 +207,55 @@ async def test_open_loop_sessions_arrive_on_the_pacer(sim_url: str) -> None:
             assert r.t_intended - start < 0.5e9
 
 
-async def test_requests_count_requests_and_cut_the_last_sessions(sim_url: str) -> None:
+def whole_sessions_within(records: list[Record], workload: SessionWorkload, budget: int) -> None:
+    """Every session ran all its user turns, and the next one would have overrun `budget`."""
+    sessions = by_session(records)
+    assert sorted(sessions) == list(range(len(sessions)))
+    for s, recs in sessions.items():
+        assert [r.turn for r in recs] == list(range(len(workload.session(s).turns)))
+    assert len(records) <= budget < len(records) + len(workload.session(len(sessions)).turns)
+
+
+async def test_requests_count_requests_and_start_no_session_they_cannot_cover(
+    sim_url: str,
+) -> None:
     workload = SyntheticSessions(4, 3, 2, seed=4)
     records = await run(sim_url, workload, LoadSpec(concurrency=2, requests=10))
-    assert sorted(r.seq for r in records) == list(range(10))
-    sessions = by_session(records)
-    # 10 requests at 4 a session: two whole sessions, the rest cut short by the budget.
-    assert sum(len(recs) == 4 for recs in sessions.values()) >= 2
+    # 10 requests at 4 a session: two whole sessions; a third would need 4 of the 2 left.
+    assert sorted(r.seq for r in records) == list(range(8))
+    whole_sessions_within(records, workload, 10)
     assert all(r.ok for r in records)
+
+
+async def test_an_open_loop_with_a_request_budget_runs_whole_sessions(sim_url: str) -> None:
+    # Uncapped, 20 sessions a second of 1-4 turns: each session reserves its turns as it
+    # starts, so none is cut to its first turn by the sessions started after it.
+    workload = SyntheticSessions("uniform:1,4", 3, 2, think_time=0.02, seed=15)
+    load = LoadSpec(mode="poisson", rate=20, requests=24)
+    records = await run(sim_url, workload, load)
+    assert all(r.ok for r in records)
+    whole_sessions_within(records, workload, 24)
+
+
+async def test_a_budget_shorter_than_one_session_sends_that_much_of_it(sim_url: str) -> None:
+    workload = SyntheticSessions(5, 3, 2, seed=4)
+    records = await run(sim_url, workload, LoadSpec(concurrency=2, requests=3))
+    assert [(r.session, r.turn) for r in sorted(records, key=lambda r: r.seq)] == [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+    ]
 
 
 async def test_a_failed_turn_ends_its_session_and_the_run_goes_on(
     sim: Callable[..., SimProcess],
 ) -> None:
     # Every 5th request fails: with one user and 3-turn sessions, requests 5 and 10 (session 1's
-    # and session 3's second turns).
+    # and session 3's second turns). Each failure hands its session's unsent turn back to the
+    # budget of 11: session 3 fits in it, a fifth (3 turns, 1 left) does not.
     proc = sim(ttft=0.002, itl=0.001, faults=[{"kind": "http_status", "every": 5}])
     workload = SyntheticSessions(3, 4, 2, seed=6)
-    records = await run(proc.url, workload, LoadSpec(concurrency=1, requests=10))
+    records = await run(proc.url, workload, LoadSpec(concurrency=1, requests=11))
     turns = {s: [r.turn for r in recs] for s, recs in by_session(records).items()}
     assert turns == {0: [0, 1, 2], 1: [0, 1], 2: [0, 1, 2], 3: [0, 1]}
     failed = [r for r in records if not r.ok]
@@ -451,3 +484,34 @@ async def test_a_stop_ends_the_sessions_thinking_at_once(sim_url: str) -> None:
         outcome = await asyncio.wait_for(runner.run(http), timeout=30)
     assert outcome.ended == "stopped"
     assert [r.turn for r in sink.records] == [0, 0]
+
+
+class UnreadableReplies(type(API_KINDS["chat"])):  # type: ignore[misc]
+    """Chat, except that no reply can be read back for the next turn."""
+
+    def reply(self, payloads: list[bytes]) -> Any:
+        raise KeyError("no choices")
+
+
+async def test_a_reply_that_cannot_be_read_back_ends_its_session_there(sim_url: str) -> None:
+    shard = Shard(
+        run_id="unreadable",
+        index=0,
+        count=1,
+        endpoint=replace(endpoint(sim_url), api=UnreadableReplies()),
+        workload=SyntheticSessions(3, 4, 3, seed=1),
+        load=LoadSpec(concurrency=1, requests=6),
+    )
+    records: list[Record] = []
+    async with aiohttp.ClientSession(connector=shard.connector()) as http:
+        await ShardRun(shard, records.append).run(http, monotonic_ns())
+    # Each session's first request was answered and recorded as such; nothing that would
+    # resend its unreadable reply was sent, so no request failed. The two turns each session
+    # did not send went back to the budget of 6: four sessions fit (3 + 1 + 1 + 1 reserved).
+    assert [(r.session, r.turn, r.ok) for r in records] == [(s, 0, True) for s in range(4)]
+    for r in records:
+        assert r.error is None and r.error_detail is not None
+        assert r.error_detail.startswith("its reply cannot be read back (KeyError: 'no choices')")
+        assert r.error_detail.endswith(
+            f"session {r.session} ends here (2 more user turns not sent)"
+        )

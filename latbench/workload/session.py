@@ -16,10 +16,19 @@ message, up to `max_tool_steps` such steps per user turn: the agent loop.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from latbench.workload.item import WorkItem
+
+MAX_WAIT_S = 86_400.0  # a drawn think time or tool latency is clamped to a day
+
+
+def wait_seconds(x: float) -> float:
+    """A drawn wait (think time, tool latency) as a session waits it: 0 to a day, and a day for
+    a draw that is not finite (a heavy-tailed distribution can overflow)."""
+    return min(MAX_WAIT_S, max(0.0, x)) if math.isfinite(x) else MAX_WAIT_S
 
 
 class ToolCall(NamedTuple):
@@ -192,6 +201,11 @@ class Conversation:
         self._image_bytes = 0
 
     @property
+    def answering(self) -> bool:
+        """The next request answers tool calls (a tool step), with no new user message."""
+        return self._answering
+
+    @property
     def turns_left(self) -> int:
         """User turns of the plan not sent yet."""
         return len(self.plan.turns) - self._user
@@ -200,11 +214,6 @@ class Conversation:
         """The next request: the conversation so far plus a new user message, or plus the tool
         results it answers."""
         if not self._answering:
-    @property
-    def answering(self) -> bool:
-        """The next request answers tool calls (a tool step), with no new user message."""
-        return self._answering
-
             t = self.plan.turns[self._user]
             self._user += 1
             self.history.append({"role": "user", "content": t.content})

@@ -20,7 +20,6 @@ is kept (files.py: every worker receives it all, pickled in one frame).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ from latbench.workload.item import (
     rng_for,
 )
 from latbench.workload.reading import json_list, open_prompts
-from latbench.workload.session import SessionPlan, Turn
+from latbench.workload.session import MAX_WAIT_S, SessionPlan, Turn, wait_seconds
 from latbench.workload.synthetic import DEFAULT_VOCABULARY
 from latbench.workload.tokens import TokenScale, pick_words
 
@@ -52,14 +51,13 @@ _SYSTEM_STREAM = 0x5EED_0012
 _SHUFFLE_STREAM = 0x5EED_0013
 
 MAX_TURNS = 1024  # user turns in one session; a drawn count is clamped to it
-MAX_THINK_S = 86_400.0  # a drawn think time is clamped to a day
+MAX_THINK_S = MAX_WAIT_S  # a drawn think time is clamped to a day
 _TURN_OVERHEAD = 64  # bytes a kept turn costs in the worker's frame beyond its text, roughly
 _HUMAN = frozenset({"human", "user"})
 
 
 def _seconds(dist: Dist, rng: np.random.Generator) -> float:
-    x = dist.sample_one(rng)
-    return min(MAX_THINK_S, max(0.0, x)) if math.isfinite(x) else MAX_THINK_S
+    return wait_seconds(dist.sample_one(rng))
 
 
 class SyntheticSessions:

@@ -29,7 +29,7 @@ import orjson
 
 from latbench.shared.dist import Dist
 from latbench.workload.item import WorkItem, Workload, check_seed, dist_json, rng_for
-from latbench.workload.session import SessionPlan, SessionWorkload
+from latbench.workload.session import SessionPlan, SessionWorkload, wait_seconds
 from latbench.workload.synthetic import DEFAULT_VOCABULARY
 
 # The latency draws' own stream, apart from the items' and the pacer's (workload.item).
@@ -286,7 +286,8 @@ class SessionsWithTools:
             tools=t.definitions,
             tool_result=t.result,
             max_tool_steps=t.max_steps,
-            tool_latency_s=tuple(float(x) for x in draws),
+            # Each draw capped at a day, as think times are: a heavy tail can overflow.
+            tool_latency_s=tuple(wait_seconds(float(x)) for x in draws),
         )
 
     def describe(self) -> dict[str, Any]:

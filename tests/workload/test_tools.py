@@ -125,6 +125,14 @@ def test_sessions_become_agent_sessions_with_seeded_latencies() -> None:
     assert other_seed.session(4).tool_latency_s != lat
 
 
+def test_each_tool_latency_is_capped_at_a_day() -> None:
+    # A mean of an hour, spread wide: some steps draw more than a day (or below 0), none waits it.
+    wide = Tools(TOOLS.definitions, Dist(kind="normal", mean=3600, std=1e6), 3, "ok")
+    w = with_tools(TwoTurns(), wide)
+    waits = [x for s in range(20) for x in w.session(s).tool_latency_s]  # type: ignore[union-attr]
+    assert max(waits) == 86_400.0 and min(waits) == 0.0
+
+
 def test_the_spec_builds_the_tools(tmp_path: Path) -> None:
     spec = load_spec({"workload": {"seed": 9, "tools": {"count": 3, "result_tokens": 5}}})
     assert spec.workload.tools is not None

@@ -329,8 +329,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("load")
     g.add_argument(
         "--mode",
-        choices=["closed", "constant", "poisson", "ramp", "steps"],
-        help="default: closed, or poisson when --rate is given",
+        choices=["closed", "constant", "poisson", "ramp", "steps", "trace"],
+        help="default: closed, or poisson when --rate is given (steps: --staircase sets it; "
+        "trace: --trace)",
     )
     g.add_argument("--concurrency", type=int, help="closed loop: users; open loop: a cap")
     g.add_argument("--rate", "--request-rate", type=float, help="open loop: requests per second")
@@ -499,9 +500,7 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
             set_path(data, path, value)
     if ns.rate is not None and ns.mode is None and "mode" not in data.get("load", {}):
         set_path(data, ("load", "mode"), "poisson")
-    if ns.staircase:
-        set_path(data, ("load", "steps"), parse_steps(ns.staircase))
-        set_path(data, ("load", "mode"), ns.mode or "steps")
+    shape_flags(ns, data)
     if ns.insecure:
         set_path(data, ("target", "verify_tls"), False)
     for h in ns.header:
@@ -523,10 +522,9 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.sharegpt:
         set_path(data, ("workload", "source"), "sharegpt")
         set_path(data, ("workload", "path"), str(ns.sharegpt))
-    if ns.trace:  # its rows are the requests and its instants the load (another --mode: refused)
+    if ns.trace:
         set_path(data, ("workload", "source"), "trace")
         set_path(data, ("workload", "path"), str(ns.trace))
-        set_path(data, ("load", "mode"), ns.mode or "trace")
     image_flags(ns, data)
     for kv in ns.sim:
         key, sep, value = kv.partition("=")
@@ -553,6 +551,37 @@ def spec_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     apply_vllm_flags(ns, data)
     # Durations given as flags stay strings; the spec parses units ("30s", "2m").
     return data
+
+
+def shape_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
+    """--staircase (mode steps) and --trace (mode trace: its rows are the requests, its instants
+    the load) set the load's shape, as vLLM's --ramp-up-* flags do (vllm/interop.ramp_flags),
+    one of them at a time; what a spec file says of another shape gives way to the flag (its
+    rate, ramp or stairs; a staircase's duration is the sum of its stairs). Another --mode is
+    left for the spec to refuse."""
+    given = [
+        flag
+        for flag, value in (
+            ("--staircase", ns.staircase),
+            ("--trace", ns.trace),
+            ("--ramp-up-strategy", getattr(ns, "ramp_up_strategy", None)),
+        )
+        if value
+    ]
+    if len(given) > 1:
+        raise SpecError(f"{given[0]} and {given[1]} each set the load's shape: give one")
+    if not (ns.staircase or ns.trace):
+        return
+    load = data.setdefault("load", {})
+    file_keys = ("rate", "duration") if ns.staircase else ("rate", "arrivals")
+    for key in file_keys:
+        if getattr(ns, key) is None:
+            load.pop(key, None)
+    for key in ("ramp", "steps"):
+        load.pop(key, None)
+    if ns.staircase:
+        load["steps"] = parse_steps(ns.staircase)
+    load["mode"] = ns.mode or ("steps" if ns.staircase else "trace")
 
 
 def tool_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
@@ -598,22 +627,35 @@ def session_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
 
 def prefix_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
     """--prefix-groups, --prefix-tokens, --suffix-tokens, --prefix-share, --prefix-as: a
-    shared-prefix workload, over the spec's workload.shared_prefix."""
-    given = {
-        key: value
-        for key, value in (
-            ("groups", ns.prefix_groups),
-            ("prefix_tokens", ns.prefix_tokens),
-            ("suffix_tokens", ns.suffix_tokens),
-            ("share", ns.prefix_share),
-            ("prefix_as", ns.prefix_as),
-        )
-        if value is not None
+    shared-prefix workload, over the spec's workload.shared_prefix (a spec file's prompt file
+    gives way to them, as its other fields do; another prompt flag is refused)."""
+    flags = {
+        "--prefix-groups": ("groups", ns.prefix_groups),
+        "--prefix-tokens": ("prefix_tokens", ns.prefix_tokens),
+        "--suffix-tokens": ("suffix_tokens", ns.suffix_tokens),
+        "--prefix-share": ("share", ns.prefix_share),
+        "--prefix-as": ("prefix_as", ns.prefix_as),
     }
-    if given:
-        w = data.setdefault("workload", {})
-        w["source"] = "shared_prefix"
-        w["shared_prefix"] = {**(w.get("shared_prefix") or {}), **given}
+    given = {flag: kv for flag, kv in flags.items() if kv[1] is not None}
+    if not given:
+        return
+    others = (
+        ("--prompts", ns.prompts),
+        ("--sharegpt", ns.sharegpt),
+        ("--trace", ns.trace),
+        ("--dataset-name random", getattr(ns, "dataset_name", None) == "random"),
+    )
+    other = next((name for name, value in others if value), None)
+    if other is not None:
+        raise SpecError(
+            f"{next(iter(given))} makes shared-prefix prompts and {other} another source of "
+            "prompts: give one"
+        )
+    w = data.setdefault("workload", {})
+    w.pop("path", None)
+    w.pop("trace", None)
+    w["source"] = "shared_prefix"
+    w["shared_prefix"] = {**(w.get("shared_prefix") or {}), **dict(given.values())}
 
 
 def repeated(

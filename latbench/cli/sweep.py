@@ -47,6 +47,9 @@ from latbench.vllm.interop import (
     write_vllm_result,
 )
 
+# Loads that set their own rate over time: a ramp, a staircase, a trace's instants.
+UNSWEPT_MODES = ("ramp", "steps", "trace")
+
 
 def add_arguments(sub: Any) -> None:
     sw = sub.add_parser(
@@ -161,7 +164,14 @@ def sweep_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
     flags.concurrency = None
     flags.rate = None
     base = spec_from_args(flags)
-    base.setdefault("load", {}).pop("concurrency", None)
+    mode = base.setdefault("load", {}).get("mode")
+    if mode in UNSWEPT_MODES:
+        # Each step would replace the shape by a rate or a concurrency (or fail on its fields).
+        raise SpecError(
+            f"a sweep varies the rate or the concurrency; load.mode {mode} cannot be swept "
+            "(run it with latbench run)"
+        )
+    base["load"].pop("concurrency", None)
     cap = None if isinstance(plan, AutoPlan) else ns.max_concurrency
     first = (
         ("concurrency", 1.0)

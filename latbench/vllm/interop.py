@@ -287,7 +287,15 @@ def dataset_flags(ns: argparse.Namespace, data: dict[str, Any]) -> None:
             flag = "--prefix-repetition-" + given[0].replace("_", "-")
             raise SpecError(f"{flag} is for --dataset-name prefix_repetition")
         return
+    other = next((f"--{k}" for k in ("prompts", "sharegpt", "trace") if getattr(ns, k, None)), None)
+    if other is not None:
+        raise SpecError(
+            f"--dataset-name prefix_repetition makes shared-prefix prompts and {other} another "
+            "source of prompts: give one"
+        )
     w = data.setdefault("workload", {})
+    w.pop("path", None)  # a spec file's prompt file gives way, as its other fields do
+    w.pop("trace", None)
     w["source"] = "shared_prefix"
     shape = {keys[k]: values[k] for k in given if keys[k]}
     w["shared_prefix"] = {**(w.get("shared_prefix") or {}), "preset": "vllm", **shape}
@@ -325,7 +333,9 @@ def ramp_flags(ns: argparse.Namespace, load: dict[str, Any], data: dict[str, Any
         raise SpecError("Ramp-up start RPS must be less than end RPS")
     if strategy == "exponential" and start == 0:
         raise SpecError("For exponential ramp-up, the start RPS cannot be 0.")
-    load.pop("rate", None)  # a spec file's rate gives way to the flags, as the flags win
+    # A spec file's rate or stairs give way to the flags, as the flags win.
+    load.pop("rate", None)
+    load.pop("steps", None)
     load["mode"] = "ramp"
     load["ramp"] = {"strategy": strategy, "start_rate": start, "end_rate": end}
     # vLLM draws each gap from a gamma of --burstiness (1: Poisson) at the ramp's rate.

@@ -82,7 +82,7 @@ def test_latbenchs_own_flags_over_the_spec_file(tmp_path: Path) -> None:
         ),
         (["--dataset-name", "prefix_repetition", "--input-len", "64"], "input_tokens is not"),
         (["--prefix-groups", "0"], "workload.shared_prefix.groups"),
-        (["--prefix-groups", "2", "--prompts", "x.jsonl"], "path is not for source"),
+        (["--prefix-groups", "2", "--prompts", "x.jsonl"], "and --prompts another source"),
     ],
 )
 def test_bad_flags_are_one_line_naming_the_flag_or_field(argv: list[str], needle: str) -> None:

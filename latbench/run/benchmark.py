@@ -25,6 +25,7 @@ from time import monotonic_ns
 from typing import Any
 
 import aiohttp
+import numpy as np
 from rich.console import Console
 
 from latbench import __version__
@@ -57,7 +58,7 @@ from latbench.workload.prefix import SharedPrefixWorkload
 from latbench.workload.session import SessionWorkload
 from latbench.workload.tokens import TokenScale
 from latbench.workload.tools import with_tools
-from latbench.workload.trace import TraceWorkload, trace_of
+from latbench.workload.trace import NS_PER_S, TraceWorkload, trace_of
 
 DEFAULT_OUTPUT_TOKENS = 128
 
@@ -116,7 +117,9 @@ def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload 
 
 def trace_bounds(spec: RunSpec, workload: object) -> RunSpec:
     """A trace replay ends with its rows: load.requests becomes the rows in its window (or
-    fewer, when the spec asks for fewer), so every worker stops at the trace's end."""
+    fewer, when the spec asks for fewer), so every worker stops at the trace's end. A warm-up
+    or cool-down that leaves none of them to measure is refused, as a staircase's is (its
+    length is known only once the trace is read)."""
     trace = trace_of(workload)
     if trace is None:
         return spec
@@ -126,6 +129,18 @@ def trace_bounds(spec: RunSpec, workload: object) -> RunSpec:
         raise SpecError(
             f"load: warmup_requests + cooldown_requests leave none of the trace's {requests} "
             "requests to measure"
+        )
+    # Measured as load/pacers.phase_of sees them: planned at or after the warm-up's end and,
+    # with a duration, before its cool-down's start.
+    offsets = trace.offsets_ns[ld.warmup_requests : requests - ld.cooldown_requests]
+    first = int(np.searchsorted(offsets, ld.warmup * NS_PER_S, side="left"))
+    end_s = None if ld.duration is None else ld.duration - ld.cooldown
+    if first == len(offsets) or (end_s is not None and offsets[first] >= end_s * NS_PER_S):
+        span_s = int(trace.offsets_ns[requests - 1]) / NS_PER_S
+        cool = " leaves" if end_s is None else f" + cooldown ({ld.cooldown:g} s) leave"
+        raise SpecError(
+            f"load: warmup ({ld.warmup:g} s){cool} none of the trace's {requests} "
+            f"requests to measure: the replay sends them over {span_s:.4g} s"
         )
     return spec.model_copy(update={"load": ld.model_copy(update={"requests": requests})})
 

@@ -1,6 +1,7 @@
 """The trace replay's spec: `workload.source: trace` with `workload.trace` and `load.mode:
 trace` together, each error naming its field; the --trace flags build it; a malformed trace is a
-one-line error of the CLI (exit 2), naming file, line and column."""
+one-line error of the CLI (exit 2), naming file, line and column; so is a warm-up or cool-down
+that leaves none of the replay to measure."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kit.cli import latbench
 from latbench import SpecError
 from latbench.cli.common import spec_from_args
 from latbench.cli.main import build_parser
+from latbench.run.benchmark import make_workload, trace_bounds
 from latbench.spec import load_spec
 
 TRACE = str(paths.DATA / "traces" / "mooncake.jsonl")
@@ -104,3 +106,50 @@ def test_a_malformed_trace_is_one_line_naming_its_place(tmp_path: Path) -> None:
     assert said.startswith("error: ") and said.count("error") == 1
     assert "bad.csv, line 3, column Request tokens: a token count" in said
     assert "Traceback" not in p.stderr
+
+
+AZURE = str(paths.DATA / "traces" / "azure.csv")  # 30 rows over 1.584 s, the last at 1.584 s
+
+
+def bounded(load: dict[str, Any]) -> Any:
+    spec = load_spec(
+        {"workload": {"source": "trace", "path": AZURE}, "load": {"mode": "trace", **load}}
+    )
+    return trace_bounds(spec, make_workload(spec.workload)).load
+
+
+@pytest.mark.parametrize(
+    ("load", "error"),
+    [
+        ({"warmup": "1.6s"}, "load: warmup (1.6 s) leaves none of the trace's 30 requests to "
+         "measure: the replay sends them over 1.584 s"),
+        # Only the first 10 rows (the last at 0.657 s) are sent.
+        ({"warmup": "0.7s", "requests": 10}, "leaves none of the trace's 10 requests"),
+        # Rows at 0.743 and 0.893 s, and nothing measured between: from the warm-up's end to
+        # the start of the cool-down (1.6 - 0.75 s).
+        ({"warmup": "0.75s", "cooldown": "0.75s", "duration": "1.6s"},
+         "load: warmup (0.75 s) + cooldown (0.75 s) leave none of the trace's 30 requests"),
+    ],
+)  # fmt: skip
+def test_a_warmup_or_cooldown_that_outlasts_the_replay_is_refused(
+    load: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(SpecError) as e:
+        bounded(load)
+    assert error in str(e.value)
+
+
+def test_a_warmup_shorter_than_the_replay_runs_its_rows() -> None:
+    assert bounded({"warmup": "1.5s"}).requests == 30
+    assert bounded({"warmup": "0.75s", "cooldown": "0.7s", "duration": "1.6s"}).requests == 30
+
+
+def test_the_cli_refuses_a_warmup_past_the_replay_in_one_line(tmp_path: Path) -> None:
+    p = latbench("run", "--out", str(tmp_path), "--trace", AZURE, "--warmup", "10s")
+    said = " ".join(p.stderr.split())
+    assert p.returncode == 2, p.stderr
+    assert said == (
+        "error: load: warmup (10 s) leaves none of the trace's 30 requests to measure: the "
+        "replay sends them over 1.584 s"
+    )
+    assert not any(tmp_path.iterdir())  # nothing ran

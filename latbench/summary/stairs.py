@@ -85,8 +85,8 @@ def stair_stats(
     records: Sequence[Record], load: LoadSpec | None, stopped_ns: int | None = None
 ) -> tuple[Stair, ...] | None:
     """The stairs of a `steps` run, or a ramp read as `RAMP_STAIRS` stairs of equal time; None
-    for any other load, or without records. `stopped_ns`: when a stop ended the sending (the
-    footer's), None when nothing stopped it."""
+    for any other load, a ramp of one request, or without records. `stopped_ns`: when a stop
+    ended the sending (the footer's), None when nothing stopped it."""
     # Imported here: summary.py imports this module for its `stairs` field.
     from latbench.summary.summary import Stats
 
@@ -99,7 +99,10 @@ def stair_stats(
         durations = [s.duration for s in load.steps or []]
         rates = [s.rate for s in load.steps or []]
     else:
-        durations = [span_s(load) / RAMP_STAIRS] * RAMP_STAIRS
+        span = span_s(load)
+        if span <= 0:  # a ramp over one request plans no time to read in stairs
+            return None
+        durations = [span / RAMP_STAIRS] * RAMP_STAIRS
         rates = []
     edges = [float(e) for e in np.cumsum([0.0, *durations])]
     if not rates:  # a ramp's: the schedule's arrivals on each stair, over its duration

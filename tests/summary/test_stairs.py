@@ -117,6 +117,8 @@ def test_a_ramp_over_its_requests_offers_what_vllms_gaps_plan() -> None:
         assert abs(st.rate * st.duration_s - n) <= 1.5, (st.index, st.rate, n)
     assert sum(s.rate * s.duration_s for s in stairs) == pytest.approx(54, rel=1e-6)
     assert sum(s.requests for s in stairs) == 20
+    one = counted.model_copy(update={"requests": 1})  # plans no time: nothing to read in stairs
+    assert summarize(records[:1], load=one).stairs is None
 
 
 def test_a_stop_leaves_the_later_stairs_not_run_and_its_cancels_apart() -> None:

@@ -46,7 +46,7 @@ from latbench.workload.item import (
     user_turn,
 )
 from latbench.workload.synthetic import DEFAULT_VOCABULARY
-from latbench.workload.tokens import TokenScale, fill_words, pick_words
+from latbench.workload.tokens import TokenScale, words_text
 
 PrefixAs = Literal["system", "user"]
 # Streams of our own, apart from the pacer's and the other workloads' (item.ITEM_STREAM).
@@ -114,15 +114,7 @@ class SharedPrefixWorkload:
 
     def _text(self, n_tokens: int, rng: np.random.Generator, lead: bool) -> str:
         """`n_tokens` of words: with a lead word (a prompt's start) or after a space."""
-        if self.scale is None:
-            return " ".join(self._words[rng.integers(0, len(self._words), n_tokens)])
-        if lead:
-            first, picked, _ = pick_words(self.scale, n_tokens, rng)
-            return " ".join((first, *self._words[picked]))
-        picked, _ = fill_words(self.scale, n_tokens, rng)
-        if not picked.size:  # no word that cheap: the cheapest, a token or two over
-            picked = np.array([int(np.argmin(self.scale.costs))])
-        return " ".join(self._words[picked])
+        return words_text(self._words, n_tokens, rng, self.scale, lead=lead)
 
     def prefix(self, group: int) -> str:
         """Group `group`'s prefix, the same text in every process and run with this seed."""

@@ -131,17 +131,26 @@ def tool_messages(reply: Reply, result: str) -> list[dict[str, Any]]:
     return [{"role": "tool", "tool_call_id": c.id, "content": result} for c in reply.tool_calls]
 
 
+def text_of(content: object) -> str:
+    """A neutral message's text: its string content, or its parts of type "text" joined by
+    newlines (images and any other part left out). The one reading of a message's text: the
+    completions prompt (`flatten`) and the API kinds that take text apart (client/apis/convert.py)
+    use it."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list | tuple):
+        return "\n".join(
+            str(p.get("text") or "")
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
 def flatten(messages: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str:
     """The conversation's text as one prompt, for completions APIs (images and tool calls are
     left out: a completions API takes neither)."""
-    parts: list[str] = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list | tuple):
-            parts.extend(p["text"] for p in content if isinstance(p, dict) and "text" in p)
-    return "\n".join(parts)
+    return "\n".join(text_of(m.get("content")) for m in messages)
 
 
 def conversation_item(
@@ -180,8 +189,10 @@ class Conversation:
     user's think time, or the tool's latency) or that the session is over.
 
     Each request states the prompt length it asks for (`WorkItem.prompt_tokens`) while every
-    part is known in the target's tokens: the system prompt's and each user message's asked
-    lengths plus each reply's `usage.completion_tokens` (the reply as the server counted it).
+    part asks one: the system prompt's and each user message's asked lengths plus each reply's
+    `usage.completion_tokens`. That sum is the server's count only where lengths add across
+    messages (a word a token, as the simulator counts); a workload counted in a real tokenizer's
+    tokens asks a length for its first turn only (workload/sessions.py), which ends the sum.
     After a tool step it is unknown (the tool calls' and results' lengths are not counted)."""
 
     def __init__(self, plan: SessionPlan, session: int) -> None:

@@ -42,7 +42,7 @@ from latbench.workload.item import (
 from latbench.workload.reading import json_list, open_prompts
 from latbench.workload.session import MAX_WAIT_S, SessionPlan, Turn, wait_seconds
 from latbench.workload.synthetic import DEFAULT_VOCABULARY
-from latbench.workload.tokens import TokenScale, pick_words
+from latbench.workload.tokens import TokenScale, words_text
 
 # Kept apart from the item and pacer streams (workload/item.py, load/pacers.py), so a session's
 # draws are unrelated to request n's and to the arrival gaps from the same seed.
@@ -98,10 +98,7 @@ class SyntheticSessions:
         )
 
     def _text(self, n: int, rng: np.random.Generator) -> str:
-        if self.scale is None:
-            return " ".join(self._words[rng.integers(0, len(self._words), n)])
-        lead, picked, _ = pick_words(self.scale, n, rng)
-        return " ".join((lead, *self._words[picked]))
+        return words_text(self._words, n, rng, self.scale)
 
     def session(self, s: int) -> SessionPlan:
         check_n(s)
@@ -114,7 +111,12 @@ class SyntheticSessions:
             n_in = draw_count(self.input_tokens, rng)
             n_out = draw_count(self.output_tokens, rng)
             think = 0.0 if j == 0 else _seconds(self.think_time, rng)
-            turns.append(Turn(self._text(n_in, rng), n_out, think, prompt_tokens=n_in))
+            # In the target's tokens a later turn's prompt is no sum of its parts (the chat
+            # template adds role tokens to every message, the server re-tokenises each reply's
+            # text), so only turn 0 asks a length; a word a token (no scale), as the simulator
+            # counts, the sum is exact and every turn asks it.
+            asked = n_in if j == 0 or self.scale is None else None
+            turns.append(Turn(self._text(n_in, rng), n_out, think, prompt_tokens=asked))
         return SessionPlan(
             tuple(turns),
             system=self.system,

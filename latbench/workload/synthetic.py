@@ -23,7 +23,7 @@ from latbench.workload.item import (
     rng_for,
     user_turn,
 )
-from latbench.workload.tokens import TokenScale, pick_words
+from latbench.workload.tokens import TokenScale, words_text
 
 # Frequent one-syllable words, letters only, no repeats. Any edit to this list, even appending,
 # changes every synthetic prompt for a given seed, so published results could not be rerun.
@@ -94,11 +94,7 @@ class SyntheticWorkload:
         # Draw order (input length, output length, words) is part of what a seed means.
         n_in = draw_count(self.input_tokens, rng)
         n_out = draw_count(self.output_tokens, rng)
-        if self.scale is None:
-            prompt = " ".join(self._words[rng.integers(0, len(self._words), n_in)])
-        else:
-            lead, picked, _ = pick_words(self.scale, n_in, rng)
-            prompt = " ".join((lead, *self._words[picked]))
+        prompt = words_text(self._words, n_in, rng, self.scale)
         return WorkItem(
             prompt=prompt, messages=user_turn(prompt), prompt_tokens=n_in, max_tokens=n_out
         )

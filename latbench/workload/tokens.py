@@ -121,6 +121,31 @@ def fill_words(
     return np.concatenate([taken, np.asarray(fill, dtype=np.int64)]), float(rest - left)
 
 
+def words_text(
+    words: np.ndarray,
+    n_tokens: int,
+    rng: np.random.Generator,
+    scale: TokenScale | None,
+    *,
+    lead: bool = True,
+) -> str:
+    """`n_tokens` of random vocabulary words (`words`, an object array in the scale's order) as
+    one text: a word a token without a scale; with one, a lead word and the words that fill the
+    rest (a prompt's start), or with `lead=False` words after a space (a suffix after a shared
+    prefix: at least one word, the cheapest, when none is cheap enough). Every synthetic text
+    (prompts, session messages, prefixes and suffixes) is built here, so its draws are the same
+    for the same seed wherever it is built."""
+    if scale is None:
+        return " ".join(words[rng.integers(0, len(words), n_tokens)])
+    if lead:
+        first, picked, _ = pick_words(scale, n_tokens, rng)
+        return " ".join((first, *words[picked]))
+    picked, _ = fill_words(scale, n_tokens, rng)
+    if not picked.size:  # no word that cheap: the cheapest, a token or two over
+        picked = np.array([int(np.argmin(scale.costs))])
+    return " ".join(words[picked])
+
+
 def probe_scale(
     vocabulary: Sequence[str], lead_word: str, lead: int, sample: int, sample_tokens: int
 ) -> TokenScale:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from kit.paths import DATA
 
+from latbench.client.apis import convert
 from latbench.shared.errors import SpecError
 from latbench.spec import RunSpec, load_spec
 from latbench.workload.session import (
@@ -19,8 +20,11 @@ from latbench.workload.session import (
     SessionWorkload,
     ToolCall,
     Turn,
+    flatten,
 )
 from latbench.workload.sessions import MAX_TURNS, ShareGPTSessions, SyntheticSessions
+from latbench.workload.synthetic import DEFAULT_VOCABULARY
+from latbench.workload.tokens import TOKENIZER, TokenScale
 
 SHAREGPT = DATA / "sharegpt_tiny.json"
 
@@ -215,3 +219,31 @@ def test_spec_errors_name_the_field(workload: dict[str, object], error: str) -> 
     msg = str(e.value)
     assert error in msg and "sessions" in msg
     assert "Traceback" not in msg
+
+
+def test_with_a_calibrated_scale_only_the_first_turn_asks_a_prompt_length() -> None:
+    # A real tokenizer's chat template adds tokens to every message and the server re-tokenises
+    # the replies resent: a later turn's prompt is no sum of its parts, so it asks none.
+    costs = (1.0,) * len(DEFAULT_VOCABULARY)
+    scale = TokenScale(TOKENIZER, ("the",), (3.0,), costs, exact=True)
+    plan = SyntheticSessions(3, 5, 4, seed=1, system_tokens=6, scale=scale).session(0)
+    assert [t.prompt_tokens for t in plan.turns] == [5, None, None]
+    conv = Conversation(plan, session=0)
+    assert conv.item().prompt_tokens == 6 + 5
+    conv.replied(Reply("a b c d"), completion_tokens=4)
+    assert conv.item().prompt_tokens is None
+    # A word a token (no scale), as the simulator counts: the sum is exact, every turn asks it.
+    words = SyntheticSessions(3, 5, 4, seed=1, system_tokens=6).session(0)
+    assert [t.prompt_tokens for t in words.turns] == [5, 5, 5]
+
+
+def test_a_messages_text_is_its_parts_of_type_text() -> None:
+    parts = (
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "input_text", "text": "not a chat part"},
+        {"type": "text", "text": "here"},
+    )
+    messages = [{"role": "user", "content": parts}, {"role": "assistant", "content": "ok"}]
+    assert flatten(messages) == "look\nhere\nok"  # the completions prompt
+    assert convert.text_of(parts) == "look\nhere"  # what Anthropic's system field gets, say

@@ -13,24 +13,14 @@ from typing import Any
 
 import orjson
 
+# One reading of a message's text for the whole package (its parts of type "text").
+from latbench.workload.session import text_of as text_of
+
 EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
 
 class ConversionError(ValueError):
     """A message or tool definition the target API cannot carry; the message says which."""
-
-
-def text_of(content: object) -> str:
-    """A message's text: its string content, or its text parts joined (images left out)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list | tuple):
-        return "\n".join(
-            str(p.get("text") or "")
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
 
 
 def parts_of(content: object) -> list[dict[str, Any]]:

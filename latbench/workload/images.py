@@ -17,9 +17,10 @@ resolution; the peers' random multimodal datasets draw noise pixels too.
 Why PNG by hand. Noise does not deflate, so a PNG of it is as small stored (zlib level 0) as at
 any level; written here with the stdlib it costs ~0.8 ms at 512x512 and ~3.6 ms at 1024x1024,
 against 15 and 59 ms for Pillow at level 0 and 27 and 107 ms at level 1 (measured on this
-project's 2-core machine, best of 5). The image is built on the request's send path
-(load/worker.py builds each item as it sends it), where every millisecond is send lag, so the
-fast path matters; and PNG then needs no dependency. JPEG needs an encoder: Pillow
+project's 2-core machine, best of 5). The image is built on the worker's event loop, ahead of
+its request's instant (load/worker.py), where every millisecond still delays whatever else is
+due then (another request's send, a stream's reads), so the fast path matters; and PNG then
+needs no dependency. JPEG needs an encoder: Pillow
 (libjpeg-turbo), ~1.2 ms at 512x512 and ~4.7 ms at 1024x1024, quality 75 (Pillow's default),
 installed with `pip install 'latbench[images]'` (the spec refuses `format: jpeg` without it).
 

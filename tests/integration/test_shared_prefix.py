@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kit.cli import latbench
+from kit.sim import truth_of
 from rich.console import Console
 
 from latbench.records.record import read_records
@@ -28,11 +28,6 @@ from latbench.spec import load_spec
 TTFT, PER_TOKEN = 0.01, 0.002
 PREFIX, SUFFIX, BLOCK = 96, 8, 16
 REQUESTS = 10
-
-
-def truth(url: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(url + "/sim/truth?raw=1", timeout=10) as r:
-        return [e for e in json.load(r)["requests"] if e["events_ns"]]
 
 
 def spec_for(url: str, tmp_path: Path, **workload: Any) -> Any:
@@ -65,7 +60,7 @@ def test_a_groups_later_requests_hit_its_prefix_and_pay_for_the_suffix_alone(
     result = asyncio.run(run_benchmark(spec, proc.url, Console(file=io.StringIO())))
     records = sorted(read_records(result.records_path).records, key=lambda r: r.t_sent)
     assert [r.error_detail for r in records if r.error] == []
-    served = truth(proc.url)
+    served = [e for e in truth_of(proc.url) if e["events_ns"]]
     assert [e["prompt_tokens"] for e in served] == [PREFIX + SUFFIX] * REQUESTS
     # Groups come balanced in blocks of 2: each group's first request misses, every later one
     # finds the whole prefix (96 tokens, 6 blocks; the suffix's 8 fill no block).
@@ -74,9 +69,12 @@ def test_a_groups_later_requests_hit_its_prefix_and_pay_for_the_suffix_alone(
     for r, e in zip(records, served, strict=True):
         planned = TTFT + PER_TOKEN * (PREFIX + SUFFIX - e["cached_tokens"])
         assert e["ttft_model_s"] == pytest.approx(planned, abs=1e-6)
-        # The client saw it: TTFT above the plan, below the plan of a miss (192 ms more).
-        ttft = (r.ev_t[0] - r.t_sent) / 1e9
-        assert planned <= ttft < planned + PER_TOKEN * PREFIX / 2, (e["cached_tokens"], ttft)
+        # The server wrote the first token after its plan (the event loop's timers may fire up
+        # to a millisecond early), and the client read it after that. How much later is the
+        # machine's load, not the model: no bound on it here (bench/ measures speed).
+        first = e["events_ns"][0]
+        assert first - e["arrival_ns"] >= (planned - 0.002) * 1e9, (e["cached_tokens"], e)
+        assert r.ev_t[0] >= first
 
     recon = result.reconciliation
     assert recon is not None and recon.prefix_cache is not None
@@ -105,7 +103,7 @@ def test_calibrated_prompts_hold_the_tokens_asked_and_share_their_prefix(
     assert prompt.requested == prompt.reported == prompt.exact == REQUESTS, prompt
     stored = json.loads(result.results_path.read_text())
     assert stored["workload"]["prompt_tokens"]["source"] == "server"
-    served = truth(proc.url)
+    served = [e for e in truth_of(proc.url) if e["events_ns"]]
     # 3 groups in blocks of 3: the first 3 miss, the other 7 hit their prefix's 2 full blocks.
     assert [e["cached_tokens"] for e in served[-REQUESTS:]] == [0] * 3 + [32] * 7
 

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 from conftest import Serve
+from kit.sim import truth
 
 from latbench.client.preflight import ANTHROPIC_VERSION
 
@@ -50,8 +51,7 @@ async def refusal(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -
 
 
 async def last_truth(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with http.get(url + "/sim/truth?raw=1") as r:
-        return (await r.json())["requests"][-1]
+    return (await truth(url, http))[-1]
 
 
 def chat_turns(results: int) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 import pytest
 from kit import paths
+from kit.sim import truth
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench._simfarm import SimFarm
@@ -144,11 +145,6 @@ async def scrape_until(
         await asyncio.sleep(0.01)
 
 
-async def truth(http: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
-    async with http.get(url + "/sim/truth?raw=1") as r:
-        return list((await r.json())["requests"])
-
-
 def endpoint(url: str, api: str, *, ignore_eos: bool = False) -> Endpoint:
     opts = RequestOptions(model=MODEL, vllm_extensions=True, ignore_eos=ignore_eos, extra_body={})
     if api in ("anthropic", "responses"):
@@ -231,7 +227,7 @@ async def test_streamed_requests_match_the_truth_and_the_usage(
             and p.running == 0
         ),
     )
-    reqs = await truth(http, s.url)
+    reqs = await truth(s.url, http)
     assert len(reqs) == n
     want = expected(reqs)
     assert len(want["itl"]) == sum(len(r["events_ns"]) - 1 for r in reqs)
@@ -276,7 +272,7 @@ async def test_streamed_requests_match_the_truth_and_the_usage(
     # Running totals since start: /sim/truth/reset leaves them as they are.
     async with http.post(s.url + "/sim/truth/reset") as r:
         assert r.status == 200
-    assert await truth(http, s.url) == []
+    assert await truth(s.url, http) == []
     after = await scrape(http, s.url)
     assert after.families.keys() == page.families.keys()
     for name in HIST_BUCKETS:
@@ -324,7 +320,7 @@ async def test_max_batch_makes_requests_wait_and_the_gauges_show_it(
             and p.waiting == 0
         ),
     )
-    a, b = sorted(await truth(http, s.url), key=lambda r: r["events_ns"][0])
+    a, b = sorted(await truth(s.url, http), key=lambda r: r["events_ns"][0])
     queue = page.hist("vllm:request_queue_time_seconds")
     prefill = page.hist("vllm:request_prefill_time_seconds")
     ttft = page.hist("vllm:time_to_first_token_seconds")
@@ -349,7 +345,7 @@ async def test_cut_streams_are_timed_but_never_succeed(
     page = await scrape_until(
         http, url, lambda p: p.hist("vllm:e2e_request_latency_seconds").count == 4
     )
-    want = expected(await truth(http, url))
+    want = expected(await truth(url, http))
     assert len(want["itl"]) == 2 * 4 + 2 * 1
     for name, key in (
         ("vllm:time_to_first_token_seconds", "ttft"),
@@ -404,7 +400,7 @@ async def test_every_api_kind_is_counted(
         url,
         lambda p: p.successes == 3,
     )
-    want = expected(await truth(http, url))
+    want = expected(await truth(url, http))
     check_histogram(page, "vllm:time_to_first_token_seconds", want["ttft"])
     check_histogram(page, "vllm:inter_token_latency_seconds", want["itl"])
     assert page.value("vllm:prompt_tokens_total") == sum(
@@ -428,7 +424,7 @@ async def test_a_non_streamed_answer_is_counted(
     page = await scrape_until(
         http, url, lambda p: p.value("vllm:request_success_total", finished_reason="length") == 1
     )
-    want = expected(await truth(http, url))
+    want = expected(await truth(url, http))
     check_histogram(page, "vllm:time_to_first_token_seconds", want["ttft"])
     check_histogram(page, "vllm:inter_token_latency_seconds", want["itl"])
     check_histogram(page, "vllm:e2e_request_latency_seconds", want["e2e"])
@@ -465,7 +461,7 @@ def test_each_process_of_a_sim_farm_serves_its_own() -> None:
                 admin = [f"http://127.0.0.1:{port}" for port in farm._admin]
                 pages = []
                 for url in admin:
-                    n = len(await truth(http, url))
+                    n = len(await truth(url, http))
                     pages.append(
                         await scrape_until(
                             http,

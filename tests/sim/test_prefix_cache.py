@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import Serve
+from kit.sim import truth
 from prometheus_client.parser import text_string_to_metric_families
 
 from latbench.sim.__main__ import add_sim_arguments, config_from_args
@@ -40,12 +41,7 @@ async def ask(
 ) -> dict[str, Any]:
     """One chat request of `text`, then the simulator's truth of it."""
     await chat(http, url, [{"role": "user", "content": text}], max_tokens)
-    return (await truth(http, url))[-1]
-
-
-async def truth(http: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
-    async with http.get(url + "/sim/truth?raw=1") as r:
-        return (await r.json())["requests"]
+    return (await truth(url, http))[-1]
 
 
 async def counters(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
@@ -100,7 +96,7 @@ async def test_the_next_turn_hits_the_history_and_the_answer_it_resends(serve: S
         {"role": "user", "content": words("v", 4)},
     ]
     await chat(http, url, history)
-    turn2 = (await truth(http, url))[-1]
+    turn2 = (await truth(url, http))[-1]
     # 8 prompt words, the 8 words of the answer (cached when it ended), 4 new: the first 16 hit.
     assert (turn2["prompt_tokens"], turn2["cached_tokens"]) == (20, 16)
     assert turn2["ttft_model_s"] == pytest.approx(TTFT + PREFILL * 4)
@@ -127,7 +123,7 @@ async def test_a_streamed_answer_is_cached_too(serve: Serve, http) -> None:
         {"role": "user", "content": "next"},
     ]
     await chat(http, url, messages)
-    assert (await truth(http, url))[-1]["cached_tokens"] == 8
+    assert (await truth(url, http))[-1]["cached_tokens"] == 8
 
 
 async def test_the_least_recently_used_blocks_are_evicted(serve: Serve, http) -> None:
@@ -148,7 +144,7 @@ async def test_token_id_prompts_are_cached(serve: Serve, http) -> None:
     for _ in range(2):
         async with http.post(url + "/v1/completions", json=body) as r:
             assert r.status == 200
-    assert [t["cached_tokens"] for t in await truth(http, url)] == [0, 8]
+    assert [t["cached_tokens"] for t in await truth(url, http)] == [0, 8]
 
 
 def test_blocks_chain_so_a_block_hits_only_after_the_same_prefix() -> None:

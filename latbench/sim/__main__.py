@@ -138,7 +138,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="step time added per token of context (prompt and generated), s",
     )
     a("--image-tokens", type=int, metavar="N", help="prompt tokens per image (default 0)")
-    a("--ttft-per-image", type=float, metavar="S", help="TTFT added per image, s")
+    a("--ttft-per-image", type=float, metavar="S", help="TTFT added per image encoded, s")
     a(
         "--rate-limit",
         type=float,

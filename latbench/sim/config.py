@@ -126,7 +126,11 @@ class SimConfig(BaseModel):
     image_tokens: int = Field(
         default=0, ge=0, description="prompt tokens each image counts for (and caches as)"
     )
-    ttft_per_image: float = Field(default=0.0, ge=0.0, description="TTFT added per image, s")
+    ttft_per_image: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="TTFT added per image encoded (one the prefix cache does not hold), s",
+    )
 
     # The load model; see `latbench.sim.engine` for the formula.
     max_batch: int | None = Field(default=None, ge=1, description="None: no limit, no queue")

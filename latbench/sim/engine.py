@@ -14,7 +14,8 @@ stop (finish reason `stop`: chat's `tool_calls`, Anthropic's `tool_use`).
 What a prompt costs
 -------------------
 A request of `P` prompt tokens (prompt.py), `H` of them found in the prefix cache (prefix.py,
-looked up when the request is admitted; `H = 0` with `prefix_cache: false`) and `I` images adds
+looked up when the request is admitted; `H = 0` with `prefix_cache: false`) and `I` images to
+encode adds
 
     prefill = prefill_per_token * (P - H) + ttft_per_image * I
 
@@ -22,6 +23,18 @@ to its TTFT, and each of its steps grows with its context, the prompt and the `c
 generated through event `i`:
 
     context_i = itl_per_context_token * (P + c_i)
+
+An image is encoded unless the cached prefix already holds it. vLLM v1's scheduler skips the
+encoder for an image whose placeholder tokens are all computed
+(`_try_schedule_encoder_inputs` in vllm/v1/core/sched/scheduler.py: `start_pos +
+num_encoder_tokens <= num_computed_tokens`), and the blocks covering them are keyed by the
+image's hash, so a session's later turn, resending its history, pays only for the images after
+the cached prefix. Here: an image at offset `o` (the prompt tokens before it) is cached when
+`o + image_tokens <= H`. With `image_tokens: 0` an image has no tokens to key a block by, so it
+counts as cached when it lies inside the cached prefix (`o < H`: a cached token follows it) and
+the multi-modal cache has seen its data before (the same image resent in the same place of the
+same history), and as new otherwise. vLLM's encoder cache, which may keep a recent image's
+encoder output a while longer, is not modelled: it is sized for a step's images, not a history.
 
 All default to 0, so by default a prompt costs nothing. There is no batch-level interference:
 one request's prefill does not slow the others' decoding.
@@ -60,7 +73,8 @@ Truth
 -----
 `Truth` keeps, per generation request, the arrival instant (`time.monotonic_ns()` at handler
 entry) and the instant each token event was written, for `/sim/truth`, with what the model made of
-it: its prompt tokens, how many of them were cached, its images, the tool its reply called, and
+it: its prompt tokens, how many of them were cached, its images and how many of them it
+encoded (`images_encoded`, those charged `ttft_per_image`), the tool its reply called, and
 `ttft_model_s`, the TTFT the model planned from admission (`t_1 - t_admit`: the draw, the load and
 the prefill) and `decode_model_s`, the steps it planned after the first event (`t_E - t_1`: the
 draws and the context term; the `itl_per_stream` term, which depends on the streams running at
@@ -228,12 +242,13 @@ class Engine:
                 if self.cache is not None:
                     hashes = block_hashes(prompt.tokens, self.cache.block_tokens)
                     cached = self.cache.lookup(hashes, p)
-                ttft += cfg.prefill_per_token * (p - cached) + cfg.ttft_per_image * prompt.images
-                self.images.lookup(prompt.image_keys)
+                seen = self.images.lookup(prompt.image_keys)
+                encoded = images_to_encode(prompt, cached, seen)
+                ttft += cfg.prefill_per_token * (p - cached) + cfg.ttft_per_image * encoded
                 if cfg.itl_per_context_token and steps:
                     steps = _with_context(steps, plan, p, cfg.itl_per_context_token)
                 if entry is not None:
-                    entry.prompt(p, cached, prompt.images)
+                    entry.prompt(p, cached, prompt.images, encoded)
             if entry is not None:
                 entry.ttft_model_s = ttft
                 entry.decode_model_s = sum(steps)
@@ -267,6 +282,17 @@ class Engine:
         self.active -= 1
 
 
+def images_to_encode(prompt: Prompt, cached: int, seen: list[bool]) -> int:
+    """The prompt's images not held by its `cached` prefix tokens (the module docstring);
+    `seen[i]`: the multi-modal cache had image `i` before this request."""
+    n = prompt.image_tokens
+    held = (
+        (at + n <= cached if n else at < cached and hit)
+        for at, hit in zip(prompt.image_offsets, seen, strict=True)
+    )
+    return sum(not h for h in held)
+
+
 def _with_context(steps: list[float], plan: Plan, prompt: int, per_token: float) -> list[float]:
     """Each step after event `i` lengthened by `per_token * (prompt + c_i)`, `c_i` the tokens
     generated through event `i`."""
@@ -290,6 +316,7 @@ class TruthEntry:
         "fault",
         "handler_ns",
         "images",
+        "images_encoded",
         "prompt_tokens",
         "tokens",
         "tool_call",
@@ -305,12 +332,14 @@ class TruthEntry:
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.images = 0
+        self.images_encoded = 0  # of them, those not already in the cached prefix
         self.tool_call: str | None = None  # the tool its reply called
         self.ttft_model_s: float | None = None  # t_1 - t_admit as planned (None: never admitted)
         self.decode_model_s: float | None = None  # t_E - t_1 as planned, the load term left out
 
-    def prompt(self, tokens: int, cached: int, images: int) -> None:
-        self.prompt_tokens, self.cached_tokens, self.images = tokens, cached, images
+    def prompt(self, tokens: int, cached: int, images: int, encoded: int) -> None:
+        self.prompt_tokens, self.cached_tokens = tokens, cached
+        self.images, self.images_encoded = images, encoded
 
     def event(self, tokens: int) -> None:
         self.events_ns.append(time.monotonic_ns())
@@ -343,6 +372,7 @@ class Truth:
             "prompt_tokens": sum(e.prompt_tokens for e in entries),
             "cached_tokens": sum(e.cached_tokens for e in entries),
             "images": sum(e.images for e in entries),
+            "images_encoded": sum(e.images_encoded for e in entries),
             "tool_calls": sum(e.tool_call is not None for e in entries),
             "ttft": _stats(ttft),
             "itl": _stats(itl),
@@ -358,6 +388,7 @@ class Truth:
                     "prompt_tokens": e.prompt_tokens,
                     "cached_tokens": e.cached_tokens,
                     "images": e.images,
+                    "images_encoded": e.images_encoded,
                     "tool_call": e.tool_call,
                     "ttft_model_s": e.ttft_model_s,
                     "decode_model_s": e.decode_model_s,

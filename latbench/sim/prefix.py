@@ -23,7 +23,10 @@ The counters are vLLM's `vllm:prefix_cache_queries` (prompt tokens looked up) an
 
 `ImageCache` is vLLM's multi-modal processor cache as its counters see it
 (`vllm:mm_cache_queries`, `vllm:mm_cache_hits`: images, and of them those seen before); it holds
-the last `IMAGE_CACHE` images and costs nothing, as `ttft_per_image` is charged for every image.
+the last `IMAGE_CACHE` images. A hit there saves no encoding by itself (vLLM's processor cache
+holds preprocessed inputs, not encoder outputs): what skips the encoder is the prefix cache
+covering the image's tokens (engine.py), and with `image_tokens: 0`, which leaves an image no
+tokens to key a block by, the engine also asks this cache whether the image was seen before.
 
 Python's `hash` of a tuple keys the blocks: 64 bits, salted per process, which is all the cache
 needs within one simulator process. Hashing a prompt's blocks costs about what splitting it into
@@ -102,13 +105,18 @@ class ImageCache:
         self.queries = 0
         self.hits = 0
 
-    def lookup(self, keys: Sequence[int]) -> None:
+    def lookup(self, keys: Sequence[int]) -> list[bool]:
+        """Whether each image was seen before (counted as a query, and a hit if so)."""
+        seen: list[bool] = []
         for key in keys:
             self.queries += 1
-            if key in self._seen:
+            hit = key in self._seen
+            seen.append(hit)
+            if hit:
                 self.hits += 1
                 self._seen.move_to_end(key)
             else:
                 self._seen[key] = None
                 if len(self._seen) > self._capacity:
                     self._seen.popitem(last=False)
+        return seen

@@ -10,9 +10,11 @@ sequence, and hits the prefix cache (prefix.py), as it would on vLLM.
 
 An image is `image_tokens` tokens (SimConfig), all the same placeholder keyed by the image's
 data, as vLLM keys the blocks an image fills by the image's hash; with `image_tokens: 0` an image
-adds no tokens. Images must be data URLs: the simulator fetches nothing, so an http URL is a 400.
-The data URL's media type must be an image type and its base64 data must decode to an image of
-that type (checked by its leading magic bytes), each failure a 400 naming the field.
+adds no tokens. Each image's offset (the tokens before it) is kept: the engine charges
+`ttft_per_image` only for images the prefix cache does not already cover (engine.py). Images
+must be data URLs: the simulator fetches nothing, so an http URL is a 400. The data URL's media
+type must be an image type and its base64 data must decode to an image of that type (checked by
+its leading magic bytes), each failure a 400 naming the field.
 
 Each format's body is read by its module (request.py for chat and completions,
 anthropic_format.py, responses_format.py) into one `Prompt`.
@@ -47,6 +49,7 @@ class Prompt:
     tokens: list[Token] = field(default_factory=list)
     images: int = 0
     image_keys: list[int] = field(default_factory=list)  # each image's key, its data's hash
+    image_offsets: list[int] = field(default_factory=list)  # each image's first token's index
     tools: list[str] = field(default_factory=list)  # the names of the tools offered, in order
     tool_results: int = 0  # tool results since the last user message
 
@@ -117,6 +120,7 @@ class Prompt:
         key = hash(data)
         self.images += 1
         self.image_keys.append(key)
+        self.image_offsets.append(len(self.tokens))
         self.tokens.extend([("image", key)] * self.image_tokens)
 
 

@@ -1,5 +1,6 @@
 """Image requests end to end, in every chat-like API kind: a spec with `workload.images` runs
-against the simulator, which counts each request's images and adds `ttft_per_image` to its TTFT.
+against the simulator, which counts each request's images and adds `ttft_per_image` to its TTFT
+for each one it encodes (those its prefix cache does not already hold).
 The simulator's own account (`/sim/truth`) must see each request's images as the client's record
 counts them, its planned TTFT must grow by exactly `ttft_per_image` per image, its first token
 must leave no earlier than that plan and reach the client after it left; the summary's image
@@ -14,10 +15,10 @@ import statistics
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kit.cli import latbench
+from kit.sim import truth, truth_of
 from rich.console import Console
 
 from latbench.records.record import read_records
@@ -47,11 +48,6 @@ def servers() -> Iterator[dict[str, SimProcess]]:
     finally:
         for proc in procs.values():
             proc.stop()
-
-
-def truth(url: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(url + "/sim/truth?raw=1", timeout=10) as r:
-        return [e for e in json.load(r)["requests"] if e["events_ns"]]
 
 
 def mm_cache(url: str) -> tuple[float, float]:
@@ -99,7 +95,7 @@ async def test_ttft_grows_by_the_per_image_cost_the_server_charged(
     counts = [r.images for r in records]
     assert set(counts) == {0, 1, 2, 3}, counts
 
-    served = truth(sim.url)
+    served = [e for e in await truth(sim.url) if e["events_ns"]]
     assert [e["images"] for e in served] == counts  # the server saw what the client counted
     for r, e in zip(records, served, strict=True):
         planned = TTFT + PER_IMAGE * r.images
@@ -192,13 +188,33 @@ def test_the_flags_run_images_and_the_summaries_state_them(tmp_path: Path) -> No
     assert "workload.images: target.api 'completions'" in bad.stderr
 
 
-def test_a_sessions_turns_resend_its_images_and_pay_for_each(
-    sim: Callable[..., SimProcess], tmp_path: Path
+@pytest.mark.parametrize(
+    ("image_tokens", "prefix_cache", "encoded"),
+    [(4, True, "new"), (0, True, "new"), (4, False, "all")],
+)
+def test_a_sessions_turns_resend_its_images_and_pay_for_the_new_ones(
+    sim: Callable[..., SimProcess],
+    tmp_path: Path,
+    image_tokens: int,
+    prefix_cache: bool,
+    encoded: str,
 ) -> None:
     """Sessions of 3 turns, one new image a turn: turn k's request carries the k + 1 images of
-    its conversation (its record says so, and the server saw as many), the server charged
-    ttft_per_image for each, and the resent ones hit its multi-modal cache (the same data)."""
-    proc = sim(ttft=TTFT, itl=0.002, ttft_per_image=PER_IMAGE)
+    its conversation (its record says so, and the server saw as many), and the resent ones hit
+    the server's multi-modal cache (the same data). The server encodes, and charges
+    ttft_per_image for, only the images its prefix cache does not already hold, as vLLM skips
+    the encoder for an image whose tokens are all computed: each turn's history (4-token blocks:
+    8 words a message, 4 a reply, `image_tokens` an image, all whole blocks) is cached, so each
+    turn pays for its one new image, whether an image is tokens of its own or none. With the
+    prefix cache off, every turn pays for every image again."""
+    proc = sim(
+        ttft=TTFT,
+        itl=0.002,
+        ttft_per_image=PER_IMAGE,
+        image_tokens=image_tokens,
+        block_tokens=4,
+        prefix_cache=prefix_cache,
+    )
     spec = load_spec(
         {
             "target": {"base_url": proc.url, "api": "chat"},
@@ -220,10 +236,16 @@ def test_a_sessions_turns_resend_its_images_and_pay_for_each(
         (s, t, t + 1) for s in (0, 1) for t in range(3)
     ]
     assert [r.image_bytes for r in records[:3]] == [n * records[0].image_bytes for n in (1, 2, 3)]
-    served = truth(proc.url)
+    served = [e for e in truth_of(proc.url) if e["events_ns"]]
     assert [e["images"] for e in served] == [r.images for r in records]
-    for r, e in zip(records, served, strict=True):
-        assert e["ttft_model_s"] == pytest.approx(TTFT + PER_IMAGE * r.images, abs=1e-6)
+    want = [1 if encoded == "new" else r.images for r in records]
+    assert [e["images_encoded"] for e in served] == want
+    for n, e in zip(want, served, strict=True):
+        assert e["ttft_model_s"] == pytest.approx(TTFT + PER_IMAGE * n, abs=1e-6)
+    # What the prefix cache held: nothing at a session's first turn, its history after.
+    first = [e["cached_tokens"] for r, e in zip(records, served, strict=True) if r.turn == 0]
+    later = [e["cached_tokens"] for r, e in zip(records, served, strict=True) if r.turn > 0]
+    assert first == [0, 0] and all(later) == prefix_cache, (first, later)
     # Each session: 1 + 2 + 3 images queried, the 0 + 1 + 2 resent ones hit.
     assert mm_cache(proc.url) == (12, 6)
     s = result.summary.images

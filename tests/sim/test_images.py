@@ -1,8 +1,8 @@
 """Images in the simulator's three chat-like formats (prompt.py), over real sockets.
 
-Each image adds `ttft_per_image` to the TTFT its model plans and `image_tokens` to the prompt,
-both read back from `/sim/truth?raw=1`; `/metrics` counts them as vLLM's multi-modal cache does.
-A malformed image is a 400 naming the field.
+Each image adds `image_tokens` to the prompt and, unless the prefix cache already holds it,
+`ttft_per_image` to the TTFT its model plans, both read back from `/sim/truth?raw=1`; `/metrics`
+counts images as vLLM's multi-modal cache does. A malformed image is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import Serve
+from kit.sim import truth
 from prometheus_client.parser import text_string_to_metric_families
 
 from latbench.client.preflight import ANTHROPIC_VERSION
@@ -49,8 +50,7 @@ async def send(http: aiohttp.ClientSession, url: str, api: str, parts: list[Any]
 
 
 async def last_truth(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with http.get(url + "/sim/truth?raw=1") as r:
-        return (await r.json())["requests"][-1]
+    return (await truth(url, http))[-1]
 
 
 @pytest.mark.parametrize("api", ["chat", "anthropic", "responses"])
@@ -70,6 +70,44 @@ async def test_each_image_adds_its_ttft_and_tokens(serve: Serve, http, api: str)
     usage = answer["usage"]
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     assert prompt == two["prompt_tokens"]
+
+
+def user(text: str, *images: str) -> dict[str, Any]:
+    """A chat user message: its text (4 words: one block of 4 tokens), then its images (PNG or
+    JPEG data)."""
+    parts = [image_part("chat", d, "image/png" if d == PNG else "image/jpeg") for d in images]
+    return {"role": "user", "content": [{"type": "text", "text": text}, *parts]}
+
+
+@pytest.mark.parametrize("image_tokens", [4, 0])
+async def test_an_image_the_prefix_cache_holds_is_not_encoded_again(
+    serve: Serve, http, image_tokens: int
+) -> None:
+    """vLLM skips the encoder for an image whose tokens the prefix cache already computed; an
+    image beyond the cached prefix, or another image in the same place, is encoded. With
+    `image_tokens: 0` an image is held when a cached token follows it and its data was seen."""
+    url = await serve(ttft=0.002, ttft_per_image=PER_IMAGE, image_tokens=image_tokens,
+                      block_tokens=4)  # fmt: skip
+    a, b, c = user("a b c d", PNG), user("e f g h"), user("i j k l")
+    bodies = [
+        [a, b],  # new: the PNG is encoded
+        [a, b, c],  # the same history resent: the PNG lies inside the cached prefix
+        [user("a b c d", JPEG), b, c],  # another image in the same place
+        [a, b, c, user("m n o p", JPEG)],  # the PNG held, the JPEG after the cached prefix
+    ]
+    for messages in bodies:
+        body = {"model": "sim-model", "messages": messages, "max_tokens": 2}
+        async with http.post(url + PATH["chat"], json=body) as r:
+            assert r.status == 200, await r.text()
+    served = await truth(url, http)
+    assert [e["images"] for e in served] == [1, 1, 1, 2]
+    assert [e["images_encoded"] for e in served] == [1, 0, 1, 1], served
+    assert [e["cached_tokens"] > 0 for e in served] == [False, True, True, True]
+    for e in served:
+        planned = 0.002 + PER_IMAGE * e["images_encoded"]
+        assert e["ttft_model_s"] == pytest.approx(planned, abs=1e-9)
+    async with http.get(url + "/sim/truth") as r:
+        assert (await r.json())["images_encoded"] == 3
 
 
 async def test_the_metrics_count_images_and_repeats(serve: Serve, http) -> None:

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
+from kit.sim import truth
 from prometheus_client import CollectorRegistry, generate_latest
 from rich.console import Console
 
@@ -54,11 +54,6 @@ def servers() -> Iterator[dict[str, SimProcess]]:
     finally:
         for proc in procs.values():
             proc.stop()
-
-
-async def truth(url: str) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/sim/truth?raw=1") as resp:
-        return (await resp.json())["requests"]
 
 
 def spec_for(api: str, url: str, tmp_path: Path, **workload: Any) -> Any:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kit.sim import truth_of
 from rich.console import Console
 
 from latbench.records import read_records
@@ -44,12 +43,6 @@ def bench(url: str, out: Path, load: dict[str, Any]) -> tuple[BenchResult, Any]:
     )
     result = asyncio.run(run_benchmark(spec, url, Console(file=io.StringIO())))
     return result, spec
-
-
-def truth(url: str) -> list[dict[str, Any]]:
-    """Every request the simulator served: its arrival and the instant it wrote each event."""
-    with urllib.request.urlopen(url + "/sim/truth?raw=1", timeout=10) as r:
-        return [e for e in json.load(r)["requests"] if e["events_ns"]]
 
 
 def served_inside(served: list[dict[str, Any]], window: tuple[int, int]) -> tuple[float, int]:
@@ -110,7 +103,7 @@ def test_rates_are_what_the_server_served_in_the_window_live_and_replayed(
     # The server's account: only events within the wire's delay (well under a millisecond
     # here) of an edge can fall on the other side of it at the client, one per stream at most.
     window = (live.window.start_ns, live.window.end_ns)
-    served = truth(s.url)
+    served = [e for e in truth_of(s.url) if e["events_ns"]]
     requests, tokens = served_inside(served, window)
     assert tokens > 8 * TOKENS  # several requests' worth, warm-up ones among them
     assert live.rates.output_tokens_in_window == pytest.approx(tokens, abs=2 * USERS)

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from kit.paths import DATA
-from kit.sim import base_url
+from kit.sim import base_url, truth
 
 from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
 from latbench.client.reads import StampingConnector
@@ -322,11 +322,6 @@ async def test_tool_calls_are_answered_after_the_tool_latency_up_to_the_step_lim
         assert result == {"role": "tool", "tool_call_id": tc["id"], "content": "sunny and warm"}
     assert "tool_calls" not in bodies[3]["messages"][5]
     assert all(b["tools"] == [LOOKUP] for b in bodies)
-
-
-async def truth(url: str) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as http, http.get(url + "/sim/truth?raw=1") as r:
-        return list((await r.json())["requests"])
 
 
 async def test_later_turns_are_cheaper_with_the_prefix_cache_and_not_without(

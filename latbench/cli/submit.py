@@ -193,12 +193,14 @@ async def finish(
 
 
 def _verdict_exit(verdict: dict[str, Any] | None, gate: bool) -> int:
-    """As `latbench run`: client-bound first (its latencies cannot be trusted), then too many
-    failed requests, then SLOs."""
+    """As `latbench run`: client-bound first (its latencies cannot be trusted), then
+    over-saturated, then too many failed requests, then SLOs."""
     if verdict is None:
         return Exit.ERROR
     if verdict["client_bound"]:
         return Exit.CLIENT_BOUND
+    if verdict.get("oversaturated", False):
+        return Exit.OVERSATURATED
     if not verdict.get("failures_passed", True):
         return Exit.FAILED
     if gate and not verdict["slo_passed"]:

@@ -17,6 +17,7 @@ from latbench.render.reconciliation import prefix_cache_line
 from latbench.render.text import (
     STEP_COLUMNS,
     TURN_HEADERS,
+    failed_words,
     spread_text,
     stair_headers,
     stairs_rows,
@@ -73,7 +74,7 @@ def throughput_table(s: Summary) -> str:
             "goodput (met every SLO)",
             f"{num(r.goodput_per_s)} req/s ({num(r.goodput_fraction, '.1%')} of measured)",
         ],
-        ["measured requests", f"{req.measured:,} ({req.succeeded:,} ok, {req.failed:,} failed)"],
+        ["measured requests", f"{req.measured:,} ({req.succeeded:,} ok, {failed_words(s)})"],
         ["left out", f"{req.warmup:,} warm-up, {req.cooldown:,} cool-down"],
         ["window", "–" if s.window is None else f"{s.window.duration_s:,.3f} s"],
         ["output tokens", f"{s.tokens.output_total:,}"],

@@ -88,7 +88,7 @@ def run_markdown(run: Run) -> str:
         f"### latbench run `{run.run_id}`",
         "",
         f"{env.get('target', '?')} · model `{env.get('model', '?')}` · "
-        f"{s.requests.measured} measured ({_failed_words(s)}) over "
+        f"{s.requests.measured} measured ({failed_words(s)}) over "
         f"{num(s.window.duration_s if s.window else None, '.1f')} s",
         "",
         _verdict_line(s),
@@ -416,7 +416,7 @@ def _turns_md(s: Summary) -> list[str]:
     ]
 
 
-def _failed_words(s: Summary) -> str:
+def failed_words(s: Summary) -> str:
     """`3 failed`, with the requests a stop cancelled apart: they did not fail, the run ended."""
     f = s.failures
     return f"{f.failed} failed" + (f", {f.cancelled} cut by the stop" if f.cancelled else "")

@@ -104,6 +104,8 @@ def verdict(summary: dict[str, Any] | None) -> dict[str, Any] | None:
         "slo_passed": summary["slo"]["passed"],
         "client_bound": summary["client_bound"],
         "failures_passed": failures["passed"] if failures else True,
+        # Summaries stored before the over-saturation stop existed have none: not stopped.
+        "oversaturated": summary.get("oversaturation") is not None,
     }
 
 

@@ -12,6 +12,9 @@ import pytest
 from kit import cli
 from kit.service import TOKEN, Service, parse_records, poll, running
 
+from latbench.cli.common import Exit
+from latbench.cli.submit import _verdict_exit
+
 SPEC = """\
 target: sim
 load: {concurrency: 2, requests: 6}
@@ -66,6 +69,23 @@ def test_submit_wait_exits_6_when_too_many_requests_failed(svc: Service, tmp_pat
     assert verdict["failures_passed"] is False and verdict["slo_passed"] is False
     p = latbench(svc, "runs", "list")
     assert "too many failed" in p.stdout, p.stdout
+
+
+def test_submit_exits_as_run_does_for_each_verdict() -> None:
+    # The service's verdict of a stored summary, read back by `submit --wait`: the order is
+    # `latbench run`'s (client-bound, over-saturated, failed share, SLOs).
+    ok = {
+        "client_bound": False,
+        "oversaturated": False,
+        "failures_passed": True,
+        "slo_passed": True,
+    }
+    assert _verdict_exit(ok, gate=True) == Exit.OK
+    assert _verdict_exit({**ok, "oversaturated": True, "failures_passed": False}, True) == 7
+    assert _verdict_exit({**ok, "client_bound": True, "oversaturated": True}, True) == 4
+    assert _verdict_exit({**ok, "slo_passed": False}, gate=True) == Exit.SLO_MISSED
+    # Verdicts stored before the over-saturation stop existed have no such key.
+    assert _verdict_exit({k: v for k, v in ok.items() if k != "oversaturated"}, True) == 0
 
 
 def test_submit_without_wait_prints_the_run_id(svc: Service, spec: Path) -> None:

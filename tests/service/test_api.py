@@ -85,6 +85,7 @@ def test_submit_follow_records_summary(svc: Service) -> None:
         "slo_passed": summary["slo"]["passed"],
         "client_bound": summary["client_bound"],
         "failures_passed": summary["failures"]["passed"],
+        "oversaturated": False,  # a closed loop is never judged
     }
     assert done["validity"] == done["summary"]["validity"]
     counts = done["summary"]["requests"]

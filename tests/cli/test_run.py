@@ -186,8 +186,12 @@ def test_records_survive_a_killed_run(tmp_path: Path) -> None:
     assert f.header is not None and f.footer is None
     assert len(f.records) >= 20 and all(r.ok for r in f.records)
     replay = latbench("summary", str(records), "--json")
-    assert replay.returncode == 0, replay.stderr
-    assert json.loads(replay.stdout)["requests"]["succeeded"] == len(f.records)
+    # The verdict is the records' own: 4 when this busy machine made the run client-bound (its
+    # measured bound over tolerance), which is not what this test is about; anything else fails.
+    assert replay.returncode in (0, 4), replay.stderr
+    summary = json.loads(replay.stdout)
+    assert summary["requests"]["succeeded"] == len(f.records)
+    assert summary["client_bound"] is (replay.returncode == 4)
 
 
 def test_a_starved_client_says_its_run_is_client_bound(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ from latbench.workload.item import (
     user_turn,
 )
 from latbench.workload.synthetic import DEFAULT_VOCABULARY
-from latbench.workload.tokens import TokenScale, words_text
+from latbench.workload.tokens import TokenScale, check_scale, words_text
 
 PrefixAs = Literal["system", "user"]
 # Streams of our own, apart from the pacer's and the other workloads' (item.ITEM_STREAM).
@@ -101,7 +101,7 @@ class SharedPrefixWorkload:
         self.preset = preset
         self.vocabulary = DEFAULT_VOCABULARY
         self._words = np.array(self.vocabulary, dtype=object)
-        self.scale = scale
+        self.scale = check_scale(scale, len(self._words))
         # Built on first use in each process (a prefix can be long, and most runs touch every
         # group): never pickled to the workers, who rebuild the same text from the seed.
         self._prefixes: dict[int, str] = {}

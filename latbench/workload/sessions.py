@@ -42,7 +42,7 @@ from latbench.workload.item import (
 from latbench.workload.reading import json_list, open_prompts
 from latbench.workload.session import MAX_WAIT_S, SessionPlan, Turn, wait_seconds
 from latbench.workload.synthetic import DEFAULT_VOCABULARY
-from latbench.workload.tokens import TokenScale, words_text
+from latbench.workload.tokens import TokenScale, check_scale, words_text
 
 # Kept apart from the item and pacer streams (workload/item.py, load/pacers.py), so a session's
 # draws are unrelated to request n's and to the arrival gaps from the same seed.
@@ -86,12 +86,7 @@ class SyntheticSessions:
         if isinstance(vocabulary, str) or not vocabulary:
             raise ValueError("vocabulary must be a non-empty sequence of words")
         self._words = np.array(tuple(vocabulary), dtype=object)
-        if scale is not None and len(scale.costs) != len(self._words):
-            raise ValueError(
-                f"the token scale prices {len(scale.costs)} words, the vocabulary has "
-                f"{len(self._words)}"
-            )
-        self.scale = scale
+        self.scale = check_scale(scale, len(self._words))
         self.system_tokens = system_tokens
         self.system = (
             self._text(system_tokens, rng_for(self.seed, _SYSTEM_STREAM)) if system_tokens else None

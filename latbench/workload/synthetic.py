@@ -23,7 +23,7 @@ from latbench.workload.item import (
     rng_for,
     user_turn,
 )
-from latbench.workload.tokens import TokenScale, words_text
+from latbench.workload.tokens import TokenScale, check_scale, words_text
 
 # Frequent one-syllable words, letters only, no repeats. Any edit to this list, even appending,
 # changes every synthetic prompt for a given seed, so published results could not be rerun.
@@ -81,12 +81,7 @@ class SyntheticWorkload:
             raise ValueError(f"vocabulary words must be non-empty and without spaces: {bad[:5]!r}")
         self.vocabulary = tuple(vocabulary)
         self._words = np.array(self.vocabulary, dtype=object)
-        if scale is not None and len(scale.costs) != len(self.vocabulary):
-            raise ValueError(
-                f"the token scale prices {len(scale.costs)} words, the vocabulary has "
-                f"{len(self.vocabulary)}"
-            )
-        self.scale = scale
+        self.scale = check_scale(scale, len(self.vocabulary))
 
     def item(self, n: int) -> WorkItem:
         check_n(n)

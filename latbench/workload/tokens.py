@@ -75,6 +75,16 @@ class TokenScale:
         }
 
 
+def check_scale(scale: TokenScale | None, vocabulary_size: int) -> TokenScale | None:
+    """`scale` when it prices each of the vocabulary's words (a scale measured on another
+    vocabulary would price the wrong words), else a one-line ValueError."""
+    if scale is not None and len(scale.costs) != vocabulary_size:
+        raise ValueError(
+            f"the token scale prices {len(scale.costs)} words, the vocabulary has {vocabulary_size}"
+        )
+    return scale
+
+
 def pick_words(
     scale: TokenScale, target: int, rng: np.random.Generator
 ) -> tuple[str, np.ndarray, float]:

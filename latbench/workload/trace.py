@@ -60,7 +60,7 @@ from latbench.shared.errors import SpecError
 from latbench.workload.item import MAX_TOKENS, WorkItem, check_n, check_seed, rng_for, user_turn
 from latbench.workload.reading import lines, open_prompts
 from latbench.workload.synthetic import DEFAULT_VOCABULARY
-from latbench.workload.tokens import TokenScale, pick_words
+from latbench.workload.tokens import TokenScale, check_scale, fill_words, words_text
 
 TraceFormat = Literal["mooncake", "azure", "burstgpt"]
 FORMATS: tuple[TraceFormat, ...] = ("mooncake", "azure", "burstgpt")
@@ -414,23 +414,13 @@ class TraceWorkload:
         self.end_s = end_s
         self.block_tokens = block_tokens
         self.seed = check_seed(seed)
-        if scale is not None and len(scale.costs) != len(DEFAULT_VOCABULARY):
-            raise ValueError(
-                f"the token scale prices {len(scale.costs)} words, the vocabulary has "
-                f"{len(DEFAULT_VOCABULARY)}"
-            )
-        self.scale = scale
+        self.scale = check_scale(scale, len(DEFAULT_VOCABULARY))
         self.offsets_ns = offsets_ns(rows.times_ns, self.speed)
         self._words = np.array(DEFAULT_VOCABULARY, dtype=object)
         self._costs = (
             np.ones(len(DEFAULT_VOCABULARY))
             if scale is None
             else np.asarray(scale.costs, dtype=np.float64)
-        )
-        # With a scale, a prompt's words after its lead are priced one by one; a scale whose
-        # only lead is "" and costs 0 fills a count of tokens with words alone.
-        self._no_lead = (
-            None if scale is None else dataclasses.replace(scale, leads=("",), lead_costs=(0.0,))
         )
         self._blocks: dict[tuple[int, bool], np.ndarray] = {}
 
@@ -487,9 +477,9 @@ class TraceWorkload:
         """Word indices worth `tokens` of the target's tokens (words without a scale)."""
         if tokens <= 0:
             return np.empty(0, dtype=np.int64)
-        if self._no_lead is None:
+        if self.scale is None:
             return rng.integers(0, len(self._words), int(tokens))
-        return pick_words(self._no_lead, round(tokens), rng)[1]
+        return fill_words(self.scale, round(tokens), rng)[0]
 
     def _block(self, h: int, first: bool) -> np.ndarray:
         """Hash id h's words: the same wherever h appears (the first block pays for the lead)."""
@@ -503,6 +493,20 @@ class TraceWorkload:
             self._blocks[key] = got
         return got
 
+    def _blocks_prompt(self, ids: np.ndarray, asked: int, rng: np.random.Generator) -> str:
+        """A Mooncake row's prompt: its hash blocks' words, cut at `asked` tokens, then words of
+        its own for the rest. Built from word indices, not words_text's text: the blocks are cut
+        by the sum of their words' costs, and each block fills its count with no lead word."""
+        # One lead for every row, so that equal first blocks are equal from the first token.
+        lead = "" if self.scale is None else self.scale.leads[0]
+        need = asked - (0.0 if self.scale is None else self.scale.lead_costs[0])
+        blocks = np.concatenate([self._block(int(h), j == 0) for j, h in enumerate(ids)])
+        spent = np.cumsum(self._costs[blocks])
+        keep = int(np.searchsorted(spent, need, side="right"))
+        rest = need - (float(spent[keep - 1]) if keep else 0.0)
+        text = " ".join(self._words[np.concatenate([blocks[:keep], self._fill(rest, rng)])])
+        return f"{lead} {text}".strip() if lead else text
+
     def item(self, n: int) -> WorkItem:
         check_n(n)
         i = n % len(self.rows)
@@ -511,22 +515,10 @@ class TraceWorkload:
         # in every window, and two windows (or two traces) never repeat one another's prompts.
         rng = rng_for(self.seed, _ROW_STREAM, FORMATS.index(self.format), int(self.rows.lines[i]))
         ids = self.hash_ids(i)
-        if ids.size == 0:
-            if self.scale is None:
-                lead, words = "", self._fill(asked, rng)
-            else:
-                lead, words, _ = pick_words(self.scale, asked, rng)
+        if ids.size == 0:  # a prompt of its own, as a synthetic one is built
+            prompt = words_text(self._words, asked, rng, self.scale)
         else:
-            # One lead for every row, so that equal first blocks are equal from the first token.
-            lead = "" if self.scale is None else self.scale.leads[0]
-            need = asked - (0.0 if self.scale is None else self.scale.lead_costs[0])
-            blocks = np.concatenate([self._block(int(h), j == 0) for j, h in enumerate(ids)])
-            spent = np.cumsum(self._costs[blocks])
-            keep = int(np.searchsorted(spent, need, side="right"))
-            rest = need - (float(spent[keep - 1]) if keep else 0.0)
-            words = np.concatenate([blocks[:keep], self._fill(rest, rng)])
-        text = " ".join(self._words[words])
-        prompt = f"{lead} {text}".strip() if lead else text
+            prompt = self._blocks_prompt(ids, asked, rng)
         return WorkItem(
             prompt=prompt,
             messages=user_turn(prompt),

@@ -289,3 +289,21 @@ def test_asked_and_reported_prompt_tokens_are_set_side_by_side() -> None:
     got = asked_got([(100, 106), (200, 212)])
     assert got["warning"].startswith("prompts held 1.06x the prompt tokens asked for")
     assert asked_got([(None, 10)])["requested"] == 0
+
+
+def test_every_synthetic_workload_refuses_a_scale_priced_on_another_vocabulary() -> None:
+    from latbench.workload.prefix import SharedPrefixWorkload
+    from latbench.workload.sessions import SyntheticSessions
+    from latbench.workload.trace import TraceWorkload
+
+    short = scale_of([1] * (len(V) - 1), {"the": 2})
+    builds: list[Callable[[], object]] = [
+        lambda: SyntheticWorkload(8, 8, scale=short),
+        lambda: SyntheticSessions(2, 8, 8, scale=short),
+        lambda: SharedPrefixWorkload(2, 16, 8, 8, scale=short),
+        lambda: TraceWorkload.from_file(DATA / "traces" / "azure.csv", scale=short),
+    ]
+    said = rf"prices {len(V) - 1} words, the vocabulary has {len(V)}$"
+    for build in builds:
+        with pytest.raises(ValueError, match=said):
+            build()

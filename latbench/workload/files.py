@@ -24,12 +24,13 @@ from latbench.workload.item import (
     ITEM_STREAM,
     MAX_TOKENS,
     WorkItem,
-    as_dist,
+    as_dist_or_none,
     check_n,
     check_seed,
     dist_json,
     draw_count,
     rng_for,
+    seeded_order,
     user_turn,
 )
 from latbench.workload.reading import json_list, lines, open_prompts
@@ -61,17 +62,16 @@ class FileWorkload:
     ) -> None:
         if not items:
             raise ValueError("a file workload needs at least one item")
-        self.output_tokens = (
-            None if output_tokens is None else as_dist("output_tokens", output_tokens)
-        )
+        self.output_tokens = as_dist_or_none("output_tokens", output_tokens)
         self.seed = check_seed(seed)
         self.shuffle = shuffle
         self._items = tuple(items)
         self._source = dict(source or {})
-        order = np.arange(len(self._items))
-        if shuffle:
-            rng_for(self.seed, _SHUFFLE_STREAM).shuffle(order)
-        self._order = order
+        self._order = (
+            seeded_order(len(self._items), self.seed, _SHUFFLE_STREAM)
+            if shuffle
+            else np.arange(len(self._items))
+        )
 
     def __len__(self) -> int:
         return len(self._items)

@@ -91,6 +91,19 @@ def as_dist(name: str, value: Dist | float | str) -> Dist:
         raise ValueError(f"{name}: {e}") from None
 
 
+def as_dist_or_none(name: str, value: Dist | float | str | None) -> Dist | None:
+    """`as_dist`, or None when unset (a file's own lengths stand)."""
+    return None if value is None else as_dist(name, value)
+
+
+def seeded_order(count: int, seed: int, stream: int) -> np.ndarray:
+    """0..count-1 shuffled by (seed, stream): the order a file's items or conversations are
+    sent in, the same in every run with this seed."""
+    order = np.arange(count)
+    rng_for(seed, stream).shuffle(order)
+    return order
+
+
 def draw_count(dist: Dist, rng: np.random.Generator) -> int:
     # A request must ask for at least one token, whatever the distribution's tail does, and at
     # most MAX_TOKENS (a lognormal's tail, or a nan from extreme parameters, is clamped).

@@ -33,11 +33,13 @@ from latbench.workload.files import MAX_PROMPT_ITEMS, MAX_PROMPT_TEXT_BYTES
 from latbench.workload.item import (
     MAX_TOKENS,
     as_dist,
+    as_dist_or_none,
     check_n,
     check_seed,
     dist_json,
     draw_count,
     rng_for,
+    seeded_order,
 )
 from latbench.workload.reading import json_list, open_prompts
 from latbench.workload.session import MAX_WAIT_S, SessionPlan, Turn, wait_seconds
@@ -148,15 +150,11 @@ class ShareGPTSessions:
         if not conversations:
             raise ValueError("a ShareGPT session workload needs at least one conversation")
         self._conversations = tuple(conversations)
-        self.output_tokens = (
-            None if output_tokens is None else as_dist("output_tokens", output_tokens)
-        )
+        self.output_tokens = as_dist_or_none("output_tokens", output_tokens)
         self.think_time = as_dist("think_time", think_time)
         self.seed = check_seed(seed)
         self._source = dict(source or {})
-        order = np.arange(len(self._conversations))
-        rng_for(self.seed, _SHUFFLE_STREAM).shuffle(order)
-        self._order = order
+        self._order = seeded_order(len(self._conversations), self.seed, _SHUFFLE_STREAM)
 
     def __len__(self) -> int:
         return len(self._conversations)

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
-from kit.sim import truth
+from kit.sim import personalities, truth
 from prometheus_client import CollectorRegistry, generate_latest
 from rich.console import Console
 
@@ -34,7 +34,7 @@ from latbench.render.terminal import render_summary
 from latbench.render.text import run_markdown
 from latbench.run import run_benchmark
 from latbench.run.benchmark import make_workload
-from latbench.sim import SimConfig, SimProcess
+from latbench.sim import SimProcess
 from latbench.spec import load_spec
 from latbench.spec.target import SIM_API
 from latbench.workload.tools import with_tools
@@ -46,14 +46,8 @@ SIM = {"ttft": 0.03, "itl": 0.005, "tool_call_tokens": CALL}
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[dict[str, SimProcess]]:
-    procs = {p: SimProcess(SimConfig(api=p, **SIM)) for p in ("openai", "anthropic", "responses")}
-    try:
-        for proc in procs.values():
-            proc.start()
+    with personalities(**SIM) as procs:
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 def spec_for(api: str, url: str, tmp_path: Path, **workload: Any) -> Any:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 from kit.cli import latbench
-from kit.sim import truth, truth_of
+from kit.sim import personalities, truth, truth_of
 from rich.console import Console
 
 from latbench.records.record import read_records
 from latbench.run import run_benchmark
-from latbench.sim import SimConfig, SimProcess
+from latbench.sim import SimProcess
 from latbench.spec import load_spec
 from latbench.spec.target import SIM_API
 from latbench.summary.summary import summarize_file
@@ -37,17 +37,8 @@ IMAGES = {"count": {"kind": "uniform", "min": 0, "max": 3}, "width": 48, "height
 @pytest.fixture(scope="module")
 def servers() -> Iterator[dict[str, SimProcess]]:
     """One simulator per personality, each charging PER_IMAGE of TTFT for every image."""
-    procs = {
-        p: SimProcess(SimConfig(api=p, ttft=TTFT, itl=0.002, ttft_per_image=PER_IMAGE))
-        for p in ("openai", "anthropic", "responses")
-    }
-    try:
-        for proc in procs.values():
-            proc.start()
+    with personalities(ttft=TTFT, itl=0.002, ttft_per_image=PER_IMAGE) as procs:
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 def mm_cache(url: str) -> tuple[float, float]:

@@ -12,13 +12,14 @@ from time import monotonic_ns
 
 import aiohttp
 import pytest
+from kit.sim import personalities
 from rich.console import Console
 
 from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts, stream_request
 from latbench.client.preflight import ANTHROPIC_VERSION
 from latbench.run import run_benchmark
 from latbench.shared.dist import Dist
-from latbench.sim import SimConfig, SimProcess
+from latbench.sim import SimProcess
 from latbench.spec import METRICS, load_spec
 from latbench.spec.target import SIM_API
 from latbench.summary import summarize
@@ -34,14 +35,8 @@ N_OUT = 12
 @pytest.fixture(scope="module")
 def servers() -> Iterator[dict[str, SimProcess]]:
     """One simulator child process per personality (chat and completions share one)."""
-    procs = {p: SimProcess(SimConfig(api=p, **SIM)) for p in ("openai", "anthropic", "responses")}
-    try:
-        for proc in procs.values():
-            proc.start()
+    with personalities(**SIM) as procs:
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 @pytest.mark.parametrize("api", list(REASONING))

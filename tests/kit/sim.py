@@ -1,16 +1,20 @@
 """The simulator as tests run it in this process (the `serve_app` and `serve` fixtures of
-tests/conftest.py): its pacing and where it listens; and its own account of what it served
-(`/sim/truth?raw=1`), read the same way by every test that checks latbench against it."""
+tests/conftest.py): its pacing and where it listens; one child process per API personality
+(`personalities`); and its own account of what it served (`/sim/truth?raw=1`), read the same
+way by every test that checks latbench against it."""
 
 from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
+
+from latbench.sim import SimConfig, SimProcess
 
 # Fast pacing for tests that check content, not timing.
 FAST: dict[str, Any] = {"ttft": 0.002, "itl": 0.001}
@@ -20,6 +24,24 @@ Serve = Callable[..., Awaitable[str]]
 ServeApp = Callable[..., Awaitable[TestServer]]
 
 TRUTH = "/sim/truth?raw=1"
+
+
+@contextmanager
+def personalities(**config: Any) -> Iterator[dict[str, SimProcess]]:
+    """One simulator child process per API personality ("openai", which serves chat and
+    completions, "anthropic", "responses"), each with `config`'s SimConfig fields; all stopped
+    on the way out. A module-scoped fixture yields from it (spec.target.SIM_API maps an API
+    kind to its personality)."""
+    procs = {
+        p: SimProcess(SimConfig(api=p, **config)) for p in ("openai", "anthropic", "responses")
+    }
+    try:
+        for proc in procs.values():
+            proc.start()
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
 
 
 def base_url(server: TestServer) -> str:

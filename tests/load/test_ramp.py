@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kit.cli import latbench
+from kit.load import Collect, chat_endpoint
 
 from latbench.cli.common import spec_from_args
 from latbench.cli.main import build_parser
-from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
 from latbench.load.pacers import (
     EXACT_GAPS,
     ProgressRampPacer,
@@ -30,7 +30,7 @@ from latbench.load.pacers import (
     shaped_pacer,
 )
 from latbench.load.runner import Runner
-from latbench.records import Record, RunFooter
+from latbench.records import Record
 from latbench.shared.errors import SpecError
 from latbench.sim import SimProcess
 from latbench.spec import LoadSpec, load_spec
@@ -267,29 +267,10 @@ def test_a_ramp_runs_over_the_duration_else_over_the_request_count() -> None:
 # --- real runs ------------------------------------------------------------------------------------
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-
-    def add(self, record: Record) -> None:
-        self.records.append(record)
-
-    def close(self, footer: RunFooter | None) -> None:
-        pass
-
-
 async def run_load(url: str, load: LoadSpec, session: aiohttp.ClientSession) -> list[Record]:
-    ep = Endpoint(
-        base_url=url,
-        api=API_KINDS["chat"],
-        options=RequestOptions(model="sim-model", vllm_extensions=True, ignore_eos=True,
-                               extra_body={}),
-        headers={},
-        timeouts=Timeouts(first_token=5, idle=5, total=20),
-    )  # fmt: skip
     sink = Collect()
-    runner = Runner("ramp-test", ep, SyntheticWorkload(4, 4, seed=1), load, [sink], seed=1,
-                    workers=2)  # fmt: skip
+    workload = SyntheticWorkload(4, 4, seed=1)
+    runner = Runner("ramp-test", chat_endpoint(url), workload, load, [sink], seed=1, workers=2)
     out = await runner.run(session)
     return sorted(out.records, key=lambda r: r.seq)
 

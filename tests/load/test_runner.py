@@ -26,15 +26,15 @@ import aiohttp
 import orjson
 import pytest
 from kit.hostile import FlakyWorkload
+from kit.load import Collect, chat_endpoint
 
 from latbench import ErrorKind
-from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
 from latbench.client.looplag import add_lag_listener
 from latbench.load.eager import install as install_eager_writes
 from latbench.load.runner import Runner, worker_count
 from latbench.load.wire import frame, message, pack_record, unpack_record
 from latbench.load.worker import Shard, serve, split
-from latbench.records import Record, RunFooter
+from latbench.records import Record
 from latbench.records.record import counts, instants
 from latbench.sim import SimProcess
 from latbench.spec import LoadSpec
@@ -42,36 +42,10 @@ from latbench.summary.samples import derived_window, last_instant
 from latbench.workload import SyntheticWorkload
 
 
-class Collect:
-    """A sink that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-        self.closed = False
-
-    def add(self, record: Record) -> None:
-        self.records.append(record)
-
-    def close(self, footer: RunFooter | None) -> None:
-        self.closed = True
-
-
-def endpoint(url: str) -> Endpoint:
-    return Endpoint(
-        base_url=url,
-        api=API_KINDS["chat"],
-        options=RequestOptions(
-            model="sim-model", vllm_extensions=True, ignore_eos=True, extra_body={}
-        ),
-        headers={},
-        timeouts=Timeouts(first_token=5, idle=5, total=20),
-    )
-
-
 def runner(url: str, load: LoadSpec, workers: int, sink: Collect) -> Runner:
     return Runner(
         run_id="engine-test",
-        endpoint=endpoint(url),
+        endpoint=chat_endpoint(url),
         workload=SyntheticWorkload(4, 8, seed=3),
         load=load,
         sinks=[sink],
@@ -341,7 +315,7 @@ async def test_a_send_is_announced_after_its_bytes_left_and_before_its_record() 
     kept-alive connection (every request after the first) the bytes are out by then. A record
     still never overtakes its `s` frame, even one emitted in the same turn (item 2 fails)."""
     srv = CountingServer()
-    shard = Shard(run_id="t", index=0, count=1, endpoint=endpoint(srv.url),
+    shard = Shard(run_id="t", index=0, count=1, endpoint=chat_endpoint(srv.url),
                   workload=FlakyWorkload({2}),  # type: ignore[arg-type]
                   load=LoadSpec(concurrency=1, requests=5))  # fmt: skip
     seen: list[tuple[str, int, int]] = []  # (frame kind, seq, requests arrived at the server)

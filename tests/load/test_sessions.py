@@ -16,42 +16,20 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from kit.load import Collect, chat_endpoint
 from kit.paths import DATA
 from kit.sim import base_url, truth
 
-from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
+from latbench.client import API_KINDS
 from latbench.client.reads import StampingConnector
 from latbench.load.pacers import ConstantPacer
 from latbench.load.runner import Runner
 from latbench.load.worker import Shard, ShardRun
-from latbench.records import Record, RunFooter
+from latbench.records import Record
 from latbench.sim import SimConfig, SimProcess, create_app
 from latbench.spec import LoadSpec
 from latbench.workload.session import FixedSessions, SessionPlan, SessionWorkload, Turn
 from latbench.workload.sessions import ShareGPTSessions, SyntheticSessions
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-
-    def add(self, record: Record) -> None:
-        self.records.append(record)
-
-    def close(self, footer: RunFooter | None) -> None:
-        pass
-
-
-def endpoint(url: str) -> Endpoint:
-    return Endpoint(
-        base_url=url,
-        api=API_KINDS["chat"],
-        options=RequestOptions(
-            model="sim-model", vllm_extensions=True, ignore_eos=True, extra_body={}
-        ),
-        headers={},
-        timeouts=Timeouts(first_token=5, idle=5, total=20),
-    )
 
 
 async def run(
@@ -60,7 +38,7 @@ async def run(
     sink = Collect()
     runner = Runner(
         run_id="sessions",
-        endpoint=endpoint(url),
+        endpoint=chat_endpoint(url),
         workload=workload,  # type: ignore[arg-type]
         load=load,
         sinks=[sink],
@@ -393,7 +371,12 @@ async def test_a_session_keeps_to_its_connection(recording: Recording) -> None:
     workload = SyntheticSessions(4, 4, 3, think_time="uniform:0.005,0.03", seed=11)
     load = LoadSpec(concurrency=3, requests=36)
     shard = Shard(
-        run_id="affinity", index=0, count=1, endpoint=endpoint(url), workload=workload, load=load
+        run_id="affinity",
+        index=0,
+        count=1,
+        endpoint=chat_endpoint(url),
+        workload=workload,
+        load=load,
     )
     moves = []
     for connector in (shard.connector(), StampingConnector(limit=3, limit_per_host=0)):
@@ -461,7 +444,7 @@ async def test_a_stop_ends_the_sessions_thinking_at_once(sim_url: str) -> None:
     sink = Collect()
     runner = Runner(
         run_id="stop",
-        endpoint=endpoint(sim_url),
+        endpoint=chat_endpoint(sim_url),
         workload=SyntheticSessions(3, 4, 3, think_time=60, seed=14),  # type: ignore[arg-type]
         load=LoadSpec(concurrency=2, duration=600),
         sinks=[sink],
@@ -493,7 +476,7 @@ async def test_a_reply_that_cannot_be_read_back_ends_its_session_there(sim_url: 
         run_id="unreadable",
         index=0,
         count=1,
-        endpoint=replace(endpoint(sim_url), api=UnreadableReplies()),
+        endpoint=replace(chat_endpoint(sim_url), api=UnreadableReplies()),
         workload=SyntheticSessions(3, 4, 3, seed=1),
         load=LoadSpec(concurrency=1, requests=6),
     )

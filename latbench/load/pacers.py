@@ -245,7 +245,9 @@ class RampPacer:
         if strategy == "linear" or self._lnk == 0:
             self._n_at_end = (self.start_rate + self.end_rate) / 2 * self.duration_s
         else:
-            self._n_at_end = (self.end_rate - self.start_rate) * self.duration_s / self._lnk
+            # s D (k - 1) / ln k, as expm1: written (e - s) D / ln k, a ramp between two rates
+            # a rounding apart (0.01 and 0.010000000000000002) divided two rounding errors.
+            self._n_at_end = self.start_rate * self.duration_s * math.expm1(self._lnk) / self._lnk
 
     def _seconds(self, x: float) -> float:
         if x == 0:

@@ -45,12 +45,14 @@ def expected_by(load: LoadSpec, t_s: float) -> float:
     s, e = ramp.start_rate, ramp.end_rate
     if load.duration is not None:
         d = load.duration
-        exp = ramp.strategy == "exponential" and s != e
-        at_end = (e - s) * d / math.log(e / s) if exp else (s + e) / 2 * d
+        lnk = math.log(e / s) if ramp.strategy == "exponential" and s > 0 else 0.0
+        # The integral as RampPacer takes it: s d expm1(ln k t / d) / ln k, which stays exact for
+        # rates a rounding apart where (e - s) d / ln k divided two rounding errors.
         if t >= d:
+            at_end = s * d * math.expm1(lnk) / lnk if lnk else (s + e) / 2 * d
             return at_end + e * (t - d)  # the rate holds at end_rate after the ramp
-        if exp:
-            return s * d * math.expm1(math.log(e / s) * t / d) / math.log(e / s)
+        if lnk:
+            return s * d * math.expm1(lnk * t / d) / lnk
         return s * t + (e - s) * t * t / (2 * d)
     assert load.requests is not None
     last = load.requests - 1

@@ -14,11 +14,12 @@ from kit.cli import latbench
 
 from latbench.cli.common import spec_from_args
 from latbench.cli.main import build_parser
-from latbench.load.pacers import ProgressRampPacer
+from latbench.load.pacers import ProgressRampPacer, RampPacer
 from latbench.records import Record
 from latbench.render.text import stair_headers, stairs_rows
 from latbench.shared.errors import ErrorKind, SpecError
 from latbench.spec import LoadSpec, load_spec
+from latbench.spec.schedule import expected_by
 from latbench.summary import summarize
 
 MS = 1_000_000
@@ -194,3 +195,14 @@ def test_a_staircase_run_reports_its_stairs_everywhere(tmp_path: Path) -> None:
     assert "Stairs</h2>" in html and "steps of 15, 45 req/s over 2 s" in html
     md = (records.parent / "report.md").read_text()
     assert "| 2 | 1.00 | 45.00 | 45.00 | 45 (0) |" in md
+
+
+def test_an_exponential_ramp_between_rates_a_rounding_apart_expects_what_the_pacer_sends() -> None:
+    # (e - s) d / ln k divides two rounding errors here; the pacer and the schedule both take
+    # s d expm1(ln k) / ln k, so a stair offers what its requests were planned at.
+    ramp = {"strategy": "exponential", "start_rate": 0.010000000000000002, "end_rate": 0.01}
+    load = LoadSpec.model_validate({"mode": "ramp", "ramp": ramp, "duration": 1000})
+    assert expected_by(load, 1000) == pytest.approx(10, rel=1e-9)
+    assert expected_by(load, 500) == pytest.approx(5, rel=1e-9)
+    pacer = RampPacer(ramp["start_rate"], ramp["end_rate"], 1000, "exponential")
+    assert pacer.offset_ns(10) / 1e9 == pytest.approx(1000, rel=1e-9)

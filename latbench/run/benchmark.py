@@ -76,10 +76,11 @@ class BenchResult:
 
 def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload | SessionWorkload:
     """The spec's workload; synthetic prompts are counted with `scale` (None: a word a token)."""
+    # Generated prompts ask for DEFAULT_OUTPUT_TOKENS unless told; files keep their own lengths.
+    out = w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS)
     if w.sessions is not None:
-        return session_workload(w, w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS), scale)
+        return session_workload(w, out, scale)
     if w.source == "synthetic":
-        out = w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS)
         return SyntheticWorkload(w.input_tokens, out, seed=w.seed, scale=scale)
     if w.source == "shared_prefix":
         p = w.shared_prefix
@@ -88,7 +89,7 @@ def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload 
             p.groups,
             p.prefix_tokens,
             p.suffix_tokens,
-            w.output_tokens or Dist(mean=DEFAULT_OUTPUT_TOKENS),
+            out,
             share=p.share,
             weights=p.weights,
             prefix_as=p.prefix_as,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from time import monotonic_ns
@@ -144,16 +145,24 @@ async def stream_request(
     phase: Phase,
     t_intended: int,
     keep: list[bytes] | None = None,
+    trace_id: str | None = None,
 ) -> Record:
     """Send `item`, read the head, read the body into events, and record it all: one record,
     whatever happened. `keep`, when given, receives the body's event payloads (the last
-    attempt's), for a session's next turn to read the reply from (`ApiKind.reply`)."""
+    attempt's), for a session's next turn to read the reply from (`ApiKind.reply`).
+
+    Every request carries a W3C `traceparent` with `trace_id` (default: a new random one; a
+    retry keeps its request's) and the sampled flag, and an `X-Request-Id` of the run id and
+    `seq`: a server that traces (vLLM with `--otlp-traces-endpoint`) exports its span of the
+    request under that trace id, which joins it to this record (`summary.spans`)."""
+    if trace_id is None:
+        trace_id = os.urandom(16).hex()
     if ep.retry.max_retries:
         once = replace(ep, retry=NO_RETRY)
         return await _with_retries(
             lambda: stream_request(
                 session, once, item, run_id=run_id, seq=seq, phase=phase, t_intended=t_intended,
-                keep=keep,
+                keep=keep, trace_id=trace_id,
             ),
             ep.retry,
             ep.timeouts.total,
@@ -173,6 +182,12 @@ async def stream_request(
             run_id, seq, phase, api.name, t_intended, now, ErrorKind.CLIENT_ERROR,
             detail[:DETAIL_LIMIT], t_end=now, max_tokens=item.max_tokens,
         )  # fmt: skip
+    # A new span id per attempt, as a retried call is a new child of the same trace.
+    headers = {
+        **ep.headers,
+        "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01",
+        "X-Request-Id": f"{run_id}-{seq}",
+    }
     # Where the connection's socket says when the request left (client/reads.py), that replaces
     # this instant; it stays only for a request that got no response to read.
     t_sent = monotonic_ns()
@@ -183,7 +198,7 @@ async def stream_request(
             # A redirect is never followed: the secret headers would go with it to a server
             # the run was not pointed at, and what was measured would be that server.
             async with session.post(
-                ep.url, data=body, headers=ep.headers, allow_redirects=False
+                ep.url, data=body, headers=headers, allow_redirects=False
             ) as resp:
                 clock = ReadClock(resp)
                 got.sent = clock.sent
@@ -192,7 +207,7 @@ async def stream_request(
     except (Exception, asyncio.CancelledError) as e:
         before_total = loop.time() < total_at - 1e-3
         got.error, got.detail = _failure(e, got, ep.timeouts, before_total)
-    return _finish(got, ep, item, run_id, seq, phase, t_intended, t_sent)
+    return _finish(got, ep, item, run_id, seq, phase, t_intended, t_sent, trace_id)
 
 
 async def _read_head(
@@ -433,6 +448,7 @@ def _finish(
     phase: Phase,
     t_intended: int,
     t_sent: int,
+    trace_id: str,
 ) -> Record:
     """The record of what `got` holds, ended now."""
     detail = got.detail
@@ -469,6 +485,7 @@ def _finish(
         turn=item.turn,
         images=item.images,
         image_bytes=item.image_bytes,
+        trace_id=trace_id,
     )
 
 

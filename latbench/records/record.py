@@ -84,6 +84,10 @@ class Record:
     turn: int | None = None
     images: int = 0
     image_bytes: int = 0
+    # The W3C trace id (32 hex digits) sent in this request's `traceparent`; the server's span
+    # for it (`ServerSpan`) carries the same id, which is how the two are joined. None: sent
+    # without one (an older record).
+    trace_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -110,6 +114,33 @@ class Record:
             run_id, seq, phase, api, t_intended, t_sent, t_end=t_end, max_tokens=max_tokens,
             error=error, error_detail=detail,
         )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpan:
+    """The server's own account of one request, from the OpenTelemetry span it exported (vLLM's
+    `llm_request`, `vllm/tracing`): what the receiver kept of it, as the server's clock saw it.
+    Durations are seconds on the server's clock; `start_unix_ns`/`end_unix_ns` are its wall
+    clock, never compared with the client's instants except to estimate the skew; `received_ns`
+    is the client's monotonic instant the receiver got it. A field the span did not carry is
+    None."""
+
+    trace_id: str  # 32 lower-case hex digits
+    span_id: str
+    name: str
+    received_ns: int
+    start_unix_ns: int | None = None
+    end_unix_ns: int | None = None
+    request_id: str | None = None  # gen_ai.request.id (vLLM: "chatcmpl-" + our X-Request-Id)
+    ttft_s: float | None = None  # gen_ai.latency.time_to_first_token
+    e2e_s: float | None = None  # gen_ai.latency.e2e
+    queue_s: float | None = None  # gen_ai.latency.time_in_queue
+    prefill_s: float | None = None  # gen_ai.latency.time_in_model_prefill
+    decode_s: float | None = None  # gen_ai.latency.time_in_model_decode
+    inference_s: float | None = None  # gen_ai.latency.time_in_model_inference
+    prompt_tokens: int | None = None  # gen_ai.usage.prompt_tokens
+    completion_tokens: int | None = None  # gen_ai.usage.completion_tokens
+    service: str | None = None  # the resource's service.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +198,16 @@ def check_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} is {value!r}, not {kind}")
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_trace_id(value: object) -> bool:
+    """A W3C trace id as latbench writes it: 32 lower-case hex digits, not all zero."""
+    return (
+        isinstance(value, str) and len(value) == 32 and _HEX.issuperset(value) and value != "0" * 32
+    )
+
+
 def instants(values: Iterable[int]) -> array[int]:
     return array("q", values)
 
@@ -187,6 +228,32 @@ def encode_record(rec: Record) -> bytes:
     d["type"] = "request"
     d["schema"] = SCHEMA_VERSION
     return orjson.dumps(d) + b"\n"
+
+
+def encode_span(span: ServerSpan) -> bytes:
+    d = asdict(span)
+    d["type"] = "span"
+    d["schema"] = SCHEMA_VERSION
+    return orjson.dumps(d) + b"\n"
+
+
+def _decode_span(d: dict[str, Any]) -> ServerSpan:
+    for name in ("span_id", "name"):
+        if not isinstance(d.get(name), str):
+            raise ValueError(f"span {name} is {d.get(name)!r}, not a string")
+    if not is_trace_id(d.get("trace_id")):
+        raise ValueError(f"span trace_id is {d.get('trace_id')!r}, not 32 lower-case hex digits")
+    for name in ("received_ns", "start_unix_ns", "end_unix_ns"):
+        check_int(name, d.get(name))
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = d.get(name)
+        if value is not None and (type(value) is not int or value < 0):
+            raise ValueError(f"span {name} is {value!r}, not a non-negative integer")
+    for name in ("ttft_s", "e2e_s", "queue_s", "prefill_s", "decode_s", "inference_s"):
+        value = d.get(name)
+        if value is not None and (type(value) not in (int, float) or value != value):
+            raise ValueError(f"span {name} is {value!r}, not a number")
+    return ServerSpan(**d)
 
 
 def encode_header(h: RunHeader) -> bytes:
@@ -228,6 +295,9 @@ def _decode_record(d: dict[str, Any]) -> Record:
             raise ValueError(f"ev_late holds {len(ev_late)} values for {len(ev_t)} events")
         if ev_late and min(ev_late) < 0:
             raise ValueError("ev_late holds a bound that is not a non-negative integer")
+    trace_id = d.get("trace_id")
+    if trace_id is not None and not is_trace_id(trace_id):
+        raise ValueError(f"trace_id is {trace_id!r}, not 32 lower-case hex digits")
     err = d.get("error")
     first_err = d.get("first_error")
     return Record(
@@ -265,21 +335,25 @@ def _decode_record(d: dict[str, Any]) -> Record:
         turn=d.get("turn"),
         images=d.get("images", 0),
         image_bytes=d.get("image_bytes", 0),
+        trace_id=d.get("trace_id"),
     )
 
 
 @dataclass(slots=True)
 class RecordsFile:
-    """Everything a records file holds. `footer` is None when the run did not end cleanly."""
+    """Everything a records file holds. `footer` is None when the run did not end cleanly.
+    `spans` are the server's spans the run received (their lines come between the requests, as
+    they arrive, and before the footer)."""
 
     header: RunHeader | None
     records: list[Record]
     footer: RunFooter | None
+    spans: list[ServerSpan] = field(default_factory=list)
 
 
 def iter_lines(
     lines: Iterable[bytes], source: str = "<records>"
-) -> Iterator[RunHeader | Record | RunFooter]:
+) -> Iterator[RunHeader | Record | RunFooter | ServerSpan]:
     for lineno, raw in enumerate(lines, 1):
         raw = raw.strip()
         if not raw:
@@ -295,6 +369,8 @@ def iter_lines(
             d.pop("schema")
             if kind == "request":
                 yield _decode_record(d)
+            elif kind == "span":
+                yield _decode_span(d)
             elif kind == "header":
                 yield RunHeader(**d)
             elif kind == "footer":
@@ -320,6 +396,8 @@ def read_records(path: str | Path) -> RecordsFile:
     for item in iter_lines(lines, str(p)):
         if isinstance(item, Record):
             out.records.append(item)
+        elif isinstance(item, ServerSpan):
+            out.spans.append(item)
         elif isinstance(item, RunHeader):
             out.header = item
         else:

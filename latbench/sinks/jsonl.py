@@ -1,4 +1,5 @@
-"""Append-only records file: a header, one line per finished request, a footer at a clean end.
+"""Append-only records file: a header, one line per finished request (and per server span
+received), a footer at a clean end.
 
 Each line is written and flushed to the OS as its request finishes, so a killed client keeps every
 record it had finished (a machine crash can still lose what the OS had not written out).
@@ -12,9 +13,11 @@ from latbench.records.record import (
     Record,
     RunFooter,
     RunHeader,
+    ServerSpan,
     encode_footer,
     encode_header,
     encode_record,
+    encode_span,
 )
 
 
@@ -27,6 +30,11 @@ class JsonlSink:
 
     def add(self, record: Record) -> None:
         self._f.write(encode_record(record))
+
+    def add_span(self, span: ServerSpan) -> None:
+        """The server's span of a request, as the receiver got it (`records.record.ServerSpan`),
+        among the request lines, so the records file alone recomputes the join."""
+        self._f.write(encode_span(span))
 
     def close(self, footer: RunFooter | None) -> None:
         if footer is not None:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from kit.cli import COMMAND
-from latbench.records import RunFooter, RunHeader
+from latbench.records import Record, RunFooter, RunHeader
 from latbench.records.record import iter_lines
 
 TOKEN = "test-token-0123456789abcdef"
@@ -242,6 +242,6 @@ def parse_records(jsonl: bytes) -> tuple[RunHeader | None, list[Any], RunFooter 
             header = item
         elif isinstance(item, RunFooter):
             footer = item
-        else:
+        elif isinstance(item, Record):
             records.append(item)
     return header, records, footer

@@ -636,6 +636,7 @@ def client_vs_server_dashboard() -> db.Dashboard:
             width=24,
         )
     )
+    d = span_panels(d)
     d = d.with_row(db.Row("Who sets the pace?"))
     d = d.with_panel(
         series_panel(
@@ -662,6 +663,124 @@ def client_vs_server_dashboard() -> db.Dashboard:
         )
     )
     d = validity_panels(d)
+    d = gpu_panels(d)
+    return d
+
+
+def _mean(key: str) -> str:
+    return f"{rate(hist(key) + '_sum', by='model')} / {rate(hist(key) + '_count', by='model')}"
+
+
+def span_panels(d: db.Dashboard) -> db.Dashboard:
+    """Per request, from the server's own spans (vLLM with --otlp-traces-endpoint, joined to
+    latbench's records by trace id; docs/vllm.md): exact per-request differences, so their
+    percentiles are the outside time's own, not a bucket interval of two histograms."""
+    d = d.with_row(db.Row("Per request: the server's spans joined to latbench's records"))
+    d = d.with_panel(
+        series_panel(
+            "TTFT split per request (means)",
+            "Over the requests joined to their server span: the server's TTFT, its queue and "
+            "prefill, and what lay outside the server (each request's client TTFT minus its "
+            "server TTFT). Empty when the server exports no spans.",
+            [
+                Q(_mean("server_ttft"), "server TTFT {{model}}"),
+                Q(_mean("server_queue"), "queue {{model}}"),
+                Q(_mean("server_prefill"), "prefill {{model}}"),
+                Q(_mean("outside_ttft"), "outside the server {{model}}"),
+            ],
+            "s",
+            over(TARGET_S),
+            width=12,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            "Outside the server per request (p50, p99)",
+            "Percentiles of each request's client TTFT minus its server TTFT: the client, HTTP, "
+            "network, tokenising and framing. Exact per request; the buckets are fine from "
+            "0.1 ms.",
+            [
+                Q(quantile_rate("outside_ttft", 0.5, by="model"), "p50 {{model}}"),
+                Q(quantile_rate("outside_ttft", 0.99, by="model"), "p99 {{model}}"),
+            ],
+            "s",
+            over(TARGET_S),
+            width=6,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            "Spans matched",
+            "Requests joined to a server span, requests whose span never came, spans with no "
+            "request of the run, and trace ids seen twice, per second. Anything but matched "
+            "means the per-request split covers fewer requests than the run.",
+            [Q(rate("latbench_spans_total", by="match"), "{{match}}")],
+            "reqps",
+            _steps((None, GREEN)),
+            width=6,
+            minimum=0,
+        )
+    )
+    return d
+
+
+def gpu_panels(d: db.Dashboard) -> db.Dashboard:
+    """The GPU as latbench sampled it during its runs (NVML on the GPU host, or a DCGM
+    exporter's page; docs/gpu.md), and the energy each output token cost."""
+    d = d.with_row(db.Row("GPU and energy"))
+    gpu_who = "GPU {{gpu}} {{model}}"
+    d = d.with_panel(
+        series_panel(
+            "Energy per output token",
+            "Joules the GPUs used per output token delivered: the rate of latbench's energy "
+            "counter over the rate of its output tokens. Idle power is in it.",
+            [
+                Q(
+                    f"{rate('latbench_energy_joules_total', by='model')}"
+                    f" / {rate('latbench_output_tokens_total', by='model')}",
+                    "J/token {{model}}",
+                )
+            ],
+            "J",
+            _steps((None, GREEN)),
+            width=6,
+            minimum=0,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            "GPU utilisation",
+            "Share of the sample period a kernel ran on each GPU (NVML, DCGM_FI_DEV_GPU_UTIL).",
+            [Q(f"max by (gpu, model) (latbench_gpu_utilization_ratio{{{SEL}}})", gpu_who)],
+            "percentunit",
+            _steps((None, GREEN)),
+            width=6,
+            minimum=0,
+            maximum=1,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            "GPU power",
+            "Each GPU's power draw, watts.",
+            [Q(f"max by (gpu, model) (latbench_gpu_power_watts{{{SEL}}})", gpu_who)],
+            "watt",
+            _steps((None, GREEN)),
+            width=6,
+            minimum=0,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            "GPU memory used",
+            "Each GPU's memory in use (the KV cache and the weights).",
+            [Q(f"max by (gpu, model) (latbench_gpu_memory_used_bytes{{{SEL}}})", gpu_who)],
+            "bytes",
+            _steps((None, GREEN)),
+            width=6,
+            minimum=0,
+        )
+    )
     return d
 
 

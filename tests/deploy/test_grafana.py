@@ -67,7 +67,8 @@ def test_every_panel_is_read_against_its_target() -> None:
             if unit == "s" and not validity:
                 # A latency: green up to 100 ms, red above, the line drawn on time series.
                 assert steps[1:] == [{"color": "red", "value": 0.1}], where
-            if unit == "percentunit":
+            # A share of time, not an attainment: a GPU's utilisation has no objective.
+            if unit == "percentunit" and not p["title"].startswith("GPU "):
                 assert colours == ["red", "green"] and steps[1]["value"] == 0.99, where
             if p["type"] == "timeseries" and len(steps) > 1:
                 style = p["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"]
@@ -99,6 +100,19 @@ def test_the_panels_the_issue_asks_for_are_there() -> None:
     vs = json.dumps(d["latbench-client-vs-server.json"])
     assert 'vllm[:_]time_to_first_token_seconds_bucket\\", model_name=~\\"$model' in vs
     assert 'vllm[:_]inter_token_latency_seconds_bucket\\", model_name=~\\"$model' in vs
+    # Issue 17: the per-request split from the server's spans, and the GPU and its energy.
+    for needle in (
+        "latbench_server_ttft_seconds_sum",
+        "latbench_server_queue_seconds_sum",
+        "latbench_server_prefill_seconds_sum",
+        "latbench_outside_ttft_seconds_bucket",
+        "latbench_spans_total",
+        "rate(latbench_energy_joules_total",
+        "latbench_gpu_utilization_ratio",
+        "latbench_gpu_power_watts",
+        "latbench_gpu_memory_used_bytes",
+    ):
+        assert needle in vs, needle
     for dash in d.values():
         names = [v["name"] for v in dash["templating"]["list"]]
         assert names == ["datasource", "target", "model", "scenario"]

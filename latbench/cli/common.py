@@ -189,6 +189,7 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "api_key_file": ("target", "api_key_file"),
     "vllm_extensions": ("target", "vllm_extensions"),
     "server_metrics": ("target", "server_metrics"),
+    "gpu_metrics": ("target", "gpu_metrics"),
     "connect_timeout": ("target", "timeouts", "connect"),
     "first_token_timeout": ("target", "timeouts", "first_token"),
     "idle_timeout": ("target", "timeouts", "idle"),
@@ -304,6 +305,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="URL|auto|off",
         help="the server's Prometheus page to reconcile client and server latency with "
         "(default auto: the target's /metrics when it holds vLLM's metrics)",
+    )
+    g.add_argument(
+        "--gpu-metrics",
+        metavar="URL|auto|nvml|off",
+        help="sample GPU utilisation, power and energy during the run for J per output token "
+        "(default auto: NVML when this host has an NVIDIA GPU; or a DCGM exporter's or node "
+        "exporter's page URL; docs/gpu.md)",
     )
     for phase in ("connect", "first-token", "idle", "total"):
         g.add_argument(f"--{phase}-timeout", metavar="SECONDS")

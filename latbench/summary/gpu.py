@@ -56,13 +56,20 @@ class GpuMetricsError(Exception):
 # -- pages: DCGM exporter, node exporter -------------------------------------------------------
 
 
-def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+Row = tuple[str, dict[str, str], float]
+
+
+def _samples(text: str) -> list[Row]:
+    """Each sample as (name, labels, value). The parser names a counter's samples `<family>_total`
+    even where the page wrote the family's name alone, as DCGM does
+    (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION): those are named as on the page."""
     try:
         return [
-            (s.name, s.labels, s.value)
+            (fam.name if s.name == f"{fam.name}_total" and fam.name in DCGM_FIELDS else s.name,
+             s.labels, s.value)
             for fam in text_string_to_metric_families(text)
             for s in fam.samples
-        ]
+        ]  # fmt: skip
     except ValueError as e:
         raise GpuMetricsError(f"not Prometheus text: {e}") from None
 
@@ -77,7 +84,7 @@ def parse_dcgm(text: str, t_ns: int) -> list[GpuSample]:
     return _dcgm(_samples(text), t_ns)
 
 
-def _dcgm(rows: Sequence[tuple[str, dict[str, str], float]], t_ns: int) -> list[GpuSample]:
+def _dcgm(rows: Sequence[Row], t_ns: int) -> list[GpuSample]:
     by_gpu: dict[str, dict[str, float | None]] = {}
     for name, labels, value in rows:
         if name not in DCGM_FIELDS:
@@ -110,7 +117,7 @@ def parse_node(text: str, t_ns: int) -> list[GpuSample]:
     return _node(_samples(text), t_ns)
 
 
-def _node(rows: Sequence[tuple[str, dict[str, str], float]], t_ns: int) -> list[GpuSample]:
+def _node(rows: Sequence[Row], t_ns: int) -> list[GpuSample]:
     joules = [v for name, _, v in rows if name == RAPL_PACKAGE]
     if not joules:
         raise GpuMetricsError(f"no {RAPL_PACKAGE} on the page (node exporter's rapl collector)")

@@ -50,6 +50,7 @@ from latbench.shared.errors import SpecError
 from latbench.shared.yamlfile import load_yaml
 from latbench.spec import RunSpec, read_spec_file
 from latbench.spec.ramp import parse_steps
+from latbench.summary.energy import Energy
 from latbench.summary.server_metrics import Reconciliation
 from latbench.summary.summary import Summary
 from latbench.vllm.interop import add_vllm_arguments, apply_vllm_flags
@@ -88,19 +89,26 @@ def print_error(err: Console, message: object) -> None:
 
 
 def show_summary(
-    summary: Summary, recon: Reconciliation | None, console: Console, as_json: bool
+    summary: Summary,
+    recon: Reconciliation | None,
+    console: Console,
+    as_json: bool,
+    energy: Energy | None = None,
 ) -> None:
-    """A run's or a records file's summary: the tables, or the JSON on stdout."""
+    """A run's or a records file's summary: the tables, or the JSON on stdout. `energy`: the
+    GPU samples' energy figures, when there were any (docs/gpu.md)."""
     if as_json:
         doc = summary.to_dict()
         if recon is not None:
             doc["reconciliation"] = recon.to_dict()
+        if energy is not None:
+            doc["energy"] = energy.to_dict()
         sys.stdout.write(
             orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
             + "\n"
         )
     else:
-        render_summary(summary, console)
+        render_summary(summary, console, energy)
         if recon is not None:
             render_reconciliation(recon, console)
 

@@ -87,6 +87,14 @@ def test_a_run_against_fake_gpus_gets_the_energy_per_token_they_charged(tmp_path
     replay = latbench("summary", str(tmp_path / results["run_id"] / "records.jsonl"))
     assert replay.returncode == 0, replay.stderr
     assert f"{energy['j_per_output_token']:.3g} J/output token" in replay.stdout.replace("\n", " ")
+    # And the HTML report: the figure, a row per GPU, the power and utilisation chart.
+    page = tmp_path / "report.html"
+    report = latbench("report", str(tmp_path / results["run_id"]), "--html", str(page))
+    assert report.returncode == 0, report.stderr
+    html = page.read_text()
+    assert 'id="energy"' in html and 'data-chart="energy"' in html
+    assert f"{energy['j_per_output_token']:.3g} J/output token" in html
+    assert "dcgm 0" in html and "dcgm 1" in html
 
 
 def test_a_gpu_page_that_cannot_be_read_is_said_and_the_run_goes_on(tmp_path: Path) -> None:

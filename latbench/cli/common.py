@@ -50,6 +50,7 @@ from latbench.shared.errors import SpecError
 from latbench.shared.yamlfile import load_yaml
 from latbench.spec import RunSpec, read_spec_file
 from latbench.spec.ramp import parse_steps
+from latbench.summary.energy import Energy
 from latbench.summary.server_metrics import Reconciliation
 from latbench.summary.summary import Summary
 from latbench.vllm.interop import add_vllm_arguments, apply_vllm_flags
@@ -88,19 +89,26 @@ def print_error(err: Console, message: object) -> None:
 
 
 def show_summary(
-    summary: Summary, recon: Reconciliation | None, console: Console, as_json: bool
+    summary: Summary,
+    recon: Reconciliation | None,
+    console: Console,
+    as_json: bool,
+    energy: Energy | None = None,
 ) -> None:
-    """A run's or a records file's summary: the tables, or the JSON on stdout."""
+    """A run's or a records file's summary: the tables, or the JSON on stdout. `energy`: the
+    GPU samples' energy figures, when there were any (docs/gpu.md)."""
     if as_json:
         doc = summary.to_dict()
         if recon is not None:
             doc["reconciliation"] = recon.to_dict()
+        if energy is not None:
+            doc["energy"] = energy.to_dict()
         sys.stdout.write(
             orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
             + "\n"
         )
     else:
-        render_summary(summary, console)
+        render_summary(summary, console, energy)
         if recon is not None:
             render_reconciliation(recon, console)
 
@@ -189,6 +197,7 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "api_key_file": ("target", "api_key_file"),
     "vllm_extensions": ("target", "vllm_extensions"),
     "server_metrics": ("target", "server_metrics"),
+    "gpu_metrics": ("target", "gpu_metrics"),
     "connect_timeout": ("target", "timeouts", "connect"),
     "first_token_timeout": ("target", "timeouts", "first_token"),
     "idle_timeout": ("target", "timeouts", "idle"),
@@ -304,6 +313,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="URL|auto|off",
         help="the server's Prometheus page to reconcile client and server latency with "
         "(default auto: the target's /metrics when it holds vLLM's metrics)",
+    )
+    g.add_argument(
+        "--gpu-metrics",
+        metavar="URL|auto|nvml|off",
+        help="sample GPU utilisation, power and energy during the run for J per output token "
+        "(default auto: NVML when this host has an NVIDIA GPU; or a DCGM exporter's or node "
+        "exporter's page URL; docs/gpu.md)",
     )
     for phase in ("connect", "first-token", "idle", "total"):
         g.add_argument(f"--{phase}-timeout", metavar="SECONDS")

@@ -23,6 +23,7 @@ from latbench.cli.common import (
 from latbench.records.rundir import RunDir
 from latbench.shared.errors import ErrorKind
 from latbench.spec import load_spec
+from latbench.summary.energy import energy_of
 from latbench.summary.server_metrics import ServerMetricsError, read_server_metrics, reconcile
 from latbench.summary.summary import summarize_file
 
@@ -54,7 +55,10 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
         recon = None if server is None else reconcile(f.records, server)
     except ServerMetricsError as e:
         err.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)
-    show_summary(summary, recon, console, ns.json)
+    energy = None
+    if f.gpu and summary.window is not None:  # the GPU samples the run took (docs/gpu.md)
+        energy = energy_of(f.gpu, f.records, (summary.window.start_ns, summary.window.end_ns))
+    show_summary(summary, recon, console, ns.json, energy)
     if f.footer is not None and f.footer.ended == "incomplete":
         # As the live run said: a worker died, so the run is not whole whatever the figures say.
         lost = [r for r in f.records if r.error == ErrorKind.LOST]

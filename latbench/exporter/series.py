@@ -204,6 +204,12 @@ class RunSeries:
         self.output_tokens = 0
         self.tool_call_tokens = 0
         self.prompt_tokens = 0
+        # GPU samples (sinks/prometheus.add_gpu): each device's last reading, by its name
+        # ("source:gpu"), and the energy all devices used during runs of this label set.
+        self.gpu_utilization: dict[str, float] = {}
+        self.gpu_memory_used: dict[str, float] = {}
+        self.gpu_power: dict[str, float] = {}
+        self.energy_j = 0.0
         self.start_time = 0.0
         self.ended_at = 0.0  # time.monotonic() when a run of this label set last ended
         self._cpu_done = 0.0
@@ -323,7 +329,7 @@ class ScalarDef:
     name: str
     type: str  # "counter" | "gauge"
     help: str
-    read: Callable[[RunSeries], float | Mapping[str, int]]
+    read: Callable[[RunSeries], float | Mapping[str, float]]
     extra: str | None = None
 
     @property
@@ -411,5 +417,34 @@ SCALARS: tuple[ScalarDef, ...] = (
         "gauge",
         "Unix time the latest run of this label set started.",
         lambda s: s.start_time,
+    ),
+    # -- GPU and energy (summary/gpu.py samples them; docs/gpu.md) --------------------------
+    ScalarDef(
+        "gpu_utilization_ratio",
+        "gauge",
+        "Each GPU's utilisation (0..1) at its last sample during a run of this label set.",
+        lambda s: s.gpu_utilization,
+        "gpu",
+    ),
+    ScalarDef(
+        "gpu_memory_used_bytes",
+        "gauge",
+        "Each GPU's memory used at its last sample during a run of this label set.",
+        lambda s: s.gpu_memory_used,
+        "gpu",
+    ),
+    ScalarDef(
+        "gpu_power_watts",
+        "gauge",
+        "Each GPU's power draw at its last sample during a run of this label set.",
+        lambda s: s.gpu_power,
+        "gpu",
+    ),
+    ScalarDef(
+        "energy_joules",
+        "counter",
+        "Energy all sampled GPUs (or the host's RAPL counter) used during runs of this label set; "
+        "J per output token = rate(this) / rate(latbench_output_tokens_total).",
+        lambda s: s.energy_j,
     ),
 )

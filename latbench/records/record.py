@@ -143,6 +143,27 @@ class ServerSpan:
     service: str | None = None  # the resource's service.name
 
 
+GPU_SOURCES: tuple[str, ...] = ("nvml", "dcgm", "node")
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One reading of one GPU (or of a host-wide energy counter) during a run, as the sampler
+    (`summary.gpu`) took it: NVML on this host, a DCGM exporter's page, or a node exporter's
+    RAPL counter. Raw values only, in SI units; energy per token is `summary.energy`'s. A
+    field the source does not give is None."""
+
+    t_ns: int  # the client's monotonic instant of the reading (the middle of its request)
+    source: str  # "nvml" | "dcgm" | "node"
+    gpu: str  # the GPU's index or UUID as the source names it; "" for a host-wide counter
+    utilization: float | None = None  # 0..1, the share of the last sample period it was busy
+    memory_used_bytes: int | None = None
+    power_w: float | None = None
+    # The source's cumulative energy counter as read (since boot or driver load), J; the
+    # difference between two readings is the energy in between.
+    energy_j: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class RunHeader:
     run_id: str
@@ -256,6 +277,35 @@ def _decode_span(d: dict[str, Any]) -> ServerSpan:
     return ServerSpan(**d)
 
 
+def encode_gpu(sample: GpuSample) -> bytes:
+    d = asdict(sample)
+    d["type"] = "gpu"
+    d["schema"] = SCHEMA_VERSION
+    return orjson.dumps(d) + b"\n"
+
+
+def _decode_gpu(d: dict[str, Any]) -> GpuSample:
+    t_ns = d.get("t_ns")
+    if type(t_ns) is not int or not -_I64 <= t_ns < _I64:
+        raise ValueError(f"gpu t_ns is {t_ns!r}, not an integer")
+    if d.get("source") not in GPU_SOURCES:
+        raise ValueError(f"gpu source is {d.get('source')!r}, not one of {', '.join(GPU_SOURCES)}")
+    if not isinstance(d.get("gpu"), str):
+        raise ValueError(f"gpu gpu is {d.get('gpu')!r}, not a string")
+    mem = d.get("memory_used_bytes")
+    if mem is not None and (type(mem) is not int or not 0 <= mem < _I64):
+        raise ValueError(f"gpu memory_used_bytes is {mem!r}, not a non-negative integer")
+    for name in ("utilization", "power_w", "energy_j"):
+        value = d.get(name)
+        # NaN fails `0 <= value`; infinity is no reading either.
+        if value is not None and (type(value) not in (int, float) or not 0 <= value < float("inf")):
+            raise ValueError(f"gpu {name} is {value!r}, not a non-negative number")
+    util = d.get("utilization")
+    if util is not None and util > 1:
+        raise ValueError(f"gpu utilization is {util!r}, not a share between 0 and 1")
+    return GpuSample(**d)
+
+
 def encode_header(h: RunHeader) -> bytes:
     d = asdict(h)
     d["type"] = "header"
@@ -343,17 +393,19 @@ def _decode_record(d: dict[str, Any]) -> Record:
 class RecordsFile:
     """Everything a records file holds. `footer` is None when the run did not end cleanly.
     `spans` are the server's spans the run received (their lines come between the requests, as
-    they arrive, and before the footer)."""
+    they arrive, and before the footer). `gpu` are the GPU samples taken during the run, in the
+    order taken (`GpuSample`)."""
 
     header: RunHeader | None
     records: list[Record]
     footer: RunFooter | None
     spans: list[ServerSpan] = field(default_factory=list)
+    gpu: list[GpuSample] = field(default_factory=list)
 
 
 def iter_lines(
     lines: Iterable[bytes], source: str = "<records>"
-) -> Iterator[RunHeader | Record | RunFooter | ServerSpan]:
+) -> Iterator[RunHeader | Record | RunFooter | ServerSpan | GpuSample]:
     for lineno, raw in enumerate(lines, 1):
         raw = raw.strip()
         if not raw:
@@ -371,6 +423,8 @@ def iter_lines(
                 yield _decode_record(d)
             elif kind == "span":
                 yield _decode_span(d)
+            elif kind == "gpu":
+                yield _decode_gpu(d)
             elif kind == "header":
                 yield RunHeader(**d)
             elif kind == "footer":
@@ -398,6 +452,8 @@ def read_records(path: str | Path) -> RecordsFile:
             out.records.append(item)
         elif isinstance(item, ServerSpan):
             out.spans.append(item)
+        elif isinstance(item, GpuSample):
+            out.gpu.append(item)
         elif isinstance(item, RunHeader):
             out.header = item
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from latbench.render import charts
+from latbench.render.energy import energy_html
 from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run, Sweep
 from latbench.render.sections import (
@@ -60,6 +61,9 @@ def run_report(run: Run) -> str:
     page.add(cdf_grid(page, [(run.run_id, run)]))
     page.section("time", "Over the run's time")
     page.add(page.chart(charts.over_time_figure(run), "over-time"))
+    if run.energy is not None:  # GPU samples were taken (docs/gpu.md)
+        page.section("energy", "GPU and energy")
+        page.add(energy_html(page, run, run.energy))
     page.section("errors", "Errors")
     page.add(errors_html(page, [(run.run_id, run)]))
     if run.reconciliation is not None:

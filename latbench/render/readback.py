@@ -16,6 +16,7 @@ from latbench.records.rundir import RunDir
 from latbench.shared.errors import RecordsError
 from latbench.spec import RunSpec, load_spec
 from latbench.summary.compare import RunSamples
+from latbench.summary.energy import Energy, energy_of
 from latbench.summary.server_metrics import (
     Reconciliation,
     ServerMetricsError,
@@ -61,6 +62,14 @@ class Run:
             return None if server is None else reconcile(self.file.records, server)
         except ServerMetricsError:
             return None  # `latbench summary` says why; a report shows what it can
+
+    @cached_property
+    def energy(self) -> Energy | None:
+        """Energy per token from the run's GPU samples, when it took any (docs/gpu.md)."""
+        w = self.summary.window
+        if not self.file.gpu or w is None:
+            return None
+        return energy_of(self.file.gpu, self.file.records, (w.start_ns, w.end_ns))
 
     @cached_property
     def samples(self) -> RunSamples:

@@ -21,6 +21,7 @@ from latbench.render.text import (
 )
 from latbench.shared.units import Unit, ms_short, num, row_unit, short
 from latbench.spec.slo import DEFAULT_SLOS, METRICS
+from latbench.summary.energy import Energy
 from latbench.summary.summary import Stats, Summary, pct_key
 
 LABELS = {
@@ -54,13 +55,14 @@ _DEFAULT_COLOURED = frozenset(
 )
 
 
-def render_summary(summary: Summary, console: Console) -> None:
+def render_summary(summary: Summary, console: Console, energy: Energy | None = None) -> None:
+    """The summary's tables; `energy` (the GPU samples' figures) adds rows to throughput."""
     console.print(_headline(summary))
     if (over := _oversaturation(summary)) is not None:
         console.print(over)
     for table in _latency_tables(summary, console):
         console.print(table)
-    console.print(_throughput_table(summary))
+    console.print(_throughput_table(summary, energy))
     for table in _stairs_tables(summary, console):
         console.print(table)
     if (turns := _turns_table(summary)) is not None:
@@ -128,13 +130,15 @@ def _latency_tables(s: Summary, console: Console) -> list[Table]:
     return fitted(console, "latency; sched. = from the intended send time", keys, values, rows)
 
 
-def _throughput_table(s: Summary) -> Table:
+def _throughput_table(s: Summary, energy: Energy | None = None) -> Table:
     r, tok = s.rates, s.tokens
     table = Table(title="throughput and tokens", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("figure")
     table.add_column("value")
     table.add_row("requests/s", num(r.requests_per_s))
     table.add_row("output tokens/s", num(r.output_tokens_per_s))
+    for figure, value in energy_rows(energy):
+        table.add_row(figure, value)
     fraction = "–" if r.goodput_fraction is None else f"{r.goodput_fraction:.1%}"
     table.add_row(
         "goodput (met every SLO)",
@@ -269,3 +273,34 @@ def _stairs_tables(s: Summary, console: Console) -> list[Table]:
     headers = stair_headers(s)
     keys, values = [Column(headers[0])], [Column(h) for h in headers[1:]]
     return fitted(console, "stairs (ms)", keys, values, rows)
+
+
+def energy_rows(e: Energy | None) -> list[tuple[str, str]]:
+    """The energy figures next to throughput (docs/gpu.md): energy per output token and per
+    request, and where the energy came from; none without GPU samples."""
+    if e is None:
+        return []
+    total = e.energy_j
+    if total is None:
+        return [("energy", "no energy: " + ("; ".join(e.notes) or "too few GPU samples"))]
+    per = []
+    if e.j_per_output_token is not None:
+        per.append(f"{e.j_per_output_token:.3g} J/output token")
+    if e.j_per_request is not None:
+        per.append(f"{e.j_per_request:.3g} J/request")
+    devices = len(e.devices)
+    sources = ", ".join(sorted({d.source for d in e.devices}))
+    what = "host (RAPL)" if sources == "node" else f"{devices} GPU{'s' if devices != 1 else ''}"
+    how = "counter" if e.method == "counter" else f"{e.method}: no energy counter"
+    rows = [
+        ("energy per output token", ", ".join(per) or "no tokens delivered in the window"),
+        (
+            "energy",
+            f"{total:,.0f} J over {e.window_s:.3g} s, mean {e.mean_power_w or 0:,.0f} W "
+            f"({what}, {sources}, {how}; idle power included)",
+        ),
+    ]
+    utils = [d.mean_utilization for d in e.devices if d.mean_utilization is not None]
+    if utils:
+        rows.append(("GPU utilisation, mean", ", ".join(f"{u:.0%}" for u in utils)))
+    return rows

@@ -36,7 +36,7 @@ from latbench.exporter import LatbenchMetrics, RunLabels
 from latbench.load.cpus import usable_cpus
 from latbench.load.runner import Runner, make_connector
 from latbench.load.worker import raise_fd_limit
-from latbench.records.record import RunHeader
+from latbench.records.record import GpuSample, RunHeader
 from latbench.records.rundir import RunDir
 from latbench.shared import rxstamp
 from latbench.shared.dist import Dist
@@ -49,6 +49,9 @@ from latbench.sinks.progress import Progress, ProgressSink
 from latbench.sinks.prometheus import PrometheusSink, run_labels
 from latbench.spec import RunSpec, WorkloadSpec
 from latbench.spec.sessions import session_workload
+from latbench.summary.energy import Energy, energy_in_window
+from latbench.summary.gpu import GpuSampler, start_gpu_sampler
+from latbench.summary.samples import Delivered
 from latbench.summary.scraper import ServerMetricsScraper, default_metrics_url
 from latbench.summary.server_metrics import Reconciliation, ServerMetricsError, reconcile
 from latbench.summary.summary import Summary, summarize
@@ -72,6 +75,7 @@ class BenchResult:
     ended: str  # completed | stopped | aborted | incomplete
     reconciliation: Reconciliation | None = None
     incomplete: str | None = None  # why the run is incomplete (a worker died), when it is
+    energy: Energy | None = None  # energy per token, when GPU samples were taken (docs/gpu.md)
 
 
 def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload | SessionWorkload:
@@ -300,10 +304,13 @@ async def run_benchmark(
         if on_runner is not None:
             on_runner(runner)
         scraper = await _start_scraper(session, spec, base_url, endpoint.options.model, console)
+        gpu = await _start_gpu(session, spec, all_sinks, console)
         footer = None
         try:
             outcome = await runner.run(session)
             footer = outcome.footer
+            if gpu is not None:  # its last sample before the records file's footer
+                await gpu.stop()
             if scraper is not None:
                 completed = sum(1 for r in outcome.records if r.ok)
                 server = await scraper.stop(completed)
@@ -311,6 +318,8 @@ async def run_benchmark(
         finally:
             if scraper is not None:
                 await scraper.cancel()
+            if gpu is not None:
+                await gpu.cancel()
             # The terminal line goes first, so it is off the screen before anything after it
             # prints or fails; the others close in the order they see records, so a caller's
             # progress (the service's wakes the run's followers) closes after the records
@@ -335,6 +344,12 @@ async def run_benchmark(
             recon = reconcile(outcome.records, scraper.result)
         except ServerMetricsError as e:  # what the client measured stands on its own
             console.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)
+    energy = None
+    if gpu is not None:
+        inside = Delivered(
+            summary.rates.requests_in_window, 0.0, summary.rates.output_tokens_in_window
+        )
+        energy = energy_in_window(gpu.samples, (footer.window_start, footer.window_end), inside)
     for warning in outcome.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     results = {
@@ -350,6 +365,7 @@ async def run_benchmark(
         "summary": summary.to_dict(),
         "records": run_dir.records_name,
         "reconciliation": None if recon is None else recon.to_dict(),
+        "energy": None if energy is None else energy.to_dict(),
     }
     run_dir.write_results(results)
     return BenchResult(
@@ -360,6 +376,7 @@ async def run_benchmark(
         outcome.ended,
         recon,
         incomplete=outcome.incomplete,
+        energy=energy,
     )
 
 
@@ -392,3 +409,21 @@ async def _start_scraper(
             highlight=False,
         )
     return None
+
+
+async def _start_gpu(
+    session: aiohttp.ClientSession, spec: RunSpec, sinks: list[Sink], console: Console
+) -> GpuSampler | None:
+    """A running GPU sampler (`target.gpu_metrics`), its samples handed to every sink that
+    takes them (the records file, Prometheus), or None: "auto" without NVML is quietly nothing;
+    "nvml" or a page that cannot be read is said (the run still goes ahead)."""
+    takers = [add for sink in sinks if (add := getattr(sink, "add_gpu", None)) is not None]
+
+    def on_sample(sample: GpuSample) -> None:
+        for add in takers:
+            add(sample)
+
+    sampler, problem = await start_gpu_sampler(spec.target.gpu_metrics, session, on_sample)
+    if problem is not None:
+        console.print(f"[yellow]GPU metrics:[/] {problem}; running without them", highlight=False)
+    return sampler

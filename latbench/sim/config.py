@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from latbench.shared.dist import Dist
 from latbench.sim.formats import Personality
+from latbench.sim.gpu import SimGpu
 
 FaultKind = Literal[
     "http_status", "malformed", "truncate", "stall_first", "stall_mid", "error_event"
@@ -144,6 +145,13 @@ class SimConfig(BaseModel):
         "get HTTP 429 with Retry-After, as a hosted API's rate limit answers",
     )
     faults: list[FaultSpec] = Field(default_factory=list)
+    # Fake GPUs, for energy per token (latbench.sim.gpu).
+    gpu: SimGpu | None = Field(
+        default=None,
+        description="serve a DCGM exporter page at /dcgm/metrics for fake GPUs whose energy "
+        "counter grows with the tokens generated (idle watts + joules per token); the energy "
+        "charged is in /sim/truth's `gpu`",
+    )
     truth_capacity: int = Field(default=200_000, ge=1, description="requests kept for /sim/truth")
 
     @model_validator(mode="after")

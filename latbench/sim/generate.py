@@ -206,6 +206,8 @@ async def _stream(g: _Generation) -> web.StreamResponse:
                 # Stamped as it is handed to the socket, so that no client can see it earlier; a
                 # write that waits for a full socket to drain waits on the client, and counts so.
                 entry.event(count)
+                if state.gpu is not None:  # the fake GPUs' energy counter (sim/gpu.py)
+                    state.gpu.charge(count)
                 await resp.write(event)
             if strike >= 0:
                 assert fault is not None
@@ -254,6 +256,8 @@ async def _respond(g: _Generation) -> web.StreamResponse:
         for _, count in plan.events:
             await pacer.next_event()
             entry.event(count)  # for a non-stream request, truth is when each event was generated
+            if state.gpu is not None:
+                state.gpu.charge(count)
     if fault is None and state.engine.cache is not None:
         pacer.answered(answer_tokens(plan, _texts(plan), req.tool_name or TOOL_NAME))
     try:

@@ -2,7 +2,8 @@
 
 Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
 `GET /metrics` (vLLM's own Prometheus metrics, `ServerMetrics` in vllm_metrics.py),
-`GET /sim/truth[?raw=1]` and `POST /sim/truth/reset`. Streams are SSE framed exactly as vLLM
+`GET /sim/truth[?raw=1]` and `POST /sim/truth/reset`; with `SimConfig.gpu`, `GET /dcgm/metrics`
+(fake GPUs' DCGM exporter page, sim/gpu.py). Streams are SSE framed exactly as vLLM
 frames them (`data: <json>\\n\\n` ..., `data: [DONE]\\n\\n`). With `SimConfig.api` set to
 `anthropic` or `responses`, the generation route is `POST /v1/messages` or `POST /v1/responses`
 instead, in that API's format (`latbench.sim.anthropic_format`, `latbench.sim.responses_format`);
@@ -31,6 +32,7 @@ from latbench.sim.config import SimConfig
 from latbench.sim.engine import Engine, Truth
 from latbench.sim.formats import PATHS, PERSONALITY_APIS, ApiError
 from latbench.sim.generate import ROUTES
+from latbench.sim.gpu import GpuModel
 from latbench.sim.ratelimit import TokenBucket
 from latbench.sim.replay import Replayer, load_all, replay
 from latbench.sim.replies import check_auth, error_response, json_response
@@ -58,6 +60,9 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     if cfg.rate_limit is not None:
         state.limiter = TokenBucket(cfg.rate_limit)
     app[STATE] = state
+    if cfg.gpu is not None:
+        state.gpu = GpuModel(cfg.gpu)
+        app.router.add_get("/dcgm/metrics", _dcgm)
     if cfg.replay:
         state.replayer = Replayer(load_all(cfg.replay))
         for path in state.replayer.paths:
@@ -122,9 +127,19 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
 
 
+async def _dcgm(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    assert state.gpu is not None
+    return web.Response(text=state.gpu.page(state.engine.active), content_type="text/plain")
+
+
 async def _truth(request: web.Request) -> web.Response:
     raw = request.query.get("raw", "") not in ("", "0", "false")
-    return json_response(request.app[STATE].truth.summary(raw=raw))
+    state = request.app[STATE]
+    out = state.truth.summary(raw=raw)
+    if state.gpu is not None:
+        out["gpu"] = state.gpu.truth()
+    return json_response(out)
 
 
 async def _truth_reset(request: web.Request) -> web.Response:

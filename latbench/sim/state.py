@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from latbench.sim.config import SimConfig
 from latbench.sim.engine import Engine, Truth
+from latbench.sim.gpu import GpuModel
 from latbench.sim.ratelimit import TokenBucket
 from latbench.sim.replay import Replayer
 from latbench.sim.vllm_metrics import ServerMetrics
@@ -30,6 +31,7 @@ class SimState:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     replayer: Replayer | None = None
     limiter: TokenBucket | None = None
+    gpu: GpuModel | None = None  # fake GPUs (`SimConfig.gpu`): /dcgm/metrics
 
 
 STATE = web.AppKey("latbench_sim_state", SimState)

@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from latbench.records.record import (
+    GpuSample,
     Record,
     RunFooter,
     RunHeader,
     ServerSpan,
     encode_footer,
+    encode_gpu,
     encode_header,
     encode_record,
     encode_span,
@@ -35,6 +37,11 @@ class JsonlSink:
         """The server's span of a request, as the receiver got it (`records.record.ServerSpan`),
         among the request lines, so the records file alone recomputes the join."""
         self._f.write(encode_span(span))
+
+    def add_gpu(self, sample: GpuSample) -> None:
+        """A GPU sample (`records.record.GpuSample`), among the request lines as it is taken,
+        so the records file alone recomputes the energy figures."""
+        self._f.write(encode_gpu(sample))
 
     def close(self, footer: RunFooter | None) -> None:
         if footer is not None:

@@ -12,6 +12,9 @@ What is observed, and why:
   the summary's `latency.queue_delay` and a `queue_delay` SLO count it. (The validity
   diagnostic's queue delay, in `validity`, is a different figure: every measured request.)
 - Event-loop lag is observed per sample, live, from the runner's own monitor.
+- GPU samples (`add_gpu`, from `summary.gpu`'s sampler): each device's last utilisation, memory
+  and power as gauges, and the energy since its previous sample added to the energy counter
+  (`summary.energy.EnergyMeter`), so a dashboard's J per token is a ratio of two rates.
 
 A record is observed when it finishes (`add`), which happens continuously during a run: a
 request's TTFT reaches Prometheus when that request ends, not at its first token.
@@ -28,9 +31,10 @@ from collections.abc import Callable, Sequence
 
 from latbench.client.looplag import add_lag_listener
 from latbench.exporter import LatbenchMetrics, RunLabels, target_label
-from latbench.records.record import TOOL_CALL, Record, RunFooter
+from latbench.records.record import TOOL_CALL, GpuSample, Record, RunFooter
 from latbench.spec.slo import Slo
 from latbench.summary.bound import record_bounds_s
+from latbench.summary.energy import EnergyMeter
 from latbench.summary.samples import NS_PER_S, kind_tokens, record_meets_all, record_samples
 
 
@@ -56,6 +60,7 @@ class PrometheusSink:
         self._slos = tuple(slos)
         self._s = metrics.series(labels)
         self._run = self._s.start_run(inflight, offered)
+        self._meter = EnergyMeter()
         lag = self._s.hist["event_loop_lag"]
         self._detach: Callable[[], None] | None = None
         try:
@@ -94,6 +99,16 @@ class PrometheusSink:
             s.prompt_tokens += record.usage_prompt_tokens
         if record_meets_all(samples, self._slos):
             s.good += 1
+
+    def add_gpu(self, sample: GpuSample) -> None:
+        s, gpu = self._s, sample.gpu or "host"
+        if sample.utilization is not None:
+            s.gpu_utilization[gpu] = sample.utilization
+        if sample.memory_used_bytes is not None:
+            s.gpu_memory_used[gpu] = float(sample.memory_used_bytes)
+        if sample.power_w is not None:
+            s.gpu_power[gpu] = sample.power_w
+        s.energy_j += self._meter.add(sample)
 
     def close(self, footer: RunFooter | None) -> None:
         if self._detach is not None:

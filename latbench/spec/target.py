@@ -89,6 +89,13 @@ class TargetSpec(StrictModel):
         "run and reconciled with the client's figures: a URL, 'off', or 'auto' (the target's "
         "/metrics for chat and completions targets, used when it holds vLLM's metrics)",
     )
+    gpu_metrics: str = Field(
+        default="auto",
+        description="GPU utilisation, memory, power and energy sampled during the run, for "
+        "energy per output token: 'auto' (NVML on this host when it initialises, else "
+        "nothing), 'nvml' (NVML, said when it cannot), 'off', or a DCGM exporter's or node "
+        "exporter's page URL, e.g. http://gpu-host:9400/metrics",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
@@ -98,6 +105,13 @@ class TargetSpec(StrictModel):
                 raise ValueError(
                     f"server_metrics {self.server_metrics!r}: give 'auto', 'off' or an http(s) "
                     "URL, e.g. http://127.0.0.1:8000/metrics"
+                )
+        if self.gpu_metrics not in ("auto", "nvml", "off"):
+            gm = urlsplit(self.gpu_metrics)
+            if gm.scheme not in ("http", "https") or not gm.hostname:
+                raise ValueError(
+                    f"gpu_metrics {self.gpu_metrics!r}: give 'auto', 'nvml', 'off' or an http(s) "
+                    "URL of a DCGM exporter or node exporter page, e.g. http://127.0.0.1:9400/metrics"
                 )
         if self.base_url is None:
             if self.vllm_extensions is None:

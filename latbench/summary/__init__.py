@@ -11,6 +11,10 @@ validity   the client-bound verdict (the bound against its tolerance; loop lag a
 compare    two runs: bootstrap intervals over requests and a better/worse/same verdict
 server     the server's own account (vLLM's /metrics) and its reconciliation with the records
 scraper    reading that account over HTTP before, during and after a run
+gpu        GPU samples taken around a run: NVML on this host, a DCGM exporter's or a node
+           exporter's page (`GpuSampler`)
+energy     energy over the measurement window from those samples, J per output token and per
+           request (`energy_of`, pure)
 saturation the over-saturation verdict of an open-loop run (`assess`, pure; `Watch`, which the
            runner feeds once a second) and its evidence (`Oversaturation`, in the footer)
 """

@@ -45,12 +45,14 @@ from rich.console import Console
 
 from latbench.exporter import DEFAULT_LINGER_S
 from latbench.render.reconciliation import render_reconciliation
+from latbench.render.spans import render_spans
 from latbench.render.terminal import render_summary
 from latbench.shared.errors import SpecError
 from latbench.shared.yamlfile import load_yaml
 from latbench.spec import RunSpec, read_spec_file
 from latbench.spec.ramp import parse_steps
 from latbench.summary.server_metrics import Reconciliation
+from latbench.summary.spans import SpanJoin
 from latbench.summary.summary import Summary
 from latbench.vllm.interop import add_vllm_arguments, apply_vllm_flags
 
@@ -88,19 +90,28 @@ def print_error(err: Console, message: object) -> None:
 
 
 def show_summary(
-    summary: Summary, recon: Reconciliation | None, console: Console, as_json: bool
+    summary: Summary,
+    recon: Reconciliation | None,
+    console: Console,
+    as_json: bool,
+    spans: SpanJoin | None = None,
 ) -> None:
-    """A run's or a records file's summary: the tables, or the JSON on stdout."""
+    """A run's or a records file's summary: the tables, or the JSON on stdout. `spans`: its
+    requests joined with the server's spans, when it received any."""
     if as_json:
         doc = summary.to_dict()
         if recon is not None:
             doc["reconciliation"] = recon.to_dict()
+        if spans is not None:
+            doc["server_spans"] = spans.to_dict()
         sys.stdout.write(
             orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
             + "\n"
         )
     else:
         render_summary(summary, console)
+        if spans is not None:
+            render_spans(spans, console)
         if recon is not None:
             render_reconciliation(recon, console)
 

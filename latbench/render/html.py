@@ -17,6 +17,7 @@ from latbench.render.sections import (
     oversaturation_html,
     reconciliation_html,
     slo_badges,
+    spans_html,
     spec_html,
     stairs_html,
     steps_table,
@@ -62,6 +63,9 @@ def run_report(run: Run) -> str:
     page.add(page.chart(charts.over_time_figure(run), "over-time"))
     page.section("errors", "Errors")
     page.add(errors_html(page, [(run.run_id, run)]))
+    if run.spans is not None:
+        page.section("spans", "Client vs server, per request")
+        page.add(spans_html(page, run.spans))
     if run.reconciliation is not None:
         page.section("server", "Client vs server")
         page.add(reconciliation_html(run.reconciliation))

@@ -22,6 +22,7 @@ from latbench.summary.server_metrics import (
     read_server_metrics,
     reconcile,
 )
+from latbench.summary.spans import SpanJoin, join_spans
 from latbench.summary.summary import Summary, summarize_file
 from latbench.sweep import (
     SWEEP_FILE,
@@ -61,6 +62,11 @@ class Run:
             return None if server is None else reconcile(self.file.records, server)
         except ServerMetricsError:
             return None  # `latbench summary` says why; a report shows what it can
+
+    @cached_property
+    def spans(self) -> SpanJoin | None:
+        """Each request joined with the server's span of it, when the run received spans."""
+        return join_spans(self.file.records, self.file.spans, self.file.header)
 
     @cached_property
     def samples(self) -> RunSamples:

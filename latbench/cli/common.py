@@ -45,6 +45,7 @@ from rich.console import Console
 
 from latbench.exporter import DEFAULT_LINGER_S
 from latbench.render.reconciliation import render_reconciliation
+from latbench.render.spans import render_spans
 from latbench.render.terminal import render_summary
 from latbench.shared.errors import SpecError
 from latbench.shared.yamlfile import load_yaml
@@ -52,6 +53,7 @@ from latbench.spec import RunSpec, read_spec_file
 from latbench.spec.ramp import parse_steps
 from latbench.summary.energy import Energy
 from latbench.summary.server_metrics import Reconciliation
+from latbench.summary.spans import SpanJoin
 from latbench.summary.summary import Summary
 from latbench.vllm.interop import add_vllm_arguments, apply_vllm_flags
 
@@ -94,21 +96,27 @@ def show_summary(
     console: Console,
     as_json: bool,
     energy: Energy | None = None,
+    spans: SpanJoin | None = None,
 ) -> None:
     """A run's or a records file's summary: the tables, or the JSON on stdout. `energy`: the
-    GPU samples' energy figures, when there were any (docs/gpu.md)."""
+    GPU samples' energy figures, when there were any (docs/gpu.md); `spans`: its requests
+    joined with the server's spans, when it received any."""
     if as_json:
         doc = summary.to_dict()
         if recon is not None:
             doc["reconciliation"] = recon.to_dict()
         if energy is not None:
             doc["energy"] = energy.to_dict()
+        if spans is not None:
+            doc["server_spans"] = spans.to_dict()
         sys.stdout.write(
             orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
             + "\n"
         )
     else:
         render_summary(summary, console, energy)
+        if spans is not None:
+            render_spans(spans, console)
         if recon is not None:
             render_reconciliation(recon, console)
 

@@ -181,7 +181,9 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
         vllm_path = save_vllm_result(ns, result.records_path)
         if vllm_path is not None:
             err.print(f"vllm-format results: {vllm_path}", highlight=False)
-        show_summary(result.summary, result.reconciliation, console, ns.json, result.energy)
+        # BenchResult.spans: the join run_benchmark made (helper A1's field; absent before it).
+        spans = getattr(result, "spans", None)
+        show_summary(result.summary, result.reconciliation, console, ns.json, result.energy, spans)
         if not ns.json:
             console.print(
                 f"records: {result.records_path}\nresults: {result.results_path}", soft_wrap=True

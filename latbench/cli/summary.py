@@ -25,6 +25,7 @@ from latbench.shared.errors import ErrorKind
 from latbench.spec import load_spec
 from latbench.summary.energy import energy_of
 from latbench.summary.server_metrics import ServerMetricsError, read_server_metrics, reconcile
+from latbench.summary.spans import join_spans
 from latbench.summary.summary import summarize_file
 
 
@@ -58,7 +59,9 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     energy = None
     if f.gpu and summary.window is not None:  # the GPU samples the run took (docs/gpu.md)
         energy = energy_of(f.gpu, f.records, (summary.window.start_ns, summary.window.end_ns))
-    show_summary(summary, recon, console, ns.json, energy)
+    # The span lines the run received, joined again: the same "server_spans" as results.json.
+    spans = join_spans(f.records, f.spans, f.header)
+    show_summary(summary, recon, console, ns.json, energy, spans)
     if f.footer is not None and f.footer.ended == "incomplete":
         # As the live run said: a worker died, so the run is not whole whatever the figures say.
         lost = [r for r in f.records if r.error == ErrorKind.LOST]

@@ -24,6 +24,7 @@ from latbench.render.readback import Run, Sweep
 from latbench.spec.slo import DEFAULT_SLOS
 from latbench.summary.compare import Row
 from latbench.summary.samples import NS_PER_S, Samples, last_instant
+from latbench.summary.spans import SpanJoin
 from latbench.sweep import format_value
 
 TEMPLATE = "plotly_white"
@@ -414,3 +415,110 @@ def throughput_over_time_figure(runs: Sequence[tuple[str, Run]]) -> go.Figure:
     fig.update_xaxes(title="seconds since the run's first intended send")
     fig.update_yaxes(title="token events/s")
     return _layout(fig, "token events per second over time", 340)
+
+
+# Parts of a request's TTFT as the strip chart shows them, left to right in the order a request
+# meets them (summary/spans.TTFT_PARTS), with their colours.
+SPAN_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("outside_ttft", "outside the server", COLORS[1]),
+    ("intake", "intake (server)", COLORS[4]),
+    ("queue", "queue", COLORS[3]),
+    ("prefill", "prefill", COLORS[2]),
+)
+
+
+def span_scatter_figure(join: SpanJoin) -> go.Figure:
+    """Each request's client TTFT against its server's, the line y = x, and the colour of each
+    point the time outside the server: the distance below the line, exactly."""
+    fig = go.Figure()
+    rows = [
+        (r.seq, r.client_ttft, r.server_ttft, r.outside_ttft)
+        for r in join.requests
+        if r.client_ttft is not None and r.server_ttft is not None
+    ]
+    if not rows:
+        return _layout(fig, "client vs server TTFT per request: no request has both", 460)
+    cols = np.asarray(rows, dtype=np.float64)
+    seq, client_ms, server_ms, outside_ms = (
+        cols[:, 0],
+        cols[:, 1] * 1e3,
+        cols[:, 2] * 1e3,
+        cols[:, 3] * 1e3,
+    )
+    top = float(max(client_ms.max(), server_ms.max())) * 1.05 or 1.0
+    fig.add_trace(
+        go.Scatter(
+            x=[0, top],
+            y=[0, top],
+            mode="lines",
+            name="y = x (nothing outside the server)",
+            line={"color": "#444", "dash": "dash", "width": 1},
+            hoverinfo="skip",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=client_ms,
+            y=server_ms,
+            mode="markers",
+            name="requests",
+            customdata=np.stack([seq, outside_ms], axis=1),
+            hovertemplate="request %{customdata[0]:.0f}<br>client %{x:.2f} ms<br>"
+            "server %{y:.2f} ms<br>outside %{customdata[1]:.2f} ms<extra></extra>",
+            marker={
+                "size": 7,
+                "color": outside_ms,
+                "colorscale": "Viridis",
+                "showscale": True,
+                "colorbar": {"title": {"text": "outside (ms)"}, "thickness": 14},
+                "line": {"width": 0},
+            },
+        )
+    )
+    fig.update_xaxes(title="client TTFT (ms)", range=[0, top])
+    fig.update_yaxes(title="server TTFT (ms, its own span)", range=[0, top])
+    return _layout(fig, f"client vs server TTFT, {len(rows):,} requests", 460)
+
+
+def span_parts_figure(join: SpanJoin) -> go.Figure:
+    """A strip of each part of TTFT per request (outside, intake, queue, prefill), with its
+    median marked: where each request's time went. Jitter is seeded, so a report redraws the
+    same."""
+    fig = go.Figure()
+    rng = np.random.default_rng(0)
+    drawn = 0
+    for i, (name, label, color) in enumerate(SPAN_PARTS):
+        values = join.values(name) * 1e3
+        if values.size == 0:
+            continue
+        drawn += 1
+        fig.add_trace(
+            go.Scatter(
+                x=i + rng.uniform(-0.3, 0.3, values.size),
+                y=values,
+                mode="markers",
+                name=label,
+                marker={"size": 5, "color": color, "opacity": 0.6},
+                hovertemplate=f"{label}: %{{y:.2f}} ms<extra></extra>",
+            )
+        )
+        med = float(np.median(values))
+        fig.add_trace(
+            go.Scatter(
+                x=[i - 0.38, i + 0.38],
+                y=[med, med],
+                mode="lines",
+                line={"color": "#222", "width": 2},
+                name=f"{label} median",
+                showlegend=False,
+                hovertemplate=f"{label} median: {med:.2f} ms<extra></extra>",
+            )
+        )
+    fig.update_xaxes(
+        tickvals=list(range(len(SPAN_PARTS))),
+        ticktext=[label for _, label, _ in SPAN_PARTS],
+        range=[-0.6, len(SPAN_PARTS) - 0.4],
+    )
+    fig.update_yaxes(title="ms", rangemode="tozero")
+    title = "TTFT per request, part by part (bar: median)" if drawn else "no parts to show"
+    return _layout(fig, title, 420)

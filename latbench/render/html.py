@@ -18,6 +18,7 @@ from latbench.render.sections import (
     oversaturation_html,
     reconciliation_html,
     slo_badges,
+    spans_html,
     spec_html,
     stairs_html,
     steps_table,
@@ -66,6 +67,9 @@ def run_report(run: Run) -> str:
         page.add(energy_html(page, run, run.energy))
     page.section("errors", "Errors")
     page.add(errors_html(page, [(run.run_id, run)]))
+    if run.spans is not None:
+        page.section("spans", "Client vs server, per request")
+        page.add(spans_html(page, run.spans))
     if run.reconciliation is not None:
         page.section("server", "Client vs server")
         page.add(reconciliation_html(run.reconciliation))

@@ -23,6 +23,7 @@ from latbench.summary.server_metrics import (
     read_server_metrics,
     reconcile,
 )
+from latbench.summary.spans import SpanJoin, join_spans
 from latbench.summary.summary import Summary, summarize_file
 from latbench.sweep import (
     SWEEP_FILE,
@@ -70,6 +71,11 @@ class Run:
         if not self.file.gpu or w is None:
             return None
         return energy_of(self.file.gpu, self.file.records, (w.start_ns, w.end_ns))
+
+    @cached_property
+    def spans(self) -> SpanJoin | None:
+        """Each request joined with the server's span of it, when the run received spans."""
+        return join_spans(self.file.records, self.file.spans, self.file.header)
 
     @cached_property
     def samples(self) -> RunSamples:

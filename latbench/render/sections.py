@@ -14,6 +14,8 @@ from latbench.render import charts
 from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run, Sweep
 from latbench.render.reconciliation import prefix_cache_line
+from latbench.render.spans import HEADERS as SPAN_HEADERS
+from latbench.render.spans import count_notes, skew_line, split_line, table_rows, title
 from latbench.render.text import (
     STEP_COLUMNS,
     TURN_HEADERS,
@@ -29,6 +31,7 @@ from latbench.shared.units import ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
 from latbench.summary.server_metrics import Reconciliation
+from latbench.summary.spans import SpanJoin
 from latbench.summary.summary import Summary, pct_key
 from latbench.sweep import Capacity
 
@@ -159,6 +162,19 @@ def _bucket(b: tuple[float, float] | None) -> str:
     return (
         "–" if b is None else f"({ms_short(b[0])}, {'∞' if math.isinf(b[1]) else ms_short(b[1])}]"
     )
+
+
+def spans_html(page: Page, j: SpanJoin) -> str:
+    """Each request beside the server's own span of it (summary/spans.py; docs/metrics.md,
+    "Per-request split (server spans)"): the figures, the split, the counts, and two charts."""
+    parts = [f"<p>{esc(title(j))}.</p>", table(list(SPAN_HEADERS), table_rows(j))]
+    parts += [f"<p>{esc(line)}.</p>" for line in (split_line(j), skew_line(j)) if line]
+    for severity, text in count_notes(j):
+        cls = "note" if severity == "info" else "warn"
+        parts.append(f'<p class="{cls}">{esc(text)}.</p>')
+    parts.append(page.chart(charts.span_scatter_figure(j), "span-scatter"))
+    parts.append(page.chart(charts.span_parts_figure(j), "span-parts"))
+    return "".join(parts)
 
 
 def reconciliation_html(r: Reconciliation) -> str:

@@ -11,10 +11,15 @@ from typing import TYPE_CHECKING, Any
 from latbench.render.charts import LABELS
 from latbench.render.readback import Run, Sweep
 from latbench.render.reconciliation import summary_line
+from latbench.render.spans import HEADERS as SPAN_HEADERS
+from latbench.render.spans import table_rows as spans_table_rows
+from latbench.render.spans import text_lines as spans_text_lines
+from latbench.render.spans import title as spans_title
 from latbench.shared.units import ms, ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
 from latbench.summary.samples import NS_PER_S
+from latbench.summary.spans import SpanJoin
 from latbench.summary.summary import Summary, pct_key
 from latbench.summary.validity import Validity, ms_bound
 from latbench.sweep import Step
@@ -110,6 +115,8 @@ def run_markdown(run: Run) -> str:
         errs = ", ".join(f"{k} {v}" for k, v in s.requests.errors_by_kind.items())
         lines += ["", f"Errors: {errs}."]
     lines += ["", _bound_md(s.validity)]
+    if run.spans is not None:
+        lines += ["", *_spans_md(run.spans)]
     if run.reconciliation is not None and (line := summary_line(run.reconciliation)) is not None:
         lines += ["", line]
     if s.client_bound:
@@ -305,8 +312,32 @@ def _csv(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _spans_md(j: SpanJoin) -> list[str]:
+    """The per-request join as Markdown: its title, the figures' table, the split and counts."""
+    return [
+        f"{spans_title(j)}.",
+        "",
+        md_table(SPAN_HEADERS, spans_table_rows(j)),
+        *(f"\n{line}." for line in spans_text_lines(j)),
+    ]
+
+
+def _span_columns(j: SpanJoin | None) -> dict[str, Any]:
+    """The join's counts and each figure's mean, p50, p99 (ms) as CSV columns; none without
+    spans."""
+    if j is None:
+        return {}
+    d: dict[str, Any] = {f"spans_{k}": v for k, v in j.counts().items()}
+    for name, dist in j.distributions().items():
+        for stat in ("mean", "p50", "p99"):
+            v = dist[stat]
+            d[f"span_{name}_{stat}_ms"] = None if v is None else float(v) * 1e3
+    return d
+
+
 def run_csv(run: Run) -> str:
-    return _csv([{"run_id": run.run_id, **_summary_columns(run.summary)}])
+    row = {"run_id": run.run_id, **_summary_columns(run.summary), **_span_columns(run.spans)}
+    return _csv([row])
 
 
 def sweep_csv(sweep: Sweep) -> str:

@@ -14,6 +14,7 @@ from latbench.sim.engine import Engine, Truth
 from latbench.sim.gpu import GpuModel
 from latbench.sim.ratelimit import TokenBucket
 from latbench.sim.replay import Replayer
+from latbench.sim.spans import SpanExporter
 from latbench.sim.vllm_metrics import ServerMetrics
 
 
@@ -32,6 +33,7 @@ class SimState:
     replayer: Replayer | None = None
     limiter: TokenBucket | None = None
     gpu: GpuModel | None = None  # fake GPUs (`SimConfig.gpu`): /dcgm/metrics
+    spans: SpanExporter | None = None  # with `otlp_traces_endpoint`: the span per request
 
 
 STATE = web.AppKey("latbench_sim_state", SimState)

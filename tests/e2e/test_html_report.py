@@ -27,6 +27,7 @@ import aiohttp
 import numpy as np
 import pytest
 from kit.cli import latbench
+from kit.spans import run_with_spans
 from PIL import Image
 
 CHROMIUM = os.environ.get("LATBENCH_CHROMIUM") or shutil.which("chromium")
@@ -331,3 +332,24 @@ def test_a_run_report_sets_the_client_beside_the_servers_own_metrics(
     assert '<h2 id="server">Client vs server</h2>' in text
     assert "the client completed" in text and "server p99 in" in text
     assert "TTFT, mean" in text and "outside the server" in text
+
+
+async def test_a_run_with_server_spans_draws_the_per_request_charts(tmp_path: Path) -> None:
+    # A run against a tracing simulator (kit/spans.py): its report gains the scatter of client
+    # vs server TTFT and the strip of TTFT's parts, one marker per request and part.
+    n = 20
+    run_dir = run_with_spans(
+        tmp_path / "run", "--requests", str(n), "--concurrency", "4", "--output-tokens", "6",
+        max_batch=2, ttft=0.01, itl=0.002,
+    )  # fmt: skip
+    html = tmp_path / "spans.html"
+    p = latbench("report", str(run_dir), "--html", str(html))
+    assert p.returncode == 0, p.stderr
+    async with open_browser(tmp_path / "profile") as page:
+        charts, image = await render(page, html)
+        image.save(tmp_path / "spans.png")
+        check_page(charts, image, page, html, CDFS | {"span-scatter", "span-parts"})
+    by_name = {c["name"]: c for c in charts}
+    assert by_name["span-scatter"]["points"] == n
+    assert by_name["span-parts"]["points"] == 4 * n
+    assert "Client vs server, per request" in html.read_text()

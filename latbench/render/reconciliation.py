@@ -1,5 +1,5 @@
 """Rendering a client/server reconciliation (latbench/summary/server_metrics.py) as terminal
-tables."""
+tables, naming the server whose metrics they are (vLLM, SGLang, TGI, TensorRT-LLM, Dynamo)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ PHASE_LABELS = {
     "prefill": "prefill",
     "decode": "decode",
     "inference": "inference",
+    "time_per_token": "time per token (inference / tokens)",
 }
 
 
@@ -47,7 +48,7 @@ def _range(bounds: tuple[float, float] | None) -> str:
 def render_reconciliation(r: Reconciliation, console: Console) -> None:
     console.print(
         Text(
-            f"client vs server: vLLM's own metrics ({r.url}); the client completed "
+            f"client vs server: {r.server}'s own metrics ({r.url}); the client completed "
             f"{r.client_requests} requests, the server counted {r.server_requests:g}"
         )
     )
@@ -84,15 +85,15 @@ def render_reconciliation(r: Reconciliation, console: Console) -> None:
         [Column(c) for c in ("p50", "server", "p99", "server", "p99 outside")],
         pcts,
     )
-    if r.ttft_split_s is not None:
-        s = r.ttft_split_s
-        share = s["server_ttft"] / s["client_ttft"] if s["client_ttft"] else float("nan")
+    if (line := ttft_split_line(r)) is not None:
+        console.print(Text(line))
+    if r.missing:
+        names = ", ".join(LABELS[m] for m in r.missing)
         console.print(
             Text(
-                f"TTFT, mean {_ms(s['client_ttft'])} ms = server {_ms(s['server_ttft'])} "
-                f"({share:.0%}: queue {_ms(s['queue'])} + prefill {_ms(s['prefill'])} + "
-                f"front end and output {_ms(s['server_other'])}) + outside the server "
-                f"{_ms(s['outside_server'])} (HTTP, network, tokenising, client)"
+                f"{r.server} exports no {names} histogram: "
+                f"{'that figure is' if len(r.missing) == 1 else 'those figures are'} the "
+                "client's alone (docs/servers.md)"
             )
         )
     if (line := prefix_cache_line(r)) is not None:
@@ -133,6 +134,23 @@ def render_reconciliation(r: Reconciliation, console: Console) -> None:
         )
     for note in r.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def ttft_split_line(r: Reconciliation) -> str | None:
+    """Mean client TTFT split into the server's parts and the rest, naming only the parts the
+    server measures (SGLang has no prefill histogram, Dynamo neither queue nor prefill)."""
+    s = r.ttft_split_s
+    if s is None:
+        return None
+    client, server = s["client_ttft"], s["server_ttft"]
+    share = f"{server / client:.0%}: " if client and server is not None else ""
+    parts = [f"{name} {_ms(s[name])}" for name in ("queue", "prefill") if s[name] is not None]
+    rest = "front end and output" if len(parts) == 2 else f"the rest of {r.server}'s TTFT"
+    parts.append(f"{rest} {_ms(s['server_other'])}")
+    return (
+        f"TTFT, mean {_ms(client)} ms = server {_ms(server)} ({share}{' + '.join(parts)}) + "
+        f"outside the server {_ms(s['outside_server'])} (HTTP, network, tokenising, client)"
+    )
 
 
 def prefix_cache_line(r: Reconciliation) -> str | None:

@@ -13,7 +13,7 @@ import orjson
 from latbench.render import charts
 from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run, Sweep
-from latbench.render.reconciliation import prefix_cache_line
+from latbench.render.reconciliation import prefix_cache_line, ttft_split_line
 from latbench.render.spans import HEADERS as SPAN_HEADERS
 from latbench.render.spans import count_notes, skew_line, split_line, table_rows, title
 from latbench.render.text import (
@@ -180,7 +180,7 @@ def spans_html(page: Page, j: SpanJoin) -> str:
 def reconciliation_html(r: Reconciliation) -> str:
     """The server's own metrics beside the client's (docs/vllm.md says how to read them)."""
     head = (
-        f"<p>The server's own metrics ({esc(r.url)}): the client completed "
+        f"<p>{esc(r.server)}'s own metrics ({esc(r.url)}): the client completed "
         f"{r.client_requests} requests, the server counted {r.server_requests:g}. Means are "
         "exact (both sides keep sums); the server knows a percentile only as the bucket that "
         "holds it.</p>"
@@ -200,13 +200,8 @@ def reconciliation_html(r: Reconciliation) -> str:
     headers = ["metric (ms)", "client mean", "server mean", "outside server (mean)",
                "client p50", "server p50 in", "client p99", "server p99 in"]  # fmt: skip
     parts = [head, table(headers, rows)]
-    if (s := r.ttft_split_s) is not None:
-        parts.append(
-            f"<p>TTFT, mean {ms_short(s['client_ttft'])} ms = server "
-            f"{ms_short(s['server_ttft'])} (queue {ms_short(s['queue'])} + prefill "
-            f"{ms_short(s['prefill'])} + front end and output {ms_short(s['server_other'])}) + "
-            f"outside the server {ms_short(s['outside_server'])}.</p>"
-        )
+    if (line := ttft_split_line(r)) is not None:
+        parts.append(f"<p>{esc(line)}.</p>")
     if (line := prefix_cache_line(r)) is not None:
         parts.append(f"<p>{esc(line)}.</p>")
     tokens = [

@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from aiohttp import web
@@ -26,7 +26,7 @@ from latbench.shared.dist import Dist
 from latbench.shared.errors import SpecError
 from latbench.shared.yamlfile import MAX_BYTES, parse_yaml
 from latbench.sim.arrival import listen
-from latbench.sim.config import FAULT_KINDS, FaultSpec, SimConfig
+from latbench.sim.config import FAULT_KINDS, FaultSpec, MetricsDialect, SimConfig
 from latbench.sim.replay import check_replay
 from latbench.sim.server import create_app
 
@@ -63,6 +63,7 @@ _FLAG_FIELDS = (
     "span_drop",
     "span_duplicate",
     "span_delay_s",
+    "metrics_dialect",
 )
 
 
@@ -151,6 +152,12 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="admit this many requests per second; the rest get 429 with Retry-After",
     )
     a("--truth-capacity", type=int, metavar="N", help="requests kept for /sim/truth")
+    a(
+        "--metrics-dialect",
+        choices=get_args(MetricsDialect),
+        help="whose Prometheus page GET /metrics serves (trtllm: at /prometheus/metrics) "
+        "(default vllm; docs/servers.md)",
+    )
     a(
         "--otlp-traces-endpoint",
         metavar="URL",

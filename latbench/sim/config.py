@@ -15,6 +15,7 @@ FaultKind = Literal[
     "http_status", "malformed", "truncate", "stall_first", "stall_mid", "error_event"
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+MetricsDialect = Literal["vllm", "sglang", "tgi", "trtllm", "dynamo"]
 # A tool call's tokens when a request offers tools and `tool_call_tokens` is 0: a short call,
 # the name's event and a few words of arguments.
 TOOL_CALL_TOKENS = 8
@@ -143,6 +144,12 @@ class SimConfig(BaseModel):
         gt=0,
         description="requests/s admitted (a token bucket holding one second's worth); the rest "
         "get HTTP 429 with Retry-After, as a hosted API's rate limit answers",
+    )
+    metrics_dialect: MetricsDialect = Field(
+        default="vllm",
+        description="whose Prometheus page GET /metrics serves, from the same instants: vllm, "
+        "sglang, tgi, trtllm (at /prometheus/metrics, as trtllm-serve) or dynamo (its HTTP "
+        "frontend's); see latbench.sim.metrics_dialects",
     )
     faults: list[FaultSpec] = Field(default_factory=list)
     # Fake GPUs, for energy per token (latbench.sim.gpu).

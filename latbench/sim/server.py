@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import orjson
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from latbench.shared.buckets import TEXT_FORMAT
 from latbench.sim.anthropic_format import anthropic_models
@@ -80,7 +80,12 @@ def create_app(config: SimConfig | None = None) -> web.Application:
             app.router.add_post("/tokenize", _tokenize)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
-    app.router.add_get("/metrics", _metrics)
+    if cfg.metrics_dialect == "trtllm":
+        # trtllm-serve: Prometheus text at /prometheus/metrics, iteration stats (JSON) at /metrics.
+        app.router.add_get("/prometheus/metrics", _metrics)
+        app.router.add_get("/metrics", _iteration_stats)
+    else:
+        app.router.add_get("/metrics", _metrics)
     app.router.add_get("/sim/truth", _truth)
     app.router.add_post("/sim/truth/reset", _truth_reset)
     app.on_shutdown.append(_on_shutdown)
@@ -142,7 +147,8 @@ async def _tokenize(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     # No auth, as vLLM's; always the classic text format, which keeps the `vllm:` names.
-    body = generate_latest(request.app[STATE].registry)
+    state = request.app[STATE]
+    body = state.metrics.text(state.registry)
     return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
 
 
@@ -150,6 +156,11 @@ async def _dcgm(request: web.Request) -> web.Response:
     state = request.app[STATE]
     assert state.gpu is not None
     return web.Response(text=state.gpu.page(state.engine.active), content_type="text/plain")
+
+
+async def _iteration_stats(request: web.Request) -> web.Response:
+    # trtllm-serve's /metrics: a JSON list of per-iteration stats; none are simulated.
+    return json_response([])
 
 
 async def _truth(request: web.Request) -> web.Response:

@@ -1,4 +1,5 @@
-"""vLLM's own Prometheus metrics, as the simulator serves them at `GET /metrics`.
+"""vLLM's own Prometheus metrics, as the simulator serves them at `GET /metrics` (or, with
+`SimConfig.metrics_dialect`, another server's page of the same counts: metrics_dialects.py).
 
 `ServerMetrics` is what vLLM itself would export (vLLM v1's names, labels and bucket boundaries),
 from the instants the engine and the truth record already keep: arrival, `t_admit`
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -29,6 +31,7 @@ from latbench.shared.buckets import (
     VLLM_TTFT_BUCKETS,
     BucketCounts,
 )
+from latbench.sim import metrics_dialects as dialects
 from latbench.sim.engine import FINISH_REASONS, Engine, FinishReason, TruthEntry
 
 # vLLM v1's histograms: (name, help, buckets). The keys are ServerMetrics' own.
@@ -78,22 +81,34 @@ VLLM_LABELS: tuple[str, ...] = ("model_name", "engine")
 
 
 class ServerMetrics:
-    """vLLM's server-side metrics for `GET /metrics`: a prometheus_client collector.
+    """The server-side metrics for `GET /metrics`: a prometheus_client collector, rendering
+    vLLM's page, or with `SimConfig.metrics_dialect` another server's (metrics_dialects.py)
+    from the same counts.
 
     Everything runs on the simulator's one event loop; a request is observed once, when it ends
     (`finished`), so the per-event path does no work for it.
     """
 
     def __init__(self, model: str, engine: Engine) -> None:
+        self._model = model
         self._labels = [model, "0"]  # model_name, engine (vLLM's engine index)
         self._engine = engine
-        self._hist = {k: BucketCounts(bounds) for k, (_, _, bounds) in _VLLM_HISTOGRAMS.items()}
+        self.dialect = engine.config.metrics_dialect
+        if self.dialect == "vllm":
+            bounds_of = {k: bounds for k, (_, _, bounds) in _VLLM_HISTOGRAMS.items()}
+            self._dialect_hists: tuple[dialects.Hist, ...] = ()
+        else:
+            self._dialect_hists = dialects.histograms(self.dialect, engine.config.max_model_len)
+            bounds_of = {h.key: h.bounds for h in self._dialect_hists}
+        self._hist = {k: BucketCounts(bounds) for k, bounds in bounds_of.items()}
         self._les = {
-            k: [*(floatToGoString(b) for b in bounds), "+Inf"]
-            for k, (_, _, bounds) in _VLLM_HISTOGRAMS.items()
+            k: [*(floatToGoString(b) for b in bounds), "+Inf"] for k, bounds in bounds_of.items()
         }
+        self._success_only = self.dialect in dialects.SUCCESS_ONLY
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        self.cached_tokens = 0
+        self.failed = 0
         self.success: dict[FinishReason, int] = dict.fromkeys(FINISH_REASONS, 0)
         self.replaying = 0  # transcripts being replayed: running, outside the load model
 
@@ -105,24 +120,71 @@ class ServerMetrics:
         events = entry.events_ns
         if not events:
             return
-        arrival, first, last = entry.arrival_ns, events[0], events[-1]
-        h = self._hist
-        h["ttft"].observe((first - arrival) / 1e9)
-        h["e2e"].observe((last - arrival) / 1e9)
-        h["queue"].observe((admit_ns - arrival) / 1e9)
-        h["prefill"].observe((first - admit_ns) / 1e9)
-        h["decode"].observe((last - first) / 1e9)
-        h["inference"].observe((last - admit_ns) / 1e9)
-        if len(events) > 1:
-            h["itl"].observe_many(np.diff(np.frombuffer(events, dtype=np.int64)) / 1e9)
-        if entry.tokens > 1:
-            h["tpot"].observe((last - first) / 1e9 / (entry.tokens - 1))
+        if finish is None:
+            self.failed += 1
+        if finish is not None or not self._success_only:
+            self._observe(entry, admit_ns, prompt_tokens)
         if finish is not None:
             self.success[finish] += 1
             self.prompt_tokens += prompt_tokens
             self.generation_tokens += entry.tokens
+            self.cached_tokens += entry.cached_tokens
+
+    def _observe(self, entry: TruthEntry, admit_ns: int, prompt_tokens: int) -> None:
+        events = entry.events_ns
+        arrival, first, last = entry.arrival_ns, events[0], events[-1]
+        values = {
+            "ttft": (first - arrival) / 1e9,
+            "e2e": (last - arrival) / 1e9,
+            "queue": (admit_ns - arrival) / 1e9,
+            "prefill": (first - admit_ns) / 1e9,
+            "decode": (last - first) / 1e9,
+            "inference": (last - admit_ns) / 1e9,
+            # TGI's mean time per token: inference time over every generated token.
+            "time_per_token": (last - admit_ns) / 1e9 / max(entry.tokens, 1),
+            "prompt_len": float(prompt_tokens),
+            "gen_len": float(entry.tokens),
+        }
+        if entry.tokens > 1:
+            values["tpot"] = (last - first) / 1e9 / (entry.tokens - 1)
+        h = self._hist
+        for key, value in values.items():
+            if key in h:
+                h[key].observe(value)
+        if len(events) > 1:
+            gaps = np.diff(np.frombuffer(events, dtype=np.int64)) / 1e9
+            if "itl" in h:  # vLLM: one observation per engine step
+                h["itl"].observe_many(gaps)
+            if "itl_per_token" in h:
+                # SGLang and Dynamo split each interval evenly over the tokens it brought and
+                # observe it once per token.
+                k = self._engine.config.tokens_per_event
+                h["itl_per_token"].observe_many(np.repeat(gaps / k, k))
+
+    def text(self, registry: CollectorRegistry) -> bytes:
+        """The page: prometheus_client's text of `registry` (which holds this collector), or
+        TGI's, which a Rust exporter writes differently."""
+        if self.dialect == "tgi":
+            return dialects.tgi_text(self._counts(), self._dialect_hists)
+        return generate_latest(registry)
+
+    def _counts(self) -> dialects.Counts:
+        return dialects.Counts(
+            model=self._model,
+            hist=self._hist,
+            prompt_tokens=self.prompt_tokens,
+            generation_tokens=self.generation_tokens,
+            succeeded=dict(self.success),
+            failed=self.failed,
+            cached_tokens=self.cached_tokens,
+            running=self._engine.active + self.replaying,
+            waiting=self._engine.queued,
+        )
 
     def collect(self) -> Iterator[Metric]:
+        if self.dialect != "vllm":
+            yield from dialects.collect(self.dialect, self._counts(), self._dialect_hists)
+            return
         labels = self._labels
         for key, (name, help_text, _) in _VLLM_HISTOGRAMS.items():
             fam = HistogramMetricFamily(name, help_text, labels=list(VLLM_LABELS))

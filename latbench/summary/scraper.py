@@ -1,17 +1,22 @@
-"""Reading vLLM's /metrics over HTTP before, during and after a run: the one part of the
+"""Reading the server's /metrics over HTTP before, during and after a run: the one part of the
 server's account that does I/O (what the scrapes mean, and the reconciliation, are the pure
 functions in `summary.server_metrics`).
 
-The scraper reads the page once before the first request (a page that is not vLLM's turns it
-off), every few seconds during the run for the gauges' course, and once after the last
-response. A failed scrape is noted, never raised: the client's measurements stand on their own.
+The scraper reads the page once before the first request, which says whose metrics they are
+(vLLM's, SGLang's, ...: a page of no known server turns it off), every few seconds during the
+run for the gauges' course, and once after the last response, each later page read as the
+first one's server. A failed scrape is noted, never raised: the client's measurements stand on
+their own.
+
+TensorRT-LLM's trtllm-serve keeps its Prometheus page at /prometheus/metrics (its /metrics is
+JSON iteration statistics), so a /metrics that is no known server's page is retried there.
 """
 
 from __future__ import annotations
 
 import asyncio
 from time import monotonic_ns
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -27,9 +32,21 @@ SCRAPE_EVERY_S = 2.0
 SETTLE_S = 3.0
 
 
+# Where trtllm-serve serves Prometheus text (tensorrt_llm/serve/openai_server.py).
+TRTLLM_METRICS_PATH = "/prometheus/metrics"
+
+
 def default_metrics_url(base_url: str) -> str:
     parts = urlsplit(base_url)
     return f"{parts.scheme}://{parts.netloc}/metrics"
+
+
+def _fallback(url: str) -> str | None:
+    """TensorRT-LLM's page beside a /metrics that was not a known server's, or None."""
+    parts = urlsplit(url)
+    if parts.path.rstrip("/") != "/metrics":
+        return None
+    return urlunsplit(parts._replace(path=TRTLLM_METRICS_PATH))
 
 
 class ServerMetricsScraper:
@@ -56,15 +73,25 @@ class ServerMetricsScraper:
                 text = await resp.text()
         except (TimeoutError, aiohttp.ClientError) as e:
             raise ServerMetricsError(f"{type(e).__name__}: {e}") from None
-        return parse_metrics(text, self._model)
+        before = self.result.before
+        return parse_metrics(text, self._model, dialect=None if before is None else before.dialect)
 
     async def start(self) -> bool:
-        """The first scrape; False (and an error noted) when the page is not vLLM's."""
+        """The first scrape; False (and an error noted) when the page is no known server's."""
         try:
             self.result.before = await self.scrape()
         except ServerMetricsError as e:
-            self.result.errors.append(f"before the run: {e}")
-            return False
+            fallback = _fallback(self.result.url)
+            if fallback is None:
+                self.result.errors.append(f"before the run: {e}")
+                return False
+            first, self.result.url = self.result.url, fallback
+            try:
+                self.result.before = await self.scrape()
+            except ServerMetricsError as again:
+                self.result.url = first
+                self.result.errors.append(f"before the run: {e} (and {fallback}: {again})")
+                return False
         self._note(self.result.before)
         self._task = asyncio.create_task(self._during())
         return True

@@ -1,5 +1,11 @@
-"""The server's own account of a run: vLLM's Prometheus metrics, scraped before, during and
-after it, and reconciled with the client's records.
+"""The server's own account of a run: its Prometheus metrics, scraped before, during and after
+it, and reconciled with the client's records.
+
+The servers name the same quantities differently (vLLM `vllm:`, SGLang `sglang:`, TGI `tgi_`,
+TensorRT-LLM `trtllm_`, Dynamo's frontend `dynamo_frontend_`), and each lacks some: a `Dialect`
+maps our names to one server's, only where it measures the same thing, and the page says which
+server it is (docs/servers.md has the table and its sources). What follows is said of vLLM; the
+other servers' stopwatches start and stop at their own points, which docs/servers.md names.
 
 vLLM times each request from its arrival in the API server's engine client (after HTTP parsing
 and tokenisation) to the engine's first and last outputs. latbench times it from just before the
@@ -29,47 +35,193 @@ from typing import Any
 
 import numpy as np
 import orjson
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from latbench.records.record import Record
 from latbench.records.rundir import RunDir
 from latbench.summary.samples import Samples
 
-# Our name -> vLLM's histogram family; the first name found wins (older vLLMs call ITL
-# time_per_output_token).
-HISTOGRAMS: dict[str, tuple[str, ...]] = {
-    "ttft": ("vllm:time_to_first_token_seconds",),
-    "itl": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
-    "tpot": ("vllm:request_time_per_output_token_seconds",),
-    "e2e": ("vllm:e2e_request_latency_seconds",),
-    "queue": ("vllm:request_queue_time_seconds",),
-    "prefill": ("vllm:request_prefill_time_seconds",),
-    "decode": ("vllm:request_decode_time_seconds",),
-    "inference": ("vllm:request_inference_time_seconds",),
-}
-COUNTERS: dict[str, str] = {
-    "prompt_tokens": "vllm:prompt_tokens_total",
-    "generation_tokens": "vllm:generation_tokens_total",
-    "requests": "vllm:request_success_total",  # summed over finished_reason
-    # Prompt tokens looked up in the prefix cache, and those found there (vLLM counts both in
-    # tokens, over every request it scheduled, hits in whole blocks).
-    "prefix_cache_queries": "vllm:prefix_cache_queries_total",
-    "prefix_cache_hits": "vllm:prefix_cache_hits_total",
-}
-GAUGES: dict[str, str] = {
-    "running": "vllm:num_requests_running",
-    "waiting": "vllm:num_requests_waiting",
-    "kv_cache_usage": "vllm:kv_cache_usage_perc",
-}
+
+@dataclass(frozen=True)
+class CounterSource:
+    """Where a server keeps one of our counters: a counter family (its samples summed, `_total`
+    or not, as Rust exporters leave it off), only the samples with `labels`; or, for a server
+    that counts tokens per request in a histogram, that histogram's `_sum`."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    histogram_sum: bool = False
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One server's metric names for what latbench reconciles (docs/servers.md cites each).
+
+    `histograms` maps our name to the server's families, the first found winning (older vLLMs
+    call ITL time_per_output_token); a name a dialect lacks is absent, never stood in for by a
+    different quantity."""
+
+    key: str
+    server: str  # as the reconciliation names it
+    marker: str  # what its families start with, for messages
+    model_label: str | None  # the label naming the model, None for a one-model server
+    histograms: dict[str, tuple[str, ...]]
+    counters: dict[str, CounterSource]
+    gauges: dict[str, str]
+
+    def families(self) -> set[str]:
+        names = {n for names in self.histograms.values() for n in names}
+        names |= {_base(c.name) for c in self.counters.values()}
+        return names | set(self.gauges.values())
+
+
+def _base(name: str) -> str:
+    # prometheus_client's parser names a counter family without `_total`; its sample keeps it.
+    return name.removesuffix("_total")
+
+
+VLLM = Dialect(
+    key="vllm",
+    server="vLLM",
+    marker="vllm:*",
+    model_label="model_name",
+    histograms={
+        "ttft": ("vllm:time_to_first_token_seconds",),
+        "itl": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+        "tpot": ("vllm:request_time_per_output_token_seconds",),
+        "e2e": ("vllm:e2e_request_latency_seconds",),
+        "queue": ("vllm:request_queue_time_seconds",),
+        "prefill": ("vllm:request_prefill_time_seconds",),
+        "decode": ("vllm:request_decode_time_seconds",),
+        "inference": ("vllm:request_inference_time_seconds",),
+    },
+    counters={
+        "prompt_tokens": CounterSource("vllm:prompt_tokens_total"),
+        "generation_tokens": CounterSource("vllm:generation_tokens_total"),
+        "requests": CounterSource("vllm:request_success_total"),  # summed over finished_reason
+        # Prompt tokens looked up in the prefix cache, and those found there (vLLM counts both
+        # in tokens, over every request it scheduled, hits in whole blocks).
+        "prefix_cache_queries": CounterSource("vllm:prefix_cache_queries_total"),
+        "prefix_cache_hits": CounterSource("vllm:prefix_cache_hits_total"),
+    },
+    gauges={
+        "running": "vllm:num_requests_running",
+        "waiting": "vllm:num_requests_waiting",
+        "kv_cache_usage": "vllm:kv_cache_usage_perc",
+    },
+)
+# SGLang (python/sglang/srt/metrics/collector.py): the tokenizer manager's request histograms
+# (ITL observed once per token, the interval split evenly), the scheduler's queue time and
+# gauges. No TPOT, prefill, decode or inference histograms.
+SGLANG = Dialect(
+    key="sglang",
+    server="SGLang",
+    marker="sglang:*",
+    model_label="model_name",
+    histograms={
+        "ttft": ("sglang:time_to_first_token_seconds",),
+        "itl": ("sglang:inter_token_latency_seconds",),
+        "e2e": ("sglang:e2e_request_latency_seconds",),
+        "queue": ("sglang:queue_time_seconds",),
+    },
+    counters={
+        "prompt_tokens": CounterSource("sglang:prompt_tokens_total"),
+        "generation_tokens": CounterSource("sglang:generation_tokens_total"),
+        "requests": CounterSource("sglang:num_requests_total"),  # finished requests
+        # SGLang's own hit rate is cached prompt tokens over prompt tokens.
+        "prefix_cache_queries": CounterSource("sglang:prompt_tokens_total"),
+        "prefix_cache_hits": CounterSource("sglang:cached_tokens_total"),
+    },
+    gauges={
+        "running": "sglang:num_running_reqs",
+        "waiting": "sglang:num_queue_reqs",
+        "kv_cache_usage": "sglang:token_usage",
+    },
+)
+# TGI (router/src/server.rs, docs/source/reference/metrics.md): durations in seconds, recorded
+# for successful requests only; no TTFT or ITL histogram at all, and its "mean time per token"
+# is inference time over generated tokens, prefill included, so it is no TPOT: it is shown as a
+# server phase. Token counts are per-request histograms; counters carry no `_total`.
+TGI = Dialect(
+    key="tgi",
+    server="TGI",
+    marker="tgi_*",
+    model_label=None,
+    histograms={
+        "e2e": ("tgi_request_duration",),
+        "queue": ("tgi_request_queue_duration",),
+        "inference": ("tgi_request_inference_duration",),
+        "time_per_token": ("tgi_request_mean_time_per_token_duration",),
+    },
+    counters={
+        "prompt_tokens": CounterSource("tgi_request_input_length", histogram_sum=True),
+        "generation_tokens": CounterSource("tgi_request_generated_tokens", histogram_sum=True),
+        "requests": CounterSource("tgi_request_success"),
+    },
+    gauges={"running": "tgi_batch_current_size", "waiting": "tgi_queue_size"},
+)
+# TensorRT-LLM's trtllm-serve (tensorrt_llm/metrics/collector.py, at /prometheus/metrics):
+# vLLM's v1 histograms and buckets under a `trtllm_` prefix, no ITL histogram.
+TRTLLM = Dialect(
+    key="trtllm",
+    server="TensorRT-LLM",
+    marker="trtllm_*",
+    model_label="model_name",
+    histograms={
+        "ttft": ("trtllm_time_to_first_token_seconds",),
+        "tpot": ("trtllm_time_per_output_token_seconds",),
+        "e2e": ("trtllm_e2e_request_latency_seconds",),
+        "queue": ("trtllm_request_queue_time_seconds",),
+        "prefill": ("trtllm_request_prefill_time_seconds",),
+        "decode": ("trtllm_request_decode_time_seconds",),
+        "inference": ("trtllm_request_inference_time_seconds",),
+    },
+    counters={
+        "prompt_tokens": CounterSource("trtllm_prompt_tokens_total"),
+        "generation_tokens": CounterSource("trtllm_generation_tokens_total"),
+        "requests": CounterSource("trtllm_request_success_total"),  # summed over finished_reason
+    },
+    gauges={
+        "running": "trtllm_num_requests_running",
+        "waiting": "trtllm_num_requests_waiting",
+        "kv_cache_usage": "trtllm_kv_cache_utilization",
+    },
+)
+# NVIDIA Dynamo's HTTP frontend (lib/llm/src/http/service/metrics.rs): timed from the frontend's
+# handler, so its "server" includes routing to a worker; no queue or engine phases, no TPOT. Its
+# in-flight gauge counts requests from arrival to the end of their response.
+DYNAMO = Dialect(
+    key="dynamo",
+    server="Dynamo",
+    marker="dynamo_frontend_*",
+    model_label="model",
+    histograms={
+        "ttft": ("dynamo_frontend_time_to_first_token_seconds",),
+        "itl": ("dynamo_frontend_inter_token_latency_seconds",),
+        "e2e": ("dynamo_frontend_request_duration_seconds",),
+    },
+    counters={
+        "prompt_tokens": CounterSource("dynamo_frontend_input_sequence_tokens", histogram_sum=True),
+        "generation_tokens": CounterSource("dynamo_frontend_output_tokens_total"),
+        "requests": CounterSource("dynamo_frontend_requests_total", (("status", "success"),)),
+    },
+    gauges={"inflight": "dynamo_frontend_inflight_requests"},
+)
+# In detection order: on a tie, the first wins.
+DIALECTS: dict[str, Dialect] = {d.key: d for d in (VLLM, SGLANG, TGI, TRTLLM, DYNAMO)}
+DIALECT_KEYS: tuple[str, ...] = tuple(DIALECTS)
+
 # Client metric -> server histogram compared with it.
 PAIRS: tuple[str, ...] = ("ttft", "itl", "tpot", "e2e")
 # Server-only phases, shown next to the pairs.
-PHASES: tuple[str, ...] = ("queue", "prefill", "decode", "inference")
+PHASES: tuple[str, ...] = ("queue", "prefill", "decode", "inference", "time_per_token")
 QUANTILES: tuple[float, ...] = (50.0, 90.0, 99.0)
 
 
 class ServerMetricsError(Exception):
-    """A /metrics page that cannot be read as vLLM's."""
+    """A /metrics page that cannot be read as a known server's."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +260,12 @@ class Snapshot:
     histograms: dict[str, Histogram] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
     gauges: dict[str, float] = field(default_factory=dict)
+    dialect: str = "vllm"  # a key of DIALECTS: whose names the page was read by
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "t_ns": self.t_ns,
+            "dialect": self.dialect,
             "histograms": {k: asdict(h) for k, h in self.histograms.items()},
             "counters": self.counters,
             "gauges": self.gauges,
@@ -123,24 +277,62 @@ class Snapshot:
             k: Histogram(tuple(h["bounds"]), tuple(h["cumulative"]), h["sum"])
             for k, h in d["histograms"].items()
         }
-        return cls(d["t_ns"], hist, dict(d["counters"]), dict(d["gauges"]))
+        dialect = d.get("dialect", "vllm")  # files from before other servers were read
+        if dialect not in DIALECTS:
+            raise KeyError(f"unknown server dialect {dialect!r}")
+        return cls(d["t_ns"], hist, dict(d["counters"]), dict(d["gauges"]), dialect)
 
 
-def parse_metrics(text: str, model: str | None, t_ns: int | None = None) -> Snapshot:
-    """vLLM's families from a /metrics page, summed over engines; only `model`'s series when
-    the page labels series by model_name (a server may serve several)."""
-    families = {name for names in HISTOGRAMS.values() for name in names}
-    buckets: dict[str, dict[float, float]] = {}  # by vLLM's family name
-    sums: dict[str, float] = {}
-    counters: dict[str, float] = {}
-    gauges: dict[str, float] = {}
+def parse_metrics(
+    text: str, model: str | None, t_ns: int | None = None, dialect: str | None = None
+) -> Snapshot:
+    """A server's families from a /metrics page, summed over engines and ranks; only `model`'s
+    series when the server labels series by model (a server may serve several). `dialect`
+    None: the server is recognised from the page (the dialect with the most of its families
+    there, vLLM first on a tie); the scraper then reads every later page the same way."""
     try:
         parsed = list(text_string_to_metric_families(text))
     except ValueError as e:
         raise ServerMetricsError(f"not Prometheus text: {e}") from None
+    if dialect is not None:
+        d = DIALECTS[dialect]
+    else:
+        scores = [(_score(parsed, model, d), d) for d in DIALECTS.values()]
+        best, d = max(scores, key=lambda sd: sd[0])  # max keeps the first of equals
+        if best == 0:
+            raise ServerMetricsError(_nothing_known(parsed, model))
+    return _read(parsed, model, d, monotonic_ns() if t_ns is None else t_ns)
+
+
+def _ours(s: Sample, model: str | None, d: Dialect) -> bool:
+    return model is None or d.model_label is None or s.labels.get(d.model_label, model) == model
+
+
+def _score(parsed: list[Metric], model: str | None, d: Dialect) -> int:
+    """How many of the dialect's families the page has, with samples of `model`."""
+    names = d.families()
+    return sum(
+        1 for fam in parsed if fam.name in names and any(_ours(s, model, d) for s in fam.samples)
+    )
+
+
+def _nothing_known(parsed: list[Metric], model: str | None) -> str:
+    servers = ", ".join(d.server for d in DIALECTS.values())
+    for d in DIALECTS.values():
+        if any(fam.name in d.families() for fam in parsed):
+            return f"the page has {d.server}'s metrics ({d.marker}) but none for model {model!r}"
+    return f"no metrics of a server latbench knows ({servers}) on the page"
+
+
+def _read(parsed: list[Metric], model: str | None, d: Dialect, t_ns: int) -> Snapshot:
+    families = {name for names in d.histograms.values() for name in names}
+    buckets: dict[str, dict[float, float]] = {}  # by the server's family name
+    sums: dict[str, float] = {}
+    counters: dict[str, float] = {}
+    gauges: dict[str, float] = {}
     for fam in parsed:
         for s in fam.samples:
-            if model is not None and s.labels.get("model_name", model) != model:
+            if not _ours(s, model, d):
                 continue
             if fam.name in families and fam.type == "histogram":
                 if s.name.endswith("_bucket"):
@@ -149,17 +341,21 @@ def parse_metrics(text: str, model: str | None, t_ns: int | None = None) -> Snap
                     b[le] = b.get(le, 0.0) + s.value
                 elif s.name.endswith("_sum"):
                     sums[fam.name] = sums.get(fam.name, 0.0) + s.value
-            for ours, name in COUNTERS.items():
-                if s.name == name:
+            for ours, c in d.counters.items():
+                if c.histogram_sum:
+                    match = fam.type == "histogram" and s.name == c.name + "_sum"
+                else:
+                    match = _base(s.name) == _base(c.name) and fam.type != "histogram"
+                if match and all(s.labels.get(k) == v for k, v in c.labels):
                     counters[ours] = counters.get(ours, 0.0) + s.value
-            for ours, name in GAUGES.items():
+            for ours, name in d.gauges.items():
                 if s.name == name:
                     gauges[ours] = gauges.get(ours, 0.0) + s.value
     if not buckets and not counters:
-        raise ServerMetricsError("no vLLM metrics (vllm:*) on the page")
+        raise ServerMetricsError(f"no {d.server} metrics ({d.marker}) on the page")
     histograms = {}
-    for ours, names in HISTOGRAMS.items():
-        # A vLLM that serves both a metric's new name and its deprecated one: the new one.
+    for ours, names in d.histograms.items():
+        # A server that serves both a metric's new name and its deprecated one: the new one.
         name = next((n for n in names if n in buckets), None)
         if name is None:
             continue
@@ -170,7 +366,7 @@ def parse_metrics(text: str, model: str | None, t_ns: int | None = None) -> Snap
         histograms[ours] = Histogram(
             tuple(les[:-1]), tuple(b[le] for le in les), sums.get(name, 0.0)
         )
-    return Snapshot(monotonic_ns() if t_ns is None else t_ns, histograms, counters, gauges)
+    return Snapshot(t_ns, histograms, counters, gauges, d.key)
 
 
 # --- what a run's scrapes hold ----------------------------------------------------------------
@@ -187,9 +383,17 @@ class ServerMetrics:
     timeline: list[dict[str, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
+    @property
+    def dialect(self) -> Dialect | None:
+        """Whose metrics the scrapes read: the first scrape recognised the server."""
+        return None if self.before is None else DIALECTS[self.before.dialect]
+
     def to_dict(self) -> dict[str, Any]:
+        d = self.dialect
         return {
             "url": self.url,
+            "server": None if d is None else d.server,
+            "dialect": None if d is None else d.key,
             "before": None if self.before is None else self.before.to_dict(),
             "after": None if self.after is None else self.after.to_dict(),
             "timeline": self.timeline,
@@ -251,11 +455,15 @@ class Reconciliation:
     phases: dict[str, Side]  # the server's queue, prefill, decode, inference
     peak: dict[str, float]  # the server's gauges at their highest during the run
     # Mean client TTFT split into the server's parts and what lies outside the server.
-    ttft_split_s: dict[str, float] | None
+    ttft_split_s: dict[str, float | None] | None
     notes: tuple[str, ...]
     # The server's prefix cache over the run: tokens queried, tokens hit, hits / queries (None
     # with no query); None when the server has no such counters (not a cache that never hit).
     prefix_cache: dict[str, float | None] | None = None
+    server: str = "vLLM"  # whose metrics: Dialect.server
+    dialect: str = "vllm"
+    # The client metrics of PAIRS the server exports no histogram for: the client's alone.
+    missing: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -317,10 +525,18 @@ def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliatio
     if server.before is None or server.after is None:
         return None
     before, after = server.before, server.after
+    if before.dialect != after.dialect:
+        raise ServerMetricsError(
+            f"the server's metrics were {DIALECTS[before.dialect].server}'s before the run and "
+            f"{DIALECTS[after.dialect].server}'s after it: another server answered"
+        )
+    dialect = DIALECTS[after.dialect]
     for name, value in before.counters.items():
         if after.counters.get(name, value) < value:
+            source = dialect.counters[name]
+            shown = source.name + ("_sum" if source.histogram_sum else "")
             raise ServerMetricsError(
-                f"the server's {COUNTERS[name]} went down during the run: it restarted, so its "
+                f"the server's {shown} went down during the run: it restarted, so its "
                 "figures cannot be set against the run's"
             )
     completed = sum(1 for r in records if r.ok)
@@ -372,11 +588,6 @@ def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliatio
             else None
         )
         tokens[name] = {"client": float(sum(vals)) if vals else None, "server": delta}
-    peak: dict[str, float] = {}
-    for row in server.timeline:
-        for k in GAUGES:
-            if k in row:
-                peak[k] = max(peak.get(k, row[k]), row[k])
     return Reconciliation(
         url=server.url,
         same_requests=same,
@@ -385,11 +596,26 @@ def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliatio
         tokens=tokens,
         pairs=pairs,
         phases=phases,
-        peak=peak,
+        peak=peak_gauges(server.timeline, dialect),
         ttft_split_s=_ttft_split(pairs, phases),
         notes=tuple(notes) + tuple(server.errors),
         prefix_cache=prefix_cache(before, after),
+        server=dialect.server,
+        dialect=dialect.key,
+        missing=tuple(m for m in PAIRS if m not in dialect.histograms),
     )
+
+
+def peak_gauges(timeline: Sequence[dict[str, float]], dialect: Dialect) -> dict[str, float]:
+    """Each of the server's gauges at its highest over the scrapes: what the scrapes saw, so a
+    moment between two scrapes is not in it (the gauges are instantaneous, as the servers keep
+    them)."""
+    peak: dict[str, float] = {}
+    for row in timeline:
+        for k in dialect.gauges:
+            if k in row:
+                peak[k] = max(peak.get(k, row[k]), row[k])
+    return peak
 
 
 def prefix_cache(before: Snapshot, after: Snapshot) -> dict[str, float | None] | None:
@@ -404,21 +630,22 @@ def prefix_cache(before: Snapshot, after: Snapshot) -> dict[str, float | None] |
     return {"queries": queries, "hits": hits, "hit_rate": hits / queries if queries > 0 else None}
 
 
-def _ttft_split(pairs: dict[str, Pair], phases: dict[str, Side]) -> dict[str, float] | None:
+def _ttft_split(pairs: dict[str, Pair], phases: dict[str, Side]) -> dict[str, float | None] | None:
     """Mean client TTFT = queue + prefill + the rest of the server's TTFT (its front end, IPC
     and output processing) + what lies outside the server. Means add up; percentiles do not."""
     ttft = pairs.get("ttft")
     if ttft is None or ttft.client.mean_s is None or ttft.server.mean_s is None:
         return None
-    queue = phases.get("queue")
-    prefill = phases.get("prefill")
-    q = queue.mean_s if queue is not None and queue.mean_s is not None else 0.0
-    p = prefill.mean_s if prefill is not None and prefill.mean_s is not None else 0.0
+    # A server without a queue or prefill histogram (SGLang has no prefill, Dynamo neither):
+    # that part is None, and stays inside `server_other` rather than being called zero.
+    queue, prefill = (phases.get(k) for k in ("queue", "prefill"))
+    q = None if queue is None else queue.mean_s
+    p = None if prefill is None else prefill.mean_s
     return {
         "client_ttft": ttft.client.mean_s,
         "server_ttft": ttft.server.mean_s,
         "queue": q,
         "prefill": p,
-        "server_other": ttft.server.mean_s - q - p,
+        "server_other": ttft.server.mean_s - (q or 0.0) - (p or 0.0),
         "outside_server": ttft.client.mean_s - ttft.server.mean_s,
     }

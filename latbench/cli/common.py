@@ -51,6 +51,7 @@ from latbench.shared.yamlfile import load_yaml
 from latbench.spec import RunSpec, read_spec_file
 from latbench.spec.ramp import parse_steps
 from latbench.summary.server_metrics import Reconciliation
+from latbench.summary.spans import SpanJoin
 from latbench.summary.summary import Summary
 from latbench.vllm.interop import add_vllm_arguments, apply_vllm_flags
 
@@ -88,13 +89,20 @@ def print_error(err: Console, message: object) -> None:
 
 
 def show_summary(
-    summary: Summary, recon: Reconciliation | None, console: Console, as_json: bool
+    summary: Summary,
+    recon: Reconciliation | None,
+    console: Console,
+    as_json: bool,
+    spans: SpanJoin | None = None,
 ) -> None:
-    """A run's or a records file's summary: the tables, or the JSON on stdout."""
+    """A run's or a records file's summary: the tables, or the JSON on stdout. `spans`: the
+    requests joined with the server's spans (results.json's "server_spans")."""
     if as_json:
         doc = summary.to_dict()
         if recon is not None:
             doc["reconciliation"] = recon.to_dict()
+        if spans is not None:
+            doc["server_spans"] = spans.to_dict()
         sys.stdout.write(
             orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
             + "\n"
@@ -189,6 +197,8 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "api_key_file": ("target", "api_key_file"),
     "vllm_extensions": ("target", "vllm_extensions"),
     "server_metrics": ("target", "server_metrics"),
+    "otlp_receiver": ("target", "otlp_receiver"),
+    "span_wait": ("target", "span_wait"),
     "connect_timeout": ("target", "timeouts", "connect"),
     "first_token_timeout": ("target", "timeouts", "first_token"),
     "idle_timeout": ("target", "timeouts", "idle"),
@@ -304,6 +314,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="URL|auto|off",
         help="the server's Prometheus page to reconcile client and server latency with "
         "(default auto: the target's /metrics when it holds vLLM's metrics)",
+    )
+    g.add_argument(
+        "--otlp-receiver",
+        metavar="HOST:PORT",
+        help="receive the server's per-request OTLP/HTTP spans here (vLLM: "
+        "--otlp-traces-endpoint http://HOST:PORT/v1/traces) and join each with its request: "
+        "queue, prefill and the time outside the server, exactly (docs/vllm.md); on by "
+        "default with --launch-vllm",
+    )
+    g.add_argument(
+        "--span-wait",
+        metavar="SECONDS",
+        help="with spans: how long after the last request to wait for the ones still missing "
+        "(default 8: vLLM sends its spans every 5 s)",
     )
     for phase in ("connect", "first-token", "idle", "total"):
         g.add_argument(f"--{phase}-timeout", metavar="SECONDS")

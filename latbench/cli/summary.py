@@ -24,6 +24,7 @@ from latbench.records.rundir import RunDir
 from latbench.shared.errors import ErrorKind
 from latbench.spec import load_spec
 from latbench.summary.server_metrics import ServerMetricsError, read_server_metrics, reconcile
+from latbench.summary.spans import join_spans
 from latbench.summary.summary import summarize_file
 
 
@@ -54,7 +55,8 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
         recon = None if server is None else reconcile(f.records, server)
     except ServerMetricsError as e:
         err.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)
-    show_summary(summary, recon, console, ns.json)
+    # The span lines of the records file give the live run's join again.
+    show_summary(summary, recon, console, ns.json, join_spans(f.records, f.spans))
     if f.footer is not None and f.footer.ended == "incomplete":
         # As the live run said: a worker died, so the run is not whole whatever the figures say.
         lost = [r for r in f.records if r.error == ErrorKind.LOST]

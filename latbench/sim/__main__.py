@@ -58,6 +58,11 @@ _FLAG_FIELDS = (
     "ttft_per_image",
     "rate_limit",
     "truth_capacity",
+    "otlp_traces_endpoint",
+    "span_clock_offset_s",
+    "span_drop",
+    "span_duplicate",
+    "span_delay_s",
 )
 
 
@@ -146,6 +151,16 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="admit this many requests per second; the rest get 429 with Retry-After",
     )
     a("--truth-capacity", type=int, metavar="N", help="requests kept for /sim/truth")
+    a(
+        "--otlp-traces-endpoint",
+        metavar="URL",
+        help="export each finished request as vLLM's llm_request span, OTLP/HTTP JSON, to this "
+        "URL (ending /v1/traces), as vLLM's flag of that name does",
+    )
+    a("--span-clock-offset-s", type=float, metavar="S", help="shift the spans' wall clock, s")
+    a("--span-drop", type=float, metavar="P", help="share of spans never sent (default 0)")
+    a("--span-duplicate", type=float, metavar="P", help="share of spans sent twice (default 0)")
+    a("--span-delay-s", type=float, metavar="S", help="spans' batch delay, s (default 0.2)")
     a(
         "--fault",
         type=_fault,

@@ -144,7 +144,37 @@ class SimConfig(BaseModel):
         "get HTTP 429 with Retry-After, as a hosted API's rate limit answers",
     )
     faults: list[FaultSpec] = Field(default_factory=list)
+
+    # A tracing server, as vLLM with --otlp-traces-endpoint; see `latbench.sim.spans`.
+    otlp_traces_endpoint: str | None = Field(
+        default=None,
+        description="an OTLP/HTTP traces URL (ending /v1/traces): each request that finishes "
+        "is exported there as vLLM's `llm_request` span, in OTLP JSON",
+    )
+    span_clock_offset_s: float = Field(
+        default=0.0,
+        description="added to the spans' wall-clock times: the skew of another host's clock, s",
+    )
+    span_drop: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of spans never sent (seeded draw)"
+    )
+    span_duplicate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of spans sent twice (seeded draw)"
+    )
+    span_delay_s: float = Field(
+        default=0.2,
+        ge=0.0,
+        description="how long a finished span waits to be exported with others (vLLM's batch "
+        "processor waits OTEL_BSP_SCHEDULE_DELAY, 5 s)",
+    )
     truth_capacity: int = Field(default=200_000, ge=1, description="requests kept for /sim/truth")
+
+    @field_validator("otlp_traces_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:

@@ -250,6 +250,7 @@ class Engine:
                 if entry is not None:
                     entry.prompt(p, cached, prompt.images, encoded)
             if entry is not None:
+                entry.admit_ns = admit_ns
                 entry.ttft_model_s = ttft
                 entry.decode_model_s = sum(steps)
             yield Pacer(self, ttft, steps, admit_ns, prompt, hashes)
@@ -309,6 +310,7 @@ class TruthEntry:
     """One request as the server saw it. Recording an event appends one int."""
 
     __slots__ = (
+        "admit_ns",
         "arrival_ns",
         "cached_tokens",
         "decode_model_s",
@@ -320,6 +322,7 @@ class TruthEntry:
         "prompt_tokens",
         "tokens",
         "tool_call",
+        "trace_id",
         "ttft_model_s",
     )
 
@@ -336,6 +339,8 @@ class TruthEntry:
         self.tool_call: str | None = None  # the tool its reply called
         self.ttft_model_s: float | None = None  # t_1 - t_admit as planned (None: never admitted)
         self.decode_model_s: float | None = None  # t_E - t_1 as planned, the load term left out
+        self.admit_ns: int | None = None  # t_admit (None: never admitted)
+        self.trace_id: str | None = None  # of the span it was exported as (sim/spans.py)
 
     def prompt(self, tokens: int, cached: int, images: int, encoded: int) -> None:
         self.prompt_tokens, self.cached_tokens = tokens, cached
@@ -392,6 +397,8 @@ class Truth:
                     "tool_call": e.tool_call,
                     "ttft_model_s": e.ttft_model_s,
                     "decode_model_s": e.decode_model_s,
+                    "admit_ns": e.admit_ns,
+                    "trace_id": e.trace_id,
                 }
                 for e in entries
             ]

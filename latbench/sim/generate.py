@@ -221,6 +221,8 @@ async def _stream(g: _Generation) -> web.StreamResponse:
         # A cut stream (fault, client gone) is observed like vLLM's aborts: latencies, no success.
         if pacer is not None:
             state.metrics.finished(entry, pacer.admit_ns, req.prompt_tokens, done)
+            if state.spans is not None and done is not None:
+                state.spans.finished(request.headers, req.api, entry, pacer.admit_ns)
     return resp
 
 
@@ -262,6 +264,8 @@ async def _respond(g: _Generation) -> web.StreamResponse:
         # Every fault left in `_answer` spoils the answer: only a fault-free one succeeded.
         done = plan.finish_reason if fault is None else None
         state.metrics.finished(entry, pacer.admit_ns, req.prompt_tokens, done)
+        if state.spans is not None and done is not None:
+            state.spans.finished(request.headers, req.api, entry, pacer.admit_ns)
 
 
 async def _answer(g: _Generation) -> web.StreamResponse:

@@ -7,7 +7,8 @@ frames them (`data: <json>\\n\\n` ..., `data: [DONE]\\n\\n`). With `SimConfig.ap
 `anthropic` or `responses`, the generation route is `POST /v1/messages` or `POST /v1/responses`
 instead, in that API's format (`latbench.sim.anthropic_format`, `latbench.sim.responses_format`);
 with `SimConfig.replay`, the routes are those of the transcripts, replayed byte for byte
-(`latbench.sim.replay`).
+(`latbench.sim.replay`). With `otlp_traces_endpoint` set, each finished request is also exported
+as vLLM's OpenTelemetry span of it (`latbench.sim.spans`).
 
 The vLLM personality also serves `POST /tokenize` as vLLM does (`{"count", "max_model_len",
 "tokens"}`, by the simulator's count: a word is a token), so latbench calibrates its prompts
@@ -35,6 +36,7 @@ from latbench.sim.ratelimit import TokenBucket
 from latbench.sim.replay import Replayer, load_all, replay
 from latbench.sim.replies import check_auth, error_response, json_response
 from latbench.sim.request import tokenize_count
+from latbench.sim.spans import SpanExporter
 from latbench.sim.state import STATE, SimState
 from latbench.sim.vllm_metrics import ServerMetrics
 
@@ -57,6 +59,10 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     )
     if cfg.rate_limit is not None:
         state.limiter = TokenBucket(cfg.rate_limit)
+    if cfg.otlp_traces_endpoint is not None:
+        state.spans = SpanExporter(cfg)
+        app.on_startup.append(_start_spans)
+        app.on_cleanup.append(_stop_spans)
     app[STATE] = state
     if cfg.replay:
         state.replayer = Replayer(load_all(cfg.replay))
@@ -79,6 +85,19 @@ def create_app(config: SimConfig | None = None) -> web.Application:
 async def _on_shutdown(app: web.Application) -> None:
     # Ends stalls now rather than letting them hold shutdown for the whole shutdown timeout.
     app[STATE].stopping.set()
+
+
+async def _start_spans(app: web.Application) -> None:
+    spans = app[STATE].spans
+    assert spans is not None
+    await spans.start()
+
+
+async def _stop_spans(app: web.Application) -> None:
+    # After the streams have ended: the spans of the last requests are flushed, not lost.
+    spans = app[STATE].spans
+    assert spans is not None
+    await spans.stop()
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -124,7 +143,11 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _truth(request: web.Request) -> web.Response:
     raw = request.query.get("raw", "") not in ("", "0", "false")
-    return json_response(request.app[STATE].truth.summary(raw=raw))
+    state = request.app[STATE]
+    out = state.truth.summary(raw=raw)
+    if state.spans is not None:
+        out["spans"] = state.spans.counts()
+    return json_response(out)
 
 
 async def _truth_reset(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from latbench.sim.config import SimConfig
 from latbench.sim.engine import Engine, Truth
 from latbench.sim.ratelimit import TokenBucket
 from latbench.sim.replay import Replayer
+from latbench.sim.spans import SpanExporter
 from latbench.sim.vllm_metrics import ServerMetrics
 
 
@@ -30,6 +31,7 @@ class SimState:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     replayer: Replayer | None = None
     limiter: TokenBucket | None = None
+    spans: SpanExporter | None = None  # with `otlp_traces_endpoint`: the span per request
 
 
 STATE = web.AppKey("latbench_sim_state", SimState)

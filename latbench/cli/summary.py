@@ -56,7 +56,7 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     except ServerMetricsError as e:
         err.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)
     # The span lines of the records file give the live run's join again.
-    show_summary(summary, recon, console, ns.json, join_spans(f.records, f.spans))
+    show_summary(summary, recon, console, ns.json, join_spans(f.records, f.spans, f.header))
     if f.footer is not None and f.footer.ended == "incomplete":
         # As the live run said: a worker died, so the run is not whole whatever the figures say.
         lost = [r for r in f.records if r.error == ErrorKind.LOST]

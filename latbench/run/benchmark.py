@@ -354,7 +354,7 @@ async def run_benchmark(
             recon = reconcile(outcome.records, scraper.result)
         except ServerMetricsError as e:  # what the client measured stands on its own
             console.print(f"[yellow]server metrics:[/] {e}; no reconciliation", highlight=False)
-    join = None if run_spans is None else join_spans(outcome.records, run_spans.spans)
+    join = None if run_spans is None else join_spans(outcome.records, run_spans.spans, header)
     span_warnings = (
         [] if run_spans is None else _span_warnings(run_spans, join, spec, outcome.records)
     )

@@ -317,11 +317,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--otlp-receiver",
-        metavar="HOST:PORT",
+        metavar="HOST:PORT|off",
         help="receive the server's per-request OTLP/HTTP spans here (vLLM: "
         "--otlp-traces-endpoint http://HOST:PORT/v1/traces) and join each with its request: "
         "queue, prefill and the time outside the server, exactly (docs/vllm.md); on by "
-        "default with --launch-vllm",
+        "default with --launch-vllm (off: not there either)",
     )
     g.add_argument(
         "--span-wait",

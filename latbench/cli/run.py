@@ -76,7 +76,7 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
         set_path(data, ("target", "base_url"), f"http://127.0.0.1:{port}")
         if data.get("target", {}).get("otlp_receiver") is None:
             # Per-request spans by default (vllm/launch.py), where both sides can do them.
-            why = tracing_unavailable(ns.vllm_python)
+            why = tracing_unavailable()
             if why is None:
                 set_path(data, ("target", "otlp_receiver"), f"127.0.0.1:{free_port()}")
             else:

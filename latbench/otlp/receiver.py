@@ -14,6 +14,12 @@ Decoding is the project's own binding's (`opentelemetry-proto`, the `otel` extra
 hand-written protobuf reader. It runs on the run's own event loop, which sends no request (the
 worker processes do), so a payload decoded here never delays a timestamp.
 
+Only a request's span is handed on: one of kind SERVER (the span a server makes of a request it
+received, as vLLM's `llm_request`) or one carrying a `gen_ai.latency.*` attribute. vLLM 0.32
+also exports its start-up as a trace of INTERNAL spans ("Overall Loading", "Load weights", ...),
+sent once the receiver is up; those are counted (`other_spans`) and left out, since no request
+could ever match them.
+
 A sender is never trusted: the body is capped before and after decompression (a gzip bomb
 stops at the cap), a malformed body is a 400 with a line saying what was wrong, an unknown
 content type a 415, and the receiver keeps serving; rejected payloads and spans are counted.
@@ -107,6 +113,7 @@ class ReceiverCounts:
     rejected_payloads: int = 0  # answered 400, 413 or 415
     spans: int = 0  # handed on as ServerSpan
     rejected_spans: int = 0  # in an accepted payload, but without a valid 16-byte trace id
+    other_spans: int = 0  # valid, but not a request's (not SERVER, no gen_ai.latency.*)
     last_rejection: str | None = None  # the latest refusal's message, for the run's warning
 
 
@@ -181,11 +188,13 @@ class SpanReceiver:
             return web.Response(status=e.status, text=f"{e}\n")
         accepted = rejected = 0
         for span in spans_of(message, monotonic_ns()):
-            if span is None:
+            if isinstance(span, ServerSpan):
+                accepted += 1
+                self.on_span(span)
+            elif span == NO_TRACE_ID:
                 rejected += 1
-                continue
-            accepted += 1
-            self.on_span(span)
+            else:
+                self.counts.other_spans += 1
         self.counts.payloads += 1
         self.counts.spans += accepted
         self.counts.rejected_spans += rejected
@@ -305,8 +314,14 @@ def _convert_ids(d: dict[str, Any]) -> None:
                 raise BadPayload(400, f"{key} {value[:40]!r} is not hex (OTLP JSON)") from None
 
 
-def spans_of(message: ExportTraceServiceRequest, received_ns: int) -> Iterator[ServerSpan | None]:
-    """Each span of an export as a `ServerSpan`; None for one without a valid trace id."""
+# Why a span is not handed on.
+NO_TRACE_ID = "no_trace_id"  # rejected (OTLP partial success)
+NOT_A_REQUEST = "not_a_request"  # valid, but no request could match it
+SPAN_KIND_SERVER = 2  # opentelemetry/proto/trace/v1/trace.proto, Span.SpanKind
+
+
+def spans_of(message: ExportTraceServiceRequest, received_ns: int) -> Iterator[ServerSpan | str]:
+    """Each span of an export as a `ServerSpan`, or why not: `NO_TRACE_ID`, `NOT_A_REQUEST`."""
     for rs in message.resource_spans:
         service = _string(rs.resource.attributes, SERVICE_NAME_ATTR)
         for ss in rs.scope_spans:
@@ -314,19 +329,23 @@ def spans_of(message: ExportTraceServiceRequest, received_ns: int) -> Iterator[S
                 yield _server_span(span, service, received_ns)
 
 
-def _server_span(span: Span, service: str | None, received_ns: int) -> ServerSpan | None:
+def _server_span(span: Span, service: str | None, received_ns: int) -> ServerSpan | str:
     trace_id = binascii.hexlify(span.trace_id).decode()
     if len(span.trace_id) != 16 or not is_trace_id(trace_id):
-        return None
+        return NO_TRACE_ID
     fields: dict[str, Any] = {}
     request_id = None
+    latency = False
     for kv in span.attributes:
         if kv.key in FLOAT_ATTRS:
+            latency = True
             fields[FLOAT_ATTRS[kv.key]] = _number(kv.value)
         elif kv.key in INT_ATTRS:
             fields[INT_ATTRS[kv.key]] = _count(kv.value)
         elif kv.key == REQUEST_ID_ATTR and kv.value.HasField("string_value"):
             request_id = kv.value.string_value
+    if span.kind != SPAN_KIND_SERVER and not latency:
+        return NOT_A_REQUEST
     return ServerSpan(
         trace_id=trace_id,
         span_id=binascii.hexlify(span.span_id).decode(),

@@ -114,7 +114,7 @@ class TargetSpec(StrictModel):
         default=None,
         description="HOST:PORT where latbench receives the server's per-request OTLP/HTTP spans "
         "(POST /v1/traces; vLLM's --otlp-traces-endpoint) and joins each with its request; "
-        "on by default with --launch-vllm (docs/vllm.md)",
+        "on by default with --launch-vllm, 'off' to turn it off there (docs/vllm.md)",
     )
     span_wait: UpToADay = Field(
         default=DEFAULT_SPAN_WAIT_S,
@@ -124,11 +124,13 @@ class TargetSpec(StrictModel):
 
     def receiver_address(self) -> tuple[str, int] | None:
         """Where the span receiver listens, or None when there is none."""
-        return None if self.otlp_receiver is None else parse_host_port(self.otlp_receiver)
+        if self.otlp_receiver is None or self.otlp_receiver == "off":
+            return None
+        return parse_host_port(self.otlp_receiver)
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
-        if self.otlp_receiver is not None:
+        if self.otlp_receiver is not None and self.otlp_receiver != "off":
             try:
                 host, port = parse_host_port(self.otlp_receiver)
             except ValueError as e:

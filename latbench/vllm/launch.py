@@ -6,13 +6,13 @@ ends: finished, failed, Ctrl-C, or latbench itself killed (the kernel sends the 
 its parent dies, Linux only).
 
 Tracing is on by default: vLLM gets `--otlp-traces-endpoint` pointing at the run's span receiver
-(`target.otlp_receiver`, a free loopback port unless the user names one) with OTLP over HTTP and
-a short batch delay, so each request's span arrives right after it and the run joins the two
-(`run/spans.py`). vLLM sends a span only when a request finishes, so the receiver, which starts
-with the run's event loop after vLLM is ready, misses none. Where vLLM's Python lacks the
-OpenTelemetry SDK (vLLM refuses to start with the flag then) or latbench lacks its binding, vLLM
-starts without tracing and the user is told why. A user's own `--otlp-traces-endpoint` is
-refused: vLLM sends its spans to one endpoint, and a run launched by latbench joins them.
+(`target.otlp_receiver`, a free loopback port unless the user names one, or `off`) with OTLP
+over HTTP and a short batch delay, so each request's span arrives right after it and the run
+joins the two (`run/spans.py`). vLLM sends a span only when a request finishes, so the receiver,
+which starts with the run's event loop after vLLM is ready, misses none. Where latbench lacks
+its OpenTelemetry binding, vLLM starts without tracing and the user is told why. A user's own
+`--otlp-traces-endpoint` is refused: vLLM sends its spans to one endpoint, and a run launched by
+latbench joins them.
 """
 
 from __future__ import annotations
@@ -44,11 +44,6 @@ TRACING_ENV = {
     "OTEL_BSP_SCHEDULE_DELAY": "200",
 }
 TRACING_FLAG = "--otlp-traces-endpoint"
-# What vLLM's Python must import to export spans over OTLP/HTTP (vllm/tracing/otel.py).
-TRACING_MODULES = (
-    "opentelemetry.sdk.trace",
-    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-)
 READY_TIMEOUT_S = 900.0  # a large model's weights can take minutes to load
 STOP_TIMEOUT_S = 30.0
 
@@ -82,26 +77,12 @@ def parse_launch_args(text: str) -> list[str]:
     return args
 
 
-def tracing_unavailable(python: str | None) -> str | None:
-    """Why a vLLM run by `python` cannot send latbench its spans, or None when it can."""
+def tracing_unavailable() -> str | None:
+    """Why latbench cannot receive a launched vLLM's spans, or None when it can. vLLM's side
+    needs no check: vLLM requires opentelemetry-sdk and -exporter-otlp itself (0.32's
+    metadata), and one that lacks them says so in the log tail of its failed start."""
     if not otel_available():
         return f"latbench cannot receive spans without the OpenTelemetry binding: {INSTALL_HINT}"
-    python = python or sys.executable
-    check = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]"
-    try:
-        done = subprocess.run(
-            [python, "-c", check, *TRACING_MODULES],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=120,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"cannot check vLLM's Python for OpenTelemetry ({python}): {e}"
-    if done.returncode != 0:
-        return (
-            f"vLLM's Python ({python}) lacks OpenTelemetry: pip install opentelemetry-sdk "
-            "opentelemetry-exporter-otlp-proto-http"
-        )
     return None
 
 

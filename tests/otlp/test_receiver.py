@@ -66,6 +66,9 @@ def export_like_vllm(endpoint: str, traces: list[str], compression: Compression)
             "llm_request", kind=SpanKind.SERVER, context=parent, attributes=vllm_attributes(i)
         ):
             pass
+    # vLLM's start-up spans (vllm/tracing/otel.py, instrument_otel): INTERNAL, no gen_ai.*.
+    with tracer.start_as_current_span("Overall Loading"), tracer.start_as_current_span("Load"):
+        pass
     assert provider.force_flush(10_000)
     provider.shutdown()
 
@@ -92,6 +95,7 @@ async def test_every_field_of_vllms_span_arrives(compression: Compression) -> No
         assert span.end_unix_ns >= span.start_unix_ns > 1_600_000_000 * 10**9
         assert span.received_ns > 0
     assert receiver.counts.spans == 5 and receiver.counts.rejected_payloads == 0
+    assert receiver.counts.other_spans == 2  # the start-up's: counted, not handed on
 
 
 # An OTLP JSON export as the specification writes one (opentelemetry-proto docs/specification.md,
@@ -252,3 +256,19 @@ async def test_a_taken_port_is_a_clear_error() -> None:
     async with SpanReceiver(lambda s: None) as first:
         with pytest.raises(LatbenchError, match=f"cannot listen on 127.0.0.1:{first.port}"):
             await SpanReceiver(lambda s: None, port=first.port).start()
+
+
+async def test_only_a_requests_span_is_handed_on() -> None:
+    """SERVER kind, or any kind with a gen_ai.latency.* attribute: a request's; an INTERNAL span
+    without one (vLLM's start-up trace) is counted and left out."""
+    got: list[ServerSpan] = []
+    data = otlp_json()
+    spans = data["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    internal_with_latency = {**spans[0], "traceId": "11" * 16, "kind": 1}
+    internal_without = {**spans[0], "traceId": "22" * 16, "kind": 1, "attributes": []}
+    spans += [internal_with_latency, internal_without]
+    async with SpanReceiver(got.append) as receiver:
+        status, _, _ = await post(receiver.endpoint, orjson.dumps(data), "application/json")
+    assert status == 200
+    assert [s.trace_id for s in got] == [TRACE_ID, "11" * 16]
+    assert (receiver.counts.spans, receiver.counts.other_spans) == (2, 1)

@@ -75,8 +75,9 @@ def test_launch_points_vllm_at_a_receiver_of_its_own(tmp_path: Path) -> None:
     assert url.startswith("http://127.0.0.1:") and url.endswith("/v1/traces")
     # --otlp-receiver off: no tracing.
     seen.unlink()
+    out = str(tmp_path / "o")
     cli.latbench("run", "--launch-vllm", "--model m", "--vllm-python", str(fake),
-                 "--otlp-receiver", "off", "--requests", "1", "--out", str(tmp_path / "o"))  # fmt: skip
+                 "--otlp-receiver", "off", "--requests", "1", "--out", out)  # fmt: skip
     assert "--otlp-traces-endpoint" not in json.loads(seen.read_text())["argv"]
 
 

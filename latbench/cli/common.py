@@ -206,6 +206,8 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "vllm_extensions": ("target", "vllm_extensions"),
     "server_metrics": ("target", "server_metrics"),
     "gpu_metrics": ("target", "gpu_metrics"),
+    "otlp_receiver": ("target", "otlp_receiver"),
+    "span_wait": ("target", "span_wait"),
     "connect_timeout": ("target", "timeouts", "connect"),
     "first_token_timeout": ("target", "timeouts", "first_token"),
     "idle_timeout": ("target", "timeouts", "idle"),
@@ -328,6 +330,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="sample GPU utilisation, power and energy during the run for J per output token "
         "(default auto: NVML when this host has an NVIDIA GPU; or a DCGM exporter's or node "
         "exporter's page URL; docs/gpu.md)",
+    )
+    g.add_argument(
+        "--otlp-receiver",
+        metavar="HOST:PORT|off",
+        help="receive the server's per-request OTLP/HTTP spans here (vLLM: "
+        "--otlp-traces-endpoint http://HOST:PORT/v1/traces) and join each with its request: "
+        "queue, prefill and the time outside the server, exactly (docs/vllm.md); on by "
+        "default with --launch-vllm (off: not there either)",
+    )
+    g.add_argument(
+        "--span-wait",
+        metavar="SECONDS",
+        help="with spans: how long after the last request to wait for the ones still missing "
+        "(default 8: vLLM sends its spans every 5 s)",
     )
     for phase in ("connect", "first-token", "idle", "total"):
         g.add_argument(f"--{phase}-timeout", metavar="SECONDS")

@@ -36,7 +36,13 @@ from latbench.run.benchmark import new_run_id, run_benchmark, target_url
 from latbench.shared.errors import SpecError
 from latbench.spec import load_spec
 from latbench.vllm.interop import save_vllm_result
-from latbench.vllm.launch import VllmServer, free_port, parse_launch_args
+from latbench.vllm.launch import (
+    VllmServer,
+    free_port,
+    parse_launch_args,
+    traces_endpoint,
+    tracing_unavailable,
+)
 
 
 def add_arguments(sub: Any) -> None:
@@ -68,16 +74,25 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
             raise SpecError("--launch-vllm starts the server it benchmarks; drop --target")
         port = free_port()
         set_path(data, ("target", "base_url"), f"http://127.0.0.1:{port}")
+        if data.get("target", {}).get("otlp_receiver") is None:
+            # Per-request spans by default (vllm/launch.py), where both sides can do them.
+            why = tracing_unavailable()
+            if why is None:
+                set_path(data, ("target", "otlp_receiver"), f"127.0.0.1:{free_port()}")
+            else:
+                err.print(f"[yellow]spans:[/] {why}; vLLM runs without tracing", highlight=False)
     elif ns.vllm_python is not None:
         raise SpecError("--vllm-python goes with --launch-vllm")
     spec = load_spec(data, source=str(ns.spec) if ns.spec else "flags")
     run_id = new_run_id()
     if ns.launch_vllm is not None:
+        receiver = spec.target.receiver_address()
         launch = VllmServer(
             parse_launch_args(ns.launch_vllm),
             port,
             RunDir(spec.output_dir / run_id).vllm_log,
             python=ns.vllm_python,
+            otlp_traces_endpoint=None if receiver is None else traces_endpoint(*receiver),
         )
     export = metrics_export(ns)
     holder: list[Runner] = []
@@ -181,9 +196,9 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
         vllm_path = save_vllm_result(ns, result.records_path)
         if vllm_path is not None:
             err.print(f"vllm-format results: {vllm_path}", highlight=False)
-        # BenchResult.spans: the join run_benchmark made (helper A1's field; absent before it).
-        spans = getattr(result, "spans", None)
-        show_summary(result.summary, result.reconciliation, console, ns.json, result.energy, spans)
+        show_summary(
+            result.summary, result.reconciliation, console, ns.json, result.energy, result.spans
+        )
         if not ns.json:
             console.print(
                 f"records: {result.records_path}\nresults: {result.results_path}", soft_wrap=True

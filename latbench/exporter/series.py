@@ -88,6 +88,13 @@ ERROR_BOUND_BUCKETS: tuple[float, ...] = (
     0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
 
+# The part of a request's TTFT outside the server (client TTFT minus the server span's): on
+# loopback a fraction of a millisecond, over a network a round trip, so fine from 0.1 ms up.
+OUTSIDE_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
+    0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class HistogramDef:
@@ -137,12 +144,42 @@ HISTOGRAMS: tuple[HistogramDef, ...] = (
         "late-stamp bounds).",
         ERROR_BOUND_BUCKETS,
     ),
+    # The server's own span of each measured succeeded request joined with it by trace id
+    # (`sinks.prometheus`, `summary.spans`): the same population as `ttft`, where spans came.
+    HistogramDef(
+        "server_ttft",
+        "The server span's time to first token (vLLM's gen_ai.latency.time_to_first_token), "
+        "per measured request joined with its span.",
+        TTFT_BUCKETS,
+    ),
+    HistogramDef(
+        "outside_ttft",
+        "Client TTFT minus the server span's TTFT, per joined request: the part of the TTFT "
+        "outside the server (client, network, HTTP, tokenisation, framing). Each side is on its "
+        "own clock; a negative value counts in the first bucket.",
+        OUTSIDE_BUCKETS,
+    ),
+    HistogramDef(
+        "server_queue",
+        "The server span's time in queue (gen_ai.latency.time_in_queue), per joined request.",
+        TTFT_BUCKETS,
+    ),
+    HistogramDef(
+        "server_prefill",
+        "The server span's time in model prefill (gen_ai.latency.time_in_model_prefill), per "
+        "joined request.",
+        TTFT_BUCKETS,
+    ),
 )
 HISTOGRAM_KEYS: tuple[str, ...] = tuple(h.key for h in HISTOGRAMS)
 
 OUTCOMES: tuple[str, ...] = ("ok", "error")
 EXCLUDED_PHASES: tuple[str, ...] = ("warmup", "cooldown")
 ERROR_KINDS: tuple[str, ...] = tuple(k.value for k in ErrorKind)
+# How each measured request and each server span ended up in the join (`summary.spans`).
+SPAN_MATCHES: tuple[str, ...] = (
+    "matched", "request_without_span", "span_without_request", "duplicate",
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,6 +237,7 @@ class RunSeries:
         self.requests: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
         self.excluded: dict[str, int] = dict.fromkeys(EXCLUDED_PHASES, 0)
+        self.spans: dict[str, int] = dict.fromkeys(SPAN_MATCHES, 0)
         self.good = 0
         self.output_tokens = 0
         self.tool_call_tokens = 0
@@ -368,6 +406,14 @@ SCALARS: tuple[ScalarDef, ...] = (
         "Requests finished outside the measurement (warm-up, cool-down); not in any histogram.",
         lambda s: s.excluded,
         "phase",
+    ),
+    ScalarDef(
+        "spans",
+        "counter",
+        "The server's spans joined with the measured succeeded requests by trace id: matched, "
+        "request_without_span, span_without_request, duplicate (a trace id's second span).",
+        lambda s: s.spans,
+        "match",
     ),
     ScalarDef(
         "good_requests",

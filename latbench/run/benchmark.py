@@ -8,6 +8,11 @@ The sinks are assembled here, once: every one of them (records file, progress, t
 series) is made before the runner, handed to it in the order each record reaches them, and
 closed here, in one place, whatever ends the run. A run has one progress: the caller's (the
 service's, which its clients follow), else the live line on the terminal.
+
+With `target.otlp_receiver`, the server's own span of each request is received during the run
+(`run/spans.py`), written among the records and observed by the Prometheus series as it comes;
+after the last request the run waits (at most `target.span_wait`) for the spans still missing,
+and results.json's "server_spans" is the join of the two (`summary/spans.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import platform
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from time import monotonic_ns
@@ -36,8 +41,9 @@ from latbench.exporter import LatbenchMetrics, RunLabels
 from latbench.load.cpus import usable_cpus
 from latbench.load.runner import Runner, make_connector
 from latbench.load.worker import raise_fd_limit
-from latbench.records.record import GpuSample, RunHeader
+from latbench.records.record import GpuSample, Record, RunHeader
 from latbench.records.rundir import RunDir
+from latbench.run.spans import RunSpans
 from latbench.shared import rxstamp
 from latbench.shared.dist import Dist
 from latbench.shared.errors import SpecError
@@ -54,6 +60,7 @@ from latbench.summary.gpu import GpuSampler, start_gpu_sampler
 from latbench.summary.samples import Delivered
 from latbench.summary.scraper import ServerMetricsScraper, default_metrics_url
 from latbench.summary.server_metrics import Reconciliation, ServerMetricsError, reconcile
+from latbench.summary.spans import SpanJoin, join_spans
 from latbench.summary.summary import Summary, summarize
 from latbench.workload import DEFAULT_VOCABULARY, FileWorkload, SyntheticWorkload, Workload
 from latbench.workload.images import with_images
@@ -76,6 +83,7 @@ class BenchResult:
     reconciliation: Reconciliation | None = None
     incomplete: str | None = None  # why the run is incomplete (a worker died), when it is
     energy: Energy | None = None  # energy per token, when GPU samples were taken (docs/gpu.md)
+    spans: SpanJoin | None = None  # the requests joined with the server's spans, when it sent any
 
 
 def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload | SessionWorkload:
@@ -276,6 +284,7 @@ async def run_benchmark(
         else:  # its clock starts where the terminal line's does
             progress.inflight, progress.started_ns = inflight, monotonic_ns()
         all_sinks: list[Sink] = [jsonl, progress]
+        prometheus: PrometheusSink | None = None
         if metrics is not None:
             # Live Prometheus series; labels stay bounded (no run id), see exporter/series.py.
             labels = run_labels(
@@ -286,11 +295,13 @@ async def run_benchmark(
                 target=target_label or labels.target,
                 scenario=scenario_label or labels.scenario,
             )
-            all_sinks.append(
-                PrometheusSink(metrics, labels, spec.slos, inflight=inflight, offered=offered)
+            prometheus = PrometheusSink(
+                metrics, labels, spec.slos, inflight=inflight, offered=offered
             )
+            all_sinks.append(prometheus)
             if on_labels is not None:
                 on_labels(labels)
+        run_spans = _run_spans(spec, jsonl, prometheus)
         runner = Runner(
             run_id=run_id,
             endpoint=endpoint,
@@ -307,6 +318,9 @@ async def run_benchmark(
         gpu = await _start_gpu(session, spec, all_sinks, console)
         footer = None
         try:
+            if run_spans is not None:
+                # Before the first request, so that no span of the run can come too early.
+                await run_spans.start()
             outcome = await runner.run(session)
             footer = outcome.footer
             if gpu is not None:  # its last sample before the records file's footer
@@ -315,7 +329,12 @@ async def run_benchmark(
                 completed = sum(1 for r in outcome.records if r.ok)
                 server = await scraper.stop(completed)
                 run_dir.write_server_metrics(server.to_dict())
+            if run_spans is not None and outcome.ended != "aborted":
+                # The server sends its spans in batches: the last ones may still be coming.
+                await run_spans.wait_for(outcome.records, spec.target.span_wait)
         finally:
+            if run_spans is not None:
+                await run_spans.stop()  # no span after this, so none after the footer
             if scraper is not None:
                 await scraper.cancel()
             if gpu is not None:
@@ -350,13 +369,17 @@ async def run_benchmark(
             summary.rates.requests_in_window, 0.0, summary.rates.output_tokens_in_window
         )
         energy = energy_in_window(gpu.samples, (footer.window_start, footer.window_end), inside)
-    for warning in outcome.warnings:
+    join = None if run_spans is None else join_spans(outcome.records, run_spans.spans, header)
+    span_warnings = (
+        [] if run_spans is None else _span_warnings(run_spans, join, spec, outcome.records)
+    )
+    for warning in [*outcome.warnings, *span_warnings]:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     results = {
         "run_id": run_id,
         "ended": outcome.ended,
         "incomplete": outcome.incomplete,
-        "warnings": [*calibration, *outcome.warnings, *_prompt_warning(summary)],
+        "warnings": [*calibration, *outcome.warnings, *span_warnings, *_prompt_warning(summary)],
         "spec": header.spec,
         "environment": env,
         "workload": workload.describe(),
@@ -366,6 +389,7 @@ async def run_benchmark(
         "records": run_dir.records_name,
         "reconciliation": None if recon is None else recon.to_dict(),
         "energy": None if energy is None else energy.to_dict(),
+        "server_spans": None if join is None else join.to_dict(),
     }
     run_dir.write_results(results)
     return BenchResult(
@@ -377,7 +401,50 @@ async def run_benchmark(
         recon,
         incomplete=outcome.incomplete,
         energy=energy,
+        spans=join,
     )
+
+
+def _run_spans(
+    spec: RunSpec, jsonl: JsonlSink, prometheus: PrometheusSink | None
+) -> RunSpans | None:
+    """The run's span receiver, when the spec asks for one; each span goes to the records file
+    and the Prometheus series as it comes."""
+    address = spec.target.receiver_address()
+    if address is None:
+        return None
+    sinks = [jsonl.add_span] if prometheus is None else [jsonl.add_span, prometheus.add_span]
+    return RunSpans(*address, sinks=sinks)
+
+
+def _span_warnings(
+    run_spans: RunSpans, join: SpanJoin | None, spec: RunSpec, records: Sequence[Record]
+) -> list[str]:
+    """What the user should know about the spans: none came (the server is not tracing to
+    us), some never came, or the receiver refused payloads."""
+    out: list[str] = []
+    counts = run_spans.receiver.counts
+    endpoint = run_spans.receiver.endpoint
+    if join is None and run_spans.missing(records):
+        out.append(
+            f"the span receiver ({endpoint}) got no span: is the server started with "
+            f"--otlp-traces-endpoint {endpoint} and OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="
+            "http/protobuf (docs/vllm.md, Per-request server spans)?"
+        )
+    elif join.requests_without_span:
+        total = join.matched + join.requests_without_span
+        out.append(
+            f"{join.requests_without_span} of {total} measured requests got no server span "
+            f"within {spec.target.span_wait:g} s (target.span_wait) of the run's end"
+        )
+    if counts.rejected_payloads:
+        out.append(
+            f"the span receiver refused {counts.rejected_payloads} payload(s); the last: "
+            f"{counts.last_rejection}"
+        )
+    if counts.rejected_spans:
+        out.append(f"the span receiver dropped {counts.rejected_spans} span(s) without a trace id")
+    return out
 
 
 def _prompt_warning(summary: Summary) -> list[str]:

@@ -19,6 +19,16 @@ What is observed, and why:
 A record is observed when it finishes (`add`), which happens continuously during a run: a
 request's TTFT reaches Prometheus when that request ends, not at its first token.
 
+The server's spans (`add_span`, from the run's OTLP receiver) are joined with the records by
+trace id as they come, whichever of the two arrives first: a span usually comes after its
+request (the server exports in batches), but can come before it (the server ends its span at
+its last token, the client its record at the stream's end). The join counts what
+`summary.spans.join_spans` counts (`latbench_spans_total{match}`) and observes the server's
+TTFT, queue and prefill and the client TTFT minus the server's. Either side waits at most
+`JOIN_MAX_AGE_S` and `JOIN_MAX_WAITING` entries for the other, so a server that never traces,
+or traces only some requests, cannot make the sink grow without bound; what gives up waiting,
+or is still waiting when the run closes the sink, is counted as unmatched.
+
 Each metric comes from `summary.samples.record_samples`, the arithmetic the summary uses (integer
 nanoseconds subtracted first, one division), so a sample that is exactly 100 ms in the summary
 is exactly 0.1 here and lands in the `le="0.1"` bucket.
@@ -27,15 +37,22 @@ is exactly 0.1 here and lands in the `le="0.1"` bucket.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from latbench.client.looplag import add_lag_listener
 from latbench.exporter import LatbenchMetrics, RunLabels, target_label
-from latbench.records.record import TOOL_CALL, GpuSample, Record, RunFooter
+from latbench.records.record import TOOL_CALL, GpuSample, Record, RunFooter, ServerSpan
 from latbench.spec.slo import Slo
 from latbench.summary.bound import record_bounds_s
 from latbench.summary.energy import EnergyMeter
 from latbench.summary.samples import NS_PER_S, kind_tokens, record_meets_all, record_samples
+
+# How long, and how many, records and spans wait for each other: far over vLLM's 5 s batch
+# delay and any run's in-flight requests.
+JOIN_MAX_AGE_S = 300.0
+JOIN_MAX_WAITING = 100_000
 
 
 def run_labels(spec_base_url: str | None, model: str, api: str, scenario: str) -> RunLabels:
@@ -69,9 +86,20 @@ class PrometheusSink:
             loop = None
         if loop is not None:
             self._detach = add_lag_listener(loop, lambda ns: lag.observe(ns / NS_PER_S))
+        # trace id -> (time.monotonic() it came, client TTFT s) of measured succeeded records,
+        # and -> (time it came, span) of spans, each waiting for the other; `_joined`: trace
+        # ids whose record came (True once a span was used for it), for duplicates. Insertion
+        # order is arrival order, so the oldest is always first.
+        self._records_waiting: OrderedDict[str, tuple[float, float | None]] = OrderedDict()
+        self._spans_waiting: OrderedDict[str, tuple[float, ServerSpan]] = OrderedDict()
+        self._joined: OrderedDict[str, bool] = OrderedDict()
 
     def add(self, record: Record) -> None:
         s = self._s
+        if record.trace_id is not None and (record.phase != "measure" or not record.ok):
+            # Not in the join: its span, if any, is used up without a count, as the summary's.
+            span = self._spans_waiting.pop(record.trace_id, None)
+            self._remember(record.trace_id, used=span is not None)
         if record.phase != "measure":
             s.excluded[record.phase] = s.excluded.get(record.phase, 0) + 1
             return
@@ -82,6 +110,8 @@ class PrometheusSink:
             return
         s.requests["ok"] += 1
         samples = record_samples(record)
+        if record.trace_id is not None:
+            self._record_for_join(record.trace_id, samples.per_request["ttft"])
         for key in ("queue_delay", "ttft", "ttfo", "ttft_tool_call", "tpot", "e2e"):
             v = samples.per_request[key]
             if v is not None:
@@ -110,7 +140,81 @@ class PrometheusSink:
             s.gpu_power[gpu] = sample.power_w
         s.energy_j += self._meter.add(sample)
 
+    def add_span(self, span: ServerSpan) -> None:
+        """A server span from the run's receiver, joined with its record now or when it comes."""
+        tid = span.trace_id
+        counts = self._s.spans
+        now = time.monotonic()
+        self._expire(now)
+        if tid in self._joined:
+            if self._joined[tid]:
+                counts["duplicate"] += 1
+            else:
+                self._joined[tid] = True  # its record is not measured or failed: no count
+            return
+        if tid in self._spans_waiting:
+            counts["duplicate"] += 1
+            return
+        waiting = self._records_waiting.pop(tid, None)
+        if waiting is None:
+            self._spans_waiting[tid] = (now, span)
+            if len(self._spans_waiting) > JOIN_MAX_WAITING:
+                self._spans_waiting.popitem(last=False)
+                counts["span_without_request"] += 1
+            return
+        self._observe_join(waiting[1], span)
+        self._remember(tid, used=True)
+
+    def _record_for_join(self, tid: str, client_ttft: float | None) -> None:
+        now = time.monotonic()
+        self._expire(now)
+        waiting = self._spans_waiting.pop(tid, None)
+        if waiting is not None:
+            self._observe_join(client_ttft, waiting[1])
+            self._remember(tid, used=True)
+            return
+        self._records_waiting[tid] = (now, client_ttft)
+        if len(self._records_waiting) > JOIN_MAX_WAITING:
+            self._records_waiting.popitem(last=False)
+            self._s.spans["request_without_span"] += 1
+
+    def _observe_join(self, client_ttft: float | None, span: ServerSpan) -> None:
+        s = self._s
+        s.spans["matched"] += 1
+        for key, value in (
+            ("server_ttft", span.ttft_s),
+            ("server_queue", span.queue_s),
+            ("server_prefill", span.prefill_s),
+        ):
+            if value is not None:
+                s.hist[key].observe(value)
+        if client_ttft is not None and span.ttft_s is not None:
+            s.hist["outside_ttft"].observe(client_ttft - span.ttft_s)
+
+    def _remember(self, tid: str, used: bool) -> None:
+        self._joined[tid] = used
+        if len(self._joined) > JOIN_MAX_WAITING:
+            self._joined.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        """Count and drop what has waited longer than JOIN_MAX_AGE_S (the oldest come first)."""
+        counts = self._s.spans
+        cutoff = now - JOIN_MAX_AGE_S
+        for waiting, kind in (
+            (self._records_waiting, "request_without_span"),
+            (self._spans_waiting, "span_without_request"),
+        ):
+            while waiting and next(iter(waiting.values()))[0] < cutoff:
+                waiting.popitem(last=False)
+                counts[kind] += 1
+
     def close(self, footer: RunFooter | None) -> None:
+        # The run has waited for its spans (`run.spans`): what still waits never matched.
+        counts = self._s.spans
+        counts["request_without_span"] += len(self._records_waiting)
+        counts["span_without_request"] += len(self._spans_waiting)
+        self._records_waiting.clear()
+        self._spans_waiting.clear()
         if self._detach is not None:
             self._detach()
             self._detach = None

@@ -58,6 +58,26 @@ SIM_API: dict[str, Personality] = {
     "anthropic": "anthropic",
     "responses": "responses",
 }
+# vLLM's BatchSpanProcessor sends its spans every OTEL_BSP_SCHEDULE_DELAY (5 s by default), so
+# the last requests' spans can come up to 5 s after them; 8 s covers that and the export itself.
+DEFAULT_SPAN_WAIT_S = 8.0
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """`4318` -> ('127.0.0.1', 4318); `0.0.0.0:4318`; `[::]:4318` -> ('::', 4318). Port 0: a
+    free one."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(
+            f"{text!r} is not HOST:PORT with a port in 0..65535, e.g. 127.0.0.1:4318 or "
+            "0.0.0.0:4318"
+        )
+    return host, int(port)
+
+
 # Hosted APIs reject vLLM's extra request fields.
 NO_EXTENSIONS_HOSTS = ("openai.com", "anthropic.com")
 
@@ -97,8 +117,32 @@ class TargetSpec(StrictModel):
         "exporter's page URL, e.g. http://gpu-host:9400/metrics",
     )
 
+    otlp_receiver: str | None = Field(
+        default=None,
+        description="HOST:PORT where latbench receives the server's per-request OTLP/HTTP spans "
+        "(POST /v1/traces; vLLM's --otlp-traces-endpoint) and joins each with its request; "
+        "on by default with --launch-vllm, 'off' to turn it off there (docs/vllm.md)",
+    )
+    span_wait: UpToADay = Field(
+        default=DEFAULT_SPAN_WAIT_S,
+        description="with otlp_receiver: after the last request, how long to wait for the "
+        "spans still missing (the server exports them in batches)",
+    )
+
+    def receiver_address(self) -> tuple[str, int] | None:
+        """Where the span receiver listens, or None when there is none."""
+        if self.otlp_receiver is None or self.otlp_receiver == "off":
+            return None
+        return parse_host_port(self.otlp_receiver)
+
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
+        if self.otlp_receiver is not None and self.otlp_receiver != "off":
+            try:
+                host, port = parse_host_port(self.otlp_receiver)
+            except ValueError as e:
+                raise ValueError(f"otlp_receiver {e}") from None
+            self.otlp_receiver = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if self.server_metrics not in ("auto", "off"):
             sm = urlsplit(self.server_metrics)
             if sm.scheme not in ("http", "https") or not sm.hostname:

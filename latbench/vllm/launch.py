@@ -4,6 +4,15 @@ It listens on loopback on a port latbench picks, its output goes to `vllm.log` i
 directory, and it is stopped (SIGTERM to its process group, then SIGKILL) whatever way the run
 ends: finished, failed, Ctrl-C, or latbench itself killed (the kernel sends the child SIGTERM when
 its parent dies, Linux only).
+
+Tracing is on by default: vLLM gets `--otlp-traces-endpoint` pointing at the run's span receiver
+(`target.otlp_receiver`, a free loopback port unless the user names one, or `off`) with OTLP
+over HTTP and a short batch delay, so each request's span arrives right after it and the run
+joins the two (`run/spans.py`). vLLM sends a span only when a request finishes, so the receiver,
+which starts with the run's event loop after vLLM is ready, misses none. Where latbench lacks
+its OpenTelemetry binding, vLLM starts without tracing and the user is told why. A user's own
+`--otlp-traces-endpoint` is refused: vLLM sends its spans to one endpoint, and a run launched by
+latbench joins them.
 """
 
 from __future__ import annotations
@@ -21,12 +30,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
+from latbench.otlp.receiver import INSTALL_HINT, otel_available
 from latbench.shared.child import Child, StartStop
 from latbench.shared.errors import LatbenchError, SpecError
 
 ENTRYPOINT = ("-m", "vllm.entrypoints.openai.api_server")
 # Opinions of a benchmark run, each only where the caller's environment says nothing.
 DEFAULT_ENV = {"VLLM_NO_USAGE_STATS": "1"}
+# With tracing: OTLP over HTTP (vLLM's default is gRPC, which the receiver does not speak), and a
+# 200 ms batch delay instead of the SDK's 5 s, so spans come right after their requests.
+TRACING_ENV = {
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+    "OTEL_BSP_SCHEDULE_DELAY": "200",
+}
+TRACING_FLAG = "--otlp-traces-endpoint"
 READY_TIMEOUT_S = 900.0  # a large model's weights can take minutes to load
 STOP_TIMEOUT_S = 30.0
 
@@ -44,6 +61,12 @@ def parse_launch_args(text: str) -> list[str]:
     except ValueError as e:
         raise SpecError(f"--launch-vllm: {e}") from None
     for arg in args:
+        if arg.split("=", 1)[0] == TRACING_FLAG:
+            raise SpecError(
+                f"--launch-vllm: drop {TRACING_FLAG}; latbench points vLLM's tracing at its own "
+                "span receiver and joins each span with its request (--otlp-receiver HOST:PORT "
+                "chooses where it listens)"
+            )
         if arg.split("=", 1)[0] in ("--host", "--port"):
             raise SpecError(
                 f"--launch-vllm: drop {arg.split('=', 1)[0]}; latbench serves vLLM on "
@@ -52,6 +75,24 @@ def parse_launch_args(text: str) -> list[str]:
     if "--model" not in {a.split("=", 1)[0] for a in args}:
         raise SpecError('--launch-vllm: name the model, e.g. --launch-vllm "--model MODEL"')
     return args
+
+
+def tracing_unavailable() -> str | None:
+    """Why latbench cannot receive a launched vLLM's spans, or None when it can. vLLM's side
+    needs no check: vLLM requires opentelemetry-sdk and -exporter-otlp itself (0.32's
+    metadata), and one that lacks them says so in the log tail of its failed start."""
+    if not otel_available():
+        return f"latbench cannot receive spans without the OpenTelemetry binding: {INSTALL_HINT}"
+    return None
+
+
+def traces_endpoint(host: str, port: int) -> str:
+    """The URL vLLM (on this machine) posts its spans to, for a receiver on `host:port`."""
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"  # listening everywhere: loopback reaches it
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/v1/traces"
 
 
 def _die_with_parent() -> None:
@@ -69,6 +110,7 @@ class VllmServer(StartStop):
         log_path: Path,
         python: str | None = None,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        otlp_traces_endpoint: str | None = None,
     ) -> None:
         self.args = list(args)
         self.port = port
@@ -76,15 +118,21 @@ class VllmServer(StartStop):
         self.log_path = log_path
         self.python = python or sys.executable
         self.ready_timeout_s = ready_timeout_s
+        self.otlp_traces_endpoint = otlp_traces_endpoint
         self._child: Child | None = None
 
     def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        tracing: list[str] = []
         env = {**DEFAULT_ENV, **os.environ}
+        if self.otlp_traces_endpoint is not None:
+            tracing = [TRACING_FLAG, self.otlp_traces_endpoint]
+            env = {**DEFAULT_ENV, **TRACING_ENV, **os.environ}
         cmd = [
             self.python,
             *ENTRYPOINT,
             *self.args,
+            *tracing,
             "--host",
             "127.0.0.1",
             "--port",

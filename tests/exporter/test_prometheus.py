@@ -264,7 +264,7 @@ def test_counters_equal_the_summary(unit_run: Run) -> None:
 
 def test_labels_are_the_four_bounded_ones(unit_run: Run) -> None:
     registry, _, _, _ = unit_run
-    extra = {"le", "outcome", "kind", "phase"}
+    extra = {"le", "outcome", "kind", "phase", "match"}
     for _, labels in scrape(registry):
         names = {k for k, _ in labels} - extra
         assert names == {"target", "model", "api", "scenario"}

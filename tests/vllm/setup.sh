@@ -20,6 +20,13 @@ if [ "$(cat "$venv/.latbench-installed" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec triton >&2
   echo "$want" > "$venv/.latbench-installed"
 fi
+# Per-request spans (tests/e2e/test_vllm_spans.py): vLLM exports them with the OpenTelemetry SDK
+# over OTLP/HTTP. vLLM 0.32 requires both packages itself, so this installs nothing today; it
+# keeps the e2e stage tracing should a later vLLM make them optional. Outside the marker above,
+# so it never reinstalls vLLM.
+if ! "$venv/bin/python" -c "import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.http.trace_exporter" 2>/dev/null; then
+  "$venv/bin/python" -m pip install -q opentelemetry-sdk opentelemetry-exporter-otlp-proto-http >&2
+fi
 if [ ! -f "$model/.latbench-built" ] || ! cmp -s "$here/tiny_model.py" "$model/.latbench-built"; then
   rm -rf "$model"
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$venv/bin/python" "$here/tiny_model.py" "$model" >&2

@@ -1,0 +1,388 @@
+"""An OTLP/HTTP trace receiver for one run: a tracing server's per-request spans, as `ServerSpan`.
+
+vLLM (`--otlp-traces-endpoint`) exports one `llm_request` span per request, under the trace id
+latbench sent in that request's `traceparent`; this is the other end of that wire, so a run can
+join each request with the server's own account of it (`summary/spans.py`). It speaks OTLP/HTTP
+as the specification has it (opentelemetry-proto, docs/specification.md, "OTLP/HTTP"): POST
+/v1/traces with an `ExportTraceServiceRequest` as binary protobuf (application/x-protobuf, what
+the Python SDK's exporter sends) or as OTLP JSON (application/json: protobuf's JSON mapping,
+except that trace and span ids are hex strings, not base64: "JSON Protobuf Encoding"), either
+optionally gzip-compressed; a success is 200 with an empty `ExportTraceServiceResponse` in the
+request's encoding (with `partial_success` when some spans were unusable).
+
+Decoding is the project's own binding's (`opentelemetry-proto`, the `otel` extra), never a
+hand-written protobuf reader. It runs on the run's own event loop, which sends no request (the
+worker processes do), so a payload decoded here never delays a timestamp.
+
+Only a request's span is handed on: one of kind SERVER (the span a server makes of a request it
+received, as vLLM's `llm_request`) or one carrying a `gen_ai.latency.*` attribute. vLLM 0.32
+also exports its start-up as a trace of INTERNAL spans ("Overall Loading", "Load weights", ...),
+sent once the receiver is up; those are counted (`other_spans`) and left out, since no request
+could ever match them.
+
+A sender is never trusted: the body is capped before and after decompression (a gzip bomb
+stops at the cap), a malformed body is a 400 with a line saying what was wrong, an unknown
+content type a 415, and the receiver keeps serving; rejected payloads and spans are counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from time import monotonic_ns
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from latbench.records.record import ServerSpan, is_trace_id
+from latbench.shared.errors import LatbenchError
+
+if TYPE_CHECKING:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+TRACES_PATH = "/v1/traces"
+# The OpenTelemetry Collector's default cap on a request body is 20 MiB; a batch of a few
+# thousand vLLM spans is well under 1 MiB, so 16 MiB refuses only what is not a batch of spans.
+MAX_BODY_BYTES = 16 << 20
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+INSTALL_HINT = "pip install 'latbench[otel]'"
+
+# vLLM's attribute names (vllm/tracing: SpanAttributes), each to its ServerSpan field.
+FLOAT_ATTRS: dict[str, str] = {
+    "gen_ai.latency.time_to_first_token": "ttft_s",
+    "gen_ai.latency.e2e": "e2e_s",
+    "gen_ai.latency.time_in_queue": "queue_s",
+    "gen_ai.latency.time_in_model_prefill": "prefill_s",
+    "gen_ai.latency.time_in_model_decode": "decode_s",
+    "gen_ai.latency.time_in_model_inference": "inference_s",
+}
+INT_ATTRS: dict[str, str] = {
+    "gen_ai.usage.prompt_tokens": "prompt_tokens",
+    "gen_ai.usage.completion_tokens": "completion_tokens",
+}
+REQUEST_ID_ATTR = "gen_ai.request.id"
+SERVICE_NAME_ATTR = "service.name"
+
+
+def otel_available() -> bool:
+    try:
+        _messages()
+    except LatbenchError:
+        return False
+    return True
+
+
+def _messages() -> tuple[type[ExportTraceServiceRequest], type[Any]]:
+    """The request and response messages, imported on first use: the binding is an extra."""
+    try:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+    except ImportError:
+        raise LatbenchError(
+            "receiving a server's OTLP spans needs the OpenTelemetry protobuf binding: "
+            f"{INSTALL_HINT}"
+        ) from None
+    return ExportTraceServiceRequest, ExportTraceServiceResponse
+
+
+class BadPayload(Exception):
+    """A payload the receiver refuses; `status` is the HTTP answer, the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ReceiverCounts:
+    """What the receiver has seen; every payload and span is in exactly one count."""
+
+    payloads: int = 0  # accepted (200)
+    rejected_payloads: int = 0  # answered 400, 413 or 415
+    spans: int = 0  # handed on as ServerSpan
+    rejected_spans: int = 0  # in an accepted payload, but without a valid 16-byte trace id
+    other_spans: int = 0  # valid, but not a request's (not SERVER, no gen_ai.latency.*)
+    last_rejection: str | None = None  # the latest refusal's message, for the run's warning
+
+
+class SpanReceiver:
+    """OTLP/HTTP POST /v1/traces on `host:port` (0: a free port; `port` holds the bound one
+    after `start`), each usable span handed to `on_span` on the loop that runs the receiver."""
+
+    def __init__(
+        self,
+        on_span: Callable[[ServerSpan], None],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self._request_type, self._response_type = _messages()  # fails before anything listens
+        self.on_span = on_span
+        self.host = host
+        self.port = port
+        self.max_body_bytes = max_body_bytes
+        self.counts = ReceiverCounts()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The URL a sender on this machine posts to (`--otlp-traces-endpoint`)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}{TRACES_PATH}"
+
+    async def start(self) -> None:
+        # The raw body is read with its own cap; aiohttp's cap would answer 413 with a page
+        # of HTML, and its own decompression has no cap of its own on what comes out.
+        app = web.Application(client_max_size=self.max_body_bytes)
+        app.router.add_post(TRACES_PATH, self._handle)
+        runner = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise LatbenchError(
+                f"the OTLP span receiver cannot listen on {self.host}:{self.port}: {e.strerror}"
+            ) from None
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])  # the bound port, when asked for port 0
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> SpanReceiver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            kind = _content_kind(request.content_type)
+            body = await _read_capped(request, self.max_body_bytes)
+            body = _decompress(
+                request.headers.get("Content-Encoding", ""), body, self.max_body_bytes
+            )
+            message = self._decode(kind, body)
+        except BadPayload as e:
+            self.counts.rejected_payloads += 1
+            self.counts.last_rejection = str(e)
+            return web.Response(status=e.status, text=f"{e}\n")
+        accepted = rejected = 0
+        for span in spans_of(message, monotonic_ns()):
+            if isinstance(span, ServerSpan):
+                accepted += 1
+                self.on_span(span)
+            elif span == NO_TRACE_ID:
+                rejected += 1
+            else:
+                self.counts.other_spans += 1
+        self.counts.payloads += 1
+        self.counts.spans += accepted
+        self.counts.rejected_spans += rejected
+        response = self._response_type()
+        if rejected:
+            response.partial_success.rejected_spans = rejected
+            response.partial_success.error_message = (
+                f"{rejected} span(s) without a valid 16-byte trace id"
+            )
+        if kind == PROTOBUF:
+            return web.Response(body=response.SerializeToString(), content_type=PROTOBUF)
+        from google.protobuf import json_format
+
+        return web.Response(body=json_format.MessageToJson(response), content_type=JSON)
+
+    def _decode(self, kind: str, body: bytes) -> ExportTraceServiceRequest:
+        message = self._request_type()
+        if kind == PROTOBUF:
+            from google.protobuf.message import DecodeError
+
+            try:
+                message.ParseFromString(body)
+            except DecodeError as e:
+                raise BadPayload(400, f"not an OTLP ExportTraceServiceRequest: {e}") from None
+            return message
+        from google.protobuf import json_format
+
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise BadPayload(400, f"not JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise BadPayload(400, "not an OTLP JSON ExportTraceServiceRequest: not an object")
+        try:
+            _hex_ids_to_base64(data)
+            # The specification asks receivers to ignore fields they do not know.
+            json_format.ParseDict(data, message, ignore_unknown_fields=True)
+        except (json_format.ParseError, BadPayload) as e:
+            raise BadPayload(400, f"not an OTLP JSON ExportTraceServiceRequest: {e}") from None
+        return message
+
+
+def _content_kind(content_type: str) -> str:
+    if content_type in (PROTOBUF, "application/protobuf"):
+        return PROTOBUF
+    if content_type == JSON:
+        return JSON
+    raise BadPayload(
+        415, f"content type {content_type or '(none)'!r}: send {PROTOBUF} or {JSON} (OTLP/HTTP)"
+    )
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes:
+    if request.content_length is not None and request.content_length > cap:
+        raise BadPayload(413, f"body of {request.content_length} bytes is over the {cap} cap")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > cap:
+            raise BadPayload(413, f"body over the {cap}-byte cap")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decompress(encoding: str, body: bytes, cap: int) -> bytes:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    # gzip is OTLP/HTTP's; deflate is the Python SDK exporter's other choice.
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
+    if wbits is None:
+        raise BadPayload(
+            415, f"content encoding {encoding!r}: send gzip, deflate or none (OTLP/HTTP)"
+        )
+    inflate = zlib.decompressobj(wbits=wbits)
+    try:
+        out = inflate.decompress(body, cap + 1)
+    except zlib.error as e:
+        raise BadPayload(400, f"not {encoding}: {e}") from None
+    if len(out) > cap or inflate.unconsumed_tail:
+        raise BadPayload(413, f"body over the {cap}-byte cap once decompressed")
+    if not inflate.eof:
+        raise BadPayload(400, f"not {encoding}: the stream is truncated")
+    return out
+
+
+_ID_KEYS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id")
+
+
+def _hex_ids_to_base64(data: dict[str, Any]) -> None:
+    """OTLP JSON's hex ids as protobuf's JSON mapping wants bytes (base64), in place."""
+    for rs in _list(data, "resourceSpans", "resource_spans"):
+        for ss in _list(rs, "scopeSpans", "scope_spans"):
+            for span in _list(ss, "spans"):
+                _convert_ids(span)
+                for link in _list(span, "links"):
+                    _convert_ids(link)
+
+
+def _list(d: object, *keys: str) -> Iterator[dict[str, Any]]:
+    if not isinstance(d, dict):
+        return
+    for key in keys:
+        value = d.get(key)
+        if isinstance(value, list):
+            yield from (v for v in value if isinstance(v, dict))
+
+
+def _convert_ids(d: dict[str, Any]) -> None:
+    for key in _ID_KEYS:
+        value = d.get(key)
+        if isinstance(value, str) and value:
+            try:
+                d[key] = base64.b64encode(bytes.fromhex(value)).decode()
+            except ValueError:
+                raise BadPayload(400, f"{key} {value[:40]!r} is not hex (OTLP JSON)") from None
+
+
+# Why a span is not handed on.
+NO_TRACE_ID = "no_trace_id"  # rejected (OTLP partial success)
+NOT_A_REQUEST = "not_a_request"  # valid, but no request could match it
+SPAN_KIND_SERVER = 2  # opentelemetry/proto/trace/v1/trace.proto, Span.SpanKind
+
+
+def spans_of(message: ExportTraceServiceRequest, received_ns: int) -> Iterator[ServerSpan | str]:
+    """Each span of an export as a `ServerSpan`, or why not: `NO_TRACE_ID`, `NOT_A_REQUEST`."""
+    for rs in message.resource_spans:
+        service = _string(rs.resource.attributes, SERVICE_NAME_ATTR)
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                yield _server_span(span, service, received_ns)
+
+
+def _server_span(span: Span, service: str | None, received_ns: int) -> ServerSpan | str:
+    trace_id = binascii.hexlify(span.trace_id).decode()
+    if len(span.trace_id) != 16 or not is_trace_id(trace_id):
+        return NO_TRACE_ID
+    fields: dict[str, Any] = {}
+    request_id = None
+    latency = False
+    for kv in span.attributes:
+        if kv.key in FLOAT_ATTRS:
+            latency = True
+            fields[FLOAT_ATTRS[kv.key]] = _number(kv.value)
+        elif kv.key in INT_ATTRS:
+            fields[INT_ATTRS[kv.key]] = _count(kv.value)
+        elif kv.key == REQUEST_ID_ATTR and kv.value.HasField("string_value"):
+            request_id = kv.value.string_value
+    if span.kind != SPAN_KIND_SERVER and not latency:
+        return NOT_A_REQUEST
+    return ServerSpan(
+        trace_id=trace_id,
+        span_id=binascii.hexlify(span.span_id).decode(),
+        name=span.name,
+        received_ns=received_ns,
+        start_unix_ns=span.start_time_unix_nano or None,
+        end_unix_ns=span.end_time_unix_nano or None,
+        request_id=request_id,
+        service=service,
+        **fields,
+    )
+
+
+def _number(value: AnyValue) -> float | None:
+    """A duration as sent: a double (vLLM's) or an int; a non-finite one is no value."""
+    if value.HasField("double_value"):
+        v = value.double_value
+        return v if math.isfinite(v) else None
+    if value.HasField("int_value"):
+        return float(value.int_value)
+    return None
+
+
+def _count(value: AnyValue) -> int | None:
+    """A token count: an int, or a double that holds a whole number; never negative."""
+    if value.HasField("int_value"):
+        n = value.int_value
+    elif value.HasField("double_value") and value.double_value.is_integer():
+        n = int(value.double_value)
+    else:
+        return None
+    return n if n >= 0 else None
+
+
+def _string(attributes: Any, key: str) -> str | None:
+    kv: KeyValue
+    for kv in attributes:
+        if kv.key == key and kv.value.HasField("string_value"):
+            return str(kv.value.string_value)
+    return None

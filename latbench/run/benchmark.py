@@ -18,6 +18,7 @@ and results.json's "server_spans" is the join of the two (`summary/spans.py`).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import platform
 import socket
@@ -28,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from time import monotonic_ns
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -315,7 +317,7 @@ async def run_benchmark(
         if on_runner is not None:
             on_runner(runner)
         scraper = await _start_scraper(session, spec, base_url, endpoint.options.model, console)
-        gpu = await _start_gpu(session, spec, all_sinks, console)
+        gpu = await _start_gpu(session, spec, base_url, all_sinks, console)
         footer = None
         try:
             if run_spans is not None:
@@ -478,8 +480,24 @@ async def _start_scraper(
     return None
 
 
+def on_this_host(base_url: str) -> bool:
+    """The target's host is this machine: a loopback address or this host's own name. Only
+    then can a GPU NVML sees here be the one serving the run."""
+    host = urlsplit(base_url).hostname or ""
+    if host == "localhost" or host in (socket.gethostname(), socket.getfqdn()):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def _start_gpu(
-    session: aiohttp.ClientSession, spec: RunSpec, sinks: list[Sink], console: Console
+    session: aiohttp.ClientSession,
+    spec: RunSpec,
+    base_url: str,
+    sinks: list[Sink],
+    console: Console,
 ) -> GpuSampler | None:
     """A running GPU sampler (`target.gpu_metrics`), its samples handed to every sink that
     takes them (the records file, Prometheus), or None: "auto" without NVML is quietly nothing;
@@ -490,7 +508,11 @@ async def _start_gpu(
         for add in takers:
             add(sample)
 
-    sampler, problem = await start_gpu_sampler(spec.target.gpu_metrics, session, on_sample)
+    setting = spec.target.gpu_metrics
+    if setting == "auto" and not on_this_host(base_url):
+        # A GPU here serves something else: its joules are not this run's (`nvml` says so).
+        return None
+    sampler, problem = await start_gpu_sampler(setting, session, on_sample)
     if problem is not None:
         console.print(f"[yellow]GPU metrics:[/] {problem}; running without them", highlight=False)
     return sampler

@@ -112,8 +112,9 @@ class TargetSpec(StrictModel):
     gpu_metrics: str = Field(
         default="auto",
         description="GPU utilisation, memory, power and energy sampled during the run, for "
-        "energy per output token: 'auto' (NVML on this host when it initialises, else "
-        "nothing), 'nvml' (NVML, said when it cannot), 'off', or a DCGM exporter's or node "
+        "energy per output token: 'auto' (NVML on this host when it initialises and the target "
+        "is on this host, else nothing), 'nvml' (NVML whatever the target, said when it "
+        "cannot), 'off', or a DCGM exporter's or node "
         "exporter's page URL, e.g. http://gpu-host:9400/metrics",
     )
 

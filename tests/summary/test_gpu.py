@@ -172,3 +172,14 @@ def test_nvml_reads_every_gpu_here() -> None:
 
     got = asyncio.run(sampled())
     assert len(got) >= 4 * len(first)  # and the last read after the run
+
+
+def test_auto_reads_this_hosts_gpus_only_for_a_target_on_this_host() -> None:
+    # A GPU here that serves another target would put its joules on the run.
+    from latbench.run.benchmark import on_this_host
+
+    for url in ("http://127.0.0.1:8000", "http://localhost:8000/v1", "http://[::1]:9",
+                f"http://{socket.gethostname()}:8000"):  # fmt: skip
+        assert on_this_host(url), url
+    for url in ("http://10.1.2.3:8000", "https://api.openai.com/v1", "http://gpu-box.invalid"):
+        assert not on_this_host(url), url

@@ -7,7 +7,9 @@ One Prometheus (1 s scrape and evaluation interval, temporary config and data) s
 - latbench against a slow simulator (TTFT normal 130 +- 30 ms: most over 100 ms),
 - a Pushgateway that a third, short latbench run pushes to (when the package is installed),
 - both simulators' own `/metrics` (vLLM's metric names, labels and buckets), for the
-  "client vs server" dashboard's server-side queries; no vLLM can run here.
+  "client vs server" dashboard's server-side queries; no vLLM can run here;
+- the fast simulator's spans, sent to the fast run's OTLP receiver (the per-request panels), and
+  its DCGM exporter page for one fake GPU, which that run samples (the GPU and energy panels).
 
 Then: the TTFT burn-rate alert fires for the slow run and no SLO alert for the fast one; the
 share Prometheus computes from `le="0.1"` equals latbench's exact attainment; its quantiles agree
@@ -110,7 +112,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     procs: list[subprocess.Popen[str]] = []
     try:
         sims = {}
+        # The fast simulator also traces (its spans go to the fast run's receiver, for the
+        # per-request panels) and serves a DCGM exporter page for one fake GPU (the GPU and
+        # energy panels).
+        span_port = free_port()
+        traced = {
+            "otlp_traces_endpoint": f"http://127.0.0.1:{span_port}/v1/traces",
+            "gpu": {"count": 1, "idle_w": 50.0, "j_per_token": 0.2},
+        }
         for name, cfg in SIMS.items():
+            cfg = {**cfg, **traced} if name == "fast" else cfg
             sims[name] = SimProcess(SimConfig.model_validate(cfg)).start()
             started.append(sims[name])
         gw = Pushgateway(tmp / "gw") if PUSHGATEWAY else None
@@ -154,7 +165,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         t_start = time.time()
         common = ("--concurrency", "4", "--duration", f"{DURATION_S}s", "--metrics-linger", "60")
         procs.append(run("fast", sims["fast"].url, tmp, *common, "--warmup", "2s",
-                         "--metrics-port", str(ports["fast"])))  # fmt: skip
+                         "--metrics-port", str(ports["fast"]),
+                         "--otlp-receiver", f"127.0.0.1:{span_port}",
+                         "--gpu-metrics", f"{sims['fast'].url}/dcgm/metrics"))  # fmt: skip
         procs.append(run("slow", sims["slow"].url, tmp, *common,
                          "--metrics-port", str(ports["slow"])))  # fmt: skip
         if gw is not None:

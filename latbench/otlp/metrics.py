@@ -32,6 +32,7 @@ never holds up the runner's loop; a failed export is counted and becomes one war
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -346,6 +347,8 @@ class OtlpMetrics:
         self._closed = False
 
     def _note(self, message: str) -> None:
+        # The SDK's retry line names the cause; its promise of a retry is stale by the end.
+        message = re.sub(r",? *retrying in [0-9.]+ ?s\.?$", "", message.strip())
         with self._lock:
             if len(self.errors) < 10:
                 self.errors.append(message)
@@ -387,10 +390,10 @@ class OtlpMetrics:
     def shutdown(self) -> list[str]:
         """The final export, then the provider's end; what failed over its life, as warnings."""
         with self._lock:
-            if self._closed:
-                return self.warnings
-            self._closed = True
+            done, self._closed = self._closed, True
             flusher = self._flusher
+        if done:
+            return self.warnings
         if flusher is not None:
             flusher.join(self.timeout_s * 2)
         self.provider.shutdown(timeout_millis=self.timeout_s * 1000)

@@ -37,6 +37,7 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -61,7 +62,6 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
-from latbench import __version__
 from latbench.exporter.series import BUILTIN_SIM_TARGET, HISTOGRAMS, RunLabels
 from latbench.shared.secrets import read_secret_file
 
@@ -105,6 +105,17 @@ OPERATIONS: Mapping[str, str] = {
 }
 
 DEFAULT_INTERVAL_S = 10.0
+
+
+def _latbench_version() -> str:
+    # From the installed distribution, not `latbench.__version__`: the package face imports
+    # every stage, and this one sits below `run` (.importlinter).
+    try:
+        return version("latbench")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 DEFAULT_TIMEOUT_S = 5.0
 Temporality = Literal["cumulative", "delta"]
 
@@ -333,9 +344,10 @@ class OtlpMetrics:
             )
             for d in HISTOGRAM_DEFS
         ]
-        resource = Resource.create({"service.name": "latbench", "service.version": __version__})
+        ours = _latbench_version()
+        resource = Resource.create({"service.name": "latbench", "service.version": ours})
         self.provider = MeterProvider(metric_readers=[reader], resource=resource, views=views)
-        meter = self.provider.get_meter("latbench", __version__, schema_url=SCHEMA_URL)
+        meter = self.provider.get_meter("latbench", ours, schema_url=SCHEMA_URL)
         self.histograms: dict[str, Any] = {
             d.name: meter.create_histogram(d.name, unit=d.unit, description=d.description)
             for d in HISTOGRAM_DEFS

@@ -194,7 +194,7 @@ def run_attributes(labels: RunLabels, base_url: str | None) -> dict[str, str | i
     return attrs
 
 
-class OtlpError(Exception):
+class OtlpError(ValueError):
     """OTLP export cannot be set up (a bad URL or header): the caller names the flag."""
 
 

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from kit.cli import latbench
 from kit.otlp import Attrs, OtlpCollector
+from kit.service import running
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 from rich.console import Console
 
 from latbench.cli.common import Exit
@@ -43,6 +45,7 @@ from latbench.otlp.metrics import (
 )
 from latbench.records import read_records
 from latbench.run import BenchResult, run_benchmark
+from latbench.service.config import ServiceConfig
 from latbench.sim import SimConfig, SimProcess
 from latbench.spec import load_spec
 
@@ -309,3 +312,34 @@ def test_bad_otlp_flags_are_usage_errors(tmp_path: Path) -> None:
         p = latbench("run", "--requests", "1", "--out", str(tmp_path), *args, timeout=60)
         assert p.returncode == 2, (args, p.stderr)
         assert says in p.stderr and "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# `latbench serve` with `otlp_metrics`: its runs' series go out the same way
+
+
+def test_the_service_exports_its_runs_over_otlp(fast_sim: SimProcess, tmp_path: Path) -> None:
+    with OtlpCollector() as c:
+        over = {"otlp_metrics": {"endpoint": c.url, "interval": 0.5}}
+        with running(fast_sim.url, tmp_path, **over) as svc:
+            run = svc.submit({"target": "sim", "load": {"concurrency": 2, "requests": 6}})
+            done = svc.wait_state(run["id"], "completed", "failed")
+            assert done["state"] == "completed", done
+
+            def six(c: OtlpCollector) -> bool:
+                points = c.histograms(TIME_TO_FIRST_CHUNK)
+                return any(p.count == 6 for p in points.values())
+
+            c.wait(six)
+        (attrs,) = c.histograms(TIME_TO_FIRST_CHUNK)
+        # The service's labels: its catalogue name as the target, the run's spec name.
+        assert dict(attrs)["latbench.target"] == "sim"
+        assert dict(attrs)["gen_ai.request.model"] == "sim-cli"
+
+
+def test_service_config_checks_the_otlp_endpoint() -> None:
+    config = ServiceConfig.model_validate({"otlp_metrics": {"endpoint": "http://c:4318"}})
+    assert config.otlp_metrics is not None
+    assert config.otlp_metrics.endpoint == "http://c:4318/v1/metrics"
+    with pytest.raises(ValidationError, match="http"):
+        ServiceConfig.model_validate({"otlp_metrics": {"endpoint": "c:4318"}})

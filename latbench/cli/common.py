@@ -523,6 +523,35 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="push to this Pushgateway at the start, every few seconds and at the end "
         "(group: job=latbench, target, model, api, scenario)",
     )
+    g = p.add_argument_group("OpenTelemetry metrics out (docs/otel.md)")
+    g.add_argument(
+        "--otlp-metrics",
+        metavar="URL",
+        help="also send the metrics to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318; "
+        "/v1/metrics is added to a bare URL), GenAI semantic-convention names; needs "
+        "pip install 'latbench[otel]'",
+    )
+    g.add_argument(
+        "--otlp-header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a header on every export (auth); NAME=@FILE reads the value from a file, and "
+        "OTEL_EXPORTER_OTLP_HEADERS works too",
+    )
+    g.add_argument(
+        "--otlp-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="export every SECONDS during the run (default 10), and once at its end",
+    )
+    g.add_argument(
+        "--otlp-temporality",
+        choices=("cumulative", "delta"),
+        help="the sums' temporality (default cumulative, or "
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE)",
+    )
     add_vllm_arguments(p)
 
 

@@ -159,6 +159,10 @@ def sweep_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
             "sweep does not export Prometheus metrics; run the steps with latbench run "
             "--metrics-port/--pushgateway"
         )
+    if ns.otlp_metrics is not None:
+        raise SpecError(
+            "sweep does not export OTLP metrics; run the steps with latbench run --otlp-metrics"
+        )
     max_error_rate = parse_fraction(ns.max_error_rate, "--max-error-rate")
     flags = copy.copy(ns)
     flags.concurrency = None

@@ -68,7 +68,10 @@ def create_app(config: ServiceConfig, token: str) -> web.Application:
                 raise SpecError(e.message) from None
             store = await Store.open(config.data_dir / DB_NAME)
             stack.push_async_callback(store.close)
-            manager = RunManager(config, store, metrics, urls)
+            otlp = None if config.otlp_metrics is None else config.otlp_metrics.build()
+            if otlp is not None:  # its last export, off the loop, after the runs have drained
+                stack.push_async_callback(asyncio.to_thread, otlp.shutdown)
+            manager = RunManager(config, store, metrics, urls, otlp=otlp)
             await manager.recover()
             scheduler = Scheduler(config, manager, random.Random())
             registry.register(manager)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from croniter import croniter
@@ -23,6 +23,9 @@ from latbench.shared.yamlfile import load_yaml
 from latbench.sim.config import SimConfig
 from latbench.spec import PositiveSeconds, Seconds, TargetSpec, load_spec
 from latbench.workload import MAX_TOKENS
+
+if TYPE_CHECKING:
+    from latbench.otlp.metrics import OtlpMetrics
 
 # Names end up as Prometheus label values and in URLs: short, and from a small alphabet.
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -151,6 +154,49 @@ class ScheduleConfig(_Model):
         return self
 
 
+class OtlpMetricsConfig(_Model):
+    """The service's series sent over OTLP/HTTP too, beside its /metrics (docs/otel.md): every
+    run's observations, under the GenAI semantic-convention names. Needs the `otel` extra."""
+
+    endpoint: str = Field(description="the collector, e.g. http://otel-collector:4318")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="sent with every export; a value @PATH is read from a file",
+    )
+    interval: PositiveSeconds = Field(default=30.0, description="seconds between exports")
+    temporality: Literal["cumulative", "delta"] | None = Field(
+        default=None, description="default cumulative (or the OTEL_ environment's preference)"
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        try:
+            from latbench.otlp.metrics import parse_endpoint
+        except ImportError as e:
+            raise ValueError(
+                f"needs the OpenTelemetry packages ({e.name} is missing): "
+                "pip install 'latbench[otel]'"
+            ) from None
+        return parse_endpoint(v)
+
+    def build(self) -> OtlpMetrics:
+        """The service's one exporter; the SDK's export errors go to its log as they happen."""
+        from latbench.otlp.metrics import OtlpError, OtlpMetrics, parse_headers
+
+        items = [f"{k}={v}" for k, v in self.headers.items()]
+        try:
+            return OtlpMetrics(
+                self.endpoint,
+                headers=parse_headers(items),
+                interval_s=self.interval,
+                temporality=self.temporality,
+                capture_logs=False,
+            )
+        except OtlpError as e:
+            raise SpecError(f"otlp_metrics: {e}") from None
+
+
 class ServiceConfig(_Model):
     listen: str = Field(default="127.0.0.1:8080", description="HOST:PORT; port 0 picks one")
     data_dir: Path = Path("latbench-data")
@@ -173,6 +219,7 @@ class ServiceConfig(_Model):
         description="spec names that API runs may export as the scenario label; others export "
         "as 'adhoc', so callers cannot grow the number of series",
     )
+    otlp_metrics: OtlpMetricsConfig | None = None
 
     @field_validator("listen")
     @classmethod

@@ -527,9 +527,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--otlp-metrics",
         metavar="URL",
-        help="also send the metrics to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318; "
-        "/v1/metrics is added to a bare URL), GenAI semantic-convention names; needs "
-        "pip install 'latbench[otel]'",
+        help="also send the metrics (the series /metrics serves) to this OTLP/HTTP collector "
+        "(e.g. http://127.0.0.1:4318; /v1/metrics is added to a bare URL), GenAI "
+        "semantic-convention names; needs pip install 'latbench[otel]'",
     )
     g.add_argument(
         "--otlp-header",

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 
@@ -29,7 +29,7 @@ from latbench.cli.common import (
     spec_from_args,
     verdict_exit,
 )
-from latbench.exporter import MetricsExport, parse_listen
+from latbench.exporter import MetricsExport, OtlpConfig, OtlpError, otlp_config, parse_listen
 from latbench.load.runner import Runner
 from latbench.records.rundir import RunDir
 from latbench.run.benchmark import new_run_id, run_benchmark, target_url
@@ -44,25 +44,15 @@ from latbench.vllm.launch import (
     tracing_unavailable,
 )
 
-if TYPE_CHECKING:
-    from latbench.otlp.metrics import OtlpMetrics
-
 
 def add_arguments(sub: Any) -> None:
     p = sub.add_parser("run", help="run a benchmark (no --target: against the built-in simulator)")
     add_run_arguments(p)
 
 
-@contextlib.contextmanager
-def _shut_down(otlp: OtlpMetrics) -> Any:
-    try:
-        yield otlp
-    finally:
-        otlp.shutdown()  # once only: after the run's own call, this does nothing
-
-
 def metrics_export(ns: argparse.Namespace) -> MetricsExport | None:
-    if ns.metrics_port is None and ns.pushgateway is None:
+    otlp = otlp_settings(ns)
+    if ns.metrics_port is None and ns.pushgateway is None and otlp is None:
         return None
     if not ns.metrics_linger >= 0:
         raise SpecError(f"--metrics-linger {ns.metrics_linger:g}: give 0 or more seconds")
@@ -70,27 +60,19 @@ def metrics_export(ns: argparse.Namespace) -> MetricsExport | None:
         listen = None if ns.metrics_port is None else parse_listen(ns.metrics_port)
     except ValueError as e:
         raise SpecError(f"--metrics-port {e}") from None
-    return MetricsExport(listen, ns.pushgateway, ns.metrics_linger)
+    return MetricsExport(listen, ns.pushgateway, ns.metrics_linger, otlp)
 
 
-def otlp_export(ns: argparse.Namespace) -> OtlpMetrics | None:
-    """`--otlp-metrics`: the run's OTLP exporter (docs/otel.md), None without the flag."""
+def otlp_settings(ns: argparse.Namespace) -> OtlpConfig | None:
+    """`--otlp-metrics` and its flags, checked (docs/otel.md); None without it."""
     if ns.otlp_metrics is None:
         if ns.otlp_header or ns.otlp_temporality is not None:
             raise SpecError("--otlp-header and --otlp-temporality go with --otlp-metrics URL")
         return None
     try:
-        from latbench.otlp.metrics import OtlpError, OtlpMetrics, parse_headers
-    except ImportError as e:
-        raise SpecError(
-            f"--otlp-metrics needs the OpenTelemetry packages ({e.name} is missing): "
-            "pip install 'latbench[otel]'"
-        ) from None
-    try:
-        headers = parse_headers(ns.otlp_header)
-        return OtlpMetrics(
+        return otlp_config(
             ns.otlp_metrics,
-            headers=headers,
+            ns.otlp_header,
             interval_s=ns.otlp_interval,
             temporality=ns.otlp_temporality,
         )
@@ -131,7 +113,6 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
             otlp_traces_endpoint=None if receiver is None else traces_endpoint(*receiver),
         )
     export = metrics_export(ns)
-    otlp = otlp_export(ns)
     holder: list[Runner] = []
 
     if export is not None and export.server is not None:
@@ -198,7 +179,6 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
             # The Pushgateway group is the run's labels, known once preflight named the model.
             on_labels=None if export is None else export.run_started,
             run_id=run_id,
-            otlp=otlp,
         )
         # run_benchmark's last act is writing results.json: a signal from now on keeps the
         # verdict (the loop still turns while it closes, and hears signals).
@@ -207,9 +187,7 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
 
     # Unwound in reverse: the export closes, then the signals get their handlers back.
     closing_export = contextlib.nullcontext() if export is None else contextlib.closing(export)
-    # Whatever ends the run, the OTLP provider's last export and its thread end with it.
-    closing_otlp = contextlib.nullcontext() if otlp is None else _shut_down(otlp)
-    with signals_handled_by(interrupt), closing_export, closing_otlp:
+    with signals_handled_by(interrupt), closing_export:
         with contextlib.ExitStack() as stack:
             if launch is not None:
                 err.print(f"starting vLLM (log: {launch.log_path})", highlight=False)
@@ -234,7 +212,7 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
             err.print(f"vLLM stopped; its log: {launch.log_path}", highlight=False)
         push_failed = None if export is None else export.run_ended()
         # A collector that failed is a warning: the records and results above stand.
-        for warning in [] if otlp is None else otlp.shutdown():
+        for warning in [] if export is None else export.otlp_warnings:
             err.print(f"[yellow]otlp:[/] {warning}", highlight=False)
         vllm_path = save_vllm_result(ns, result.records_path)
         if vllm_path is not None:

@@ -1,11 +1,14 @@
-"""One `latbench run`'s export from start to end: a registry of its own, served and/or pushed,
-and the linger that keeps the final values readable until a scrape has read them.
+"""One `latbench run`'s export from start to end: a registry of its own, served, pushed to a
+Pushgateway and/or sent to an OTLP collector, and the linger that keeps the final values readable
+until a scrape has read them.
 
 The life cycle is the caller's to drive (`run_started`, `run_ended`, `linger`, `close`) because
 only the caller knows when its results are safe and how a signal should end the wait.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -14,6 +17,10 @@ from latbench.exporter.exposition import render_text
 from latbench.exporter.push import Pusher
 from latbench.exporter.series import LatbenchMetrics, RunLabels
 from latbench.exporter.server import MetricsServer
+
+if TYPE_CHECKING:
+    from latbench.exporter.otlp import OtlpPusher
+    from latbench.exporter.otlp_config import OtlpConfig
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -38,13 +45,15 @@ DEFAULT_LINGER_S = 30.0
 
 
 class MetricsExport:
-    """`latbench run --metrics-port/--pushgateway`: a registry of its own, served and/or pushed."""
+    """`latbench run --metrics-port/--pushgateway/--otlp-metrics`: a registry of its own, served,
+    pushed and/or sent over OTLP; each exposition reads the same `LatbenchMetrics`."""
 
     def __init__(
         self,
         listen: tuple[str, int] | None,
         pushgateway: str | None,
         linger_s: float = DEFAULT_LINGER_S,
+        otlp: OtlpConfig | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.metrics = LatbenchMetrics(self.registry)
@@ -53,13 +62,24 @@ class MetricsExport:
         if listen is not None:
             self.server = MetricsServer(lambda: render_text(self.metrics), *listen)
         self.pusher = Pusher(pushgateway, self.registry) if pushgateway else None
+        self.otlp: OtlpPusher | None = None
+        if otlp is not None:
+            # Imported here: the protobuf binding is the optional `otel` extra.
+            from latbench.exporter.otlp import OtlpPusher
+
+            self.otlp = OtlpPusher(self.metrics, otlp)
 
     def run_started(self, labels: RunLabels) -> None:
         if self.pusher is not None:
             self.pusher.start(labels)
+        if self.otlp is not None:
+            self.otlp.start()
 
     def run_ended(self) -> str | None:
-        """Right after the run: push the final values. Returns why that failed, or None."""
+        """Right after the run: push and export the final values. Returns why the Pushgateway's
+        push failed, or None; OTLP's failures are only warnings (`otlp_warnings`)."""
+        if self.otlp is not None:
+            self.otlp.finish()
         if self.pusher is None:
             return None
         try:
@@ -67,6 +87,11 @@ class MetricsExport:
         except MetricsError as e:
             return str(e)
         return None
+
+    @property
+    def otlp_warnings(self) -> list[str]:
+        """OTLP exports that failed, as one line (the collector missed them; the run did not)."""
+        return [] if self.otlp is None else self.otlp.warnings
 
     @property
     def warnings(self) -> list[str]:
@@ -89,5 +114,7 @@ class MetricsExport:
     def close(self) -> None:
         if self.pusher is not None:
             self.pusher.stop()
+        if self.otlp is not None:
+            self.otlp.stop()
         if self.server is not None:
             self.server.close()

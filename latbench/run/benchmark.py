@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from time import monotonic_ns
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -53,7 +53,6 @@ from latbench.sim import SimProcess
 from latbench.sim.replay import check_replay
 from latbench.sinks import Sink
 from latbench.sinks.jsonl import JsonlSink
-from latbench.sinks.otlp import OtlpSink
 from latbench.sinks.progress import Progress, ProgressSink
 from latbench.sinks.prometheus import PrometheusSink, run_labels
 from latbench.spec import RunSpec, WorkloadSpec
@@ -72,9 +71,6 @@ from latbench.workload.session import SessionWorkload
 from latbench.workload.tokens import TokenScale
 from latbench.workload.tools import with_tools
 from latbench.workload.trace import NS_PER_S, TraceWorkload, trace_of
-
-if TYPE_CHECKING:
-    from latbench.otlp.metrics import OtlpMetrics
 
 DEFAULT_OUTPUT_TOKENS = 128
 
@@ -236,15 +232,13 @@ async def run_benchmark(
     progress: Progress | None = None,
     target_label: str | None = None,
     scenario_label: str | None = None,
-    otlp: OtlpMetrics | None = None,
 ) -> BenchResult:
     """`run_id` (default: a new one), `progress` and the metric labels' target and scenario
     are for the service (`latbench.service`), which names runs before they start, follows their
     progress, and labels series by catalogue name; without `progress`, the run's progress is a
     live line on `console` (when it is a terminal). With `metrics`, `on_labels` is told the labels
     of the run's series (the model is known only after preflight) before any request is sent;
-    `on_runner` is given the runner, to stop or abort it, before it runs. With `otlp`, the same
-    series go out over OTLP too, under the same labels (docs/otel.md)."""
+    `on_runner` is given the runner, to stop or abort it, before it runs."""
     raise_fd_limit()
     if run_id is None:
         run_id = new_run_id()
@@ -309,16 +303,6 @@ async def run_benchmark(
             all_sinks.append(prometheus)
             if on_labels is not None:
                 on_labels(labels)
-        if otlp is not None:
-            otlp_labels = run_labels(
-                spec.target.base_url, endpoint.options.model, spec.target.api, spec.name
-            )
-            otlp_labels = replace(
-                otlp_labels,
-                target=target_label or otlp_labels.target,
-                scenario=scenario_label or otlp_labels.scenario,
-            )
-            all_sinks.append(OtlpSink(otlp, otlp_labels, spec.target.base_url, spec.slos))
         run_spans = _run_spans(spec, jsonl, prometheus)
         runner = Runner(
             run_id=run_id,

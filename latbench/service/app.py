@@ -68,10 +68,16 @@ def create_app(config: ServiceConfig, token: str) -> web.Application:
                 raise SpecError(e.message) from None
             store = await Store.open(config.data_dir / DB_NAME)
             stack.push_async_callback(store.close)
-            otlp = None if config.otlp_metrics is None else config.otlp_metrics.build()
-            if otlp is not None:  # its last export, off the loop, after the runs have drained
-                stack.push_async_callback(asyncio.to_thread, otlp.shutdown)
-            manager = RunManager(config, store, metrics, urls, otlp=otlp)
+            if config.otlp_metrics is not None:
+                # The same series over OTLP, exported for the service's life from a thread
+                # of its own; imported here, the binding being the optional `otel` extra.
+                from latbench.exporter.otlp import OtlpPusher
+
+                otlp = OtlpPusher(metrics, config.otlp_metrics.build(), log=log)
+                otlp.start()
+                # Its last export, off the loop, after the runs have drained.
+                stack.push_async_callback(asyncio.to_thread, otlp.finish)
+            manager = RunManager(config, store, metrics, urls)
             await manager.recover()
             scheduler = Scheduler(config, manager, random.Random())
             registry.register(manager)

@@ -10,22 +10,20 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from latbench.exporter import parse_listen
+from latbench.exporter import OtlpConfig, OtlpError, otlp_config, parse_listen
+from latbench.exporter.otlp_config import parse_endpoint, require_binding
 from latbench.shared.errors import SpecError
 from latbench.shared.secrets import read_secret_file
 from latbench.shared.yamlfile import load_yaml
 from latbench.sim.config import SimConfig
 from latbench.spec import PositiveSeconds, Seconds, TargetSpec, load_spec
 from latbench.workload import MAX_TOKENS
-
-if TYPE_CHECKING:
-    from latbench.otlp.metrics import OtlpMetrics
 
 # Names end up as Prometheus label values and in URLs: short, and from a small alphabet.
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -155,8 +153,9 @@ class ScheduleConfig(_Model):
 
 
 class OtlpMetricsConfig(_Model):
-    """The service's series sent over OTLP/HTTP too, beside its /metrics (docs/otel.md): every
-    run's observations, under the GenAI semantic-convention names. Needs the `otel` extra."""
+    """The service's series sent over OTLP/HTTP too, beside its /metrics (docs/otel.md): the same
+    `LatbenchMetrics`, every `interval` for the service's life, under the GenAI
+    semantic-convention names. Needs the `otel` extra."""
 
     endpoint: str = Field(description="the collector, e.g. http://otel-collector:4318")
     headers: dict[str, str] = Field(
@@ -164,6 +163,7 @@ class OtlpMetricsConfig(_Model):
         description="sent with every export; a value @PATH is read from a file",
     )
     interval: PositiveSeconds = Field(default=30.0, description="seconds between exports")
+    timeout: PositiveSeconds = Field(default=5.0, description="seconds one export may take")
     temporality: Literal["cumulative", "delta"] | None = Field(
         default=None, description="default cumulative (or the OTEL_ environment's preference)"
     )
@@ -171,27 +171,19 @@ class OtlpMetricsConfig(_Model):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        try:
-            from latbench.otlp.metrics import parse_endpoint
-        except ImportError as e:
-            raise ValueError(
-                f"needs the OpenTelemetry packages ({e.name} is missing): "
-                "pip install 'latbench[otel]'"
-            ) from None
+        require_binding()  # an OtlpError is a ValueError: pydantic names the field
         return parse_endpoint(v)
 
-    def build(self) -> OtlpMetrics:
-        """The service's one exporter; the SDK's export errors go to its log as they happen."""
-        from latbench.otlp.metrics import OtlpError, OtlpMetrics, parse_headers
-
+    def build(self) -> OtlpConfig:
+        """The exporter's settings, header files read (at start-up, so a missing one stops it)."""
         items = [f"{k}={v}" for k, v in self.headers.items()]
         try:
-            return OtlpMetrics(
+            return otlp_config(
                 self.endpoint,
-                headers=parse_headers(items),
+                items,
                 interval_s=self.interval,
+                timeout_s=self.timeout,
                 temporality=self.temporality,
-                capture_logs=False,
             )
         except OtlpError as e:
             raise SpecError(f"otlp_metrics: {e}") from None

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from rich.console import Console
@@ -48,9 +48,6 @@ from latbench.service.store import (
 from latbench.shared.errors import LatbenchError
 from latbench.spec import RunSpec, load_spec
 from latbench.summary.summary import summarize_file
-
-if TYPE_CHECKING:
-    from latbench.otlp.metrics import OtlpMetrics
 
 log = logging.getLogger("latbench.service")
 
@@ -100,12 +97,10 @@ class RunManager:
         store: Store,
         metrics: LatbenchMetrics,
         urls: dict[str, str],
-        otlp: OtlpMetrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.otlp = otlp  # config.otlp_metrics: the same series over OTLP (docs/otel.md)
         self.urls = urls
         self.queued: list[Active] = []
         self.running: dict[str, Active] = {}
@@ -265,7 +260,6 @@ class RunManager:
                 progress=a.progress,
                 target_label=row.target,
                 scenario_label=a.scenario,
-                otlp=self.otlp,
             )
         )
         a.bench = bench

@@ -130,7 +130,7 @@ HISTOGRAM_DEFS: tuple[MetricDef, ...] = tuple(
 # unit suffix Prometheus wants (OTel puts the unit in `unit`); the GPU series stay latbench's
 # rather than the hardware conventions' hw.gpu.*: those are a host's own readings, reported all
 # the time, where these are the last reading during a run of the label set.
-_SCALAR_NAMES: Mapping[str, tuple[str, str, str | None, bool]] = {
+SCALAR_NAMES: Mapping[str, tuple[str, str, str | None, bool]] = {
     "requests": ("latbench.requests", "{request}", OUTCOME, True),
     "errors": ("latbench.errors", "{request}", ERROR_TYPE, True),
     "excluded_requests": ("latbench.excluded_requests", "{request}", PHASE, True),
@@ -154,7 +154,7 @@ _SCALAR_NAMES: Mapping[str, tuple[str, str, str | None, bool]] = {
 def _scalar_def(f: ScalarDef) -> MetricDef:
     # A series added to exporter.series without a row above still goes out, under its
     # Prometheus name and label (tests/otlp/test_metrics.py asks for a row for each).
-    name, unit, attribute, integer = _SCALAR_NAMES.get(
+    name, unit, attribute, integer = SCALAR_NAMES.get(
         f.name, (PREFIX + f.name, "", f.extra and PREFIX + f.extra, False)
     )
     return MetricDef(name, unit, f.help, f.name, attribute, integer)
@@ -217,11 +217,13 @@ def _kv(key: str, value: str | int) -> KeyValue:
 @dataclass
 class _Reading:
     """What a series held at one export: histograms as counts per bucket (+Inf last) and sum,
-    counters by (metric key, extra label value)."""
+    each counter as (extra label value, value) pairs. Read once per export, so what is sent and
+    what delta's next export subtracts are the same numbers (the CPU counter moves between two
+    reads)."""
 
     at_ns: int
     hist: dict[str, tuple[np.ndarray, float]]
-    counters: dict[tuple[str, str], float]
+    counters: dict[str, list[tuple[str, float]]]
 
 
 def _read(s: RunSeries, at_ns: int) -> _Reading:
@@ -229,7 +231,7 @@ def _read(s: RunSeries, at_ns: int) -> _Reading:
     for h in HISTOGRAMS:
         cumulative, total = s.hist[h.key].snapshot()
         hist[h.key] = (np.diff(np.asarray(cumulative, dtype=np.int64), prepend=0), total)
-    counters = {(f.name, extra): value for f, _ in COUNTER_DEFS for extra, value in f.values(s)}
+    counters = {f.name: f.values(s) for f, _ in COUNTER_DEFS}
     return _Reading(at_ns, hist, counters)
 
 
@@ -318,9 +320,9 @@ class OtlpExposition:
         for f, d in COUNTER_DEFS:
             points = []
             for s, attrs, start, base in spans:
-                for extra, value in f.values(s):
-                    if base is not None:
-                        value -= base.counters.get((f.name, extra), 0.0)
+                before = {} if base is None else dict(base.counters[f.name])
+                for extra, value in readings[s.labels].counters[f.name]:
+                    value -= before.get(extra, 0.0)
                     points.append(self._number(d, attrs, extra, value, start, now))
             if points:
                 metrics.append(

@@ -54,12 +54,25 @@ class Sum:
     unit: str
 
 
+@dataclass(frozen=True)
+class Gauge:
+    value: float
+    time_unix_nano: int
+    unit: str
+
+
 class OtlpCollector:
     """`with OtlpCollector() as c:` serves http://127.0.0.1:PORT/v1/metrics; `status` other than
-    200 makes it refuse every export (a collector that rejects a bad token, say)."""
+    200 makes it refuse every export (a collector that rejects a bad token, say), and may be
+    changed while it runs (one that is down for a while). `reject` answers every export with a
+    partial success rejecting that many data points; `delay_s` holds each answer that long (a
+    slow collector)."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, reject: int = 0, delay_s: float = 0.0) -> None:
         self.status = status
+        self.reject = reject
+        self.delay_s = delay_s
+        self.refused = 0
         self.requests: list[ExportMetricsServiceRequest] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -80,16 +93,22 @@ class OtlpCollector:
             return web.Response(status=415, text=f"not protobuf: {request.content_type}")
         msg = ExportMetricsServiceRequest()
         msg.ParseFromString(body)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)  # the slow collector under test, not a poll
+        status = self.status
         with self._lock:
             self.headers.append(dict(request.headers))
-            if self.status == 200:
+            if status == 200:
                 self.requests.append(msg)
-        if self.status != 200:
-            return web.Response(status=self.status, text="refused by the test collector")
-        return web.Response(
-            body=ExportMetricsServiceResponse().SerializeToString(),
-            content_type="application/x-protobuf",
-        )
+            else:
+                self.refused += 1
+        if status != 200:
+            return web.Response(status=status, text="refused by the test collector")
+        answer = ExportMetricsServiceResponse()
+        if self.reject:
+            answer.partial_success.rejected_data_points = self.reject
+            answer.partial_success.error_message = "the test collector drops these"
+        return web.Response(body=answer.SerializeToString(), content_type="application/x-protobuf")
 
     async def _start(self) -> None:
         app = web.Application()
@@ -176,8 +195,22 @@ class OtlpCollector:
                 )
         return out
 
+    def gauges(self, name: str) -> dict[Attrs, Gauge]:
+        """The latest data point of each attribute set of gauge `name`."""
+        out: dict[Attrs, Gauge] = {}
+        for _, _, m in self.history(name):
+            assert m.WhichOneof("data") == "gauge", (name, m.WhichOneof("data"))
+            for p in m.gauge.data_points:
+                v = p.as_double if p.WhichOneof("value") == "as_double" else p.as_int
+                out[attrs_of(p.attributes)] = Gauge(v, p.time_unix_nano, m.unit)
+        return out
+
+    def history(self, name: str) -> Iterator[tuple[Attrs, Attrs, Any]]:
+        """Metric `name` in every export, oldest first, as `metrics` gives it."""
+        return ((r, s, m) for r, s, m in self.metrics() if m.name == name)
+
     def names(self) -> set[str]:
         return {m.name for _, _, m in self.metrics()}
 
 
-__all__ = ["Hist", "OtlpCollector", "Sum", "attrs_of"]
+__all__ = ["Gauge", "Hist", "OtlpCollector", "Sum", "attrs_of"]

@@ -1,8 +1,10 @@
-"""OTLP metrics out: one run against the simulator exported at once to Prometheus
-(`LatbenchMetrics`) and over OTLP/HTTP to a real collector on 127.0.0.1 (tests/kit/otlp.py, which
-decodes each export with opentelemetry-proto). Every histogram must arrive with exactly latbench's
-bucket boundaries and the Prometheus series' counts and sums, under the GenAI semantic-convention
-names and attributes; a dead or refusing collector must only warn.
+"""OTLP metrics out, as one more exposition of the exporter's state: one run against a tracing
+simulator with a fake GPU, its `LatbenchMetrics` served as Prometheus text and sent over OTLP/HTTP
+to two real collectors on 127.0.0.1 (tests/kit/otlp.py, which decodes each export with
+opentelemetry-proto), one cumulative and one delta. Every histogram must arrive with exactly
+latbench's bucket boundaries and the Prometheus series' counts and sums, every counter and gauge
+with its value, under the GenAI semantic-convention names and attributes; the deltas must add up
+to the run; a dead, refusing or slow collector must only warn.
 """
 
 from __future__ import annotations
@@ -10,44 +12,56 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from kit.cli import latbench
-from kit.otlp import Attrs, OtlpCollector
+from kit.otlp import Attrs, OtlpCollector, attrs_of
 from kit.service import running
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
-from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from rich.console import Console
 
 from latbench.cli.common import Exit
-from latbench.exporter import HISTOGRAMS, LatbenchMetrics
-from latbench.exporter.series import RunLabels
-from latbench.otlp.metrics import (
+from latbench.exporter import (
+    HISTOGRAMS,
+    LatbenchMetrics,
+    MetricsExport,
+    OtlpError,
+    otlp_config,
+    render_text,
+)
+from latbench.exporter.otlp import (
     COUNTER_DEFS,
+    GAUGE_DEFS,
     HISTOGRAM_DEFS,
     OPERATION_DURATION,
+    SCALAR_NAMES,
     SCHEMA_URL,
     TIME_PER_OUTPUT_CHUNK,
     TIME_TO_FIRST_CHUNK,
-    TOKEN_USAGE,
-    TOKEN_USAGE_BUCKETS,
-    OtlpError,
-    OtlpMetrics,
+    OtlpPusher,
     otel_name,
-    parse_endpoint,
-    parse_headers,
     run_attributes,
 )
+from latbench.exporter.otlp_config import parse_endpoint, parse_headers
+from latbench.exporter.series import SCALARS, RunLabels
 from latbench.records import read_records
 from latbench.run import BenchResult, run_benchmark
 from latbench.service.config import ServiceConfig
 from latbench.sim import SimConfig, SimProcess
 from latbench.spec import load_spec
+from latbench.vllm.launch import free_port
+
+CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 
 # The attributes every data point of the unit run carries: the run's four labels, as the
 # semantic conventions (v1.41.0, gen-ai-metrics.md) and latbench.* name them.
@@ -59,12 +73,27 @@ RUN_ATTRS = {
     "latbench.api": "chat",
     "latbench.scenario": "otlp",
 }
+ALL_DEFS = {d.name: d for d in (*HISTOGRAM_DEFS, *(d for _, d in (*COUNTER_DEFS, *GAUGE_DEFS)))}
+
+
+@dataclass
+class Run:
+    metrics: LatbenchMetrics
+    cumulative: OtlpCollector
+    delta: OtlpCollector
+    result: BenchResult
+    warnings: list[str]
+    prometheus: dict[tuple[str, frozenset[tuple[str, str]]], float]  # the text, parsed
 
 
 @pytest.fixture(scope="module")
-def faulty_sim() -> Iterator[SimProcess]:
-    """Spread TTFT, reasoning tokens, two tokens per event, and an HTTP 500 every 7th request,
-    so every histogram and counter has something in it."""
+def unit_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """One run, exported three ways from one state. The simulator spreads TTFT, writes reasoning
+    tokens and two tokens per event, fails every 7th request with an HTTP 500, exports a span of
+    every request to the run's receiver and serves a fake GPU's DCGM page, so every histogram,
+    counter and gauge has something in it. The spec names no target (the built-in simulator's
+    labels: no server.* attributes); the runner is pointed at this simulator."""
+    span_port = free_port()
     config = {
         "model": "sim-otlp",
         "ttft": {"kind": "normal", "mean": 0.04, "std": 0.02, "min": 0.001},
@@ -73,150 +102,311 @@ def faulty_sim() -> Iterator[SimProcess]:
         "reasoning_tokens": 2,
         "seed": 11,
         "faults": [{"kind": "http_status", "every": 7, "status": 500}],
+        "otlp_traces_endpoint": f"http://127.0.0.1:{span_port}/v1/traces",
+        "span_delay_s": 0.05,
+        "gpu": {"count": 1, "idle_w": 50.0, "j_per_token": 0.2},
     }
-    with SimProcess(SimConfig.model_validate(config)) as sim:
-        yield sim
-
-
-Run = tuple[LatbenchMetrics, OtlpCollector, BenchResult, list[str]]
-
-
-@pytest.fixture(scope="module")
-def unit_run(faulty_sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    """One run, both exports. The spec names no target (the labels of the built-in simulator:
-    no server.* attributes); the runner is pointed at the module's simulator."""
-    spec = load_spec(
-        {
-            "name": "otlp",
-            "target": {"api": "chat"},
-            "workload": {"input_tokens": 16, "output_tokens": 9},
-            "load": {"concurrency": 4, "requests": 60, "warmup_requests": 5},
-            "slos": ["ttft:p99<=50ms"],
-            "output_dir": str(tmp_path_factory.mktemp("otlp")),
-        }
-    )
-    metrics = LatbenchMetrics(CollectorRegistry())
-    with OtlpCollector() as collector:
-        # A long interval: what arrives is the end-of-run flush and the shutdown's export.
-        otlp = OtlpMetrics(collector.url, interval_s=600)
-        console = Console(file=io.StringIO())
-        result = asyncio.run(
-            run_benchmark(spec, faulty_sim.url, console, metrics=metrics, otlp=otlp)
+    with SimProcess(SimConfig.model_validate(config)) as sim, OtlpCollector() as cum:
+        spec = load_spec(
+            {
+                "name": "otlp",
+                "target": {
+                    "api": "chat",
+                    "otlp_receiver": f"127.0.0.1:{span_port}",
+                    "gpu_metrics": f"{sim.url}/dcgm/metrics",
+                },
+                "workload": {"input_tokens": 16, "output_tokens": 9},
+                "load": {"concurrency": 4, "requests": 60, "warmup_requests": 5},
+                "slos": ["ttft:p99<=50ms"],
+                "output_dir": str(tmp_path_factory.mktemp("otlp")),
+            }
         )
-        warnings = otlp.shutdown()
-        yield metrics, collector, result, warnings
+        with OtlpCollector() as delta:
+            # The CLI's path for the cumulative collector; a second pusher on the same state
+            # for the delta one. Short intervals: exports during the run, not only its ends.
+            export = MetricsExport(None, None, otlp=otlp_config(cum.url, interval_s=0.2))
+            assert export.otlp is not None
+            delta_pusher = OtlpPusher(
+                export.metrics, otlp_config(delta.url, interval_s=0.3, temporality="delta")
+            )
 
+            def started(labels: RunLabels) -> None:
+                export.run_started(labels)
+                delta_pusher.start()
 
-def the_series(metrics: LatbenchMetrics) -> Any:
-    (s,) = metrics.all_series()
-    return s
+            try:
+                result = asyncio.run(
+                    run_benchmark(
+                        spec, sim.url, Console(file=io.StringIO()),
+                        metrics=export.metrics, on_labels=started,
+                    )
+                )  # fmt: skip
+                assert export.run_ended() is None
+                delta_pusher.finish()
+            finally:
+                export.close()
+                delta_pusher.stop()
+            prometheus = {
+                (s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(render_text(export.metrics).decode())
+                for s in family.samples
+            }
+            yield Run(
+                export.metrics,
+                cum,
+                delta,
+                result,
+                export.otlp_warnings + delta_pusher.warnings,
+                prometheus,
+            )
 
 
 def with_run(attrs: Attrs, **extra: Any) -> bool:
     return dict(attrs) == {**RUN_ATTRS, **extra}
 
 
-def test_every_histogram_has_our_buckets_and_the_prometheus_counts(unit_run: Run) -> None:
-    metrics, collector, _, warnings = unit_run
-    assert warnings == []
-    s = the_series(metrics)
+def prom_labels(**extra: str) -> frozenset[tuple[str, str]]:
+    base = {"target": "builtin-sim", "model": "sim-otlp", "api": "chat", "scenario": "otlp"}
+    return frozenset({**base, **extra}.items())
+
+
+def test_every_histogram_is_the_prometheus_one(unit_run: Run) -> None:
+    assert unit_run.warnings == []
+    prom = unit_run.prometheus
     for h in HISTOGRAMS:
-        cumulative, total = s.hist[h.key].snapshot()
-        points = collector.histograms(otel_name(h.key))
-        ok = [p for a, p in points.items() if with_run(a)]
-        if total == 0:
-            assert ok == [], h.key
-            continue
-        (p,) = ok
+        (attrs, p), *others = unit_run.cumulative.histograms(otel_name(h.key)).items()
+        assert others == [] and with_run(attrs), h.key
         assert p.bounds == h.buckets, h.key  # exactly, boundary for boundary
-        assert p.unit == "s"
-        assert p.temporality == AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
-        assert list(np.cumsum(p.counts)) == [int(c) for c in cumulative], h.key
-        assert p.count == cumulative[-1]
-        assert p.sum == pytest.approx(total, rel=1e-12), h.key
-    # The run had something in every histogram it can fill against the simulator.
+        assert p.unit == "s" and p.temporality == CUMULATIVE
+        assert len(p.counts) == len(h.buckets) + 1  # per bucket, +Inf last
+        les = [*(str(b) for b in h.buckets), "+Inf"]
+        # The Prometheus text's le="..." is floatToGoString's; compare as numbers.
+        expected = {
+            float(dict(k)["le"]): v for (name, k), v in prom.items() if name == f"{h.name}_bucket"
+        }
+        assert len(expected) == len(les)
+        cumulative = np.cumsum(p.counts).tolist()
+        assert cumulative == [expected[float(le)] for le in les], h.key
+        assert p.count == prom[(f"{h.name}_count", prom_labels())]
+        assert p.sum == pytest.approx(prom[(f"{h.name}_sum", prom_labels())], rel=1e-12)
+    # The run had something in each histogram it can fill against the tracing simulator.
     for key in ("ttft", "ttfo", "itl", "itl_per_token", "tpot", "e2e", "queue_delay"):
-        assert s.hist[key].snapshot()[0][-1] > 0, key
+        assert unit_run.cumulative.histograms(otel_name(key)), key
+    for key in ("ttft", "e2e", "itl", "server_ttft", "outside_ttft", "server_queue"):
+        (p,) = unit_run.cumulative.histograms(otel_name(key)).values()
+        assert p.count > 0, key
+
+
+def test_every_counter_and_gauge_is_the_prometheus_one(unit_run: Run) -> None:
+    prom = unit_run.prometheus
+    s = unit_run.metrics.all_series()[0]
+    for f, d in (*COUNTER_DEFS, *GAUGE_DEFS):
+        got = (
+            unit_run.cumulative.sums(d.name)
+            if f.type == "counter"
+            else unit_run.cumulative.gauges(d.name)
+        )
+        values = f.values(s)
+        assert len(got) == len(values), d.name
+        for extra, value in values:
+            labels = prom_labels(**({f.extra: extra} if f.extra else {}))
+            assert prom[(f.sample, labels)] == value
+            want = {**RUN_ATTRS, **({d.attribute: extra} if d.attribute else {})}
+            (point,) = [v for a, v in got.items() if dict(a) == want]
+            assert point.value == value, (d.name, extra)
+            assert point.unit == d.unit
+            if f.type == "counter":
+                assert point.monotonic and point.temporality == CUMULATIVE  # type: ignore[union-attr]
+    # What the run put in them, so the equalities above are not of zeros.
+    sums = unit_run.cumulative.sums
+    requests = {dict(a)["latbench.outcome"]: v.value for a, v in sums("latbench.requests").items()}
+    assert requests["ok"] > 0 and requests["error"] > 0
+    errors = {dict(a)["error.type"]: v.value for a, v in sums("latbench.errors").items()}
+    assert sum(errors.values()) == requests["error"]
+    phases = {
+        dict(a)["latbench.phase"]: v.value for a, v in sums("latbench.excluded_requests").items()
+    }
+    assert phases["warmup"] == 5
+    matches = {dict(a)["latbench.span.match"]: v.value for a, v in sums("latbench.spans").items()}
+    assert matches["matched"] > 0
+    (energy,) = sums("latbench.energy").values()
+    assert energy.value > 0 and energy.unit == "J"
+    (power,) = unit_run.cumulative.gauges("latbench.gpu.power").values()
+    assert power.value > 0 and power.unit == "W"
+    (tokens,) = sums("latbench.output_tokens").values()
+    assert tokens.value == s.output_tokens > 0
+
+
+def test_gauges_during_the_run_and_cumulative_start_times(unit_run: Run) -> None:
+    """Exports every interval while the run goes: run_active is 1 then, 0 at the end; every
+    cumulative point counts from the run's start, whichever export it is in."""
+    c = unit_run.cumulative
+    active = [p.as_int for _, _, m in c.history("latbench.run_active") for p in m.gauge.data_points]
+    assert len(active) >= 3  # the start, at least one interval, the end
+    assert 1 in active and active[-1] == 0
+    (start_gauge,) = c.gauges("latbench.run_start_time").values()
+    starts = {
+        p.start_time_unix_nano
+        for name in (TIME_TO_FIRST_CHUNK, "latbench.requests")
+        for _, _, m in c.history(name)
+        for p in (m.histogram.data_points if m.HasField("histogram") else m.sum.data_points)
+    }
+    (start,) = starts
+    assert start == int(start_gauge.value * 1e9)
+    last = max(
+        p.time_unix_nano
+        for _, _, m in c.history(TIME_TO_FIRST_CHUNK)
+        for p in m.histogram.data_points
+    )
+    assert start < last
+
+
+def test_the_deltas_add_up_to_the_run(unit_run: Run) -> None:
+    cum, delta = unit_run.cumulative, unit_run.delta
+    assert len(delta.received()) >= 3
+    for name, d in ALL_DEFS.items():
+        kind = (
+            "histogram" if d.buckets else "sum" if any(d is x for _, x in COUNTER_DEFS) else "gauge"
+        )
+        if kind == "gauge":
+            continue
+        totals: dict[Attrs, Any] = defaultdict(lambda: 0)
+        ends: dict[Attrs, int] = {}
+        for _, _, m in delta.history(name):
+            assert m.WhichOneof("data") == kind
+            data = getattr(m, kind)
+            assert data.aggregation_temporality == DELTA
+            for p in data.data_points:
+                a = attrs_of(p.attributes)
+                # Each interval starts where the previous accepted one ended.
+                if a in ends:
+                    assert p.start_time_unix_nano == ends[a], name
+                ends[a] = p.time_unix_nano
+                if kind == "histogram":
+                    totals[a] = totals[a] + np.asarray(p.bucket_counts)
+                else:
+                    totals[a] += p.as_double if p.WhichOneof("value") == "as_double" else p.as_int
+        final = cum.histograms(name) if kind == "histogram" else cum.sums(name)
+        assert set(totals) == set(final), name
+        for a, total in totals.items():
+            if kind == "histogram":
+                assert total.tolist() == list(final[a].counts), name  # type: ignore[union-attr]
+            else:
+                assert total == pytest.approx(final[a].value, rel=1e-9), name  # type: ignore[union-attr]
 
 
 def test_semantic_convention_names_units_and_attributes(unit_run: Run) -> None:
-    _, collector, _, _ = unit_run
-    names = collector.names()
-    assert {OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_CHUNK, TOKEN_USAGE} <= names
-    assert names <= {d.name for d in (*HISTOGRAM_DEFS, *COUNTER_DEFS)}
+    c = unit_run.cumulative
+    names = c.names()
+    assert {OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_CHUNK} <= names
+    assert names == set(ALL_DEFS)  # everything, the GPU's gauges included
     assert {n for n in names if not n.startswith("gen_ai.")} == {
         n for n in names if n.startswith("latbench.")
     }
-    for res, scope, m in collector.metrics():
-        assert dict(res)["service.name"] == "latbench"
+    for res, scope, m in c.metrics():
+        assert dict(res)["service.name"] == "latbench" and dict(res)["service.version"]
         assert dict(scope)["name"] == "latbench" and dict(scope)["schema_url"] == SCHEMA_URL
-        points = m.histogram.data_points if m.WhichOneof("data") == "histogram" else ()
-        points = points or (m.sum.data_points if m.WhichOneof("data") == "sum" else ())
+        d = ALL_DEFS[m.name]
+        assert m.unit == d.unit and m.description
+        points = getattr(m, m.WhichOneof("data")).data_points
         for p in points:
             keys = {kv.key for kv in p.attributes}
-            # Bounded: the run's attributes plus at most an error type, a token type or a phase.
-            assert set(RUN_ATTRS) <= keys, m.name
-            assert len(keys - set(RUN_ATTRS)) <= 1, (m.name, keys)
-            assert not {"server.address", "server.port"} & keys  # the built-in simulator
-    usage = collector.histograms(TOKEN_USAGE)
-    for p in usage.values():
-        assert p.bounds == TOKEN_USAGE_BUCKETS and p.unit == "{token}"
-
-
-def test_tokens_requests_and_errors_equal_the_prometheus_counters(unit_run: Run) -> None:
-    metrics, collector, _, _ = unit_run
-    s = the_series(metrics)
-    usage = collector.histograms(TOKEN_USAGE)
-    out = [p for a, p in usage.items() if with_run(a, **{"gen_ai.token.type": "output"})]
-    inp = [p for a, p in usage.items() if with_run(a, **{"gen_ai.token.type": "input"})]
-    assert out[0].sum == s.output_tokens and out[0].count == s.requests["ok"]
-    assert inp[0].sum == s.prompt_tokens > 0
-    requests = collector.sums("latbench.requests")
-    ok = [v for a, v in requests.items() if with_run(a)]
-    assert ok[0].value == s.requests["ok"] and ok[0].monotonic and ok[0].unit == "{request}"
-    failed = {dict(a)["error.type"]: v.value for a, v in requests.items() if not with_run(a)}
-    assert failed == {k: v for k, v in s.errors.items() if v}
-    assert sum(failed.values()) == s.requests["error"] > 0
-    # A failed operation's duration, told apart by error.type, as the conventions ask; the
-    # successful ones equal latbench_e2e_seconds (checked above).
-    durations = collector.histograms(OPERATION_DURATION)
-    for kind, n in failed.items():
-        (p,) = [p for a, p in durations.items() if dict(a).get("error.type") == kind]
-        assert p.count == n
-    good = collector.sums("latbench.good_requests")
-    assert [v.value for a, v in good.items() if with_run(a)] == [s.good]
-    assert 0 < s.good < s.requests["ok"]
-    excluded = collector.sums("latbench.excluded_requests")
-    phases = {dict(a)["latbench.phase"]: v.value for a, v in excluded.items()}
-    assert phases == {k: v for k, v in s.excluded.items() if v} == {"warmup": 5}
+            # Bounded: the run's attributes plus at most the series' one extra label.
+            assert keys - set(RUN_ATTRS) <= ({d.attribute} if d.attribute else set()), m.name
+            assert set(RUN_ATTRS) <= keys
+    # Every series of exporter/series.py has a name chosen for it (none by the fallback).
+    assert set(SCALAR_NAMES) == {f.name for f in SCALARS}
+    (gpu,) = c.gauges("latbench.gpu.utilization")
+    assert "hw.id" in dict(gpu)
 
 
 def test_results_do_not_depend_on_the_export(unit_run: Run) -> None:
-    _, _, result, _ = unit_run
-    f = read_records(result.records_path)
+    f = read_records(unit_run.result.records_path)
     assert f.footer is not None and len(f.records) == 60  # warm-up included
-    assert json.loads(result.results_path.read_text())["summary"]["requests"]["succeeded"] > 0
+    results = json.loads(unit_run.result.results_path.read_text())
+    assert results["summary"]["requests"]["succeeded"] > 0
 
 
 # ---------------------------------------------------------------------------------------------
-# Pieces
+# Pieces, against a real collector and a state filled as the Prometheus sink fills it
 
 
-def test_server_attributes_from_the_target_url() -> None:
-    labels = RunLabels("http://gpu-1:8000", "m", "completions", "s")
-    attrs = run_attributes(labels, "http://gpu-1:8000")
+LABELS = RunLabels("http://gpu-1:8000", "m", "chat", "s")
+
+
+def observe(metrics: LatbenchMetrics, ttfts: list[float]) -> None:
+    s = metrics.series(LABELS)
+    for v in ttfts:
+        s.hist["ttft"].observe(v)
+        s.requests["ok"] += 1
+
+
+def ok_points(c: OtlpCollector) -> list[Any]:
+    return [
+        p
+        for _, _, m in c.history("latbench.requests")
+        for p in m.sum.data_points
+        if ("latbench.outcome", "ok") in attrs_of(p.attributes)
+    ]
+
+
+def test_delta_keeps_what_a_refused_export_held_for_the_next() -> None:
+    metrics = LatbenchMetrics()
+    with OtlpCollector() as c:
+        pusher = OtlpPusher(metrics, otlp_config(c.url, temporality="delta"))
+        observe(metrics, [0.01, 0.2])
+        assert pusher.export()
+        c.status = 503
+        observe(metrics, [0.05])
+        assert not pusher.export()  # the collector is down: its share waits
+        c.status = 200
+        observe(metrics, [3.0])
+        assert pusher.export()
+        points = [p for _, _, m in c.history(TIME_TO_FIRST_CHUNK) for p in m.histogram.data_points]
+        assert [p.count for p in points] == [2, 2]
+        assert sum(p.sum for p in points) == pytest.approx(3.26)
+        assert points[1].start_time_unix_nano == points[0].time_unix_nano
+        ok = [v for a, v in c.sums("latbench.requests").items() if ("latbench.outcome", "ok") in a]
+        assert ok[0].temporality == DELTA
+        assert sum(p.as_int for p in ok_points(c)) == 4
+    (warning,) = pusher.warnings
+    assert "1 of 3" in warning and "HTTP 503" in warning
+
+
+def test_server_attributes_from_the_target_label() -> None:
+    attrs = run_attributes(RunLabels("http://gpu-1:8000", "m", "completions", "s"))
     assert attrs["server.address"] == "gpu-1" and attrs["server.port"] == 8000
     assert attrs["gen_ai.operation.name"] == "text_completion"
-    https = run_attributes(RunLabels("https://api.x", "m", "anthropic", "s"), "https://api.x/v1")
+    https = run_attributes(RunLabels("https://api.x/v1", "m", "anthropic", "s"))
     assert https["server.port"] == 443 and https["gen_ai.provider.name"] == "anthropic"
+    # The service's catalogue name, and the built-in simulator: no server.*
+    for target in ("sim", "builtin-sim"):
+        assert "server.address" not in run_attributes(RunLabels(target, "m", "chat", "s"))
 
 
-def test_endpoint_and_headers_parsing(tmp_path: Path) -> None:
+def test_a_partial_success_and_a_slow_collector_are_warnings() -> None:
+    metrics = LatbenchMetrics()
+    observe(metrics, [0.1])
+    with OtlpCollector(reject=3) as c:
+        pusher = OtlpPusher(metrics, otlp_config(c.url))
+        assert pusher.export()
+    (warning,) = pusher.warnings
+    assert "rejected 3 data points: the test collector drops these" in warning
+    with OtlpCollector(delay_s=3.0) as slow:
+        pusher = OtlpPusher(metrics, otlp_config(slow.url, timeout_s=0.3))
+        t0 = time.monotonic()
+        assert not pusher.export()
+        assert time.monotonic() - t0 < 2.0  # the timeout, not the collector, ended it
+    (warning,) = pusher.warnings
+    assert "timed out" in warning
+
+
+def test_settings_parsing(tmp_path: Path) -> None:
     assert parse_endpoint("http://c:4318") == "http://c:4318/v1/metrics"
     assert parse_endpoint("http://c:4318/") == "http://c:4318/v1/metrics"
     assert parse_endpoint("https://c/otlp/v1/metrics") == "https://c/otlp/v1/metrics"
-    for bad in ("c:4318", "ftp://c/v1/metrics", "http:///v1/metrics"):
-        with pytest.raises(OtlpError, match="http"):
+    for bad in ("c:4318", "ftp://c/v1/metrics", "http:///v1/metrics", "http://c:99999"):
+        with pytest.raises(OtlpError):
             parse_endpoint(bad)
     token = tmp_path / "token"
     token.write_text("Bearer s3cret\n")
@@ -226,6 +416,23 @@ def test_endpoint_and_headers_parsing(tmp_path: Path) -> None:
     }
     with pytest.raises(OtlpError, match="NAME=VALUE"):
         parse_headers(["no-equals"])
+    # The OTEL_ environment, under the flags: headers percent-decoded, the metrics' own
+    # variable over the general one; the temporality preference.
+    env = {
+        "OTEL_EXPORTER_OTLP_HEADERS": "a=1,b=x%20y",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "b=2",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "LowMemory",
+    }
+    config = otlp_config("http://c:4318", ["a=flag"], environ=env)
+    assert dict(config.headers) == {"a": "flag", "b": "2"}
+    assert config.temporality == "delta"
+    assert otlp_config("http://c", temporality="cumulative", environ=env).temporality == (
+        "cumulative"
+    )
+    with pytest.raises(OtlpError, match="TEMPORALITY_PREFERENCE"):
+        otlp_config("http://c", environ={"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "x"})
+    with pytest.raises(OtlpError, match="more than 0"):
+        otlp_config("http://c", timeout_s=0, environ={})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,24 +458,15 @@ def test_cli_exports_with_headers_and_the_targets_server_attributes(
         assert p.returncode == 0, p.stderr
         assert "otlp" not in p.stderr
         assert c.headers and all(h.get("Authorization") == "Bearer t0ken" for h in c.headers)
+        assert all(h.get("Content-Type") == "application/x-protobuf" for h in c.headers)
         # Delta: the requests are split over the exports, and add up to the run's.
-        ttfc = [
-            pt
-            for req in c.received()
-            for rm in req.resource_metrics
-            for sm in rm.scope_metrics
-            for m in sm.metrics
-            if m.name == TIME_TO_FIRST_CHUNK
-            for pt in m.histogram.data_points
-        ]
-        assert sum(pt.count for pt in ttfc) == 8
+        points = [p for _, _, m in c.history(TIME_TO_FIRST_CHUNK) for p in m.histogram.data_points]
+        assert len(points) >= 2 and sum(pt.count for pt in points) == 8
         (attrs,) = c.histograms(TIME_TO_FIRST_CHUNK)
         port = int(fast_sim.url.rsplit(":", 1)[1].split("/")[0])
         assert dict(attrs)["server.address"] == "127.0.0.1"
         assert dict(attrs)["server.port"] == port
-        assert c.histograms(TIME_TO_FIRST_CHUNK)[attrs].temporality == (
-            AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
-        )
+        assert c.histograms(TIME_TO_FIRST_CHUNK)[attrs].temporality == DELTA
 
 
 @pytest.mark.parametrize("status", [None, 401])
@@ -292,10 +490,9 @@ def test_a_dead_or_refusing_collector_only_warns(
     assert p.returncode in (Exit.OK, Exit.CLIENT_BOUND), p.stderr
     assert "otlp:" in p.stderr and "failed" in p.stderr
     assert "Traceback" not in p.stderr
-    # One line, naming the cause; the SDK's own log lines are kept out.
+    # One line, naming the cause.
     assert p.stderr.count("otlp:") == 1
-    assert "due to timeout" not in p.stderr and "retrying" not in p.stderr
-    assert ("Connection refused" if status is None else "401") in p.stderr
+    assert ("Connection refused" if status is None else "HTTP 401") in p.stderr
     (records,) = tmp_path.glob("*/records.jsonl")
     assert len(read_records(records).records) == 4
     (results,) = tmp_path.glob("*/results.json")
@@ -303,19 +500,24 @@ def test_a_dead_or_refusing_collector_only_warns(
 
 
 def test_bad_otlp_flags_are_usage_errors(tmp_path: Path) -> None:
-    for args, says in (
-        (["--otlp-metrics", "collector:4318"], "http(s) URL"),
-        (["--otlp-metrics", "http://c:4318", "--otlp-header", "x"], "NAME=VALUE"),
-        (["--otlp-header", "a=b"], "go with --otlp-metrics"),
-        (["--otlp-metrics", "http://c:4318", "--otlp-interval", "0"], "more than 0"),
+    for args, says, env in (
+        (["--otlp-metrics", "collector:4318"], "http(s) URL", {}),
+        (["--otlp-metrics", "http://c:4318", "--otlp-header", "x"], "NAME=VALUE", {}),
+        (["--otlp-header", "a=b"], "go with --otlp-metrics", {}),
+        (["--otlp-metrics", "http://c:4318", "--otlp-interval", "0"], "more than 0", {}),
+        (
+            ["--otlp-metrics", "http://c:4318"],
+            "TEMPORALITY_PREFERENCE",
+            {"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "sometimes"},
+        ),
     ):
-        p = latbench("run", "--requests", "1", "--out", str(tmp_path), *args, timeout=60)
+        p = latbench("run", "--requests", "1", "--out", str(tmp_path), *args, timeout=60, env=env)
         assert p.returncode == 2, (args, p.stderr)
         assert says in p.stderr and "Traceback" not in p.stderr
 
 
 # ---------------------------------------------------------------------------------------------
-# `latbench serve` with `otlp_metrics`: its runs' series go out the same way
+# `latbench serve` with `otlp_metrics`: its long-lived state goes out every interval
 
 
 def test_the_service_exports_its_runs_over_otlp(fast_sim: SimProcess, tmp_path: Path) -> None:
@@ -335,11 +537,16 @@ def test_the_service_exports_its_runs_over_otlp(fast_sim: SimProcess, tmp_path: 
         # The service's labels: its catalogue name as the target, the run's spec name.
         assert dict(attrs)["latbench.target"] == "sim"
         assert dict(attrs)["gen_ai.request.model"] == "sim-cli"
+        assert "server.address" not in dict(attrs)
 
 
-def test_service_config_checks_the_otlp_endpoint() -> None:
+def test_service_config_checks_the_otlp_settings(tmp_path: Path) -> None:
     config = ServiceConfig.model_validate({"otlp_metrics": {"endpoint": "http://c:4318"}})
     assert config.otlp_metrics is not None
     assert config.otlp_metrics.endpoint == "http://c:4318/v1/metrics"
+    built = config.otlp_metrics.build()
+    assert built.interval_s == 30.0 and built.timeout_s == 5.0
     with pytest.raises(ValidationError, match="http"):
         ServiceConfig.model_validate({"otlp_metrics": {"endpoint": "c:4318"}})
+    with pytest.raises(ValidationError, match="greater than 0"):
+        ServiceConfig.model_validate({"otlp_metrics": {"endpoint": "http://c", "timeout": 0}})

@@ -216,7 +216,7 @@ def test_every_counter_and_gauge_is_the_prometheus_one(unit_run: Run) -> None:
             assert point.value == value, (d.name, extra)
             assert point.unit == d.unit
             if f.type == "counter":
-                assert point.monotonic and point.temporality == CUMULATIVE  # type: ignore[union-attr]
+                assert point.monotonic and point.temporality == CUMULATIVE
     # What the run put in them, so the equalities above are not of zeros.
     sums = unit_run.cumulative.sums
     requests = {dict(a)["latbench.outcome"]: v.value for a, v in sums("latbench.requests").items()}
@@ -290,9 +290,9 @@ def test_the_deltas_add_up_to_the_run(unit_run: Run) -> None:
         assert set(totals) == set(final), name
         for a, total in totals.items():
             if kind == "histogram":
-                assert total.tolist() == list(final[a].counts), name  # type: ignore[union-attr]
+                assert total.tolist() == list(final[a].counts), name
             else:
-                assert total == pytest.approx(final[a].value, rel=1e-9), name  # type: ignore[union-attr]
+                assert total == pytest.approx(final[a].value, rel=1e-9), name
 
 
 def test_semantic_convention_names_units_and_attributes(unit_run: Run) -> None:

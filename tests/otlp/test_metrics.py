@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -371,6 +372,25 @@ def test_delta_keeps_what_a_refused_export_held_for_the_next() -> None:
         assert sum(p.as_int for p in ok_points(c)) == 4
     (warning,) = pusher.warnings
     assert "1 of 3" in warning and "HTTP 503" in warning
+
+
+def test_the_service_logs_a_failing_collector_once_and_its_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = LatbenchMetrics()
+    observe(metrics, [0.1])
+    log = logging.getLogger("latbench.service")
+    with OtlpCollector(status=503) as c, caplog.at_level(logging.INFO, "latbench.service"):
+        pusher = OtlpPusher(metrics, otlp_config(c.url), log=log)
+        for _ in range(3):
+            assert not pusher.export()
+        c.status = 200
+        assert pusher.export() and pusher.export()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0][0] == "WARNING" and "HTTP 503" in lines[0][1]
+    assert lines[1] == ("INFO", f"OTLP metric export to {c.url}/v1/metrics works again")
+    assert c.refused == 3
 
 
 def test_server_attributes_from_the_target_label() -> None:

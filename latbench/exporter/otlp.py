@@ -281,17 +281,17 @@ class OtlpExposition:
         readings = {s.labels: _read(s, now) for s in all_series}
         self._pending = readings
         # Per series: its attributes, the interval its sums cover, and what to subtract.
-        spans: list[tuple[RunSeries, list[KeyValue], int, _Reading | None]] = []
+        rows: list[tuple[RunSeries, list[KeyValue], int, _Reading | None]] = []
         for s in all_series:
             start = self._start_of(s, now)
             base = self._accepted.get(s.labels) if self.delta else None
-            spans.append(
+            rows.append(
                 (s, self._attributes(s.labels), start if base is None else base.at_ns, base)
             )
         metrics: list[pb.Metric] = []
         for d in HISTOGRAM_DEFS:
             points = []
-            for s, attrs, start, base in spans:
+            for s, attrs, start, base in rows:
                 counts, total = readings[s.labels].hist[d.key]
                 if base is not None:
                     counts = counts - base.hist[d.key][0]
@@ -319,7 +319,7 @@ class OtlpExposition:
             )
         for f, d in COUNTER_DEFS:
             points = []
-            for s, attrs, start, base in spans:
+            for s, attrs, start, base in rows:
                 before = {} if base is None else dict(base.counters[f.name])
                 for extra, value in readings[s.labels].counters[f.name]:
                     value -= before.get(extra, 0.0)
@@ -340,7 +340,7 @@ class OtlpExposition:
         for f, d in GAUGE_DEFS:
             points = [
                 self._number(d, attrs, extra, value, 0, now)
-                for s, attrs, _, _ in spans
+                for s, attrs, _, _ in rows
                 for extra, value in f.values(s)
             ]
             if points:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class AgentConn:
     offset_ns: int = 0
     uncertainty_ns: int = 0
     rtt_ns: int = 0
+    synced_ns: int = 0  # when the clock was last measured (this host's monotonic clock)
     flagged: bool = False
     busy: bool = False
     registered: bool = False
@@ -157,6 +159,7 @@ class AgentConn:
             best.uncertainty_ns,
             best.rtt_ns,
         )
+        self.synced_ns = monotonic_ns()
         self.origin = Origin(self.index, self.location, self.offset_ns, self.uncertainty_ns)
         self.send(control("clock", self.offset_ns, self.uncertainty_ns, self.rtt_ns))
         return best
@@ -296,6 +299,7 @@ class AgentPool:
         self.refusals: list[str] = []  # why connections were turned away, newest last
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self.started = 0.0  # when it began listening, a time.monotonic() instant
 
     async def __aenter__(self) -> AgentPool:
         await self.start()
@@ -307,7 +311,8 @@ class AgentPool:
     @property
     def url(self) -> str:
         """Where agents connect, as `latbench agent --coordinator` takes it."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        # Listening on every interface: this host's name is what an agent elsewhere dials.
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
         return f"ws://{host}:{self.port}{PATH}"
 
     async def start(self) -> None:
@@ -324,6 +329,7 @@ class AgentPool:
                 f"cannot listen for agents on {self.host}:{self.port}: {e.strerror or e}"
             ) from None
         self._runner = runner
+        self.started = time.monotonic()
         server = site._server  # the bound port, when asked for port 0
         if server is not None and getattr(server, "sockets", None):
             self.port = server.sockets[0].getsockname()[1]

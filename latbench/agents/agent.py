@@ -212,6 +212,7 @@ class Agent:
         deadline = time.monotonic() + o.connect_timeout
         wait = BACKOFF_MIN_S
         last = ""
+        tries = 0
         while True:
             try:
                 return await session.ws_connect(
@@ -235,6 +236,9 @@ class Agent:
             except (aiohttp.ClientError, OSError) as e:
                 last = str(e) or type(e).__name__
             left = deadline - time.monotonic()
+            if not tries:
+                self.say(f"waiting for the coordinator at {o.coordinator} ({last})")
+            tries += 1
             if left <= 0:
                 raise AgentExit(
                     f"no coordinator at {o.coordinator} within {o.connect_timeout:g} s "

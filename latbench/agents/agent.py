@@ -121,7 +121,14 @@ class _Slot:
             self.agent.send(control("error", self.index, str(e)))
             self.agent.send(self.prefix)
             return
-        self.proc = await start_worker_process()
+        try:
+            self.proc = await start_worker_process()
+        except OSError as e:  # out of processes or memory: the runner hears why, not silence
+            why = f"cannot start a worker process: {e}"
+            self.agent.say(f"slot {self.index}: {why}")
+            self.agent.send(control("error", self.index, why))
+            self.agent.send(self.prefix)
+            return
         assert self.proc.stdin is not None
         self.proc.stdin.write(frame(shard))
         self.relay = asyncio.create_task(self._relay(self.proc))

@@ -142,18 +142,26 @@ class AgentConn:
                 log.debug("%s: send failed: %s", self.describe(), e)
                 return
 
-    async def sync(self, pings: int = PINGS) -> ClockSample:
-        """Measure the agent's clock: `pings` exchanges, one at a time, the shortest round
-        trip's offset and bound. Raises TimeoutError when an answer does not come."""
+    async def measure(self, pings: int = PINGS) -> ClockSample:
+        """The agent's clock against ours: `pings` exchanges, one at a time, the one with the
+        shortest round trip. Changes nothing (`sync` keeps it). Raises TimeoutError when an
+        answer does not come, ConnectionError when the connection closes."""
         samples = []
         loop = asyncio.get_running_loop()
-        for _ in range(pings):
-            self._pong = loop.create_future()
-            t1 = self._ping_t1 = monotonic_ns()
-            self.send(control("ping", t1))
-            samples.append(await asyncio.wait_for(self._pong, PONG_TIMEOUT_S))
-        self._pong = None
-        best = best_sample(samples)
+        try:
+            for _ in range(pings):
+                self._pong = loop.create_future()
+                t1 = self._ping_t1 = monotonic_ns()
+                self.send(control("ping", t1))
+                samples.append(await asyncio.wait_for(self._pong, PONG_TIMEOUT_S))
+        finally:
+            self._pong = None
+        return best_sample(samples)
+
+    async def sync(self, pings: int = PINGS) -> ClockSample:
+        """Measure the agent's clock (`measure`) and keep the estimate: the offset, its bound
+        and round trip that the next run's channels use and stamp its records with."""
+        best = await self.measure(pings)
         self.offset_ns, self.uncertainty_ns, self.rtt_ns = (
             best.offset_ns,
             best.uncertainty_ns,
@@ -168,7 +176,7 @@ class AgentConn:
         m = parse_control(text)
         kind = m[0]
         if kind == "pong":
-            pong = self._pong
+            pong = self._pong  # a pong with no ping in flight (after a timeout) is dropped
             if pong is not None and not pong.done() and len(m) == 3 and m[1] == self._ping_t1:
                 if type(m[2]) is not int:
                     raise ProtocolError(f"a pong whose clock reading is {m[2]!r:.40}")
@@ -401,7 +409,8 @@ class AgentPool:
             hello = parse_hello(parse_control(msg.data))
         except ProtocolError as e:
             self._refuse(f"{peer}: {e}")
-            await ws.send_str(control("refused", str(e)))
+            with contextlib.suppress(ConnectionError, RuntimeError):  # it may have gone
+                await ws.send_str(control("refused", str(e)))
             return None
         index = hello.index
         if index is None:
@@ -413,7 +422,8 @@ class AgentPool:
                 f"(pid {other.hello.pid})"
             )
             self._refuse(f"{peer} ({hello.host}): {why}")
-            await ws.send_str(control("refused", why))
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_str(control("refused", why))
             return None
         conn = AgentConn(hello=hello, index=index, ws=ws, token=self.token)
         self._claimed[index] = conn

@@ -299,6 +299,7 @@ async def run_benchmark(
         if spec.workload.tools is not None:  # after calibration: its probes carry no tools
             workload = with_tools(workload, spec.workload.tools.build(spec.workload.seed))
         conns: list[AgentConn] = []
+        drift: dict[int, int] = {}
         if agents is not None:
             conns = await _take_agents(agents, console)
             stack.push_async_callback(_let_go, agents, conns)
@@ -381,6 +382,8 @@ async def run_benchmark(
                 await run_spans.start()
             outcome = await runner.run(session)
             footer = outcome.footer
+            if conns:  # how far each agent's clock moved from the estimate the run used
+                drift = await _clock_drift(conns)
             if gpu is not None:  # its last sample before the records file's footer
                 await gpu.stop()
             if scraper is not None:
@@ -431,8 +434,12 @@ async def run_benchmark(
     span_warnings = (
         [] if run_spans is None else _span_warnings(run_spans, join, spec, outcome.records)
     )
-    agent_rows = None if agents is None else agent_results(conns, outcome.records)
-    agent_warnings = [] if agents is None else clock_warnings(conns, agents.pool)
+    agent_rows = None
+    agent_warnings: list[str] = []
+    if agents is not None:
+        limit = agents.pool.max_uncertainty_ns
+        agent_rows = agent_results(conns, outcome.records, drift, limit)
+        agent_warnings = clock_warnings(agent_rows, limit)
     for warning in [*outcome.warnings, *span_warnings, *agent_warnings]:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     results = {
@@ -498,31 +505,71 @@ async def _let_go(agents: Agents, conns: list[AgentConn]) -> None:
         agents.pool.release(conns)
 
 
-def agent_results(conns: Sequence[AgentConn], records: Sequence[Record]) -> list[dict[str, Any]]:
+async def _clock_drift(conns: Sequence[AgentConn]) -> dict[int, int]:
+    """Each connected agent's clock measured again after the run, as its offset's change since
+    the estimate the run used (which its records carry); an agent that does not answer has
+    none. Nothing is changed: the next run measures afresh."""
+    drift = {}
+    for a in conns:
+        if a.closed:  # lost during the run: nothing to ask
+            continue
+        try:
+            after = await a.measure()
+        except (TimeoutError, ConnectionError):
+            continue
+        drift[a.index] = after.offset_ns - a.offset_ns
+    return drift
+
+
+def agent_results(
+    conns: Sequence[AgentConn],
+    records: Sequence[Record],
+    drift: dict[int, int],
+    limit_ns: int,
+) -> list[dict[str, Any]]:
     """results.json's "agents": each agent as the pool knows it (index, location, host,
-    workers, clock offset, its uncertainty and round trip, flagged) and what the run got from
-    it: its records and how many of them were lost with it."""
+    workers, clock offset, its uncertainty and round trip), what the run got from it (its
+    records, how many were lost with it), `drift_ns` (its offset measured after the run minus
+    the one used; None when it could not be measured) and `flagged`: its offset was uncertain,
+    or moved during the run, by more than `limit_ns` (--max-clock-uncertainty)."""
     counts: dict[int, list[int]] = {a.index: [0, 0] for a in conns}
     for r in records:
         if r.agent is not None and r.agent in counts:
             c = counts[r.agent]
             c[0] += 1
             c[1] += r.error is ErrorKind.LOST
-    return [
-        {**a.to_dict(), "records": counts[a.index][0], "lost": counts[a.index][1]} for a in conns
-    ]
+    rows = []
+    for a in conns:
+        moved = drift.get(a.index)
+        row = {**a.to_dict(), "records": counts[a.index][0], "lost": counts[a.index][1]}
+        row["drift_ns"] = moved
+        row["flagged"] = a.uncertainty_ns > limit_ns or (
+            moved is not None and abs(moved) > limit_ns
+        )
+        rows.append(row)
+    return rows
 
 
-def clock_warnings(conns: Sequence[AgentConn], pool: AgentPool) -> list[str]:
-    """One line per agent whose clock offset is uncertain beyond the pool's limit."""
-    limit = pool.max_uncertainty_ns / 1e6
-    return [
-        f"{a.describe()}: its clock offset is uncertain by {a.uncertainty_ns / 1e6:.3g} ms, over "
-        f"the {limit:.3g} ms limit (--max-clock-uncertainty): its requests' place on the run's "
-        "timeline (schedule, window) may be off by that much; its latencies are not"
-        for a in conns
-        if a.flagged
-    ]
+def clock_warnings(rows: Sequence[dict[str, Any]], limit_ns: int) -> list[str]:
+    """One line per flagged agent: its clock offset uncertain, or drifting, beyond the limit."""
+    out = []
+    for row in rows:
+        if not row["flagged"]:
+            continue
+        where = f"agent {row['index']} (host {row['host']}" + (
+            "" if row["location"] is None else f", location {row['location']}"
+        )
+        limit = f"the {limit_ns / 1e6:.3g} ms limit (--max-clock-uncertainty)"
+        drift = row["drift_ns"]
+        if row["uncertainty_ns"] > limit_ns:
+            how = f"its clock offset is uncertain by {row['uncertainty_ns'] / 1e6:.3g} ms"
+        else:
+            how = f"its clock moved {drift / 1e6:+.3g} ms against this host's during the run"
+        out.append(
+            f"{where}): {how}, over {limit}: its requests' place on the run's timeline "
+            "(schedule, window) may be off by that much; its latencies are not"
+        )
+    return out
 
 
 def _run_spans(

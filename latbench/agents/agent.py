@@ -173,6 +173,8 @@ class Agent:
         self.say = say
         self.skew = clock_skew_ns()
         self.index: int | None = None
+        # Why the agent is stopping on its own (a signal), told to the coordinator as it hangs up.
+        self.stop_reason: str | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._out: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._slots: list[_Slot] = []
@@ -202,13 +204,20 @@ class Agent:
                 await self._serve(ws)
             finally:
                 running = [s for s in self._slots if s.running]
-                await asyncio.gather(*(s.stop() for s in self._slots), return_exceptions=True)
-                for s in self._slots:
-                    s.task.cancel()
+                # What the workers sent so far leaves first; then the connection closes, before
+                # the workers are aborted, so that the coordinator records what they had in
+                # flight as lost with the reason, not as requests its run cancelled.
                 self._out.put_nowait(None)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer, 5)
-                await ws.close()
+                reason = self.stop_reason or "the agent is done"
+                with contextlib.suppress(Exception):
+                    await ws.close(
+                        code=1001 if self.stop_reason else 1000, message=reason.encode()[:120]
+                    )
+                await asyncio.gather(*(s.stop() for s in self._slots), return_exceptions=True)
+                for s in self._slots:
+                    s.task.cancel()
                 if running:
                     self.say(f"aborted the {len(running)} worker(s) still running")
 
@@ -307,5 +316,6 @@ class Agent:
 
 
 async def run_agent(options: AgentOptions, say: Callable[[str], None]) -> None:
-    """Serve one coordinator until it says done (returns) or goes away (AgentExit)."""
+    """Serve one coordinator until it says done (returns) or goes away (AgentExit); to stop it
+    from outside, make an `Agent`, set its `stop_reason` and cancel its `run()`."""
     await Agent(options, say).run()

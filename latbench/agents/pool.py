@@ -376,7 +376,8 @@ class AgentPool:
         conn.send(control("welcome", {"index": conn.index}))
         registering = asyncio.create_task(self._register(conn))
         try:
-            async for msg in ws:
+            while True:
+                msg = await ws.receive()
                 t3 = monotonic_ns()
                 if msg.type == WSMsgType.BINARY:
                     conn._on_binary(msg.data)
@@ -385,8 +386,15 @@ class AgentPool:
                         conn._on_text(msg.data, t3)
                     except ProtocolError as e:
                         log.warning("%s: %s", conn.describe(), e)
+                elif msg.type == WSMsgType.CLOSE:
+                    if msg.extra:  # the agent said why it hung up
+                        conn.close_reason = f"connection closed ({msg.extra})"
+                    break
                 elif msg.type == WSMsgType.ERROR:
                     conn.close_reason = f"connection error: {ws.exception()}"
+                    break
+                else:  # CLOSING, CLOSED: closed from this side
+                    break
         finally:
             if ws.close_code not in (None, 1000) and conn.close_reason == "connection closed":
                 conn.close_reason = f"connection closed (code {ws.close_code})"

@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
-from latbench.agents.agent import AgentExit, AgentOptions, run_agent
+from latbench.agents.agent import Agent, AgentExit, AgentOptions
 from latbench.agents.protocol import TOKEN_ENV, check_token, coordinator_url
 from latbench.cli.common import Exit, new_loop, on_loop_signals, print_error
 from latbench.load.cpus import usable_cpus
@@ -120,14 +120,17 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     async def serve() -> None:
         task = asyncio.current_task()
         assert task is not None
+        agent = Agent(opts, say)
 
         def on_signal() -> None:
             nonlocal interrupted
             interrupted = True
-            task.cancel()  # run_agent's cleanup aborts the workers before it returns
+            # The coordinator hears why, and the workers are aborted before run() returns.
+            agent.stop_reason = "the agent was stopped by a signal"
+            task.cancel()
 
         on_loop_signals(on_signal)
-        await run_agent(opts, say)
+        await agent.run()
 
     try:
         with asyncio.Runner(loop_factory=new_loop) as r:

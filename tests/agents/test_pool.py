@@ -221,8 +221,21 @@ async def test_when_the_coordinator_goes_away_mid_run_the_agent_aborts_and_exits
         assert not Path(f"/proc/{pid}").exists()
 
 
-async def test_an_agent_killed_mid_run_loses_its_in_flight_requests_and_the_other_goes_on(
-    pool: AgentPool, agent_procs: Agents, sim: Callable[..., SimProcess]
+@pytest.mark.parametrize(
+    ("sig", "reason", "code"),
+    [
+        (signal.SIGKILL, "connection closed", -signal.SIGKILL),
+        # Stopped, it says why as it hangs up, before it aborts its workers.
+        (signal.SIGTERM, "connection closed (the agent was stopped by a signal)", 130),
+    ],
+)
+async def test_an_agent_lost_mid_run_loses_its_in_flight_requests_and_the_other_goes_on(
+    pool: AgentPool,
+    agent_procs: Agents,
+    sim: Callable[..., SimProcess],
+    sig: signal.Signals,
+    reason: str,
+    code: int,
 ) -> None:
     s = sim(ttft=0.002, itl=0.01)
     sink = Collect()
@@ -233,13 +246,15 @@ async def test_an_agent_killed_mid_run_loses_its_in_flight_requests_and_the_othe
     async with aiohttp.ClientSession() as session:
         task = asyncio.create_task(r.run(session))
         await until(lambda: len(sink.records) >= 6)
-        os.kill(victim.pid, signal.SIGKILL)
+        os.kill(victim.pid, sig)
         before = len(sink.records)
         await until(lambda: len([x for x in sink.records if x.agent == 1]) >= before)
         r.stop()
         out = await asyncio.wait_for(task, 30)
     assert out.ended == "incomplete"
-    assert "agent 0 (host" in str(out.incomplete) and "location a) lost" in str(out.incomplete)
+    assert "agent 0 (host" in str(out.incomplete)
+    assert f"location a) lost: {reason}" in str(out.incomplete)
+    assert victim.wait(30) == code
     lost = [x for x in out.records if x.error is ErrorKind.LOST]
     # Agent 0 ran user 0 (requests 0, 2, ...): the one it had in flight is lost, and says why.
     assert len(lost) == 1 and lost[0].agent == 0 and lost[0].seq % 2 == 0

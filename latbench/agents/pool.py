@@ -325,7 +325,7 @@ class AgentPool:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get(PATH, self._handle)
+        app.router.add_get(PATH, self.handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
@@ -357,7 +357,9 @@ class AgentPool:
         del self.refusals[:-MAX_REFUSALS]
         log.warning("agent refused: %s", why)
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The `GET /v1/agents` handler: `start()` serves it on its own listener; a server with
+        an aiohttp app of its own (the service) may route PATH to it instead."""
         peer = request.remote or "?"
         if not bearer_matches(request.headers.get("Authorization"), self.token):
             self._refuse(f"a connection from {peer} without the agent token")

@@ -106,7 +106,7 @@ class AgentConn:
         return self.hello.workers
 
     def describe(self) -> str:
-        """ "agent 2 (host h, location eu)", as error lines name it."""
+        """How error lines name it: "agent 2 (host h, location eu)"."""
         where = f"host {self.host}" + (
             "" if self.location is None else f", location {self.location}"
         )

@@ -30,11 +30,13 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import os
 import signal
 import sys
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from types import FrameType
@@ -43,13 +45,18 @@ from typing import Any
 import orjson
 from rich.console import Console
 
+from latbench.agents.protocol import TOKEN_ENV, check_token
+from latbench.agents.protocol import parse_listen as parse_agent_listen
 from latbench.exporter import DEFAULT_LINGER_S
+from latbench.load.runner import OnLoss
 from latbench.render.reconciliation import render_reconciliation
 from latbench.render.spans import render_spans
 from latbench.render.terminal import render_summary
 from latbench.shared.errors import SpecError
+from latbench.shared.secrets import read_secret_file
 from latbench.shared.yamlfile import load_yaml
 from latbench.spec import RunSpec, read_spec_file
+from latbench.spec.fields import DAY_S, parse_seconds
 from latbench.spec.ramp import parse_steps
 from latbench.summary.energy import Energy
 from latbench.summary.server_metrics import Reconciliation
@@ -553,6 +560,102 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE)",
     )
     add_vllm_arguments(p)
+
+
+def add_agent_arguments(p: argparse.ArgumentParser) -> None:
+    """`latbench run`'s agent flags (docs/distributed.md)."""
+    g = p.add_argument_group("agents: load sent from other machines (docs/distributed.md)")
+    g.add_argument(
+        "--agents",
+        type=int,
+        metavar="N",
+        help="wait for N agents (latbench agent --coordinator ws://THIS_HOST:8790) and send the "
+        "load from their worker processes instead of local ones",
+    )
+    g.add_argument(
+        "--agent-listen",
+        default="0.0.0.0:8790",
+        metavar="HOST:PORT",
+        help="where agents connect (default 0.0.0.0:8790, path /v1/agents)",
+    )
+    g.add_argument(
+        "--agent-token-file",
+        type=Path,
+        metavar="FILE",
+        help="the token agents must present (default: the environment variable "
+        "LATBENCH_AGENT_TOKEN)",
+    )
+    g.add_argument(
+        "--agent-wait",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for the agents to register (default 120)",
+    )
+    g.add_argument(
+        "--max-clock-uncertainty",
+        default="5ms",
+        metavar="DURATION",
+        help="flag an agent whose clock offset is uncertain beyond this (default 5ms)",
+    )
+    g.add_argument(
+        "--on-agent-loss",
+        choices=["continue", "stop"],
+        default="continue",
+        help="when an agent is lost mid-run: the others go on (default), or the run stops",
+    )
+
+
+@dataclass(frozen=True)
+class AgentFlags:
+    """`latbench run --agents N` and its company, checked."""
+
+    count: int
+    host: str
+    port: int
+    token: str
+    wait_s: float
+    max_uncertainty_ns: int
+    on_loss: OnLoss
+
+
+def agent_flags(ns: argparse.Namespace) -> AgentFlags | None:
+    """The agent flags, or None without --agents; SpecError naming the first bad one."""
+    if ns.agents is None:
+        return None
+    if ns.agents < 1:
+        raise SpecError(f"--agents {ns.agents}: give 1 or more")
+    if ns.workers is not None:
+        raise SpecError(
+            "--workers counts local worker processes; with --agents each agent's own --workers "
+            "sets its share"
+        )
+    if ns.repeat != 1:
+        raise SpecError("--repeat with --agents: agents exit when a run is done; run it again")
+    try:
+        host, port = parse_agent_listen(ns.agent_listen)
+    except ValueError as e:
+        raise SpecError(f"--agent-listen {e}") from None
+    if ns.agent_token_file is not None:
+        token = read_secret_file(ns.agent_token_file, "--agent-token-file")
+        source = f"--agent-token-file {ns.agent_token_file}"
+    elif os.environ.get(TOKEN_ENV):
+        token, source = os.environ[TOKEN_ENV].strip(), TOKEN_ENV
+    else:
+        raise SpecError(f"--agents needs the agents' token: --agent-token-file FILE or {TOKEN_ENV}")
+    try:
+        check_token(token, source)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+    if not 0 <= ns.agent_wait <= DAY_S:
+        raise SpecError(f"--agent-wait {ns.agent_wait:g}: give 0 to {DAY_S:g} seconds")
+    try:
+        limit = float(parse_seconds(ns.max_clock_uncertainty))  # type: ignore[arg-type]
+    except ValueError as e:
+        raise SpecError(f"--max-clock-uncertainty: {e}") from None
+    return AgentFlags(
+        ns.agents, host, port, token, ns.agent_wait, round(limit * 1e9), ns.on_agent_loss
+    )
 
 
 def set_path(d: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

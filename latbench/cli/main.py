@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from latbench import __version__
-from latbench.cli import compare, report, run, runs, serve, sim, submit, summary, sweep
+from latbench.cli import agent, compare, report, run, runs, serve, sim, submit, summary, sweep
 from latbench.cli.common import Exit, print_error
 from latbench.shared.errors import LatbenchError, SpecError
 
@@ -42,6 +42,7 @@ COMMANDS: dict[str, Command] = {
     "sweep": sweep,
     "report": report,
     "compare": compare,
+    "agent": agent,
 }
 
 

@@ -15,10 +15,14 @@ from typing import Any
 
 from rich.console import Console
 
+from latbench.agents.pool import AgentPool
 from latbench.cli.common import (
     SIGNALS,
+    AgentFlags,
     Exit,
+    add_agent_arguments,
     add_run_arguments,
+    agent_flags,
     new_loop,
     on_loop_signals,
     print_error,
@@ -32,7 +36,7 @@ from latbench.cli.common import (
 from latbench.exporter import MetricsExport, OtlpConfig, OtlpError, otlp_config, parse_listen
 from latbench.load.runner import Runner
 from latbench.records.rundir import RunDir
-from latbench.run.benchmark import new_run_id, run_benchmark, target_url
+from latbench.run.benchmark import Agents, new_run_id, run_benchmark, target_url
 from latbench.shared.errors import SpecError
 from latbench.spec import load_spec
 from latbench.vllm.interop import save_vllm_result
@@ -48,6 +52,7 @@ from latbench.vllm.launch import (
 def add_arguments(sub: Any) -> None:
     p = sub.add_parser("run", help="run a benchmark (no --target: against the built-in simulator)")
     add_run_arguments(p)
+    add_agent_arguments(p)
 
 
 def metrics_export(ns: argparse.Namespace) -> MetricsExport | None:
@@ -80,12 +85,24 @@ def otlp_settings(ns: argparse.Namespace) -> OtlpConfig | None:
         raise SpecError(f"--otlp-metrics: {e}") from None
 
 
+def agent_pool(flags: AgentFlags) -> AgentPool:
+    return AgentPool(
+        flags.token, flags.host, flags.port, max_uncertainty_ns=flags.max_uncertainty_ns
+    )
+
+
+def pool_agents(pool: AgentPool, flags: AgentFlags) -> Agents:
+    """The run's agents: the deadline counts from the pool's start, before preflight."""
+    return Agents(pool, flags.count, pool.started + flags.wait_s, on_loss=flags.on_loss)
+
+
 def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     return repeated(ns, run_once, console, err, "run")
 
 
 def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
     data = spec_from_args(ns)
+    agents = agent_flags(ns)
     launch: VllmServer | None = None
     if ns.launch_vllm is not None:
         if data.get("target", {}).get("base_url") is not None:
@@ -170,16 +187,20 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
         nonlocal main_task, results_written
         main_task = asyncio.current_task()
         on_loop_signals(on_signal)
-        result = await run_benchmark(
-            spec,
-            base_url,
-            err,
-            on_runner=holder.append,
-            metrics=None if export is None else export.metrics,
-            # The Pushgateway group is the run's labels, known once preflight named the model.
-            on_labels=None if export is None else export.run_started,
-            run_id=run_id,
-        )
+        async with contextlib.AsyncExitStack() as stack:
+            # Listening before preflight, so agents register while the target is checked.
+            pool = None if agents is None else await stack.enter_async_context(agent_pool(agents))
+            result = await run_benchmark(
+                spec,
+                base_url,
+                err,
+                on_runner=holder.append,
+                metrics=None if export is None else export.metrics,
+                # The Pushgateway group is the run's labels, known once preflight named the model.
+                on_labels=None if export is None else export.run_started,
+                run_id=run_id,
+                agents=None if pool is None or agents is None else pool_agents(pool, agents),
+            )
         # run_benchmark's last act is writing results.json: a signal from now on keeps the
         # verdict (the loop still turns while it closes, and hears signals).
         results_written = True

@@ -26,36 +26,43 @@ when in-flight and TTFT have both grown steadily for long enough it stops sendin
 is in flight (an over-saturated server's queue would take as long to drain as it took to build;
 those records say `cancelled`), and the run ends `oversaturated` with the evidence in its footer.
 
+The workers are reached through channels (`load.channel`): by default child processes of this
+one (`PipeChannel`), or the worker slots of agents on other machines (`Runner(channels=...)`,
+from `agents.pool`), which split the schedule exactly as local workers do (shard k of W, W the
+channels used). A remote channel's clock is not this one: the runner adds its offset to the
+instants it sends (`go`, `overtime`) and takes it off every instant it receives (`s` frames,
+heartbeats, records, which are also stamped with the agent), so everything above the runner
+sees one timeline, and starts the run far enough ahead for the `go` to reach every agent.
+
 The run outlives its parts: each worker tells the runner of every request it sends, so when a
-worker process dies its in-flight requests are recorded as `lost`, the other workers go on, and
-the run ends `incomplete` with every record kept. A record frame the runner cannot decode becomes
-a `client_error` record of its request, not a crash, when the request is one the worker said it
-sent; one naming any other request is dropped (it could only duplicate or invent one) and counted
-in the outcome's warnings.
+worker process dies (or an agent's connection closes) its in-flight requests are recorded as
+`lost`, the other workers go on (or, with `on_loss="stop"`, the run stops as a first Ctrl-C
+does), and the run ends `incomplete` with every record kept. A record frame the runner cannot
+decode becomes a `client_error` record of its request, not a crash, when the request is one the
+worker said it sent; one naming any other request is dropped (it could only duplicate or invent
+one) and counted in the outcome's warnings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import os
 import pickle
-import signal
-import sys
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from time import monotonic_ns
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import aiohttp
 import orjson
 
 from latbench.client.looplag import publish_lag
 from latbench.client.stream import Endpoint
+from latbench.load.channel import IMPORT_ROOT as _IMPORT_ROOT  # noqa: F401 (tests read it)
+from latbench.load.channel import Channel, PipeChannel
 from latbench.load.cpus import usable_cpus
-from latbench.load.wire import frame, message, read_frame, record_seq, unpack_record
+from latbench.load.wire import payload, record_seq, shift_instants, unpack_record
 from latbench.load.worker import Shard, make_pacer
 from latbench.records.record import Phase, Record, RunFooter
 from latbench.shared.errors import ErrorKind, LatbenchError
@@ -74,9 +81,11 @@ __all__ = ["RunOutcome", "Runner", "make_connector"]
 STREAMS_PER_WORKER = 64
 _PHASES = frozenset(get_args(Phase))
 START_LEAD_NS = 20_000_000  # schedule the first send a little ahead, so it is not born late
+# Over the network the `go` frame takes a one-way trip and an agent's relay to arrive: three
+# round trips and a margin for a loaded host, so no agent's first request is born late.
+REMOTE_LEAD_NS = 200_000_000
 WATCH_S = 1.0  # how often an open-loop run is judged for over-saturation
-# The directory that holds the `latbench` package, so workers import this same copy.
-_IMPORT_ROOT = str(Path(__file__).resolve().parents[2])
+OnLoss = Literal["continue", "stop"]
 
 
 def make_connector(load: LoadSpec, verify_tls: bool) -> aiohttp.TCPConnector:
@@ -122,7 +131,7 @@ class RunOutcome:
 @dataclass
 class _Worker:
     index: int
-    proc: asyncio.subprocess.Process
+    channel: Channel
     inflight: int = 0
     cpu_s: float = 0.0
     wall_s: float = 0.0
@@ -132,10 +141,12 @@ class _Worker:
     pending: dict[int, tuple[int, int, Phase]] = field(default_factory=dict)
     death: str | None = None  # how it ended, when it died before its `end` frame
 
-    def send(self, payload: bytes) -> None:
-        stdin = self.proc.stdin
-        if stdin is not None and not stdin.is_closing():
-            stdin.write(payload)
+    def send(self, *parts: Any) -> None:
+        self.channel.send(payload(*parts))
+
+    def send_at(self, kind: str, instant: int) -> None:
+        """A frame naming an instant of this host's clock, in the worker's."""
+        self.send(kind, instant + self.channel.offset_ns)
 
 
 class Runner:
@@ -150,15 +161,28 @@ class Runner:
         *,
         workers: int | None = None,
         verify_tls: bool = True,
+        channels: Sequence[Channel] | None = None,
+        on_loss: OnLoss = "continue",
     ) -> None:
+        """`channels`: the workers to run on (an agent pool's slots), None to start local worker
+        processes (`workers` of them, or `worker_count`'s default). Of the channels given, the
+        first `worker_count(load, len(channels))` are used (a closed loop of 2 users needs 2
+        workers), so order them to spread over hosts. `on_loss`: when a worker dies mid-run,
+        the others go on ("continue") or the run stops ("stop")."""
         self.run_id = run_id
         self.endpoint = endpoint
         self.workload = workload
         self.load = load
         self._sinks = tuple(sinks)  # fixed for the run: every record reaches the same sinks
         self.seed = seed
+        self._channels = None if channels is None else list(channels)
+        if self._channels is not None:
+            if not self._channels:
+                raise ValueError("a runner over channels needs at least one")
+            workers = len(self._channels)
         self.workers = worker_count(load, workers)
         self.verify_tls = verify_tls
+        self.on_loss = on_loss
         self.records: list[Record] = []
         self._workers: list[_Worker] = []
         self._stopping = False
@@ -194,7 +218,7 @@ class Runner:
             self._stopping = True
             self._stopped_at = monotonic_ns()
             for w in self._workers:
-                w.send(message("stop"))
+                w.send("stop")
 
     def abort(self) -> None:
         """Stop scheduling and cancel in-flight requests."""
@@ -202,7 +226,7 @@ class Runner:
         if not self._aborted:
             self._aborted = True
             for w in self._workers:
-                w.send(message("abort"))
+                w.send("abort")
 
     async def run(self, session: aiohttp.ClientSession) -> RunOutcome:
         """Run the load. `session` is the caller's (preflight) session; workers open their own."""
@@ -211,9 +235,9 @@ class Runner:
         try:
             await self._start_workers()
             if not self._stopping:
-                self._start = monotonic_ns() + START_LEAD_NS
+                self._start = monotonic_ns() + self._start_lead()
                 for w in self._workers:
-                    w.send(message("go", self._start))
+                    w.send_at("go", self._start)
                 overtime = self._arm_overtime()
                 watcher = self._start_watch()
             await asyncio.gather(*(self._drain(w) for w in self._workers))
@@ -225,11 +249,18 @@ class Runner:
             for w in self._workers:
                 # The end of its stream is an abort to a worker still running: one that failed
                 # to start, or a run cancelled from outside.
-                if w.proc.stdin is not None and not w.proc.stdin.is_closing():
-                    w.proc.stdin.close()
+                w.channel.close()
             for w in self._workers:
-                await _reap(w.proc)
+                await w.channel.wait_closed()
         return self._outcome()
+
+    def _start_lead(self) -> int:
+        """How far ahead of now the run starts: a little locally, and over the network enough
+        for the `go` frame to reach the farthest agent (3 of its round trips and a margin)."""
+        remote = [w.channel.rtt_ns for w in self._workers if w.channel.agent is not None]
+        if not remote:
+            return START_LEAD_NS
+        return max(START_LEAD_NS, 3 * max(remote) + REMOTE_LEAD_NS)
 
     def _arm_overtime(self) -> asyncio.TimerHandle | None:
         """With a duration: at its end plus `load.overtime`, cancel whatever is still in flight."""
@@ -241,7 +272,7 @@ class Runner:
 
         def expire() -> None:
             for w in self._workers:
-                w.send(message("overtime", duration_end))
+                w.send_at("overtime", duration_end)
 
         return asyncio.get_running_loop().call_later((at - monotonic_ns()) / 1e9, expire)
 
@@ -271,22 +302,13 @@ class Runner:
         return asyncio.create_task(judge())
 
     async def _start_workers(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_IMPORT_ROOT, env.get("PYTHONPATH")) if p)
-        procs = await asyncio.gather(
-            *(
-                asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "latbench.load.worker",
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    env=env,
-                )
-                for _ in range(self.workers)
+        if self._channels is None:
+            channels: list[Channel] = list(
+                await asyncio.gather(*(PipeChannel.spawn(k) for k in range(self.workers)))
             )
-        )
-        self._workers = [_Worker(k, p) for k, p in enumerate(procs)]
+        else:
+            channels = self._channels[: self.workers]
+        self._workers = [_Worker(k, c) for k, c in enumerate(channels)]
         for k, w in enumerate(self._workers):
             shard = Shard(
                 run_id=self.run_id,
@@ -298,17 +320,17 @@ class Runner:
                 seed=self.seed,
                 verify_tls=self.verify_tls,
             )
-            w.send(frame(pickle.dumps(shard, protocol=pickle.HIGHEST_PROTOCOL)))
+            w.channel.send_shard(pickle.dumps(shard, protocol=pickle.HIGHEST_PROTOCOL))
         for w in self._workers:
-            assert w.proc.stdout is not None
-            ready = await read_frame(w.proc.stdout)
+            try:
+                ready = await w.channel.recv()
+            except ConnectionError:
+                ready = None
             if ready is None or orjson.loads(ready)[0] != "ready":
-                raise WorkerError(
-                    f"a worker process did not start (exit status {await _reap(w.proc)})"
-                )
+                raise WorkerError(f"a worker did not start: {await w.channel.describe_death()}")
         if self._stopping:  # stopped while the workers started: they have nothing to do
             for w in self._workers:
-                w.send(message("abort" if self._aborted else "stop"))
+                w.send("abort" if self._aborted else "stop")
 
     def _add(self, rec: Record) -> None:
         self.records.append(rec)
@@ -326,19 +348,33 @@ class Runner:
         if sent is None:
             self._dropped.append((w.index, seq))
             return
-        self._add(self._announced(seq, sent, ErrorKind.CLIENT_ERROR, why))
+        self._add(self._announced(w, seq, sent, ErrorKind.CLIENT_ERROR, why))
 
     def _announced(
-        self, seq: int, sent: tuple[int, int, Phase], error: ErrorKind, why: str
+        self, w: _Worker, seq: int, sent: tuple[int, int, Phase], error: ErrorKind, why: str
     ) -> Record:
-        """The record of a request known only from its `s` frame."""
+        """The record of a request known only from its `s` frame (instants already on this
+        host's clock), stamped with the agent that sent it, if one did."""
         t_intended, t_sent, phase = sent
-        return Record.unanswered(
+        rec = Record.unanswered(
             self.run_id, seq, phase, self.endpoint.api.name, t_intended, t_sent, error, why
+        )
+        origin = w.channel.origin
+        if origin is None:
+            return rec
+        return replace(
+            rec,
+            agent=origin.agent,
+            location=origin.location,
+            clock_offset_ns=origin.offset_ns,
+            clock_uncertainty_ns=origin.uncertainty_ns,
         )
 
     def _control(self, w: _Worker, m: list[Any], loop: asyncio.AbstractEventLoop) -> None:
         kind = m[0]
+        offset = w.channel.offset_ns
+        if offset:
+            shift_instants(m, -offset)
         if kind == "s":
             phase = m[4] if m[4] in _PHASES else "measure"
             w.pending[int(m[1])] = (int(m[2]), int(m[3]), phase)
@@ -354,24 +390,23 @@ class Runner:
             w.ended = True
 
     async def _drain(self, w: _Worker) -> None:
-        stdout = w.proc.stdout
-        assert stdout is not None
         loop = asyncio.get_running_loop()
+        channel = w.channel
         while True:
             try:
-                payload = await read_frame(stdout)
+                data = await channel.recv()
             except ConnectionError:  # torn mid-frame: the worker died while writing
                 break
-            if payload is None:
+            if data is None:
                 break
             try:
-                m = orjson.loads(payload)
+                m = orjson.loads(data)
                 kind = m[0]
             except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
                 continue  # not a frame at all; its request, if any, is settled at the end
             if kind == "r":
                 try:
-                    rec = unpack_record(self.run_id, m)
+                    rec = unpack_record(self.run_id, m, channel.origin)
                 except Exception as e:
                     seq = record_seq(m)
                     if seq is not None:
@@ -385,23 +420,25 @@ class Runner:
                     self._control(w, m, loop)
                 except (IndexError, KeyError, TypeError, ValueError):
                     continue  # a garbled control frame costs its information, not the run
-        if w.proc.stdin is not None:
-            w.proc.stdin.close()
+        channel.close()
         if w.ended:
             for seq in list(w.pending):
                 self._unreadable(w, seq, "the worker ended without a readable record of it")
             return
-        # It died mid-run: what it had in flight is lost; the other workers go on.
-        status = await _reap(w.proc)
+        # It died mid-run: what it had in flight is lost; the other workers go on, unless the
+        # policy says a lost worker stops the run.
+        death = await channel.describe_death()
         w.inflight = 0
-        w.death = f"worker {w.index} (pid {w.proc.pid}) died ({_describe_status(status)})"
+        w.death = death
         now = monotonic_ns()
         for seq, (t_intended, t_sent, phase) in sorted(w.pending.items()):
             sent = (t_intended, min(t_sent, now), phase)
-            why = f"{w.death} with this request in flight"
-            self._add(self._announced(seq, sent, ErrorKind.LOST, why))
+            why = f"{death} with this request in flight"
+            self._add(self._announced(w, seq, sent, ErrorKind.LOST, why))
         w.death += f" with {len(w.pending)} requests in flight, recorded as lost"
         w.pending.clear()
+        if self.on_loss == "stop":
+            self.stop()
 
     def _outcome(self) -> RunOutcome:
         ws, we = self._window()
@@ -458,21 +495,3 @@ class Runner:
         if self._stopped_at is not None:
             end = min(end, self._stopped_at)
         return start, max(end, start)
-
-
-def _describe_status(status: int) -> str:
-    if status < 0:
-        try:
-            return f"exit status {status}, {signal.Signals(-status).name}"
-        except ValueError:
-            pass
-    return f"exit status {status}"
-
-
-async def _reap(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> int:
-    """Wait for a worker to exit; one that hangs after its stream ended is killed."""
-    try:
-        return await asyncio.wait_for(proc.wait(), timeout)
-    except TimeoutError:
-        proc.kill()
-        return await proc.wait()

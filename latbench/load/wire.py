@@ -1,9 +1,15 @@
 """How a worker and its parent talk: length-prefixed frames over a byte stream.
 
-The stream is a pipe today; nothing in it depends on being one, so a shard could run on another
-machine over a socket (a later issue spreads shards over a cluster). Each frame is a 4-byte
-big-endian length and a payload: the first frame from the parent is the pickled `Shard`, every
-other frame in either direction is one orjson array whose first element names it.
+The stream is a pipe (`load.channel.PipeChannel`); nothing in it depends on being one, and an
+agent on another machine relays the same payloads over a WebSocket (`latbench.agents`), one
+message each. Each frame is a 4-byte big-endian length and a payload: the first frame from the
+parent is the pickled `Shard`, every other frame in either direction is one orjson array whose
+first element names it.
+
+Instants in frames are on the sender's CLOCK_MONOTONIC. Between processes of one machine that is
+one clock; an agent's is another, so its channel moves every instant a frame carries by the
+measured offset (`shift_instants`, `unpack_record`'s `origin`), and the runner sees one
+timeline.
 
 A finished request travels as one positional array (no field names), with its event instants
 relative to its own send instant: a 128-event record is about 1.2 kB on the wire instead of 4 kB
@@ -24,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from array import array
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import orjson
@@ -38,6 +44,11 @@ MAX_FRAME = 256 * 1024 * 1024  # a shard with a large prompt file; anything bigg
 
 def frame(payload: bytes) -> bytes:
     return _LEN.pack(len(payload)) + payload
+
+
+def payload(*parts: Any) -> bytes:
+    """A control frame's payload (what a `load.channel.Channel` sends), without its length."""
+    return orjson.dumps(parts)
 
 
 def message(*parts: Any) -> bytes:
@@ -71,10 +82,17 @@ _T_SENT = _FIELDS.index("t_sent")
 _SEQ = _FIELDS.index("seq")
 # Every latency is a difference of these: a non-integer one is a frame to refuse, and so is a
 # missing one where every record has it (index, name, may be None).
+_OPTIONAL = ("t_headers", "t_end", "t_first_end", "t_last_sent")
 _INSTANTS = tuple(
-    (_FIELDS.index(name), name, name in ("t_headers", "t_end"))
-    for name in ("seq", "t_intended", "t_sent", "t_headers", "t_end")
+    (_FIELDS.index(name), name, name in _OPTIONAL)
+    for name in ("seq", "t_intended", "t_sent", *_OPTIONAL)
 )
+# The instants a clock offset moves (the events travel relative to t_sent, so they follow it).
+_CLOCKED = tuple(_FIELDS.index(name) for name in ("t_intended", "t_sent", *_OPTIONAL))
+_AGENT = _FIELDS.index("agent")
+_LOCATION = _FIELDS.index("location")
+_OFFSET = _FIELDS.index("clock_offset_ns")
+_UNCERTAINTY = _FIELDS.index("clock_uncertainty_ns")
 _ERROR_KINDS = tuple(
     i
     for i, f in enumerate(f for f in fields(Record) if f.name != "run_id")
@@ -122,9 +140,42 @@ def pack_record(r: Record) -> list[Any]:
     return m
 
 
-def unpack_record(run_id: str, m: list[Any]) -> Record:
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """The agent a channel's frames come from, as the coordinator measured it: its index and
+    location, and its clock's offset (agent minus coordinator) and the offset's uncertainty at
+    the moment, ns. Every record the channel brings is stamped with these and moved onto the
+    coordinator's clock."""
+
+    agent: int
+    location: str | None
+    offset_ns: int
+    uncertainty_ns: int
+
+
+def shift_instants(m: list[Any], delta: int) -> None:
+    """Move every instant a decoded frame carries by `delta` ns, in place: a record's, a send's
+    (`s`), a heartbeat's lag ticks (`h`), and the parent's `go` and `overtime`. Other frames
+    carry none. Raises TypeError on a frame whose instants are not numbers."""
+    kind = m[0]
+    if kind == "r":
+        for i in _CLOCKED:
+            if m[1 + i] is not None:
+                m[1 + i] += delta
+    elif kind == "s":
+        m[2] += delta
+        m[3] += delta
+    elif kind == "h":
+        m[2] = [t + delta for t in m[2]]
+    elif kind in ("go", "overtime"):
+        m[1] += delta
+
+
+def unpack_record(run_id: str, m: list[Any], origin: Origin | None = None) -> Record:
     """The runner keeps every record of a run: event instants and counts as typed arrays.
-    Raises (ValueError, TypeError, OverflowError) on a frame it cannot take as it is."""
+    With an `origin` (an agent's channel) the record is stamped with it, whatever the frame
+    said, and its instants are moved onto this host's clock. Raises (ValueError, TypeError,
+    OverflowError) on a frame it cannot take as it is."""
     v = m[1:]
     if len(v) != len(_FIELDS):
         raise ValueError(f"a record of {len(v)} fields, not {len(_FIELDS)}")
@@ -132,6 +183,15 @@ def unpack_record(run_id: str, m: list[Any]) -> Record:
         t = v[i]
         if type(t) is not int and not (optional and t is None):
             raise ValueError(f"{name} is {t!r}, not an integer")
+    if origin is not None:
+        off = origin.offset_ns
+        for i in _CLOCKED:
+            if v[i] is not None:
+                v[i] -= off
+        v[_AGENT] = origin.agent
+        v[_LOCATION] = origin.location
+        v[_OFFSET] = off
+        v[_UNCERTAINTY] = origin.uncertainty_ns
     base = v[_T_SENT]
     v[_EV_T] = array("q", [base + t for t in v[_EV_T]])  # a float or past int64: raises
     if v[_EV_N] is not None:

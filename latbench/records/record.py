@@ -88,6 +88,17 @@ class Record:
     # for it (`ServerSpan`) carries the same id, which is how the two are joined. None: sent
     # without one (an older record).
     trace_id: str | None = None
+    # Where the request was sent from, when an agent sent it (`latbench agent`,
+    # docs/distributed.md); all None for a local run. Every instant above is on the
+    # coordinator's clock: the runner took the agent's clock offset (agent minus coordinator,
+    # NTP-style, from the minimum-RTT ping) off each one as the record arrived, so the raw stamp
+    # the agent read is instant + clock_offset_ns, good to within clock_uncertainty_ns (the
+    # estimate's half round trip). Latencies are differences on the agent's one clock and carry
+    # no offset at all; only the placement of a record on the run's timeline does.
+    agent: int | None = None
+    location: str | None = None
+    clock_offset_ns: int | None = None
+    clock_uncertainty_ns: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -197,15 +208,21 @@ INT_FIELDS: tuple[str, ...] = (
     "usage_completion_tokens", "max_tokens", "prompt_tokens", "attempts", "first_status",
     "t_first_end",
     "t_last_sent", "sent_late", "session", "turn", "images", "image_bytes",
+    "agent", "clock_offset_ns", "clock_uncertainty_ns",
 )  # fmt: skip
 # Of those, the ones that cannot be negative: counts (a negative one would subtract from totals)
 # and the send's error bound.
 _COUNT_FIELDS = frozenset(
     {"status", "usage_prompt_tokens", "usage_completion_tokens", "max_tokens", "prompt_tokens",
      "attempts",
-     "first_status", "sent_late", "session", "turn", "images", "image_bytes"}
+     "first_status", "sent_late", "session", "turn", "images", "image_bytes",
+     "agent", "clock_uncertainty_ns"}
 )  # fmt: skip
 _I64 = 1 << 63
+# Where an agent sent the request from: a local run leaves them out of its records file, which
+# reads exactly as it did before agents existed.
+_AGENT_FIELDS = ("agent", "location", "clock_offset_ns", "clock_uncertainty_ns")
+MAX_LOCATION = 64  # a location is a label (a region, a data centre), not free text
 
 
 def check_int(name: str, value: Any) -> None:
@@ -229,6 +246,17 @@ def is_trace_id(value: object) -> bool:
     )
 
 
+def is_location(value: object) -> bool:
+    """An agent's location as latbench takes it: a short printable label with no spaces at its
+    ends (it becomes a Prometheus label value and a table cell)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_LOCATION
+        and value.isprintable()
+        and value == value.strip()
+    )
+
+
 def instants(values: Iterable[int]) -> array[int]:
     return array("q", values)
 
@@ -241,6 +269,9 @@ def encode_record(rec: Record) -> bytes:
     # A flat dict, not `asdict`: asdict deep-copies every tuple element, and on a 128-event
     # record that was most of the runner's CPU. orjson writes tuples and enums the same way.
     d = {name: getattr(rec, name) for name in _RECORD_FIELDS}
+    if rec.agent is None:
+        for name in _AGENT_FIELDS:
+            del d[name]
     d["ev_t"] = list(rec.ev_t)  # orjson writes lists and tuples, not arrays
     if rec.ev_n is not None:
         d["ev_n"] = list(rec.ev_n)
@@ -348,6 +379,11 @@ def _decode_record(d: dict[str, Any]) -> Record:
     trace_id = d.get("trace_id")
     if trace_id is not None and not is_trace_id(trace_id):
         raise ValueError(f"trace_id is {trace_id!r}, not 32 lower-case hex digits")
+    location = d.get("location")
+    if location is not None and not is_location(location):
+        raise ValueError(
+            f"location is {location!r:.80}, not a label of 1 to {MAX_LOCATION} printable characters"
+        )
     err = d.get("error")
     first_err = d.get("first_error")
     return Record(
@@ -386,6 +422,11 @@ def _decode_record(d: dict[str, Any]) -> Record:
         images=d.get("images", 0),
         image_bytes=d.get("image_bytes", 0),
         trace_id=d.get("trace_id"),
+        # Absent from a local run's records (and from any written before agents).
+        agent=d.get("agent"),
+        location=location,
+        clock_offset_ns=d.get("clock_offset_ns"),
+        clock_uncertainty_ns=d.get("clock_uncertainty_ns"),
     )
 
 

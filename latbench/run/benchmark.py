@@ -13,6 +13,14 @@ With `target.otlp_receiver`, the server's own span of each request is received d
 (`run/spans.py`), written among the records and observed by the Prometheus series as it comes;
 after the last request the run waits (at most `target.span_wait`) for the spans still missing,
 and results.json's "server_spans" is the join of the two (`summary/spans.py`).
+
+With `agents` (`latbench run --agents N`, docs/distributed.md), the load is sent by agents on
+other machines instead of local worker processes: after preflight the run waits for N of them
+at the pool's endpoint (which its caller started first, so agents can register while the
+target is checked), hands the runner their worker slots as channels, and at the end tells them
+they are done (or, for the service, puts them back in the pool). Everything else is the same
+code as a local run over the union of the agents' records, written to this host's records file
+as they arrive; results.json's "agents" says who sent what, and with which clock offset.
 """
 
 from __future__ import annotations
@@ -36,19 +44,20 @@ import numpy as np
 from rich.console import Console
 
 from latbench import __version__
+from latbench.agents.pool import AgentConn, AgentPool
 from latbench.client.preflight import redact_headers, resolve_endpoint
 from latbench.client.stream import Endpoint
 from latbench.client.tokenize import calibrate
 from latbench.exporter import LatbenchMetrics, RunLabels
 from latbench.load.cpus import usable_cpus
-from latbench.load.runner import Runner, make_connector
+from latbench.load.runner import OnLoss, Runner, make_connector
 from latbench.load.worker import raise_fd_limit
 from latbench.records.record import GpuSample, Record, RunHeader
 from latbench.records.rundir import RunDir
 from latbench.run.spans import RunSpans
 from latbench.shared import rxstamp
 from latbench.shared.dist import Dist
-from latbench.shared.errors import SpecError
+from latbench.shared.errors import ErrorKind, SpecError
 from latbench.sim import SimProcess
 from latbench.sim.replay import check_replay
 from latbench.sinks import Sink
@@ -73,6 +82,22 @@ from latbench.workload.tools import with_tools
 from latbench.workload.trace import NS_PER_S, TraceWorkload, trace_of
 
 DEFAULT_OUTPUT_TOKENS = 128
+RESYNC_AFTER_S = 10.0  # an agent's clock measured longer ago than this is measured again
+
+
+@dataclass(frozen=True)
+class Agents:
+    """A run on agents: `count` of the `pool`'s (of `location`, if given), waited for until
+    `deadline` (a `time.monotonic()` instant); when one is lost mid-run the others go on or
+    the run stops (`on_loss`); `finish`: tell them their work is done after the run (a
+    one-shot `latbench run`: they exit), else put them back in the pool (the service)."""
+
+    pool: AgentPool
+    count: int
+    deadline: float
+    location: str | None = None
+    on_loss: OnLoss = "continue"
+    finish: bool = True
 
 
 @dataclass
@@ -86,6 +111,7 @@ class BenchResult:
     incomplete: str | None = None  # why the run is incomplete (a worker died), when it is
     energy: Energy | None = None  # energy per token, when GPU samples were taken (docs/gpu.md)
     spans: SpanJoin | None = None  # the requests joined with the server's spans, when it sent any
+    agents: list[dict[str, Any]] | None = None  # results.json's "agents", for a run on agents
 
 
 def make_workload(w: WorkloadSpec, scale: TokenScale | None = None) -> Workload | SessionWorkload:
@@ -232,13 +258,15 @@ async def run_benchmark(
     progress: Progress | None = None,
     target_label: str | None = None,
     scenario_label: str | None = None,
+    agents: Agents | None = None,
 ) -> BenchResult:
     """`run_id` (default: a new one), `progress` and the metric labels' target and scenario
     are for the service (`latbench.service`), which names runs before they start, follows their
     progress, and labels series by catalogue name; without `progress`, the run's progress is a
     live line on `console` (when it is a terminal). With `metrics`, `on_labels` is told the labels
     of the run's series (the model is known only after preflight) before any request is sent;
-    `on_runner` is given the runner, to stop or abort it, before it runs."""
+    `on_runner` is given the runner, to stop or abort it, before it runs. With `agents`,
+    the load is sent by agents of a pool the caller started (`Agents`)."""
     raise_fd_limit()
     if run_id is None:
         run_id = new_run_id()
@@ -247,7 +275,10 @@ async def run_benchmark(
     spec = trace_bounds(spec, workload)
     connector = make_connector(spec.load, spec.target.verify_tls)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.target.timeouts.connect)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=connector, timeout=timeout)
+        )
         endpoint = await resolve_endpoint(session, spec.target, base_url, spec.workload)
         scale, calibration = await calibrate_prompts(session, endpoint, spec)
         for note in calibration:
@@ -261,6 +292,14 @@ async def run_benchmark(
         env["prompt_tokens"] = workload.describe().get("prompt_tokens")
         if spec.workload.tools is not None:  # after calibration: its probes carry no tools
             workload = with_tools(workload, spec.workload.tools.build(spec.workload.seed))
+        conns: list[AgentConn] = []
+        drift: dict[int, int] = {}
+        if agents is not None:
+            conns = await _take_agents(agents, console)
+            stack.push_async_callback(_let_go, agents, conns)
+            # Who sent the load, with each one's clock: a reader of the records file alone
+            # knows it too.
+            env["agents"] = [a.to_dict() for a in conns]
         header = RunHeader(
             run_id=run_id,
             latbench_version=__version__,
@@ -313,6 +352,8 @@ async def run_benchmark(
             seed=spec.workload.seed,
             workers=spec.load.workers,
             verify_tls=spec.target.verify_tls,
+            channels=None if agents is None else agents.pool.channels(conns),
+            on_loss="continue" if agents is None else agents.on_loss,
         )
         if on_runner is not None:
             on_runner(runner)
@@ -325,6 +366,8 @@ async def run_benchmark(
                 await run_spans.start()
             outcome = await runner.run(session)
             footer = outcome.footer
+            if conns:  # how far each agent's clock moved from the estimate the run used
+                drift = await _clock_drift(conns)
             if gpu is not None:  # its last sample before the records file's footer
                 await gpu.stop()
             if scraper is not None:
@@ -375,13 +418,25 @@ async def run_benchmark(
     span_warnings = (
         [] if run_spans is None else _span_warnings(run_spans, join, spec, outcome.records)
     )
-    for warning in [*outcome.warnings, *span_warnings]:
+    agent_rows = None
+    agent_warnings: list[str] = []
+    if agents is not None:
+        limit = agents.pool.max_uncertainty_ns
+        agent_rows = agent_results(conns, outcome.records, drift, limit)
+        agent_warnings = clock_warnings(agent_rows, limit)
+    for warning in [*outcome.warnings, *span_warnings, *agent_warnings]:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     results = {
         "run_id": run_id,
         "ended": outcome.ended,
         "incomplete": outcome.incomplete,
-        "warnings": [*calibration, *outcome.warnings, *span_warnings, *_prompt_warning(summary)],
+        "warnings": [
+            *calibration,
+            *outcome.warnings,
+            *span_warnings,
+            *agent_warnings,
+            *_prompt_warning(summary),
+        ],
         "spec": header.spec,
         "environment": env,
         "workload": workload.describe(),
@@ -392,6 +447,7 @@ async def run_benchmark(
         "reconciliation": None if recon is None else recon.to_dict(),
         "energy": None if energy is None else energy.to_dict(),
         "server_spans": None if join is None else join.to_dict(),
+        "agents": agent_rows,
     }
     run_dir.write_results(results)
     return BenchResult(
@@ -404,7 +460,100 @@ async def run_benchmark(
         incomplete=outcome.incomplete,
         energy=energy,
         spans=join,
+        agents=agent_rows,
     )
+
+
+async def _take_agents(agents: Agents, console: Console) -> list[AgentConn]:
+    """The run's agents, their clocks fresh: waited for until the deadline (AgentError then)."""
+    pool = agents.pool
+    where = "" if agents.location is None else f" in location {agents.location}"
+    console.print(
+        f"agents: waiting for {agents.count}{where} at {pool.url}", highlight=False, soft_wrap=True
+    )
+    conns = await pool.wait_for(agents.count, agents.deadline, agents.location)
+    try:
+        stale = [a for a in conns if monotonic_ns() - a.synced_ns > RESYNC_AFTER_S * 1e9]
+        if stale:  # monotonic clocks of two hosts drift apart: measured again before a run
+            await pool.resync(stale)
+    except BaseException:
+        pool.release(conns)
+        raise
+    return conns
+
+
+async def _let_go(agents: Agents, conns: list[AgentConn]) -> None:
+    if agents.finish:
+        await agents.pool.finish(conns)
+    else:
+        agents.pool.release(conns)
+
+
+async def _clock_drift(conns: Sequence[AgentConn]) -> dict[int, int]:
+    """Each connected agent's clock measured again after the run, as its offset's change since
+    the estimate the run used (which its records carry); an agent that does not answer has
+    none. Nothing is changed: the next run measures afresh."""
+    drift = {}
+    for a in conns:
+        if a.closed:  # lost during the run: nothing to ask
+            continue
+        try:
+            after = await a.measure()
+        except (TimeoutError, ConnectionError):
+            continue
+        drift[a.index] = after.offset_ns - a.offset_ns
+    return drift
+
+
+def agent_results(
+    conns: Sequence[AgentConn],
+    records: Sequence[Record],
+    drift: dict[int, int],
+    limit_ns: int,
+) -> list[dict[str, Any]]:
+    """results.json's "agents": each agent as the pool knows it (index, location, host,
+    workers, clock offset, its uncertainty and round trip), what the run got from it (its
+    records, how many were lost with it), `drift_ns` (its offset measured after the run minus
+    the one used; None when it could not be measured) and `flagged`: its offset was uncertain,
+    or moved during the run, by more than `limit_ns` (--max-clock-uncertainty)."""
+    counts: dict[int, list[int]] = {a.index: [0, 0] for a in conns}
+    for r in records:
+        if r.agent is not None and r.agent in counts:
+            c = counts[r.agent]
+            c[0] += 1
+            c[1] += r.error is ErrorKind.LOST
+    rows = []
+    for a in conns:
+        moved = drift.get(a.index)
+        row = {**a.to_dict(), "records": counts[a.index][0], "lost": counts[a.index][1]}
+        row["drift_ns"] = moved
+        row["flagged"] = a.uncertainty_ns > limit_ns or (
+            moved is not None and abs(moved) > limit_ns
+        )
+        rows.append(row)
+    return rows
+
+
+def clock_warnings(rows: Sequence[dict[str, Any]], limit_ns: int) -> list[str]:
+    """One line per flagged agent: its clock offset uncertain, or drifting, beyond the limit."""
+    out = []
+    for row in rows:
+        if not row["flagged"]:
+            continue
+        where = f"agent {row['index']} (host {row['host']}" + (
+            "" if row["location"] is None else f", location {row['location']}"
+        )
+        limit = f"the {limit_ns / 1e6:.3g} ms limit (--max-clock-uncertainty)"
+        drift = row["drift_ns"]
+        if row["uncertainty_ns"] > limit_ns:
+            how = f"its clock offset is uncertain by {row['uncertainty_ns'] / 1e6:.3g} ms"
+        else:
+            how = f"its clock moved {drift / 1e6:+.3g} ms against this host's during the run"
+        out.append(
+            f"{where}): {how}, over {limit}: its requests' place on the run's timeline "
+            "(schedule, window) may be off by that much; its latencies are not"
+        )
+    return out
 
 
 def _run_spans(

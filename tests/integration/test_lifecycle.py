@@ -28,6 +28,7 @@ from kit.hostile import FlakyWorkload
 
 from latbench import ErrorKind
 from latbench.client import API_KINDS, Endpoint, RequestOptions, Timeouts
+from latbench.load.channel import PipeChannel
 from latbench.load.runner import Runner, _Worker
 from latbench.load.wire import message, pack_record
 from latbench.load.worker import Shard, ShardRun
@@ -251,7 +252,7 @@ async def test_a_frame_the_runner_cannot_read_is_a_client_error_record_and_the_r
     )  # fmt: skip
     runner = Runner("x", endpoint("http://127.0.0.1:9"), SyntheticWorkload(4, 3), LoadSpec(
         concurrency=1, requests=1), sinks=[], workers=1)  # fmt: skip
-    w = _Worker(0, proc)
+    w = _Worker(0, PipeChannel(0, proc))
     await asyncio.wait_for(runner._drain(w), 10)
     await proc.wait()
     by_seq = {r.seq: r for r in runner.records}

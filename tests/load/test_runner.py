@@ -209,7 +209,7 @@ async def test_a_worker_that_dies_leaves_an_incomplete_run_with_its_records_kept
     deadline = monotonic_ns() + 10_000_000_000
     while len(sink.records) < 10 and monotonic_ns() < deadline:
         await asyncio.sleep(0.01)
-    os.kill(r._workers[0].proc.pid, signal.SIGKILL)
+    os.kill(r._workers[0].channel.proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
     r.stop()  # the other worker finishes its streams
     out = await asyncio.wait_for(task, 10)
     assert out.ended == "incomplete" and out.incomplete is not None

@@ -1,0 +1,321 @@
+"""The agent's side: connect to a coordinator, prove the token, answer its clock pings, and run
+the shards it sends on local worker processes, relaying their frames.
+
+An agent is the runner's worker at a distance. For each of its `workers` slots it waits for a
+signed shard, checks the signature (`protocol.verify`: nothing unpickles a shard the token did
+not sign), starts `python -m latbench.load.worker` (the same code a local run starts), writes it
+the shard, and from then on copies frames both ways: the coordinator's `go`, `stop`, `abort`,
+`overtime` to the worker's stdin, the worker's `ready`, `s`, `h`, records and `end` to the
+WebSocket, each prefixed by its slot. The target, the workload, the load: all of it is in the
+shard, which only the coordinator can have signed; the agent takes no target from anywhere else.
+
+The coordinator may come up before or after its agents (a Kubernetes Job starts them in any
+order), so the agent retries its connection with backoff until `connect_timeout`. A token the
+coordinator refuses (401) is not retried. `["done"]` ends the agent with exit 0; a connection
+that closes otherwise ends it with exit 1, after aborting any worker still running (with nobody
+to take its records, its requests would be load nobody measures).
+
+Clock skew for tests (`protocol.SKEW_ENV`): the agent adds it to every clock reading it reports
+(pongs, the instants in its workers' frames) and takes it off the instants it is sent (`go`,
+`overtime`), as an agent whose clock is that far from the coordinator's would; the coordinator
+must measure it and take it off again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import monotonic_ns
+
+import aiohttp
+import orjson
+
+from latbench.agents.protocol import (
+    HEARTBEAT_S,
+    MAX_MESSAGE,
+    SKEW_ENV,
+    ProtocolError,
+    control,
+    hello,
+    parse_control,
+    verify,
+)
+from latbench.load.channel import describe_status, reap, start_worker_process
+from latbench.load.wire import frame, read_frame, shift_instants
+from latbench.shared.errors import LatbenchError
+
+WELCOME_TIMEOUT_S = 30.0
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
+
+
+class AgentExit(LatbenchError):
+    """The agent cannot go on; the message says why (the token refused, the coordinator gone)."""
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    coordinator: str  # a WebSocket URL (protocol.coordinator_url)
+    token: str
+    index: int | None = None
+    location: str | None = None
+    workers: int = 1
+    connect_timeout: float = 120.0
+
+
+def clock_skew_ns() -> int:
+    """The test-only skew (`protocol.SKEW_ENV`), 0 when unset."""
+    text = os.environ.get(SKEW_ENV, "").strip()
+    try:
+        return int(text) if text else 0
+    except ValueError:
+        raise AgentExit(f"{SKEW_ENV}={text!r}: give an integer number of nanoseconds") from None
+
+
+class _Slot:
+    """One worker slot: idle until a shard comes, then one worker process, relayed."""
+
+    def __init__(self, agent: Agent, index: int) -> None:
+        self.agent = agent
+        self.index = index
+        self.prefix = bytes([index])
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.relay: asyncio.Task[None] | None = None
+        self.task = asyncio.create_task(self._run())
+
+    @property
+    def running(self) -> bool:
+        return self.relay is not None and not self.relay.done()
+
+    async def _run(self) -> None:
+        """Messages for this slot, in order: a shard starts a worker; what follows goes to its
+        stdin; the slot byte alone closes it and, once the worker is gone, the slot is idle."""
+        while True:
+            data = await self.inbox.get()
+            if self.proc is None:
+                if data:
+                    await self._start(data)
+                continue
+            if not data:
+                await self.stop()
+                continue
+            if self.agent.skew:
+                m = orjson.loads(data)
+                shift_instants(m, -self.agent.skew)  # the coordinator's idea of our clock
+                data = orjson.dumps(m)
+            stdin = self.proc.stdin
+            if stdin is not None and not stdin.is_closing():
+                stdin.write(frame(data))
+
+    async def _start(self, signed: bytes) -> None:
+        try:
+            shard = verify(self.agent.options.token, signed)
+        except ProtocolError as e:
+            self.agent.say(f"slot {self.index}: {e}")
+            self.agent.send(control("error", self.index, str(e)))
+            self.agent.send(self.prefix)
+            return
+        try:
+            self.proc = await start_worker_process()
+        except OSError as e:  # out of processes or memory: the runner hears why, not silence
+            why = f"cannot start a worker process: {e}"
+            self.agent.say(f"slot {self.index}: {why}")
+            self.agent.send(control("error", self.index, why))
+            self.agent.send(self.prefix)
+            return
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(frame(shard))
+        self.relay = asyncio.create_task(self._relay(self.proc))
+
+    async def _relay(self, proc: asyncio.subprocess.Process) -> None:
+        """The worker's frames to the coordinator until its stdout ends; then how it exited."""
+        assert proc.stdout is not None
+        skew = self.agent.skew
+        with contextlib.suppress(ConnectionError):
+            while (data := await read_frame(proc.stdout)) is not None:
+                if skew:
+                    m = orjson.loads(data)
+                    shift_instants(m, skew)
+                    data = orjson.dumps(m)
+                self.agent.send(self.prefix + data)
+        status = await reap(proc)
+        self.agent.send(control("exit", self.index, status))
+        self.agent.send(self.prefix)
+        if status != 0:
+            self.agent.say(
+                f"slot {self.index}: worker pid {proc.pid} ended ({describe_status(status)})"
+            )
+
+    async def stop(self) -> None:
+        """Close the worker's stdin (an abort, if it still runs) and wait until it is gone."""
+        proc, relay = self.proc, self.relay
+        if proc is None:
+            return
+        if proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.close()
+        if relay is not None:
+            await relay
+        self.proc = self.relay = None
+
+
+class Agent:
+    """One connection to a coordinator, and the slots it runs. `run()` returns when the
+    coordinator says `done`; raises AgentExit otherwise."""
+
+    def __init__(self, options: AgentOptions, say: Callable[[str], None]) -> None:
+        self.options = options
+        self.say = say
+        self.skew = clock_skew_ns()
+        self.index: int | None = None
+        # Why the agent is stopping on its own (a signal), told to the coordinator as it hangs up.
+        self.stop_reason: str | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._out: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self._slots: list[_Slot] = []
+
+    def now(self) -> int:
+        return monotonic_ns() + self.skew
+
+    def send(self, message: str | bytes) -> None:
+        self._out.put_nowait(message)
+
+    async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while (message := await self._out.get()) is not None:
+            try:
+                if isinstance(message, str):
+                    await ws.send_str(message)
+                else:
+                    await ws.send_bytes(message)
+            except (ConnectionError, RuntimeError):
+                return  # closing: the reader finds out why
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            ws = await self._connect(session)
+            writer = asyncio.create_task(self._write(ws))
+            try:
+                await self._serve(ws)
+            finally:
+                running = [s for s in self._slots if s.running]
+                # What the workers sent so far leaves first; then the connection closes, before
+                # the workers are aborted, so that the coordinator records what they had in
+                # flight as lost with the reason, not as requests its run cancelled.
+                self._out.put_nowait(None)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer, 5)
+                reason = self.stop_reason or "the agent is done"
+                with contextlib.suppress(Exception):
+                    await ws.close(
+                        code=1001 if self.stop_reason else 1000, message=reason.encode()[:120]
+                    )
+                await asyncio.gather(*(s.stop() for s in self._slots), return_exceptions=True)
+                for s in self._slots:
+                    s.task.cancel()
+                if running:
+                    self.say(f"aborted the {len(running)} worker(s) still running")
+
+    async def _connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        """The WebSocket, retried with backoff (and jitter, so a Job's agents do not knock in
+        step) until `connect_timeout`; a refused token is final."""
+        o = self.options
+        deadline = time.monotonic() + o.connect_timeout
+        wait = BACKOFF_MIN_S
+        last = ""
+        tries = 0
+        while True:
+            try:
+                return await session.ws_connect(
+                    o.coordinator,
+                    headers={"Authorization": f"Bearer {o.token}"},
+                    max_msg_size=MAX_MESSAGE,
+                    heartbeat=HEARTBEAT_S,
+                    compress=0,
+                )
+            except aiohttp.WSServerHandshakeError as e:
+                if e.status == 401:
+                    raise AgentExit(
+                        f"the coordinator refused the token ({o.coordinator}: 401); give the "
+                        "token its --agent-token-file holds"
+                    ) from None
+                if e.status == 404:
+                    raise AgentExit(
+                        f"{o.coordinator} is not a latbench coordinator's agent endpoint (404)"
+                    ) from None
+                last = f"HTTP {e.status}"
+            except (aiohttp.ClientError, OSError) as e:
+                last = str(e) or type(e).__name__
+            left = deadline - time.monotonic()
+            if not tries:
+                self.say(f"waiting for the coordinator at {o.coordinator} ({last})")
+            tries += 1
+            if left <= 0:
+                raise AgentExit(
+                    f"no coordinator at {o.coordinator} within {o.connect_timeout:g} s "
+                    f"(--connect-timeout); the last try: {last}"
+                )
+            await asyncio.sleep(min(left, wait * random.uniform(0.5, 1.0)))
+            wait = min(wait * 2, BACKOFF_MAX_S)
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        o = self.options
+        await ws.send_str(control("hello", hello(o.index, o.location, o.workers).to_dict()))
+        try:
+            first = await ws.receive(timeout=WELCOME_TIMEOUT_S)
+        except TimeoutError:
+            raise AgentExit(
+                f"the coordinator did not answer the hello within {WELCOME_TIMEOUT_S:g} s"
+            ) from None
+        if first.type != aiohttp.WSMsgType.TEXT:
+            raise AgentExit(
+                "the coordinator closed the connection before welcoming this agent "
+                f"({first.type.name})"
+            )
+        m = parse_control(first.data)
+        if m[0] == "refused":
+            raise AgentExit(f"the coordinator refused this agent: {m[1] if len(m) > 1 else '?'}")
+        if m[0] != "welcome" or len(m) != 2 or not isinstance(m[1], dict):
+            raise AgentExit(f"the coordinator answered the hello with {first.data[:80]!r}")
+        self.index = m[1].get("index")
+        where = "" if o.location is None else f", location {o.location}"
+        self.say(
+            f"connected to {o.coordinator} as agent {self.index}{where}, {o.workers} worker slot(s)"
+        )
+        self._ws = ws
+        self._slots = [_Slot(self, k) for k in range(o.workers)]
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                data = msg.data
+                if data and data[0] < len(self._slots):
+                    self._slots[data[0]].inbox.put_nowait(data[1:])
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                m = parse_control(msg.data)
+                if m[0] == "ping" and len(m) == 2:
+                    self.send(control("pong", m[1], self.now()))
+                elif m[0] == "clock" and len(m) == 4:
+                    self.say(
+                        f"clock offset {m[1] / 1e6:+.3f} ms, uncertain by {m[2] / 1e6:.3f} ms "
+                        f"(round trip {m[3] / 1e6:.3f} ms)"
+                    )
+                elif m[0] == "done":
+                    self.say("the coordinator is done")
+                    return
+            elif msg.type == aiohttp.WSMsgType.ERROR:
+                break
+        busy = any(s.running for s in self._slots)
+        why = f"code {ws.close_code}" if ws.exception() is None else str(ws.exception())
+        if busy:
+            raise AgentExit(f"the coordinator went away mid-run ({why}); its workers are aborted")
+        raise AgentExit(f"the coordinator closed the connection ({why})")
+
+
+async def run_agent(options: AgentOptions, say: Callable[[str], None]) -> None:
+    """Serve one coordinator until it says done (returns) or goes away (AgentExit); to stop it
+    from outside, make an `Agent`, set its `stop_reason` and cancel its `run()`."""
+    await Agent(options, say).run()

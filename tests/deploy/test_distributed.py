@@ -29,11 +29,11 @@ ROOT = paths.ROOT
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 DISTRIBUTED = K8S / "distributed"
-DOC = ROOT / "docs" / "distributed-deploy.md"
+DOC = ROOT / "docs" / "distributed.md"
 KUBECTL = shutil.which("kubectl")
 KUBE_VALIDATE = shutil.which("kubernetes-validate")
 TOKEN = "0123456789abcdef0123456789abcdef"
-# The design's fixed names (docs/distributed-deploy.md): the port agents dial, and the flags.
+# The design's fixed names (docs/distributed.md): the port agents dial, and the flags.
 AGENT_PORT = 8790
 AGENT_FLAGS = {"--coordinator", "--token-file", "--index", "--location", "--workers",
                "--connect-timeout"}  # fmt: skip
@@ -297,7 +297,7 @@ def test_agent_count_agrees_between_the_job_and_the_coordinator(
     assert agents["spec"]["completions"] == n
     args = argv(only(pod_of(by(one_shot, "Job", "latbench-coordinator"))))
     assert args[0] == "run" and int(flag(args, "--agents")) == n
-    # Sizing (docs/distributed-deploy.md): at most 64 streams per worker slot.
+    # Sizing (docs/distributed.md): at most 64 streams per worker slot.
     workers = int(flag(argv(only(pod_of(agents))), "--workers"))
     assert int(flag(args, "--concurrency")) <= n * workers * STREAMS_PER_WORKER
 

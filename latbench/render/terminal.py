@@ -275,28 +275,45 @@ def _stairs_tables(s: Summary, console: Console) -> list[Table]:
     return fitted(console, "stairs (ms)", keys, values, rows)
 
 
+# How the energy was had, as `Energy.method` names it.
+ENERGY_HOW = {
+    "counter": "counter",
+    "power_integral": "power_integral: no energy counter",
+    "mixed": "mixed: counters on some devices, power integrated on the others",
+}
+
+
 def energy_rows(e: Energy | None) -> list[tuple[str, str]]:
     """The energy figures next to throughput (docs/gpu.md): energy per output token and per
-    request, and where the energy came from; none without GPU samples."""
+    request, and where the energy came from; none without GPU samples. A counter the source
+    refreshes seldom gives its figures with the error it can have (`Energy.error_j`)."""
     if e is None:
         return []
     total = e.energy_j
     if total is None:
         return [("energy", "no energy: " + ("; ".join(e.notes) or "too few GPU samples"))]
+    err = e.error_j
     per = []
-    if e.j_per_output_token is not None:
-        per.append(f"{e.j_per_output_token:.3g} J/output token")
-    if e.j_per_request is not None:
-        per.append(f"{e.j_per_request:.3g} J/request")
+    for value, unit, count in (
+        (e.j_per_output_token, "output token", e.output_tokens),
+        (e.j_per_request, "request", e.requests),
+    ):
+        if value is not None:
+            pm = "" if err is None else f" ± {err / count:.2g}"
+            per.append(f"{value:.3g} J/{unit}{pm}")
     devices = len(e.devices)
     sources = ", ".join(sorted({d.source for d in e.devices}))
-    what = "host (RAPL)" if sources == "node" else f"{devices} GPU{'s' if devices != 1 else ''}"
-    how = "counter" if e.method == "counter" else f"{e.method}: no energy counter"
+    if sources == "node":
+        what = f"host (RAPL, {devices} package{'s' if devices != 1 else ''})"
+    else:
+        what = f"{devices} GPU{'s' if devices != 1 else ''}"
+    how = ENERGY_HOW.get(e.method or "", e.method or "")
+    pm = "" if err is None else f" ± {err:,.0f}"
     rows = [
         ("energy per output token", ", ".join(per) or "no tokens delivered in the window"),
         (
             "energy",
-            f"{total:,.0f} J over {e.window_s:.3g} s, mean {e.mean_power_w or 0:,.0f} W "
+            f"{total:,.0f}{pm} J over {e.window_s:.3g} s, mean {e.mean_power_w or 0:,.0f} W "
             f"({what}, {sources}, {how}; idle power included)",
         ),
     ]

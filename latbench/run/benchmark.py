@@ -355,8 +355,8 @@ async def run_benchmark(
                 await run_spans.stop()  # no span after this, so none after the footer
             if scraper is not None:
                 await scraper.cancel()
-            if gpu is not None:
-                await gpu.cancel()
+            if gpu is not None:  # NVML shut down even when the run raised or was cancelled
+                await gpu.close()
             # The terminal line goes first, so it is off the screen before anything after it
             # prints or fails; the others close in the order they see records, so a caller's
             # progress (the service's wakes the run's followers) closes after the records

@@ -479,8 +479,11 @@ async def _start_scraper(
     console: Console,
 ) -> ServerMetricsScraper | None:
     """A running scraper of the server's metrics, or None: `auto` tries the target's /metrics
-    for OpenAI-compatible kinds and quietly gives up when it is not vLLM's; a URL given
-    explicitly that cannot be read is said out loud (the run still goes ahead)."""
+    for OpenAI-compatible kinds and quietly gives up when it cannot be read or is no Prometheus
+    page; a URL given explicitly that cannot be read is said out loud (the run still goes
+    ahead). A Prometheus page of no known server yet (vLLM, SGLang, TGI, TensorRT-LLM, Dynamo:
+    the others create their series at first use) is scraped on, and said after the run if no
+    page ever was one (`reconcile`)."""
     setting = spec.target.server_metrics
     if setting == "off" or (setting == "auto" and spec.target.api not in ("chat", "completions")):
         return None

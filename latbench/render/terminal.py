@@ -13,6 +13,7 @@ from rich.text import Text
 from latbench.render.fit import Column, fitted
 from latbench.render.text import (
     TURN_HEADERS,
+    energy_rows,
     stair_headers,
     stairs_rows,
     tool_calls_line,
@@ -273,51 +274,3 @@ def _stairs_tables(s: Summary, console: Console) -> list[Table]:
     headers = stair_headers(s)
     keys, values = [Column(headers[0])], [Column(h) for h in headers[1:]]
     return fitted(console, "stairs (ms)", keys, values, rows)
-
-
-# How the energy was had, as `Energy.method` names it.
-ENERGY_HOW = {
-    "counter": "counter",
-    "power_integral": "power_integral: no energy counter",
-    "mixed": "mixed: counters on some devices, power integrated on the others",
-}
-
-
-def energy_rows(e: Energy | None) -> list[tuple[str, str]]:
-    """The energy figures next to throughput (docs/gpu.md): energy per output token and per
-    request, and where the energy came from; none without GPU samples. A counter the source
-    refreshes seldom gives its figures with the error it can have (`Energy.error_j`)."""
-    if e is None:
-        return []
-    total = e.energy_j
-    if total is None:
-        return [("energy", "no energy: " + ("; ".join(e.notes) or "too few GPU samples"))]
-    err = e.error_j
-    per = []
-    for value, unit, count in (
-        (e.j_per_output_token, "output token", e.output_tokens),
-        (e.j_per_request, "request", e.requests),
-    ):
-        if value is not None:
-            pm = "" if err is None else f" ± {err / count:.2g}"
-            per.append(f"{value:.3g} J/{unit}{pm}")
-    devices = len(e.devices)
-    sources = ", ".join(sorted({d.source for d in e.devices}))
-    if sources == "node":
-        what = f"host (RAPL, {devices} package{'s' if devices != 1 else ''})"
-    else:
-        what = f"{devices} GPU{'s' if devices != 1 else ''}"
-    how = ENERGY_HOW.get(e.method or "", e.method or "")
-    pm = "" if err is None else f" ± {err:,.0f}"
-    rows = [
-        ("energy per output token", ", ".join(per) or "no tokens delivered in the window"),
-        (
-            "energy",
-            f"{total:,.0f}{pm} J over {e.window_s:.3g} s, mean {e.mean_power_w or 0:,.0f} W "
-            f"({what}, {sources}, {how}; idle power included)",
-        ),
-    ]
-    utils = [d.mean_utilization for d in e.devices if d.mean_utilization is not None]
-    if utils:
-        rows.append(("GPU utilisation, mean", ", ".join(f"{u:.0%}" for u in utils)))
-    return rows

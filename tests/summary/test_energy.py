@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from latbench.exporter import LatbenchMetrics
 from latbench.records.record import GpuSample, Record, encode_gpu, iter_lines
+from latbench.render.text import energy_rows
 from latbench.shared.errors import RecordsError
 from latbench.sinks.prometheus import PrometheusSink, run_labels
 from latbench.summary.energy import Energy, EnergyMeter, energy_in_window
@@ -368,3 +370,19 @@ def test_the_energy_counter_holds_only_the_measured_requests_span() -> None:
     sink.add(request(3, "cooldown", 7.5, 10.0))
     sink.close(None)
     assert series(registry)[("latbench_energy_joules_total", None)] == pytest.approx(550.0)
+
+
+def test_the_energy_rows_name_a_mixed_method_and_show_the_stated_error() -> None:
+    """One GPU with a counter and one without: "mixed", not "no energy counter"; a counter
+    refreshed seldom shows its error with the figures."""
+    counter = counter_samples([0, 2 * S], 100.0)
+    power = [GpuSample(t, "dcgm", "1", power_w=50.0) for t in (0, 2 * S)]
+    got = energy_in_window([*counter, *power], (0, 2 * S), Delivered(2.0, 0, 100.0))
+    assert got is not None and got.method == "mixed"
+    rows = dict(energy_rows(got))
+    assert "mixed: counters on some devices" in rows["energy"]
+    assert "no energy counter" not in rows["energy"]
+    stale = replace(got, devices=(replace(got.devices[0], error_j=30.0), got.devices[1]))
+    rows = dict(energy_rows(stale))
+    assert rows["energy"].startswith("300 ± 30 J over 2 s")
+    assert rows["energy per output token"] == "3 J/output token ± 0.3, 150 J/request ± 15"

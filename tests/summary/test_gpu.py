@@ -7,6 +7,7 @@ without a GPU quietly samples nothing, "nvml" says why; where NVML loads, it is 
 from __future__ import annotations
 
 import asyncio
+import csv
 import io
 import json
 import socket
@@ -105,6 +106,18 @@ def test_a_run_against_fake_gpus_gets_the_energy_per_token_they_charged(tmp_path
     assert 'id="energy"' in html and 'data-chart="energy"' in html
     assert f"{energy['j_per_output_token']:.3g} J/output token" in html
     assert "dcgm latbench-sim/0" in html and "dcgm latbench-sim/1" in html
+    # Markdown and CSV carry the same figure (the issue asks for J/token in every report).
+    md, csv_path = tmp_path / "report.md", tmp_path / "report.csv"
+    report = latbench(
+        "report", str(tmp_path / results["run_id"]), "--md", str(md), "--csv", str(csv_path)
+    )
+    assert report.returncode == 0, report.stderr
+    assert f"{energy['j_per_output_token']:.3g} J/output token" in md.read_text()
+    assert "Energy (docs/gpu.md):" in md.read_text()
+    (row,) = csv.DictReader(io.StringIO(csv_path.read_text()))
+    assert float(row["j_per_output_token"]) == pytest.approx(energy["j_per_output_token"])
+    assert float(row["energy_j"]) == pytest.approx(energy["energy_j"])
+    assert row["energy_method"] == "counter" and row["energy_error_j"] == ""
 
 
 def test_an_exporter_that_refreshes_every_second_is_found_and_its_error_stated(

@@ -697,8 +697,10 @@ def span_panels(d: db.Dashboard) -> db.Dashboard:
         series_panel(
             "Outside the server per request (p50, p99)",
             "Percentiles of each request's client TTFT minus its server TTFT: the client, HTTP, "
-            "network, tokenising and framing. Exact per request; the buckets are fine from "
-            "0.1 ms.",
+            "network, tokenising and framing. Each request's difference is exact, but these "
+            "percentiles are histogram_quantile's estimates from buckets fine from 0.1 ms: on "
+            "loopback, where every difference is under 0.1 ms, they only interpolate within "
+            "the first bucket. The exact percentiles are in results.json (server_spans).",
             [
                 Q(quantile_rate("outside_ttft", 0.5, by="model"), "p50 {{model}}"),
                 Q(quantile_rate("outside_ttft", 0.99, by="model"), "p99 {{model}}"),
@@ -733,7 +735,9 @@ def gpu_panels(d: db.Dashboard) -> db.Dashboard:
         series_panel(
             "Energy per output token",
             "Joules the GPUs used per output token delivered: the rate of latbench's energy "
-            "counter over the rate of its output tokens. Idle power is in it.",
+            "counter over the rate of its output tokens, both over the measured requests only "
+            "(the warm-up and cool-down left out, as in results.json's energy). Idle power is "
+            "in it.",
             [
                 Q(
                     f"{rate('latbench_energy_joules_total', by='model')}"
@@ -741,7 +745,7 @@ def gpu_panels(d: db.Dashboard) -> db.Dashboard:
                     "J/token {{model}}",
                 )
             ],
-            "J",
+            "joule",
             _steps((None, GREEN)),
             width=6,
             minimum=0,

@@ -329,14 +329,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--server-metrics",
         metavar="URL|auto|off",
         help="the server's Prometheus page to reconcile client and server latency with "
-        "(default auto: the target's /metrics when it holds vLLM's metrics)",
+        "(default auto: the target's /metrics, read as vLLM's, SGLang's, TGI's, "
+        "TensorRT-LLM's or Dynamo's, whichever it holds; docs/servers.md)",
     )
     g.add_argument(
         "--gpu-metrics",
         metavar="URL|auto|nvml|off",
         help="sample GPU utilisation, power and energy during the run for J per output token "
-        "(default auto: NVML when this host has an NVIDIA GPU; or a DCGM exporter's or node "
-        "exporter's page URL; docs/gpu.md)",
+        "(default auto: NVML when this host has an NVIDIA GPU and the target is on this host; "
+        "nvml: NVML whatever the target; or a DCGM exporter's or node exporter's page URL; "
+        "docs/gpu.md)",
     )
     g.add_argument(
         "--otlp-receiver",

@@ -242,8 +242,10 @@ class RunSeries:
         self.output_tokens = 0
         self.tool_call_tokens = 0
         self.prompt_tokens = 0
-        # GPU samples (sinks/prometheus.add_gpu): each device's last reading, by its name
-        # ("source:gpu"), and the energy all devices used during runs of this label set.
+        # GPU samples (sinks/prometheus.add_gpu): each device's last reading, by its `gpu` name
+        # alone (the sample's source is not in the key: one run samples one source), and the
+        # energy all devices used over the measured requests' span of runs of this label set
+        # (the warm-up and cool-down left out, as the output tokens counter leaves them out).
         self.gpu_utilization: dict[str, float] = {}
         self.gpu_memory_used: dict[str, float] = {}
         self.gpu_power: dict[str, float] = {}
@@ -489,8 +491,10 @@ SCALARS: tuple[ScalarDef, ...] = (
     ScalarDef(
         "energy_joules",
         "counter",
-        "Energy all sampled GPUs (or the host's RAPL counter) used during runs of this label set; "
-        "J per output token = rate(this) / rate(latbench_output_tokens_total).",
+        "Energy all sampled GPUs (or the host's RAPL counters) used while the measured requests of "
+        "runs of this label set ran (warm-up and cool-down left out, as from "
+        "latbench_output_tokens_total); J per output token = rate(this) / "
+        "rate(latbench_output_tokens_total).",
         lambda s: s.energy_j,
     ),
 )

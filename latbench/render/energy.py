@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 from latbench.render.charts import COLORS, TEMPLATE
 from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run
-from latbench.render.terminal import energy_rows
+from latbench.render.text import energy_rows
 from latbench.summary.energy import Energy
 from latbench.summary.samples import NS_PER_S
 
@@ -82,7 +82,9 @@ def energy_html(page: Page, run: Run, energy: Energy) -> str:
     rows = [
         [
             f"{d.source} {d.gpu or 'host'}",
-            "–" if d.energy_j is None else f"{d.energy_j:,.1f}",
+            "–"
+            if d.energy_j is None
+            else f"{d.energy_j:,.1f}" + ("" if d.error_j is None else f" ± {d.error_j:,.0f}"),
             "–" if d.mean_power_w is None else f"{d.mean_power_w:,.1f}",
             "–" if d.mean_utilization is None else f"{d.mean_utilization:.0%}",
             "–" if d.max_memory_used_bytes is None else f"{d.max_memory_used_bytes / 2**30:,.2f}",

@@ -22,6 +22,11 @@ PHASE_LABELS = {
 }
 
 
+def _label(r: Reconciliation, metric: str) -> str:
+    # A server that observes ITL once per token is set against the client's ITL per token.
+    return "ITL per token" if metric == "itl" and r.itl_per_token else LABELS[metric]
+
+
 def _ms(seconds: float | None, sign: bool = False) -> str:
     # Whole milliseconds from 1 s up (the server's buckets are coarse there); a bucket's upper
     # bound can be +Inf.
@@ -56,7 +61,7 @@ def render_reconciliation(r: Reconciliation, console: Console) -> None:
     means, pcts = [], []
     for name, pair in r.pairs.items():
         means.append([
-            LABELS[name],
+            _label(r, name),
             f"{pair.client.n:,.0f}",
             f"{pair.server.n:,.0f}",
             _ms(pair.client.mean_s),
@@ -64,7 +69,7 @@ def render_reconciliation(r: Reconciliation, console: Console) -> None:
             _ms(pair.mean_overhead_s, sign=True),
         ])  # fmt: skip
         pcts.append([
-            LABELS[name],
+            _label(r, name),
             _ms(pair.client.quantiles_s.get("p50")),
             _bucket(pair.server, "p50"),
             _ms(pair.client.quantiles_s.get("p99")),

@@ -13,6 +13,7 @@ from rich.text import Text
 from latbench.render.fit import Column, fitted
 from latbench.render.text import (
     TURN_HEADERS,
+    energy_rows,
     stair_headers,
     stairs_rows,
     tool_calls_line,
@@ -273,34 +274,3 @@ def _stairs_tables(s: Summary, console: Console) -> list[Table]:
     headers = stair_headers(s)
     keys, values = [Column(headers[0])], [Column(h) for h in headers[1:]]
     return fitted(console, "stairs (ms)", keys, values, rows)
-
-
-def energy_rows(e: Energy | None) -> list[tuple[str, str]]:
-    """The energy figures next to throughput (docs/gpu.md): energy per output token and per
-    request, and where the energy came from; none without GPU samples."""
-    if e is None:
-        return []
-    total = e.energy_j
-    if total is None:
-        return [("energy", "no energy: " + ("; ".join(e.notes) or "too few GPU samples"))]
-    per = []
-    if e.j_per_output_token is not None:
-        per.append(f"{e.j_per_output_token:.3g} J/output token")
-    if e.j_per_request is not None:
-        per.append(f"{e.j_per_request:.3g} J/request")
-    devices = len(e.devices)
-    sources = ", ".join(sorted({d.source for d in e.devices}))
-    what = "host (RAPL)" if sources == "node" else f"{devices} GPU{'s' if devices != 1 else ''}"
-    how = "counter" if e.method == "counter" else f"{e.method}: no energy counter"
-    rows = [
-        ("energy per output token", ", ".join(per) or "no tokens delivered in the window"),
-        (
-            "energy",
-            f"{total:,.0f} J over {e.window_s:.3g} s, mean {e.mean_power_w or 0:,.0f} W "
-            f"({what}, {sources}, {how}; idle power included)",
-        ),
-    ]
-    utils = [d.mean_utilization for d in e.devices if d.mean_utilization is not None]
-    if utils:
-        rows.append(("GPU utilisation, mean", ", ".join(f"{u:.0%}" for u in utils)))
-    return rows

@@ -18,6 +18,7 @@ from latbench.render.spans import title as spans_title
 from latbench.shared.units import ms, ms_interval, ms_short, num
 from latbench.spec.slo import METRICS
 from latbench.summary.compare import Row
+from latbench.summary.energy import Energy
 from latbench.summary.samples import NS_PER_S
 from latbench.summary.spans import SpanJoin
 from latbench.summary.summary import Summary, pct_key
@@ -107,6 +108,8 @@ def run_markdown(run: Run) -> str:
         f"tok/s; goodput {_rate(r.goodput_per_s)} req/s "
         f"({num(r.goodput_fraction, '.1%')} of measured met every SLO).",
     ]
+    if run.energy is not None:
+        lines += ["", _energy_md(run.energy)]
     if s.images is not None:
         lines += ["", f"Images: {s.images.describe()}."]
     if (tools := tool_calls_line(s)) is not None:
@@ -335,8 +338,82 @@ def _span_columns(j: SpanJoin | None) -> dict[str, Any]:
     return d
 
 
+# How the energy was had, as `Energy.method` names it.
+ENERGY_HOW = {
+    "counter": "counter",
+    "power_integral": "power_integral: no energy counter",
+    "mixed": "mixed: counters on some devices, power integrated on the others",
+}
+
+
+def energy_rows(e: Energy | None) -> list[tuple[str, str]]:
+    """The energy figures next to throughput (docs/gpu.md): energy per output token and per
+    request, and where the energy came from; none without GPU samples. A counter the source
+    refreshes seldom gives its figures with the error it can have (`Energy.error_j`)."""
+    if e is None:
+        return []
+    total = e.energy_j
+    if total is None:
+        return [("energy", "no energy: " + ("; ".join(e.notes) or "too few GPU samples"))]
+    err = e.error_j
+    per = []
+    for value, unit, count in (
+        (e.j_per_output_token, "output token", e.output_tokens),
+        (e.j_per_request, "request", e.requests),
+    ):
+        if value is not None:
+            pm = "" if err is None else f" ± {err / count:.2g}"
+            per.append(f"{value:.3g} J/{unit}{pm}")
+    devices = len(e.devices)
+    sources = ", ".join(sorted({d.source for d in e.devices}))
+    if sources == "node":
+        what = f"host (RAPL, {devices} package{'s' if devices != 1 else ''})"
+    else:
+        what = f"{devices} GPU{'s' if devices != 1 else ''}"
+    how = ENERGY_HOW.get(e.method or "", e.method or "")
+    pm = "" if err is None else f" ± {err:,.0f}"
+    rows = [
+        ("energy per output token", ", ".join(per) or "no tokens delivered in the window"),
+        (
+            "energy",
+            f"{total:,.0f}{pm} J over {e.window_s:.3g} s, mean {e.mean_power_w or 0:,.0f} W "
+            f"({what}, {sources}, {how}; idle power included)",
+        ),
+    ]
+    utils = [d.mean_utilization for d in e.devices if d.mean_utilization is not None]
+    if utils:
+        rows.append(("GPU utilisation, mean", ", ".join(f"{u:.0%}" for u in utils)))
+    return rows
+
+
+def _energy_md(e: Energy) -> str:
+    """The energy figures the terminal shows next to throughput, as one Markdown line."""
+    rows = energy_rows(e)
+    return "Energy (docs/gpu.md): " + "; ".join(f"{k} {v}" for k, v in rows) + "."
+
+
+def _energy_columns(e: Energy | None) -> dict[str, Any]:
+    """The run's energy as CSV columns (results.json's "energy" figures); none without GPU
+    samples."""
+    if e is None:
+        return {}
+    return {
+        "energy_j": e.energy_j,
+        "energy_error_j": e.error_j,
+        "energy_method": e.method,
+        "mean_power_w": e.mean_power_w,
+        "j_per_output_token": e.j_per_output_token,
+        "j_per_request": e.j_per_request,
+    }
+
+
 def run_csv(run: Run) -> str:
-    row = {"run_id": run.run_id, **_summary_columns(run.summary), **_span_columns(run.spans)}
+    row = {
+        "run_id": run.run_id,
+        **_summary_columns(run.summary),
+        **_span_columns(run.spans),
+        **_energy_columns(run.energy),
+    }
     return _csv([row])
 
 

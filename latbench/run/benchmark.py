@@ -382,8 +382,8 @@ async def run_benchmark(
                 await run_spans.stop()  # no span after this, so none after the footer
             if scraper is not None:
                 await scraper.cancel()
-            if gpu is not None:
-                await gpu.cancel()
+            if gpu is not None:  # NVML shut down even when the run raised or was cancelled
+                await gpu.close()
             # The terminal line goes first, so it is off the screen before anything after it
             # prints or fails; the others close in the order they see records, so a caller's
             # progress (the service's wakes the run's followers) closes after the records
@@ -612,8 +612,11 @@ async def _start_scraper(
     console: Console,
 ) -> ServerMetricsScraper | None:
     """A running scraper of the server's metrics, or None: `auto` tries the target's /metrics
-    for OpenAI-compatible kinds and quietly gives up when it is not vLLM's; a URL given
-    explicitly that cannot be read is said out loud (the run still goes ahead)."""
+    for OpenAI-compatible kinds and quietly gives up when it cannot be read or is no Prometheus
+    page; a URL given explicitly that cannot be read is said out loud (the run still goes
+    ahead). A Prometheus page of no known server yet (vLLM, SGLang, TGI, TensorRT-LLM, Dynamo:
+    the others create their series at first use) is scraped on, and said after the run if no
+    page ever was one (`reconcile`)."""
     setting = spec.target.server_metrics
     if setting == "off" or (setting == "auto" and spec.target.api not in ("chat", "completions")):
         return None

@@ -19,6 +19,17 @@ table is latbench/summary/server_metrics.py; docs/servers.md cites both):
   ITL per token as SGLang's. The requests counter's `endpoint` and `request_type` labels are
   left out: the simulator's metrics do not know the route a request took, and latbench reads
   only `status`. Dynamo's queued-requests gauge (waiting for a first token) is left out too.
+  Dynamo lowercases the `model` label (`create_inflight_guard`, `create_response_collector`:
+  `model.to_string().to_lowercase()`), and so does this page.
+
+Unlike vLLM, which creates its labelled series when it starts, these servers create each series
+at its first observation: SGLang's multiprocess prometheus_client and TensorRT-LLM's
+`.labels()` calls, TGI's metrics-rs exporter (a metric registers on its first record) and
+Dynamo's rust-prometheus vectors (no child until `with_label_values`; `gather` skips a family
+without one). So this page shows a histogram once it has an observation, a counter once a
+request has ended (a label's child once it has counted), and the gauges once the server has
+held a request; TensorRT-LLM's page (one prometheus_client registry) still declares a family
+without series by its `# HELP` and `# TYPE` lines, as prometheus_client writes it.
 
 Imports only shared/ and what this package's vLLM page already uses (prometheus_client).
 """
@@ -171,7 +182,8 @@ def histograms(dialect: str, max_model_len: int) -> tuple[Hist, ...]:
     raise ValueError(f"no such metrics dialect: {dialect!r}")
 
 
-# TGI records its request metrics when a request ends well, and only then (server.rs).
+# TGI records its request metrics when a request ends well, and only then (server.rs), except
+# the input length, recorded when it validates the request (validation.rs).
 SUCCESS_ONLY = frozenset({"tgi"})
 
 
@@ -188,11 +200,18 @@ class Counts:
     cached_tokens: int
     running: int
     waiting: int
+    seen: bool = True  # a request has reached the server: its gauges exist
+
+    @property
+    def ended(self) -> bool:
+        """A request has ended (the counters are created, at 0 or more, when one does)."""
+        return sum(self.succeeded.values()) + self.failed > 0
 
 
 def collect(dialect: str, c: Counts, hists: tuple[Hist, ...]) -> Iterator[Metric]:
     """The page of a Python server (SGLang, TensorRT-LLM) or of Dynamo's (rust-prometheus, whose
-    text prometheus_client writes alike): prometheus_client families."""
+    text prometheus_client writes alike): prometheus_client families, each series only once
+    the server would have created it (the module's docstring)."""
     if dialect == "sglang":
         labels = {"model_name": c.model, "engine_type": "unified"}
         # The scheduler's series carry its ranks besides.
@@ -200,96 +219,126 @@ def collect(dialect: str, c: Counts, hists: tuple[Hist, ...]) -> Iterator[Metric
     elif dialect == "trtllm":
         labels = sched = {"model_name": c.model, "engine_type": "trtllm"}
     else:
-        labels = sched = {"model": c.model}
+        labels = sched = {"model": c.model.lower()}  # Dynamo lowercases it
+    declared = dialect == "trtllm"  # one registry: a family without series keeps its TYPE line
     for h in hists:
         own = sched if h.key == "queue" and dialect == "sglang" else labels
-        yield _histogram(h, c.hist[h.key], own)
+        fam = _histogram(h, c.hist[h.key], own)
+        if fam.samples or declared:
+            yield fam
     total_success = sum(c.succeeded.values())
+    ended = c.ended
     if dialect == "sglang":
-        yield _counter(
-            "sglang:prompt_tokens", "Number of prefill tokens processed.", labels, c.prompt_tokens
-        )
-        yield _counter(
-            "sglang:generation_tokens",
-            "Number of generation tokens processed.",
-            labels,
-            c.generation_tokens,
-        )
-        yield _counter(
-            "sglang:cached_tokens", "Number of cached prompt tokens.", labels, c.cached_tokens
-        )
-        yield _counter(
-            "sglang:num_requests", "Number of requests processed.", labels, total_success
-        )
-        yield _gauge("sglang:num_running_reqs", "The number of running requests.", sched, c.running)
-        yield _gauge(
-            "sglang:num_queue_reqs",
-            "The number of requests in the waiting queue.",
-            sched,
-            c.waiting,
-        )
+        if ended:
+            yield _counter(
+                "sglang:prompt_tokens",
+                "Number of prefill tokens processed.",
+                labels,
+                c.prompt_tokens,
+            )
+            yield _counter(
+                "sglang:generation_tokens",
+                "Number of generation tokens processed.",
+                labels,
+                c.generation_tokens,
+            )
+            yield _counter(
+                "sglang:cached_tokens", "Number of cached prompt tokens.", labels, c.cached_tokens
+            )
+            yield _counter(
+                "sglang:num_requests", "Number of requests processed.", labels, total_success
+            )
+        if c.seen:
+            yield _gauge(
+                "sglang:num_running_reqs", "The number of running requests.", sched, c.running
+            )
+            yield _gauge(
+                "sglang:num_queue_reqs",
+                "The number of requests in the waiting queue.",
+                sched,
+                c.waiting,
+            )
     elif dialect == "trtllm":
         success = CounterMetricFamily(
             "trtllm_request_success", "Count of successfully processed requests.",
             labels=[*labels, "finished_reason"],
         )  # fmt: skip
         for reason, n in c.succeeded.items():
-            success.add_metric([*labels.values(), reason], n)
+            if n:
+                success.add_metric([*labels.values(), reason], n)
         yield success
         yield _counter(
             "trtllm_prompt_tokens",
             "Cumulative number of prompt (input) tokens processed.",
             labels,
             c.prompt_tokens,
+            ended,
         )
         yield _counter(
             "trtllm_generation_tokens",
             "Cumulative number of generation (output) tokens produced.",
             labels,
             c.generation_tokens,
+            ended,
         )
-        yield _gauge("trtllm_num_requests_running", "Number of active requests", labels, c.running)
-        yield _gauge("trtllm_num_requests_waiting", "Number of queued requests", labels, c.waiting)
+        yield _gauge(
+            "trtllm_num_requests_running", "Number of active requests", labels, c.running, c.seen
+        )
+        yield _gauge(
+            "trtllm_num_requests_waiting", "Number of queued requests", labels, c.waiting, c.seen
+        )
     else:  # dynamo
         requests = CounterMetricFamily(
             "dynamo_frontend_requests", "Total number of LLM requests processed",
             labels=["model", "status"],
         )  # fmt: skip
-        requests.add_metric([c.model, "success"], total_success)
-        requests.add_metric([c.model, "error"], c.failed)
-        yield requests
-        yield _counter(
-            "dynamo_frontend_output_tokens",
-            "Total number of output tokens generated (updates in real-time)",
-            labels,
-            c.generation_tokens,
-        )
-        # From arrival to the end of the response: everything the server holds.
-        yield _gauge(
-            "dynamo_frontend_inflight_requests",
-            "Number of inflight requests",
-            labels,
-            c.running + c.waiting,
-        )
+        for status, n in (("success", total_success), ("error", c.failed)):
+            if n:
+                requests.add_metric([labels["model"], status], n)
+        if requests.samples:
+            yield requests
+        if ended:
+            yield _counter(
+                "dynamo_frontend_output_tokens",
+                "Total number of output tokens generated (updates in real-time)",
+                labels,
+                c.generation_tokens,
+            )
+        if c.seen:
+            # From arrival to the end of the response: everything the server holds.
+            yield _gauge(
+                "dynamo_frontend_inflight_requests",
+                "Number of inflight requests",
+                labels,
+                c.running + c.waiting,
+            )
 
 
 def _histogram(h: Hist, counts: BucketCounts, labels: dict[str, str]) -> Metric:
+    """The histogram's family; without a series until its first observation."""
     fam = HistogramMetricFamily(h.name, h.help, labels=list(labels))
     cumulative, total = counts.snapshot()
-    les = [*(floatToGoString(b) for b in h.bounds), "+Inf"]
-    fam.add_metric(list(labels.values()), list(zip(les, cumulative, strict=True)), total)
+    if cumulative[-1] > 0:
+        les = [*(floatToGoString(b) for b in h.bounds), "+Inf"]
+        fam.add_metric(list(labels.values()), list(zip(les, cumulative, strict=True)), total)
     return fam
 
 
-def _counter(name: str, help_text: str, labels: dict[str, str], value: float) -> Metric:
+def _counter(
+    name: str, help_text: str, labels: dict[str, str], value: float, created: bool = True
+) -> Metric:
     fam = CounterMetricFamily(name, help_text, labels=list(labels))
-    fam.add_metric(list(labels.values()), value)
+    if created:
+        fam.add_metric(list(labels.values()), value)
     return fam
 
 
-def _gauge(name: str, help_text: str, labels: dict[str, str], value: float) -> Metric:
+def _gauge(
+    name: str, help_text: str, labels: dict[str, str], value: float, created: bool = True
+) -> Metric:
     fam = GaugeMetricFamily(name, help_text, labels=list(labels))
-    fam.add_metric(list(labels.values()), value)
+    if created:
+        fam.add_metric(list(labels.values()), value)
     return fam
 
 
@@ -302,17 +351,21 @@ def tgi_text(c: Counts, hists: tuple[Hist, ...]) -> bytes:
     def scalar(kind: str, name: str, help_text: str, value: float) -> None:
         lines.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}"))
 
-    scalar("counter", "tgi_request_count", "Total number of requests",
-           sum(c.succeeded.values()) + c.failed)  # fmt: skip
-    scalar("counter", "tgi_request_success", "Number of successful requests",
-           sum(c.succeeded.values()))  # fmt: skip
-    scalar("gauge", "tgi_queue_size", "Current queue size", c.waiting)
-    scalar("gauge", "tgi_batch_current_size", "Current batch size", c.running)
+    # Each metric appears with its first record (metrics-rs registers it then).
+    success = sum(c.succeeded.values())
+    if c.seen:
+        scalar("counter", "tgi_request_count", "Total number of requests", success + c.failed)
+        scalar("gauge", "tgi_queue_size", "Current queue size", c.waiting)
+        scalar("gauge", "tgi_batch_current_size", "Current batch size", c.running)
+    if success:
+        scalar("counter", "tgi_request_success", "Number of successful requests", success)
     for h in hists:
         cumulative, total = c.hist[h.key].snapshot()
+        if cumulative[-1] == 0:
+            continue
         lines.extend((f"# HELP {h.name} {h.help}", f"# TYPE {h.name} histogram"))
         for bound, n in zip((*h.bounds, None), cumulative, strict=True):
             le = "+Inf" if bound is None else repr(bound)
             lines.append(f'{h.name}_bucket{{le="{le}"}} {n}')
         lines.extend((f"{h.name}_sum {total!r}", f"{h.name}_count {cumulative[-1]}"))
-    return ("\n".join(lines) + "\n").encode()
+    return ("\n".join(lines) + "\n").encode() if lines else b""

@@ -111,12 +111,21 @@ class ServerMetrics:
         self.failed = 0
         self.success: dict[FinishReason, int] = dict.fromkeys(FINISH_REASONS, 0)
         self.replaying = 0  # transcripts being replayed: running, outside the load model
+        # A request has reached the server: the other servers create their series lazily
+        # (metrics_dialects.py), their gauges with the first request they hold.
+        self.seen = False
 
     def finished(
         self, entry: TruthEntry, admit_ns: int, prompt_tokens: int, finish: FinishReason | None
     ) -> None:
         """Observe one generation request at its end. `finish` is None when a fault or the
-        client cut it: its latencies are still observed (below), its tokens and success not."""
+        client cut it: its latencies are still observed (below; TGI's only when it succeeded),
+        its tokens and success not."""
+        self.seen = True
+        if finish is None and self._success_only and "prompt_len" in self._hist:
+            # TGI records the input length when it validates a request (validation.rs),
+            # whatever becomes of it; the rest only for a request that succeeded.
+            self._hist["prompt_len"].observe(float(prompt_tokens))
         events = entry.events_ns
         if not events:
             return
@@ -169,6 +178,8 @@ class ServerMetrics:
         return generate_latest(registry)
 
     def _counts(self) -> dialects.Counts:
+        running, waiting = self._engine.active + self.replaying, self._engine.queued
+        self.seen = self.seen or running + waiting > 0
         return dialects.Counts(
             model=self._model,
             hist=self._hist,
@@ -177,8 +188,9 @@ class ServerMetrics:
             succeeded=dict(self.success),
             failed=self.failed,
             cached_tokens=self.cached_tokens,
-            running=self._engine.active + self.replaying,
-            waiting=self._engine.queued,
+            running=running,
+            waiting=waiting,
+            seen=self.seen,
         )
 
     def collect(self) -> Iterator[Metric]:

@@ -13,8 +13,13 @@ What is observed, and why:
   diagnostic's queue delay, in `validity`, is a different figure: every measured request.)
 - Event-loop lag is observed per sample, live, from the runner's own monitor.
 - GPU samples (`add_gpu`, from `summary.gpu`'s sampler): each device's last utilisation, memory
-  and power as gauges, and the energy since its previous sample added to the energy counter
-  (`summary.energy.EnergyMeter`), so a dashboard's J per token is a ratio of two rates.
+  and power as gauges, and the energy since its previous sample (`summary.energy.EnergyMeter`)
+  added to the energy counter, but only its part inside the measured requests' span, from the
+  earliest intended send to the latest last instant of the `measure` phase's requests seen so
+  far: the output tokens counter counts measured requests only, so a dashboard's J per token,
+  a ratio of the two rates, must leave the warm-up's and cool-down's energy out as well. A
+  step is held until a measured request's span reaches it (the sampler reads ahead of the
+  records, which come when their requests end), and what never falls inside is never counted.
 
 A record is observed when it finishes (`add`), which happens continuously during a run: a
 request's TTFT reaches Prometheus when that request ends, not at its first token.
@@ -47,12 +52,23 @@ from latbench.records.record import TOOL_CALL, GpuSample, Record, RunFooter, Ser
 from latbench.spec.slo import Slo
 from latbench.summary.bound import record_bounds_s
 from latbench.summary.energy import EnergyMeter
-from latbench.summary.samples import NS_PER_S, kind_tokens, record_meets_all, record_samples
+from latbench.summary.samples import (
+    NS_PER_S,
+    kind_tokens,
+    last_instant,
+    record_meets_all,
+    record_samples,
+)
 
 # How long, and how many, records and spans wait for each other: far over vLLM's 5 s batch
 # delay and any run's in-flight requests.
 JOIN_MAX_AGE_S = 300.0
 JOIN_MAX_WAITING = 100_000
+# Energy steps held outside the measured span (a long warm-up, 0.5 s a step a GPU): past
+# this many, the oldest of those before it go uncounted.
+ENERGY_MAX_HELD = 100_000
+
+Step = tuple[int, int, float]  # (from, to) monotonic ns, J
 
 
 def run_labels(spec_base_url: str | None, model: str, api: str, scenario: str) -> RunLabels:
@@ -78,6 +94,11 @@ class PrometheusSink:
         self._s = metrics.series(labels)
         self._run = self._s.start_run(inflight, offered)
         self._meter = EnergyMeter()
+        # The measured requests' span so far, and the energy steps not yet counted: before it
+        # (the warm-up, ordered by time) and after it or before any measured request.
+        self._measured: tuple[int, int] | None = None
+        self._early: list[Step] = []
+        self._late: list[Step] = []
         lag = self._s.hist["event_loop_lag"]
         self._detach: Callable[[], None] | None = None
         try:
@@ -103,6 +124,7 @@ class PrometheusSink:
         if record.phase != "measure":
             s.excluded[record.phase] = s.excluded.get(record.phase, 0) + 1
             return
+        self._measured_until(record)
         if record.error is not None:
             s.requests["error"] += 1
             kind = str(record.error)
@@ -138,7 +160,49 @@ class PrometheusSink:
             s.gpu_memory_used[gpu] = float(sample.memory_used_bytes)
         if sample.power_w is not None:
             s.gpu_power[gpu] = sample.power_w
-        s.energy_j += self._meter.add(sample)
+        step = self._meter.add(sample)
+        if step is not None:
+            self._late.append(step)
+            self._count_energy(late=True)
+
+    def _measured_until(self, record: Record) -> None:
+        """Widen the measured span to `record`'s lifetime, and count the energy it now holds."""
+        lo, hi = record.t_intended, last_instant(record)
+        span = self._measured
+        if span is None:
+            self._measured = (lo, hi)
+            self._count_energy(late=True)
+            return
+        self._measured = (min(lo, span[0]), max(hi, span[1]))
+        self._count_energy(early=lo < span[0], late=hi > span[1])
+
+    def _count_energy(self, early: bool = False, late: bool = False) -> None:
+        """Add to the energy counter the parts of the held steps (those before the measured
+        span with `early`, after it with `late`) that lie inside it, each step's energy spread
+        evenly over its interval; hold the parts outside, for a span that may yet widen."""
+        span = self._measured
+        if span is None:
+            del self._late[:-ENERGY_MAX_HELD]
+            return
+        lo, hi = span
+        pending: list[Step] = []
+        if early:
+            pending, self._early = self._early, []
+        if late:
+            pending, self._late = pending + self._late, []
+        for a, b, joules in pending:
+            if b <= lo:
+                self._early.append((a, b, joules))
+            elif a >= hi:
+                self._late.append((a, b, joules))
+            else:
+                self._s.energy_j += joules * (min(b, hi) - max(a, lo)) / (b - a)
+                if a < lo:
+                    self._early.append((a, lo, joules * (lo - a) / (b - a)))
+                if b > hi:
+                    self._late.append((hi, b, joules * (b - hi) / (b - a)))
+        del self._early[:-ENERGY_MAX_HELD]
+        del self._late[:-ENERGY_MAX_HELD]
 
     def add_span(self, span: ServerSpan) -> None:
         """A server span from the run's receiver, joined with its record now or when it comes."""

@@ -105,9 +105,10 @@ class TargetSpec(StrictModel):
     )
     server_metrics: str = Field(
         default="auto",
-        description="the server's Prometheus page (vLLM's), scraped before, during and after the "
-        "run and reconciled with the client's figures: a URL, 'off', or 'auto' (the target's "
-        "/metrics for chat and completions targets, used when it holds vLLM's metrics)",
+        description="the server's Prometheus page (vLLM's, SGLang's, TGI's, TensorRT-LLM's or "
+        "Dynamo's), scraped before, during and after the run and reconciled with the client's "
+        "figures: a URL, 'off', or 'auto' (the target's /metrics for chat and completions "
+        "targets, used when it holds one of those servers' metrics; docs/servers.md)",
     )
     gpu_metrics: str = Field(
         default="auto",

@@ -6,12 +6,26 @@ RAPL counter), the energy in the window [start, end) is:
 
 - with an energy counter (NVML's total energy, DCGM's DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, RAPL):
   the counter's difference, read off the straight line between the two samples either side of
-  each edge. The counter is exact between samples; only the split of one sampling period at each
-  edge is interpolated, so the error is at most the energy of one period's nonlinearity at each
-  edge. A counter that goes down (a driver reload, a RAPL wrap) restarts from its new value;
+  each edge. A counter that the source refreshes at every read is exact between samples; only
+  the split of one sampling period at each edge is interpolated, so the error is at most the
+  energy of one period's nonlinearity at each edge. A counter that goes down (a driver reload, a
+  RAPL wrap) restarts from its new value;
+- a counter the source refreshes less often than it is read (dcgm-exporter collects every
+  `--collect-interval`, 30 s by default, and serves the last values in between) stays flat
+  across reads while the power reads well above zero. Stamped at the read, it would move in
+  steps of a whole refresh period's energy (a 20 s run at 400 W under a 30 s refresh: 0 J or
+  12 kJ for a true 8 kJ). Such a counter (`Refresh`) is read at its changes only, each placed
+  midway between the read before it and the read that first showed it; the rest of the window
+  is extrapolated at the mean power, and the device's `error_j` says how far off that can be.
+  With fewer than two changes (a run shorter than about two refresh periods) there is no
+  energy: the power gauge is refreshed as seldom, so nothing read tells it. Either way the note
+  says to run the exporter with `-c 500`;
 - without one (older GPUs, an exporter configured without it): power integrated over time by
   the trapezoid rule, flagged `power_integral`: a power gauge is an average over the device's own
   period, so spikes between samples are missed.
+
+Each step between two samples, the windowed figure's and the Prometheus counter's
+(`EnergyMeter`) alike, is `energy_step`'s.
 
 Energy per output token divides the whole window's energy by the output tokens delivered in it
 (`summary.samples.delivered`, the numerator of output tokens/s), so it is the energy the server
@@ -21,7 +35,8 @@ spent per token at that load, idle power included; docs/gpu.md says what it does
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any, Literal
 
 import numpy as np
@@ -33,30 +48,107 @@ NS_PER_S = 1e9
 Method = Literal["counter", "power_integral"]
 
 
+# A counter reading that moved by less than this did not move: DCGM and NVML count in mJ.
+COUNTER_RESOLUTION_J = 0.001
+
+
 def _device_key(s: GpuSample) -> tuple[str, str]:
     return (s.source, s.gpu)
 
 
-def cumulative_energy(samples: Sequence[GpuSample]) -> tuple[np.ndarray, np.ndarray, Method] | None:
-    """One device's energy since its first usable sample, J, at each sample's instant (ns), and
-    how it was had; None with fewer than two usable samples. `samples` in time order."""
+def energy_step(prev: GpuSample, cur: GpuSample, method: Method) -> float | None:
+    """The energy one device used between two of its samples, J, by `method`: the counter's
+    step (a counter that went down restarted, from zero, in between: its new value is the
+    energy since, the best lower bound of the step), or the power's trapezoid over the gap;
+    None when the two lack what the method needs, or `cur` is not later."""
+    if cur.t_ns <= prev.t_ns:
+        return None
+    if method == "counter":
+        if prev.energy_j is None or cur.energy_j is None:
+            return None
+        step = cur.energy_j - prev.energy_j
+        return step if step >= 0 else cur.energy_j
+    if prev.power_w is None or cur.power_w is None:
+        return None
+    return (cur.power_w + prev.power_w) / 2 * (cur.t_ns - prev.t_ns) / NS_PER_S
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """An energy counter the source refreshes less often than it was read: it stayed at one
+    value across reads while the power gauge said it should have moved."""
+
+    period_s: float  # the refresh period: the median time between its changes (else the flat_s)
+    flat_s: float  # the longest time it was read at one value while the power read above zero
+    at_least: bool  # fewer than two changes: `period_s` is only the flat stretch, a lower bound
+    changes: list[GpuSample]  # the first read of each new value, placed midway since the last
+
+
+def counter_refresh(counted: Sequence[GpuSample]) -> Refresh | None:
+    """How seldom the source refreshes the counter of `counted` (one device's samples with a
+    counter reading, in time order); None when it moved at every read that had the power to
+    move it, or about as often as it was read (an exporter collecting as often as latbench
+    samples skips a read now and then: at the read or at its change, the same within a
+    sampling period)."""
+    stale = False
+    for a, b in pairwise(counted):
+        assert a.energy_j is not None and b.energy_j is not None
+        powers = [p for p in (a.power_w, b.power_w) if p is not None]
+        expected = max(powers, default=0.0) * (b.t_ns - a.t_ns) / NS_PER_S
+        if abs(b.energy_j - a.energy_j) < COUNTER_RESOLUTION_J < expected / 2:
+            stale = True
+            break
+    if not stale:
+        return None
+    changes: list[GpuSample] = []
+    flat_ns, since = 0, counted[0].t_ns
+    for a, b in pairwise(counted):
+        assert a.energy_j is not None and b.energy_j is not None
+        if abs(b.energy_j - a.energy_j) >= COUNTER_RESOLUTION_J:
+            changes.append(replace(b, t_ns=(a.t_ns + b.t_ns) // 2))
+            flat_ns, since = max(flat_ns, a.t_ns - since), b.t_ns
+    flat_ns = max(flat_ns, counted[-1].t_ns - since)
+    between = np.diff([c.t_ns for c in changes])
+    if not between.size:
+        return Refresh(flat_ns / NS_PER_S, flat_ns / NS_PER_S, True, changes)
+    period = float(np.median(between))
+    if period <= 1.5 * float(np.median(np.diff([s.t_ns for s in counted]))):
+        return None
+    return Refresh(period / NS_PER_S, flat_ns / NS_PER_S, False, changes)
+
+
+@dataclass(frozen=True)
+class Cumulative:
+    """One device's energy since its first usable sample, J (`e`), at instants `t` (ns)."""
+
+    t: np.ndarray
+    e: np.ndarray
+    method: Method
+    refresh: Refresh | None = None
+
+
+def cumulative_energy(samples: Sequence[GpuSample]) -> Cumulative | None:
+    """One device's energy since its first usable sample, at each usable sample's instant, and
+    how it was had; None with fewer than two usable samples. `samples` in time order. A counter
+    refreshed seldom is used at its changes only (`Refresh`): with fewer than two, `t` and `e`
+    are empty, as neither it nor its power gauge (refreshed as seldom) can tell the energy."""
     counted = [s for s in samples if s.energy_j is not None]
-    if len(counted) >= 2:
-        t = np.fromiter((s.t_ns for s in counted), dtype=np.int64, count=len(counted))
-        e = np.fromiter((s.energy_j or 0.0 for s in counted), dtype=np.float64, count=len(counted))
-        step = np.diff(e)
-        # A counter that went down restarted (from zero) in between: its new value is the
-        # energy since the restart, the best lower bound of the step.
-        step = np.where(step >= 0, step, e[1:])
-        return t, np.concatenate(([0.0], np.cumsum(step))), "counter"
-    powered = [s for s in samples if s.power_w is not None]
-    if len(powered) >= 2:
-        t = np.fromiter((s.t_ns for s in powered), dtype=np.int64, count=len(powered))
-        p = np.fromiter((s.power_w or 0.0 for s in powered), dtype=np.float64, count=len(powered))
-        dt_s = np.diff(t) / NS_PER_S
-        steps = (p[1:] + p[:-1]) / 2 * dt_s
-        return t, np.concatenate(([0.0], np.cumsum(steps))), "power_integral"
-    return None
+    refresh = counter_refresh(counted) if len(counted) >= 2 else None
+    method: Method = "counter"
+    if refresh is not None:
+        use = refresh.changes
+        if len(use) < 2:
+            empty = np.zeros(0)
+            return Cumulative(empty.astype(np.int64), empty, method, refresh)
+    elif len(counted) >= 2:
+        use = counted
+    else:
+        method, use = "power_integral", [s for s in samples if s.power_w is not None]
+        if len(use) < 2:
+            return None
+    steps = [energy_step(a, b, method) or 0.0 for a, b in pairwise(use)]
+    t = np.fromiter((s.t_ns for s in use), dtype=np.int64, count=len(use))
+    return Cumulative(t, np.concatenate(([0.0], np.cumsum(steps))), method, refresh)
 
 
 def energy_between(t: np.ndarray, e: np.ndarray, start: int, end: int) -> tuple[float, float]:
@@ -83,6 +175,10 @@ class DeviceEnergy:
     mean_utilization: float | None
     mean_memory_used_bytes: float | None
     max_memory_used_bytes: int | None
+    # A counter the source refreshes less often than it was read (`Refresh`): its refresh
+    # period, s, and how far off the energy can be for it, J; None for a counter read fresh.
+    refresh_s: float | None = None
+    error_j: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +192,8 @@ class DeviceEnergy:
             "mean_utilization": _r(self.mean_utilization),
             "mean_memory_used_bytes": _r(self.mean_memory_used_bytes),
             "max_memory_used_bytes": self.max_memory_used_bytes,
+            "refresh_s": _r(self.refresh_s),
+            "error_j": _r(self.error_j),
         }
 
 
@@ -112,6 +210,13 @@ class Energy:
     @property
     def energy_j(self) -> float | None:
         known = [d.energy_j for d in self.devices if d.energy_j is not None]
+        return sum(known) if known else None
+
+    @property
+    def error_j(self) -> float | None:
+        """How far off `energy_j` can be for counters refreshed seldom (their devices'
+        `error_j` added up); None when every counter was read fresh."""
+        known = [d.error_j for d in self.devices if d.error_j is not None]
         return sum(known) if known else None
 
     @property
@@ -139,6 +244,7 @@ class Energy:
         return {
             "window_s": _r(self.window_s),
             "energy_j": _r(self.energy_j),
+            "error_j": _r(self.error_j),
             "method": self.method,
             "mean_power_w": _r(self.mean_power_w),
             "output_tokens": _r(self.output_tokens),
@@ -187,11 +293,13 @@ def energy_in_window(
     for (source, name), samples in sorted(by_device.items()):
         within = [s for s in samples if start <= s.t_ns < end]
         label = f"{source} {name or 'host'}"
-        energy = covered = None
+        energy = covered = error = None
         method: Method | None = None
-        if (cum := cumulative_energy(samples)) is not None:
-            t, e, method = cum
-            part, covered = energy_between(t, e, start, end)
+        cum = cumulative_energy(samples)
+        refresh = None if cum is None else cum.refresh
+        if cum is not None and cum.t.size >= 2:
+            method = cum.method
+            part, covered = energy_between(cum.t, cum.e, start, end)
             if covered <= 0:
                 energy, method = None, None
                 notes.append(f"{label}: no two samples around the window; no energy")
@@ -207,8 +315,12 @@ def energy_in_window(
                     f"{label}: no energy counter; energy is the power gauge integrated over "
                     "time (spikes between samples missed)"
                 )
-        else:
+        elif cum is None:
             notes.append(f"{label}: fewer than two samples with energy or power; no energy")
+        if refresh is not None:
+            if energy is not None:
+                error = _refresh_error(samples, refresh, energy, window_s)
+            notes.append(_refresh_note(label, samples, refresh, error))
         power = energy / window_s if energy is not None else _mean(s.power_w for s in within)
         memory = [s.memory_used_bytes for s in within if s.memory_used_bytes is not None]
         devices.append(
@@ -223,9 +335,45 @@ def energy_in_window(
                 mean_utilization=_mean(s.utilization for s in within),
                 mean_memory_used_bytes=_mean(memory),
                 max_memory_used_bytes=max(memory) if memory else None,
+                refresh_s=None if refresh is None else refresh.period_s,
+                error_j=error,
             )
         )
     return Energy(window_s, tuple(devices), inside.tokens, inside.requests, tuple(notes))
+
+
+def _refresh_error(
+    samples: Sequence[GpuSample], refresh: Refresh, energy: float, window_s: float
+) -> float:
+    """How far off a seldom-refreshed counter's energy can be, J: at each edge of the window,
+    the energy of a refresh period (the counter is known only at its changes, a period apart,
+    each placed within half a sampling gap; in between, or past the last, the power is taken
+    as even) at the highest power read (the gauge's, or the mean over the window); never more
+    than the whole window at that power."""
+    p_max = max((s.power_w for s in samples if s.power_w is not None), default=0.0)
+    p_max = max(p_max, energy / window_s if window_s > 0 else 0.0)
+    gaps = np.diff([s.t_ns for s in samples]) / NS_PER_S
+    gap = float(gaps.max()) if gaps.size else 0.0
+    return p_max * min(2 * refresh.period_s + gap, window_s)
+
+
+def _refresh_note(
+    label: str, samples: Sequence[GpuSample], refresh: Refresh, error: float | None
+) -> str:
+    powers = [s.power_w for s in samples if s.power_w is not None]
+    power = f"{max(powers):.3g} W" if powers else "above zero"
+    period = ("at least " if refresh.at_least else "about every ") + f"{refresh.period_s:.3g} s"
+    what = (
+        "it changed fewer than twice, too seldom to tell the energy (its power gauge is "
+        "refreshed as seldom); no energy"
+        if error is None
+        else f"it is read at its changes only; energy ± {error:.3g} J"
+    )
+    return (
+        f"{label}: the energy counter stayed at one value for up to {refresh.flat_s:.3g} s while "
+        f"the power read up to {power}: the source refreshes it {period} (dcgm-exporter's "
+        f"-c/--collect-interval, 30000 ms unless set; run it with -c 500): {what}"
+    )
 
 
 def energy_of(
@@ -239,22 +387,22 @@ def energy_of(
 
 
 class EnergyMeter:
-    """The energy each new sample adds since its device's previous one, J, for a counter that
-    only grows (the Prometheus sink's `latbench_energy_joules_total`): the counter's step
-    (a restart counts from zero), else the power's trapezoid over the gap."""
+    """The energy each new sample adds since its device's previous one, for a counter that
+    only grows (the Prometheus sink's `latbench_energy_joules_total`): `energy_step` by the
+    counter where both samples have it, else by the power."""
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], GpuSample] = {}
 
-    def add(self, sample: GpuSample) -> float:
+    def add(self, sample: GpuSample) -> tuple[int, int, float] | None:
+        """The step since the device's previous sample: (from, to) monotonic ns and J; None for
+        a device's first sample (or one no later than its previous)."""
         key = _device_key(sample)
         prev = self._last.get(key)
         self._last[key] = sample
-        if prev is None or sample.t_ns <= prev.t_ns:
-            return 0.0
-        if sample.energy_j is not None and prev.energy_j is not None:
-            step = sample.energy_j - prev.energy_j
-            return step if step >= 0 else sample.energy_j
-        if sample.power_w is not None and prev.power_w is not None:
-            return (sample.power_w + prev.power_w) / 2 * (sample.t_ns - prev.t_ns) / NS_PER_S
-        return 0.0
+        if prev is None:
+            return None
+        step = energy_step(prev, sample, "counter")
+        if step is None:
+            step = energy_step(prev, sample, "power_integral")
+        return None if step is None else (prev.t_ns, sample.t_ns, step)

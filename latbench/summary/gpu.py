@@ -10,9 +10,15 @@ Three sources, one sample type (`records.record.GpuSample`, SI units):
 - a DCGM exporter's page (NVIDIA/dcgm-exporter, etc/default-counters.csv): DCGM_FI_DEV_GPU_UTIL
   (gauge, %), DCGM_FI_DEV_FB_USED (gauge, MiB), DCGM_FI_DEV_POWER_USAGE (gauge, W) and
   DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION (counter, mJ since boot), one series per GPU, labelled
-  `gpu` (its index) and `UUID`;
-- a node exporter's page: the RAPL counters (`node_rapl_package_joules_total`, J, one per CPU
-  package, the rapl collector), summed into one host-wide sample (gpu ""), for CPU serving.
+  `gpu` (its index on its host), `UUID` and `Hostname`. A device is named `<Hostname>/<gpu>`
+  (else its UUID, else its index), not by index alone: a URL that balances over the exporters
+  of several hosts (a Kubernetes Service) serves GPU 0 of one host, then of another, and one
+  name for both would read as a counter restarting. The exporter refreshes its values every
+  `--collect-interval` (30 s by default), not at each read: `summary.energy` finds a counter
+  that stays flat between reads and reads it at its changes;
+- a node exporter's page: the RAPL counters (`node_rapl_package_joules_total`, J, the rapl
+  collector), one device per CPU package (`package-<index>`), for CPU serving: each package's
+  counter wraps on its own, so they are differenced apart, never summed first.
 
 The sampler reads once before the first request, every `every_s` during the run (on an absolute
 schedule, so a slow read does not shift the next), and once after the last response. Each sample
@@ -84,14 +90,22 @@ def parse_dcgm(text: str, t_ns: int) -> list[GpuSample]:
     return _dcgm(_samples(text), t_ns)
 
 
+def _dcgm_name(labels: dict[str, str]) -> str:
+    """A GPU's name that no other host's GPU shares: `<Hostname>/<gpu>`, else its UUID, else
+    its index."""
+    index, host = labels.get("gpu", ""), labels.get("Hostname", "")
+    if host and index:
+        return f"{host}/{index}"
+    return labels.get("UUID") or index
+
+
 def _dcgm(rows: Sequence[Row], t_ns: int) -> list[GpuSample]:
     by_gpu: dict[str, dict[str, float | None]] = {}
     for name, labels, value in rows:
         if name not in DCGM_FIELDS:
             continue
-        gpu = labels.get("gpu", labels.get("UUID", ""))
         # With pod or MIG labels a GPU can appear more than once: the first series counts.
-        by_gpu.setdefault(gpu, {}).setdefault(name, _reading(value))
+        by_gpu.setdefault(_dcgm_name(labels), {}).setdefault(name, _reading(value))
     if not by_gpu:
         raise GpuMetricsError(f"no DCGM GPU fields ({', '.join(DCGM_FIELDS)}) on the page")
     out = []
@@ -112,16 +126,25 @@ def _dcgm(rows: Sequence[Row], t_ns: int) -> list[GpuSample]:
 
 
 def parse_node(text: str, t_ns: int) -> list[GpuSample]:
-    """A node exporter page's RAPL package energy, summed over packages, as one host-wide
-    sample; GpuMetricsError without RAPL counters."""
+    """A node exporter page's RAPL package energy, one sample per CPU package
+    (`package-<index>`); GpuMetricsError without RAPL counters."""
     return _node(_samples(text), t_ns)
 
 
 def _node(rows: Sequence[Row], t_ns: int) -> list[GpuSample]:
-    joules = [v for name, _, v in rows if name == RAPL_PACKAGE]
-    if not joules:
+    # Each package's counter wraps at its own range (max_energy_range_uj): summed before
+    # differencing, one package's wrap would make the sum drop and count as a restart.
+    packages: dict[str, float] = {}
+    for name, labels, value in rows:
+        if name == RAPL_PACKAGE:
+            key = labels.get("index") or labels.get("path") or str(len(packages))
+            packages.setdefault(f"package-{key}", value)
+    if not packages:
         raise GpuMetricsError(f"no {RAPL_PACKAGE} on the page (node exporter's rapl collector)")
-    return [GpuSample(t_ns=t_ns, source="node", gpu="", energy_j=sum(joules))]
+    return [
+        GpuSample(t_ns=t_ns, source="node", gpu=name, energy_j=joules)
+        for name, joules in packages.items()
+    ]
 
 
 def parse_page(text: str, t_ns: int) -> list[GpuSample]:
@@ -274,6 +297,7 @@ class GpuSampler:
         self._on_sample = on_sample
         self._every_ns = int(every_s * 1e9)
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.samples: list[GpuSample] = []
         self.errors: list[str] = []
 
@@ -291,7 +315,7 @@ class GpuSampler:
     async def start(self) -> bool:
         """The first read; False (the error in `errors`, the source closed) when it fails."""
         if not await self._take("before the run"):
-            await self.source.close()
+            await self.close()
             return False
         self._task = asyncio.create_task(self._during())
         return True
@@ -309,12 +333,22 @@ class GpuSampler:
 
     async def stop(self) -> list[GpuSample]:
         """The last read, after the run's last response; the source closed."""
-        await self.cancel()
-        await self._take("after the run")
-        await self.source.close()
+        await self._cancel()
+        if not self._closed:
+            await self._take("after the run")
+        await self.close()
         return self.samples
 
-    async def cancel(self) -> None:
+    async def close(self) -> None:
+        """No more reads, and the source closed (NVML shut down), once: for a run that ends
+        without `stop`, by an error or a cancellation (`latbench serve` runs many in one
+        process, so a source left open would leak an NVML initialisation a run)."""
+        await self._cancel()
+        if not self._closed:
+            self._closed = True
+            await self.source.close()
+
+    async def _cancel(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -70,6 +70,12 @@ class Dialect:
     histograms: dict[str, tuple[str, ...]]
     counters: dict[str, CounterSource]
     gauges: dict[str, str]
+    # The server writes the model label lowercased (Dynamo's frontend), so `--model Qwen/X`
+    # must match a series labelled qwen/x.
+    model_lowercased: bool = False
+    # The server observes ITL once per token, each gap between outputs split evenly over the
+    # tokens it brought (SGLang, Dynamo); vLLM observes it once per engine step.
+    itl_per_token: bool = False
 
     def families(self) -> set[str]:
         names = {n for names in self.histograms.values() for n in names}
@@ -126,6 +132,7 @@ SGLANG = Dialect(
         "e2e": ("sglang:e2e_request_latency_seconds",),
         "queue": ("sglang:queue_time_seconds",),
     },
+    itl_per_token=True,
     counters={
         "prompt_tokens": CounterSource("sglang:prompt_tokens_total"),
         "generation_tokens": CounterSource("sglang:generation_tokens_total"),
@@ -208,6 +215,8 @@ DYNAMO = Dialect(
         "requests": CounterSource("dynamo_frontend_requests_total", (("status", "success"),)),
     },
     gauges={"inflight": "dynamo_frontend_inflight_requests"},
+    model_lowercased=True,
+    itl_per_token=True,
 )
 # In detection order: on a tie, the first wins.
 DIALECTS: dict[str, Dialect] = {d.key: d for d in (VLLM, SGLANG, TGI, TRTLLM, DYNAMO)}
@@ -222,6 +231,12 @@ QUANTILES: tuple[float, ...] = (50.0, 90.0, 99.0)
 
 class ServerMetricsError(Exception):
     """A /metrics page that cannot be read as a known server's."""
+
+
+class NotRecognisedYet(ServerMetricsError):
+    """A Prometheus page with none of a known server's series for the model (yet): a server
+    that creates each series at its first observation shows none before its first request
+    (SGLang, TGI, TensorRT-LLM, Dynamo), so a later page may still say whose it is."""
 
 
 @dataclass(frozen=True)
@@ -289,38 +304,61 @@ def parse_metrics(
     """A server's families from a /metrics page, summed over engines and ranks; only `model`'s
     series when the server labels series by model (a server may serve several). `dialect`
     None: the server is recognised from the page (the dialect with the most of its families
-    there, vLLM first on a tie); the scraper then reads every later page the same way."""
+    there with `model`'s series, then the most declared by a `# TYPE` line; vLLM first on a
+    tie), NotRecognisedYet when none is; the scraper then reads every later page the same way.
+
+    Servers other than vLLM create a series at its first observation, so a page may lack a
+    family, or all of them, until the server has served a request: read with a `dialect`, such
+    a page is a snapshot without those families (`reconcile` counts them from zero). Only a
+    page with another known server's families and none of `dialect`'s is refused."""
     try:
         parsed = list(text_string_to_metric_families(text))
     except ValueError as e:
         raise ServerMetricsError(f"not Prometheus text: {e}") from None
     if dialect is not None:
         d = DIALECTS[dialect]
+        if not any(fam.name in d.families() for fam in parsed):
+            other = next(
+                (o for o in DIALECTS.values() if any(f.name in o.families() for f in parsed)),
+                None,
+            )
+            if other is not None:
+                raise ServerMetricsError(
+                    f"no {d.server} metrics ({d.marker}) on the page, but {other.server}'s: "
+                    "another server answered"
+                )
     else:
         scores = [(_score(parsed, model, d), d) for d in DIALECTS.values()]
         best, d = max(scores, key=lambda sd: sd[0])  # max keeps the first of equals
-        if best == 0:
-            raise ServerMetricsError(_nothing_known(parsed, model))
+        if best == (0, 0):
+            raise NotRecognisedYet(_nothing_known())
+        if best[0] == 0 and any(fam.samples for fam in parsed if fam.name in d.families()):
+            # Its series are there for other models only: ours may come with its first request.
+            raise NotRecognisedYet(
+                f"the page has {d.server}'s metrics ({d.marker}) but none for model {model!r}"
+            )
     return _read(parsed, model, d, monotonic_ns() if t_ns is None else t_ns)
 
 
 def _ours(s: Sample, model: str | None, d: Dialect) -> bool:
-    return model is None or d.model_label is None or s.labels.get(d.model_label, model) == model
+    if model is None or d.model_label is None:
+        return True
+    label = s.labels.get(d.model_label)
+    if label is None:
+        return True
+    return label == (model.lower() if d.model_lowercased else model)
 
 
-def _score(parsed: list[Metric], model: str | None, d: Dialect) -> int:
-    """How many of the dialect's families the page has, with samples of `model`."""
+def _score(parsed: list[Metric], model: str | None, d: Dialect) -> tuple[int, int]:
+    """How many of the dialect's families the page has with samples of `model`, and how many it
+    declares at all (a `# TYPE` line, with or without samples)."""
     names = d.families()
-    return sum(
-        1 for fam in parsed if fam.name in names and any(_ours(s, model, d) for s in fam.samples)
-    )
+    mine = [fam for fam in parsed if fam.name in names]
+    return sum(1 for fam in mine if any(_ours(s, model, d) for s in fam.samples)), len(mine)
 
 
-def _nothing_known(parsed: list[Metric], model: str | None) -> str:
+def _nothing_known() -> str:
     servers = ", ".join(d.server for d in DIALECTS.values())
-    for d in DIALECTS.values():
-        if any(fam.name in d.families() for fam in parsed):
-            return f"the page has {d.server}'s metrics ({d.marker}) but none for model {model!r}"
     return f"no metrics of a server latbench knows ({servers}) on the page"
 
 
@@ -351,8 +389,6 @@ def _read(parsed: list[Metric], model: str | None, d: Dialect, t_ns: int) -> Sna
             for ours, name in d.gauges.items():
                 if s.name == name:
                     gauges[ours] = gauges.get(ours, 0.0) + s.value
-    if not buckets and not counters:
-        raise ServerMetricsError(f"no {d.server} metrics ({d.marker}) on the page")
     histograms = {}
     for ours, names in d.histograms.items():
         # A server that serves both a metric's new name and its deprecated one: the new one.
@@ -464,6 +500,9 @@ class Reconciliation:
     dialect: str = "vllm"
     # The client metrics of PAIRS the server exports no histogram for: the client's alone.
     missing: tuple[str, ...] = ()
+    # The server observes ITL once per token (SGLang, Dynamo): the client's ITL side is then
+    # its ITL per token, each gap counted once per token of its later event.
+    itl_per_token: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -479,18 +518,25 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def client_samples(records: Sequence[Record]) -> dict[str, np.ndarray]:
+def client_samples(records: Sequence[Record], itl_per_token: bool = False) -> dict[str, np.ndarray]:
     """The client's samples over every finished request of the run, warm-up and cool-down
     included (the server's counters cannot tell the phases apart); the summary's own
-    per-metric arrays, so both read METRICS.md the same way."""
+    per-metric arrays, so both read METRICS.md the same way.
+
+    `itl_per_token`: the server observes ITL once per token, each gap split evenly over the
+    tokens its later output brought (SGLang, Dynamo); the client's ITL is then the summary's
+    ITL per token, each gap counted once per token of its later event, so both sides hold the
+    same observations (one token an event: the same as the plain ITL)."""
     s = Samples.build([r for r in records if r.ok])
     per_request = {k: v[~np.isnan(v)] for k, v in s.per_request.items()}
-    return {
-        "ttft": per_request["ttft"],
-        "itl": s.gaps["itl"],
-        "tpot": per_request["tpot"],
-        "e2e": per_request["e2e"],
-    }
+    itl = s.gaps["itl"]
+    if itl_per_token and s.ev_tokens is not None:
+        # The tokens of each gap's later event (a 0-token event counts its gap once, as the
+        # summary's ITL per token does).
+        weights = np.maximum(s.ev_tokens[1:][s.gap_keep], 1)
+        itl = np.repeat(s.gaps["itl_per_token"], weights)
+    return {"ttft": per_request["ttft"], "itl": itl, "tpot": per_request["tpot"],
+            "e2e": per_request["e2e"]}  # fmt: skip
 
 
 def _client_side(samples: np.ndarray) -> Side:
@@ -521,8 +567,22 @@ def _below_server_at(samples: np.ndarray, h: Histogram) -> tuple[float, ...]:
     return tuple(b for b, c, s in zip(h.bounds, at_or_under, h.cumulative, strict=False) if c > s)
 
 
+def _since(before: Snapshot, after: Snapshot, name: str) -> Histogram | None:
+    """The histogram's growth over the run; a family the server created during it (absent
+    before: it creates a series at its first observation) counts from zero."""
+    h = after.histograms.get(name)
+    if h is None:
+        return None
+    earlier = before.histograms.get(name)
+    return h if earlier is None else h.minus(earlier)
+
+
 def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliation | None:
+    """The client's records set against the server's scrapes; None without scrapes, and
+    ServerMetricsError (naming what went wrong) when they cannot be reconciled."""
     if server.before is None or server.after is None:
+        if server.errors:  # the scraper ran but never had both ends of the run
+            raise ServerMetricsError(server.errors[-1])
         return None
     before, after = server.before, server.after
     if before.dialect != after.dialect:
@@ -532,15 +592,23 @@ def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliatio
         )
     dialect = DIALECTS[after.dialect]
     for name, value in before.counters.items():
-        if after.counters.get(name, value) < value:
+        if name not in after.counters or after.counters[name] < value:
             source = dialect.counters[name]
             shown = source.name + ("_sum" if source.histogram_sum else "")
+            went = "went down" if name in after.counters else "disappeared"
             raise ServerMetricsError(
-                f"the server's {shown} went down during the run: it restarted, so its "
+                f"the server's {shown} {went} during the run: it restarted, so its "
                 "figures cannot be set against the run's"
             )
+
+    def grew(key: str) -> float | None:
+        # A counter the server created during the run started from zero.
+        return (
+            after.counters[key] - before.counters.get(key, 0.0) if key in after.counters else None
+        )
+
     completed = sum(1 for r in records if r.ok)
-    server_requests = after.counters.get("requests", 0.0) - before.counters.get("requests", 0.0)
+    server_requests = grew("requests") or 0.0
     same = completed == server_requests
     notes: list[str] = []
     if server_requests > completed:
@@ -555,12 +623,19 @@ def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliatio
             f"{completed}: its metrics were read before it recorded them all, or a proxy sits "
             "between"
         )
-    samples = client_samples(records)
+    samples = client_samples(records, dialect.itl_per_token)
     pairs: dict[str, Pair] = {}
     for metric in PAIRS:
-        if metric not in after.histograms or metric not in before.histograms:
+        if metric not in dialect.histograms:
             continue
-        h = after.histograms[metric].minus(before.histograms[metric])
+        h = _since(before, after, metric)
+        if h is None:
+            if samples[metric].size:
+                notes.append(
+                    f"{dialect.server}'s page had no {metric.upper()} series after the run: it "
+                    "observed none, so that figure is the client's alone"
+                )
+            continue
         c, s = _client_side(samples[metric]), _server_side(h)
         mean = None if c.mean_s is None or s.mean_s is None else c.mean_s - s.mean_s
         overhead = {
@@ -570,24 +645,17 @@ def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliatio
         }
         below = _below_server_at(samples[metric], h) if same and metric in ("ttft", "e2e") else ()
         pairs[metric] = Pair(metric, c, s, mean, overhead, below)
-    phases = {
-        p: _server_side(after.histograms[p].minus(before.histograms[p]))
-        for p in PHASES
-        if p in after.histograms and p in before.histograms
-    }
+    phases = {p: _server_side(h) for p in PHASES if (h := _since(before, after, p)) is not None}
     tokens: dict[str, dict[str, float | None]] = {}
     for name, attr in (
         ("prompt", "usage_prompt_tokens"),
         ("generation", "usage_completion_tokens"),
     ):
         vals = [getattr(r, attr) for r in records if r.ok and getattr(r, attr) is not None]
-        key = f"{name}_tokens"
-        delta = (
-            after.counters[key] - before.counters[key]
-            if key in after.counters and key in before.counters
-            else None
-        )
-        tokens[name] = {"client": float(sum(vals)) if vals else None, "server": delta}
+        tokens[name] = {
+            "client": float(sum(vals)) if vals else None,
+            "server": grew(f"{name}_tokens"),
+        }
     return Reconciliation(
         url=server.url,
         same_requests=same,
@@ -603,6 +671,7 @@ def reconcile(records: Sequence[Record], server: ServerMetrics) -> Reconciliatio
         server=dialect.server,
         dialect=dialect.key,
         missing=tuple(m for m in PAIRS if m not in dialect.histograms),
+        itl_per_token=dialect.itl_per_token,
     )
 
 
@@ -624,9 +693,10 @@ def prefix_cache(before: Snapshot, after: Snapshot) -> dict[str, float | None] |
     same two counters). Other traffic on the server in the meantime counts too, as it does in
     every server figure here."""
     names = ("prefix_cache_queries", "prefix_cache_hits")
-    if not all(n in before.counters and n in after.counters for n in names):
+    if not all(n in after.counters for n in names):
         return None
-    queries, hits = (after.counters[n] - before.counters[n] for n in names)
+    # A counter the server created during the run (at its first query) started from zero.
+    queries, hits = (after.counters[n] - before.counters.get(n, 0.0) for n in names)
     return {"queries": queries, "hits": hits, "hit_rate": hits / queries if queries > 0 else None}
 
 

@@ -13,7 +13,8 @@ One Prometheus (1 s scrape and evaluation interval, temporary config and data) s
 
 Then: the TTFT burn-rate alert fires for the slow run and no SLO alert for the fast one; the
 share Prometheus computes from `le="0.1"` equals latbench's exact attainment; its quantiles agree
-with the exact percentiles within the bucket resolution; every panel's query returns data.
+with the exact percentiles within the bucket resolution; every panel's query returns data; the
+energy per token panel agrees with the run's results.json.
 
 To reproduce by hand: docs/prometheus.md, "Checking it live".
 """
@@ -325,6 +326,53 @@ def test_every_dashboard_query_returns_data(
 ) -> None:
     result = run_target(live, target, grafana_vars(live))
     assert has_data(result), (title, target["expr"])
+
+
+# How close the dashboard's J/token must be to results.json's. Both count the energy of the
+# measured span and the tokens delivered in it, but not the same edges: results.json the
+# window [start, end) and the tokens that arrived in it, whatever request brought them; the
+# counters the measured requests' span, from the first one's send to the last one's last token,
+# and all of their tokens. At 4 users of ~0.3 s requests the edges differ by a request or two
+# of ~250 (~100 J and ~230 tokens a second): under a percent here (0.4885 J/token from the
+# counters against 0.4872 in results.json), a few at most.
+J_PER_TOKEN_REL = 0.05
+# The panel's rate over $__rate_interval (4 s) sets ~16 requests' energy against their tokens:
+# once measured requests flow, each of its points within this of the whole run's figure (here
+# 0.500 to 0.525; its last points, as both rates die away after the run, fall to 0.41).
+J_PER_TOKEN_PANEL_REL = 0.2
+
+
+def test_the_energy_per_token_panel_agrees_with_results_json(live: Live) -> None:
+    """The live J/token (latbench_energy_joules_total's rate over latbench_output_tokens_total's)
+    is the figure results.json gives for the run: the energy counter leaves the warm-up out, as
+    the tokens counter does (it once counted the warm-up's energy: 0.578 against 0.4925)."""
+    (results_path,) = (live.out / "fast").glob("*/results.json")
+    results = json.loads(results_path.read_text())
+    want = results["energy"]["j_per_output_token"]
+    assert want is not None and want > 0
+    sel = 'scenario="fast"'
+    energy, tokens = (
+        float(live.prom.query(f"max(last_over_time({name}{{{sel}}}[10m]))")[0]["value"][1])
+        for name in ("latbench_energy_joules_total", "latbench_output_tokens_total")
+    )
+    assert energy / tokens == pytest.approx(want, rel=J_PER_TOKEN_REL), (energy, tokens, want)
+    (panel,) = [t for d, title, t in dashboard_targets() if title == "Energy per output token"]
+    rows = run_target(live, panel, grafana_vars(live, scenario="fast"))
+    values = [v for row in rows for _, v in row["values"] if v != "NaN"]
+    # No +Inf in the warm-up (energy counted, no tokens), as there was when the energy counter
+    # counted it; no NaN-free point at or below zero.
+    assert values and all(0 < float(v) < float("inf") for v in values), rows
+    ws, we = results["window_ns"]
+    steady = [
+        float(v)
+        for row in rows
+        for t, v in row["values"]
+        # Points whose rate window lies wholly within the run's measurement.
+        if v not in ("NaN", "+Inf") and live.t_start + 2 + 8 <= t <= live.t_start + DURATION_S
+    ]
+    assert steady and (we - ws) / 1e9 > 10
+    for v in steady:
+        assert v == pytest.approx(want, rel=J_PER_TOKEN_PANEL_REL), (steady, want)
 
 
 LATENCY_TARGETS = [t for t in dashboard_targets() if t[0] == "latbench-latency"]

@@ -45,9 +45,11 @@ from latbench.summary.server_metrics import (
     DIALECTS,
     PAIRS,
     Histogram,
+    NotRecognisedYet,
     ServerMetrics,
     ServerMetricsError,
     _client_side,
+    client_samples,
     parse_metrics,
     peak_gauges,
     reconcile,
@@ -473,6 +475,127 @@ def test_a_tgi_restart_names_its_token_histogram() -> None:
         reconcile(records, ServerMetrics("u", before, after))
 
 
+def without(page: str, keep: Callable[[str], bool]) -> str:
+    """The page with only the families `keep` accepts (by the name its TYPE line gives, less a
+    counter's `_total`); the fixture's own header comments left out."""
+    out, family = [], ""
+    for line in page.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            family = line.split()[2].removesuffix("_total")
+        elif line.startswith("#") or not line:
+            continue
+        if keep(family):
+            out.append(line)
+    return "\n".join(out) + "\n" if out else ""
+
+
+def gauges_only(dialect: str) -> Callable[[str], bool]:
+    return lambda fam: fam in DIALECTS[dialect].gauges.values()
+
+
+@pytest.mark.parametrize("dialect", list(OTHER))
+def test_a_fresh_server_that_has_not_created_its_series_reconciles_from_zero(
+    dialect: str,
+) -> None:
+    """SGLang, TGI, TensorRT-LLM and Dynamo create each series at its first observation, so
+    before the first request their page has none (an empty page; at most gauges): the page is
+    nobody's yet, and read once a later page says whose, its series count from zero, giving
+    exactly what a page of zeros would."""
+    page = (SERVERS / f"{dialect}.txt").read_text()
+    records = read_records(DATA / "records.jsonl").records
+    after = parse_metrics(page, "tiny", t_ns=1)
+    zeros = reconcile(records, ServerMetrics("u", parse_metrics(fresh(page), "tiny", 0), after))
+    assert zeros is not None
+    with pytest.raises(NotRecognisedYet, match="no metrics of a server latbench knows"):
+        parse_metrics("", "tiny")
+    assert parse_metrics(without(page, gauges_only(dialect)), "tiny").dialect == dialect
+    for lazy in ("", without(page, gauges_only(dialect))):
+        before = parse_metrics(lazy, "tiny", t_ns=0, dialect=dialect)
+        assert before.histograms == {} and before.counters == {}
+        r = reconcile(records, ServerMetrics("u", before, after))
+        assert r is not None and r.to_dict() == zeros.to_dict()
+        assert tuple(r.pairs) == OTHER[dialect][1] and r.same_requests
+
+
+def test_a_family_created_during_the_run_is_not_dropped_nor_called_missing() -> None:
+    """A page before the run that has SGLang's TTFT and E2E but not yet its ITL (no request
+    had a second token): the ITL pair is still made, counted from zero."""
+    page = (SERVERS / "sglang.txt").read_text()
+    records = read_records(DATA / "records.jsonl").records
+    before = parse_metrics(
+        without(fresh(page), lambda fam: fam != "sglang:inter_token_latency_seconds"), "tiny", 0
+    )
+    assert before.dialect == "sglang" and "itl" not in before.histograms
+    r = reconcile(records, ServerMetrics("u", before, parse_metrics(page, "tiny", 1)))
+    assert r is not None and tuple(r.pairs) == ("ttft", "itl", "e2e")
+    assert r.missing == ("tpot",) and r.pairs["itl"].server.n == 42
+
+
+def test_a_page_that_only_declares_its_families_is_recognised() -> None:
+    """prometheus_client writes a labelled family without series as its HELP and TYPE lines
+    (TensorRT-LLM before its first request): those say whose page it is."""
+    declared = "".join(
+        line + "\n"
+        for line in (SERVERS / "trtllm.txt").read_text().splitlines()
+        if line.startswith(("# HELP trtllm_", "# TYPE trtllm_"))
+    )
+    snap = parse_metrics(declared, "tiny")
+    assert snap.dialect == "trtllm" and snap.histograms == {} and snap.counters == {}
+
+
+def test_dynamos_lowercased_model_label_matches_the_model_as_given() -> None:
+    """Dynamo's frontend lowercases the model label (metrics.rs: model.to_lowercase()), so a
+    run with --model Tiny reads the series labelled tiny; vLLM keeps the model as served."""
+    page = (SERVERS / "dynamo.txt").read_text()
+    assert 'model="tiny"' in page
+    for model in ("Tiny", "TINY", "tiny"):
+        snap = parse_metrics(page, model)
+        assert snap.dialect == "dynamo" and snap.counters["requests"] == 6
+    with pytest.raises(NotRecognisedYet, match="none for model 'Tiny'"):
+        parse_metrics((DATA / "metrics-after.txt").read_text(), "Tiny")
+
+
+def test_a_page_of_another_server_read_as_this_ones_is_refused() -> None:
+    vllm = (DATA / "metrics-after.txt").read_text()
+    with pytest.raises(ServerMetricsError, match=r"no TGI metrics .* but vLLM's"):
+        parse_metrics(vllm, None, dialect="tgi")
+    # A family that disappeared during the run: the server restarted (or another answered).
+    page = (SERVERS / "sglang.txt").read_text()
+    records = read_records(DATA / "records.jsonl").records
+    after = parse_metrics(without(page, lambda f: f != "sglang:num_requests"), "tiny", 1)
+    with pytest.raises(ServerMetricsError, match="sglang:num_requests_total disappeared"):
+        reconcile(records, ServerMetrics("u", parse_metrics(page, "tiny", 0), after))
+
+
+def test_a_per_token_servers_itl_is_set_against_the_clients_itl_per_token() -> None:
+    """SGLang and Dynamo observe ITL once per token, each gap split evenly over its tokens: the
+    client's side then holds each of its per-token gaps once per token, the same observations
+    (a 2-token event after 20 ms: two of 10 ms on both sides)."""
+    records = read_records(DATA / "records.jsonl").records
+    plain = client_samples(records)["itl"]
+    assert np.array_equal(client_samples(records, itl_per_token=True)["itl"], plain)
+    two = [dataclasses.replace(r, ev_n=[2] * len(r.ev_t)) for r in records if r.ok]
+    per_token = client_samples(two, itl_per_token=True)["itl"]
+    assert per_token.size == 2 * plain.size
+    assert np.allclose(np.sort(per_token), np.sort(np.repeat(plain / 2, 2)))
+
+
+def test_the_tgi_fixture_is_a_possible_page() -> None:
+    """TGI's total time is its validation, queue and inference times end to end (server.rs),
+    so the sums add up; and its time per token is inference over the 8 tokens of each."""
+    snap = parse_metrics((SERVERS / "tgi.txt").read_text(), None)
+    validation = float(
+        next(
+            line.split()[1]
+            for line in (SERVERS / "tgi.txt").read_text().splitlines()
+            if line.startswith("tgi_request_validation_duration_sum")
+        )
+    )
+    h = snap.histograms
+    assert validation + h["queue"].sum + h["inference"].sum == pytest.approx(h["e2e"].sum)
+    assert h["time_per_token"].sum == pytest.approx(h["inference"].sum / 8)
+
+
 def test_a_scrapes_file_without_a_dialect_is_vllms() -> None:
     """server_metrics.json written before other servers were read keeps reading as vLLM's."""
     _, server = recorded()
@@ -488,13 +611,16 @@ def test_a_scrapes_file_without_a_dialect_is_vllms() -> None:
 def test_a_run_against_each_simulated_server_agrees_with_its_truth(
     dialect: str, sim: Callable[..., SimProcess], tmp_path: Path
 ) -> None:
-    """The simulator serves each server's page; latbench recognises it from the page alone
-    (TensorRT-LLM's at /prometheus/metrics) and the server's side of each pair is what the
-    simulator recorded of every request (/sim/truth), to the microsecond."""
+    """The simulator serves each server's page, created as that server creates it (vLLM's at
+    start, the others' series at their first observation, so a fresh one's page before the run
+    has none); latbench recognises it from the pages alone (TensorRT-LLM's at
+    /prometheus/metrics), and the server's side of each pair is what the simulator recorded of
+    every request (/sim/truth), to the microsecond. The model's name is mixed case, which
+    Dynamo lowercases in its labels."""
     server = DIALECTS[dialect].server
-    proc = sim(metrics_dialect=dialect, ttft=0.02, itl=0.005, max_batch=2)
+    proc = sim(metrics_dialect=dialect, ttft=0.02, itl=0.005, max_batch=2, model="Sim-Model")
     p, d = run(
-        tmp_path, "--target", proc.url, "--model", "sim-model",
+        tmp_path, "--target", proc.url, "--model", "Sim-Model",
         "--requests", "12", "--concurrency", "3", "--output-tokens", "8",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
@@ -507,6 +633,8 @@ def test_a_run_against_each_simulated_server_agrees_with_its_truth(
     scrapes = json.loads((d / "server_metrics.json").read_text())
     assert scrapes["server"] == server and scrapes["dialect"] == dialect
     assert scrapes["url"].endswith("/prometheus/metrics" if dialect == "trtllm" else "/metrics")
+    if dialect != "vllm":  # the page before the run had none of the server's series yet
+        assert scrapes["before"]["histograms"] == {} and scrapes["before"]["counters"] == {}
     # The run's requests, as the simulator kept them (anything before the first scrape, such as
     # the preflight's, is not the run's: one clock, CLOCK_MONOTONIC, on both sides).
     start = scrapes["before"]["t_ns"]
@@ -525,6 +653,51 @@ def test_a_run_against_each_simulated_server_agrees_with_its_truth(
         assert pairs["itl"]["client"]["n"] == pairs["itl"]["server"]["n"] == 12 * 7
     if "queue" in r["phases"]:  # three users, two slots: someone waited
         assert r["phases"]["queue"]["n"] == 12 and r["phases"]["queue"]["mean_s"] > 0
+
+
+@pytest.mark.parametrize("dialect", ["sglang", "dynamo", "vllm"])
+def test_itl_is_compared_like_with_like_when_events_bring_two_tokens(
+    dialect: str, sim: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    """Two tokens an event, 10 ms apart: SGLang and Dynamo observe two 5 ms ITLs per event, so
+    the client's side is its ITL per token, counted per token (as many observations, means
+    within the time the events took to arrive); vLLM observes one per step, as the client."""
+    proc = sim(metrics_dialect=dialect, ttft=0.02, itl=0.01, tokens_per_event=2)
+    p, _ = run(
+        tmp_path, "--target", proc.url, "--model", "sim-model",
+        "--requests", "8", "--concurrency", "2", "--output-tokens", "16",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)["reconciliation"]
+    itl = r["pairs"]["itl"]
+    per_token = dialect != "vllm"
+    assert r["itl_per_token"] is per_token
+    # 8 events of 2 tokens a request: 7 gaps, each of 2 tokens.
+    assert itl["client"]["n"] == itl["server"]["n"] == 8 * 7 * (2 if per_token else 1)
+    want = 0.005 if per_token else 0.01
+    assert itl["server"]["mean_s"] == pytest.approx(want, rel=0.2)
+    assert abs(itl["mean_overhead_s"]) < 0.001, itl
+
+
+def test_a_page_that_is_never_a_known_servers_is_said_after_the_run(
+    sim: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    """A page of Prometheus text that no scrape, before, during or after the run, recognises
+    (here the simulator's DCGM page) is scraped on in case the server creates its series
+    later, then named after the run; the run's own figures stand."""
+    proc = sim(ttft=0.002, itl=0.001, gpu={"count": 1})
+    url = f"{proc.url}/dcgm/metrics"
+    p, d = run(tmp_path, "--target", proc.url, "--requests", "4", "--output-tokens", "4",
+               "--server-metrics", url)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    text = " ".join(p.stderr.split())
+    assert "server metrics: before, during and after the run: no metrics of a server" in text
+    assert "no reconciliation" in text and "Traceback" not in text
+    out = json.loads(p.stdout)
+    assert "reconciliation" not in out and out["requests"]["succeeded"] == 4
+    assert d is not None
+    scrapes = json.loads((d / "server_metrics.json").read_text())
+    assert scrapes["before"] is None and scrapes["server"] is None
 
 
 # Four requests held in their first token by a server with two slots.

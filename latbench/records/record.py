@@ -166,7 +166,7 @@ class GpuSample:
 
     t_ns: int  # the client's monotonic instant of the reading (the middle of its request)
     source: str  # "nvml" | "dcgm" | "node"
-    gpu: str  # the GPU's index or UUID as the source names it; "" for a host-wide counter
+    gpu: str  # NVML's index, DCGM's "Hostname/index" (its UUID without one), RAPL's "package-N"
     utilization: float | None = None  # 0..1, the share of the last sample period it was busy
     memory_used_bytes: int | None = None
     power_w: float | None = None

@@ -8,13 +8,16 @@ planned load it never offered counted from the schedule, which the records confi
 request. Each agent is judged on its own records exactly as a single-host run of them would be.
 A coordinator SIGKILLed mid-run leaves a records file whose every line reads, and agents that say
 why they stop. An agent behind a slow link (a delaying TCP proxy of this test's own, since the
-kernel here has no `netem`) has an uncertain clock: flagged, said, and not client-bound for it.
+kernel here has no `netem`) has an uncertain clock: flagged, said in the terminal and the
+reports, and not client-bound for it. The coordinator's Prometheus series count every agent's
+records, the lost ones too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -29,9 +32,16 @@ from typing import Any
 import pytest
 from kit.agents import TOKEN, Agents, free_port
 from kit.cli import latbench, spawn
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
+from latbench.agents.pool import AgentPool
 from latbench.agents.protocol import TOKEN_ENV
+from latbench.exporter import LatbenchMetrics
 from latbench.records import Record, read_records
+from latbench.run.benchmark import Agents as RunAgents
+from latbench.run.benchmark import run_benchmark
 from latbench.sim import SimProcess
 from latbench.spec import load_spec
 from latbench.summary import summarize
@@ -374,3 +384,63 @@ def test_an_agent_behind_a_slow_link_is_flagged_for_its_clock_and_judged_alone(
     assert "validity per agent" in text and "clock flagged" in text
     assert "note: agent 1 (host" in text
     assert json.loads(latbench("summary", str(run), "--json").stdout) == json.loads(stdout)
+    # And the reports: the per-agent table and the note, in Markdown and HTML.
+    md, html = tmp_path / "report.md", tmp_path / "report.html"
+    report = latbench("report", str(run.parent), "--md", str(md), "--html", str(html))
+    assert report.returncode == 0, report.stderr
+    for page in (md.read_text(), html.read_text()):
+        assert "Per agent (ms; error bounds and lags at p99), each on its own records" in page
+        assert "ok, clock flagged" in page and "location far): its clock offset" in page
+
+
+async def test_the_coordinators_series_count_every_agents_records_the_lost_ones_too(
+    tmp_path: Path, sim: Callable[..., SimProcess], agent_procs: Agents
+) -> None:
+    # The coordinator's exporter reads the one Prometheus sink every record reaches, whichever
+    # agent sent it, and the lost ones the runner records for a dead agent: its series are the
+    # union's, as its summary is.
+    s = sim(ttft=0.005, itl=0.02)
+    registry = CollectorRegistry()
+    spec = load_spec(
+        {
+            "target": {"base_url": s.url, "api": "chat", "server_metrics": "off"},
+            "workload": {"input_tokens": 8, "output_tokens": 8, "tokenizer": "words"},
+            "load": {"mode": "constant", "rate": 20, "duration": 5.0},
+            "validity": {"ttft_tolerance": "1s", "itl_tolerance": "1s"},
+            "output_dir": str(tmp_path),
+        }
+    )
+    async with AgentPool(TOKEN, "127.0.0.1", 0) as pool:
+        agent_procs.start(pool.url, index=0)
+        victim = agent_procs.start(pool.url, index=1)
+        task = asyncio.create_task(
+            run_benchmark(
+                spec,
+                s.url,
+                Console(file=io.StringIO()),
+                metrics=LatbenchMetrics(registry),
+                agents=RunAgents(pool, 2, time.monotonic() + WAIT_S),
+            )
+        )
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            path = records_of(tmp_path)
+            if path is not None and sum(d.get("agent") == 1 for d in lines_of(path)) >= 3:
+                break
+            assert time.monotonic() < deadline and not task.done(), "no records from agent 1"
+            await asyncio.sleep(0.05)
+        os.kill(victim.pid, signal.SIGKILL)
+        result = await asyncio.wait_for(task, 120)
+    assert result.ended == "incomplete"
+    records = read_records(result.records_path).records
+    lost = [r for r in records if not r.ok]
+    assert lost and {r.agent for r in records} == {0, 1}
+    got: dict[tuple[str, str], float] = {}
+    for fam in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in fam.samples:
+            key = (sample.name, sample.labels.get("outcome") or sample.labels.get("kind") or "")
+            got[key] = got.get(key, 0.0) + sample.value
+    assert got[("latbench_requests_total", "ok")] == len(records) - len(lost)
+    assert got[("latbench_requests_total", "error")] == len(lost)
+    assert got[("latbench_errors_total", "lost")] == len(lost)
+    assert got[("latbench_ttft_seconds_count", "")] == len(records) - len(lost)

@@ -37,7 +37,10 @@ sees one timeline, and starts the run far enough ahead for the `go` to reach eve
 The run outlives its parts: each worker tells the runner of every request it sends, so when a
 worker process dies (or an agent's connection closes) its in-flight requests are recorded as
 `lost`, the other workers go on (or, with `on_loss="stop"`, the run stops as a first Ctrl-C
-does), and the run ends `incomplete` with every record kept. A record frame the runner cannot
+does), and the run ends `incomplete` with every record kept and the share of the planned load
+the lost workers never offered (`load.shortfall`, counted once from the schedule). An agent's
+workers' loop lag, CPU and unsent count are kept apart too, so the summary can judge each agent
+on its own (`summary.validity.judge_agents`). A record frame the runner cannot
 decode becomes a `client_error` record of its request, not a crash, when the request is one the
 worker said it sent; one naming any other request is dropped (it could only duplicate or invent
 one) and counted in the outcome's warnings.

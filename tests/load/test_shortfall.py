@@ -118,3 +118,14 @@ def test_nothing_lost_is_no_shortfall() -> None:
         ran_ns=0, lost=[],
     )  # fmt: skip
     assert got is None
+
+
+def test_an_open_loop_of_sessions_counts_the_lost_shard_s_share_of_the_time_left() -> None:
+    # A session's requests are decided by its replies: 4 shards, one lost 2 s into 10 s.
+    load = LoadSpec(mode="constant", rate=5, duration=10.0)
+    got = shortfall(
+        load, ConstantPacer(5), 4, sessions=True, losses={3: 2 * S}, stopped=None,
+        sent=[0] * 4, ran_ns=10 * S, lost=["agent 3"],
+    )  # fmt: skip
+    assert got is not None and got.unit == "shard-seconds"
+    assert (got.not_offered, got.planned, got.share) == (8.0, 40.0, 0.2)

@@ -159,10 +159,16 @@ class BoundCheck:
 def check_bound(
     records: Sequence[Any], entries: Sequence[dict[str, Any]], window: tuple[int, int] | None
 ) -> BoundCheck:
+    return check_pairs(pairs(records, entries, window))
+
+
+def check_pairs(pairs_: Sequence[tuple[Any, dict[str, Any]]]) -> BoundCheck:
+    """`check_bound` over pairs already matched (`pairs`): a subset of them (one agent's
+    requests) is checked alone, after the pairing that needs every request."""
     from latbench.summary.bound import error_bounds
     from latbench.summary.samples import NS_PER_S, Samples
 
-    matched = [(r, e) for r, e in pairs(records, entries, window) if r.ok]
+    matched = [(r, e) for r, e in pairs_ if r.ok]
     nan = {p: float("nan") for p in PCTS}
     if not matched:
         return BoundCheck(0, nan, nan, None, None)

@@ -243,6 +243,10 @@ class AgentChannel:
     def origin(self) -> Origin | None:
         return self.conn.origin
 
+    @property
+    def who(self) -> str:
+        return self.conn.describe()
+
     def _deliver(self, payload: bytes | None) -> None:
         if self._ended.is_set():
             return

@@ -66,7 +66,9 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
         # As the live run said: a worker died, so the run is not whole whatever the figures say.
         lost = [r for r in f.records if r.error == ErrorKind.LOST]
         why = lost[0].error_detail if lost else "a worker process died"
-        print_error(err, f"the run is incomplete ({len(lost)} requests lost): {why}")
+        short = summary.validity.shortfall  # the runner's count, from the footer
+        said = "" if short is None else f"; {short.describe()}"
+        print_error(err, f"the run is incomplete ({len(lost)} requests lost): {why}{said}")
         return Exit.ERROR
     return verdict_exit(summary, gate_slos=bool(ns.slo))
 

@@ -45,6 +45,12 @@ class Channel(Protocol):
         """What the runner stamps this channel's records with (None: a local worker)."""
         ...
 
+    @property
+    def who(self) -> str:
+        """Who is at the other end, as a report names what was lost: "worker 1", or its agent,
+        "agent 2 (host h, location eu)"."""
+        ...
+
     def send_shard(self, pickled: bytes) -> None:
         """The first payload: the pickled `load.worker.Shard`."""
         ...
@@ -119,6 +125,10 @@ class PipeChannel:
     def __init__(self, index: int, proc: asyncio.subprocess.Process) -> None:
         self.index = index
         self.proc = proc
+
+    @property
+    def who(self) -> str:
+        return f"worker {self.index}"
 
     @classmethod
     async def spawn(cls, index: int) -> PipeChannel:

@@ -37,7 +37,10 @@ sees one timeline, and starts the run far enough ahead for the `go` to reach eve
 The run outlives its parts: each worker tells the runner of every request it sends, so when a
 worker process dies (or an agent's connection closes) its in-flight requests are recorded as
 `lost`, the other workers go on (or, with `on_loss="stop"`, the run stops as a first Ctrl-C
-does), and the run ends `incomplete` with every record kept. A record frame the runner cannot
+does), and the run ends `incomplete` with every record kept and the share of the planned load
+the lost workers never offered (`load.shortfall`, counted once from the schedule). An agent's
+workers' loop lag, CPU and unsent count are kept apart too, so the summary can judge each agent
+on its own (`summary.validity.judge_agents`). A record frame the runner cannot
 decode becomes a `client_error` record of its request, not a crash, when the request is one the
 worker said it sent; one naming any other request is dropped (it could only duplicate or invent
 one) and counted in the outcome's warnings.
@@ -62,6 +65,7 @@ from latbench.client.stream import Endpoint
 from latbench.load.channel import IMPORT_ROOT as _IMPORT_ROOT  # noqa: F401 (tests read it)
 from latbench.load.channel import Channel, PipeChannel
 from latbench.load.cpus import usable_cpus
+from latbench.load.shortfall import shortfall
 from latbench.load.wire import payload, record_seq, shift_instants, unpack_record
 from latbench.load.worker import Shard, make_pacer
 from latbench.records.record import Phase, Record, RunFooter
@@ -70,8 +74,9 @@ from latbench.sinks import Sink
 from latbench.spec import LoadSpec
 from latbench.summary.samples import derived_window
 from latbench.summary.saturation import Oversaturation, Watch
-from latbench.summary.validity import ClientStats
+from latbench.summary.validity import AgentStats, ClientStats, Shortfall
 from latbench.workload import Workload
+from latbench.workload.session import SessionWorkload
 
 __all__ = ["RunOutcome", "Runner", "make_connector"]
 
@@ -140,6 +145,12 @@ class _Worker:
     # Requests sent and not yet recorded: seq -> (t_intended, t_sent, phase), from `s` frames.
     pending: dict[int, tuple[int, int, Phase]] = field(default_factory=dict)
     death: str | None = None  # how it ended, when it died before its `end` frame
+    lost: str | None = None  # the channel's own words for its death (`describe_death`)
+    lost_ns: int | None = None  # when its stream ended without `end`, this host's clock
+    sent: int = 0  # requests it said it sent (`s` frames)
+    # Its heartbeats' loop lag (tick instants on this host's clock, lags): an agent's own
+    lag_ticks: array[int] = field(default_factory=lambda: array("q"))
+    lags: array[int] = field(default_factory=lambda: array("q"))
 
     def send(self, *parts: Any) -> None:
         self.channel.send(payload(*parts))
@@ -189,6 +200,7 @@ class Runner:
         self._aborted = False
         self._start = 0
         self._stopped_at: int | None = None
+        self._loss_stopped = False  # the first stop was the on_loss policy's
         self._lag_ticks = array("q")
         self._lags = array("q")
         self._dropped: list[tuple[int, int]] = []  # (worker, seq) of unreadable unknown records
@@ -378,10 +390,14 @@ class Runner:
         if kind == "s":
             phase = m[4] if m[4] in _PHASES else "measure"
             w.pending[int(m[1])] = (int(m[2]), int(m[3]), phase)
+            w.sent += 1
         elif kind == "h":
             w.inflight = m[1]
             self._lag_ticks.extend(m[2])
             self._lags.extend(m[3])
+            if w.channel.agent is not None:  # judged per agent too (summary.validity)
+                w.lag_ticks.extend(m[2])
+                w.lags.extend(m[3])
             for lag in m[3]:
                 publish_lag(loop, lag)
         elif kind == "end":
@@ -427,17 +443,21 @@ class Runner:
             return
         # It died mid-run: what it had in flight is lost; the other workers go on, unless the
         # policy says a lost worker stops the run.
+        now = monotonic_ns()
         death = await channel.describe_death()
         w.inflight = 0
-        w.death = death
-        now = monotonic_ns()
+        w.death = w.lost = death
+        w.lost_ns = now
         for seq, (t_intended, t_sent, phase) in sorted(w.pending.items()):
             sent = (t_intended, min(t_sent, now), phase)
             why = f"{death} with this request in flight"
             self._add(self._announced(w, seq, sent, ErrorKind.LOST, why))
         w.death += f" with {len(w.pending)} requests in flight, recorded as lost"
         w.pending.clear()
-        if self.on_loss == "stop":
+        if self.on_loss == "stop" and not self._stopping:
+            # The others stop sending and their in-flight requests finish: what they no longer
+            # offer counts in the run's shortfall with the lost worker's.
+            self._loss_stopped = True
             self.stop()
 
     def _outcome(self) -> RunOutcome:
@@ -445,16 +465,21 @@ class Runner:
         lags = [lag for t, lag in zip(self._lag_ticks, self._lags, strict=True) if ws <= t < we]
         # Each worker's loop runs on one core: the busiest one is the one that runs out first.
         busiest = max(self._workers, key=lambda w: w.cpu_s / w.wall_s if w.wall_s else 0.0)
+        shortfall = self._shortfall()
         client = ClientStats(
             loop_lag_ns=lags,
             cpu_s=busiest.cpu_s,
             wall_s=busiest.wall_s,
             open_loop=self.load.open_loop,
             unsent=sum(w.unsent for w in self._workers),
+            agents=self._agent_stats(ws, we),
+            shortfall=shortfall,
         )
         ended = "aborted" if self._aborted else ("stopped" if self._stopped_at else "completed")
         deaths = [w.death for w in self._workers if w.death is not None]
         incomplete = "; ".join(deaths) if deaths else None
+        if incomplete is not None and shortfall is not None:
+            incomplete += f"; {shortfall.describe()}"
         verdict = self.oversaturation
         if verdict is not None:
             ended = "oversaturated"
@@ -484,6 +509,63 @@ class Runner:
             incomplete=incomplete,
             warnings=warnings,
             oversaturation=verdict,
+        )
+
+    def _agent_stats(self, ws: int, we: int) -> tuple[AgentStats, ...]:
+        """Each agent's own figures, from its workers (slots): their loop lag inside the
+        window, the busiest one's CPU, their unsent requests, and how it was lost, if it was.
+        Its host and clock are the pool's to add (`run.benchmark`). None for a local run."""
+        slots: dict[int, list[_Worker]] = {}
+        for w in self._workers:
+            if w.channel.agent is not None:
+                slots.setdefault(w.channel.agent, []).append(w)
+        out = []
+        for index, ws_ in sorted(slots.items()):
+            busiest = max(ws_, key=lambda w: w.cpu_s / w.wall_s if w.wall_s else 0.0)
+            lost = [w for w in ws_ if w.lost is not None]
+            out.append(
+                AgentStats(
+                    index=index,
+                    location=ws_[0].channel.location,
+                    workers=len(ws_),
+                    loop_lag_ns=[
+                        lag
+                        for w in ws_
+                        for t, lag in zip(w.lag_ticks, w.lags, strict=True)
+                        if ws <= t < we
+                    ],
+                    cpu_s=busiest.cpu_s,
+                    wall_s=busiest.wall_s,
+                    unsent=sum(w.unsent for w in ws_),
+                    uncertainty_ns=ws_[0].channel.uncertainty_ns,
+                    lost=lost[0].lost if lost else None,
+                    lost_ns=min(w.lost_ns for w in lost if w.lost_ns is not None) if lost else None,
+                )
+            )
+        return tuple(out)
+
+    def _shortfall(self) -> Shortfall | None:
+        """The planned load the lost workers never offered (`load.shortfall`), when any was
+        lost after the run started."""
+        lost = [w for w in self._workers if w.lost_ns is not None]
+        if not lost or not self._start:
+            return None
+        who: list[str] = []
+        for w in lost:
+            name = w.channel.who
+            if name not in who:
+                who.append(name)
+        stopped = self._stopped_at if self._loss_stopped else None
+        return shortfall(
+            self.load,
+            make_pacer(self.load, self.seed, self.workload),  # a fresh one: searched at random
+            self.workers,
+            sessions=isinstance(self.workload, SessionWorkload),
+            losses={w.index: w.lost_ns - self._start for w in lost if w.lost_ns is not None},
+            stopped=None if stopped is None else stopped - self._start,
+            sent=[w.sent for w in self._workers],
+            ran_ns=max(0, monotonic_ns() - self._start),
+            lost=who,
         )
 
     def _window(self) -> tuple[int, int]:

@@ -17,8 +17,10 @@ from latbench.render.reconciliation import prefix_cache_line, ttft_split_line
 from latbench.render.spans import HEADERS as SPAN_HEADERS
 from latbench.render.spans import count_notes, skew_line, split_line, table_rows, title
 from latbench.render.text import (
+    AGENT_HEADERS,
     STEP_COLUMNS,
     TURN_HEADERS,
+    agent_rows,
     failed_words,
     spread_text,
     stair_headers,
@@ -122,6 +124,11 @@ def validity_html(s: Summary) -> str:
         out += f'<div class="banner"><b>{esc(v.verdict_line())}</b>.<ul>{reasons}</ul></div>'
     else:
         out += f'<p class="pass">{esc(v.verdict_line())}.</p>'
+    if v.agents:
+        out += "<p>Per agent (ms; error bounds and lags at p99), each on its own records:</p>"
+        out += table(list(AGENT_HEADERS), agent_rows(v))
+    if v.notes:
+        out += '<ul class="warn">' + "".join(f"<li>{esc(n)}</li>" for n in v.notes) + "</ul>"
     return out
 
 

@@ -12,7 +12,9 @@ from rich.text import Text
 
 from latbench.render.fit import Column, fitted
 from latbench.render.text import (
+    AGENT_HEADERS,
     TURN_HEADERS,
+    agent_rows,
     energy_rows,
     stair_headers,
     stairs_rows,
@@ -76,6 +78,10 @@ def render_summary(summary: Summary, console: Console, energy: Energy | None = N
     for line in _slo_lines(summary):
         console.print(line)
     console.print(_validity(summary))
+    for table in _agents_tables(summary, console):
+        console.print(table)
+    for note in summary.validity.notes:
+        console.print(Text(f"note: {note}", style="yellow"))
 
 
 def _headline(s: Summary) -> Text:
@@ -240,6 +246,18 @@ def _validity(s: Summary) -> Group | Text:
     body = [v.verdict_line()] + [f"• {reason}" for reason in v.reasons]
     banner = Panel(Text("\n".join(body)), title="CLIENT-BOUND", style="bold white on red")
     return Group(table, banner)
+
+
+def _agents_tables(s: Summary, console: Console) -> list[Table]:
+    """A run on agents: each agent judged on its own records (split to fit)."""
+    rows = agent_rows(s.validity)
+    if not rows:
+        return []
+    keys = [Column(AGENT_HEADERS[0])]
+    values = [Column(h, "left" if h in ("host", "location", "verdict") else "right")
+              for h in AGENT_HEADERS[1:]]  # fmt: skip
+    title = "validity per agent (ms; error bounds and lags at p99), each on its own records"
+    return fitted(console, title, keys, values, rows)
 
 
 def _oversaturation(s: Summary) -> Panel | None:

@@ -117,7 +117,7 @@ def run_markdown(run: Run) -> str:
     if s.requests.errors_by_kind:
         errs = ", ".join(f"{k} {v}" for k, v in s.requests.errors_by_kind.items())
         lines += ["", f"Errors: {errs}."]
-    lines += ["", _bound_md(s.validity)]
+    lines += ["", _bound_md(s.validity), *_agents_md(s.validity)]
     if run.spans is not None:
         lines += ["", *_spans_md(run.spans)]
     if run.reconciliation is not None and (line := summary_line(run.reconciliation)) is not None:
@@ -189,6 +189,70 @@ def validity_rows(v: Validity) -> list[list[str]]:
         ["unsent requests", unsent, "0" if v.open_loop else closed],
     ]
     return rows
+
+
+# The per-agent validity table (a run on agents), here and in the terminal and HTML reports:
+# error bounds and lags at p99, in ms.
+AGENT_HEADERS: tuple[str, ...] = (
+    "agent",
+    "host",
+    "location",
+    "measured",
+    "TTFT bound",
+    "ITL bound",
+    "send lag",
+    "loop lag",
+    "CPU",
+    "clock ±",
+    "verdict",
+)
+
+
+def agent_rows(v: Validity) -> list[list[str]]:
+    """Each agent judged on its own records (`summary.validity.judge_agents`), a row each: its
+    error bounds, send and loop lag, busiest worker's CPU, clock bound, and its verdict with
+    what else went wrong (lost mid-run, a flagged clock). None for a local run: no rows."""
+    rows = []
+    for av in v.agents:
+        a, own = av.agent, av.validity
+        if not own.known:
+            verdict = "unknown"
+        else:
+            verdict = "client-bound" if own.client_bound else "ok"
+            if own.proxy:
+                verdict += " (proxies)"
+        if a.lost is not None:
+            verdict += ", lost mid-run"
+        if a.flagged:
+            verdict += ", clock flagged"
+        cpu = "–" if own.client_cpu is None else f"{own.client_cpu:.0%}"
+        clock = "–" if a.uncertainty_ns is None else ms(a.uncertainty_ns / NS_PER_S)
+        rows.append(
+            [
+                str(a.index),
+                a.host or "–",
+                a.location or "–",
+                f"{av.measured:,}",
+                bound_p99(own, "ttft"),
+                bound_p99(own, "itl"),
+                ms(own.queue_delay_p99_s),
+                ms(own.loop_lag_p99_s),
+                cpu,
+                clock,
+                verdict,
+            ]
+        )
+    return rows
+
+
+def _agents_md(v: Validity) -> list[str]:
+    """The per-agent table (ms) and the notes (flagged clocks, load not offered), for Markdown."""
+    out: list[str] = []
+    if v.agents:
+        out += ["", "Per agent (ms; error bounds and lags at p99), each on its own records:", ""]
+        out.append(md_table(AGENT_HEADERS, agent_rows(v)))
+    out += ["", *(f"- {note}" for note in v.notes)] if v.notes else []
+    return out
 
 
 def _spread(p50: float | None, p99: float | None, top: float | None) -> str:

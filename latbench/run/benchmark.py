@@ -50,7 +50,7 @@ from latbench.client.stream import Endpoint
 from latbench.client.tokenize import calibrate
 from latbench.exporter import LatbenchMetrics, RunLabels
 from latbench.load.cpus import usable_cpus
-from latbench.load.runner import OnLoss, Runner, make_connector
+from latbench.load.runner import OnLoss, Runner, RunOutcome, make_connector
 from latbench.load.worker import raise_fd_limit
 from latbench.records.record import GpuSample, Record, RunHeader
 from latbench.records.rundir import RunDir
@@ -366,8 +366,13 @@ async def run_benchmark(
                 await run_spans.start()
             outcome = await runner.run(session)
             footer = outcome.footer
-            if conns:  # how far each agent's clock moved from the estimate the run used
+            if conns and agents is not None:
+                # How far each agent's clock moved from the estimate the run used; with its
+                # host, it goes into the footer, so the records file judges each agent alone
+                # (summary.validity.judge_agents) as this run does.
                 drift = await _clock_drift(conns)
+                outcome = with_agent_clocks(outcome, conns, drift, agents.pool.max_uncertainty_ns)
+                footer = outcome.footer
             if gpu is not None:  # its last sample before the records file's footer
                 await gpu.stop()
             if scraper is not None:
@@ -422,7 +427,7 @@ async def run_benchmark(
     agent_warnings: list[str] = []
     if agents is not None:
         limit = agents.pool.max_uncertainty_ns
-        agent_rows = agent_results(conns, outcome.records, drift, limit)
+        agent_rows = agent_results(conns, outcome.records, drift, limit, summary)
         agent_warnings = clock_warnings(agent_rows, limit)
     for warning in [*outcome.warnings, *span_warnings, *agent_warnings]:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -505,17 +510,54 @@ async def _clock_drift(conns: Sequence[AgentConn]) -> dict[int, int]:
     return drift
 
 
+def flagged(uncertainty_ns: int, drift_ns: int | None, limit_ns: int) -> bool:
+    """An agent's clock is flagged: its offset was uncertain, or moved during the run, by more
+    than `limit_ns` (--max-clock-uncertainty)."""
+    return uncertainty_ns > limit_ns or (drift_ns is not None and abs(drift_ns) > limit_ns)
+
+
+def with_agent_clocks(
+    outcome: RunOutcome, conns: Sequence[AgentConn], drift: dict[int, int], limit_ns: int
+) -> RunOutcome:
+    """The runner's per-agent figures with what the pool knows of each agent (its host, the
+    clock estimate the run used, its drift since, whether that flags it), in the outcome's
+    client stats and in the footer that the records file gets."""
+    by_index = {a.index: a for a in conns}
+    stats = []
+    for st in outcome.client.agents:
+        conn = by_index.get(st.index)
+        if conn is None:
+            stats.append(st)
+            continue
+        moved = drift.get(st.index)
+        stats.append(
+            replace(
+                st,
+                host=conn.host,
+                uncertainty_ns=conn.uncertainty_ns,
+                drift_ns=moved,
+                flagged=flagged(conn.uncertainty_ns, moved, limit_ns),
+            )
+        )
+    client = replace(outcome.client, agents=tuple(stats))
+    footer = replace(outcome.footer, validity=client.to_dict())
+    return replace(outcome, client=client, footer=footer)
+
+
 def agent_results(
     conns: Sequence[AgentConn],
     records: Sequence[Record],
     drift: dict[int, int],
     limit_ns: int,
+    summary: Summary | None = None,
 ) -> list[dict[str, Any]]:
     """results.json's "agents": each agent as the pool knows it (index, location, host,
     workers, clock offset, its uncertainty and round trip), what the run got from it (its
     records, how many were lost with it), `drift_ns` (its offset measured after the run minus
-    the one used; None when it could not be measured) and `flagged`: its offset was uncertain,
-    or moved during the run, by more than `limit_ns` (--max-clock-uncertainty)."""
+    the one used; None when it could not be measured) and `flagged` (`flagged`). With the
+    run's `summary`, its own verdict too (`summary.validity.judge_agents`): `client_bound`,
+    `lost_reason` (why it was lost mid-run, None when it was not) and `validity`, the verdict
+    over its own records, in the summary's shape."""
     counts: dict[int, list[int]] = {a.index: [0, 0] for a in conns}
     for r in records:
         if r.agent is not None and r.agent in counts:
@@ -527,9 +569,13 @@ def agent_results(
         moved = drift.get(a.index)
         row = {**a.to_dict(), "records": counts[a.index][0], "lost": counts[a.index][1]}
         row["drift_ns"] = moved
-        row["flagged"] = a.uncertainty_ns > limit_ns or (
-            moved is not None and abs(moved) > limit_ns
-        )
+        row["flagged"] = flagged(a.uncertainty_ns, moved, limit_ns)
+        if summary is not None:
+            judged = {av.agent.index: av for av in summary.validity.agents}
+            own = judged.get(a.index)
+            row["client_bound"] = None if own is None else own.validity.client_bound
+            row["lost_reason"] = None if own is None else own.agent.lost
+            row["validity"] = None if own is None else own.validity.to_dict()
         rows.append(row)
     return rows
 

@@ -46,7 +46,14 @@ from latbench.summary.samples import (
 from latbench.summary.saturation import Oversaturation
 from latbench.summary.stairs import Stair, stair_stats
 from latbench.summary.turns import SessionStats, session_stats
-from latbench.summary.validity import ClientStats, Failures, Validity, judge_validity, rounded
+from latbench.summary.validity import (
+    ClientStats,
+    Failures,
+    Validity,
+    judge_agents,
+    judge_validity,
+    rounded,
+)
 
 if TYPE_CHECKING:
     from latbench.spec import LoadSpec, RunSpec
@@ -440,7 +447,9 @@ def summarize(
         images=image_counts(measured),
         rates=rates,
         slos=slo_results,
-        validity=judge_validity(measured, client, limits, error_bounds(ok, s)),
+        validity=judge_agents(
+            measured, client, limits, judge_validity(measured, client, limits, error_bounds(ok, s))
+        ),
         stairs=stair_stats([*measured, *others], load, stopped_ns),
         oversaturation=oversaturation,
         sessions=session_stats(measured, ok, s),

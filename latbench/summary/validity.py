@@ -11,12 +11,20 @@ proxy. Loop lag and client CPU (`ClientStats`, in the records file's footer) are
 explain a bound; they judge only a run whose bound is unknown (no kernel stamps), and the verdict
 then says it is a proxy.
 `Failures` judges the failed share apart, as a run can be clean yet fail most of its requests.
+
+A run on agents (docs/distributed.md) is judged twice: once over the union of the records, as
+any run, and once per agent, by the same `judge_validity` over that agent's records and its own
+workers' loop lag, CPU and unsent count (`AgentStats`, in the footer). One agent whose client
+fell behind misplaces its own requests whatever the others did, and in a union its error hides
+under theirs, so the run is client-bound when any agent is. An agent whose clock offset is
+uncertain (`flagged`) and the share of the planned load that lost workers never offered
+(`Shortfall`) are caveats stated with the verdict: neither makes a latency wrong.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,13 +33,158 @@ from latbench.records.record import Record
 from latbench.shared.errors import RecordsError
 from latbench.shared.units import ms
 from latbench.spec.slo import DEFAULT_LIMITS, ValidityLimits
-from latbench.summary.bound import ErrorBounds, MetricBound
-from latbench.summary.samples import NS_PER_S, spans_ns
+from latbench.summary.bound import ErrorBounds, MetricBound, error_bounds
+from latbench.summary.samples import NS_PER_S, Samples, spans_ns
 
 
 def rounded(x: float | None, digits: int) -> float | None:
     """`round`, passing None through: the figures of a distribution without samples."""
     return None if x is None else round(x, digits)
+
+
+def _int_or_none(x: Any) -> int | None:
+    return None if x is None else int(x)
+
+
+def _number(x: Any) -> float:
+    """A count stays an int (as it was written), anything else a float; a string raises."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise TypeError(f"{x!r:.40} is not a number")
+    return x
+
+
+@dataclass(frozen=True)
+class AgentStats:
+    """One agent's part of the run's `ClientStats`: what the runner measured of the agent's own
+    workers (their loop lag inside the window, the busiest one's CPU, the requests they never
+    sent), how it ended (`lost`: the reason it was lost mid-run, None when it finished), and
+    what the coordinator knows of its clock (filled in by `run.benchmark` once the run is
+    over: `drift_ns` and `flagged` are measured after it)."""
+
+    index: int
+    location: str | None = None
+    host: str | None = None
+    workers: int = 0  # its worker slots the run used
+    loop_lag_ns: Sequence[int] = ()
+    cpu_s: float = 0.0  # of its busiest worker; 0 when none of them reported (it was lost)
+    wall_s: float = 0.0
+    unsent: int = 0
+    uncertainty_ns: int | None = None  # the clock offset's bound the run used
+    drift_ns: int | None = None  # its offset measured after the run minus the one used
+    flagged: bool = False  # uncertainty or drift over the run's --max-clock-uncertainty
+    lost: str | None = None  # why it was lost mid-run (its connection closed, ...)
+    lost_ns: int | None = None  # when, on the coordinator's clock
+
+    def name(self) -> str:
+        """How reports name it: "agent 2 (host h, location eu)"."""
+        where = [f"host {self.host}"] if self.host is not None else []
+        if self.location is not None:
+            where.append(f"location {self.location}")
+        return f"agent {self.index}" + (f" ({', '.join(where)})" if where else "")
+
+    def client(self, open_loop: bool) -> ClientStats:
+        """Its workers' figures as the `ClientStats` a single-host run of them would have."""
+        return ClientStats(
+            loop_lag_ns=self.loop_lag_ns,
+            cpu_s=self.cpu_s,
+            wall_s=self.wall_s,
+            open_loop=open_loop,
+            unsent=self.unsent,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "location": self.location,
+            "host": self.host,
+            "workers": self.workers,
+            "loop_lag_ns": [int(x) for x in self.loop_lag_ns],
+            "cpu_s": self.cpu_s,
+            "wall_s": self.wall_s,
+            "unsent": self.unsent,
+            "uncertainty_ns": self.uncertainty_ns,
+            "drift_ns": self.drift_ns,
+            "flagged": self.flagged,
+            "lost": self.lost,
+            "lost_ns": self.lost_ns,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AgentStats:
+        location, host, lost = d.get("location"), d.get("host"), d.get("lost")
+        for name, value in (("location", location), ("host", host), ("lost", lost)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"agent {name} is {value!r:.40}, not a string")
+        return cls(
+            index=int(d["index"]),
+            location=location,
+            host=host,
+            workers=int(d.get("workers", 0)),
+            loop_lag_ns=tuple(int(x) for x in d.get("loop_lag_ns", ())),
+            cpu_s=float(d.get("cpu_s", 0.0)),
+            wall_s=float(d.get("wall_s", 0.0)),
+            unsent=int(d.get("unsent", 0)),
+            uncertainty_ns=_int_or_none(d.get("uncertainty_ns")),
+            drift_ns=_int_or_none(d.get("drift_ns")),
+            flagged=bool(d.get("flagged", False)),
+            lost=lost,
+            lost_ns=_int_or_none(d.get("lost_ns")),
+        )
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """The share of the run's planned load that was never offered because workers (an agent's,
+    or a local process) were lost mid-run: what the lost shards' schedules still planned after
+    their loss, and, when the loss stopped the run (`--on-agent-loss stop`), what every shard
+    planned after the stop; over what the whole run planned. `load.shortfall` computes it once,
+    from the schedule, when the run ends; every report reads it from here."""
+
+    share: float  # not_offered / planned
+    not_offered: float
+    planned: float
+    # What it is counted in: requests an open loop planned (or a closed loop's request budget);
+    # with only a time to go by, users x seconds (closed loop) or shards x seconds (an open loop
+    # of sessions, whose requests per session the replies decide)
+    unit: str  # "requests", "user-seconds" or "shard-seconds"
+    lost: tuple[str, ...]  # who was lost: "agent 2 (host h)" or "worker 1"
+    stopped: bool = False  # the loss stopped the run, so the shards left did not go on
+
+    def describe(self) -> str:
+        """One sentence: "12.5% of the planned load was not offered (125 of 1,000 planned
+        requests): agent 2 (host h) was lost"."""
+        if self.unit == "requests":
+            what = f"{self.not_offered:,.0f} of {self.planned:,.0f} planned requests"
+        else:
+            what = f"{self.not_offered:,.1f} of {self.planned:,.1f} planned {self.unit}"
+        who = ", ".join(self.lost)
+        verb = "was" if len(self.lost) == 1 else "were"
+        then = "; the run then stopped (--on-agent-loss stop)" if self.stopped else ""
+        return (
+            f"{_pct(self.share)} of the planned load was not offered ({what}): "
+            f"{who} {verb} lost{then}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "share": round(self.share, 6),
+            "not_offered": self.not_offered,
+            "planned": self.planned,
+            "unit": self.unit,
+            "lost": list(self.lost),
+            "stopped": self.stopped,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Shortfall:
+        return cls(
+            share=float(d["share"]),
+            not_offered=_number(d["not_offered"]),
+            planned=_number(d["planned"]),
+            unit=str(d["unit"]),
+            lost=tuple(str(x) for x in d["lost"]),
+            stopped=bool(d.get("stopped", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -45,29 +198,42 @@ class ClientStats:
     wall_s: float
     open_loop: bool
     unsent: int  # scheduled but never sent when the run stopped
+    # A run on agents: each one's own figures, to judge it by (empty for a local run)
+    agents: tuple[AgentStats, ...] = ()
+    # Workers lost mid-run: the planned load they never offered (None: none was lost)
+    shortfall: Shortfall | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "loop_lag_ns": [int(x) for x in self.loop_lag_ns],
             "cpu_s": self.cpu_s,
             "wall_s": self.wall_s,
             "open_loop": self.open_loop,
             "unsent": self.unsent,
         }
+        # Only when there is something to say: a local run's footer reads as it always did.
+        if self.agents:
+            d["agents"] = [a.to_dict() for a in self.agents]
+        if self.shortfall is not None:
+            d["shortfall"] = self.shortfall.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ClientStats:
         try:
+            shortfall = d.get("shortfall")
             return cls(
                 loop_lag_ns=tuple(int(x) for x in d["loop_lag_ns"]),
                 cpu_s=float(d["cpu_s"]),
                 wall_s=float(d["wall_s"]),
                 open_loop=bool(d["open_loop"]),
                 unsent=int(d["unsent"]),
+                agents=tuple(AgentStats.from_dict(a) for a in d.get("agents") or ()),
+                shortfall=None if shortfall is None else Shortfall.from_dict(shortfall),
             )
         except KeyError as e:
             raise RecordsError(f"client stats: missing field {e.args[0]!r}") from e
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, AttributeError) as e:
             raise RecordsError(f"client stats: {e}") from e
 
 
@@ -95,6 +261,13 @@ class Validity:
     # The headline of a client-bound run, built from the checks that fired (`judge_validity`),
     # so a run flagged only for its open-loop schedule does not read as an error-bound verdict
     headline: str = ""
+    # A run on agents: each one judged on its own records (`judge_agents`)
+    agents: tuple[AgentValidity, ...] = ()
+    # Workers lost mid-run: the planned load they never offered
+    shortfall: Shortfall | None = None
+    # Caveats said with the verdict that do not make the run client-bound: agents whose clock
+    # is flagged, load not offered
+    notes: tuple[str, ...] = ()
 
     @property
     def bound_known(self) -> bool:
@@ -132,8 +305,37 @@ class Validity:
             "reasons": list(self.reasons),
             "error_bound": None if self.bounds is None else self.bounds.to_dict(),
             "limits": asdict(self.limits),
+            "agents": [a.to_dict() for a in self.agents],
+            "not_offered": None if self.shortfall is None else self.shortfall.to_dict(),
+            "notes": list(self.notes),
         }
         return d
+
+
+@dataclass(frozen=True)
+class AgentValidity:
+    """One agent judged alone: `judge_validity` over the measured requests it sent, with its own
+    workers' figures (`AgentStats.client`) and the error bound of its own records."""
+
+    agent: AgentStats
+    measured: int  # its measure-phase requests, failed or not
+    validity: Validity
+
+    def to_dict(self) -> dict[str, Any]:
+        a = self.agent
+        return {
+            "index": a.index,
+            "location": a.location,
+            "host": a.host,
+            "workers": a.workers,
+            "measured": self.measured,
+            "lost": a.lost,
+            "uncertainty_ns": a.uncertainty_ns,
+            "drift_ns": a.drift_ns,
+            "flagged": a.flagged,
+            "client_bound": self.validity.client_bound,
+            "validity": self.validity.to_dict(),
+        }
 
 
 def ms_bound(b: MetricBound, p: str = "p99") -> str:
@@ -360,4 +562,79 @@ def judge_validity(
         proxy=not by_bound,
         headline=headline,
         **figures,
+    )
+
+
+def _cause(headline: str) -> str:
+    """A client-bound headline without its "client-bound: " lead, to quote it inside another."""
+    return headline.partition(": ")[2] or headline
+
+
+def clock_note(a: AgentStats) -> str:
+    """Why a flagged agent's clock is a caveat, in one sentence."""
+    how = []
+    if a.uncertainty_ns is not None:
+        how.append(f"its clock offset was uncertain by {ms(a.uncertainty_ns / NS_PER_S)} ms")
+    if a.drift_ns is not None:
+        how.append(f"moved {a.drift_ns / 1e6:+.3g} ms during the run")
+    said = " and ".join(how) or "its clock offset was uncertain"
+    return (
+        f"{a.name()}: {said}, over the run's --max-clock-uncertainty: its requests' place in "
+        "the schedule and the window may be off by that much (its latencies are not)"
+    )
+
+
+def judge_agents(
+    measured: Sequence[Record],
+    client: ClientStats | None,
+    limits: ValidityLimits,
+    merged: Validity,
+) -> Validity:
+    """`merged` (the verdict over every record) with each agent judged on its own: the same
+    `judge_validity` over the measured requests it sent, its workers' `AgentStats` (from the
+    footer; without one, its records' error bound alone) and the error bound of its own
+    records. The run is client-bound when any agent is; flagged clocks and the load lost
+    workers never offered are added as notes. A local run's verdict comes back as it was."""
+    stats = {a.index: a for a in (() if client is None else client.agents)}
+    mine: dict[int, list[Record]] = {i: [] for i in stats}
+    for r in measured:
+        if r.agent is not None:
+            mine.setdefault(r.agent, []).append(r)
+    shortfall = None if client is None else client.shortfall
+    if not mine and shortfall is None:
+        return merged
+    open_loop = bool(client.open_loop) if client is not None else bool(merged.open_loop)
+    agents = []
+    for i in sorted(mine):
+        recs = mine[i]
+        a = stats.get(i) or AgentStats(i, location=recs[0].location if recs else None)
+        ok = [r for r in recs if r.error is None]
+        bounds = error_bounds(ok, Samples.build(ok))
+        own = None if i not in stats else a.client(open_loop)
+        agents.append(AgentValidity(a, len(recs), judge_validity(recs, own, limits, bounds)))
+    bound = [av for av in agents if av.validity.client_bound]
+    reasons = list(merged.reasons)
+    reasons += [f"{av.agent.name()}: {r}" for av in bound for r in av.validity.reasons]
+    headline = merged.headline
+    if bound:
+        said = "; ".join(f"{av.agent.name()}, {_cause(av.validity.headline)}" for av in bound)
+        headline = (
+            f"{merged.headline}; on its own records, {said}"
+            if merged.client_bound
+            else f"client-bound on one agent's own records: {said}"
+            if len(bound) == 1
+            else f"client-bound on {len(bound)} agents' own records: {said}"
+        )
+    notes = [clock_note(av.agent) for av in agents if av.agent.flagged]
+    if shortfall is not None:
+        notes.append(shortfall.describe())
+    return replace(
+        merged,
+        known=merged.known or any(av.validity.known for av in agents),
+        client_bound=True if bound else merged.client_bound,
+        reasons=tuple(reasons),
+        headline=headline,
+        agents=tuple(agents),
+        shortfall=shortfall,
+        notes=tuple(notes),
     )

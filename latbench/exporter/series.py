@@ -346,17 +346,27 @@ class LatbenchMetrics:
         A location beyond the MAX_LOCATIONS already in use is exported as OTHER_LOCATION (the
         returned series' `labels` say which); the series of a location stay for the exporter's
         life, as every series does."""
+        loc = self.location(labels.location)
+        if loc != labels.location:
+            labels = replace(labels, location=loc)
         with self._lock:
-            loc = labels.location
-            if loc not in FIXED_LOCATIONS and loc not in self._locations:
-                if len(self._locations) < MAX_LOCATIONS:
-                    self._locations.add(loc)
-                else:
-                    labels = replace(labels, location=OTHER_LOCATION)
             s = self._series.get(labels)
             if s is None:
                 s = self._series[labels] = RunSeries(labels)
             return s
+
+    def location(self, value: str) -> str:
+        """`value` as the `location` label exports it: itself while fewer than MAX_LOCATIONS
+        values are in use (or it is one of them, or a fixed one), else OTHER_LOCATION."""
+        if value in FIXED_LOCATIONS:
+            return value
+        with self._lock:
+            if value in self._locations:
+                return value
+            if len(self._locations) < MAX_LOCATIONS:
+                self._locations.add(value)
+                return value
+        return OTHER_LOCATION
 
     def all_series(self) -> list[RunSeries]:
         with self._lock:

@@ -17,10 +17,8 @@ take turns.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -255,32 +253,3 @@ def test_agents_stay_idle_between_runs_and_come_back_after_a_restart(setup: Setu
         done = setup.svc.wait_state(run["id"], "completed", "failed", timeout=60)
         assert done["state"] == "completed", done
         assert {r.location for r in records(setup.svc, run["id"])} == {loc}
-
-
-def test_config_names_what_is_wrong(tmp_path: Path) -> None:
-    from latbench.service.config import load_config
-    from latbench.shared.errors import SpecError
-
-    def error(config: dict[str, Any]) -> str:
-        path = tmp_path / "c.json"
-        path.write_text(json.dumps(config))
-        with pytest.raises(SpecError) as e:
-            load_config(path)
-        return str(e.value)
-
-    probe = {"name": "p", "target": "sim", "every": "1m"}
-    assert "give the service an agents section" in error(
-        {"schedules": [{**probe, "locations": ["eu"]}]}
-    )
-    assert "a location is named twice" in error(
-        {"agents": {}, "schedules": [{**probe, "locations": ["eu", "eu"]}]}
-    )
-    assert "the API listens on that port" in error(
-        {"listen": "127.0.0.1:8790", "agents": {"listen": "0.0.0.0:8790"}}
-    )
-    assert "give it as the schedule's own field" in error(
-        {"agents": {}, "schedules": [{**probe, "spec": {"location": "eu"}}]}
-    )
-    assert "location_urls" in error(
-        {"targets": {"t": {"base_url": "http://x", "location_urls": {"eu": "http://u:p@y"}}}}
-    )

@@ -17,15 +17,19 @@ take turns.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kit.agents import TOKEN as AGENT_TOKEN
 from kit.agents import Agents, agents, free_port
+from kit.cli import latbench
 from kit.delay_proxy import DelayProxy, delay_proxy
-from kit.service import Service, parse_records, poll, service_config
+from kit.service import TOKEN, Service, parse_records, poll, service_config
 
 from latbench.agents.protocol import TOKEN_ENV
 from latbench.records import Record
@@ -237,6 +241,21 @@ def test_a_run_on_agents_of_two_locations_is_labelled_mixed(setup: Setup) -> Non
     assert {r.location for r in recs} <= {"near", "far"} and all(r.location for r in recs)
     text = setup.svc.metrics()
     assert any('location="mixed"' in x for x in text.splitlines() if "latbench_requests_total" in x)
+
+
+def test_latbench_submit_places_a_run_on_agents(setup: Setup, tmp_path: Path) -> None:
+    idle_agents(setup.svc, 2)
+    spec = tmp_path / "probe.yaml"
+    spec.write_text(yaml.safe_dump({"target": "sim", **PROBE}))
+    env = {"LATBENCH_SERVER": setup.svc.url, "LATBENCH_TOKEN": TOKEN}
+    p = latbench("submit", str(spec), "--location", "far", "--wait", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    run = setup.svc.run(json.loads(p.stdout)["id"])
+    assert (run["agents"], run["location"], run["state"]) == (1, "far", "completed")
+    p = latbench("submit", str(spec), "--agents", "5", env=env)
+    assert p.returncode == 1
+    said = " ".join(p.stderr.split())  # the terminal's line wrapping undone
+    assert "HTTP 409: the run asks for 5 agents and 2 are registered (index 0, 1)" in said
 
 
 def test_agents_stay_idle_between_runs_and_come_back_after_a_restart(setup: Setup) -> None:

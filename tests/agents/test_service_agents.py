@@ -272,3 +272,31 @@ def test_agents_stay_idle_between_runs_and_come_back_after_a_restart(setup: Setu
         done = setup.svc.wait_state(run["id"], "completed", "failed", timeout=60)
         assert done["state"] == "completed", done
         assert {r.location for r in records(setup.svc, run["id"])} == {loc}
+
+
+def children(pid: int) -> list[str]:
+    """The processes `pid` started that still run (Linux's view of them)."""
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
+def test_agents_come_back_after_the_service_is_killed_mid_run(setup: Setup) -> None:
+    idle_agents(setup.svc, 2)
+    near = next(p for p in setup.agents.procs if "near" in p.args)  # type: ignore[operator]
+    long = {"target": "sim", **PROBE, "location": "near"}
+    long["load"] = {"concurrency": 1, "requests": 2000}
+    run = setup.svc.submit(long)
+    poll(lambda: len(records(setup.svc, run["id"])) >= 3, 60, "the first records")
+    assert children(near.pid)  # its worker sends the run's load
+    setup.svc.kill9()
+    # Its coordinator gone mid-run, the agent aborts its worker (nobody would measure that
+    # load) and keeps knocking, rather than exiting.
+    poll(lambda: not children(near.pid), 30, "the near agent's worker to be aborted")
+    assert all(p.poll() is None for p in setup.agents.procs)
+    setup.svc.start()
+    idle_agents(setup.svc, 2)
+    after = setup.svc.run(run["id"])
+    assert after["state"] == "interrupted" and after["location"] == "near"
+    kept = records(setup.svc, run["id"])
+    assert len(kept) >= 3 and {r.location for r in kept} == {"near"}
+    again = setup.svc.submit({"target": "sim", **PROBE, "location": "near"})
+    assert setup.svc.wait_state(again["id"], "completed", timeout=60)["location"] == "near"

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from latbench.agents.pool import AgentPool
 from latbench.service.admit import Refused, admit
+from latbench.service.agents import check_registered
 from latbench.service.config import ServiceConfig, load_config
 from latbench.service.scheduler import schedule_request
 from latbench.shared.errors import SpecError
@@ -115,3 +117,16 @@ def test_config_names_what_is_wrong(tmp_path: Path) -> None:
     assert "location_urls" in error(
         {"targets": {"t": {"base_url": "http://x", "location_urls": {"eu": "http://u:p@y"}}}}
     )
+
+
+def test_a_run_asking_for_agents_when_none_registered_is_told_how_to_start_one() -> None:
+    pool = AgentPool("t" * 32, "10.0.0.9", 8790, keep_agents=True)
+    for n, location, said in (
+        (1, None, "no agent is registered; start one with: latbench agent --coordinator "
+         "ws://10.0.0.9:8790/v1/agents --token-file FILE (the service's agent token)"),
+        (2, "eu-west", "no agent is registered in location 'eu-west'; start one with: latbench "
+         "agent --coordinator ws://10.0.0.9:8790/v1/agents --token-file FILE --location eu-west"),
+    ):  # fmt: skip
+        with pytest.raises(Refused) as e:
+            check_registered(pool, n, location)
+        assert e.value.status == 409 and e.value.message.startswith(said), e.value.message

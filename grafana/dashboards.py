@@ -8,8 +8,11 @@ Every latency panel is read against the 100 ms target: a threshold at 0.1 s colo
 above it and draws the target line. Attainment panels (share of samples at or under 100 ms, from
 the `le="0.1"` bucket over the count) turn red below 99%, the share a p99 <= 100 ms SLO needs.
 
-Queries aggregate over target, model, api and scenario only (never job or instance), so a run
-scraped directly and a run pushed through a Pushgateway show alike. Time-series panels are
+Queries aggregate over target, model, api, scenario and location only (never job or instance),
+so a run scraped directly and a run pushed through a Pushgateway show alike. The `location`
+variable picks where the load came from (`local`, or the locations latbench serve's probe agents
+registered with, docs/distributed.md), and the latency panels draw one line per location, so a
+team reads TTFT against 100 ms as their users in each region see it. Time-series panels are
 rates over `$__rate_interval` (the live view); the "latest run" stats read the cumulative
 counters, which keep a run's whole-run figures even after its exporter is gone (pushed runs,
 lingering CLI runs).
@@ -58,9 +61,9 @@ QUEUE_DELAY_LIMIT_S = 0.010
 CPU_LIMIT = 0.9
 
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
-SEL = 'target=~"$target", model=~"$model", scenario=~"$scenario"'
-BY = "target, model"  # one line per target and model in the time series
-WHO = "{{model}} @ {{target}}"
+SEL = 'target=~"$target", model=~"$model", scenario=~"$scenario", location=~"$location"'
+BY = "target, model, location"  # one line per target, model and location in the time series
+WHO = "{{model}} @ {{target}} from {{location}}"
 QUANTILES = ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"))
 LATENCY = (
     ("ttft", "TTFT", "Time to first token: first token-bearing event minus send."),
@@ -291,6 +294,11 @@ def variables() -> list[db.QueryVariable | db.DatasourceVariable]:
             "scenario",
             'label_values(latbench_requests_total{target=~"$target", model=~"$model"}, scenario)',
         ),
+        label_var(
+            "location",
+            'label_values(latbench_requests_total{target=~"$target", model=~"$model", '
+            'scenario=~"$scenario"}, location)',
+        ),
     ]
 
 
@@ -370,7 +378,7 @@ def latency_dashboard() -> db.Dashboard:
     d = d.with_panel(
         series_panel(
             "Share <= 100 ms over time",
-            'Per target and model: the `le="0.1"` bucket over the count, over each '
+            'Per target, model and location: the `le="0.1"` bucket over the count, over each '
             "$__rate_interval. Red below 99% (what p99 <= 100 ms needs).",
             [Q(attainment_rate(key), f"{name} {WHO}") for key, name in SLO_METRICS],
             "percentunit",

@@ -9,8 +9,10 @@ rule behind. tests/deploy/test_rules.py checks that the committed files equal th
 runs `promtool check rules` and `promtool test rules` (deploy/prometheus/tests/) on them.
 
 Naming: `scenario:<metric>:<operation>`, where the level `scenario` means "aggregated to the
-label set (target, model, api, scenario)": instance and job are summed away, so a run scraped
-directly and one pushed through a Pushgateway give the same series.
+label set (target, model, api, scenario, location)": instance and job are summed away, so a run
+scraped directly and one pushed through a Pushgateway give the same series, and each location a
+probe runs from (docs/distributed.md) keeps its own quantiles, attainment and alerts: a region
+whose users miss 100 ms pages even while the others meet it.
 
 SLOs: 99% of TTFT, ITL and TPOT samples at or under 100 ms (METRICS.md: the default target, and
 attainment = share of samples at or under it), so the error budget is 1%. Burn-rate alerts follow
@@ -157,7 +159,8 @@ def alert_groups() -> list[dict[str, Any]]:
                         f"{factor:g}x too fast",
                         "description": (
                             f"{{{{ $labels.scenario }}}} on {{{{ $labels.model }}}} at "
-                            f"{{{{ $labels.target }}}}: {{{{ $value | humanizePercentage }}}} of "
+                            f"{{{{ $labels.target }}}} from {{{{ $labels.location }}}}: "
+                            f"{{{{ $value | humanizePercentage }}}} of "
                             f"{name} samples over 100 ms in the last {long_w}"
                             f" (budget {BUDGET:.0%})."
                         ),

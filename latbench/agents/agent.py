@@ -13,7 +13,10 @@ The coordinator may come up before or after its agents (a Kubernetes Job starts 
 order), so the agent retries its connection with backoff until `connect_timeout`. A token the
 coordinator refuses (401) is not retried. `["done"]` ends the agent with exit 0; a connection
 that closes otherwise ends it with exit 1, after aborting any worker still running (with nobody
-to take its records, its requests would be load nobody measures).
+to take its records, its requests would be load nobody measures). A service's pool welcomes its
+agents with `stay`: such an agent outlives its runs and its connection, connecting again (with
+the same backoff, for up to `connect_timeout` each outage) when the service restarts or the
+network drops it, so a long-lived probe agent needs no supervisor to come back.
 
 Clock skew for tests (`protocol.SKEW_ENV`): the agent adds it to every clock reading it reports
 (pongs, the instants in its workers' frames) and takes it off the instants it is sent (`go`,
@@ -173,6 +176,7 @@ class Agent:
         self.say = say
         self.skew = clock_skew_ns()
         self.index: int | None = None
+        self.stay = False  # the coordinator keeps its agents (a service): connect again on loss
         # Why the agent is stopping on its own (a signal), told to the coordinator as it hangs up.
         self.stop_reason: str | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -198,34 +202,59 @@ class Agent:
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            ws = await self._connect(session)
-            writer = asyncio.create_task(self._write(ws))
-            try:
-                await self._serve(ws)
-            finally:
-                running = [s for s in self._slots if s.running]
-                # What the workers sent so far leaves first; then the connection closes, before
-                # the workers are aborted, so that the coordinator records what they had in
-                # flight as lost with the reason, not as requests its run cancelled.
-                self._out.put_nowait(None)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer, 5)
-                reason = self.stop_reason or "the agent is done"
-                with contextlib.suppress(Exception):
-                    await ws.close(
-                        code=1001 if self.stop_reason else 1000, message=reason.encode()[:120]
-                    )
-                await asyncio.gather(*(s.stop() for s in self._slots), return_exceptions=True)
-                for s in self._slots:
-                    s.task.cancel()
-                if running:
-                    self.say(f"aborted the {len(running)} worker(s) still running")
+            deadline = time.monotonic() + self.options.connect_timeout
+            wait = BACKOFF_MIN_S
+            while True:
+                ws = await self._connect(session, deadline)
+                self.index = None  # until this connection's welcome
+                try:
+                    await self._connection(ws)
+                    return
+                except AgentExit as e:
+                    if not self.stay or self.stop_reason is not None:
+                        raise
+                    lost = str(e)
+                if self.index is not None:  # it was welcomed: a new outage, with time of its own
+                    deadline = time.monotonic() + self.options.connect_timeout
+                    wait = BACKOFF_MIN_S
+                elif time.monotonic() >= deadline:  # refused again and again since the last one
+                    raise AgentExit(f"{lost}; gave up after --connect-timeout")
+                self.say(f"{lost}; connecting again (its coordinator keeps its agents)")
+                # Jittered, so that a service's agents do not all knock in the same instant.
+                await asyncio.sleep(wait * random.uniform(0.5, 1.0))
+                wait = min(wait * 2, BACKOFF_MAX_S)
 
-    async def _connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+    async def _connection(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """One connection's life: serve it, then stop its workers, whatever ended it."""
+        self._out = asyncio.Queue()
+        writer = asyncio.create_task(self._write(ws))
+        try:
+            await self._serve(ws)
+        finally:
+            running = [s for s in self._slots if s.running]
+            # What the workers sent so far leaves first; then the connection closes, before
+            # the workers are aborted, so that the coordinator records what they had in
+            # flight as lost with the reason, not as requests its run cancelled.
+            self._out.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, 5)
+            reason = self.stop_reason or "the agent is done"
+            with contextlib.suppress(Exception):
+                await ws.close(
+                    code=1001 if self.stop_reason else 1000, message=reason.encode()[:120]
+                )
+            await asyncio.gather(*(s.stop() for s in self._slots), return_exceptions=True)
+            for s in self._slots:
+                s.task.cancel()
+            if running:
+                self.say(f"aborted the {len(running)} worker(s) still running")
+
+    async def _connect(
+        self, session: aiohttp.ClientSession, deadline: float
+    ) -> aiohttp.ClientWebSocketResponse:
         """The WebSocket, retried with backoff (and jitter, so a Job's agents do not knock in
-        step) until `connect_timeout`; a refused token is final."""
+        step) until `deadline` (a `time.monotonic()` instant); a refused token is final."""
         o = self.options
-        deadline = time.monotonic() + o.connect_timeout
         wait = BACKOFF_MIN_S
         last = ""
         tries = 0
@@ -283,9 +312,12 @@ class Agent:
         if m[0] != "welcome" or len(m) != 2 or not isinstance(m[1], dict):
             raise AgentExit(f"the coordinator answered the hello with {first.data[:80]!r}")
         self.index = m[1].get("index")
+        self.stay = self.stay or m[1].get("stay") is True
         where = "" if o.location is None else f", location {o.location}"
+        stays = "; it stays between runs" if self.stay else ""
         self.say(
-            f"connected to {o.coordinator} as agent {self.index}{where}, {o.workers} worker slot(s)"
+            f"connected to {o.coordinator} as agent {self.index}{where}, {o.workers} worker "
+            f"slot(s){stays}"
         )
         self._ws = ws
         self._slots = [_Slot(self, k) for k in range(o.workers)]

@@ -79,6 +79,7 @@ class AgentConn:
     uncertainty_ns: int = 0
     rtt_ns: int = 0
     synced_ns: int = 0  # when the clock was last measured (this host's monotonic clock)
+    connected_at: float = field(default_factory=time.time)  # Unix time, for listings
     flagged: bool = False
     busy: bool = False
     registered: bool = False
@@ -300,8 +301,12 @@ class AgentPool:
         *,
         max_uncertainty_ns: int = DEFAULT_MAX_UNCERTAINTY_NS,
         pings: int = PINGS,
+        keep_agents: bool = False,
     ) -> None:
         self.token = token
+        # A service's pool: its agents stay between runs and connect again when they lose it
+        # (the welcome tells them), where a `latbench run`'s agents end with the run.
+        self.keep_agents = keep_agents
         self.host = host
         self.port = port
         self.max_uncertainty_ns = max_uncertainty_ns
@@ -379,7 +384,7 @@ class AgentPool:
             await ws.close()
             return ws
         conn._writer = asyncio.create_task(conn._write())
-        conn.send(control("welcome", {"index": conn.index}))
+        conn.send(control("welcome", {"index": conn.index, "stay": self.keep_agents}))
         registering = asyncio.create_task(self._register(conn))
         try:
             while True:

@@ -8,7 +8,8 @@ JSON arrays of control, named by their first element:
                            ["pong", t1, t_agent]        an answer to a ping, t_agent its clock
                            ["exit", slot, status]       a slot's worker process ended so
                            ["error", slot, why]         a slot refused what it was sent
-    coordinator -> agent   ["welcome", {index}] | ["refused", why]   the answer to the hello
+    coordinator -> agent   ["welcome", {index, stay}] | ["refused", why]   the answer to the
+                           hello; stay: a service's pool, which keeps its agents between runs
                            ["ping", t1]                 t1 on the coordinator's clock
                            ["clock", offset_ns, uncertainty_ns, rtt_ns]   what it measured
                            ["done"]                     the agent's work is over: exit 0

@@ -4,8 +4,9 @@ Two flags are all an agent needs: where the coordinator is and the token. The to
 a file or the environment, never a flag's value, which any user of the host could read in `ps`.
 The index comes from `--index`, else Kubernetes' `JOB_COMPLETION_INDEX` (an Indexed Job's pods
 are numbered), else the coordinator picks one. Exit 0 when the coordinator says its work is
-done; 1 when the coordinator refuses the agent or goes away; 2 for bad flags; 130 on a signal
-(its workers aborted first).
+done; 1 when the coordinator refuses the agent or goes away (an agent of `latbench serve` connects
+again instead, until --connect-timeout passes without a welcome); 2 for bad flags; 130 on a
+signal (its workers aborted first).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def add_arguments(sub: Any) -> None:
         type=float,
         default=120.0,
         metavar="SECONDS",
-        help="keep trying to reach the coordinator this long (default 120)",
+        help="keep trying to reach the coordinator this long (default 120); a service's agent "
+        "allows each outage this long",
     )
 
 

@@ -530,7 +530,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--pushgateway",
         metavar="URL",
         help="push to this Pushgateway at the start, every few seconds and at the end "
-        "(group: job=latbench, target, model, api, scenario)",
+        "(group: job=latbench, target, model, api, scenario, location)",
     )
     g = p.add_argument_group("OpenTelemetry metrics out (docs/otel.md)")
     g.add_argument(

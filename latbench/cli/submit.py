@@ -60,6 +60,17 @@ def add_arguments(sub: Any) -> None:
         action="store_true",
         help="follow the run live; exit status from its verdict, as `latbench run`",
     )
+    p.add_argument(
+        "--agents",
+        type=int,
+        metavar="N",
+        help="send the load from N of the service's registered agents (docs/distributed.md)",
+    )
+    p.add_argument(
+        "--location",
+        metavar="LABEL",
+        help="only agents of this location (alone: one agent)",
+    )
     add_connection_arguments(p)
 
 
@@ -69,6 +80,11 @@ def submit_body(ns: argparse.Namespace) -> dict[str, Any]:
         data["target"] = ns.target
     if ns.name:
         data["name"] = ns.name
+    # Where the load comes from: beside the spec, as the service's API takes them.
+    if ns.agents is not None:
+        data["agents"] = ns.agents
+    if ns.location is not None:
+        data["location"] = ns.location
     if ns.slo:
         slos = [s for s in ns.slo if s != "default"]
         if "default" in ns.slo:

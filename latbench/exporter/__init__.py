@@ -17,9 +17,11 @@ from latbench.exporter.push import Pusher
 from latbench.exporter.series import (
     HISTOGRAMS,
     LABELS,
+    LOCAL,
     PREFIX,
     LatbenchMetrics,
     RunLabels,
+    location_label,
     target_label,
 )
 from latbench.exporter.server import MetricsServer
@@ -28,6 +30,7 @@ __all__ = [
     "DEFAULT_LINGER_S",
     "HISTOGRAMS",
     "LABELS",
+    "LOCAL",
     "PREFIX",
     "LatbenchMetrics",
     "MetricsError",
@@ -37,6 +40,7 @@ __all__ = [
     "OtlpError",
     "Pusher",
     "RunLabels",
+    "location_label",
     "otlp_config",
     "parse_listen",
     "render_text",

@@ -22,7 +22,7 @@ open-telemetry/semantic-conventions-genai, whose development branch renames the 
   delay, loop lag, error bounds, the server span's split), the counters and the gauges.
 
 Attributes are as bounded as the Prometheus labels: the run's label set (target, model, API,
-scenario) as semantic-convention attributes plus `latbench.*` for what they lack, and a
+scenario, location) as semantic-convention attributes plus `latbench.*` for what they lack, and a
 counter's one extra label (an outcome, error kind, phase, span match or GPU); never a request id.
 
 Temporality: cumulative (the default) sends each series as it stands, from when the exporter
@@ -88,6 +88,7 @@ SERVER_PORT = "server.port"
 TARGET = "latbench.target"
 API = "latbench.api"
 SCENARIO = "latbench.scenario"
+LOCATION = "latbench.location"
 PHASE = "latbench.phase"
 OUTCOME = "latbench.outcome"
 SPAN_MATCH = "latbench.span.match"
@@ -191,6 +192,7 @@ def run_attributes(labels: RunLabels) -> dict[str, str | int]:
         TARGET: labels.target,
         API: labels.api,
         SCENARIO: labels.scenario,
+        LOCATION: labels.location,
     }
     if labels.target != BUILTIN_SIM_TARGET:
         parts = urlsplit(labels.target)

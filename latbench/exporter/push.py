@@ -21,8 +21,9 @@ PUSH_TIMEOUT_S = 10.0
 
 
 def grouping_key(labels: RunLabels) -> dict[str, str]:
-    """Pushgateway group of a run: job="latbench" (in the URL) plus the run's own four labels, so
-    each (target, model, api, scenario) keeps its latest run and runs of others are untouched."""
+    """Pushgateway group of a run: job="latbench" (in the URL) plus the run's own labels, so
+    each (target, model, api, scenario, location) keeps its latest run and runs of others are
+    untouched."""
     return labels.as_dict()
 
 

@@ -8,9 +8,12 @@ writer (`exporter.exposition`), the server (`exporter.server`) and the pusher (`
 only read it. The names, buckets and help texts here are the METRICS.md contract, which is why
 they sit next to the state that fills them.
 
-Series are keyed by `RunLabels` (target, model, api, scenario) and nothing else: no run id, no
-request id, no free-form text. A service that runs the same scenario for months keeps one set of
-series for it; counters keep growing across runs, as Prometheus counters should.
+Series are keyed by `RunLabels` (target, model, api, scenario, location) and nothing else: no
+run id, no request id, no free-form text. A service that runs the same scenario for months keeps
+one set of series for it; counters keep growing across runs, as Prometheus counters should.
+`location` is where the load was sent from: `local` for this process's own workers, else the
+location its agents registered with (docs/distributed.md), bounded here to MAX_LOCATIONS values
+however many places agents come from.
 
 Histograms are kept as bucket-count arrays rather than `prometheus_client.Histogram` objects so
 that one record's hundreds of inter-token gaps are counted with one vectorised `searchsorted`
@@ -22,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry
@@ -43,7 +46,16 @@ from latbench.shared.buckets import (
 from latbench.shared.errors import ErrorKind
 
 PREFIX = "latbench"
-LABELS: tuple[str, ...] = ("target", "model", "api", "scenario")
+LABELS: tuple[str, ...] = ("target", "model", "api", "scenario", "location")
+# The `location` label. Agents name their own location (`latbench agent --location`), so its
+# values are bounded where series are made (`LatbenchMetrics.series`): at most MAX_LOCATIONS
+# distinct ones, then OTHER_LOCATION. The fixed values below are not counted.
+LOCAL = "local"  # the load came from this process's own workers
+REMOTE = "remote"  # from agents that gave no location
+MIXED = "mixed"  # from agents of several locations (each record still carries its own)
+OTHER_LOCATION = "other"  # beyond MAX_LOCATIONS
+FIXED_LOCATIONS = frozenset({LOCAL, REMOTE, MIXED, OTHER_LOCATION})
+MAX_LOCATIONS = 32
 # The `target` label of runs against the simulator latbench starts itself: its URL is a random
 # loopback port, which would make a new series for every run.
 BUILTIN_SIM_TARGET = "builtin-sim"
@@ -194,12 +206,25 @@ class RunLabels:
     model: str
     api: str
     scenario: str
+    location: str = LOCAL
 
     def values(self) -> list[str]:
-        return [self.target, self.model, self.api, self.scenario]
+        return [self.target, self.model, self.api, self.scenario, self.location]
 
     def as_dict(self) -> dict[str, str]:
         return dict(zip(LABELS, self.values(), strict=True))
+
+
+def location_label(locations: Iterable[str | None] | None) -> str:
+    """The `location` label of a run whose load came from agents of `locations` (None: a local
+    run): their one location, REMOTE when they gave none, MIXED when they differ. Unbounded:
+    `LatbenchMetrics.series` bounds it."""
+    if locations is None:
+        return LOCAL
+    found = {REMOTE if loc is None else loc for loc in locations}
+    if not found:
+        return LOCAL
+    return found.pop() if len(found) == 1 else MIXED
 
 
 def _escape_label_value(v: str) -> str:
@@ -313,17 +338,37 @@ class LatbenchMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._series: dict[RunLabels, RunSeries] = {}
+        self._locations: set[str] = set()  # the location values in use, beside the fixed ones
         self._lock = threading.Lock()
         if registry is not None:
             registry.register(self)
 
     def series(self, labels: RunLabels) -> RunSeries:
-        """The series of a label set, created (at zero, so they appear at once) on first use."""
+        """The series of a label set, created (at zero, so they appear at once) on first use.
+        A location beyond the MAX_LOCATIONS already in use is exported as OTHER_LOCATION (the
+        returned series' `labels` say which); the series of a location stay for the exporter's
+        life, as every series does."""
+        loc = self.location(labels.location)
+        if loc != labels.location:
+            labels = replace(labels, location=loc)
         with self._lock:
             s = self._series.get(labels)
             if s is None:
                 s = self._series[labels] = RunSeries(labels)
             return s
+
+    def location(self, value: str) -> str:
+        """`value` as the `location` label exports it: itself while fewer than MAX_LOCATIONS
+        values are in use (or it is one of them, or a fixed one), else OTHER_LOCATION."""
+        if value in FIXED_LOCATIONS:
+            return value
+        with self._lock:
+            if value in self._locations:
+                return value
+            if len(self._locations) < MAX_LOCATIONS:
+                self._locations.add(value)
+                return value
+        return OTHER_LOCATION
 
     def all_series(self) -> list[RunSeries]:
         with self._lock:

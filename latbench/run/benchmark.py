@@ -328,8 +328,10 @@ async def run_benchmark(
         prometheus: PrometheusSink | None = None
         if metrics is not None:
             # Live Prometheus series; labels stay bounded (no run id), see exporter/series.py.
+            # `location`: where the load comes from (the agents', or "local"): bounded labels.
+            locations = None if agents is None else [a.location for a in conns]
             labels = run_labels(
-                spec.target.base_url, endpoint.options.model, spec.target.api, spec.name
+                spec.target.base_url, endpoint.options.model, spec.target.api, spec.name, locations
             )
             labels = replace(
                 labels,
@@ -341,7 +343,7 @@ async def run_benchmark(
             )
             all_sinks.append(prometheus)
             if on_labels is not None:
-                on_labels(labels)
+                on_labels(prometheus.labels)
         run_spans = _run_spans(spec, jsonl, prometheus)
         runner = Runner(
             run_id=run_id,

@@ -5,6 +5,11 @@ with which credentials. So a submission may not carry a URL, keys, headers, TLS 
 to read or an output directory (403, naming the field: it must not become an open load cannon
 or an SSRF hop), and it must stay under the per-run caps (400). Missing stop conditions are
 filled in with the caps, so every run ends.
+
+Beside the spec, a submission may say where its load comes from: `agents: N` (the service's
+registered agents, limits.max_agents at most) and `location` (only that location's agents;
+alone, it means one agent). They are not spec fields: the service's pool is what the run is
+placed on, and a target may have its own URL for a location (`location_urls`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from latbench.client.preflight import read_api_key
 from latbench.load.pacers import planned_length_s
+from latbench.records.record import MAX_LOCATION, is_location
 from latbench.service.config import ServiceConfig, TargetEntry
 from latbench.shared.dist import Dist
 from latbench.shared.errors import SpecError
@@ -59,6 +65,35 @@ class Admitted:
     target: str
     spec: RunSpec
     request: dict[str, Any]  # the caller's document, kept to admit a queued run again at restart
+    agents: int | None = None  # the run's load from this many of the pool's agents
+    location: str | None = None  # ... of this location
+
+
+def placement(body: Mapping[str, Any], config: ServiceConfig) -> tuple[int | None, str | None]:
+    """The submission's `agents` and `location`, checked; Refused(400) naming the bad one."""
+    agents, location = body.get("agents"), body.get("location")
+    if agents is None and location is None:
+        return None, None
+    if config.agents is None:
+        raise Refused(
+            400,
+            "agents, location: this service runs no agents (its config has no agents section); "
+            "leave them out to run on the service's own workers",
+        )
+    if location is not None and not (isinstance(location, str) and is_location(location)):
+        raise Refused(
+            400, f"location: {location!r:.80} is not a label of 1 to {MAX_LOCATION} printable "
+            "characters (an agent's --location)",
+        )  # fmt: skip
+    if agents is None:
+        return 1, location
+    cap = config.limits.max_agents
+    if type(agents) is not int or not 1 <= agents <= cap:
+        raise Refused(
+            400, f"agents: {agents!r:.40} is not a whole number from 1 to {cap} "
+            "(limits.max_agents)",
+        )  # fmt: skip
+    return agents, location
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,6 +277,9 @@ def admit(body: Any, config: ServiceConfig, urls: Mapping[str, str]) -> Admitted
     request = copy.deepcopy(dict(body))  # kept as sent; the merging below builds new dicts
     body = copy.deepcopy(request)
     name, timeouts = _target_name(body, config)
+    agents, location = placement(body, config)
+    body.pop("agents", None)
+    body.pop("location", None)
     for key, why in SERVICE_KEYS.items():
         if key in body:
             raise Refused(403, f"{key}: {why}")
@@ -284,14 +322,17 @@ def admit(body: Any, config: ServiceConfig, urls: Mapping[str, str]) -> Admitted
                 )
     data = deep_merge(config.defaults, {k: v for k, v in body.items() if k != "target"})
     _fill_stop_conditions(data, config)
-    data["target"] = target_spec(config.targets[name], urls[name], timeouts)
+    entry = config.targets[name]
+    # Agents of a location may reach the target at an address of their own.
+    url = entry.location_urls.get(location, urls[name]) if location is not None else urls[name]
+    data["target"] = target_spec(entry, url, timeouts)
     data["output_dir"] = str(config.runs_dir)
     try:
         spec = load_spec(data, source="request body")
     except SpecError as e:
         raise Refused(400, str(e)) from None
     check_caps(spec, config)
-    return Admitted(name, spec, request)
+    return Admitted(name, spec, request, agents, location)
 
 
 def scenario_label(spec: RunSpec, config: ServiceConfig, schedule: str | None) -> str:

@@ -20,7 +20,9 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from latbench.agents.pool import AgentPool
 from latbench.service.admit import Refused, admit
+from latbench.service.agents import agent_json, check_registered, connected
 from latbench.service.config import ServiceConfig
 from latbench.service.runs import Active, RunManager
 from latbench.service.scheduler import Scheduler
@@ -32,6 +34,7 @@ MANAGER = web.AppKey("manager", RunManager)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 SCHEDULER_TASK = web.AppKey("scheduler_task", asyncio.Task)
 TOKEN = web.AppKey("token", str)
+POOL: web.AppKey[AgentPool | None] = web.AppKey("pool")
 
 API = "/api/v1"
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -109,14 +112,27 @@ def verdict(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def placement(request: dict[str, Any]) -> tuple[int | None, str | None]:
+    """A stored submission's agents and location (admitted once, so well-formed)."""
+    location = request.get("location")
+    location = location if isinstance(location, str) else None
+    agents = request.get("agents")
+    if type(agents) is not int:
+        agents = None if location is None else 1
+    return agents, location
+
+
 def run_json(row: RunRow, active: Active | None, *, detail: bool) -> dict[str, Any]:
     link = f"{API}/runs/{row.id}"
+    agents, location = placement(row.request)
     d: dict[str, Any] = {
         "id": row.id,
         "state": row.state,
         "target": row.target,
         "name": row.name,
         "schedule": row.schedule,
+        "agents": agents,
+        "location": location,
         "created_at": _time(row.created_at),
         "started_at": _time(row.started_at),
         "ended_at": _time(row.ended_at),
@@ -199,6 +215,15 @@ async def list_targets(request: web.Request) -> web.Response:
     return _json({"targets": out})
 
 
+async def list_agents(request: web.Request) -> web.Response:
+    """The agents registered with the service (none without an agents section)."""
+    pool = request.app[POOL]
+    if pool is None:
+        return _json({"enabled": False, "coordinator": None, "agents": []})
+    agents = [agent_json(a) for a in connected(pool)]
+    return _json({"enabled": True, "coordinator": pool.url, "agents": agents})
+
+
 async def list_schedules(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     sch = request.app[SCHEDULER]
@@ -209,6 +234,8 @@ async def list_schedules(request: web.Request) -> web.Response:
             "every_s": s.every,
             "cron": s.cron,
             "jitter_s": s.jitter,
+            "locations": s.locations,
+            "agents": s.placements()[0][0],
             "next_fire_at": _time(sch.next_at.get(s.name)),
             "last_run_id": sch.last_run.get(s.name),
             "fired": sch.fired[s.name],
@@ -272,6 +299,9 @@ async def submit_run(request: web.Request) -> web.Response:
         raise Refused(400, f"the request body is not JSON: {e}") from None
     manager = request.app[MANAGER]
     admitted = admit(body, request.app[CONFIG], manager.urls)
+    pool = request.app[POOL]
+    if admitted.agents is not None and pool is not None:
+        check_registered(pool, admitted.agents, admitted.location)
     row = await manager.submit(admitted)
     a = manager.active(row.id)
     return _json(run_json(row, a, detail=True), 202, {"Location": f"{API}/runs/{row.id}"})
@@ -371,6 +401,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{API}/openapi.yaml", openapi)
     app.router.add_get(f"{API}/targets", list_targets)
     app.router.add_get(f"{API}/schedules", list_schedules)
+    app.router.add_get(f"{API}/agents", list_agents)
     app.router.add_get(f"{API}/runs", list_runs)
     app.router.add_post(f"{API}/runs", submit_run)
     app.router.add_get(f"{API}/runs/{{run_id}}", get_run)

@@ -1,11 +1,13 @@
 """The aiohttp application and `latbench serve`'s life: start, serve, drain on SIGTERM, stop.
 
 Start-up order (a `cleanup_ctx`, so each thing is undone if and only if it was set up): builtin
-simulators, the store, recovery of runs a previous process left behind, the run manager and the
-scheduler. Shutdown on the first SIGTERM or SIGINT: stop listening (aiohttp closes the sockets
-first), stop the scheduler, give running runs `shutdown_grace` to finish, cancel what is still
-in flight (records flushed, footers written), close the store, exit 0. A second signal skips
-the grace.
+simulators, the store, the agents' pool (with an `agents` section: it listens on its own port for
+the service's life, and closes after the runs on its agents have drained), recovery of runs a
+previous process left behind, the run manager and the scheduler. Shutdown on the first SIGTERM
+or SIGINT: stop listening (aiohttp closes the sockets first), stop the scheduler, give running
+runs `shutdown_grace` to finish, cancel what is still in flight (records flushed, footers
+written), close the agents' connections (they connect again to the next service) and the store,
+exit 0. A second signal skips the grace.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from latbench.agents.pool import AgentPool
 from latbench.exporter import LatbenchMetrics
 from latbench.service.admit import Refused, check_target_keys
+from latbench.service.agents import AgentGauge
 from latbench.service.api import (
     CONFIG,
     MANAGER,
+    POOL,
     SCHEDULER,
     SCHEDULER_TASK,
     STORE,
@@ -50,10 +55,14 @@ DB_NAME = "latbench.db"
 HANDLER_SHUTDOWN_S = 5.0  # after the drain, how long open requests (followers) may take
 
 
-def create_app(config: ServiceConfig, token: str) -> web.Application:
+def create_app(
+    config: ServiceConfig, token: str, agent_token: str | None = None
+) -> web.Application:
+    """`agent_token`: the agents' token, read at start (`serve`), when the config has agents."""
     app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[json_errors])
     app[CONFIG] = config
     app[TOKEN] = token
+    app[POOL] = None
     # The app's own registry (never the process-global one), holding the exporter's series and
     # the service's gauges; a scrape reads both.
     registry = CollectorRegistry()
@@ -68,6 +77,12 @@ def create_app(config: ServiceConfig, token: str) -> web.Application:
                 raise SpecError(e.message) from None
             store = await Store.open(config.data_dir / DB_NAME)
             stack.push_async_callback(store.close)
+            pool = None
+            if config.agents is not None:
+                pool = await _start_pool(config, agent_token)
+                stack.push_async_callback(pool.close)
+                registry.register(AgentGauge(pool, metrics))
+                app[POOL] = pool
             if config.otlp_metrics is not None:
                 # The same series over OTLP, exported for the service's life from a thread
                 # of its own; imported here, the binding being the optional `otel` extra.
@@ -77,7 +92,7 @@ def create_app(config: ServiceConfig, token: str) -> web.Application:
                 otlp.start()
                 # Its last export, off the loop, after the runs have drained.
                 stack.push_async_callback(asyncio.to_thread, otlp.finish)
-            manager = RunManager(config, store, metrics, urls)
+            manager = RunManager(config, store, metrics, urls, pool)
             await manager.recover()
             scheduler = Scheduler(config, manager, random.Random())
             registry.register(manager)
@@ -98,6 +113,23 @@ def create_app(config: ServiceConfig, token: str) -> web.Application:
     add_routes(app)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     return app
+
+
+async def _start_pool(config: ServiceConfig, token: str | None) -> AgentPool:
+    """The agents' endpoint, listening until the service stops (AgentError if it cannot)."""
+    assert config.agents is not None
+    host, port = config.agents.host_port
+    pool = AgentPool(
+        token or config.agents.read_token(),
+        host,
+        port,
+        max_uncertainty_ns=round(config.agents.max_clock_uncertainty * 1e9),
+        keep_agents=True,  # they stay between runs, and come back after a lost connection
+    )
+    await pool.start()
+    log.info("agents: listening on %s:%d (latbench agent --coordinator %s)", host, pool.port,
+             pool.url)  # fmt: skip
+    return pool
 
 
 async def _target_urls(config: ServiceConfig, stack: contextlib.AsyncExitStack) -> dict[str, str]:
@@ -122,8 +154,9 @@ async def _target_urls(config: ServiceConfig, stack: contextlib.AsyncExitStack) 
 async def serve(config: ServiceConfig) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     token = config.auth.read_token()
+    agent_token = None if config.agents is None else config.agents.read_token()
     check_target_keys(config)
-    app = create_app(config, token)
+    app = create_app(config, token, agent_token)
     runner = web.AppRunner(
         app,
         handle_signals=False,  # ours below: the first signal drains, a second skips the grace

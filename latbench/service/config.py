@@ -1,8 +1,10 @@
 """The service's configuration (`latbench serve --config service.yaml`): one pydantic model.
 
 It holds what API callers cannot choose: the catalogue of targets (URL, API kind, model and where
-their keys come from), the bearer token's source, per-run caps, schedules, retention and where
-runs are stored. deploy/service.example.yaml documents every field.
+their keys come from), the bearer token's source, per-run caps, schedules, retention, where runs
+are stored, and whether the service is a coordinator of agents (`agents`: long-lived
+`latbench agent`s in other places that its runs and per-location probes send load from).
+deploy/service.example.yaml documents every field.
 """
 
 from __future__ import annotations
@@ -14,10 +16,22 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from latbench.agents.protocol import DEFAULT_PORT, TOKEN_ENV, check_token
+from latbench.agents.protocol import parse_listen as parse_agent_listen
 from latbench.exporter import OtlpConfig, OtlpError, otlp_config, parse_listen
 from latbench.exporter.otlp_config import parse_endpoint, require_binding
+from latbench.exporter.series import MAX_LOCATIONS
+from latbench.records.record import MAX_LOCATION, is_location
 from latbench.shared.errors import SpecError
 from latbench.shared.secrets import read_secret_file
 from latbench.shared.yamlfile import load_yaml
@@ -40,6 +54,29 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def check_location(value: object) -> str:
+    """An agent location as a config names it (the label agents register with); ValueError."""
+    if not isinstance(value, str) or not is_location(value):
+        raise ValueError(
+            f"location {value!r:.80} is not a label of 1 to {MAX_LOCATION} printable characters "
+            "(what agents give as --location)"
+        )
+    return value
+
+
+Location = Annotated[str, BeforeValidator(check_location)]
+
+
+def _base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        # The URL is shown in results and logs; keys belong in api_key_env/api_key_file.
+        raise ValueError("base_url must not hold credentials; use api_key_env or api_key_file")
+    normal = TargetSpec(base_url=url).base_url  # a trailing /v1 dropped, as for runs
+    assert normal is not None
+    return normal
+
+
 class TargetEntry(TargetSpec):
     """One catalogue target: a run spec's `target` section (URL, API kind, model, where the key
     comes from, headers, TLS, timeouts, retries), plus how many runs it takes at once. Give
@@ -50,21 +87,31 @@ class TargetEntry(TargetSpec):
     max_concurrent_runs: int = Field(
         default=1, ge=1, description="runs against this target at once; more wait in its queue"
     )
+    location_urls: dict[Location, str] = Field(
+        default_factory=dict,
+        description="the target's base URL as agents of a location reach it (a regional "
+        "endpoint, a public address), where it is not base_url; the service's own preflight "
+        "uses it too, so the service must reach it as well",
+    )
+
+    @field_validator("location_urls")
+    @classmethod
+    def _location_urls(cls, v: dict[str, str]) -> dict[str, str]:
+        return {loc: _base_url(url) for loc, url in v.items()}
 
     @model_validator(mode="after")
     def _one_server(self) -> TargetEntry:
         if (self.base_url is None) == (self.builtin_sim is None):
             raise ValueError("give exactly one of base_url and builtin_sim")
-        parts = urlsplit(self.base_url or "")
-        if parts.username or parts.password:
-            # The URL is shown in results and logs; keys belong in api_key_env/api_key_file.
-            raise ValueError("base_url must not hold credentials; use api_key_env or api_key_file")
+        if self.base_url is not None:
+            _base_url(self.base_url)
         return self
 
     def target_spec(self) -> dict[str, Any]:
         """As a run spec's `target` section (without the base URL, which the service knows)."""
         return self.model_dump(
-            mode="json", exclude={"builtin_sim", "max_concurrent_runs", "base_url"}
+            mode="json",
+            exclude={"builtin_sim", "max_concurrent_runs", "base_url", "location_urls"},
         )
 
 
@@ -95,6 +142,55 @@ class AuthConfig(_Model):
         return token
 
 
+class AgentsConfig(_Model):
+    """The service as a coordinator (docs/distributed.md, "Probes from many places"): it listens
+    for `latbench agent`s on `listen` (a WebSocket at /v1/agents, apart from the API) for its
+    whole life; they register with their location and stay, idle between runs. A submission
+    with `agents: N` (and `location`) or a schedule with `locations` sends its load from them."""
+
+    listen: str = Field(
+        default=f"0.0.0.0:{DEFAULT_PORT}", description="HOST:PORT agents connect to"
+    )
+    token_file: Path | None = Field(
+        default=None, description="the agents' shared token (a mounted secret); else token_env"
+    )
+    token_env: str = TOKEN_ENV
+    max_clock_uncertainty: PositiveSeconds = Field(
+        default=0.005,
+        description="an agent whose clock offset is known less well than this is flagged",
+    )
+    wait: PositiveSeconds = Field(
+        default=30.0,
+        description="how long a run waits for its agents to be free (or to connect again) "
+        "before it fails",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_agent_listen(v)  # a ValueError naming it
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_agent_listen(self.listen)
+
+    def read_token(self) -> str:
+        """The agents' token (SpecError naming where it should have come from)."""
+        if self.token_file is not None:
+            token = read_secret_file(self.token_file, "agents.token_file")
+            where = f"agents.token_file {self.token_file}"
+        else:
+            token = os.environ.get(self.token_env, "").strip()
+            where = f"environment variable {self.token_env} (agents.token_env)"
+        if not token:
+            raise SpecError(f"no agent token: set {where}, the token the agents are given")
+        try:
+            return check_token(token, where)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+
+
 class Limits(_Model):
     """Per-run caps, checked on every submission; a spec over a cap is refused (400)."""
 
@@ -116,6 +212,7 @@ class Limits(_Model):
         le=MAX_TOKENS,
         description="a request's max_tokens, as max_input_tokens for workload.output_tokens",
     )
+    max_agents: int = Field(default=16, ge=1, description="agents one run may ask for")
     max_queued_runs: int = Field(default=100, ge=1, description="beyond it, submissions get 429")
     max_running_runs: int = Field(default=2, ge=1, description="runs at once, all targets")
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
@@ -142,6 +239,17 @@ class ScheduleConfig(_Model):
         default_factory=lambda: dict(DEFAULT_PROBE),
         description="a run spec without target; default: 1 user, 10 requests",
     )
+    locations: list[Location] | None = Field(
+        default=None,
+        description="agent locations: each firing runs one probe from each, on that location's "
+        "agents (needs the agents section)",
+    )
+    agents: int | None = Field(
+        default=None,
+        ge=1,
+        description="agents each probe runs on (default 1 with locations; none: the service's "
+        "own workers)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:
@@ -149,7 +257,26 @@ class ScheduleConfig(_Model):
             raise ValueError("give exactly one of every and cron")
         if self.cron is not None and not croniter.is_valid(self.cron):
             raise ValueError(f"cron {self.cron!r} is not a cron line, e.g. '*/5 * * * *'")
+        if self.locations is not None:
+            if not self.locations:
+                raise ValueError("locations: name one or more, or leave it out")
+            if len(set(self.locations)) != len(self.locations):
+                raise ValueError("locations: a location is named twice")
+            if len(self.locations) > MAX_LOCATIONS:
+                raise ValueError(
+                    f"locations: {len(self.locations)} named; the location label keeps at "
+                    f"most {MAX_LOCATIONS}"
+                )
+        for key in ("agents", "location", "locations"):
+            if key in self.spec:
+                raise ValueError(f"spec.{key}: give it as the schedule's own field")
         return self
+
+    def placements(self) -> list[tuple[int | None, str | None]]:
+        """(agents, location) of each probe a firing runs: one per location, or one."""
+        if self.locations is not None:
+            return [(self.agents or 1, loc) for loc in self.locations]
+        return [(self.agents, None)]
 
 
 class OtlpMetricsConfig(_Model):
@@ -212,6 +339,9 @@ class ServiceConfig(_Model):
         "as 'adhoc', so callers cannot grow the number of series",
     )
     otlp_metrics: OtlpMetricsConfig | None = None
+    agents: AgentsConfig | None = Field(
+        default=None, description="listen for latbench agents and run on them (probes per place)"
+    )
 
     @field_validator("listen")
     @classmethod
@@ -249,6 +379,18 @@ class ServiceConfig(_Model):
                 )
             if names.count(s.name) > 1:
                 raise ValueError(f"schedule name {s.name!r} is used twice")
+            if (s.locations is not None or s.agents is not None) and self.agents is None:
+                raise ValueError(
+                    f"schedule {s.name!r} runs on agents (locations, agents): give the service "
+                    "an agents section (listen, token_file) for them to register with"
+                )
+        agent_port = None if self.agents is None else self.agents.host_port[1]
+        if agent_port == self.host_port[1] != 0:
+            assert self.agents is not None
+            raise ValueError(
+                f"agents.listen {self.agents.listen}: the API listens on that port; give "
+                f"the agents their own (the default is {DEFAULT_PORT})"
+            )
         return self
 
     @property

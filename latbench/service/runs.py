@@ -9,6 +9,10 @@ because they share one event loop and one core of client time.
 Every state change is written to the store before it is announced, so what a client following a
 run sees has already survived a crash. A run's records are on disk as they finish; a run that
 ends without a summary from the runner (killed, failed mid-way) gets one from its records.
+
+A run placed on agents (`agents: N`, `location`) takes them from the service's pool when its
+turn comes, waiting up to `agents.wait` for them to be free, and gives them back at its end;
+they are lent to one run at a time. Its records say which agent and location sent each request.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from rich.console import Console
 
+from latbench.agents.pool import AgentError, AgentPool
 from latbench.exporter import LatbenchMetrics
 from latbench.load.runner import Runner
 from latbench.records.rundir import RunDir
-from latbench.run.benchmark import new_run_id, public_spec, run_benchmark
+from latbench.run.benchmark import Agents, new_run_id, public_spec, run_benchmark
+from latbench.service import agents as service_agents
 from latbench.service.admit import Admitted, Refused, admit, scenario_label
 from latbench.service.config import ServiceConfig
 from latbench.service.progress import RunProgress
@@ -65,6 +71,8 @@ class Active:
     row: RunRow
     spec: RunSpec
     scenario: str  # its Prometheus scenario label
+    agents: int | None = None  # run on this many of the pool's agents (None: local workers)
+    location: str | None = None  # ... of this location
     progress: RunProgress = field(default_factory=RunProgress)
     bench: asyncio.Task[Any] | None = None
     runner: Runner | None = None
@@ -97,11 +105,13 @@ class RunManager:
         store: Store,
         metrics: LatbenchMetrics,
         urls: dict[str, str],
+        pool: AgentPool | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
         self.urls = urls
+        self.pool = pool  # the agents' pool, when the config has an agents section
         self.queued: list[Active] = []
         self.running: dict[str, Active] = {}
         self.finished: Counter[str] = Counter()
@@ -158,12 +168,13 @@ class RunManager:
                 await self.store.update(row)
                 continue
             row.spec = public_spec(admitted.spec)
-            self.queued.append(Active(row, admitted.spec, self._scenario(admitted, row.schedule)))
+            self.queued.append(self._active(row, admitted))
         await self.prune()
         self._dispatch()
 
-    def _scenario(self, admitted: Admitted, schedule: str | None) -> str:
-        return scenario_label(admitted.spec, self.config, schedule)
+    def _active(self, row: RunRow, admitted: Admitted) -> Active:
+        scenario = scenario_label(admitted.spec, self.config, row.schedule)
+        return Active(row, admitted.spec, scenario, admitted.agents, admitted.location)
 
     # -- submit, dispatch, run -----------------------------------------------------------------
 
@@ -184,7 +195,7 @@ class RunManager:
             row = await self._store_new(admitted, schedule)
         finally:
             self._admitting -= 1
-        self.queued.append(Active(row, admitted.spec, self._scenario(admitted, schedule)))
+        self.queued.append(self._active(row, admitted))
         log.info(
             "run %s queued: target %s, %s", row.id, row.target,
             f"schedule {schedule}" if schedule else "submitted",
@@ -249,10 +260,22 @@ class RunManager:
             if a.cancel_requested or a.shutting_down:
                 runner.abort()
 
+        agents = None
+        if a.agents is not None:
+            if self.pool is None or self.config.agents is None:  # a restart without the section
+                row.state, row.error = FAILED, "the run is on agents; the service has none now"
+                return
+            agents = Agents(
+                self.pool,
+                a.agents,
+                time.monotonic() + self.config.agents.wait,
+                a.location,
+                finish=False,  # they go back to the pool, for the next run
+            )
         bench = asyncio.create_task(
             run_benchmark(
                 a.spec,
-                self.urls[row.target],
+                a.spec.target.base_url or self.urls[row.target],
                 self._console,
                 on_runner=on_runner,
                 metrics=self.metrics,
@@ -260,6 +283,7 @@ class RunManager:
                 progress=a.progress,
                 target_label=row.target,
                 scenario_label=a.scenario,
+                agents=agents,
             )
         )
         a.bench = bench
@@ -277,7 +301,12 @@ class RunManager:
         exc = bench.exception()
         if exc is not None:
             row.state = FAILED
-            if isinstance(exc, LatbenchError):
+            if isinstance(exc, AgentError) and agents is not None and self.config.agents:
+                assert self.pool is not None and a.agents is not None
+                row.error = service_agents.shortfall(
+                    self.pool, a.agents, a.location, self.config.agents.wait
+                )
+            elif isinstance(exc, LatbenchError):
                 row.error = str(exc)
             else:
                 log.error("run %s: internal error", row.id, exc_info=exc)

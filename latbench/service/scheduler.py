@@ -4,6 +4,11 @@
 `Scheduler` task only sleeps until the earliest one and submits. A schedule whose previous run
 is still queued or running skips its turn (counted), so a slow or down target never piles up
 probes. Cron lines are read in UTC by croniter, the maintained cron parser for Python.
+
+A schedule that names `locations` submits one probe per location at each firing, each on that
+location's agents (`agents`, default 1), and each skips on its own while its previous probe is
+still going. A location with no agent gets its probe all the same: it fails after the wait
+(agents.wait) with a recorded error that says so, and the other locations are probed as usual.
 """
 
 from __future__ import annotations
@@ -47,18 +52,27 @@ def first_fire(s: ScheduleConfig, start: float, u: float) -> float:
     return start + u * s.jitter
 
 
-def schedule_request(s: ScheduleConfig) -> dict[str, Any]:
-    return {"name": s.name, **s.spec, "target": s.target}
+def schedule_request(
+    s: ScheduleConfig, agents: int | None = None, location: str | None = None
+) -> dict[str, Any]:
+    """The submission of one probe of `s` (on `agents` of `location`, for one with locations)."""
+    request = {"name": s.name, **s.spec, "target": s.target}
+    if agents is not None:
+        request["agents"] = agents
+    if location is not None:
+        request["location"] = location
+    return request
 
 
 def check_schedules(config: ServiceConfig, urls: dict[str, str]) -> None:
-    """At start: every schedule's spec is admitted (caps included), or the service stops with
-    the schedule and field named."""
+    """At start: every schedule's spec is admitted (caps included), from each of its locations,
+    or the service stops with the schedule and field named."""
     for s in config.schedules:
-        try:
-            admit(schedule_request(s), config, urls)
-        except Refused as e:
-            raise Refused(e.status, f"schedule {s.name!r}: {e.message}") from None
+        for agents, location in s.placements():
+            try:
+                admit(schedule_request(s, agents, location), config, urls)
+            except Refused as e:
+                raise Refused(e.status, f"schedule {s.name!r}: {e.message}") from None
 
 
 @dataclass(eq=False)  # a Collector in a registry: hashed by identity
@@ -88,22 +102,30 @@ class Scheduler:
             )
 
     async def _fire(self, s: ScheduleConfig) -> None:
-        busy = any(a.row.schedule == s.name for a in self.manager.actives())
+        for agents, location in s.placements():
+            await self._fire_one(s, agents, location)
+
+    async def _fire_one(self, s: ScheduleConfig, agents: int | None, location: str | None) -> None:
+        name = s.name if location is None else f"{s.name} ({location})"
+        busy = any(
+            a.row.schedule == s.name and a.location == location for a in self.manager.actives()
+        )
         if busy:
             self.skipped[s.name] += 1
-            log.info("schedule %s: previous run still going; skipped", s.name)
+            log.info("schedule %s: previous run still going; skipped", name)
             return
         try:
+            request = schedule_request(s, agents, location)
             row = await self.manager.submit(
-                admit(schedule_request(s), self.config, self.manager.urls), schedule=s.name
+                admit(request, self.config, self.manager.urls), schedule=s.name
             )
         except Refused as e:  # queue full, shutting down
             self.skipped[s.name] += 1
-            log.warning("schedule %s: not submitted: %s", s.name, e.message)
+            log.warning("schedule %s: not submitted: %s", name, e.message)
             return
         except Exception:  # the store failed; the next firing tries again
             self.skipped[s.name] += 1
-            log.exception("schedule %s: not submitted", s.name)
+            log.exception("schedule %s: not submitted", name)
             return
         self.fired[s.name] += 1
         self.last_run[s.name] = row.id

@@ -47,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from latbench.client.looplag import add_lag_listener
-from latbench.exporter import LatbenchMetrics, RunLabels, target_label
+from latbench.exporter import LatbenchMetrics, RunLabels, location_label, target_label
 from latbench.records.record import TOOL_CALL, GpuSample, Record, RunFooter, ServerSpan
 from latbench.spec.slo import Slo
 from latbench.summary.bound import record_bounds_s
@@ -71,9 +71,22 @@ ENERGY_MAX_HELD = 100_000
 Step = tuple[int, int, float]  # (from, to) monotonic ns, J
 
 
-def run_labels(spec_base_url: str | None, model: str, api: str, scenario: str) -> RunLabels:
-    """Labels of a run. `spec_base_url` is the spec's target (None: the builtin simulator)."""
-    return RunLabels(target=target_label(spec_base_url), model=model, api=api, scenario=scenario)
+def run_labels(
+    spec_base_url: str | None,
+    model: str,
+    api: str,
+    scenario: str,
+    locations: Sequence[str | None] | None = None,
+) -> RunLabels:
+    """Labels of a run. `spec_base_url` is the spec's target (None: the builtin simulator);
+    `locations`, those of the agents that send its load (None: this process's workers)."""
+    return RunLabels(
+        target=target_label(spec_base_url),
+        model=model,
+        api=api,
+        scenario=scenario,
+        location=location_label(locations),
+    )
 
 
 class PrometheusSink:
@@ -89,9 +102,9 @@ class PrometheusSink:
         inflight: Callable[[], int] | None = None,
         offered: Callable[[], float | None] | None = None,
     ) -> None:
-        self.labels = labels
         self._slos = tuple(slos)
         self._s = metrics.series(labels)
+        self.labels = self._s.labels  # as exported: a location past the bound is "other"
         self._run = self._s.start_run(inflight, offered)
         self._meter = EnergyMeter()
         # The measured requests' span so far, and the energy steps not yet counted: before it

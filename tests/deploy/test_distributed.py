@@ -23,7 +23,7 @@ import yaml
 from kit import paths
 
 from latbench.cli.main import COMMANDS, build_parser
-from latbench.service.config import ScheduleConfig, ServiceConfig, load_config
+from latbench.service.config import load_config
 
 ROOT = paths.ROOT
 DEPLOY = ROOT / "deploy"
@@ -349,21 +349,20 @@ def service_yaml(objs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_service_config_loads(tmp_path: Path, with_service: list[dict[str, Any]]) -> None:
-    """The ConfigMap's service.yaml is a config `latbench serve` loads. Until the service has
-    its `agents` section and schedules' `locations` (issue 18, the service part), those two are
-    checked by hand and the rest loads as it is."""
+    """The ConfigMap's service.yaml is a config `latbench serve` loads, agents and per-location
+    schedules included, and the rest of it is the single-host service's."""
     config = service_yaml(with_service)
-    knows_agents = "agents" in ServiceConfig.model_fields
-    knows_locations = "locations" in ScheduleConfig.model_fields
-    if not knows_agents:
-        agents = config.pop("agents")
-        assert set(agents) == {"listen", "token_file", "max_clock_uncertainty"}
-    if not knows_locations:
-        for s in config["schedules"]:
-            s.pop("locations", None)
     (tmp_path / "service.yaml").write_text(yaml.safe_dump(config))
     loaded = load_config(tmp_path / "service.yaml")
     assert loaded.host_port[1] == 8080
+    assert loaded.agents is not None
+    assert loaded.agents.host_port == ("0.0.0.0", AGENT_PORT)
+    assert str(loaded.agents.token_file) == config["agents"]["token_file"]
+    assert loaded.agents.max_clock_uncertainty == 0.005
+    (schedule,) = loaded.schedules
+    assert schedule.locations == ["zone-a", "zone-b"]
+    # One probe per location a firing, each on one agent of that location.
+    assert schedule.placements() == [(1, "zone-a"), (1, "zone-b")]
 
 
 def test_service_listens_for_its_agents(with_service: list[dict[str, Any]]) -> None:

@@ -80,7 +80,7 @@ def test_the_panels_the_issue_asks_for_are_there() -> None:
     latency = json.dumps(d["latbench-latency.json"])
     for metric in ("ttft", "ttfo", "itl", "tpot", "e2e"):
         for q in ("0.5", "0.9", "0.99"):
-            by = "sum by (target, model, le)"
+            by = "sum by (target, model, location, le)"  # a line per location
             assert f"histogram_quantile({q}, {by} (rate(latbench_{metric}_seconds_bucket" in latency
     for needle in (
         'le=\\"0.1\\"',  # attainment
@@ -115,7 +115,10 @@ def test_the_panels_the_issue_asks_for_are_there() -> None:
         assert needle in vs, needle
     for dash in d.values():
         names = [v["name"] for v in dash["templating"]["list"]]
-        assert names == ["datasource", "target", "model", "scenario"]
+        assert names == ["datasource", "target", "model", "scenario", "location"]
+        (location,) = [v for v in dash["templating"]["list"] if v["name"] == "location"]
+        assert location["multi"] and location["includeAll"]
+        assert location["query"].endswith(", location)")
 
 
 def test_provisioning_matches_the_dashboards() -> None:

@@ -301,6 +301,7 @@ def grafana_vars(live: Live, scenario: str = ".*") -> dict[str, str]:
         "target": ".*",
         "model": ".*",
         "scenario": scenario,
+        "location": ".*",
     }
 
 

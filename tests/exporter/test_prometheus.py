@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from latbench.exporter import (
     LatbenchMetrics,
     MetricsExport,
     RunLabels,
+    location_label,
     parse_listen,
     render_text,
     target_label,
@@ -41,6 +43,7 @@ from latbench.exporter.series import (
     E2E_BUCKETS,
     ITL_BUCKETS,
     LOOP_LAG_BUCKETS,
+    MAX_LOCATIONS,
     QUEUE_DELAY_BUCKETS,
     TTFT_BUCKETS,
 )
@@ -108,6 +111,39 @@ def test_each_histogram_has_its_contract_name() -> None:
 )
 def test_target_label_is_bounded_and_has_no_credentials(url: str | None, label: str) -> None:
     assert target_label(url) == label
+
+
+@pytest.mark.parametrize(
+    ("locations", "label"),
+    [
+        (None, "local"),
+        (["eu-west"], "eu-west"),
+        (["eu-west", "eu-west"], "eu-west"),
+        ([None], "remote"),
+        (["eu-west", "us-east"], "mixed"),
+        (["eu-west", None], "mixed"),
+    ],
+)
+def test_location_label_says_where_the_load_came_from(
+    locations: list[str | None] | None, label: str
+) -> None:
+    assert location_label(locations) == label
+
+
+def test_location_label_values_are_bounded_however_many_places_agents_name() -> None:
+    metrics = LatbenchMetrics()
+    base = RunLabels("t", "m", "chat", "s")
+    assert base.location == "local"
+    kept = [metrics.series(replace(base, location=f"zone-{i}")).labels for i in range(40)]
+    assert [x.location for x in kept[:MAX_LOCATIONS]] == [f"zone-{i}" for i in range(32)]
+    assert {x.location for x in kept[MAX_LOCATIONS:]} == {"other"}
+    # A location already in use keeps its own series; the fixed values never count.
+    assert metrics.series(replace(base, location="zone-3")).labels.location == "zone-3"
+    for fixed in ("local", "remote", "mixed"):
+        assert metrics.series(replace(base, location=fixed)).labels.location == fixed
+    text = render_text(metrics).decode()
+    assert len({line.split('location="')[1].split('"')[0]
+                for line in text.splitlines() if 'location="' in line}) == 32 + 4  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -262,14 +298,15 @@ def test_counters_equal_the_summary(unit_run: Run) -> None:
     assert abs(one(samples, "latbench_run_start_time_seconds") - time.time()) < 600
 
 
-def test_labels_are_the_four_bounded_ones(unit_run: Run) -> None:
+def test_labels_are_the_five_bounded_ones(unit_run: Run) -> None:
     registry, _, _, _ = unit_run
     extra = {"le", "outcome", "kind", "phase", "match"}
     for _, labels in scrape(registry):
         names = {k for k, _ in labels} - extra
-        assert names == {"target", "model", "api", "scenario"}
+        assert names == {"target", "model", "api", "scenario", "location"}
         d = dict(labels)
         assert d["model"] == "sim-unit" and d["scenario"] == "unit" and d["api"] == "chat"
+        assert d["location"] == "local"  # sent by this process's own workers
 
 
 def test_per_record_samples_equal_the_summary_of_that_record(

@@ -64,8 +64,8 @@ from latbench.vllm.launch import free_port
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 
-# The attributes every data point of the unit run carries: the run's four labels, as the
-# semantic conventions (v1.41.0, gen-ai-metrics.md) and latbench.* name them.
+# The attributes every data point of the unit run carries: the run's labels, as the semantic
+# conventions (v1.41.0, gen-ai-metrics.md) and latbench.* name them.
 RUN_ATTRS = {
     "gen_ai.operation.name": "chat",
     "gen_ai.provider.name": "openai",
@@ -73,6 +73,7 @@ RUN_ATTRS = {
     "latbench.target": "builtin-sim",
     "latbench.api": "chat",
     "latbench.scenario": "otlp",
+    "latbench.location": "local",
 }
 ALL_DEFS = {d.name: d for d in (*HISTOGRAM_DEFS, *(d for _, d in (*COUNTER_DEFS, *GAUGE_DEFS)))}
 
@@ -167,7 +168,8 @@ def with_run(attrs: Attrs, **extra: Any) -> bool:
 
 
 def prom_labels(**extra: str) -> frozenset[tuple[str, str]]:
-    base = {"target": "builtin-sim", "model": "sim-otlp", "api": "chat", "scenario": "otlp"}
+    base = {"target": "builtin-sim", "model": "sim-otlp", "api": "chat", "scenario": "otlp",
+            "location": "local"}  # fmt: skip
     return frozenset({**base, **extra}.items())
 
 

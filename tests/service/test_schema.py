@@ -16,6 +16,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kit import paths
+from kit.agents import TOKEN as AGENT_TOKEN
+from kit.agents import free_port
 from kit.service import TOKEN, Service, running
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -30,11 +32,16 @@ RUNNABLE = {"target": "sim", "load": {"concurrency": 1, "requests": 2}}
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     work = tmp_path_factory.mktemp("schema")
+    token = work / "agent-token"
+    token.write_text(AGENT_TOKEN)
+    # An agents section and no agent: a generated `agents`/`location` gets its 409, and
+    # GET /api/v1/agents its (empty) list, against the document too.
+    agents = {"listen": f"127.0.0.1:{free_port()}", "token_file": str(token), "wait": "1s"}
     with SimProcess(SimConfig(ttft=0.01, itl=0.002)) as sim:
         # Small caps: a generated spec that is valid runs for a moment at most.
         limits = {"max_concurrency": 2, "max_duration": "1s", "max_requests": 4,
                   "max_queued_runs": 20}  # fmt: skip
-        with running(sim.url, work, limits=limits) as s:
+        with running(sim.url, work, limits=limits, agents=agents) as s:
             yield s
 
 

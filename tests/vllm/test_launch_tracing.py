@@ -14,7 +14,8 @@ from kit import cli
 
 from latbench.shared.errors import LatbenchError, SpecError
 from latbench.spec import load_spec
-from latbench.vllm.launch import VllmServer, parse_launch_args, traces_endpoint
+from latbench.otlp.receiver import traces_url
+from latbench.vllm.launch import VllmServer, parse_launch_args
 
 
 def stand_in(tmp_path: Path) -> tuple[Path, Path]:
@@ -35,7 +36,7 @@ def test_vllm_gets_the_endpoint_and_otlp_over_http(
     fake, seen = stand_in(tmp_path)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "1000")  # the user's own setting wins
-    endpoint = traces_endpoint("0.0.0.0", 4318)
+    endpoint = traces_url("0.0.0.0", 4318)
     assert endpoint == "http://127.0.0.1:4318/v1/traces"
     server = VllmServer(["--model", "m"], 1, tmp_path / "vllm.log", python=str(fake),
                         otlp_traces_endpoint=endpoint)  # fmt: skip

@@ -155,12 +155,14 @@ class SpanReceiver:
         host: str = "127.0.0.1",
         port: int = 0,
         max_body_bytes: int = MAX_BODY_BYTES,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self._request_type, self._response_type = _messages()  # fails before anything listens
         self.on_span = on_span
         self.host = host
         self.port = port
         self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
         self.counts = ReceiverCounts()
         self._runner: web.AppRunner | None = None
 
@@ -208,15 +210,18 @@ class SpanReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         try:
             kind = _content_kind(request.content_type)
-            body = await _read_within(request, self.max_body_bytes, READ_TIMEOUT_S)
+            body = await _read_within(request, self.max_body_bytes, self.read_timeout_s)
             body = _decompress(
                 request.headers.get("Content-Encoding", ""), body, self.max_body_bytes
             )
             message = self._decode(kind, body)
         except BadPayload as e:
-            self.counts.rejected_payloads += 1
-            self.counts.last_rejection = str(e)
+            self._refused(str(e))
             return web.Response(status=e.status, text=f"{e}\n")
+        except asyncio.CancelledError:
+            # The receiver stopped (the run ended) while the body was still coming.
+            self._refused("body cut off: the receiver stopped while it was still coming")
+            raise
         accepted = rejected = 0
         reason = ""
         for span in spans_of(message, monotonic_ns()):
@@ -248,6 +253,10 @@ class SpanReceiver:
         from google.protobuf import json_format
 
         return web.Response(body=json_format.MessageToJson(response), content_type=JSON)
+
+    def _refused(self, why: str) -> None:
+        self.counts.rejected_payloads += 1
+        self.counts.last_rejection = why
 
     def _decode(self, kind: str, body: bytes) -> ExportTraceServiceRequest:
         message = self._request_type()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from kit import cli
 
+from latbench.otlp.receiver import traces_url
 from latbench.shared.errors import LatbenchError, SpecError
 from latbench.spec import load_spec
-from latbench.otlp.receiver import traces_url
 from latbench.vllm.launch import VllmServer, parse_launch_args
 
 

@@ -1,6 +1,6 @@
 """What a user sees of the per-request join with the server's spans: `latbench summary` (table
-and --json), and the Markdown and CSV reports, from a real run against a tracing simulator
-(kit/spans.py: the simulator's spans, decoded from its OTLP JSON, in the records file)."""
+and --json), and the Markdown and CSV reports, from a real `latbench run --otlp-receiver`
+against a tracing simulator (kit/spans.py): the run's own receiver got the spans."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ def test_the_records_file_holds_one_span_per_request(run_dir: Path) -> None:
     f = read_records(run_dir / "records.jsonl")
     assert len(f.spans) == len(f.records) == N
     assert {s.trace_id for s in f.spans} == {r.trace_id for r in f.records}
+    # The run joined them itself, and said what its receiver saw.
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["server_spans"]["matched"] == N
+    receiver = results["server_spans"]["receiver"]
+    assert receiver["spans"] == N and receiver["rejected_spans"] == 0
+    assert receiver["rejected_payloads"] == 0
+    assert f.footer is not None and f.footer.span_receiver == receiver
 
 
 def test_summary_prints_the_split_and_its_json_carries_it(run_dir: Path) -> None:
@@ -41,10 +48,15 @@ def test_summary_prints_the_split_and_its_json_carries_it(run_dir: Path) -> None
     for label in ("TTFT, client", "TTFT, server", "outside the server", "queue", "prefill"):
         assert label in p.stdout
     assert "TTFT split: mean" in p.stdout and "span start minus send" in p.stdout
+    assert "front end" in p.stdout and "intake" not in p.stdout  # one name for one part
+    assert "-0.0%" not in p.stdout
+    assert "outside the server holds the client's own stamping error" in p.stdout
     assert "no span" not in p.stdout  # every request had its span: no count to warn about
 
     p = latbench("summary", str(run_dir / "records.jsonl"), "--json")
     doc = json.loads(p.stdout)["server_spans"]
+    # The summary of the file says exactly what the run said.
+    assert doc == json.loads((run_dir / "results.json").read_text())["server_spans"]
     assert doc["matched"] == N and doc["requests_without_span"] == 0
     assert doc["spans_without_request"] == doc["duplicate_spans"] == 0
     assert doc["server_ttft_above_client"] == 0 and doc["token_mismatches"] == 0
@@ -52,12 +64,15 @@ def test_summary_prints_the_split_and_its_json_carries_it(run_dir: Path) -> None
     assert len(rows) == N
     for row in rows:
         # Exactly: each part of client TTFT, from the two sides' own clocks.
-        parts = row["outside_ttft"] + row["intake"] + row["queue"] + row["prefill"]
+        parts = row["outside_ttft"] + row["front_end"] + row["queue"] + row["prefill"]
         assert parts == pytest.approx(row["client_ttft"], abs=1e-9)
         assert 0 < row["outside_ttft"] < row["client_ttft"]
         assert row["server_tokens"] == row["client_tokens"] == 6
     # Two slots for four users: most requests waited for one.
     assert doc["distributions"]["queue"]["p90"] > 0.005
+    # The client's stamping error travels with the figures that hold its stamps.
+    bound = doc["distributions"]["outside_ttft"]["error_bound"]
+    assert bound["known"] is True and bound["p50"]["over_s"] >= 0
     assert sum(doc["ttft_split"]["of_mean"].values()) == pytest.approx(1.0)
     assert abs(doc["clock_skew"]["median"]) < 0.05  # one host: only the one-way delay
 

@@ -210,3 +210,23 @@ async def test_json_nested_deeper_than_the_stack_is_a_400(depth: int) -> None:
         assert r.status == 400
         assert "nested too deeply" in await r.text()
         assert receiver.counts.rejected_payloads == 1
+
+
+async def test_a_span_before_the_records_file_exists_waits_for_it(tmp_path: Path) -> None:
+    """The receiver listens before the run's records file is made; a span that comes in
+    between (another client's) is kept and written once the file is there."""
+    spans = RunSpans("127.0.0.1", 0)
+    message = ExportTraceServiceRequest()
+    add_span(message, GOOD)
+    await spans.start()
+    try:
+        status, _ = await post(spans.receiver.endpoint, message.SerializeToString())
+        assert status == 200 and spans.spans == []
+        path = tmp_path / "records.jsonl"
+        sink = JsonlSink(path, HEADER)
+        spans.attach(sink.add_span)
+    finally:
+        await spans.stop()
+    sink.close(None)
+    assert [s.trace_id for s in spans.spans] == [GOOD]
+    assert [s.trace_id for s in read_records(path).spans] == [GOOD]

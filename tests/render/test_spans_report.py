@@ -13,7 +13,9 @@ import pytest
 from kit.cli import latbench
 from kit.spans import run_with_spans
 
-from latbench.records.record import read_records
+from latbench.records.record import Record, ServerSpan, read_records
+from latbench.render.spans import split_line
+from latbench.summary.spans import join_spans
 
 N = 24
 
@@ -88,3 +90,24 @@ def test_markdown_and_csv_reports(run_dir: Path, tmp_path: Path) -> None:
     assert int(row["spans_matched"]) == N
     assert float(row["span_outside_ttft_p50_ms"]) > 0
     assert float(row["span_client_ttft_mean_ms"]) > float(row["span_server_ttft_mean_ms"])
+
+
+def test_a_share_that_rounds_to_zero_reads_as_zero() -> None:
+    """The front end of the simulator's spans is server TTFT - queue - prefill = 0 up to a
+    float residue; the split line says 0.0%, as the table says +0.00, never -0.0%."""
+    residue = 0.03 - 0.01 - 0.02  # -3.5e-18 in floats
+    assert residue < 0
+    spans = [
+        ServerSpan(trace_id=f"{i + 1:032x}", span_id="1" * 16, name="llm_request",
+                   received_ns=0, ttft_s=0.03, queue_s=0.01, prefill_s=0.02)
+        for i in range(3)
+    ]  # fmt: skip
+    records = [
+        Record(run_id="r", seq=i, phase="measure", api="chat", t_intended=0, t_sent=0,
+               ev_t=(32_000_000,), ev_kind="c", trace_id=f"{i + 1:032x}")
+        for i in range(3)
+    ]  # fmt: skip
+    j = join_spans(records, spans)
+    assert j is not None
+    line = split_line(j)
+    assert line is not None and "front end 0.0%" in line and "-0.0%" not in line

@@ -35,18 +35,13 @@ from latbench.cli.common import (
 )
 from latbench.exporter import MetricsExport, OtlpConfig, OtlpError, otlp_config, parse_listen
 from latbench.load.runner import Runner
+from latbench.otlp.receiver import traces_url
 from latbench.records.rundir import RunDir
 from latbench.run.benchmark import Agents, new_run_id, run_benchmark, target_url
 from latbench.shared.errors import SpecError
-from latbench.spec import load_spec
+from latbench.spec import RunSpec, load_spec
 from latbench.vllm.interop import save_vllm_result
-from latbench.vllm.launch import (
-    VllmServer,
-    free_port,
-    parse_launch_args,
-    traces_endpoint,
-    tracing_unavailable,
-)
+from latbench.vllm.launch import VllmServer, free_port, parse_launch_args, tracing_unavailable
 
 
 def add_arguments(sub: Any) -> None:
@@ -100,6 +95,13 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     return repeated(ns, run_once, console, err, "run")
 
 
+def _with_receiver_port(spec: RunSpec, host: str, port: int) -> RunSpec:
+    """`spec` with its span receiver on `host:port`, written as the spec's validator writes it."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = spec.target.model_copy(update={"otlp_receiver": address})
+    return spec.model_copy(update={"target": target})
+
+
 def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
     data = spec_from_args(ns)
     agents = agent_flags(ns)
@@ -122,12 +124,16 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
     run_id = new_run_id()
     if ns.launch_vllm is not None:
         receiver = spec.target.receiver_address()
+        if receiver is not None and receiver[1] == 0:
+            # vLLM is told the receiver's URL before the receiver listens: a port of its own now.
+            spec = _with_receiver_port(spec, receiver[0], free_port(receiver[0]))
+            receiver = spec.target.receiver_address()
         launch = VllmServer(
             parse_launch_args(ns.launch_vllm),
             port,
             RunDir(spec.output_dir / run_id).vllm_log,
             python=ns.vllm_python,
-            otlp_traces_endpoint=None if receiver is None else traces_endpoint(*receiver),
+            otlp_traces_endpoint=None if receiver is None else traces_url(*receiver),
         )
     export = metrics_export(ns)
     holder: list[Runner] = []
@@ -166,6 +172,12 @@ def run_once(ns: argparse.Namespace, console: Console, err: Console) -> int:
         nonlocal interrupts, skip_linger
         if results_written:  # the loop's last turns: the run is over and its results saved
             skip_linger = True
+            return
+        if holder and holder[0].finished:
+            # Every request has ended; what is left is the wait for the server's spans, which
+            # the run said Ctrl-C skips (the spans still missing are counted, the verdict kept).
+            err.print("[yellow]skipping the wait for spans[/]")
+            holder[0].stop()
             return
         interrupts += 1
         if not holder:

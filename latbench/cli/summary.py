@@ -60,7 +60,8 @@ def main(ns: argparse.Namespace, console: Console, err: Console) -> int:
     if f.gpu and summary.window is not None:  # the GPU samples the run took (docs/gpu.md)
         energy = energy_of(f.gpu, f.records, (summary.window.start_ns, summary.window.end_ns))
     # The span lines the run received, joined again: the same "server_spans" as results.json.
-    spans = join_spans(f.records, f.spans, f.header)
+    receiver = None if f.footer is None else f.footer.span_receiver
+    spans = join_spans(f.records, f.spans, f.header, receiver)
     show_summary(summary, recon, console, ns.json, energy, spans)
     if f.footer is not None and f.footer.ended == "incomplete":
         # As the live run said: a worker died, so the run is not whole whatever the figures say.

@@ -166,9 +166,11 @@ HISTOGRAMS: tuple[HistogramDef, ...] = (
     ),
     HistogramDef(
         "outside_ttft",
-        "Client TTFT minus the server span's TTFT, per joined request: the part of the TTFT "
-        "outside the server (client, network, HTTP, tokenisation, framing). Each side is on its "
-        "own clock; a negative value counts in the first bucket.",
+        "Client TTFT (from the attempt the span describes) minus the server span's TTFT, per "
+        "joined request: the part outside the server (the network both ways, the server's HTTP "
+        "parsing before its TTFT starts, its framing and write of the first chunk, and the "
+        "client's own stamping error; tokenising is inside the server's TTFT). Each side is on "
+        "its own clock; a negative value counts in the first bucket.",
         OUTSIDE_BUCKETS,
     ),
     HistogramDef(

@@ -52,7 +52,7 @@ import asyncio
 import math
 import pickle
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from time import monotonic_ns
 from typing import Any, Literal, get_args
@@ -207,6 +207,10 @@ class Runner:
         self._pacer = make_pacer(load, seed, workload)  # the workers' schedule, for the gauge
         self.watch: Watch | None = None
         self.oversaturation: Oversaturation | None = None
+        # True once `run` has returned: a stop or abort after it asks the caller to skip
+        # what it still waits for (the server's spans, run/spans.py), told to `_interrupt_cbs`.
+        self.finished = False
+        self._interrupt_cbs: list[Callable[[], None]] = []
 
     @property
     def inflight(self) -> int:
@@ -224,8 +228,15 @@ class Runner:
             return None
         return self._pacer.rate_at(offset)
 
+    def add_interrupt_listener(self, callback: Callable[[], None]) -> None:
+        """`callback` is called at every `stop` and `abort` from now on (a Ctrl-C, the service's
+        cancel), also after the run has returned, when nothing is left to stop here."""
+        self._interrupt_cbs.append(callback)
+
     def stop(self) -> None:
         """Stop scheduling; in-flight requests finish."""
+        for callback in list(self._interrupt_cbs):
+            callback()
         if not self._stopping:
             self._stopping = True
             self._stopped_at = monotonic_ns()
@@ -264,6 +275,7 @@ class Runner:
                 w.channel.close()
             for w in self._workers:
                 await w.channel.wait_closed()
+            self.finished = True
         return self._outcome()
 
     def _start_lead(self) -> int:

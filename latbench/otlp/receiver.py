@@ -22,24 +22,31 @@ could ever match them.
 
 A sender is never trusted: the body is capped before and after decompression (a gzip bomb
 stops at the cap), a malformed body is a 400 with a line saying what was wrong, an unknown
-content type a 415, and the receiver keeps serving; rejected payloads and spans are counted.
+content type a 415, a body that does not arrive within `READ_TIMEOUT_S` a 408, and the receiver
+keeps serving; rejected payloads and spans are counted. A span is checked with the records
+file's own rules (`records.record.check_span`) before it is handed on, so that one bad value (a
+time past int64, a count of 1e300, a negative duration) is one rejected span, never a records
+file that cannot be read back or a payload whose other spans are lost. Stopping waits at most
+`SHUTDOWN_TIMEOUT_S` for a sender still mid-request: the run's end never waits on a stalled
+exporter.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import math
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
-from latbench.records.record import ServerSpan, is_trace_id
+from latbench.records.record import ServerSpan, check_span, is_trace_id
 from latbench.shared.errors import LatbenchError
 
 if TYPE_CHECKING:
@@ -56,6 +63,11 @@ MAX_BODY_BYTES = 16 << 20
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 INSTALL_HINT = "pip install 'latbench[otel]'"
+# A batch of spans is one small POST on a live connection: a body that takes longer than this is
+# a stalled or dead sender, not a slow one.
+READ_TIMEOUT_S = 10.0
+# How long stopping waits for a request still being handled (aiohttp's default is 60 s).
+SHUTDOWN_TIMEOUT_S = 1.0
 
 # vLLM's attribute names (vllm/tracing: SpanAttributes), each to its ServerSpan field.
 FLOAT_ATTRS: dict[str, str] = {
@@ -72,6 +84,16 @@ INT_ATTRS: dict[str, str] = {
 }
 REQUEST_ID_ATTR = "gen_ai.request.id"
 SERVICE_NAME_ATTR = "service.name"
+
+
+def traces_url(host: str, port: int) -> str:
+    """The URL a sender on this machine posts its spans to (`--otlp-traces-endpoint`), for a
+    receiver listening on `host:port`."""
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"  # listening everywhere: loopback reaches it
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{TRACES_PATH}"
 
 
 def otel_available() -> bool:
@@ -110,11 +132,17 @@ class ReceiverCounts:
     """What the receiver has seen; every payload and span is in exactly one count."""
 
     payloads: int = 0  # accepted (200)
-    rejected_payloads: int = 0  # answered 400, 413 or 415
+    rejected_payloads: int = 0  # answered 400, 408, 413 or 415, or cut off by the sender
     spans: int = 0  # handed on as ServerSpan
-    rejected_spans: int = 0  # in an accepted payload, but without a valid 16-byte trace id
+    # In an accepted payload, but unusable: no valid 16-byte trace id, a value the records
+    # file cannot hold (`check_span`), or one its taker could not keep.
+    rejected_spans: int = 0
     other_spans: int = 0  # valid, but not a request's (not SERVER, no gen_ai.latency.*)
-    last_rejection: str | None = None  # the latest refusal's message, for the run's warning
+    last_rejection: str | None = None  # the latest refused payload's reason, for the warning
+    last_span_rejection: str | None = None  # the latest rejected span's reason
+
+    def to_dict(self) -> dict[str, int | str | None]:
+        return asdict(self)
 
 
 class SpanReceiver:
@@ -127,29 +155,34 @@ class SpanReceiver:
         host: str = "127.0.0.1",
         port: int = 0,
         max_body_bytes: int = MAX_BODY_BYTES,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self._request_type, self._response_type = _messages()  # fails before anything listens
         self.on_span = on_span
         self.host = host
         self.port = port
         self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
         self.counts = ReceiverCounts()
         self._runner: web.AppRunner | None = None
 
     @property
     def endpoint(self) -> str:
         """The URL a sender on this machine posts to (`--otlp-traces-endpoint`)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}{TRACES_PATH}"
+        return traces_url(self.host, self.port)
 
     async def start(self) -> None:
         # The raw body is read with its own cap; aiohttp's cap would answer 413 with a page
         # of HTML, and its own decompression has no cap of its own on what comes out.
         app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_post(TRACES_PATH, self._handle)
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            auto_decompress=False,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:
@@ -177,22 +210,32 @@ class SpanReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         try:
             kind = _content_kind(request.content_type)
-            body = await _read_capped(request, self.max_body_bytes)
+            body = await _read_within(request, self.max_body_bytes, self.read_timeout_s)
             body = _decompress(
                 request.headers.get("Content-Encoding", ""), body, self.max_body_bytes
             )
             message = self._decode(kind, body)
         except BadPayload as e:
-            self.counts.rejected_payloads += 1
-            self.counts.last_rejection = str(e)
+            self._refused(str(e))
             return web.Response(status=e.status, text=f"{e}\n")
+        except asyncio.CancelledError:
+            # The receiver stopped (the run ended) while the body was still coming.
+            self._refused("body cut off: the receiver stopped while it was still coming")
+            raise
         accepted = rejected = 0
+        reason = ""
         for span in spans_of(message, monotonic_ns()):
             if isinstance(span, ServerSpan):
-                accepted += 1
-                self.on_span(span)
-            elif span == NO_TRACE_ID:
+                try:
+                    self.on_span(span)
+                except Exception as e:  # its taker could not keep it: the others still count
+                    span = Rejected(f"span {span.trace_id} could not be kept: {e}")
+                else:
+                    accepted += 1
+                    continue
+            if isinstance(span, Rejected):
                 rejected += 1
+                reason = span.reason
             else:
                 self.counts.other_spans += 1
         self.counts.payloads += 1
@@ -200,15 +243,20 @@ class SpanReceiver:
         self.counts.rejected_spans += rejected
         response = self._response_type()
         if rejected:
+            self.counts.last_span_rejection = reason
             response.partial_success.rejected_spans = rejected
             response.partial_success.error_message = (
-                f"{rejected} span(s) without a valid 16-byte trace id"
+                f"{rejected} span(s) rejected; the last: {reason}"
             )
         if kind == PROTOBUF:
             return web.Response(body=response.SerializeToString(), content_type=PROTOBUF)
         from google.protobuf import json_format
 
         return web.Response(body=json_format.MessageToJson(response), content_type=JSON)
+
+    def _refused(self, why: str) -> None:
+        self.counts.rejected_payloads += 1
+        self.counts.last_rejection = why
 
     def _decode(self, kind: str, body: bytes) -> ExportTraceServiceRequest:
         message = self._request_type()
@@ -224,7 +272,7 @@ class SpanReceiver:
 
         try:
             data = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
+        except orjson.JSONDecodeError as e:  # orjson's depth limit (1024) is one too
             raise BadPayload(400, f"not JSON: {e}") from None
         if not isinstance(data, dict):
             raise BadPayload(400, "not an OTLP JSON ExportTraceServiceRequest: not an object")
@@ -234,6 +282,16 @@ class SpanReceiver:
             json_format.ParseDict(data, message, ignore_unknown_fields=True)
         except (json_format.ParseError, BadPayload) as e:
             raise BadPayload(400, f"not an OTLP JSON ExportTraceServiceRequest: {e}") from None
+        except RecursionError:
+            # Nesting (an AnyValue's kvlist in a kvlist ...) deeper than Python's stack.
+            raise BadPayload(
+                400, "not an OTLP JSON ExportTraceServiceRequest: nested too deeply"
+            ) from None
+        except (TypeError, ValueError) as e:
+            # json_format lets some wrong shapes through as these (a list where a message is).
+            raise BadPayload(
+                400, f"not an OTLP JSON ExportTraceServiceRequest: {type(e).__name__}: {e}"
+            ) from None
         return message
 
 
@@ -245,6 +303,18 @@ def _content_kind(content_type: str) -> str:
     raise BadPayload(
         415, f"content type {content_type or '(none)'!r}: send {PROTOBUF} or {JSON} (OTLP/HTTP)"
     )
+
+
+async def _read_within(request: web.Request, cap: int, timeout_s: float) -> bytes:
+    """The body, at most `cap` bytes, within `timeout_s`: a sender that stalls mid-body (or
+    closes the connection) is a refused payload, never a handler that holds the run's end."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_capped(request, cap)
+    except TimeoutError:
+        raise BadPayload(408, f"body not received within {timeout_s:g} s") from None
+    except (ConnectionError, aiohttp.ClientPayloadError) as e:
+        raise BadPayload(400, f"body cut short: {e or type(e).__name__}") from None
 
 
 async def _read_capped(request: web.Request, cap: int) -> bytes:
@@ -314,14 +384,27 @@ def _convert_ids(d: dict[str, Any]) -> None:
                 raise BadPayload(400, f"{key} {value[:40]!r} is not hex (OTLP JSON)") from None
 
 
-# Why a span is not handed on.
-NO_TRACE_ID = "no_trace_id"  # rejected (OTLP partial success)
-NOT_A_REQUEST = "not_a_request"  # valid, but no request could match it
 SPAN_KIND_SERVER = 2  # opentelemetry/proto/trace/v1/trace.proto, Span.SpanKind
 
 
-def spans_of(message: ExportTraceServiceRequest, received_ns: int) -> Iterator[ServerSpan | str]:
-    """Each span of an export as a `ServerSpan`, or why not: `NO_TRACE_ID`, `NOT_A_REQUEST`."""
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A span refused (OTLP partial success), and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotARequest:
+    """A valid span that no request could match (vLLM's start-up trace): counted, left out."""
+
+    name: str
+
+
+def spans_of(
+    message: ExportTraceServiceRequest, received_ns: int
+) -> Iterator[ServerSpan | Rejected | NotARequest]:
+    """Each span of an export as a `ServerSpan`, or why not."""
     for rs in message.resource_spans:
         service = _string(rs.resource.attributes, SERVICE_NAME_ATTR)
         for ss in rs.scope_spans:
@@ -329,10 +412,12 @@ def spans_of(message: ExportTraceServiceRequest, received_ns: int) -> Iterator[S
                 yield _server_span(span, service, received_ns)
 
 
-def _server_span(span: Span, service: str | None, received_ns: int) -> ServerSpan | str:
+def _server_span(
+    span: Span, service: str | None, received_ns: int
+) -> ServerSpan | Rejected | NotARequest:
     trace_id = binascii.hexlify(span.trace_id).decode()
     if len(span.trace_id) != 16 or not is_trace_id(trace_id):
-        return NO_TRACE_ID
+        return Rejected(f"trace id {trace_id[:40]!r} is not a valid 16-byte trace id")
     fields: dict[str, Any] = {}
     request_id = None
     latency = False
@@ -345,39 +430,43 @@ def _server_span(span: Span, service: str | None, received_ns: int) -> ServerSpa
         elif kv.key == REQUEST_ID_ATTR and kv.value.HasField("string_value"):
             request_id = kv.value.string_value
     if span.kind != SPAN_KIND_SERVER and not latency:
-        return NOT_A_REQUEST
-    return ServerSpan(
-        trace_id=trace_id,
-        span_id=binascii.hexlify(span.span_id).decode(),
-        name=span.name,
-        received_ns=received_ns,
-        start_unix_ns=span.start_time_unix_nano or None,
-        end_unix_ns=span.end_time_unix_nano or None,
-        request_id=request_id,
-        service=service,
-        **fields,
-    )
+        return NotARequest(span.name)
+    fields |= {
+        "trace_id": trace_id,
+        "span_id": binascii.hexlify(span.span_id).decode(),
+        "name": span.name,
+        "received_ns": received_ns,
+        "start_unix_ns": span.start_time_unix_nano or None,
+        "end_unix_ns": span.end_time_unix_nano or None,
+        "request_id": request_id,
+        "service": service,
+    }
+    try:
+        # The records file's own rules: a span kept here always reads back from it.
+        check_span(fields)
+    except ValueError as e:
+        return Rejected(f"span {trace_id}: {e}")
+    return ServerSpan(**fields)
 
 
 def _number(value: AnyValue) -> float | None:
-    """A duration as sent: a double (vLLM's) or an int; a non-finite one is no value."""
+    """A duration as sent: a double (vLLM's) or an int; `check_span` judges its value."""
     if value.HasField("double_value"):
-        v = value.double_value
-        return v if math.isfinite(v) else None
+        return float(value.double_value)
     if value.HasField("int_value"):
         return float(value.int_value)
     return None
 
 
-def _count(value: AnyValue) -> int | None:
-    """A token count: an int, or a double that holds a whole number; never negative."""
+def _count(value: AnyValue) -> int | float | None:
+    """A token count: an int, or a double as a whole number where it holds one; any other
+    number is passed on as sent, for `check_span` to refuse with the value in its reason."""
     if value.HasField("int_value"):
-        n = value.int_value
-    elif value.HasField("double_value") and value.double_value.is_integer():
-        n = int(value.double_value)
-    else:
-        return None
-    return n if n >= 0 else None
+        return int(value.int_value)
+    if value.HasField("double_value"):
+        v = value.double_value
+        return int(v) if v.is_integer() else v
+    return None  # a string or a bool is no count: the field is left out
 
 
 def _string(attributes: Any, key: str) -> str | None:

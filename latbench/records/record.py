@@ -197,6 +197,10 @@ class RunFooter:
     oversaturation: dict[str, Any] | None = None
     # When a stop (over-saturation's too) ended the sending, monotonic ns; None: nothing did.
     stopped_ns: int | None = None
+    # What the run's OTLP span receiver saw (`run.spans`: its endpoint, payloads and spans
+    # accepted, rejected and why, spans of no request); None when the run had no receiver. In
+    # the file, so that `latbench summary` says what results.json says.
+    span_receiver: dict[str, Any] | None = None
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
@@ -289,23 +293,50 @@ def encode_span(span: ServerSpan) -> bytes:
     return orjson.dumps(d) + b"\n"
 
 
-def _decode_span(d: dict[str, Any]) -> ServerSpan:
+SPAN_DURATIONS: tuple[str, ...] = (
+    "ttft_s", "e2e_s", "queue_s", "prefill_s", "decode_s", "inference_s",
+)  # fmt: skip
+SPAN_COUNTS: tuple[str, ...] = ("prompt_tokens", "completion_tokens")
+_SPAN_FIELDS = frozenset(f.name for f in fields(ServerSpan))
+
+
+def check_span(d: dict[str, Any]) -> None:
+    """ValueError naming the field unless `d` (a `ServerSpan`'s fields) is one a records file
+    can hold and every reader can do arithmetic on: the receiver refuses a span this refuses
+    (`otlp.receiver`), so a records file it writes always reads back. Times are int64 (OTLP's
+    are uint64: a time at 2^63 or later is no time this file can hold), token counts
+    non-negative int64, durations finite and non-negative seconds."""
+    if not is_trace_id(d.get("trace_id")):
+        raise ValueError(f"span trace_id is {d.get('trace_id')!r}, not 32 lower-case hex digits")
     for name in ("span_id", "name"):
         if not isinstance(d.get(name), str):
             raise ValueError(f"span {name} is {d.get(name)!r}, not a string")
-    if not is_trace_id(d.get("trace_id")):
-        raise ValueError(f"span trace_id is {d.get('trace_id')!r}, not 32 lower-case hex digits")
+    for name in ("request_id", "service"):
+        value = d.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"span {name} is {value!r}, not a string")
+    if d.get("received_ns") is None:
+        raise ValueError("span received_ns is missing")
     for name in ("received_ns", "start_unix_ns", "end_unix_ns"):
-        check_int(name, d.get(name))
-    for name in ("prompt_tokens", "completion_tokens"):
         value = d.get(name)
-        if value is not None and (type(value) is not int or value < 0):
-            raise ValueError(f"span {name} is {value!r}, not a non-negative integer")
-    for name in ("ttft_s", "e2e_s", "queue_s", "prefill_s", "decode_s", "inference_s"):
+        if value is not None and (type(value) is not int or not -_I64 <= value < _I64):
+            raise ValueError(f"span {name} is {value!r}, not a 64-bit integer")
+    for name in SPAN_COUNTS:
         value = d.get(name)
-        if value is not None and (type(value) not in (int, float) or value != value):
-            raise ValueError(f"span {name} is {value!r}, not a number")
-    return ServerSpan(**d)
+        if value is not None and (type(value) is not int or not 0 <= value < _I64):
+            raise ValueError(f"span {name} is {value!r}, not a non-negative 64-bit integer")
+    for name in SPAN_DURATIONS:
+        value = d.get(name)
+        # NaN fails `0 <= value`; an infinite duration is no measurement either.
+        if value is not None and (type(value) not in (int, float) or not 0 <= value < float("inf")):
+            raise ValueError(f"span {name} is {value!r}, not a non-negative number of seconds")
+
+
+def _decode_span(d: dict[str, Any]) -> ServerSpan:
+    check_span(d)
+    # A field a later latbench adds is left out, as a request line's are: the file stays
+    # readable by this one.
+    return ServerSpan(**{k: v for k, v in d.items() if k in _SPAN_FIELDS})
 
 
 def encode_gpu(sample: GpuSample) -> bytes:
@@ -470,6 +501,9 @@ def iter_lines(
                 yield RunHeader(**d)
             elif kind == "footer":
                 check_int("stopped_ns", d.get("stopped_ns"))  # the stairs do arithmetic on it
+                receiver = d.get("span_receiver")
+                if receiver is not None and not isinstance(receiver, dict):
+                    raise ValueError(f"span_receiver is {receiver!r}, not an object")
                 yield RunFooter(**d)
             else:
                 raise RecordsError(f"{source}:{lineno}: unknown line type {kind!r}")

@@ -421,7 +421,7 @@ def throughput_over_time_figure(runs: Sequence[tuple[str, Run]]) -> go.Figure:
 # meets them (summary/spans.TTFT_PARTS), with their colours.
 SPAN_PARTS: tuple[tuple[str, str, str], ...] = (
     ("outside_ttft", "outside the server", COLORS[1]),
-    ("intake", "intake (server)", COLORS[4]),
+    ("front_end", "front end (server)", COLORS[4]),
     ("queue", "queue", COLORS[3]),
     ("prefill", "prefill", COLORS[2]),
 )
@@ -481,7 +481,7 @@ def span_scatter_figure(join: SpanJoin) -> go.Figure:
 
 
 def span_parts_figure(join: SpanJoin) -> go.Figure:
-    """A strip of each part of TTFT per request (outside, intake, queue, prefill), with its
+    """A strip of each part of TTFT per request (outside, front end, queue, prefill), with its
     median marked: where each request's time went. Jitter is seeded, so a report redraws the
     same."""
     fig = go.Figure()

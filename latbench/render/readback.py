@@ -75,7 +75,9 @@ class Run:
     @cached_property
     def spans(self) -> SpanJoin | None:
         """Each request joined with the server's span of it, when the run received spans."""
-        return join_spans(self.file.records, self.file.spans, self.file.header)
+        footer = self.file.footer
+        receiver = None if footer is None else footer.span_receiver
+        return join_spans(self.file.records, self.file.spans, self.file.header, receiver)
 
     @cached_property
     def samples(self) -> RunSamples:

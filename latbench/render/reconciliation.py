@@ -150,11 +150,12 @@ def ttft_split_line(r: Reconciliation) -> str | None:
     client, server = s["client_ttft"], s["server_ttft"]
     share = f"{server / client:.0%}: " if client and server is not None else ""
     parts = [f"{name} {_ms(s[name])}" for name in ("queue", "prefill") if s[name] is not None]
-    rest = "front end and output" if len(parts) == 2 else f"the rest of {r.server}'s TTFT"
+    # The spans' split (render/spans.py) names the same leftover the same (docs/metrics.md).
+    rest = "front end" if len(parts) == 2 else f"the rest of {r.server}'s TTFT"
     parts.append(f"{rest} {_ms(s['server_other'])}")
     return (
         f"TTFT, mean {_ms(client)} ms = server {_ms(server)} ({share}{' + '.join(parts)}) + "
-        f"outside the server {_ms(s['outside_server'])} (HTTP, network, tokenising, client)"
+        f"outside the server {_ms(s['outside_server'])} (network, HTTP, framing, client)"
     )
 
 

@@ -15,7 +15,14 @@ from latbench.render.page import Page, esc, table
 from latbench.render.readback import Run, Sweep
 from latbench.render.reconciliation import prefix_cache_line, ttft_split_line
 from latbench.render.spans import HEADERS as SPAN_HEADERS
-from latbench.render.spans import count_notes, skew_line, split_line, table_rows, title
+from latbench.render.spans import (
+    bound_line,
+    count_notes,
+    skew_line,
+    split_line,
+    table_rows,
+    title,
+)
 from latbench.render.text import (
     AGENT_HEADERS,
     STEP_COLUMNS,
@@ -175,7 +182,8 @@ def spans_html(page: Page, j: SpanJoin) -> str:
     """Each request beside the server's own span of it (summary/spans.py; docs/metrics.md,
     "Per-request split (server spans)"): the figures, the split, the counts, and two charts."""
     parts = [f"<p>{esc(title(j))}.</p>", table(list(SPAN_HEADERS), table_rows(j))]
-    parts += [f"<p>{esc(line)}.</p>" for line in (split_line(j), skew_line(j)) if line]
+    lines = (split_line(j), bound_line(j), skew_line(j))
+    parts += [f"<p>{esc(line)}.</p>" for line in lines if line]
     for severity, text in count_notes(j):
         cls = "note" if severity == "info" else "warn"
         parts.append(f'<p class="{cls}">{esc(text)}.</p>')

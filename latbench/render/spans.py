@@ -15,7 +15,7 @@ LABELS: dict[str, str] = {
     "client_ttft": "TTFT, client",
     "server_ttft": "TTFT, server",
     "outside_ttft": "outside the server",
-    "intake": "intake (server)",
+    "front_end": "front end (server)",
     "queue": "queue",
     "prefill": "prefill",
     "decode": "decode",
@@ -23,15 +23,21 @@ LABELS: dict[str, str] = {
 }
 PART_LABELS: dict[str, str] = {
     "outside_ttft": "outside the server",
-    "intake": "intake",
+    "front_end": "front end",
     "queue": "queue",
     "prefill": "prefill",
 }
 STATS: tuple[str, ...] = ("mean", "min", "p50", "p90", "p99", "max")
 HEADERS: tuple[str, ...] = ("figure", "unit", "n", *STATS)
 # Differences of two clocks' readings can be negative: shown with their sign.
-SIGNED = frozenset({"outside_ttft", "outside_e2e", "intake"})
+SIGNED = frozenset({"outside_ttft", "outside_e2e", "front_end"})
 ZERO_S = 5e-6  # under half the last digit shown (0.01 ms)
+ZERO_SHARE = 5e-4  # under half the last digit of a share shown (0.1%)
+
+
+def _share(v: float) -> str:
+    # A share that rounds to zero reads as "0.0%", not "-0.0%", as the table's zero does.
+    return f"{0.0 if abs(v) < ZERO_SHARE else v:.1%}"
 
 
 def title(j: SpanJoin) -> str:
@@ -68,14 +74,41 @@ def split_line(j: SpanJoin) -> str | None:
     mean = j.distributions()["client_ttft"]["mean"]
     unit = row_unit([None if mean is None else float(mean)])
     mean_txt = short(None if mean is None else float(mean), unit)
-    of_mean = " + ".join(f"{PART_LABELS[k]} {v:.1%}" for k, v in split["of_mean"].items())
+    of_mean = " + ".join(f"{PART_LABELS[k]} {_share(v)}" for k, v in split["of_mean"].items())
     medians = ", ".join(
-        f"{PART_LABELS[k]} {v:.1%}" for k, v in split["median_share"].items() if v is not None
+        f"{PART_LABELS[k]} {_share(v)}" for k, v in split["median_share"].items() if v is not None
     )
     return (
         f"TTFT split: mean {mean_txt} {unit} = {of_mean} (of the mean; median share per request: "
         f"{medians})"
     )
+
+
+def bound_line(j: SpanJoin) -> str | None:
+    """How far the client's own stamping may have moved the outside part (and client TTFT), in
+    words: the error bound of its percentiles (summary/spans.py); None without requests."""
+    d = j.distributions()["outside_ttft"]
+    if not d["n"]:
+        return None
+    bound = d["error_bound"]
+    if not bound["known"]:
+        return (
+            "outside the server: no error bound for the client's stamps (a request lacks one), "
+            "so how much of it is the client's own lateness is not known"
+        )
+    stats = ("p50", "p90", "p99")
+    over = [float(bound[s]["over_s"]) for s in stats]
+    under = [float(bound[s]["under_s"]) for s in stats]
+    unit = row_unit([*over, *under])
+    text = ", ".join(f"{s} {short(v, unit)}" for s, v in zip(stats, over, strict=True))
+    line = (
+        f"outside the server holds the client's own stamping error: it may be overstated by up to "
+        f"{text} {unit}"
+    )
+    if any(v > 0 for v in under):
+        under_text = ", ".join(f"{s} {short(v, unit)}" for s, v in zip(stats, under, strict=True))
+        line += f" and understated by up to {under_text} {unit}"
+    return line + " (the error bound; validity judges the run by it)"
 
 
 def skew_line(j: SpanJoin) -> str | None:
@@ -122,7 +155,7 @@ def count_notes(j: SpanJoin) -> list[tuple[str, str]]:
 
 def text_lines(j: SpanJoin) -> list[str]:
     """The lines beside the table, plain (Markdown, HTML)."""
-    lines = [x for x in (split_line(j), skew_line(j)) if x is not None]
+    lines = [x for x in (split_line(j), bound_line(j), skew_line(j)) if x is not None]
     return lines + [text for _, text in count_notes(j)]
 
 
@@ -138,7 +171,7 @@ def render_spans(j: SpanJoin, console: Console) -> None:
         [Column(h) for h in HEADERS[2:]],
         table_rows(j),
     )
-    for line in (split_line(j), skew_line(j)):
+    for line in (split_line(j), bound_line(j), skew_line(j)):
         if line is not None:
             console.print(Text(line))
     for severity, text in count_notes(j):

@@ -11,8 +11,10 @@ service's, which its clients follow), else the live line on the terminal.
 
 With `target.otlp_receiver`, the server's own span of each request is received during the run
 (`run/spans.py`), written among the records and observed by the Prometheus series as it comes;
-after the last request the run waits (at most `target.span_wait`) for the spans still missing,
-and results.json's "server_spans" is the join of the two (`summary/spans.py`).
+after the last request the run waits (at most `target.span_wait`, and a Ctrl-C skips it) for the
+spans still missing, and results.json's "server_spans" is the join of the two
+(`summary/spans.py`). The receiver listens before anything else is done, so a port in use is an
+error before a run directory exists.
 
 With `agents` (`latbench run --agents N`, docs/distributed.md), the load is sent by agents on
 other machines instead of local worker processes: after preflight the run waits for N of them
@@ -265,11 +267,52 @@ async def run_benchmark(
     progress, and labels series by catalogue name; without `progress`, the run's progress is a
     live line on `console` (when it is a terminal). With `metrics`, `on_labels` is told the labels
     of the run's series (the model is known only after preflight) before any request is sent;
-    `on_runner` is given the runner, to stop or abort it, before it runs. With `agents`,
-    the load is sent by agents of a pool the caller started (`Agents`)."""
+    `on_runner` is given the runner, to stop or abort it, before it runs (a stop or abort while
+    the run waits for the server's spans ends that wait). With `agents`, the load is sent by
+    agents of a pool the caller started (`Agents`)."""
     raise_fd_limit()
     if run_id is None:
         run_id = new_run_id()
+    run_spans = _run_spans(spec)
+    if run_spans is not None:
+        # First: a receiver that cannot listen leaves nothing behind, and none of the run's
+        # spans can come before it listens.
+        await run_spans.start()
+    try:
+        return await _run(
+            spec,
+            base_url,
+            console,
+            run_id,
+            run_spans,
+            on_runner=on_runner,
+            metrics=metrics,
+            on_labels=on_labels,
+            progress=progress,
+            target_label=target_label,
+            scenario_label=scenario_label,
+            agents=agents,
+        )
+    finally:
+        if run_spans is not None:
+            await run_spans.stop()
+
+
+async def _run(
+    spec: RunSpec,
+    base_url: str,
+    console: Console,
+    run_id: str,
+    run_spans: RunSpans | None,
+    *,
+    on_runner: Callable[[Runner], None] | None,
+    metrics: LatbenchMetrics | None,
+    on_labels: Callable[[RunLabels], None] | None,
+    progress: Progress | None,
+    target_label: str | None,
+    scenario_label: str | None,
+    agents: Agents | None,
+) -> BenchResult:
     run_dir = RunDir(spec.output_dir / run_id)
     workload = make_workload(spec.workload)
     spec = trace_bounds(spec, workload)
@@ -344,7 +387,8 @@ async def run_benchmark(
             all_sinks.append(prometheus)
             if on_labels is not None:
                 on_labels(prometheus.labels)
-        run_spans = _run_spans(spec, jsonl, prometheus)
+        if run_spans is not None:
+            run_spans.attach(jsonl.add_span, [] if prometheus is None else [prometheus.add_span])
         runner = Runner(
             run_id=run_id,
             endpoint=endpoint,
@@ -363,9 +407,6 @@ async def run_benchmark(
         gpu = await _start_gpu(session, spec, base_url, all_sinks, console)
         footer = None
         try:
-            if run_spans is not None:
-                # Before the first request, so that no span of the run can come too early.
-                await run_spans.start()
             outcome = await runner.run(session)
             footer = outcome.footer
             if conns and agents is not None:
@@ -383,10 +424,12 @@ async def run_benchmark(
                 run_dir.write_server_metrics(server.to_dict())
             if run_spans is not None and outcome.ended != "aborted":
                 # The server sends its spans in batches: the last ones may still be coming.
-                await run_spans.wait_for(outcome.records, spec.target.span_wait)
+                await _wait_for_spans(run_spans, runner, outcome.records, spec, console)
         finally:
             if run_spans is not None:
                 await run_spans.stop()  # no span after this, so none after the footer
+                if footer is not None:
+                    footer = replace(footer, span_receiver=_receiver_counts(run_spans))
             if scraper is not None:
                 await scraper.cancel()
             if gpu is not None:  # NVML shut down even when the run raised or was cancelled
@@ -421,7 +464,11 @@ async def run_benchmark(
             summary.rates.requests_in_window, 0.0, summary.rates.output_tokens_in_window
         )
         energy = energy_in_window(gpu.samples, (footer.window_start, footer.window_end), inside)
-    join = None if run_spans is None else join_spans(outcome.records, run_spans.spans, header)
+    join = (
+        None
+        if run_spans is None
+        else join_spans(outcome.records, run_spans.spans, header, footer.span_receiver)
+    )
     span_warnings = (
         [] if run_spans is None else _span_warnings(run_spans, join, spec, outcome.records)
     )
@@ -604,16 +651,40 @@ def clock_warnings(rows: Sequence[dict[str, Any]], limit_ns: int) -> list[str]:
     return out
 
 
-def _run_spans(
-    spec: RunSpec, jsonl: JsonlSink, prometheus: PrometheusSink | None
-) -> RunSpans | None:
-    """The run's span receiver, when the spec asks for one; each span goes to the records file
-    and the Prometheus series as it comes."""
+def _run_spans(spec: RunSpec) -> RunSpans | None:
+    """The run's span receiver, when the spec asks for one (not yet listening)."""
     address = spec.target.receiver_address()
-    if address is None:
-        return None
-    sinks = [jsonl.add_span] if prometheus is None else [jsonl.add_span, prometheus.add_span]
-    return RunSpans(*address, sinks=sinks)
+    return None if address is None else RunSpans(*address)
+
+
+async def _wait_for_spans(
+    run_spans: RunSpans,
+    runner: Runner,
+    records: Sequence[Record],
+    spec: RunSpec,
+    console: Console,
+) -> None:
+    """Wait for the spans still missing, saying so; a stop or abort (Ctrl-C, the service's
+    cancel) from now on skips the rest of the wait."""
+    missing = len(run_spans.missing(records))
+    wait_s = spec.target.span_wait
+    if not missing or wait_s <= 0:
+        return
+    runner.add_interrupt_listener(run_spans.skip)
+    console.print(
+        f"waiting up to {wait_s:g} s for {missing} server span(s) (Ctrl-C skips)", highlight=False
+    )
+    await run_spans.wait_for(records, wait_s)
+
+
+def _receiver_counts(run_spans: RunSpans) -> dict[str, Any]:
+    """What the receiver saw, for the records file's footer and results.json."""
+    return {
+        "endpoint": run_spans.receiver.endpoint,
+        **run_spans.receiver.counts.to_dict(),
+        "observer_errors": run_spans.observer_errors,
+        "last_observer_error": run_spans.last_observer_error,
+    }
 
 
 def _span_warnings(
@@ -624,12 +695,13 @@ def _span_warnings(
     out: list[str] = []
     counts = run_spans.receiver.counts
     endpoint = run_spans.receiver.endpoint
-    if join is None and run_spans.missing(records):
-        out.append(
-            f"the span receiver ({endpoint}) got no span: is the server started with "
-            f"--otlp-traces-endpoint {endpoint} and OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="
-            "http/protobuf (docs/vllm.md, Per-request server spans)?"
-        )
+    if join is None:
+        if run_spans.missing(records):
+            out.append(
+                f"the span receiver ({endpoint}) got no span: is the server started with "
+                f"--otlp-traces-endpoint {endpoint} and OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="
+                "http/protobuf (docs/vllm.md, Per-request server spans)?"
+            )
     elif join.requests_without_span:
         total = join.matched + join.requests_without_span
         out.append(
@@ -642,7 +714,15 @@ def _span_warnings(
             f"{counts.last_rejection}"
         )
     if counts.rejected_spans:
-        out.append(f"the span receiver dropped {counts.rejected_spans} span(s) without a trace id")
+        out.append(
+            f"the span receiver rejected {counts.rejected_spans} span(s); the last: "
+            f"{counts.last_span_rejection}"
+        )
+    if run_spans.observer_errors:
+        out.append(
+            f"{run_spans.observer_errors} span(s) could not be observed on the live series; "
+            f"the last: {run_spans.last_observer_error}"
+        )
     return out
 
 

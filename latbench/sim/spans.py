@@ -59,13 +59,24 @@ SERVICE = "latbench-sim"
 MAX_BATCH = 512  # the BatchSpanProcessor's max_export_batch_size
 MAX_QUEUE = 2048  # its max_queue_size: spans beyond it are dropped
 EXPORT_TIMEOUT_S = 10.0  # the OTLP exporter's default timeout
-# vLLM's request id prefix per API kind (its serving modules: "chatcmpl-" + X-Request-Id, ...).
-REQUEST_ID_PREFIX: dict[str, str] = {
-    "completions": "cmpl-",
-    "chat": "chatcmpl-",
-    "anthropic": "chatcmpl-",  # vLLM serves Messages by converting them to chat
-    "responses": "resp_",
-}
+
+
+def request_id(api: str, x_request_id: str | None) -> str:
+    """The `gen_ai.request.id` vLLM 0.32 puts on a request's span (its engine request's external
+    id), from the caller's X-Request-Id (`serve/engine/serving.py` `_base_request_id`: a random
+    id when there is none): chat (and Messages, which vLLM serves as chat) "chatcmpl-<id>";
+    completions "cmpl-<id>-<n>", one engine request per prompt n of the request
+    (`completion/serving.py` `request_id_item`); responses "resp_<random>_<n>": its id comes
+    from the body's `request_id`, never the header, and each sub-request is numbered
+    (`responses/serving.py`)."""
+    base = x_request_id or os.urandom(16).hex()
+    if api == "completions":
+        return f"cmpl-{base}-0"
+    if api == "responses":
+        return f"resp_{os.urandom(8).hex()}_0"
+    return f"chatcmpl-{base}"
+
+
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
@@ -167,12 +178,11 @@ class SpanExporter:
         if self._drop and self._rng.random() < self._drop:
             self.dropped += 1
             return
-        base = headers.get("X-Request-Id") or os.urandom(16).hex()
         span = _Finished(
             trace_id=trace_id,
             span_id=span_id,
             parent_span_id=parent.span_id if parent is not None else None,
-            request_id=REQUEST_ID_PREFIX.get(api, "cmpl-") + base,
+            request_id=request_id(api, headers.get("X-Request-Id")),
             arrival_ns=entry.arrival_ns,
             admit_ns=admit_ns,
             first_ns=events[0],

@@ -146,7 +146,9 @@ class PrometheusSink:
         s.requests["ok"] += 1
         samples = record_samples(record)
         if record.trace_id is not None:
-            self._record_for_join(record.trace_id, samples.per_request["ttft"])
+            # The attempt the span describes: a retried request's last send, as the summary's
+            # join takes it (summary/spans.py).
+            self._record_for_join(record.trace_id, samples.per_request["attempt_ttft"])
         for key in ("queue_delay", "ttft", "ttfo", "ttft_tool_call", "tpot", "e2e"):
             v = samples.per_request[key]
             if v is not None:

@@ -38,9 +38,10 @@ NS_PER_S = 1_000_000_000
 GAP_METRICS = frozenset({"itl", "itl_per_token"})
 
 # Per-request latency -> (later instant, earlier instant). The instants: `intended` and `sent`
-# (t_intended, t_sent), `first` and `last` token-bearing event (reasoning and tool calls count),
-# `first_content`, the first content event, and `first_tool_call`, the first tool-call event. A
-# request that lacks an instant has no sample.
+# (t_intended, t_sent), `last_sent` (the last attempt's send: t_sent unless retried),
+# `first` and `last` token-bearing event (reasoning and tool calls count), `first_content`, the
+# first content event, and `first_tool_call`, the first tool-call event. A request that lacks an
+# instant has no sample.
 SPANS: Mapping[str, tuple[str, str]] = {
     "ttft": ("first", "sent"),
     "ttfo": ("first_content", "sent"),
@@ -50,14 +51,27 @@ SPANS: Mapping[str, tuple[str, str]] = {
     "e2e_from_schedule": ("last", "intended"),
     # Time to first tool-call token (METRICS.md, "Requested vs measured workload").
     "ttft_tool_call": ("first_tool_call", "sent"),
+    # TTFT and E2E of the attempt whose answer was read: what a server's own span of the request
+    # describes (summary/spans.py, the Prometheus sink's join), so the time lost to refusals
+    # and waits is charged to neither side. Equal to ttft and e2e for a request sent once.
+    "attempt_ttft": ("first", "last_sent"),
+    "attempt_e2e": ("last", "last_sent"),
 }
 # TPOT is not a span: (last - first) / (N_out - 1), for N_out > 1 (`tpot_s`).
 
 Instants = Mapping[str, int | None]
+
+
+def last_sent(r: Record) -> int:
+    """The last attempt's send: `t_last_sent` for a retried request, else `t_sent`."""
+    return r.t_last_sent if r.attempts > 1 and r.t_last_sent is not None else r.t_sent
+
+
 # The instants every request has, read straight off the record (fast, for whole arrays).
 _ALWAYS: Mapping[str, Callable[[Record], int]] = {
     "intended": attrgetter("t_intended"),
     "sent": attrgetter("t_sent"),
+    "last_sent": last_sent,
 }
 
 
@@ -73,6 +87,7 @@ def instants(r: Record) -> Instants:
     return {
         "intended": r.t_intended,
         "sent": r.t_sent,
+        "last_sent": last_sent(r),
         "first": ev[0] if ev else None,
         "last": ev[-1] if ev else None,
         "first_content": ev[fc] if 0 <= fc < len(ev) else None,

@@ -4,35 +4,54 @@ The histogram reconciliation (`summary.server_metrics`) can only place a server 
 a bucket. A tracing server (vLLM with `--otlp-traces-endpoint`) exports one span per request,
 with its own TTFT, queue, prefill and decode times, under the trace id the client sent in
 `traceparent`. Joining the two by that id gives, for every request, the part of its TTFT that
-lay outside the server (client, network, HTTP parsing, framing) as one subtraction: client
-TTFT on the client's clock minus server TTFT on the server's. No instant is ever compared across
-the two clocks, so a skew between hosts changes no figure but the skew estimate, which is
-reported for what it is (skew plus one-way delay) and used in nothing.
+lay outside the server as one subtraction: client TTFT on the client's clock minus server TTFT
+on the server's. No instant is ever compared across the two clocks, so a skew between hosts
+changes no figure but the skew estimate, which is reported for what it is (skew plus one-way
+delay) and used in nothing.
 
-Per joined request (seconds):
+Per joined request (seconds; docs/metrics.md, "Per-request split", is the one definition):
 
-    client_ttft  = first token event - send (the attempt the span describes: a retried
-                   request's last send, so the time lost to refusals is not charged to anyone)
-    server_ttft  = gen_ai.latency.time_to_first_token (vLLM: from its API server's arrival)
-    outside_ttft = client_ttft - server_ttft
+    client_ttft  = first token event - send (`samples.SPANS["attempt_ttft"]`: the attempt the
+                   span describes, a retried request's last send, so the time lost to refusals
+                   is charged to neither side)
+    server_ttft  = gen_ai.latency.time_to_first_token (vLLM 0.32: its API server's wall clock,
+                   from the renderer's start on the request to the moment the API server takes
+                   the engine core's output holding the first token)
+    outside_ttft = client_ttft - server_ttft: the network both ways, the server's HTTP parsing
+                   and validation before its renderer starts, its detokenising, framing and
+                   write of the first chunk, and the client's own stamping (bounded below)
     queue, prefill, decode = gen_ai.latency.time_in_queue, _in_model_prefill, _in_model_decode
-    intake       = server_ttft - queue - prefill (vLLM: arrival to the engine's queue:
-                   tokenisation and the hop to the engine core)
+                   (vLLM: the engine core's clock)
+    front_end    = server_ttft - queue - prefill: vLLM's front end around the engine core (chat
+                   template, tokenising, the hop to the engine core and its intake, and the
+                   first token's way back to the API server); the histogram reconciliation's
+                   `server_other`, the same quantity from vLLM's histograms
     client_e2e, server_e2e, outside_e2e likewise (last token event - send; gen_ai.latency.e2e)
     skew         = the span's start (server wall clock) - the send instant on the client's wall
                    clock (the records header's anchor): clock skew + one-way delay + parsing
 
-so client_ttft = outside_ttft + intake + queue + prefill, exactly, per request; the split of the
-mean TTFT into those four shares sums to 1.
+so client_ttft = outside_ttft + front_end + queue + prefill, exactly, per request; the split of
+the mean TTFT into those four shares sums to 1.
+
+The client's own error is carried, not hidden. Each record states how late its first event's
+stamp may be (`ev_late[0]`: bytes that waited in the socket while the client was descheduled
+share a later stamp) and how late its send's (`sent_late`), so each request's true client TTFT,
+and so its true outside part, lies in [outside - ev_late[0], outside + sent_late]. The
+distributions of client_ttft and outside_ttft carry the bound of each percentile, computed as
+`summary.bound` does for the summary's TTFT (rigorous for any spread of errors); a retried
+request's last send has no stored bound, so a run with one has none ("known": false).
 
 The join is by trace id; a span whose trace id matches no record (a proxy that started its own
 trace) falls back to `gen_ai.request.id`, which vLLM builds from our `X-Request-Id`
-(`<run_id>-<seq>`, after a prefix such as `chatcmpl-`). Nothing is dropped silently: measured
-requests that succeeded without a span, spans matching no request, second spans of one trace
-(the one that started last is kept: a retry's), spans of warm-up or cool-down requests and of
-failed requests, token counts that disagree and requests whose server TTFT exceeds the client's
-(impossible for a correct join) are each counted. Figures are over the measured requests that
-succeeded and have a span. A pure function of records and spans, like every other summary.
+(`<run_id>-<seq>` after a prefix such as `chatcmpl-`; `cmpl-<run_id>-<seq>-<n>` for a
+completions prompt, vLLM numbering each prompt of a request). Nothing is dropped silently:
+measured requests that succeeded without a span, spans matching no request, second spans of one
+trace (the one that started last is kept: a retry's), spans of warm-up or cool-down requests and
+of failed requests, token counts that disagree and requests whose server TTFT exceeds the
+client's (impossible for a correct join) are each counted, and what the run's receiver refused
+is carried beside them (`receiver`, from the records file's footer). Figures are over the
+measured requests that succeeded and have a span. A pure function of records and spans, like
+every other summary.
 """
 
 from __future__ import annotations
@@ -44,21 +63,23 @@ from typing import Any, Literal
 import numpy as np
 
 from latbench.records.record import Record, RunHeader, ServerSpan
-from latbench.summary.samples import n_out
+from latbench.summary.samples import instants, last_sent, n_out, span_ns
 
 NS_PER_S = 1e9
 # The per-request figures, in the order the tables and results show them.
 FIELDS: tuple[str, ...] = (
-    "client_ttft", "server_ttft", "outside_ttft", "queue", "prefill", "intake", "decode",
-    "client_e2e", "server_e2e", "outside_e2e",
+    "client_ttft", "server_ttft", "outside_ttft", "queue", "prefill", "front_end", "decode",
+    "client_e2e", "server_e2e", "outside_e2e", "ttft_late", "sent_late",
 )  # fmt: skip
 # The figures whose distributions the summary reports (the rest are in each request's row).
 DISTRIBUTIONS: tuple[str, ...] = (
-    "client_ttft", "server_ttft", "outside_ttft", "queue", "prefill", "intake", "decode",
+    "client_ttft", "server_ttft", "outside_ttft", "queue", "prefill", "front_end", "decode",
     "outside_e2e",
 )  # fmt: skip
 # The parts of client TTFT, in the order a request meets them; they sum to it exactly.
-TTFT_PARTS: tuple[str, ...] = ("outside_ttft", "intake", "queue", "prefill")
+TTFT_PARTS: tuple[str, ...] = ("outside_ttft", "front_end", "queue", "prefill")
+# The figures that hold the client's TTFT stamps, and so its error (the server's do not).
+BOUNDED: tuple[str, ...] = ("client_ttft", "outside_ttft")
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
 MatchedBy = Literal["trace_id", "request_id"]
 
@@ -82,6 +103,10 @@ class JoinedRequest:
     skew: float | None = None
     matched_by: MatchedBy = "trace_id"
     retried: bool = False
+    # How much later than the truth the first event's stamp may be (ev_late[0]) and the
+    # send's (sent_late), seconds; None: not measured (a retried request's last send).
+    ttft_late: float | None = None
+    sent_late: float | None = None
 
     @property
     def outside_ttft(self) -> float | None:
@@ -96,7 +121,7 @@ class JoinedRequest:
         return self.client_e2e - self.server_e2e
 
     @property
-    def intake(self) -> float | None:
+    def front_end(self) -> float | None:
         if self.server_ttft is None or self.queue is None or self.prefill is None:
             return None
         return self.server_ttft - self.queue - self.prefill
@@ -115,6 +140,21 @@ class JoinedRequest:
         d["matched_by"] = self.matched_by
         d["retried"] = self.retried
         return d
+
+
+def percentile_bounds(measured: np.ndarray, late: np.ndarray, early: np.ndarray) -> dict[str, Any]:
+    """How far each reported percentile of `measured` may be from the true one, when each
+    sample's true value lies in [measured - late, measured + early] (summary/bound.py: a
+    percentile is monotone in every sample, so the samples' bounds bound it). Seconds."""
+    out: dict[str, Any] = {"known": True}
+    if measured.size == 0:
+        return out | {f"p{q}": None for q in PERCENTILES}
+    m = np.percentile(measured, PERCENTILES)
+    lo = np.percentile(measured - late, PERCENTILES)
+    hi = np.percentile(measured + early, PERCENTILES)
+    for q, mv, lv, hv in zip(PERCENTILES, m, lo, hi, strict=True):
+        out[f"p{q}"] = {"over_s": max(0.0, float(mv - lv)), "under_s": max(0.0, float(hv - mv))}
+    return out
 
 
 def distribution(values: np.ndarray) -> dict[str, float | int | None]:
@@ -146,6 +186,8 @@ class SpanJoin:
     spans_of_failed: int = 0  # measured requests that failed at the client but have a span
     server_ttft_above_client: int = 0  # server TTFT > client TTFT: a wrong join, or a bug
     total_spans: int = 0
+    # What the run's receiver saw and refused (the footer's `span_receiver`), when known.
+    receiver: dict[str, Any] | None = None
 
     @property
     def matched(self) -> int:
@@ -160,8 +202,27 @@ class SpanJoin:
         got = [v for r in self.requests if (v := r.value(name)) is not None]
         return np.asarray(got, dtype=np.float64)
 
-    def distributions(self) -> dict[str, dict[str, float | int | None]]:
-        return {name: distribution(self.values(name)) for name in DISTRIBUTIONS}
+    def distributions(self) -> dict[str, dict[str, Any]]:
+        """Each figure's distribution; the ones that hold the client's stamps (`BOUNDED`) with
+        `error_bound`, how far each percentile may be from the truth."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in DISTRIBUTIONS:
+            d: dict[str, Any] = distribution(self.values(name))
+            if name in BOUNDED:
+                d["error_bound"] = self.error_bound(name)
+            out[name] = d
+        return out
+
+    def error_bound(self, name: str) -> dict[str, Any]:
+        """`percentile_bounds` of one of `BOUNDED` over the requests that have it; "known" is
+        false (and no percentile bounded) when any of them lacks its stamps' bounds."""
+        rows = [r for r in self.requests if r.value(name) is not None]
+        if any(r.ttft_late is None or r.sent_late is None for r in rows):
+            return {"known": False}
+        measured = np.asarray([r.value(name) for r in rows], dtype=np.float64)
+        late = np.asarray([r.ttft_late for r in rows], dtype=np.float64)
+        early = np.asarray([r.sent_late for r in rows], dtype=np.float64)
+        return percentile_bounds(measured, late, early)
 
     def ttft_split(self) -> dict[str, Any]:
         """Client TTFT split into `TTFT_PARTS`: `of_mean`, each part's mean over the mean client
@@ -208,10 +269,11 @@ class SpanJoin:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """results.json's "server_spans": the counts (at the top, as before), the aggregates
-        and every joined request's row."""
+        """results.json's "server_spans": the counts (at the top, as before), what the receiver
+        refused, the aggregates and every joined request's row."""
         return {
             **self.counts(),
+            "receiver": self.receiver,
             "distributions": self.distributions(),
             "ttft_split": self.ttft_split(),
             "clock_skew": self.skew(),
@@ -220,14 +282,19 @@ class SpanJoin:
 
 
 def _request_seq(request_id: str | None, run_id: str | None) -> int | None:
-    """The seq in a span's `gen_ai.request.id` (`<prefix><run_id>-<seq>`), None if it is not
-    one of this run's."""
+    """The seq in a span's `gen_ai.request.id`, None if it is not one of this run's: vLLM's
+    `<prefix><run_id>-<seq>` (chat), or `cmpl-<run_id>-<seq>-<n>` (completions: vLLM's
+    engine request per prompt n of the request, serving.py `request_id_item`; latbench sends
+    one prompt, n = 0)."""
     if request_id is None or not run_id:
         return None
     _, sep, tail = request_id.rpartition(run_id + "-")
-    if not sep or not tail.isdigit() or len(tail) > 18:
+    seq, _, prompt = tail.partition("-")
+    if not sep or not seq.isdigit() or len(seq) > 18:
         return None
-    return int(tail)
+    if prompt and (not prompt.isdigit() or len(prompt) > 9):
+        return None
+    return int(seq)
 
 
 def _pick(spans: list[ServerSpan]) -> ServerSpan:
@@ -237,12 +304,16 @@ def _pick(spans: list[ServerSpan]) -> ServerSpan:
 
 
 def join_spans(
-    records: Sequence[Record], spans: Sequence[ServerSpan], header: RunHeader | None = None
+    records: Sequence[Record],
+    spans: Sequence[ServerSpan],
+    header: RunHeader | None = None,
+    receiver: dict[str, Any] | None = None,
 ) -> SpanJoin | None:
     """The measured, succeeded records joined with `spans`; None when the run received no span
     at all (the server does not trace: nothing to say). `header` (the records file's) gives the
     run id for the request-id fallback and the clock anchor for the skew estimate; without it
-    the join is by trace id only and the skew is not estimated."""
+    the join is by trace id only and the skew is not estimated. `receiver` (the footer's
+    `span_receiver`) is carried into the result as it is."""
     if not spans:
         return None
     by_trace: dict[str, list[ServerSpan]] = {}
@@ -283,21 +354,22 @@ def join_spans(
             failed += 1
             continue
         span = _pick(group)
+        sent = last_sent(r)
         retried = r.attempts > 1 and r.t_last_sent is not None
-        sent = r.t_last_sent if retried and r.t_last_sent is not None else r.t_sent
-        ev = r.ev_t
+        at = instants(r)
+        ttft_ns, e2e_ns = span_ns(at, "attempt_ttft"), span_ns(at, "attempt_e2e")
         tokens = n_out(r)
         if span.completion_tokens is not None and span.completion_tokens != tokens:
             mismatches += 1
         item = JoinedRequest(
             seq=r.seq,
             trace_id=span.trace_id,
-            client_ttft=(ev[0] - sent) / NS_PER_S if ev else None,
+            client_ttft=None if ttft_ns is None else ttft_ns / NS_PER_S,
             server_ttft=span.ttft_s,
             queue=span.queue_s,
             prefill=span.prefill_s,
             decode=span.decode_s,
-            client_e2e=(ev[-1] - sent) / NS_PER_S if ev else None,
+            client_e2e=None if e2e_ns is None else e2e_ns / NS_PER_S,
             server_e2e=span.e2e_s,
             client_tokens=tokens,
             server_tokens=span.completion_tokens,
@@ -306,6 +378,9 @@ def join_spans(
             else (span.start_unix_ns - (sent + anchor)) / NS_PER_S,
             matched_by=how,
             retried=retried,
+            ttft_late=r.ev_late[0] / NS_PER_S if r.ev_late else None,
+            # The record's bound is its first send's: a retried request's last send has none.
+            sent_late=None if retried or r.sent_late is None else r.sent_late / NS_PER_S,
         )
         if (o := item.outside_ttft) is not None and o < 0:
             above += 1
@@ -321,4 +396,5 @@ def join_spans(
         spans_of_failed=failed,
         server_ttft_above_client=above,
         total_spans=len(spans),
+        receiver=receiver,
     )

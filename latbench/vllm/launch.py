@@ -6,7 +6,8 @@ ends: finished, failed, Ctrl-C, or latbench itself killed (the kernel sends the 
 its parent dies, Linux only).
 
 Tracing is on by default: vLLM gets `--otlp-traces-endpoint` pointing at the run's span receiver
-(`target.otlp_receiver`, a free loopback port unless the user names one, or `off`) with OTLP
+(`target.otlp_receiver`, a free loopback port unless the user names one, or `off`; a named port
+0 is made a free port before vLLM is told, since vLLM starts before the receiver listens) with OTLP
 over HTTP and a short batch delay, so each request's span arrives right after it and the run
 joins the two (`run/spans.py`). vLLM sends a span only when a request finishes, so the receiver,
 which starts with the run's event loop after vLLM is ready, misses none. Where latbench lacks
@@ -48,9 +49,11 @@ READY_TIMEOUT_S = 900.0  # a large model's weights can take minutes to load
 STOP_TIMEOUT_S = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at `host` now (IPv4 or IPv6)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -84,15 +87,6 @@ def tracing_unavailable() -> str | None:
     if not otel_available():
         return f"latbench cannot receive spans without the OpenTelemetry binding: {INSTALL_HINT}"
     return None
-
-
-def traces_endpoint(host: str, port: int) -> str:
-    """The URL vLLM (on this machine) posts its spans to, for a receiver on `host:port`."""
-    if host in ("0.0.0.0", "", "::"):
-        host = "127.0.0.1"  # listening everywhere: loopback reaches it
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/v1/traces"
 
 
 def _die_with_parent() -> None:

@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -335,8 +336,9 @@ def test_a_run_report_sets_the_client_beside_the_servers_own_metrics(
 
 
 async def test_a_run_with_server_spans_draws_the_per_request_charts(tmp_path: Path) -> None:
-    # A run against a tracing simulator (kit/spans.py): its report gains the scatter of client
-    # vs server TTFT and the strip of TTFT's parts, one marker per request and part.
+    # `latbench run --otlp-receiver` against a tracing simulator (kit/spans.py): its report
+    # gains the scatter of client vs server TTFT and the strip of TTFT's parts, one marker per
+    # request and part, and says how far the client's own stamping may move the outside part.
     n = 20
     run_dir = run_with_spans(
         tmp_path / "run", "--requests", str(n), "--concurrency", "4", "--output-tokens", "6",
@@ -352,4 +354,7 @@ async def test_a_run_with_server_spans_draws_the_per_request_charts(tmp_path: Pa
     by_name = {c["name"]: c for c in charts}
     assert by_name["span-scatter"]["points"] == n
     assert by_name["span-parts"]["points"] == 4 * n
-    assert "Client vs server, per request" in html.read_text()
+    text = html.read_text()
+    assert "Client vs server, per request" in text
+    assert "front end (server)" in text and "intake" not in text
+    assert html_escape("outside the server holds the client's own stamping error") in text

@@ -150,7 +150,8 @@ def port_closed(port: int) -> bool:
 
 def test_launch_vllm_runs_and_stops_it_on_ctrl_c(tmp_path: Path) -> None:
     """`run --launch-vllm`: vLLM starts, the run measures, Ctrl-C drains the run, vLLM is stopped
-    and its log is kept next to the records."""
+    and its log is kept next to the records. Tracing is on by default: vLLM sends each request's
+    span to the run's own receiver, and every measured request is joined with its span."""
     spec = tmp_path / "loose.yaml"
     spec.write_text(LOOSE)
     out = tmp_path / "out"
@@ -191,6 +192,26 @@ def test_launch_vllm_runs_and_stops_it_on_ctrl_c(tmp_path: Path) -> None:
     assert (d / "server_metrics.json").exists()
     results = json.loads((d / "results.json").read_text())
     assert results["reconciliation"]["same_requests"] is True
+    # The per-request join, as launched: one span per measured request, none extra or missing.
+    measured = [r for r in f.records if r.phase == "measure" and r.ok]
+    joined = results["server_spans"]
+    assert joined is not None, results["warnings"]
+    assert joined["matched"] == len(measured) > 0
+    assert joined["requests_without_span"] == joined["spans_without_request"] == 0
+    assert joined["duplicate_spans"] == joined["token_mismatches"] == 0
+    assert joined["server_ttft_above_client"] == 0
+    receiver = joined["receiver"]
+    assert receiver["rejected_payloads"] == receiver["rejected_spans"] == 0
+    assert f.header is not None
+    spans = {s.trace_id: s for s in f.spans}
+    for r in measured:
+        span = spans[r.trace_id]
+        assert span.name == "llm_request"
+        # vLLM 0.32 names a completions request's engine request per prompt: "-0" for ours.
+        assert span.request_id == f"cmpl-{f.header.run_id}-{r.seq}-0"
+    for row in joined["requests"]:
+        assert 0 < row["outside_ttft"] < row["client_ttft"]
+        assert row["client_tokens"] == row["server_tokens"] == 16
 
 
 def test_launch_vllm_that_fails_to_start_says_why(tmp_path: Path) -> None:

@@ -5,12 +5,16 @@ runs at 1 and 16 streams with `--otlp-receiver HOST:PORT`.
 
 Per request: exactly one span; the server's TTFT no more than the client's; the part outside
 the server positive and small on loopback; the token counts equal. The bound on the outside
-part is 250 ms: on loopback it is the HTTP, tokenisation and framing work vLLM's API server does
-before its engine stamps the arrival and after it emits the first token, plus the client's
-read, well under 10 ms on an idle machine; but the test machine has 2 cores that vLLM's engine
-busy-polls, at 16 streams, so the API server's event loop can wait tens of ms for a core. The
-bound catches a join of the wrong spans (seconds off) or a unit error (1000x), not a slow
-machine. One vLLM for the module: about two minutes on 2 shared cores.
+part is 250 ms: on loopback it is the network, vLLM's HTTP parsing before its renderer stamps
+the arrival, and its framing and write of the first chunk after it takes the first token, a
+few ms; but on 2 cores vLLM's busy-polling engine core and its API server leave latbench's
+worker no core while a stream is being written, so the worker reads a whole stream at once and
+its first event's stamp is late by up to the stream's length (docs/vllm.md, "Per-request server
+spans", measured with packet captures). That lateness is in the record's error bound
+(`ev_late[0]`), so the outside part less that bound must be small (its median under 50 ms), and
+the run's verdict and bound are printed with the split. The 250 ms bound catches a join of the
+wrong spans (seconds off) or a unit error (1000x), not a slow machine. One vLLM for the module:
+about two minutes on 2 shared cores.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from latbench.vllm.launch import free_port
 pytestmark = needs_vllm
 OK = (0, 4)  # on 2 cores shared with vLLM the run may be judged client-bound; spans do not care
 OUTSIDE_MAX_S = 0.25
+TRUE_OUTSIDE_MEDIAN_MAX_S = 0.05  # outside less the client's stamping bound, median
 
 
 @pytest.fixture(scope="module")
@@ -98,5 +103,17 @@ def test_each_request_joins_its_vllm_span(
         assert 0 < r["outside_ttft"] < OUTSIDE_MAX_S
         assert r["client_tokens"] == r["server_tokens"] == 16
         assert r["queue"] >= 0 and r["prefill"] > 0
-    # The measured split, for the issue's note (printed with -s).
-    print(f"\nstreams={streams} split (ms): {json.dumps(split(joined['requests']))}")
+        assert r["ttft_late"] is not None and r["sent_late"] is not None
+    # What is left of the outside part once the client's own late stamping is taken out.
+    least = [r["outside_ttft"] - r["ttft_late"] for r in joined["requests"]]
+    assert float(np.median(least)) < TRUE_OUTSIDE_MEDIAN_MAX_S
+    bound = joined["distributions"]["outside_ttft"]["error_bound"]
+    assert bound["known"] is True
+    # The measured split, for docs/vllm.md (printed with -s), with the run's verdict.
+    validity = results["summary"]["validity"]
+    verdict = "client-bound" if validity["client_bound"] else "valid"
+    print(
+        f"\nstreams={streams} split (ms): {json.dumps(split(joined['requests']))}; "
+        f"outside p50 bound over {bound['p50']['over_s'] * 1e3:.2f} ms; verdict {verdict}: "
+        f"{validity['reasons']}"
+    )

@@ -12,9 +12,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import queue
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from latbench.exporter import LatbenchMetrics, render_text
 from latbench.records import read_records
 from latbench.records.record import Record, ServerSpan
 from latbench.run import BenchResult, run_benchmark
+from latbench.shared.errors import LatbenchError
 from latbench.sim import SimConfig, SimProcess
 from latbench.spec import load_spec
 
@@ -48,9 +53,10 @@ def run(
     span_wait: float = 8.0,
     metrics: LatbenchMetrics | None = None,
     requests: int = REQUESTS,
+    target: dict[str, Any] | None = None,
 ) -> tuple[BenchResult, dict[str, Any], dict[str, Any]]:
     """A run of `requests` against a tracing simulator: its result, results.json and the
-    simulator's span counts."""
+    simulator's span counts. `target` adds to the spec's target."""
     port = free_port()
     cfg = SimConfig(**{**FAST, **sim, "otlp_traces_endpoint": f"http://127.0.0.1:{port}/v1/traces"})
     with SimProcess(cfg) as proc:
@@ -62,6 +68,7 @@ def run(
                     "otlp_receiver": f"127.0.0.1:{port}",
                     "span_wait": span_wait,
                     "server_metrics": "off",
+                    **(target or {}),
                 },
                 "workload": {"input_tokens": 16, "output_tokens": 8},
                 "load": {"concurrency": 4, "requests": requests, "warmup_requests": 4},
@@ -227,3 +234,111 @@ def samples(metrics: LatbenchMetrics, family: str) -> dict[str, float]:
             elif s.name.endswith("_sum"):
                 out["sum"] = s.value
     return out
+
+
+def test_a_run_whose_requests_all_failed_still_writes_its_results(tmp_path: Path) -> None:
+    """No request succeeded, so no span came and none is missing: no join, no crash, and
+    results.json written (r1 item 1: this dereferenced a join that was None)."""
+    fail = {"faults": [{"kind": "http_status", "every": 1, "status": 500}]}
+    result, results, counts = run(tmp_path, fail, span_wait=1.0, requests=8)
+    assert counts["exported"] == 0
+    assert result.spans is None and results["server_spans"] is None
+    assert result.summary.requests.failed == 8 - 4
+    assert not any("span" in w for w in results["warnings"])
+    # What the receiver saw is in the records file's footer, for `latbench summary` too.
+    f = read_records(result.records_path)
+    assert f.footer is not None and f.footer.span_receiver is not None
+    assert f.footer.span_receiver["payloads"] == 0
+
+
+def test_retried_requests_split_from_their_last_attempt_live_and_after(tmp_path: Path) -> None:
+    """A request refused with 429 and retried: the server's span describes the attempt that was
+    answered, so both joins (results.json and the live outside_ttft histogram) take the
+    client's TTFT from the last send, and agree (r1 item 3)."""
+    metrics = LatbenchMetrics()
+    retry = {"retry": {"max_retries": 8, "backoff": 0.05, "max_wait": 5}}
+    result, results, _ = run(
+        tmp_path, {"rate_limit": 10}, metrics=metrics, requests=28, target=retry
+    )
+    join = result.spans
+    assert join is not None and join.requests_without_span == 0
+    retried = [r for r in join.requests if r.retried]
+    assert retried, "the rate limit refused none: no retry to check"
+    f = read_records(result.records_path)
+    by_seq = {r.seq: r for r in f.records}
+    for r in retried:
+        rec = by_seq[r.seq]
+        assert rec.t_last_sent is not None
+        assert r.client_ttft == (rec.ev_t[0] - rec.t_last_sent) / 1e9
+        assert r.outside_ttft is not None and 0 < r.outside_ttft < 0.05
+    outside = samples(metrics, "latbench_outside_ttft_seconds")
+    assert outside["count"] == join.matched
+    rows = results["server_spans"]["requests"]
+    assert outside["sum"] == pytest.approx(sum(r["outside_ttft"] for r in rows))
+
+
+def test_a_receiver_that_cannot_listen_leaves_no_run_directory(tmp_path: Path) -> None:
+    """The receiver binds before anything is made: a port in use is a clear error and the
+    output folder stays empty (r1 item 12)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        spec = load_spec(
+            {
+                "target": {"otlp_receiver": f"127.0.0.1:{port}", "server_metrics": "off"},
+                "load": {"requests": 2},
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+        console = Console(file=io.StringIO(), width=200)
+        with pytest.raises(LatbenchError, match=f"cannot listen on 127.0.0.1:{port}"):
+            asyncio.run(run_benchmark(spec, "http://127.0.0.1:9", console))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_ctrl_c_skips_the_wait_for_spans(tmp_path: Path) -> None:
+    """`latbench run` waits for the spans still missing and says Ctrl-C skips it; a SIGINT
+    then ends the wait at once, the run keeps its verdict and writes its results, the missing
+    spans counted (r1 item 7)."""
+    port = free_port()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "sim: {ttft: 0.005, itl: 0.001, span_delay_s: 600, "
+        f"otlp_traces_endpoint: 'http://127.0.0.1:{port}/v1/traces'}}\n"
+        f"target: {{otlp_receiver: '127.0.0.1:{port}', span_wait: 120}}\n"
+    )
+    cmd = [sys.executable, "-m", "latbench", "run", "--spec", str(spec), "--requests", "6",
+           "--out", str(tmp_path / "out")]  # fmt: skip
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert p.stderr is not None
+        for line in p.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while (line := lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            if "(Ctrl-C skips)" in line:
+                break
+        assert line is not None, "the run never said it waits for spans"
+        assert "for 6 server span(s)" in line
+        signalled = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        code = p.wait(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        p.kill()
+    rest = "".join(iter(lines.get, None))
+    assert took < 20, f"the run ended {took:.1f} s after the interrupt"
+    assert "skipping the wait for spans" in rest
+    assert "in-flight ones finish" not in rest
+    assert code in (0, 4), rest  # the verdict, not an interrupted run's 130
+    (run_dir,) = (tmp_path / "out").iterdir()
+    results = orjson.loads((run_dir / "results.json").read_bytes())
+    assert results["server_spans"] is None  # the simulator still held every span
+    assert any("got no span" in w for w in results["warnings"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -28,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from latbench.sim import SimConfig, SimProcess
-from latbench.sim.spans import parse_traceparent
+from latbench.sim.spans import parse_traceparent, request_id
 
 _IDS = ("traceId", "spanId", "parentSpanId")
 NS = 1e9
@@ -184,8 +185,10 @@ async def test_spans_are_valid_otlp_json_with_the_truths_values(
         if span.trace_id.hex() in sent:
             parent, request_id = sent[span.trace_id.hex()]
             assert span.parent_span_id.hex() == parent
-            prefix = "cmpl-" if request_id == "run-5" else "chatcmpl-"
-            assert a["gen_ai.request.id"] == prefix + request_id
+            # vLLM 0.32's: chat "chatcmpl-<X-Request-Id>", completions one engine request per
+            # prompt, "cmpl-<X-Request-Id>-<n>" (request_id_item).
+            want = f"cmpl-{request_id}-0" if request_id == "run-5" else f"chatcmpl-{request_id}"
+            assert a["gen_ai.request.id"] == want
         else:
             roots += 1
             assert span.parent_span_id == b""
@@ -297,6 +300,18 @@ async def test_spans_still_waiting_are_sent_when_the_simulator_stops(receiver: R
         await asyncio.to_thread(proc.stop)
     spans = await receiver.wait_for(3)
     assert sorted(s.trace_id.hex() for s in spans) == sorted(trace_ids)
+
+
+def test_request_ids_as_vllm_builds_them() -> None:
+    """vLLM 0.32's gen_ai.request.id per API (its serving modules): chat and Messages from the
+    X-Request-Id, completions numbered per prompt, responses from the body (the header is not
+    read), numbered per sub-request; without a header, a random id."""
+    assert request_id("chat", "run-7") == "chatcmpl-run-7"
+    assert request_id("anthropic", "run-7") == "chatcmpl-run-7"
+    assert request_id("completions", "run-7") == "cmpl-run-7-0"
+    resp = request_id("responses", "run-7")
+    assert re.fullmatch(r"resp_[0-9a-f]{16}_0", resp) and "run-7" not in resp
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{32}", request_id("chat", None))
 
 
 def test_traceparent_as_the_w3c_propagator_reads_it() -> None:

@@ -6,15 +6,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latbench.records.record import Record, RunHeader, ServerSpan, read_records
-from latbench.shared.errors import ErrorKind
+from latbench.shared.errors import ErrorKind, RecordsError
 from latbench.sinks.jsonl import JsonlSink
 from latbench.summary.spans import DISTRIBUTIONS, TTFT_PARTS, join_spans
 
@@ -39,6 +41,8 @@ def rec(
     trace: bool = True,
     phase: str = "measure",
     error: ErrorKind | None = None,
+    ttft_late_ms: float | None = 0,
+    sent_late_ms: float | None = 0,
 ) -> Record:
     sent = int(sent_ms * MS)
     ev = (sent + int(ttft_ms * MS), sent + int(e2e_ms * MS)) if error is None else ()
@@ -55,6 +59,8 @@ def rec(
         usage_completion_tokens=tokens if error is None else None,
         error=error,
         trace_id=tid(seq) if trace else None,
+        sent_late=None if sent_late_ms is None else int(sent_late_ms * MS),
+        ev_late=None if ttft_late_ms is None or not ev else (int(ttft_late_ms * MS), 0),
     )
 
 
@@ -103,7 +109,7 @@ def test_each_request_split_exactly() -> None:
     r = j.requests[0]
     assert r.client_ttft == pytest.approx(0.050)
     assert r.outside_ttft == pytest.approx(0.010)
-    assert r.intake == pytest.approx(0.040 - 0.010 - 0.025)
+    assert r.front_end == pytest.approx(0.040 - 0.010 - 0.025)
     assert r.outside_e2e == pytest.approx(0.010)
     # The parts add up to the client's TTFT.
     assert sum(r.value(p) or 0 for p in TTFT_PARTS) == pytest.approx(r.client_ttft)
@@ -151,21 +157,24 @@ def test_counts_what_does_not_match() -> None:
 
 
 def test_falls_back_to_the_request_id_when_the_trace_id_is_not_ours() -> None:
-    # A proxy started its own trace: the span's trace id is nobody's, its request id ours.
-    records = [rec(0, trace=False), rec(1), rec(12)]
+    # A proxy started its own trace: the span's trace id is nobody's, its request id ours, as
+    # vLLM 0.32 writes it: chat "chatcmpl-<X-Request-Id>", completions "cmpl-<X-Request-Id>-0"
+    # (one engine request per prompt, completion/serving.py `request_id_item`).
+    records = [rec(0, trace=False), rec(1), rec(12), rec(13)]
     spans = [
         span(0, trace_id="ab" * 16),
         span(1, trace_id="cd" * 16),
-        span(12, trace_id="ef" * 16, request_id=f"cmpl-{RUN}-12"),
+        span(12, trace_id="ef" * 16, request_id=f"cmpl-{RUN}-12-0"),
+        span(13, trace_id="fe" * 16, request_id=f"cmpl-{RUN}-13-x"),  # not vLLM's: no match
     ]
     j = join_spans(records, spans, HEADER)
     assert j is not None and j.matched == 3 and j.matched_by_request_id == 3
     assert [r.trace_id for r in j.requests] == ["ab" * 16, "cd" * 16, "ef" * 16]
-    assert j.spans_without_request == 0
+    assert j.spans_without_request == 1 and j.requests_without_span == 1
     # Without the header there is no run id to match on: the same spans find no request.
     j = join_spans(records, spans)
-    assert j is not None and j.matched == 0 and j.spans_without_request == 3
-    assert j.requests_without_span == 3
+    assert j is not None and j.matched == 0 and j.spans_without_request == 4
+    assert j.requests_without_span == 4
 
 
 def test_a_second_span_of_one_trace_keeps_the_later_attempt() -> None:
@@ -182,6 +191,51 @@ def test_a_second_span_of_one_trace_keeps_the_later_attempt() -> None:
     assert r.retried and r.server_ttft == 0.04
     # Client TTFT of the attempt the span describes: from the last send, not the first.
     assert r.client_ttft == pytest.approx(0.050) and r.outside_ttft == pytest.approx(0.010)
+    # The record's send bound is its first send's: the last one's is not known, so neither is
+    # the bound of the figures that start there.
+    assert r.sent_late is None and r.ttft_late == 0
+    assert j.distributions()["outside_ttft"]["error_bound"] == {"known": False}
+
+
+def test_each_request_carries_its_stamps_error_bound() -> None:
+    """The client's first event may be stamped late (ev_late[0]: bytes that waited in the socket
+    share a later stamp) and its send too (sent_late): each request's true outside part lies
+    in [outside - ev_late[0], outside + sent_late], and each percentile's bound follows."""
+    n = 10
+    # Request i: outside 10 ms + i ms, of which up to 2i ms may be the client's late stamp.
+    records = [
+        rec(i, sent_ms=1000 + 100 * i, ttft_ms=50 + i, ttft_late_ms=2 * i, sent_late_ms=0.5)
+        for i in range(n)
+    ]
+    spans = [span(i, sent_ms=1000 + 100 * i) for i in range(n)]
+    j = join_spans(records, spans, HEADER)
+    assert j is not None
+    r = j.requests[3]
+    assert r.ttft_late == pytest.approx(0.006) and r.sent_late == pytest.approx(0.0005)
+    assert j.to_dict()["requests"][3]["ttft_late"] == pytest.approx(0.006)
+    outside = np.asarray([0.010 + i / 1e3 for i in range(n)])
+    late = np.asarray([2 * i / 1e3 for i in range(n)])
+    dist = j.distributions()
+    for name in ("client_ttft", "outside_ttft"):
+        bound = dist[name]["error_bound"]
+        assert bound["known"] is True
+    bound = dist["outside_ttft"]["error_bound"]
+    for q in (50, 90, 99):
+        over = np.percentile(outside, q) - np.percentile(outside - late, q)
+        assert bound[f"p{q}"]["over_s"] == pytest.approx(over)
+        assert bound[f"p{q}"]["under_s"] == pytest.approx(0.0005)
+    # The server's figures hold none of the client's stamps: no bound on them.
+    assert "error_bound" not in dist["server_ttft"]
+    # One request without its bound leaves every percentile's unknown, as in summary/bound.py.
+    records[4] = dataclasses.replace(records[4], ev_late=None)
+    j = join_spans(records, spans, HEADER)
+    assert j is not None and j.distributions()["outside_ttft"]["error_bound"] == {"known": False}
+
+
+def test_the_receivers_account_is_carried() -> None:
+    receiver = {"endpoint": "http://127.0.0.1:1/v1/traces", "rejected_spans": 2}
+    j = join_spans([rec(0)], [span(0)], HEADER, receiver)
+    assert j is not None and j.to_dict()["receiver"] == receiver
 
 
 def test_a_server_ttft_above_the_clients_is_counted() -> None:
@@ -257,3 +311,48 @@ def test_the_records_file_carries_the_spans(tmp_path: Path) -> None:
     again = join_spans(f.records, f.spans, f.header)
     assert live is not None and again is not None
     assert again.to_dict() == live.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"request_id": 5}, "span request_id is 5, not a string"),
+        ({"service": ["vllm"]}, "span service is ['vllm'], not a string"),
+        ({"start_unix_ns": 1 << 63}, "span start_unix_ns is 9223372036854775808, not a 64-bit"),
+        ({"completion_tokens": -1}, "span completion_tokens is -1, not a non-negative"),
+        ({"completion_tokens": 1.5}, "span completion_tokens is 1.5"),
+        ({"ttft_s": -5}, "span ttft_s is -5, not a non-negative number of seconds"),
+        ({"queue_s": "0.1"}, "span queue_s is '0.1'"),
+        ({"trace_id": "AB" * 16}, "span trace_id is"),
+    ],
+)
+def test_a_span_line_the_join_cannot_use_is_refused_by_name(
+    tmp_path: Path, change: dict[str, object], says: str
+) -> None:
+    """Every reader of a records file does arithmetic on a span's values: one that is not a
+    value of its kind is a clear error naming it (the receiver refuses such a span with the
+    same rules, records.record.check_span, so a run never writes one)."""
+    path = tmp_path / "records.jsonl"
+    sink = JsonlSink(path, HEADER)
+    sink.add_span(span(0))
+    sink.close(None)
+    lines = path.read_bytes().splitlines()
+    d = orjson.loads(lines[1])
+    d.update(change)
+    path.write_bytes(b"\n".join([lines[0], orjson.dumps(d), *lines[2:]]) + b"\n")
+    with pytest.raises(RecordsError, match=re.escape(says)):
+        read_records(path)
+
+
+def test_a_span_field_this_latbench_does_not_know_is_left_out(tmp_path: Path) -> None:
+    """A later latbench may add a field to span lines; this one reads the rest, as it does for
+    request lines."""
+    path = tmp_path / "records.jsonl"
+    sink = JsonlSink(path, HEADER)
+    sink.add_span(span(0))
+    sink.close(None)
+    lines = path.read_bytes().splitlines()
+    d = orjson.loads(lines[1]) | {"gen_ai_system": "vllm"}
+    path.write_bytes(b"\n".join([lines[0], orjson.dumps(d), *lines[2:]]) + b"\n")
+    [got] = read_records(path).spans
+    assert got.trace_id == tid(0) and got.ttft_s == 0.04

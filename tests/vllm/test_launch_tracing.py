@@ -6,15 +6,17 @@ does, after the command was built."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
 import pytest
 from kit import cli
 
+from latbench.otlp.receiver import traces_url
 from latbench.shared.errors import LatbenchError, SpecError
 from latbench.spec import load_spec
-from latbench.vllm.launch import VllmServer, parse_launch_args, traces_endpoint
+from latbench.vllm.launch import VllmServer, parse_launch_args
 
 
 def stand_in(tmp_path: Path) -> tuple[Path, Path]:
@@ -35,7 +37,7 @@ def test_vllm_gets_the_endpoint_and_otlp_over_http(
     fake, seen = stand_in(tmp_path)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "1000")  # the user's own setting wins
-    endpoint = traces_endpoint("0.0.0.0", 4318)
+    endpoint = traces_url("0.0.0.0", 4318)
     assert endpoint == "http://127.0.0.1:4318/v1/traces"
     server = VllmServer(["--model", "m"], 1, tmp_path / "vllm.log", python=str(fake),
                         otlp_traces_endpoint=endpoint)  # fmt: skip
@@ -79,6 +81,41 @@ def test_launch_points_vllm_at_a_receiver_of_its_own(tmp_path: Path) -> None:
     cli.latbench("run", "--launch-vllm", "--model m", "--vllm-python", str(fake),
                  "--otlp-receiver", "off", "--requests", "1", "--out", out)  # fmt: skip
     assert "--otlp-traces-endpoint" not in json.loads(seen.read_text())["argv"]
+
+
+def simulator_as_vllm(tmp_path: Path) -> Path:
+    """A stand-in for vLLM's Python that serves the latbench simulator with the arguments
+    latbench gives vLLM (the simulator takes --model, --host, --port and
+    --otlp-traces-endpoint as vLLM does, and exports vLLM's span of each request there)."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport os, sys\n"
+        "args = sys.argv[3:]  # after '-m vllm.entrypoints.openai.api_server'\n"
+        f"os.execv({sys.executable!r}, [{sys.executable!r}, '-m', 'latbench.sim', *args])\n"
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def test_a_receiver_on_port_0_is_given_a_port_before_vllm_is_told(tmp_path: Path) -> None:
+    """`--otlp-receiver HOST:0` with --launch-vllm: vLLM starts before the receiver listens, so
+    latbench picks the port first and tells vLLM that one; every span arrives (r1 item 6)."""
+    fake = simulator_as_vllm(tmp_path)
+    out = tmp_path / "out"
+    p = cli.latbench("run", "--launch-vllm", "--model m --ttft 0.005 --itl 0.001",
+                     "--vllm-python", str(fake), "--otlp-receiver", "127.0.0.1:0",
+                     "--requests", "6", "--out", str(out))  # fmt: skip
+    assert p.returncode in (0, 4), p.stderr
+    (run_dir,) = out.iterdir()
+    log = (run_dir / "vllm.log").read_text()
+    argv = shlex.split(log.splitlines()[0].removeprefix("# latbench: "))
+    url = argv[argv.index("--otlp-traces-endpoint") + 1]
+    results = json.loads((run_dir / "results.json").read_text())
+    receiver = results["server_spans"]["receiver"]
+    assert url == receiver["endpoint"] and not url.startswith("http://127.0.0.1:0/")
+    assert results["spec"]["target"]["otlp_receiver"] == url.removeprefix("http://").split("/")[0]
+    assert results["server_spans"]["matched"] == 6
+    assert results["server_spans"]["requests_without_span"] == 0
 
 
 @pytest.mark.parametrize(

@@ -629,8 +629,8 @@ def client_vs_server_dashboard() -> db.Dashboard:
         series_panel(
             "TTFT split (means)",
             "Mean TTFT at the client and in vLLM, vLLM's queue and prefill means, and what lies "
-            "outside the server (client mean minus server mean: HTTP, network, tokenising, the "
-            "client). Means are exact from the histograms' sums, and they add up; percentiles "
+            "outside the server (client mean minus server mean: the network, HTTP and framing on "
+            "both sides, the client). Means are exact from the histograms' sums, and they add up; percentiles "
             "do not (docs/vllm.md).",
             [
                 Q(client_ttft, "client TTFT {{model}}"),
@@ -705,7 +705,8 @@ def span_panels(d: db.Dashboard) -> db.Dashboard:
         series_panel(
             "Outside the server per request (p50, p99)",
             "Percentiles of each request's client TTFT minus its server TTFT: the client, HTTP, "
-            "network, tokenising and framing. Each request's difference is exact, but these "
+            "network and framing (vLLM's TTFT already holds its chat template and tokenising). "
+            "Each request's difference is exact, but these "
             "percentiles are histogram_quantile's estimates from buckets fine from 0.1 ms: on "
             "loopback, where every difference is under 0.1 ms, they only interpolate within "
             "the first bucket. The exact percentiles are in results.json (server_spans).",

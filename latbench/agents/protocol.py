@@ -40,6 +40,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,6 +48,8 @@ import orjson
 
 from latbench.load.wire import MAX_FRAME
 from latbench.records.record import MAX_LOCATION, is_location
+from latbench.shared.errors import SpecError
+from latbench.shared.secrets import read_secret_file
 
 # The code's own version, read off the package: `from latbench import __version__` would import
 # the package face, which names every stage (run among them, above this one: .importlinter).
@@ -105,6 +108,25 @@ def check_token(token: str, source: str) -> str:
             "(e.g. openssl rand -hex 32)"
         )
     return token
+
+
+def read_token(file: Path | None, file_field: str, env: str = TOKEN_ENV) -> str:
+    """The agents' shared token: from `file` (named `file_field` in errors) when given, else from
+    the environment variable `env`; SpecError naming where it should have come from when there
+    is none, or when it is too short to sign shards with. The coordinator's flags, the agent's
+    and the service's config all read it here."""
+    if file is not None:
+        token = read_secret_file(file, file_field)
+        where = f"{file_field} {file}"
+    else:
+        token = os.environ.get(env, "").strip()
+        where = f"environment variable {env}"
+    if not token:
+        raise SpecError(f"no agent token: give {file_field} FILE or set {env}")
+    try:
+        return check_token(token, where)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
 
 
 def control(*parts: Any) -> str:

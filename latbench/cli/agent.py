@@ -20,12 +20,11 @@ from typing import Any
 from rich.console import Console
 
 from latbench.agents.agent import Agent, AgentExit, AgentOptions
-from latbench.agents.protocol import TOKEN_ENV, check_token, coordinator_url
+from latbench.agents.protocol import TOKEN_ENV, coordinator_url, read_token
 from latbench.cli.common import Exit, new_loop, on_loop_signals, print_error
 from latbench.load.cpus import usable_cpus
 from latbench.records.record import MAX_LOCATION, is_location
 from latbench.shared.errors import SpecError
-from latbench.shared.secrets import read_secret_file
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 
@@ -80,17 +79,7 @@ def options(ns: argparse.Namespace) -> AgentOptions:
         url = coordinator_url(ns.coordinator)
     except ValueError as e:
         raise SpecError(str(e)) from None
-    if ns.token_file is not None:
-        token = read_secret_file(ns.token_file, "--token-file")
-        source = f"--token-file {ns.token_file}"
-    elif os.environ.get(TOKEN_ENV):
-        token, source = os.environ[TOKEN_ENV].strip(), TOKEN_ENV
-    else:
-        raise SpecError(f"give the agent token: --token-file FILE, or set {TOKEN_ENV}")
-    try:
-        check_token(token, source)
-    except ValueError as e:
-        raise SpecError(str(e)) from None
+    token = read_token(ns.token_file, "--token-file")
     index = ns.index
     if index is None and os.environ.get(INDEX_ENV, "").strip():
         text = os.environ[INDEX_ENV].strip()

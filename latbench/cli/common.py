@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import copy
-import os
 import signal
 import sys
 import time
@@ -45,15 +44,14 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from latbench.agents.protocol import TOKEN_ENV, check_token
 from latbench.agents.protocol import parse_listen as parse_agent_listen
+from latbench.agents.protocol import read_token
 from latbench.exporter import DEFAULT_LINGER_S
 from latbench.load.runner import OnLoss
 from latbench.render.reconciliation import render_reconciliation
 from latbench.render.spans import render_spans
 from latbench.render.terminal import render_summary
 from latbench.shared.errors import SpecError
-from latbench.shared.secrets import read_secret_file
 from latbench.shared.yamlfile import load_yaml
 from latbench.spec import RunSpec, read_spec_file
 from latbench.spec.fields import DAY_S, parse_seconds
@@ -638,17 +636,7 @@ def agent_flags(ns: argparse.Namespace) -> AgentFlags | None:
         host, port = parse_agent_listen(ns.agent_listen)
     except ValueError as e:
         raise SpecError(f"--agent-listen {e}") from None
-    if ns.agent_token_file is not None:
-        token = read_secret_file(ns.agent_token_file, "--agent-token-file")
-        source = f"--agent-token-file {ns.agent_token_file}"
-    elif os.environ.get(TOKEN_ENV):
-        token, source = os.environ[TOKEN_ENV].strip(), TOKEN_ENV
-    else:
-        raise SpecError(f"--agents needs the agents' token: --agent-token-file FILE or {TOKEN_ENV}")
-    try:
-        check_token(token, source)
-    except ValueError as e:
-        raise SpecError(str(e)) from None
+    token = read_token(ns.agent_token_file, "--agent-token-file")
     if not 0 <= ns.agent_wait <= DAY_S:
         raise SpecError(f"--agent-wait {ns.agent_wait:g}: give 0 to {DAY_S:g} seconds")
     try:

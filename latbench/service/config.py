@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from latbench.agents.protocol import DEFAULT_PORT, TOKEN_ENV, check_token
+from latbench.agents.protocol import DEFAULT_PORT, TOKEN_ENV, read_token
 from latbench.agents.protocol import parse_listen as parse_agent_listen
 from latbench.exporter import OtlpConfig, OtlpError, otlp_config, parse_listen
 from latbench.exporter.otlp_config import parse_endpoint, require_binding
@@ -177,18 +177,7 @@ class AgentsConfig(_Model):
 
     def read_token(self) -> str:
         """The agents' token (SpecError naming where it should have come from)."""
-        if self.token_file is not None:
-            token = read_secret_file(self.token_file, "agents.token_file")
-            where = f"agents.token_file {self.token_file}"
-        else:
-            token = os.environ.get(self.token_env, "").strip()
-            where = f"environment variable {self.token_env} (agents.token_env)"
-        if not token:
-            raise SpecError(f"no agent token: set {where}, the token the agents are given")
-        try:
-            return check_token(token, where)
-        except ValueError as e:
-            raise SpecError(str(e)) from None
+        return read_token(self.token_file, "agents.token_file", self.token_env)
 
 
 class Limits(_Model):

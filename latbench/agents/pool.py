@@ -559,7 +559,14 @@ class AgentPool:
     async def resync(self, agents: Sequence[AgentConn]) -> None:
         """Measure their clocks again (between runs: monotonic clocks drift apart)."""
         for a in agents:
-            best = await a.sync(self.pings)
+            try:
+                best = await a.sync(self.pings)
+            except (ConnectionError, TimeoutError) as e:
+                # A run cannot start on an agent that is gone: said as such, not as a crash.
+                why = str(e) or type(e).__name__
+                raise AgentError(
+                    f"{a.describe()} went away while its clock was measured: {why}"
+                ) from None
             a.flagged = best.uncertainty_ns > self.max_uncertainty_ns
 
     async def finish(self, agents: Sequence[AgentConn], timeout: float = 10.0) -> None:

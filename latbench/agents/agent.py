@@ -1,9 +1,13 @@
 """The agent's side: connect to a coordinator, prove the token, answer its clock pings, and run
 the shards it sends on local worker processes, relaying their frames.
 
-An agent is the runner's worker at a distance. For each of its `workers` slots it waits for a
-signed shard, checks the signature (`protocol.verify`: nothing unpickles a shard the token did
-not sign), starts `python -m latbench.load.worker` (the same code a local run starts), writes it
+An agent is the runner's worker at a distance. It never sends the token: each connection gets
+a fresh nonce and a proof made with the token (`protocol.auth_headers`), and the coordinator's
+welcome must prove the token for that nonce in turn, or the agent hangs up (a server it was
+pointed at by mistake, or one posing as the coordinator, is told nothing it can use). For each
+of its `workers` slots it waits for a signed shard, checks the signature (`protocol.verify`,
+with this connection's nonce and the slot: nothing unpickles a shard the token did not sign for
+them), starts `python -m latbench.load.worker` (the same code a local run starts), writes it
 the shard, and from then on copies frames both ways: the coordinator's `go`, `stop`, `abort`,
 `overtime` to the worker's stdin, the worker's `ready`, `s`, `h`, records and `end` to the
 WebSocket, each prefixed by its slot. The target, the workload, the load: all of it is in the
@@ -41,10 +45,14 @@ import orjson
 from latbench.agents.protocol import (
     HEARTBEAT_S,
     MAX_MESSAGE,
+    REFUSED_HEADER,
     SKEW_ENV,
     ProtocolError,
+    auth_headers,
     control,
+    coordinator_proven,
     hello,
+    make_nonce,
     parse_control,
     verify,
 )
@@ -118,7 +126,7 @@ class _Slot:
 
     async def _start(self, signed: bytes) -> None:
         try:
-            shard = verify(self.agent.options.token, signed)
+            shard = verify(self.agent.options.token, self.agent.nonce, self.index, signed)
         except ProtocolError as e:
             self.agent.say(f"slot {self.index}: {e}")
             self.agent.send(control("error", self.index, str(e)))
@@ -176,6 +184,7 @@ class Agent:
         self.say = say
         self.skew = clock_skew_ns()
         self.index: int | None = None
+        self.nonce = ""  # this connection's, which the coordinator's proofs and shards are bound to
         self.stay = False  # the coordinator keeps its agents (a service): connect again on loss
         # Why the agent is stopping on its own (a signal), told to the coordinator as it hangs up.
         self.stop_reason: str | None = None
@@ -259,16 +268,24 @@ class Agent:
         last = ""
         tries = 0
         while True:
+            nonce = make_nonce()  # one per try: the coordinator refuses one it has seen
             try:
-                return await session.ws_connect(
+                ws = await session.ws_connect(
                     o.coordinator,
-                    headers={"Authorization": f"Bearer {o.token}"},
+                    headers=auth_headers(o.token, nonce),
                     max_msg_size=MAX_MESSAGE,
                     heartbeat=HEARTBEAT_S,
                     compress=0,
                 )
+                self.nonce = nonce
+                return ws
             except aiohttp.WSServerHandshakeError as e:
                 if e.status == 401:
+                    why = (e.headers or {}).get(REFUSED_HEADER, "")
+                    if why and why != "the agent token is missing or wrong":
+                        raise AgentExit(
+                            f"the coordinator refused this agent ({o.coordinator}: 401): {why}"
+                        ) from None
                     raise AgentExit(
                         f"the coordinator refused the token ({o.coordinator}: 401); give the "
                         "token its --agent-token-file holds"
@@ -311,6 +328,11 @@ class Agent:
             raise AgentExit(f"the coordinator refused this agent: {m[1] if len(m) > 1 else '?'}")
         if m[0] != "welcome" or len(m) != 2 or not isinstance(m[1], dict):
             raise AgentExit(f"the coordinator answered the hello with {first.data[:80]!r}")
+        if not coordinator_proven(m[1].get("proof"), o.token, self.nonce):
+            raise AgentExit(
+                f"{o.coordinator} did not prove it holds the token: it is not the coordinator "
+                "(a wrong --coordinator, or someone posing as it); nothing it sent was run"
+            )
         self.index = m[1].get("index")
         self.stay = self.stay or m[1].get("stay") is True
         where = "" if o.location is None else f", location {o.location}"

@@ -4,11 +4,12 @@
 `AgentPool` serves `GET /v1/agents` (a WebSocket, `agents.protocol`) from its own aiohttp
 AppRunner on the caller's event loop, the run's: the runner reads the agents' frames there as it
 reads local workers' pipes, and the records it gets are the same objects either way. An agent is
-taken only when its bearer token is the pool's (compared in constant time; 401 otherwise, before
-the WebSocket opens), its hello names this latbench and protocol version and an index nobody
-else holds (or none: the pool gives it the lowest free one), and its clock has been measured
-(`protocol.PINGS` exchanges, the shortest round trip's offset). One whose offset is uncertain
-beyond `max_uncertainty_ns` still runs, flagged, so that a run can say so.
+taken only when its handshake proves the token for a fresh nonce (`protocol.Nonces`: the
+proof compared in constant time, the nonce within two minutes of our wall clock and never seen
+before; 401 otherwise, before the WebSocket opens), its hello names this latbench and protocol
+version and an index nobody else holds (or none: the pool gives it the lowest free one), and
+its clock has been measured (`protocol.PINGS` exchanges, the shortest round trip's offset). One
+whose offset is uncertain beyond `max_uncertainty_ns` still runs, flagged, so that a run can say so.
 
 `wait_for(n, deadline)` hands a run n idle agents (the lowest indexes, of a location if asked)
 or raises `AgentError` saying how many came and which indexes are missing; `channels(agents)`
@@ -39,14 +40,17 @@ from aiohttp import WSMsgType, web
 from latbench.agents.protocol import (
     HEARTBEAT_S,
     MAX_MESSAGE,
+    NONCE_HEADER,
     PATH,
     PINGS,
+    REFUSED_HEADER,
     ClockSample,
     Hello,
+    Nonces,
     ProtocolError,
-    bearer_matches,
     best_sample,
     control,
+    coordinator_proof,
     parse_control,
     parse_hello,
     sign,
@@ -75,6 +79,7 @@ class AgentConn:
     index: int
     ws: web.WebSocketResponse
     token: str
+    nonce: str  # the agent's, from its handshake: every shard's MAC is bound to it
     offset_ns: int = 0
     uncertainty_ns: int = 0
     rtt_ns: int = 0
@@ -256,7 +261,7 @@ class AgentChannel:
             self._ended.set()
 
     def send_shard(self, pickled: bytes) -> None:
-        self.conn.send(self._prefix + sign(self.conn.token, pickled))
+        self.conn.send(self._prefix + sign(self.conn.token, self.conn.nonce, self.slot, pickled))
 
     def send(self, payload: bytes) -> None:
         if not self._closed:
@@ -314,6 +319,7 @@ class AgentPool:
         self.agents: dict[int, AgentConn] = {}  # registered (clock measured), by index
         self._claimed: dict[int, AgentConn] = {}  # indexes taken, clocks maybe not yet measured
         self.refusals: list[str] = []  # why connections were turned away, newest last
+        self._nonces = Nonces()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.started = 0.0  # when it began listening, a time.monotonic() instant
@@ -370,21 +376,29 @@ class AgentPool:
         """The `GET /v1/agents` handler: `start()` serves it on its own listener; a server with
         an aiohttp app of its own (the service) may route PATH to it instead."""
         peer = request.remote or "?"
-        if not bearer_matches(request.headers.get("Authorization"), self.token):
-            self._refuse(f"a connection from {peer} without the agent token")
+        nonce = request.headers.get(NONCE_HEADER)
+        why = self._nonces.check(request.headers.get("Authorization"), nonce, self.token)
+        if why is not None:
+            wrong = why == "the agent token is missing or wrong"
+            self._refuse(f"a connection from {peer} without the agent token" if wrong else why)
             return web.Response(
                 status=401,
-                text="the agent token is missing or wrong\n",
-                headers={"WWW-Authenticate": 'Bearer realm="latbench agents"'},
+                text=f"{why}\n",
+                # The agent reads why off this header: a handshake's body is not handed to it.
+                headers={"WWW-Authenticate": 'Bearer realm="latbench agents"', REFUSED_HEADER: why},
             )
+        assert nonce is not None  # checked
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, compress=False, heartbeat=HEARTBEAT_S)
         await ws.prepare(request)
-        conn = await self._admit(ws, peer)
+        conn = await self._admit(ws, peer, nonce)
         if conn is None:
             await ws.close()
             return ws
         conn._writer = asyncio.create_task(conn._write())
-        conn.send(control("welcome", {"index": conn.index, "stay": self.keep_agents}))
+        proof = coordinator_proof(self.token, nonce)
+        conn.send(
+            control("welcome", {"index": conn.index, "stay": self.keep_agents, "proof": proof})
+        )
         registering = asyncio.create_task(self._register(conn))
         try:
             while True:
@@ -414,7 +428,7 @@ class AgentPool:
             await self._forget(conn)
         return ws
 
-    async def _admit(self, ws: web.WebSocketResponse, peer: str) -> AgentConn | None:
+    async def _admit(self, ws: web.WebSocketResponse, peer: str, nonce: str) -> AgentConn | None:
         """The hello, checked; the agent's index claimed. None (after telling the agent why)
         when it is refused."""
         try:
@@ -444,7 +458,7 @@ class AgentPool:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_str(control("refused", why))
             return None
-        conn = AgentConn(hello=hello, index=index, ws=ws, token=self.token)
+        conn = AgentConn(hello=hello, index=index, ws=ws, token=self.token, nonce=nonce)
         self._claimed[index] = conn
         return conn
 

@@ -1,15 +1,26 @@
 """What an agent and its coordinator say to each other over their WebSocket, and the arithmetic
 both sides share: the signed shard, the clock samples, the hello's checks.
 
-One WebSocket per agent (`GET /v1/agents`, `Authorization: Bearer <token>`). Text messages are
-JSON arrays of control, named by their first element:
+One WebSocket per agent, `GET /v1/agents`. The token itself never travels: whoever read it
+off the wire (or a server the agent was pointed at by mistake) could sign shards with it. The
+agent makes a nonce per connection, `<unix ms>-<32 hex random>`, sends it as `X-Latbench-Nonce`
+and proves it holds the token with `Authorization: Bearer <hex HMAC-SHA256(token,
+"latbench-agent-auth\0" + nonce)>`. The coordinator checks that proof in constant time before
+the upgrade and answers 401 otherwise, also for a nonce whose time is more than `NONCE_WINDOW_S`
+from its own wall clock or that it has seen before (`Nonces`: a recorded header replayed is
+refused), and keeps the nonce as the connection's. Its welcome proves the coordinator holds the
+token too (`proof`: HMAC(token, "latbench-coordinator\0" + nonce)); an agent that finds it
+missing or wrong hangs up before it takes anything from that peer.
+
+Text messages are JSON arrays of control, named by their first element:
 
     agent -> coordinator   ["hello", {protocol, version, index, location, host, pid, workers}]
                            ["pong", t1, t_agent]        an answer to a ping, t_agent its clock
                            ["exit", slot, status]       a slot's worker process ended so
                            ["error", slot, why]         a slot refused what it was sent
-    coordinator -> agent   ["welcome", {index, stay}] | ["refused", why]   the answer to the
-                           hello; stay: a service's pool, which keeps its agents between runs
+    coordinator -> agent   ["welcome", {index, stay, proof}] | ["refused", why]   the answer
+                           to the hello; stay: a service's pool, which keeps its agents between
+                           runs; proof: the coordinator's (above)
                            ["ping", t1]                 t1 on the coordinator's clock
                            ["clock", offset_ns, uncertainty_ns, rtt_ns]   what it measured
                            ["done"]                     the agent's work is over: exit 0
@@ -19,9 +30,13 @@ payload exactly as `load.wire` has it between a runner and a local worker (a Web
 framed already, so no length prefix). A message of the slot byte alone is the end of that slot's
 stream (from the coordinator: close the worker's stdin, which aborts a worker still running;
 from the agent: the worker's stdout ended). The first payload to a slot is its shard, signed:
-HMAC-SHA256 under the shared token (32 bytes), then the pickled `load.worker.Shard`. The agent
-checks the MAC before anything unpickles it, since unpickling runs whatever code the bytes name:
-only a peer that holds the token can have a shard run.
+HMAC-SHA256(token, "latbench-shard\0" + nonce + "\0" + slot + "\0" + pickled) (32 bytes), then
+the pickled `load.worker.Shard`. The agent checks the MAC with its own nonce and the slot the
+message came for before anything unpickles it, since unpickling runs whatever code the bytes
+name: only a peer that holds the token can have a shard run, and a shard recorded off one
+connection or slot is refused on any other. An eavesdropper on plain ws:// still reads the
+shards (the target's URL and headers, the workload) and the records; it cannot connect as an
+agent, replay one's handshake, or have an agent run anything.
 
 Clocks: the coordinator sends `["ping", t1]`, the agent answers with its own clock's reading, the
 coordinator reads t3 when the answer arrives. If the two one-way trips were equal, the agent read
@@ -36,8 +51,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
+import secrets
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +77,16 @@ PROTOCOL = 1
 PATH = "/v1/agents"
 DEFAULT_PORT = 8790
 TOKEN_ENV = "LATBENCH_AGENT_TOKEN"
+NONCE_HEADER = "X-Latbench-Nonce"
+REFUSED_HEADER = "X-Latbench-Refused"  # a 401's reason, for the agent to say
+# How far a nonce's time may lie from the coordinator's wall clock, and so how long a seen one
+# is kept: a handshake recorded longer ago than this is refused for its age instead.
+NONCE_WINDOW_S = 120
+_NONCE = re.compile(r"([0-9]{1,15})-[0-9a-f]{32}")
+# Each MAC's purpose goes first, so that no one of them can stand for another.
+_AUTH = b"latbench-agent-auth\0"
+_COORDINATOR = b"latbench-coordinator\0"
+_SHARD = b"latbench-shard\0"
 # Tests only: added to every clock reading the agent reports (its pongs and the instants in its
 # workers' frames) and taken off the instants it is sent, as if its clock were that far off.
 SKEW_ENV = "LATBENCH_AGENT_CLOCK_SKEW_NS"
@@ -75,29 +103,93 @@ class ProtocolError(ValueError):
     """A message that is not what the protocol allows; the text says what it should have been."""
 
 
-def sign(token: str, shard: bytes) -> bytes:
-    """The shard as it travels: its HMAC-SHA256 under the token, then the pickled bytes."""
-    return hmac.new(token.encode(), shard, hashlib.sha256).digest() + shard
+def _mac(token: str, *parts: bytes) -> bytes:
+    return hmac.new(token.encode(), b"".join(parts), hashlib.sha256).digest()
 
 
-def verify(token: str, signed: bytes) -> bytes:
+def make_nonce(now_ms: int | None = None) -> str:
+    """A connection's nonce: the wall clock's Unix milliseconds (so that an old one can be told
+    apart without remembering it forever) and 128 random bits."""
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    return f"{ms}-{secrets.token_hex(16)}"
+
+
+def auth_proof(token: str, nonce: str) -> str:
+    """What the agent sends as its bearer: proof it holds the token, useless for any other
+    nonce, and from which the token cannot be had."""
+    return _mac(token, _AUTH, nonce.encode()).hex()
+
+
+def auth_headers(token: str, nonce: str) -> dict[str, str]:
+    """The agent's handshake headers for one connection."""
+    return {"Authorization": f"Bearer {auth_proof(token, nonce)}", NONCE_HEADER: nonce}
+
+
+def coordinator_proof(token: str, nonce: str) -> str:
+    """What the coordinator's welcome carries: proof to the agent that it holds the token too."""
+    return _mac(token, _COORDINATOR, nonce.encode()).hex()
+
+
+def coordinator_proven(proof: object, token: str, nonce: str) -> bool:
+    """Whether a welcome's proof is the token's for this nonce (constant time)."""
+    if not isinstance(proof, str):
+        return False
+    return hmac.compare_digest(proof.encode(), coordinator_proof(token, nonce).encode())
+
+
+def sign(token: str, nonce: str, slot: int, shard: bytes) -> bytes:
+    """The shard as it travels to `slot` of the connection of `nonce`: its MAC, then the
+    pickled bytes."""
+    return _mac(token, _SHARD, nonce.encode(), b"\0%d\0" % slot, shard) + shard
+
+
+def verify(token: str, nonce: str, slot: int, signed: bytes) -> bytes:
     """The pickled shard of a signed message, or ProtocolError when its MAC is not the token's
-    (then nothing may unpickle it)."""
+    for this connection's nonce and this slot (then nothing may unpickle it)."""
     if len(signed) <= MAC_SIZE:
         raise ProtocolError(f"a shard of {len(signed)} bytes is shorter than its signature")
     mac, shard = signed[:MAC_SIZE], signed[MAC_SIZE:]
-    good = hmac.new(token.encode(), shard, hashlib.sha256).digest()
-    if not hmac.compare_digest(mac, good):
-        raise ProtocolError("the shard's signature is not the token's: refused, not unpickled")
+    if not hmac.compare_digest(mac, _mac(token, _SHARD, nonce.encode(), b"\0%d\0" % slot, shard)):
+        raise ProtocolError(
+            "the shard's signature is not the token's for this connection and slot: refused, "
+            "not unpickled"
+        )
     return shard
 
 
-def bearer_matches(header: str | None, token: str) -> bool:
-    """An `Authorization: Bearer <token>` header that names the token, compared in constant
-    time (a byte-by-byte compare that stops early would tell a prober how much it got right)."""
-    if header is None or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), token.encode())
+class Nonces:
+    """The coordinator's check of an agent's handshake: the proof, the nonce's age, and that
+    it was not seen before (kept for `NONCE_WINDOW_S`, after which its age refuses it)."""
+
+    def __init__(self, window_s: int = NONCE_WINDOW_S) -> None:
+        self.window_ms = window_s * 1000
+        self._seen: dict[str, int] = {}  # nonce -> its time, Unix ms
+
+    def check(
+        self, authorization: str | None, nonce: str | None, token: str, now_ms: int | None = None
+    ) -> str | None:
+        """None when the headers prove the token for a fresh nonce (which is then taken);
+        else why not, in words fit for the refused agent."""
+        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        match = _NONCE.fullmatch(nonce or "")
+        # The MAC is compared even when the nonce is malformed, so that timing says nothing.
+        good = auth_proof(token, nonce or "")
+        if not hmac.compare_digest(given.encode(), good.encode()) or match is None:
+            return "the agent token is missing or wrong"
+        assert nonce is not None
+        off_s = (int(match.group(1)) - now) / 1000
+        if abs(off_s) * 1000 > self.window_ms:
+            return (
+                f"the agent's wall clock is {off_s:+.0f} s from the coordinator's (over "
+                f"{self.window_ms // 1000} s): set both right (NTP)"
+            )
+        for old in [n for n, t in self._seen.items() if abs(now - t) > self.window_ms]:
+            del self._seen[old]
+        if nonce in self._seen:
+            return "a handshake seen before (a replay): refused"
+        self._seen[nonce] = int(match.group(1))
+        return None
 
 
 def check_token(token: str, source: str) -> str:

@@ -22,7 +22,14 @@ from kit.load import Collect, chat_endpoint
 
 from latbench import ErrorKind, __version__
 from latbench.agents.pool import AgentError, AgentPool
-from latbench.agents.protocol import SKEW_ENV, control, hello, parse_control
+from latbench.agents.protocol import (
+    SKEW_ENV,
+    auth_headers,
+    control,
+    hello,
+    make_nonce,
+    parse_control,
+)
 from latbench.load.runner import Runner
 from latbench.sim import SimProcess
 from latbench.spec import LoadSpec
@@ -111,7 +118,7 @@ async def test_indexes_are_unique_and_a_short_wait_names_the_missing_ones(
 
 async def test_an_agent_of_another_version_is_refused_by_name(pool: AgentPool) -> None:
     other = {**hello(None, None, 1).to_dict(), "version": "0.0.0"}
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    headers = auth_headers(TOKEN, make_nonce())
     async with aiohttp.ClientSession() as s, s.ws_connect(pool.url, headers=headers) as ws:
         await ws.send_str(control("hello", other))
         answer = parse_control((await ws.receive(timeout=10)).data)

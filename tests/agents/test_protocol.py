@@ -1,8 +1,11 @@
-"""The agent protocol's pure parts: the signed shard, the bearer check, the clock arithmetic,
-the hello's checks, the coordinator's URL, and the record's agent fields through both codecs
-(the records file, which anyone can write, and the worker wire, moved by a clock offset)."""
+"""The agent protocol's pure parts: the signed shard, the handshake's proofs and nonces, the
+clock arithmetic, the hello's checks, the coordinator's URL, and the record's agent fields
+through both codecs (the records file, which anyone can write, and the worker wire, moved by a
+clock offset)."""
 
 from __future__ import annotations
+
+import re
 
 import orjson
 import pytest
@@ -10,13 +13,18 @@ import pytest
 from latbench import RecordsError, __version__
 from latbench.agents.protocol import (
     MAC_SIZE,
+    NONCE_HEADER,
     ClockSample,
+    Nonces,
     ProtocolError,
-    bearer_matches,
+    auth_headers,
     best_sample,
     check_token,
+    coordinator_proof,
+    coordinator_proven,
     coordinator_url,
     hello,
+    make_nonce,
     parse_hello,
     parse_listen,
     sign,
@@ -29,26 +37,64 @@ from latbench.records.record import encode_record, iter_lines
 TOKEN = "a-token-of-enough-length-0123456789"
 
 
-def test_a_signed_shard_verifies_and_any_change_is_refused() -> None:
+NONCE = "1700000000000-" + "ab" * 16
+
+
+def test_a_signed_shard_verifies_only_for_its_token_nonce_and_slot() -> None:
     shard = b"\x80\x05pickled shard bytes"
-    signed = sign(TOKEN, shard)
-    assert len(signed) == MAC_SIZE + len(shard) and verify(TOKEN, signed) == shard
-    with pytest.raises(ProtocolError, match="not the token's"):
-        verify(TOKEN + "x", signed)
+    signed = sign(TOKEN, NONCE, 1, shard)
+    assert len(signed) == MAC_SIZE + len(shard) and verify(TOKEN, NONCE, 1, signed) == shard
+    other_nonce = "1700000000000-" + "cd" * 16
+    # Another token, another connection's nonce, another slot: all refused.
+    for token, nonce, slot in ((TOKEN + "x", NONCE, 1), (TOKEN, other_nonce, 1), (TOKEN, NONCE, 0)):
+        with pytest.raises(ProtocolError, match="not the token's for this connection and slot"):
+            verify(token, nonce, slot, signed)
     flipped = bytearray(signed)
     flipped[-1] ^= 1
     with pytest.raises(ProtocolError, match="not the token's"):
-        verify(TOKEN, bytes(flipped))
+        verify(TOKEN, NONCE, 1, bytes(flipped))
     with pytest.raises(ProtocolError, match="shorter than its signature"):
-        verify(TOKEN, signed[:MAC_SIZE])
+        verify(TOKEN, NONCE, 1, signed[:MAC_SIZE])
 
 
-def test_only_the_bearer_token_itself_passes() -> None:
-    assert bearer_matches(f"Bearer {TOKEN}", TOKEN)
-    for header in (None, TOKEN, f"Basic {TOKEN}", f"Bearer {TOKEN[:-1]}", "Bearer "):
-        assert not bearer_matches(header, TOKEN)
+def test_the_handshake_proves_the_token_without_carrying_it() -> None:
+    now = 1_700_000_000_000
+    nonce = make_nonce(now)
+    assert re.fullmatch(r"1700000000000-[0-9a-f]{32}", nonce) and make_nonce(now) != nonce
+    headers = auth_headers(TOKEN, nonce)
+    assert headers[NONCE_HEADER] == nonce and TOKEN not in str(headers)
+    nonces = Nonces()
+    assert nonces.check(headers["Authorization"], nonce, TOKEN, now) is None
+    # The same headers again: a replay, refused while the nonce's age still lets it pass.
+    assert "replay" in str(nonces.check(headers["Authorization"], nonce, TOKEN, now + 1000))
+    wrong = "the agent token is missing or wrong"
+    fresh = make_nonce(now)
+    for auth, n in (
+        (None, fresh),
+        (f"Bearer {TOKEN}", fresh),  # the token itself is not the proof
+        (auth_headers(TOKEN + "x", fresh)["Authorization"], fresh),
+        (auth_headers(TOKEN, fresh)["Authorization"], make_nonce(now)),  # another nonce's proof
+        (auth_headers(TOKEN, "not-a-nonce")["Authorization"], "not-a-nonce"),
+        (auth_headers(TOKEN, fresh)["Authorization"], None),
+    ):
+        assert nonces.check(auth, n, TOKEN, now) == wrong
+    # A nonce over two minutes from the coordinator's wall clock, either way.
+    for skew_ms in (-121_000, 121_000):
+        old = make_nonce(now + skew_ms)
+        why = nonces.check(auth_headers(TOKEN, old)["Authorization"], old, TOKEN, now)
+        assert why is not None and "wall clock is" in why and "over 120 s" in why
+    edge = make_nonce(now - 120_000)
+    assert nonces.check(auth_headers(TOKEN, edge)["Authorization"], edge, TOKEN, now) is None
     with pytest.raises(ValueError, match="at least 16"):
         check_token("short", "--token-file t")
+
+
+def test_the_coordinators_proof_is_the_tokens_for_the_nonce() -> None:
+    proof = coordinator_proof(TOKEN, NONCE)
+    assert coordinator_proven(proof, TOKEN, NONCE)
+    assert proof != auth_headers(TOKEN, NONCE)["Authorization"].removeprefix("Bearer ")
+    for bad in (None, 1, "", coordinator_proof(TOKEN + "x", NONCE), coordinator_proof(TOKEN, "x")):
+        assert not coordinator_proven(bad, TOKEN, NONCE)
 
 
 def test_the_offset_is_the_agents_reading_against_the_midpoint_of_the_round_trip() -> None:

@@ -273,8 +273,9 @@ class Runner:
                 # The end of its stream is an abort to a worker still running: one that failed
                 # to start, or a run cancelled from outside.
                 w.channel.close()
-            for w in self._workers:
-                await w.channel.wait_closed()
+            # At once: each wait may run to its own timeout (an agent's close handshake), and
+            # one at a time those would add up slot by slot.
+            await asyncio.gather(*(w.channel.wait_closed() for w in self._workers))
             self.finished = True
         return self._outcome()
 

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic_ns
+from typing import Any
 
 import aiohttp
 import orjson
@@ -239,6 +240,8 @@ class Agent:
         writer = asyncio.create_task(self._write(ws))
         try:
             await self._serve(ws)
+        except ProtocolError as e:  # a message that is not JSON, or not a named array
+            raise AgentExit(f"the coordinator sent {e}") from None
         finally:
             running = [s for s in self._slots if s.running]
             # What the workers sent so far leaves first; then the connection closes, before
@@ -309,6 +312,28 @@ class Agent:
             await asyncio.sleep(min(left, wait * random.uniform(0.5, 1.0)))
             wait = min(wait * 2, BACKOFF_MAX_S)
 
+    def _control(self, text: str) -> bool:
+        """Act on a control message after the welcome; True when it ends the connection (done).
+        One that is not what this version of the coordinator sends is an AgentExit naming it:
+        the coordinator runs the same version, so it is a fault or not a coordinator at all,
+        and guessing at it could only run the wrong thing."""
+        m = parse_control(text)  # a ProtocolError: _connection makes it the AgentExit
+        if m[0] == "ping" and _numbers(m, 1):
+            self.send(control("pong", m[1], self.now()))
+        elif m[0] == "clock" and _numbers(m, 3):
+            self.say(
+                f"clock offset {m[1] / 1e6:+.3f} ms, uncertain by {m[2] / 1e6:.3f} ms "
+                f"(round trip {m[3] / 1e6:.3f} ms)"
+            )
+        elif m == ["done"]:
+            self.say("the coordinator is done")
+            return True
+        else:
+            raise AgentExit(
+                f"the coordinator sent a control message this agent does not know: {text[:80]!r}"
+            )
+        return False
+
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         o = self.options
         await ws.send_str(control("hello", hello(o.index, o.location, o.workers).to_dict()))
@@ -348,18 +373,8 @@ class Agent:
                 data = msg.data
                 if data and data[0] < len(self._slots):
                     self._slots[data[0]].inbox.put_nowait(data[1:])
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                m = parse_control(msg.data)
-                if m[0] == "ping" and len(m) == 2:
-                    self.send(control("pong", m[1], self.now()))
-                elif m[0] == "clock" and len(m) == 4:
-                    self.say(
-                        f"clock offset {m[1] / 1e6:+.3f} ms, uncertain by {m[2] / 1e6:.3f} ms "
-                        f"(round trip {m[3] / 1e6:.3f} ms)"
-                    )
-                elif m[0] == "done":
-                    self.say("the coordinator is done")
-                    return
+            elif msg.type == aiohttp.WSMsgType.TEXT and self._control(msg.data):
+                return
             elif msg.type == aiohttp.WSMsgType.ERROR:
                 break
         busy = any(s.running for s in self._slots)
@@ -367,6 +382,13 @@ class Agent:
         if busy:
             raise AgentExit(f"the coordinator went away mid-run ({why}); its workers are aborted")
         raise AgentExit(f"the coordinator closed the connection ({why})")
+
+
+def _numbers(m: list[Any], n: int) -> bool:
+    """`m` is a name and then `n` numbers (a JSON true decodes to a bool, which is an int)."""
+    return len(m) == n + 1 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in m[1:]
+    )
 
 
 async def run_agent(options: AgentOptions, say: Callable[[str], None]) -> None:

@@ -65,7 +65,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from latbench.load.wire import MAX_FRAME
-from latbench.records.record import MAX_LOCATION, is_location
+from latbench.records.record import location_problem
 from latbench.shared.errors import SpecError
 from latbench.shared.secrets import read_secret_file
 
@@ -291,11 +291,9 @@ def parse_hello(m: list[Any]) -> Hello:
             "same version on both (a shard travels as pickled Python objects)"
         )
     location = d.get("location")
-    if location is not None and not is_location(location):
-        raise ProtocolError(
-            f"hello: location {location!r:.80} is not a label of 1 to {MAX_LOCATION} printable "
-            "characters"
-        )
+    problem = None if location is None else location_problem(location)
+    if problem is not None:
+        raise ProtocolError(f"hello: location {location!r:.80} {problem}")
     host = d.get("host")
     if not isinstance(host, str) or not host.isprintable() or len(host) > 255:
         raise ProtocolError(f"hello: host {host!r:.80} is not a host name")

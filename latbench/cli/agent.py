@@ -23,7 +23,7 @@ from latbench.agents.agent import Agent, AgentExit, AgentOptions
 from latbench.agents.protocol import TOKEN_ENV, coordinator_url, read_token
 from latbench.cli.common import Exit, new_loop, on_loop_signals, print_error
 from latbench.load.cpus import usable_cpus
-from latbench.records.record import MAX_LOCATION, is_location
+from latbench.records.record import location_problem
 from latbench.shared.errors import SpecError
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
@@ -88,11 +88,9 @@ def options(ns: argparse.Namespace) -> AgentOptions:
         index = int(text)
     if index is not None and index < 0:
         raise SpecError(f"--index {index}: give 0 or more")
-    if ns.location is not None and not is_location(ns.location):
-        raise SpecError(
-            f"--location {ns.location!r}: give a label of 1 to {MAX_LOCATION} printable "
-            "characters, e.g. eu-west-1"
-        )
+    problem = None if ns.location is None else location_problem(ns.location)
+    if problem is not None:
+        raise SpecError(f"--location {ns.location!r:.80} {problem} (e.g. eu-west-1)")
     workers = ns.workers if ns.workers is not None else max(1, usable_cpus() - 1)
     if not 1 <= workers <= 255:
         raise SpecError(f"--workers {workers}: give 1 to 255")

@@ -372,6 +372,19 @@ class LatbenchMetrics:
                 return value
         return OTHER_LOCATION
 
+    def peek_locations(self, values: Iterable[str]) -> dict[str, str]:
+        """Each of `values` as the `location` label would export it now, taking no slot: one in
+        use (or fixed) as itself; a new one as itself while the new ones fit in the slots left
+        (in sorted order, so that a scrape is stable), else OTHER_LOCATION. For a gauge of
+        what merely is connected: a slot is taken only by a run's series (`series`), so agents
+        that connect and leave without running do not push later real ones to OTHER_LOCATION."""
+        wanted = set(values)
+        with self._lock:
+            room = MAX_LOCATIONS - len(self._locations)
+            new = sorted(wanted - FIXED_LOCATIONS - self._locations)
+            shown = set(new[: max(room, 0)]) | FIXED_LOCATIONS | self._locations
+        return {v: v if v in shown else OTHER_LOCATION for v in wanted}
+
     def all_series(self) -> list[RunSeries]:
         with self._lock:
             return list(self._series.values())

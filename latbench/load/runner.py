@@ -148,6 +148,8 @@ class _Worker:
     lost: str | None = None  # the channel's own words for its death (`describe_death`)
     lost_ns: int | None = None  # when its stream ended without `end`, this host's clock
     sent: int = 0  # requests it said it sent (`s` frames)
+    next_seq: int | None = None  # after its last `s` frame: the next request number of its shard
+    heard_ns: int | None = None  # when a frame last came from it, this host's clock
     # Its heartbeats' loop lag (tick instants on this host's clock, lags): an agent's own
     lag_ticks: array[int] = field(default_factory=lambda: array("q"))
     lags: array[int] = field(default_factory=lambda: array("q"))
@@ -273,8 +275,9 @@ class Runner:
                 # The end of its stream is an abort to a worker still running: one that failed
                 # to start, or a run cancelled from outside.
                 w.channel.close()
-            for w in self._workers:
-                await w.channel.wait_closed()
+            # At once: each wait may run to its own timeout (an agent's close handshake), and
+            # one at a time those would add up slot by slot.
+            await asyncio.gather(*(w.channel.wait_closed() for w in self._workers))
             self.finished = True
         return self._outcome()
 
@@ -401,8 +404,11 @@ class Runner:
             shift_instants(m, -offset)
         if kind == "s":
             phase = m[4] if m[4] in _PHASES else "measure"
-            w.pending[int(m[1])] = (int(m[2]), int(m[3]), phase)
+            seq = int(m[1])
+            w.pending[seq] = (int(m[2]), int(m[3]), phase)
             w.sent += 1
+            # Shard k sends k, k + W, ... in order: the next one is the first not announced.
+            w.next_seq = max(w.next_seq or 0, seq + self.workers)
         elif kind == "h":
             w.inflight = m[1]
             self._lag_ticks.extend(m[2])
@@ -427,6 +433,7 @@ class Runner:
                 break
             if data is None:
                 break
+            w.heard_ns = monotonic_ns()
             try:
                 m = orjson.loads(data)
                 kind = m[0]
@@ -573,12 +580,21 @@ class Runner:
             make_pacer(self.load, self.seed, self.workload),  # a fresh one: searched at random
             self.workers,
             sessions=isinstance(self.workload, SessionWorkload),
-            losses={w.index: w.lost_ns - self._start for w in lost if w.lost_ns is not None},
+            # Cut where each was last heard from, not when its loss was noticed: a frozen host
+            # is noticed only when its connection times out, and what it planned in between
+            # was never offered (nor recorded).
+            losses={w.index: self._last_heard(w) - self._start for w in lost},
             stopped=None if stopped is None else stopped - self._start,
             sent=[w.sent for w in self._workers],
             ran_ns=max(0, monotonic_ns() - self._start),
             lost=who,
+            unannounced={w.index: w.next_seq or w.index for w in lost},
         )
+
+    def _last_heard(self, w: _Worker) -> int:
+        """When a lost worker was last heard from (its loss, if never), this host's clock."""
+        assert w.lost_ns is not None
+        return min(w.lost_ns, w.heard_ns or w.lost_ns)
 
     def _window(self) -> tuple[int, int]:
         """[start, end) of the measurement: the records' own (`summary.samples.derived_window`,

@@ -9,16 +9,20 @@ reads that.
 
 - Open loop over requests (`constant`, `poisson`, ramps, stairs, a trace): shard k of W plans
   requests n = k, k + W, ... at the pacer's offsets, up to the run's bound (`load.requests`, or
-  the first offset at or past `load.duration`). Lost at offset d, it does not offer those at
-  offsets >= d. When the loss stopped the run (`--on-agent-loss stop`), no shard offers those
-  at or after the stop. The share is their count over the requests the run planned.
+  the first offset at or past `load.duration`), and sends them in that order. A lost shard did
+  not offer those from its first request it never announced (`s` frame) on: what the runner
+  heard is what it knows was sent, however late it noticed the loss (a frozen host is noticed
+  only when its connection times out, many seconds on). When the loss stopped the run
+  (`--on-agent-loss stop`), no shard offers those at or after the stop. The share is their
+  count over the requests the run planned, so it is the planned load less what was recorded.
 - Closed loop over a request budget (no duration): shard k's users take the numbers n = k,
   k + W, ... below `load.requests`; what the lost shards had not sent is what they did not
   offer.
 - With only a time to go by (a closed loop with a duration; an open loop of sessions, whose
   requests the replies decide): the lost shards' share of the users (or of the shards) over
   the time left after the loss, in user-seconds (or shard-seconds), over the run's planned
-  total (its duration, else how long it ran).
+  total (its duration, else how long it ran). The runner gives as the loss the instant it
+  last heard from the shard (a heartbeat comes every 0.1 s), not when it noticed.
 
 Pacer offsets never decrease, so the first request at or after an instant is found by bisection:
 a handful of `offset_ns` calls, however long the run.
@@ -84,11 +88,14 @@ def shortfall(
     sent: Sequence[int],
     ran_ns: int,
     lost: Sequence[str],
+    unannounced: Mapping[int, int] | None = None,
 ) -> Shortfall | None:
     """What the lost shards never offered. `losses`: shard index -> the offset from the run's
     start (ns) at which it was lost; `stopped`: the offset of the stop the loss caused, None
     when it caused none; `sent`: requests each shard sent; `ran_ns`: how long the run ran;
-    `lost`: who was lost, as the reports name them. None when nothing was lost."""
+    `lost`: who was lost, as the reports name them; `unannounced`: a lost shard's first
+    request number it never announced (an open loop counts from it, not from its loss's
+    offset). None when nothing was lost."""
     if not losses:
         return None
     never = 1 << 62
@@ -100,7 +107,13 @@ def shortfall(
     who = tuple(lost)
     if pacer is not None and not sessions:
         total = planned_requests(load, pacer)
-        missing = sum(in_shard(first_at(pacer, cut[k], total), total, k, workers) for k in hit)
+        resume = unannounced or {}
+
+        def first_missing(k: int) -> int:
+            at = first_at(pacer, cut[k], total)
+            return min(at, resume[k]) if k in resume else at
+
+        missing = sum(in_shard(first_missing(k), total, k, workers) for k in hit)
         return _made(missing, total, "requests", who, stopped)
     if pacer is None and load.duration is None:
         assert load.requests is not None

@@ -227,6 +227,10 @@ _I64 = 1 << 63
 # reads exactly as it did before agents existed.
 _AGENT_FIELDS = ("agent", "location", "clock_offset_ns", "clock_uncertainty_ns")
 MAX_LOCATION = 64  # a location is a label (a region, a data centre), not free text
+# The `location` label values latbench's metrics give load that no single location sent (its
+# own workers, agents without a location, several locations, past the bound): an agent named
+# one of them would export as something it is not. exporter/series.py holds the same set.
+RESERVED_LOCATIONS = frozenset({"local", "remote", "mixed", "other"})
 
 
 def check_int(name: str, value: Any) -> None:
@@ -248,6 +252,19 @@ def is_trace_id(value: object) -> bool:
     return (
         isinstance(value, str) and len(value) == 32 and _HEX.issuperset(value) and value != "0" * 32
     )
+
+
+def location_problem(value: object) -> str | None:
+    """What is wrong with `value` as the location an agent registers with (the words that follow
+    the value in an error), or None when it is fine: a label (`is_location`) and not reserved."""
+    if not is_location(value):
+        return f"is not a label of 1 to {MAX_LOCATION} printable characters"
+    if value in RESERVED_LOCATIONS:
+        return (
+            f"is reserved: {', '.join(sorted(RESERVED_LOCATIONS))} are the location label's "
+            "values for load no single location sent; choose another name"
+        )
+    return None
 
 
 def is_location(value: object) -> bool:

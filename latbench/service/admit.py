@@ -21,7 +21,7 @@ from typing import Any
 
 from latbench.client.preflight import read_api_key
 from latbench.load.pacers import planned_length_s
-from latbench.records.record import MAX_LOCATION, is_location
+from latbench.records.record import location_problem
 from latbench.service.config import ServiceConfig, TargetEntry
 from latbench.shared.dist import Dist
 from latbench.shared.errors import SpecError
@@ -80,11 +80,9 @@ def placement(body: Mapping[str, Any], config: ServiceConfig) -> tuple[int | Non
             "agents, location: this service runs no agents (its config has no agents section); "
             "leave them out to run on the service's own workers",
         )
-    if location is not None and not (isinstance(location, str) and is_location(location)):
-        raise Refused(
-            400, f"location: {location!r:.80} is not a label of 1 to {MAX_LOCATION} printable "
-            "characters (an agent's --location)",
-        )  # fmt: skip
+    problem = None if location is None else location_problem(location)
+    if problem is not None:
+        raise Refused(400, f"location: {location!r:.80} {problem} (an agent's --location)")
     if agents is None:
         return 1, location
     cap = config.limits.max_agents

@@ -107,8 +107,8 @@ def agent_json(a: AgentConn) -> dict[str, Any]:
 
 class AgentGauge:
     """`latbench_service_agents{location, state}`: registered agents, idle or busy. Its location
-    values are the exporter's own bounded set (`LatbenchMetrics.location`), so a run's series
-    and this gauge name a place alike."""
+    values are looked up in the exporter's own bounded set (`LatbenchMetrics.peek_locations`),
+    so a run's series and this gauge name a place alike, without the gauge taking a value."""
 
     def __init__(self, pool: AgentPool, metrics: LatbenchMetrics) -> None:
         self.pool = pool
@@ -120,10 +120,13 @@ class AgentGauge:
             "Agents registered with the service, by location and state (idle, busy).",
             labels=["location", "state"],
         )
+        agents = connected(self.pool)
+        # Peeked, not taken: an agent that connects and leaves without a run must not hold one
+        # of the bounded location values for the process's life.
+        label = self.metrics.peek_locations(a.location or REMOTE for a in agents)
         counts: Counter[tuple[str, str]] = Counter()
-        for a in connected(self.pool):
-            loc = self.metrics.location(a.location or REMOTE)
-            counts[loc, "busy" if a.busy else "idle"] += 1
+        for a in agents:
+            counts[label[a.location or REMOTE], "busy" if a.busy else "idle"] += 1
         for (loc, state), n in sorted(counts.items()):
             g.add_metric([loc, state], n)
         yield g

@@ -31,7 +31,7 @@ from latbench.agents.protocol import parse_listen as parse_agent_listen
 from latbench.exporter import OtlpConfig, OtlpError, otlp_config, parse_listen
 from latbench.exporter.otlp_config import parse_endpoint, require_binding
 from latbench.exporter.series import MAX_LOCATIONS
-from latbench.records.record import MAX_LOCATION, is_location
+from latbench.records.record import location_problem
 from latbench.shared.errors import SpecError
 from latbench.shared.secrets import read_secret_file
 from latbench.shared.yamlfile import load_yaml
@@ -56,11 +56,10 @@ class _Model(BaseModel):
 
 def check_location(value: object) -> str:
     """An agent location as a config names it (the label agents register with); ValueError."""
-    if not isinstance(value, str) or not is_location(value):
-        raise ValueError(
-            f"location {value!r:.80} is not a label of 1 to {MAX_LOCATION} printable characters "
-            "(what agents give as --location)"
-        )
+    problem = location_problem(value)
+    if problem is not None:
+        raise ValueError(f"location {value!r:.80} {problem} (what agents give as --location)")
+    assert isinstance(value, str)  # location_problem found it a label
     return value
 
 

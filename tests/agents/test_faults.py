@@ -5,7 +5,9 @@ An agent SIGKILLed mid-run leaves a partial result: its finished records kept, i
 `lost` with a reason that names it, the other agents' shards sent whole (`--on-agent-loss
 continue`) or stopped at once (`stop`), the run `incomplete` (exit 1), and the share of the
 planned load it never offered counted from the schedule, which the records confirm to within a
-request. Each agent is judged on its own records exactly as a single-host run of them would be.
+request. An agent SIGSTOPped (a frozen host: noticed only when its connection's pings give up)
+is counted from the first request it never announced, not from when it was noticed. Each agent
+is judged on its own records exactly as a single-host run of them would be.
 A coordinator SIGKILLed mid-run leaves a records file whose every line reads, and agents that say
 why they stop. An agent behind a slow link (a delaying TCP proxy of this test's own, since the
 kernel here has no `netem`) has an uncertain clock: flagged, said in the terminal and the
@@ -210,6 +212,41 @@ def test_an_agent_killed_mid_run_leaves_a_partial_result_that_names_it_and_its_s
     assert f"{shortfall['not_offered']:,} of {len(planned):,} planned requests" in " ".join(
         replay.stderr.split()
     )
+
+
+def test_a_frozen_agent_counts_as_not_offering_all_it_never_announced(
+    tmp_path: Path, sim: Callable[..., SimProcess], agent_procs: Agents
+) -> None:
+    # SIGSTOP, as a frozen host or a cut cable: the connection stays open and silent until its
+    # heartbeat gives up (up to 1.5 x 10 s). What the agent's shard planned in that gap was
+    # never offered and has no record; the shortfall must count it, not cut at the notice.
+    s = sim(ttft=0.005, itl=0.02)
+    rate, duration = 10.0, 6.0
+    coord, port, out = start_run(
+        tmp_path, s.url, 2, "--rate", str(rate), "--duration", str(duration),
+        "--output-tokens", "8", "--json",
+    )  # fmt: skip
+    procs = [agent_procs.start(f"127.0.0.1:{port}", index=i, own_group=True) for i in range(2)]
+    try:
+        wait_for_records(out, lambda reqs: sum(d.get("agent") == 1 for d in reqs) >= 5)
+        os.killpg(procs[1].pid, signal.SIGSTOP)  # the agent and its workers
+        _, stderr = coord.communicate(timeout=120)
+    finally:
+        os.killpg(procs[1].pid, signal.SIGCONT)
+        os.killpg(procs[1].pid, signal.SIGKILL)
+    stderr = " ".join(stderr.split())
+    assert coord.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    run = records_of(out)
+    assert run is not None
+    results = json.loads((run.parent / "results.json").read_text())
+    planned = planned_offsets(rate, duration)
+    frozen = {r.seq for r in read_records(run).records if r.agent == 1}
+    unsent = len([n for n in planned if n % 2 == 1 and n not in frozen])
+    shortfall = results["summary"]["validity"]["not_offered"]
+    assert shortfall["planned"] == len(planned)
+    assert abs(shortfall["not_offered"] - unsent) <= 1, (shortfall, unsent)
+    assert unsent >= 10  # frozen well before its shard's end: a real gap to count
 
 
 def test_on_agent_loss_stop_stops_the_others_and_counts_what_they_did_not_send(

@@ -120,6 +120,9 @@ def test_a_hello_must_name_this_version_and_a_good_location() -> None:
         ({"protocol": 9}, "protocol 9"),
         ({"location": " eu"}, "location"),
         ({"location": "x" * 65}, "location"),
+        # The label values for load no single location sent: an agent may not pose as them.
+        ({"location": "local"}, "location 'local' is reserved: local, mixed, other, remote"),
+        ({"location": "other"}, "location 'other' is reserved"),
         ({"workers": 0}, "workers"),
         ({"workers": 256}, "workers"),
         ({"index": -1}, "index"),

@@ -39,7 +39,10 @@ class Agents:
         token: str = TOKEN,
         connect_timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
+        own_group: bool = False,
     ) -> subprocess.Popen[str]:
+        """`own_group`: in a process group of its own (its pid), with its workers, so that a
+        test can signal them all (os.killpg) without signalling itself."""
         args = [*COMMAND, "agent", "--coordinator", coordinator, "--workers", str(workers)]
         args += ["--connect-timeout", str(connect_timeout)]
         if index is not None:
@@ -49,8 +52,9 @@ class Agents:
         child_env = {**os.environ, "LATBENCH_AGENT_TOKEN": token, **(env or {})}
         child_env.pop("JOB_COMPLETION_INDEX", None)
         proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env
-        )
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env,
+            start_new_session=own_group,
+        )  # fmt: skip
         self.procs.append(proc)
         return proc
 

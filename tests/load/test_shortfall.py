@@ -71,6 +71,18 @@ def test_an_open_loop_counts_the_lost_shard_after_its_loss(load: LoadSpec) -> No
     )
 
 
+def test_an_open_loop_counts_a_silent_shard_from_its_first_unannounced_request() -> None:
+    # Shard 1 of 3 last announced request 13 (1.3 s) and went silent; its loss was noticed at
+    # 6 s. Everything of shard 1 from request 16 on was never offered, not just from 6 s.
+    load = LoadSpec(mode="constant", rate=10, duration=10.0)
+    got = shortfall(
+        load, ConstantPacer(10), 3, sessions=False, losses={1: 6 * S}, stopped=None,
+        sent=[0, 0, 0], ran_ns=0, lost=["agent 1"], unannounced={1: 16},
+    )  # fmt: skip
+    assert got is not None
+    assert got.not_offered == sum(1 for n in range(16, 100) if n % 3 == 1) == 28
+
+
 def test_a_loss_that_stops_the_run_counts_every_shard_after_the_stop() -> None:
     load = LoadSpec(mode="constant", rate=10, duration=10.0)
     pacer = ConstantPacer(10)

@@ -61,6 +61,8 @@ def test_a_location_alone_is_one_agent_and_may_have_its_own_url() -> None:
         ({"location": ""}, "location: '' is not a label of 1 to 64 printable characters"),
         ({"location": "x" * 65}, "location: 'xxxxxxxx"),
         ({"location": 3}, "location: 3 is not a label"),
+        ({"location": "mixed"}, "location: 'mixed' is reserved: local, mixed, other, remote"),
+        ({"location": "remote"}, "location: 'remote' is reserved"),
     ],
 )
 def test_bad_placements_are_400_naming_the_field(body: dict[str, Any], message: str) -> None:
@@ -116,6 +118,9 @@ def test_config_names_what_is_wrong(tmp_path: Path) -> None:
     )
     assert "location_urls" in error(
         {"targets": {"t": {"base_url": "http://x", "location_urls": {"eu": "http://u:p@y"}}}}
+    )
+    assert "location 'local' is reserved" in error(
+        {"agents": {}, "schedules": [{**probe, "locations": ["eu", "local"]}]}
     )
 
 

@@ -53,6 +53,7 @@ def test_the_panel_shows_the_stairs_rates_and_the_latency(tmp_path: Path) -> Non
             variables = {
                 "__rate_interval": "4s", "__interval": "1s", "__range": "60s",
                 "datasource": "prometheus", "target": ".*", "model": ".*", "scenario": "stairs",
+                "location": ".*",
             }  # fmt: skip
             got = {}
             for t in panel_targets():

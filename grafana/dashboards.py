@@ -630,8 +630,8 @@ def client_vs_server_dashboard() -> db.Dashboard:
             "TTFT split (means)",
             "Mean TTFT at the client and in vLLM, vLLM's queue and prefill means, and what lies "
             "outside the server (client mean minus server mean: the network, HTTP and framing on "
-            "both sides, the client). Means are exact from the histograms' sums, and they add up; percentiles "
-            "do not (docs/vllm.md).",
+            "both sides, the client). Means are exact from the histograms' sums, and they add "
+            "up; percentiles do not (docs/vllm.md).",
             [
                 Q(client_ttft, "client TTFT {{model}}"),
                 Q(server_ttft, "server TTFT {{model_name}}"),

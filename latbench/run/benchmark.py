@@ -382,7 +382,12 @@ async def _run(
                 scenario=scenario_label or labels.scenario,
             )
             prometheus = PrometheusSink(
-                metrics, labels, spec.slos, inflight=inflight, offered=offered
+                metrics,
+                labels,
+                spec.slos,
+                inflight=inflight,
+                offered=offered,
+                spans=run_spans is not None,
             )
             all_sinks.append(prometheus)
             if on_labels is not None:

@@ -101,7 +101,13 @@ class PrometheusSink:
         slos: Sequence[Slo],
         inflight: Callable[[], int] | None = None,
         offered: Callable[[], float | None] | None = None,
+        *,
+        spans: bool = False,
     ) -> None:
+        # `spans`: the run receives the server's spans (`run.spans`), so its records wait for
+        # them; without a receiver nothing would come, and every record would end up counted as
+        # a request without a span.
+        self._spans = spans
         self._slos = tuple(slos)
         self._s = metrics.series(labels)
         self.labels = self._s.labels  # as exported: a location past the bound is "other"
@@ -130,10 +136,11 @@ class PrometheusSink:
 
     def add(self, record: Record) -> None:
         s = self._s
-        if record.trace_id is not None and (record.phase != "measure" or not record.ok):
+        tid = record.trace_id if self._spans else None  # None: this record joins nothing
+        if tid is not None and (record.phase != "measure" or not record.ok):
             # Not in the join: its span, if any, is used up without a count, as the summary's.
-            span = self._spans_waiting.pop(record.trace_id, None)
-            self._remember(record.trace_id, used=span is not None)
+            span = self._spans_waiting.pop(tid, None)
+            self._remember(tid, used=span is not None)
         if record.phase != "measure":
             s.excluded[record.phase] = s.excluded.get(record.phase, 0) + 1
             return
@@ -145,10 +152,10 @@ class PrometheusSink:
             return
         s.requests["ok"] += 1
         samples = record_samples(record)
-        if record.trace_id is not None:
+        if tid is not None:
             # The attempt the span describes: a retried request's last send, as the summary's
             # join takes it (summary/spans.py).
-            self._record_for_join(record.trace_id, samples.per_request["attempt_ttft"])
+            self._record_for_join(tid, samples.per_request["attempt_ttft"])
         for key in ("queue_delay", "ttft", "ttfo", "ttft_tool_call", "tpot", "e2e"):
             v = samples.per_request[key]
             if v is not None:

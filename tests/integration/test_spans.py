@@ -34,6 +34,7 @@ from latbench.records.record import Record, ServerSpan
 from latbench.run import BenchResult, run_benchmark
 from latbench.shared.errors import LatbenchError
 from latbench.sim import SimConfig, SimProcess
+from latbench.sinks.prometheus import PrometheusSink, run_labels
 from latbench.spec import load_spec
 
 FAST = {"ttft": 0.01, "itl": 0.002}
@@ -342,3 +343,24 @@ def test_ctrl_c_skips_the_wait_for_spans(tmp_path: Path) -> None:
     results = orjson.loads((run_dir / "results.json").read_bytes())
     assert results["server_spans"] is None  # the simulator still held every span
     assert any("got no span" in w for w in results["warnings"])
+
+
+def test_a_sink_of_a_run_without_a_receiver_counts_no_span_missing() -> None:
+    # Every request carries a trace id, but without a receiver no span can come: the live
+    # series must not call each measured request one "without a span" (a false alarm on the
+    # dashboard's "Spans matched" panel), while a sink that expects spans does.
+    def record(seq: int) -> Record:
+        return Record(
+            "r", seq, "measure", "chat", 0, 10, t_headers=20, t_end=40, ev_t=(30,),
+            ev_kind="c", status=200, trace_id=f"{seq + 1:032x}",
+        )  # fmt: skip
+
+    for expects, missing in ((False, 0), (True, 3)):
+        metrics = LatbenchMetrics()
+        sink = PrometheusSink(metrics, run_labels(None, "m", "chat", "s"), (), spans=expects)
+        for seq in range(3):
+            sink.add(record(seq))
+        sink.close(None)
+        (series,) = metrics.all_series()
+        assert series.spans["request_without_span"] == missing
+        assert series.spans["matched"] == 0
